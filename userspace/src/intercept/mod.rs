@@ -1,0 +1,1 @@
+//! Transparent interception: the kernel programs, their pins, and interception records.

@@ -1,0 +1,38 @@
+//! Protocol handlers: each takes an intercepted client connection, frames its commands, asks
+//! policy about each one, and relays the rest.
+
+pub mod postgres;
+pub mod tcp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpStream;
+
+use crate::config::{Protocol, TargetConfig};
+use crate::identity::Workload;
+use crate::proxy::Context;
+
+/// One intercepted client connection, handed to its target's protocol handler.
+#[derive(Debug)]
+pub struct Session {
+    /// Unique per daemon run.
+    pub id: u64,
+    pub client: TcpStream,
+    pub target: Arc<TargetConfig>,
+    /// The caller, from the interception record (`None` only when unintercepted connections
+    /// are accepted, as in benchmarks).
+    pub workload: Option<Workload>,
+    /// Where the proxy connects for this session.
+    pub upstream: SocketAddr,
+    pub started: Instant,
+}
+
+/// Runs a session to completion with the handler for its target's protocol.
+pub async fn serve(session: Session, ctx: Arc<Context>) {
+    match session.target.protocol {
+        Protocol::Tcp => tcp::serve(session, ctx).await,
+        Protocol::Postgres => postgres::serve(session, ctx).await,
+    }
+}

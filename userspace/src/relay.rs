@@ -1,0 +1,1 @@
+//! Bidirectional byte relay with adaptive buffers, half-close and backpressure.
