@@ -20,6 +20,23 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Show attached programs, protected targets, listeners and pins.
+    Status {
+        /// bpffs directory of the daemon (default from --config, else /sys/fs/bpf/airlock).
+        #[arg(long)]
+        bpffs: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach the kernel programs and remove their pins. The only way to stop interception.
+    Uninstall {
+        #[arg(long)]
+        bpffs: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Policy tools.
     Policy {
         #[command(subcommand)]
@@ -38,8 +55,15 @@ pub enum PolicyCommand {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_tracing();
     let result = match cli.command {
-        Command::Run { config: _ } => Ok(()),
+        Command::Run { config } => run(config),
+        Command::Status {
+            bpffs,
+            config,
+            json,
+        } => bpffs_dir(bpffs, config).and_then(|dir| status(&dir, json)),
+        Command::Uninstall { bpffs, config } => bpffs_dir(bpffs, config).and_then(|dir| uninstall(&dir)),
         Command::Policy { command } => match command {
             PolicyCommand::Check { file } => crate::policy::cli::check(&file),
             PolicyCommand::Explain(args) => crate::policy::cli::explain(&args),
@@ -52,4 +76,146 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("AIRLOCK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("AIRLOCK_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // Also installs the `log` bridge, so the kernel programs' aya-log lines arrive here.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+fn run(config: PathBuf) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(crate::proxy::run(config))
+}
+
+fn bpffs_dir(bpffs: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = bpffs {
+        return Ok(dir);
+    }
+    if let Some(path) = config {
+        return Ok(crate::config::Config::load(&path)?.daemon.bpffs);
+    }
+    Ok(crate::config::DaemonConfig::default().bpffs)
+}
+
+fn status(bpffs: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let status = crate::intercept::bpf::pin_status(bpffs);
+    // The daemon may live in another network namespace: read its socket table, never dial
+    // the listener (that would be an unintercepted connection).
+    let daemon_alive = status.daemon_tgid.is_some_and(process_alive);
+    let listen_ports = status
+        .daemon_tgid
+        .filter(|_| daemon_alive)
+        .map(listening_ports)
+        .unwrap_or_default();
+    let listening: Vec<(u16, bool)> = {
+        let mut ports: Vec<u16> = status.targets.iter().map(|t| t.proxy_port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+            .into_iter()
+            .map(|p| (p, listen_ports.contains(&p)))
+            .collect()
+    };
+    if json {
+        let v = serde_json::json!({
+            "bpffs": status.bpffs,
+            "links": status.links,
+            "targets": status.targets,
+            "daemon_pid": status.daemon_tgid,
+            "daemon_alive": daemon_alive,
+            "listeners": listening.iter().map(|(p, up)| serde_json::json!({"port": p, "listening": up})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("bpffs: {}", status.bpffs.display());
+    if status.links.is_empty() {
+        println!("programs: none attached (interception is off)");
+    }
+    for l in &status.links {
+        println!(
+            "program {:<14} link {:>6} prog {:>6}",
+            l.program,
+            l.link_id.map_or("?".into(), |v| v.to_string()),
+            l.program_id.map_or("?".into(), |v| v.to_string())
+        );
+    }
+    for t in &status.targets {
+        println!(
+            "target #{:<3} {:<24} port {:<5} -> proxy :{}",
+            t.target_id, t.network, t.port, t.proxy_port
+        );
+    }
+    for (port, up) in &listening {
+        println!(
+            "listener :{port} {}",
+            if *up { "listening" } else { "DOWN (connections are refused)" }
+        );
+    }
+    println!(
+        "daemon: {}",
+        match (status.daemon_tgid, daemon_alive) {
+            (Some(pid), true) => format!("running (pid {pid})"),
+            (Some(pid), false) => format!("not running (last pid {pid}); interception stays in force, fail closed"),
+            (None, _) => "never started".into(),
+        }
+    );
+    Ok(())
+}
+
+fn uninstall(bpffs: &std::path::Path) -> anyhow::Result<()> {
+    let report = crate::intercept::bpf::uninstall(bpffs)?;
+    println!(
+        "detached {} program link(s), removed {} map pin(s) under {}",
+        report.links.len(),
+        report.maps.len(),
+        bpffs.display()
+    );
+    Ok(())
+}
+
+/// A live (not zombie) airlock process.
+fn process_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) state ..." — comm may contain spaces, so split after the last ')'.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    pid != 0 && !matches!(state, Some("Z" | "X"))
+}
+
+/// TCP ports in LISTEN state in a process's network namespace.
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let mut ports = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let mut f = line.split_whitespace();
+            let (Some(local), Some(state)) = (f.nth(1), f.nth(1)) else {
+                continue;
+            };
+            if state != "0A" {
+                continue;
+            }
+            if let Some(port) = local.rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok()) {
+                ports.push(port);
+            }
+        }
+    }
+    ports
 }

@@ -226,11 +226,17 @@ impl Config {
                 .location()
                 .map(|l| (l.line(), l.column()))
                 .unwrap_or((0, 0));
+            let message = e.to_string();
+            // The location is already in the prefix; drop serde's copy of it.
+            let message = match message.rsplit_once(" at line ") {
+                Some((head, _)) => head.to_owned(),
+                None => message,
+            };
             ConfigError::Syntax {
                 path: path.to_owned(),
                 line,
                 column,
-                message: e.to_string(),
+                message,
             }
         })?;
         config.validate(path)?;

@@ -1,14 +1,381 @@
-//! Listeners and sessions: accept intercepted connections, resolve who is calling and where
-//! they meant to go, and hand each session to its protocol handler.
+//! The daemon: install interception, listen for redirected connections, resolve who is
+//! calling and where they meant to go, and hand each session to its protocol handler.
+//! Reloads the configuration on SIGHUP and when the file changes; a bad file keeps the last
+//! good configuration running.
 
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
 use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, TargetConfig};
+use crate::identity::Workload;
+use crate::intercept::{
+    ConnTable, DaemonIdentity, Interceptor, TargetEntry, events, system,
+};
 use crate::policy::Engine;
+use crate::protocol::{self, Session};
 
 /// State shared by every session; swapped atomically on reload.
 #[derive(Debug)]
 pub struct Context {
     pub config: ArcSwap<Config>,
     pub engine: ArcSwap<Engine>,
+    next_session: AtomicU64,
+}
+
+impl Context {
+    /// A context for a validated configuration.
+    pub fn new(config: Config, engine: Engine) -> Self {
+        Context {
+            config: ArcSwap::from_pointee(config),
+            engine: ArcSwap::from_pointee(engine),
+            next_session: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh session id, unique for this daemon run.
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Builds the policy engine; kept in one place so reload and start agree.
+fn build_engine(config: &Config) -> anyhow::Result<Engine> {
+    Ok(Engine::new(config))
+}
+
+/// Kernel map entries for every (network, port) of every target.
+pub fn target_entries(config: &Config) -> Vec<TargetEntry> {
+    let mut out = Vec::new();
+    for (i, t) in config.targets.iter().enumerate() {
+        let proxy_port = config.listen_port(i);
+        for cidr in &t.addresses {
+            let (network, prefix_len) = cidr.to_mapped_v6();
+            for &port in &t.ports {
+                out.push(TargetEntry {
+                    network: mask(network, prefix_len),
+                    prefix_len,
+                    port,
+                    target_id: i as u32,
+                    proxy_port,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn mask(addr: [u8; 16], prefix_len: u8) -> [u8; 16] {
+    let v = u128::from_be_bytes(addr);
+    let m = if prefix_len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(prefix_len))
+    };
+    (v & m).to_be_bytes()
+}
+
+/// The cgroup the programs attach to, and this daemon's own cgroup id.
+fn cgroups(config: &Config) -> anyhow::Result<(PathBuf, u64)> {
+    let root = system::ensure_mounts(&config.daemon.bpffs)?;
+    let attach = config.daemon.cgroup.clone().unwrap_or_else(|| root.clone());
+    let own = system::own_cgroup_path()?;
+    let own_dir = root.join(own.trim_start_matches('/'));
+    let own_id = system::cgroup_id(&own_dir)?;
+    Ok((attach, own_id))
+}
+
+fn daemon_identity(config: &Config, cgroup_id: u64) -> anyhow::Result<DaemonIdentity> {
+    let (node_v4, node_v6) = match config.daemon.node_address {
+        Some(IpAddr::V4(a)) => (Some(a), None),
+        Some(IpAddr::V6(a)) => (None, Some(a)),
+        None => (None, None),
+    };
+    Ok(DaemonIdentity {
+        cgroup_id,
+        tgid: std::process::id(),
+        netns_cookie: system::own_netns_cookie().context("reading the network namespace cookie")?,
+        node_v4,
+        node_v6,
+    })
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. Pinned links stay in force after exit.
+pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&config_path)?;
+    let engine = build_engine(&config)?;
+    let (attach_cgroup, own_cgroup) = cgroups(&config)?;
+    let me = daemon_identity(&config, own_cgroup)?;
+    let mut interceptor = Interceptor::install(&attach_cgroup, &config.daemon.bpffs, me)
+        .context("installing the kernel programs")?;
+    interceptor.sync_targets(&target_entries(&config))?;
+    let cgroup_root = system::cgroup2_mount();
+    events::spawn_readers(&mut interceptor, move |ev| match ev.kind {
+        events::EventKind::Redirected => tracing::debug!(
+            pid = ev.info.tgid,
+            uid = ev.info.uid,
+            cgroup_id = ev.info.cgroup_id,
+            dst = %events::original_dst(&ev.info),
+            "connection intercepted"
+        ),
+        kind => tracing::warn!(
+            ?kind,
+            pid = ev.info.tgid,
+            uid = ev.info.uid,
+            cgroup_id = ev.info.cgroup_id,
+            dst = %events::original_dst(&ev.info),
+            "connection refused by the kernel programs"
+        ),
+    })?;
+
+    let ctx = Arc::new(Context::new(config, engine));
+    let conns = interceptor.conns();
+    let resolver = Arc::new(WorkloadResolver::new(cgroup_root));
+    let mut listeners = Listeners::default();
+    listeners
+        .reconcile(&ctx, &conns, &resolver)
+        .await
+        .context("binding proxy listeners")?;
+    tracing::info!(config = %config_path.display(), targets = ctx.config.load().targets.len(), "airlock running");
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut seen = modified(&config_path);
+    let mut poll = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let reason = tokio::select! {
+            _ = hup.recv() => "SIGHUP",
+            _ = poll.tick() => {
+                let now = modified(&config_path);
+                if now == seen { continue; }
+                seen = now;
+                "file changed"
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        };
+        reload(&config_path, reason, &ctx, &mut interceptor, &mut listeners, &conns, &resolver)
+            .await;
+        // A SIGHUP after an edit must not be followed by a second reload of the same file.
+        seen = modified(&config_path);
+    }
+    tracing::info!("airlock stopping; pinned programs stay attached (fail closed)");
+    Ok(())
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+async fn reload(
+    path: &Path,
+    reason: &str,
+    ctx: &Arc<Context>,
+    interceptor: &mut Interceptor,
+    listeners: &mut Listeners,
+    conns: &Arc<ConnTable>,
+    resolver: &Arc<WorkloadResolver>,
+) {
+    let candidate = Config::load(path).map_err(anyhow::Error::from).and_then(|c| {
+        let engine = build_engine(&c)?;
+        Ok((c, engine))
+    });
+    let (config, engine) = match candidate {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::error!(reason, error = %format!("{error:#}"), "reload rejected; keeping the last good configuration");
+            return;
+        }
+    };
+    let entries = target_entries(&config);
+    ctx.engine.store(Arc::new(engine));
+    ctx.config.store(Arc::new(config));
+    if let Err(error) = listeners.reconcile(ctx, conns, resolver).await {
+        tracing::error!(reason, error = %format!("{error:#}"), "reload: binding listeners failed");
+    }
+    match interceptor.sync_targets(&entries) {
+        Ok(()) => tracing::info!(reason, entries = entries.len(), "configuration reloaded"),
+        Err(error) => tracing::error!(reason, %error, "reload: updating kernel targets failed"),
+    }
+}
+
+/// Proxy listeners by target name.
+#[derive(Default)]
+struct Listeners {
+    by_target: HashMap<String, (u16, Vec<JoinHandle<()>>)>,
+}
+
+impl Listeners {
+    /// Starts listeners for new targets, stops those of removed ones.
+    async fn reconcile(
+        &mut self,
+        ctx: &Arc<Context>,
+        conns: &Arc<ConnTable>,
+        resolver: &Arc<WorkloadResolver>,
+    ) -> anyhow::Result<()> {
+        let config = ctx.config.load_full();
+        let wanted: HashMap<&str, u16> = config
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.as_str(), config.listen_port(i)))
+            .collect();
+        self.by_target.retain(|name, (port, tasks)| {
+            let keep = wanted.get(name.as_str()) == Some(port);
+            if !keep {
+                tasks.iter().for_each(JoinHandle::abort);
+            }
+            keep
+        });
+        for (name, port) in wanted {
+            if self.by_target.contains_key(name) {
+                continue;
+            }
+            let mut addrs = vec![
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port),
+            ];
+            if let Some(node) = config.daemon.node_address {
+                addrs.push(SocketAddr::new(node, port));
+            }
+            let mut tasks = Vec::new();
+            for addr in addrs {
+                let listener = match TcpListener::bind(addr).await {
+                    Ok(l) => l,
+                    // Hosts without IPv6 on loopback still serve IPv4 and mapped clients.
+                    Err(e) if addr.is_ipv6() && addr.ip().is_loopback() => {
+                        tracing::warn!(%addr, error = %e, "no IPv6 loopback listener");
+                        continue;
+                    }
+                    Err(e) => return Err(e).with_context(|| format!("listen on {addr}")),
+                };
+                tracing::info!(target = name, %addr, "listening");
+                tasks.push(tokio::spawn(accept_loop(
+                    listener,
+                    name.to_owned(),
+                    Arc::clone(ctx),
+                    Arc::clone(conns),
+                    Arc::clone(resolver),
+                )));
+            }
+            self.by_target.insert(name.to_owned(), (port, tasks));
+        }
+        Ok(())
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    target_name: String,
+    ctx: Arc<Context>,
+    conns: Arc<ConnTable>,
+    resolver: Arc<WorkloadResolver>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(error) => {
+                // Out of fds and the like: back off instead of spinning.
+                tracing::warn!(target = %target_name, %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let record = conns.take(peer);
+        let ctx = Arc::clone(&ctx);
+        let resolver = Arc::clone(&resolver);
+        let name = target_name.clone();
+        tokio::spawn(async move {
+            if let Some(session) = admit(stream, peer, record, &name, &ctx, &resolver) {
+                protocol::serve(session, ctx).await;
+            }
+        });
+    }
+}
+
+/// Decides whether an accepted connection becomes a session, and with what identity.
+fn admit(
+    stream: TcpStream,
+    peer: SocketAddr,
+    record: Option<airlock_common::ConnInfo>,
+    target_name: &str,
+    ctx: &Context,
+    resolver: &WorkloadResolver,
+) -> Option<Session> {
+    let config = ctx.config.load();
+    let target: Arc<TargetConfig> = Arc::new(config.target(target_name)?.clone());
+    let (workload, original_dst) = match record {
+        Some(info) => {
+            let mut w = events::workload_from(&info, Some(peer));
+            resolver.enrich(&mut w);
+            let dst = events::original_dst(&info);
+            (Some(w), Some(dst))
+        }
+        None if config.daemon.accept_unintercepted => {
+            (None, system::iptables_original_dst(&stream))
+        }
+        None => {
+            // Not redirected by our programs: somebody dialled the listener directly.
+            tracing::warn!(target = target_name, %peer, "refused a connection without an interception record");
+            return None;
+        }
+    };
+    let upstream = match target.upstream.or(original_dst) {
+        Some(u) => u,
+        None => {
+            tracing::warn!(target = target_name, %peer, "no upstream: set `upstream` for this target");
+            return None;
+        }
+    };
+    Some(Session {
+        id: ctx.next_session_id(),
+        client: stream,
+        target,
+        workload,
+        upstream,
+        started: Instant::now(),
+    })
+}
+
+/// Fills in names for ids (cgroup path, user), cached.
+#[derive(Debug)]
+pub struct WorkloadResolver {
+    cgroup_root: Option<PathBuf>,
+    cgroups: std::sync::Mutex<HashMap<u64, Option<String>>>,
+    users: std::sync::Mutex<HashMap<u32, Option<String>>>,
+}
+
+impl WorkloadResolver {
+    fn new(cgroup_root: Option<PathBuf>) -> Self {
+        WorkloadResolver {
+            cgroup_root,
+            cgroups: Default::default(),
+            users: Default::default(),
+        }
+    }
+
+    fn enrich(&self, w: &mut Workload) {
+        if let Ok(mut cache) = self.users.lock() {
+            w.user = cache
+                .entry(w.uid)
+                .or_insert_with(|| system::user_name(w.uid))
+                .clone();
+        }
+        if let (Some(root), Ok(mut cache)) = (&self.cgroup_root, self.cgroups.lock()) {
+            w.cgroup_path = cache
+                .entry(w.cgroup_id)
+                .or_insert_with(|| system::cgroup_path_by_id(root, w.cgroup_id))
+                .clone();
+        }
+    }
 }

@@ -2,10 +2,63 @@
 
 use std::sync::Arc;
 
+use tokio::net::TcpStream;
+
 use super::Session;
 use crate::proxy::Context;
+use crate::relay::{self, Counters};
 
 /// Relays one TCP session to its upstream and logs what crossed.
 pub async fn serve(session: Session, _ctx: Arc<Context>) {
-    tracing::warn!(session = session.id, "tcp relay not wired yet");
+    let Session {
+        id,
+        client,
+        target,
+        workload,
+        upstream,
+        started,
+    } = session;
+    let (pid, uid, comm) = workload
+        .as_ref()
+        .map(|w| (w.tgid, w.uid, w.comm.as_str()))
+        .unwrap_or((0, 0, ""));
+    let upstream_conn = match TcpStream::connect(upstream).await {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::warn!(session = id, target = %target.name, %upstream, %error, "upstream connect failed");
+            return;
+        }
+    };
+    let _ = upstream_conn.set_nodelay(true);
+    let _ = client.set_nodelay(true);
+    let counters = Counters::default();
+    let result = relay::relay(&client, &upstream_conn, &counters).await;
+    let duration_ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(stats) => tracing::info!(
+            session = id,
+            target = %target.name,
+            %upstream,
+            pid,
+            uid,
+            comm,
+            bytes_up = stats.client_to_upstream,
+            bytes_down = stats.upstream_to_client,
+            duration_ms,
+            "tcp session closed"
+        ),
+        Err(error) => tracing::info!(
+            session = id,
+            target = %target.name,
+            %upstream,
+            pid,
+            uid,
+            comm,
+            bytes_up = counters.client_to_upstream.load(std::sync::atomic::Ordering::Relaxed),
+            bytes_down = counters.upstream_to_client.load(std::sync::atomic::Ordering::Relaxed),
+            duration_ms,
+            %error,
+            "tcp session ended with error"
+        ),
+    }
 }

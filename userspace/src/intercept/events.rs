@@ -1,0 +1,105 @@
+//! Interception records and events: the caller's workload identity as the kernel saw it.
+
+use std::net::SocketAddr;
+
+use airlock_common::{ConnInfo, event_kind};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use super::bpf::{Interceptor, addr_from_words};
+use crate::identity::Workload;
+
+/// What a ring-buffer event reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Redirected,
+    /// A connect to a protected target that could not be routed to the proxy was refused.
+    Refused,
+    BindRefused,
+    Unknown(u32),
+}
+
+/// One event from the kernel programs.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub kind: EventKind,
+    pub info: ConnInfo,
+}
+
+/// The original destination recorded at connect time.
+pub fn original_dst(info: &ConnInfo) -> SocketAddr {
+    SocketAddr::new(addr_from_words(info.orig_addr), info.orig_port)
+}
+
+/// Builds the caller's workload from an interception record.
+pub fn workload_from(info: &ConnInfo, peer: Option<SocketAddr>) -> Workload {
+    let comm_len = info.comm.iter().position(|b| *b == 0).unwrap_or(info.comm.len());
+    Workload {
+        pid: info.pid,
+        tgid: info.tgid,
+        uid: info.uid,
+        gid: info.gid,
+        cgroup_id: info.cgroup_id,
+        cgroup_path: None,
+        user: None,
+        comm: String::from_utf8_lossy(&info.comm[..comm_len]).into_owned(),
+        netns_cookie: info.netns_cookie,
+        original_dst: Some(original_dst(info)),
+        peer,
+    }
+}
+
+/// Reads the events ring buffer and the kernel programs' logs until the daemon stops,
+/// handing each event to `on_event`.
+pub fn spawn_readers(
+    interceptor: &mut Interceptor,
+    on_event: impl Fn(Event) + Send + 'static,
+) -> std::io::Result<()> {
+    if let Some(ring) = interceptor.take_events() {
+        // SAFETY: the ring buffer owns its fd for as long as the AsyncFd owns the ring.
+        let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        tokio::spawn(async move {
+            loop {
+                let Ok(mut guard) = fd.readable_mut().await else {
+                    tracing::error!("interception events ring buffer failed");
+                    return;
+                };
+                let ring = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    if item.len() < std::mem::size_of::<ConnInfo>() {
+                        continue;
+                    }
+                    // SAFETY: the kernel wrote a whole ConnInfo (checked length); read
+                    // unaligned because ring buffer records are only 8-byte aligned by
+                    // convention.
+                    let info: ConnInfo =
+                        unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ConnInfo>()) };
+                    let kind = match info.kind {
+                        event_kind::REDIRECTED => EventKind::Redirected,
+                        event_kind::REFUSED => EventKind::Refused,
+                        event_kind::BIND_REFUSED => EventKind::BindRefused,
+                        other => EventKind::Unknown(other),
+                    };
+                    on_event(Event { kind, info });
+                }
+                guard.clear_ready();
+            }
+        });
+    }
+    if let Some(logger) = interceptor.take_logger() {
+        // SAFETY: the logger owns its fd for as long as the AsyncFd owns the logger.
+        let mut fd = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        tokio::spawn(async move {
+            loop {
+                let Ok(mut guard) = fd.readable_mut().await else {
+                    return;
+                };
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+        });
+    }
+    Ok(())
+}
