@@ -25,6 +25,7 @@ except OSError as e:
     print(f"connect-error errno={e.errno} {e.strerror}")
     sys.exit(3)
 print(f"getpeername={s.getpeername()[0]}:{s.getpeername()[1]}")
+print(f"sockname_port={s.getsockname()[1]}")
 greeting = b""
 while not greeting.endswith(b"\n"):
     chunk = s.recv(1024)

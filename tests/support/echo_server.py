@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A real TCP service for interception tests: on each connection it writes
-"peer=<addr> local=<addr>\n", then echoes what it reads until EOF. Every accepted peer is
+"peer=<addr> peer_port=<port> local=<addr>\n", then echoes what it reads until EOF. Every accepted peer is
 appended to the log file, so a test can assert what arrived and from where."""
 import socket
 import sys
@@ -13,11 +13,11 @@ lock = threading.Lock()
 
 def serve(conn):
     with conn:
-        peer = conn.getpeername()[0]
+        peer, peer_port = conn.getpeername()[:2]
         local = conn.getsockname()[0]
         with lock, open(log_path, "a") as log:
-            log.write(f"{peer} {local}\n")
-        conn.sendall(f"peer={peer} local={local}\n".encode())
+            log.write(f"{peer} {peer_port} {local}\n")
+        conn.sendall(f"peer={peer} peer_port={peer_port} local={local}\n".encode())
         while True:
             data = conn.recv(65536)
             if not data:

@@ -84,6 +84,7 @@ fn init_tracing() {
     let json = std::env::var("AIRLOCK_LOG_FORMAT").is_ok_and(|v| v == "json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     // Also installs the `log` bridge, so the kernel programs' aya-log lines arrive here.
     let _ = if json {
