@@ -62,7 +62,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DaemonConfig {
-    /// cgroup v2 directory the kernel programs attach to (default: the cgroup v2 root).
+    /// cgroup v2 directory the kernel programs attach to (default: the cgroup v2 root). A
+    /// relative path is taken from the cgroup v2 mount point.
     pub cgroup: Option<PathBuf>,
     /// bpffs directory for pinned links and maps.
     pub bpffs: PathBuf,

@@ -87,7 +87,10 @@ fn mask(addr: [u8; 16], prefix_len: u8) -> [u8; 16] {
 /// The cgroup the programs attach to, and this daemon's own cgroup id.
 fn cgroups(config: &Config) -> anyhow::Result<(PathBuf, u64)> {
     let root = system::ensure_mounts(&config.daemon.bpffs)?;
-    let attach = config.daemon.cgroup.clone().unwrap_or_else(|| root.clone());
+    let attach = match &config.daemon.cgroup {
+        Some(dir) => root.join(dir),
+        None => root.clone(),
+    };
     let own = system::own_cgroup_path()?;
     let own_dir = root.join(own.trim_start_matches('/'));
     let own_id = system::cgroup_id(&own_dir)?;
@@ -156,9 +159,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         let reason = tokio::select! {
             _ = hup.recv() => "SIGHUP",
             _ = poll.tick() => {
-                let now = modified(&config_path);
-                if now == seen { continue; }
-                seen = now;
+                if modified(&config_path) == seen { continue; }
                 "file changed"
             }
             _ = term.recv() => break,

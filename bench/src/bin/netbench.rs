@@ -1,0 +1,115 @@
+//! netbench: the two ends of the interception benchmarks.
+//!
+//! - `netbench serve PORT` — accepts; a connection that sends `C` gets one byte back and is
+//!   closed (connection setup); one that sends `T` is drained to EOF and answered with the
+//!   byte count (throughput).
+//! - `netbench connect ADDR N` — N sequential connections, each timed from `connect()` to
+//!   the server's byte (so a proxied connection includes the proxy's upstream connect).
+//!   Prints JSON: p50/p99 microseconds and connections per second.
+//! - `netbench throughput ADDR BYTES` — sends BYTES, waits for the count. Prints JSON MB/s.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| -> &str { args.get(i).map(String::as_str).unwrap_or_else(|| usage()) };
+    match arg(0) {
+        "serve" => serve(arg(1).parse().unwrap_or_else(|_| usage())),
+        "connect" => connect(arg(1), arg(2).parse().unwrap_or_else(|_| usage())),
+        "throughput" => throughput(arg(1), arg(2).parse().unwrap_or_else(|_| usage())),
+        _ => usage(),
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: netbench serve PORT | connect ADDR N | throughput ADDR BYTES");
+    std::process::exit(2)
+}
+
+fn fail(what: &str, e: std::io::Error) -> ! {
+    eprintln!("netbench: {what}: {e}");
+    std::process::exit(1)
+}
+
+fn serve(port: u16) {
+    let listener = TcpListener::bind(("0.0.0.0", port)).unwrap_or_else(|e| fail("bind", e));
+    println!("ready");
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        std::thread::spawn(move || {
+            let mut mode = [0u8; 1];
+            if conn.read_exact(&mut mode).is_err() {
+                return;
+            }
+            match mode[0] {
+                b'C' => {
+                    let _ = conn.write_all(b"k");
+                }
+                b'T' => {
+                    let mut buf = vec![0u8; 1 << 20];
+                    let mut total: u64 = 0;
+                    loop {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => total += n as u64,
+                        }
+                    }
+                    let _ = conn.write_all(&total.to_be_bytes());
+                }
+                _ => {}
+            }
+        });
+    }
+}
+
+fn connect(addr: &str, n: usize) {
+    let mut samples = Vec::with_capacity(n);
+    let started = Instant::now();
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let mut s = TcpStream::connect(addr).unwrap_or_else(|e| fail("connect", e));
+        s.set_nodelay(true).ok();
+        s.write_all(b"C").unwrap_or_else(|e| fail("write", e));
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap_or_else(|e| fail("read", e));
+        samples.push(t0.elapsed());
+    }
+    let elapsed = started.elapsed();
+    samples.sort_unstable();
+    let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e6;
+    println!(
+        "{{\"connections\": {n}, \"p50_us\": {:.1}, \"p99_us\": {:.1}, \"per_second\": {:.0}}}",
+        pct(0.50),
+        pct(0.99),
+        n as f64 / elapsed.as_secs_f64()
+    );
+}
+
+fn throughput(addr: &str, bytes: u64) {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| fail("connect", e));
+    s.write_all(b"T").unwrap_or_else(|e| fail("write", e));
+    let chunk = vec![0x5au8; 1 << 20];
+    let t0 = Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        s.write_all(&chunk[..n]).unwrap_or_else(|e| fail("write", e));
+        left -= n as u64;
+    }
+    s.shutdown(Shutdown::Write).unwrap_or_else(|e| fail("shutdown", e));
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    let mut count = [0u8; 8];
+    s.read_exact(&mut count).unwrap_or_else(|e| fail("read count", e));
+    let secs = t0.elapsed().as_secs_f64();
+    let got = u64::from_be_bytes(count);
+    if got != bytes {
+        eprintln!("netbench: server counted {got} bytes, sent {bytes}");
+        std::process::exit(1);
+    }
+    println!(
+        "{{\"bytes\": {bytes}, \"seconds\": {secs:.3}, \"mb_per_s\": {:.1}}}",
+        bytes as f64 / secs / 1e6
+    );
+}

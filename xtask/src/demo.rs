@@ -1,0 +1,156 @@
+//! `cargo xtask demo`: a test host in a network namespace, the daemon protecting a demo
+//! cgroup, and an unmodified client in that cgroup — intercepted, then trying to get around
+//! the proxy and failing.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+const NS: &str = "airlock-demo-db";
+const STATE: &str = "/tmp/airlock-demo";
+
+fn out(script: &str) -> String {
+    Command::new("bash")
+        .args(["-c", script])
+        .output()
+        .map(|o| {
+            let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
+            s.push_str(&String::from_utf8_lossy(&o.stderr));
+            s
+        })
+        .unwrap_or_default()
+}
+
+fn step(title: &str) {
+    println!("\n\x1b[1m== {title}\x1b[0m");
+}
+
+fn cgroup_root() -> String {
+    out("grep ' - cgroup2 ' /proc/self/mountinfo | awk '{print $5; exit}'")
+        .trim()
+        .to_owned()
+}
+
+/// Runs `cmd` as an unmodified client inside the demo's protected cgroup.
+fn as_agent(cmd: &str) -> String {
+    let procs = format!("{}/airlock-demo/agent/cgroup.procs", cgroup_root());
+    out(&format!("sh -c 'echo $$ > {procs} && exec {cmd}'"))
+}
+
+fn teardown(airlock: &Path) {
+    // A daemon left by an interrupted demo: stop it by its recorded pid.
+    if let Some(pid) = std::fs::read_to_string(format!("{STATE}/daemon.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+    {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("airlock") {
+            let _ = out(&format!("kill -9 {pid}"));
+        }
+    }
+    let _ = out(&format!(
+        "{} uninstall --bpffs /sys/fs/bpf/airlock-demo >/dev/null 2>&1; \
+         ip netns pids {NS} 2>/dev/null | xargs -r kill -9; ip netns del {NS} 2>/dev/null; ip link del al-demo0 2>/dev/null; \
+         cg={root}/airlock-demo; [ -d $cg ] && {{ echo 1 > $cg/cgroup.kill; sleep 0.2; find $cg -depth -type d -exec rmdir {{}} \\; ; }}; true",
+        airlock.display(),
+        root = cgroup_root()
+    ));
+}
+
+pub fn run(root: &Path) -> Result<()> {
+    let airlock = root.join("target/release/airlock");
+    let support = root.join("tests/support");
+    teardown(&airlock);
+    std::fs::create_dir_all(STATE)?;
+
+    step("A test host: network namespace airlock-demo-db at 198.18.0.2 (host side 198.18.0.1)");
+    crate::sh(&format!(
+        "set -e; ip netns add {NS}; ip -n {NS} link set lo up
+         ip link add al-demo0 type veth peer name al-demo1 netns {NS}
+         ip addr add 198.18.0.1/24 dev al-demo0; ip link set al-demo0 up
+         ip -n {NS} addr add 198.18.0.2/24 dev al-demo1; ip -n {NS} link set al-demo1 up"
+    ))?;
+    let echo = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{NS}"))
+        .args(["/usr/bin/python3"])
+        .arg(support.join("echo_server.py"))
+        .args(["7000", &format!("{STATE}/echo.log")])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("start the demo TCP service")?;
+    println!("TCP service on 198.18.0.2:7000 (pid {})", echo.id());
+
+    step("airlock run --config policies/demo.yaml (protecting cgroup airlock-demo)");
+    let cg = format!("{}/airlock-demo", cgroup_root());
+    crate::sh(&format!("mkdir -p {cg}/daemon {cg}/agent"))?;
+    std::fs::copy(root.join("policies/demo.yaml"), format!("{STATE}/demo.yaml"))?;
+    let log = std::fs::File::create(format!("{STATE}/daemon.log"))?;
+    // Waits for the `nth` "airlock running" line: the log is shared by both runs.
+    let start_daemon = |nth: usize| -> Result<std::process::Child> {
+        let child = Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "echo $$ > {cg}/daemon/cgroup.procs && exec {} run --config {STATE}/demo.yaml",
+                    airlock.display()
+                ),
+            ])
+            .stdout(log.try_clone()?)
+            .stderr(log.try_clone()?)
+            .spawn()?;
+        std::fs::write(format!("{STATE}/daemon.pid"), child.id().to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::fs::read_to_string(format!("{STATE}/daemon.log"))?
+            .matches("airlock running")
+            .count()
+            < nth
+        {
+            if Instant::now() > deadline {
+                bail!("daemon did not start; see {STATE}/daemon.log");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(child)
+    };
+    let mut daemon = start_daemon(1)?;
+    print!("{}", out(&format!("{} status --bpffs /sys/fs/bpf/airlock-demo", airlock.display())));
+
+    let client = format!("/usr/bin/python3 {}", support.join("client.py").display());
+    step("An unmodified client in the protected cgroup connects to 198.18.0.2:7000");
+    print!("{}", as_agent(&format!("{client} 198.18.0.2 7000")));
+    println!("(the client believes it talks to 198.18.0.2; the service saw the proxy's upstream socket)");
+
+    step("Bypass attempt: the same target as an IPv4-mapped IPv6 address");
+    print!("{}", as_agent(&format!("{client} ::ffff:198.18.0.2 7000 --family 6")));
+    step("Bypass attempt: SO_MARK on the socket");
+    print!("{}", as_agent(&format!("{client} 198.18.0.2 7000 --mark 1")));
+
+    step("kill -9 the daemon: interception stays pinned, connections are refused, not sent direct");
+    daemon.kill()?;
+    daemon.wait()?;
+    print!("{}", as_agent(&format!("{client} 198.18.0.2 7000")));
+    print!(
+        "{}",
+        as_agent("/usr/bin/python3 -c \"import socket; socket.socket().bind(('127.0.0.1', 15001))\" 2>&1 | tail -1")
+    );
+    println!("(nobody can take over the proxy's port while it is down)");
+
+    step("Restart: interception resumes from the pins");
+    let mut daemon = start_daemon(2)?;
+    print!("{}", as_agent(&format!("{client} 198.18.0.2 7000")));
+
+    step("What the service recorded (peer address, port, local address)");
+    print!("{}", std::fs::read_to_string(format!("{STATE}/echo.log")).unwrap_or_default());
+
+    step("Teardown");
+    daemon.kill()?;
+    daemon.wait()?;
+    teardown(&airlock);
+    let mut echo = echo;
+    let _ = echo.kill();
+    let _ = echo.wait();
+    println!("demo finished; daemon logs were in {STATE}/daemon.log");
+    Ok(())
+}
