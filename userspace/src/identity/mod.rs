@@ -1,6 +1,8 @@
 //! Who is asking: the caller's workload (from the kernel's interception event) and, once
 //! authenticated, the identity that policy rules match on.
 
+pub mod oidc;
+
 use std::net::SocketAddr;
 
 /// The calling process as the kernel saw it at `connect()` time.
