@@ -1,6 +1,7 @@
 //! Who is asking: the caller's workload (from the kernel's interception event) and, once
 //! authenticated, the identity that policy rules match on.
 
+pub mod login;
 pub mod oidc;
 
 use std::net::SocketAddr;
