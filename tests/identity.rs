@@ -1,0 +1,319 @@
+//! Identity against a real OIDC provider (npm `oidc-provider`, started by each test over HTTPS
+//! with a CA made for the test): token verification, key rotation, every refusal reason, and
+//! the reviewer device-flow login.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "support/oidc/mod.rs"]
+mod oidc_support;
+
+use std::time::Duration;
+
+use airlock::identity::login::{LoginOptions, cached_token_at, login_with};
+use airlock::identity::oidc::{OidcVerifier, TokenError, VerifierOptions};
+use airlock::policy::spec::{IdentitySpec, OidcSpec};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use oidc_support::{Pki, Provider};
+use openidconnect::PrivateSigningKey;
+use openidconnect::core::{CoreHmacKey, CoreJwsSigningAlgorithm};
+
+const AUDIENCE: &str = "https://airlock.test";
+
+fn spec(name: &str, issuer: &str, audience: &str, pki: &Pki) -> IdentitySpec {
+    IdentitySpec {
+        name: name.into(),
+        oidc: Some(OidcSpec {
+            issuer: issuer.into(),
+            audience: audience.into(),
+            groups_claim: "groups".into(),
+            algorithms: vec![],
+            ca_file: Some(pki.ca.clone()),
+        }),
+        workload: None,
+        groups: vec!["ci-jobs".into()],
+    }
+}
+
+fn options() -> VerifierOptions {
+    VerifierOptions {
+        leeway: Duration::from_secs(5),
+        min_refresh_interval: Duration::ZERO,
+        http_timeout: Duration::from_secs(5),
+        ..VerifierOptions::default()
+    }
+}
+
+fn verifier(specs: &[IdentitySpec]) -> OidcVerifier {
+    OidcVerifier::with_options(specs, options()).unwrap()
+}
+
+fn parts(token: &str) -> (serde_json::Value, serde_json::Value, String) {
+    let mut it = token.split('.');
+    let h = serde_json::from_slice(&B64.decode(it.next().unwrap()).unwrap()).unwrap();
+    let p = serde_json::from_slice(&B64.decode(it.next().unwrap()).unwrap()).unwrap();
+    (h, p, it.next().unwrap().to_string())
+}
+
+fn encode(v: &serde_json::Value) -> String {
+    B64.encode(serde_json::to_vec(v).unwrap())
+}
+
+#[tokio::test]
+async fn valid_token_yields_subject_groups_and_ci_claims() {
+    let pki = Pki::new("valid");
+    let idp = Provider::start(&pki, "k1", 0);
+    let v = verifier(&[spec("ci", &idp.issuer, AUDIENCE, &pki)]);
+    let token = idp.client_token(&pki, "ci", None).await;
+
+    let claims = v.verify(&token).await.unwrap();
+    assert_eq!(claims.subject, "ci");
+    assert_eq!(claims.issuer, idp.issuer);
+    assert_eq!(claims.identity, "ci");
+    // Token groups first, then the groups the identity grants.
+    assert_eq!(claims.groups, ["agents", "ci", "ci-jobs"]);
+    assert_eq!(claims.claims["repository"], "acme/app");
+    assert_eq!(claims.claims["ref"], "refs/heads/main");
+    assert_eq!(claims.claims["workflow"], "deploy");
+    assert_eq!(claims.claims["run_attempt"], "1");
+    assert!(claims.expires_at > std::time::SystemTime::now());
+    // The same token, as psql would send it in the password field with a trailing newline.
+    assert_eq!(v.verify(&format!("{token}\n")).await.unwrap().subject, "ci");
+}
+
+#[tokio::test]
+async fn key_rotation_is_picked_up_from_the_jwks() {
+    let pki = Pki::new("rotation");
+    let idp = Provider::start(&pki, "old", 0);
+    let v = verifier(&[spec("ci", &idp.issuer, AUDIENCE, &pki)]);
+    let old_token = idp.client_token(&pki, "ci", None).await;
+    v.verify(&old_token).await.unwrap();
+
+    // The provider restarts on the same address with a new signing key.
+    let port = idp.port;
+    idp.stop();
+    let idp = Provider::start(&pki, "new", port);
+    let new_token = idp.client_token(&pki, "ci", None).await;
+    assert_ne!(parts(&new_token).0["kid"], parts(&old_token).0["kid"]);
+
+    let claims = v.verify(&new_token).await.unwrap();
+    assert_eq!(claims.subject, "ci");
+    // The JWKS was replaced, so a token signed by the retired key no longer verifies.
+    let err = v.verify(&old_token).await.unwrap_err();
+    assert!(matches!(err, TokenError::UnknownKey { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn refetch_on_unknown_key_is_rate_limited() {
+    let pki = Pki::new("ratelimit");
+    let idp = Provider::start(&pki, "a", 0);
+    let v = OidcVerifier::with_options(
+        &[spec("ci", &idp.issuer, AUDIENCE, &pki)],
+        VerifierOptions {
+            min_refresh_interval: Duration::from_secs(3600),
+            ..options()
+        },
+    )
+    .unwrap();
+    v.verify(&idp.client_token(&pki, "ci", None).await)
+        .await
+        .unwrap();
+    let port = idp.port;
+    idp.stop();
+    let idp = Provider::start(&pki, "b", port);
+    // A key the cache does not know, but the last fetch was just now: no refetch, refused.
+    let err = v
+        .verify(&idp.client_token(&pki, "ci", None).await)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TokenError::UnknownKey { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn expired_and_not_yet_valid_tokens_are_refused() {
+    let pki = Pki::new("expired");
+    let idp = Provider::start(&pki, "k1", 0);
+    let v = verifier(&[spec("ci", &idp.issuer, AUDIENCE, &pki)]);
+
+    let expired = idp.client_token(&pki, "expired", None).await;
+    let err = v.verify(&expired).await.unwrap_err();
+    assert!(matches!(err, TokenError::Expired { .. }), "{err}");
+    assert_eq!(err.kind(), "expired");
+
+    let future = idp.client_token(&pki, "future", None).await;
+    let err = v.verify(&future).await.unwrap_err();
+    assert!(matches!(err, TokenError::NotYetValid { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn wrong_audience_is_refused() {
+    let pki = Pki::new("aud");
+    let idp = Provider::start(&pki, "k1", 0);
+    let v = verifier(&[spec("ci", &idp.issuer, AUDIENCE, &pki)]);
+    let token = idp
+        .client_token(&pki, "ci", Some("https://other.test"))
+        .await;
+    assert_eq!(parts(&token).1["aud"], "https://other.test");
+    let err = v.verify(&token).await.unwrap_err();
+    assert!(
+        matches!(&err, TokenError::WrongAudience { found, .. } if found == &["https://other.test"]),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn wrong_issuer_is_refused() {
+    let pki = Pki::new("iss");
+    let trusted = Provider::start(&pki, "trusted", 0);
+    let other = Provider::start(&pki, "other", 0);
+    let v = verifier(&[spec("ci", &trusted.issuer, AUDIENCE, &pki)]);
+    // Make sure the trusted issuer's keys are cached, so the refusals below are not about
+    // reachability.
+    v.verify(&trusted.client_token(&pki, "ci", None).await)
+        .await
+        .unwrap();
+
+    let foreign = other.client_token(&pki, "ci", None).await;
+    let err = v.verify(&foreign).await.unwrap_err();
+    assert!(
+        matches!(&err, TokenError::WrongIssuer { issuer } if *issuer == other.issuer),
+        "{err}"
+    );
+
+    // The other provider's token relabelled with the trusted issuer: its key is not the
+    // trusted issuer's.
+    let (h, mut p, sig) = parts(&foreign);
+    p["iss"] = trusted.issuer.clone().into();
+    let relabelled = format!("{}.{}.{sig}", encode(&h), encode(&p));
+    let err = v.verify(&relabelled).await.unwrap_err();
+    assert!(matches!(err, TokenError::UnknownKey { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn forged_signatures_are_refused() {
+    let pki = Pki::new("forged");
+    let idp = Provider::start(&pki, "k1", 0);
+    let v = verifier(&[spec("ci", &idp.issuer, AUDIENCE, &pki)]);
+    let token = idp.client_token(&pki, "ci", None).await;
+    let (h, p, sig) = parts(&token);
+
+    // One signature byte flipped.
+    let mut raw = B64.decode(&sig).unwrap();
+    raw[10] ^= 0x01;
+    let tampered = format!("{}.{}.{}", encode(&h), encode(&p), B64.encode(&raw));
+    let err = v.verify(&tampered).await.unwrap_err();
+    assert!(matches!(err, TokenError::BadSignature(_)), "{err}");
+
+    // The claims changed (granting `dba`), signature kept.
+    let mut p2 = p.clone();
+    p2["groups"] = serde_json::json!(["agents", "dba"]);
+    let escalated = format!("{}.{}.{sig}", encode(&h), encode(&p2));
+    let err = v.verify(&escalated).await.unwrap_err();
+    assert!(matches!(err, TokenError::BadSignature(_)), "{err}");
+
+    // No signature at all.
+    let unsigned = format!("{}.{}.", encode(&h), encode(&p));
+    assert!(v.verify(&unsigned).await.is_err());
+}
+
+#[tokio::test]
+async fn algorithm_confusion_is_refused() {
+    let pki = Pki::new("alg");
+    let idp = Provider::start(&pki, "k1", 0);
+    let v = verifier(&[spec("ci", &idp.issuer, AUDIENCE, &pki)]);
+    let token = idp.client_token(&pki, "ci", None).await;
+    let (h, p, _) = parts(&token);
+
+    // HS256 "signed" with the provider's RSA public key (PEM, as published) as the secret.
+    let public_pem = std::fs::read(pki.dir.join("k1.pub.pem")).unwrap();
+    let mut h_hs = h.clone();
+    h_hs["alg"] = "HS256".into();
+    let input = format!("{}.{}", encode(&h_hs), encode(&p));
+    let mac = CoreHmacKey::new(public_pem)
+        .sign(&CoreJwsSigningAlgorithm::HmacSha256, input.as_bytes())
+        .unwrap();
+    let hs = format!("{input}.{}", B64.encode(mac));
+    let err = v.verify(&hs).await.unwrap_err();
+    assert!(
+        matches!(&err, TokenError::AlgorithmNotAllowed { alg, .. } if alg == "HS256"),
+        "{err}"
+    );
+
+    // alg none, in any spelling.
+    for none in ["none", "None", "NONE"] {
+        let mut h_none = h.clone();
+        h_none["alg"] = none.into();
+        let t = format!("{}.{}.", encode(&h_none), encode(&p));
+        let err = v.verify(&t).await.unwrap_err();
+        assert!(
+            matches!(err, TokenError::AlgorithmNotAllowed { .. }),
+            "{none}: {err}"
+        );
+    }
+
+    // An allowed-by-default algorithm the issuer did not use, with the RSA key: refused by the
+    // key type check, never accepted.
+    let mut h_es = h.clone();
+    h_es["alg"] = "ES256".into();
+    let t = format!("{}.{}.{}", encode(&h_es), encode(&p), B64.encode([0u8; 64]));
+    assert!(v.verify(&t).await.is_err());
+}
+
+#[tokio::test]
+async fn unreachable_issuer_fails_closed() {
+    let pki = Pki::new("down");
+    let idp = Provider::start(&pki, "k1", 0);
+    let token = idp.client_token(&pki, "ci", None).await;
+    let v = verifier(&[spec("ci", &idp.issuer, AUDIENCE, &pki)]);
+    idp.stop();
+    let err = v.verify(&token).await.unwrap_err();
+    assert!(matches!(err, TokenError::IssuerUnreachable { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn reviewer_device_flow_login_caches_a_verifiable_token() {
+    let pki = Pki::new("login");
+    let idp = std::sync::Arc::new(Provider::start(&pki, "k1", 0));
+    let pki = std::sync::Arc::new(pki);
+    let token_path = pki.dir.join("home/.config/airlock/token");
+
+    let (idp2, pki2) = (idp.clone(), pki.clone());
+    let cached = login_with(
+        &idp.issuer,
+        "cli",
+        &LoginOptions {
+            ca_file: Some(pki.ca.clone()),
+            token_path: Some(token_path.clone()),
+            ..LoginOptions::default()
+        },
+        move |d| {
+            assert!(d.verification_uri.ends_with("/device"));
+            let code = d.user_code.clone();
+            // The reviewer approves in "their browser" a moment later, while login polls.
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                idp2.approve_device(&pki2, &code, "alice").await;
+            });
+        },
+    )
+    .await
+    .unwrap();
+    assert!(cached.id_token.is_some());
+
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&token_path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // What the CLI would send as Bearer, checked the way the API checks it.
+    let bearer = cached_token_at(&token_path).unwrap();
+    let mut reviewers = spec("reviewers", &idp.issuer, "cli", &pki);
+    reviewers.groups = vec![];
+    let claims = verifier(&[reviewers]).verify(&bearer).await.unwrap();
+    assert_eq!(claims.subject, "alice");
+    assert_eq!(claims.identity, "reviewers");
+    assert!(
+        claims.groups.contains(&"dba".to_string()),
+        "{:?}",
+        claims.groups
+    );
+}
