@@ -317,3 +317,113 @@ async fn reviewer_device_flow_login_caches_a_verifiable_token() {
         claims.groups
     );
 }
+
+/// Two real processes, under different users and in different cgroup v2 cgroups, resolve to
+/// different workload identities from what the kernel reports (uid, cgroup id = inode).
+#[test]
+fn workload_identity_of_real_processes_in_real_cgroups() {
+    use airlock::identity::Workload;
+    use airlock::identity::workload::{WorkloadResolver, cgroup2_mounts, describe};
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
+
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test needs root (cgroup v2 and a second uid)"
+    );
+    // Use the host's cgroup v2 mount, or mount the hierarchy on a private directory.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let scratch = std::env::temp_dir().join(format!("airlock-cg2-{}", std::process::id()));
+    let (root, mounted) = match cgroup2_mounts(&mountinfo).into_iter().next() {
+        Some(root) => (root, false),
+        None => {
+            std::fs::create_dir_all(&scratch).unwrap();
+            let st = Command::new("mount")
+                .args(["-t", "cgroup2", "none"])
+                .arg(&scratch)
+                .status()
+                .unwrap();
+            assert!(st.success(), "mount -t cgroup2 failed");
+            (scratch.clone(), true)
+        }
+    };
+    let base = format!("airlock-test-{}", std::process::id());
+    let ci = root.join(&base).join("ci-runner.service");
+    let app = root.join(&base).join("app.service");
+    std::fs::create_dir_all(&ci).unwrap();
+    std::fs::create_dir_all(&app).unwrap();
+
+    let spawn = |uid: u32, cg: &std::path::Path| {
+        let child = Command::new("sleep").arg("30").uid(uid).spawn().unwrap();
+        std::fs::write(cg.join("cgroup.procs"), child.id().to_string()).unwrap();
+        child
+    };
+    let mut a = spawn(0, &ci);
+    let mut b = spawn(65534, &app);
+
+    let r = WorkloadResolver::new(Some(root.clone()));
+    let kernel_view = |child: &std::process::Child, uid: u32, cg: &std::path::Path| Workload {
+        pid: child.id(),
+        tgid: child.id(),
+        uid,
+        cgroup_id: std::fs::metadata(cg).unwrap().ino(),
+        ..Workload::default()
+    };
+    let mut wa = kernel_view(&a, 0, &ci);
+    let mut wb = kernel_view(&b, 65534, &app);
+    r.resolve(&mut wa);
+    r.resolve(&mut wb);
+
+    let expected_b = std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(':').nth(2) == Some("65534"))
+        .map(|l| l.split(':').next().unwrap().to_string());
+    let result = || {
+        assert_eq!(wa.user.as_deref(), Some("root"));
+        assert_eq!(wb.user, expected_b);
+        assert_eq!(
+            wa.cgroup_path.as_deref(),
+            Some(format!("/{base}/ci-runner.service").as_str())
+        );
+        assert_eq!(
+            wb.cgroup_path.as_deref(),
+            Some(format!("/{base}/app.service").as_str())
+        );
+        assert_eq!(
+            describe(wa.cgroup_path.as_deref().unwrap()).unit.as_deref(),
+            Some("ci-runner.service")
+        );
+        assert_ne!(wa, wb);
+        // The process gone, the cgroup id still resolves (by walking the hierarchy).
+        let fresh = WorkloadResolver::new(Some(root.clone()));
+        assert_eq!(
+            fresh.cgroup_path(wb.cgroup_id, None).as_deref(),
+            Some(format!("/{base}/app.service").as_str())
+        );
+    };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(result));
+
+    for c in [&mut a, &mut b] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    // An emptied cgroup can be removed once the kernel has reaped its last process.
+    for cg in [&ci, &app, &root.join(&base)] {
+        for _ in 0..50 {
+            if std::fs::remove_dir(cg).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    if mounted {
+        let _ = Command::new("umount").arg(&scratch).status();
+        let _ = std::fs::remove_dir(&scratch);
+    }
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e);
+    }
+}

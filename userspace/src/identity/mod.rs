@@ -3,6 +3,7 @@
 
 pub mod login;
 pub mod oidc;
+pub mod workload;
 
 use std::net::SocketAddr;
 
