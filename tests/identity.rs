@@ -64,6 +64,7 @@ async fn valid_token_yields_subject_groups_and_ci_claims() {
     let pki = Pki::new("valid");
     let idp = Provider::start(&pki, "k1", 0);
     let v = verifier(&[spec("ci", &idp.issuer, AUDIENCE, &pki)]);
+    assert!(v.warm_up().await.is_empty());
     let token = idp.client_token(&pki, "ci", None).await;
 
     let claims = v.verify(&token).await.unwrap();
@@ -79,6 +80,9 @@ async fn valid_token_yields_subject_groups_and_ci_claims() {
     assert!(claims.expires_at > std::time::SystemTime::now());
     // The same token, as psql would send it in the password field with a trailing newline.
     assert_eq!(v.verify(&format!("{token}\n")).await.unwrap().subject, "ci");
+    let identity = claims.into_identity(None);
+    assert_eq!(identity.subject, "ci");
+    assert_eq!(identity.groups, ["agents", "ci", "ci-jobs"]);
 }
 
 #[tokio::test]
@@ -266,6 +270,11 @@ async fn unreachable_issuer_fails_closed() {
     let token = idp.client_token(&pki, "ci", None).await;
     let v = verifier(&[spec("ci", &idp.issuer, AUDIENCE, &pki)]);
     idp.stop();
+    let warm = v.warm_up().await;
+    assert!(
+        matches!(warm.as_slice(), [TokenError::IssuerUnreachable { .. }]),
+        "{warm:?}"
+    );
     let err = v.verify(&token).await.unwrap_err();
     assert!(matches!(err, TokenError::IssuerUnreachable { .. }), "{err}");
 }

@@ -62,6 +62,18 @@ pub struct TokenClaims {
     pub expires_at: SystemTime,
 }
 
+impl TokenClaims {
+    /// The policy identity of this token's caller, with the kernel's view when the token came
+    /// over an intercepted connection.
+    pub fn into_identity(self, workload: Option<super::Workload>) -> super::Identity {
+        super::Identity {
+            subject: self.subject,
+            groups: self.groups,
+            workload,
+        }
+    }
+}
+
 /// Why a token was refused. Each variant is a distinct, loggable reason; [`TokenError::kind`]
 /// gives a short fixed label for metrics.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -276,6 +288,19 @@ impl OidcVerifier {
     /// Issuer URLs this verifier trusts.
     pub fn issuers(&self) -> impl Iterator<Item = &str> {
         self.issuers.iter().map(|i| i.url.as_str())
+    }
+
+    /// Runs discovery for every issuer now (daemon start), so a misconfigured or unreachable
+    /// issuer shows up in the log at once rather than at the first token. Returns the failures;
+    /// tokens of a failed issuer are refused until a later fetch succeeds.
+    pub async fn warm_up(&self) -> Vec<TokenError> {
+        let mut errors = Vec::new();
+        for issuer in &self.issuers {
+            if let Err(e) = issuer.current_keys(&self.options).await {
+                errors.push(e);
+            }
+        }
+        errors
     }
 
     /// Verifies `token` (a compact JWS) and returns its claims. Fails closed: any doubt is an
