@@ -436,3 +436,39 @@ fn workload_identity_of_real_processes_in_real_cgroups() {
         std::panic::resume_unwind(e);
     }
 }
+
+#[tokio::test]
+async fn cached_keys_outlive_an_outage_only_up_to_max_stale() {
+    let pki = Pki::new("stale");
+    let idp = Provider::start(&pki, "k1", 0);
+    let token = idp.client_token(&pki, "ci", None).await;
+    let specs = [spec("ci", &idp.issuer, AUDIENCE, &pki)];
+    // Keys are always past their TTL, so each verification tries to refetch.
+    let tolerant = OidcVerifier::with_options(
+        &specs,
+        VerifierOptions {
+            jwks_ttl: Duration::ZERO,
+            max_stale: Duration::from_secs(3600),
+            ..options()
+        },
+    )
+    .unwrap();
+    let strict = OidcVerifier::with_options(
+        &specs,
+        VerifierOptions {
+            jwks_ttl: Duration::ZERO,
+            max_stale: Duration::ZERO,
+            ..options()
+        },
+    )
+    .unwrap();
+    tolerant.verify(&token).await.unwrap();
+    strict.verify(&token).await.unwrap();
+
+    idp.stop();
+    // The issuer is down: the tolerant verifier keeps using the keys it has…
+    assert_eq!(tolerant.verify(&token).await.unwrap().subject, "ci");
+    // …the strict one, with no staleness allowed, fails closed.
+    let err = strict.verify(&token).await.unwrap_err();
+    assert!(matches!(err, TokenError::IssuerUnreachable { .. }), "{err}");
+}
