@@ -539,10 +539,16 @@ impl Issuer {
     /// Keys within their TTL; refetched past it. Past the TTL, a failed refetch keeps the old
     /// keys for up to `max_stale` and then fails closed.
     async fn current_keys(&self, options: &VerifierOptions) -> Result<Arc<Keys>, TokenError> {
-        if let Some(keys) = self.keys.load_full()
-            && keys.fetched_at.elapsed() < options.jwks_ttl
-        {
-            return Ok(keys);
+        if let Some(keys) = self.keys.load_full() {
+            let age = keys.fetched_at.elapsed();
+            if age < options.jwks_ttl {
+                return Ok(keys);
+            }
+            // Another task is already refetching: use the stale keys rather than queue behind
+            // it for up to the HTTP timeout.
+            if age < options.max_stale && self.fetch.try_lock().is_err() {
+                return Ok(keys);
+            }
         }
         match self.refresh(options, false).await {
             Ok(keys) => Ok(keys),
