@@ -17,7 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, TargetConfig};
-use crate::identity::Workload;
+use crate::identity::workload::WorkloadResolver;
 use crate::intercept::{
     ConnTable, DaemonIdentity, Interceptor, TargetEntry, events, system,
 };
@@ -318,7 +318,7 @@ fn admit(
     let (workload, original_dst) = match record {
         Some(info) => {
             let mut w = events::workload_from(&info, Some(peer));
-            resolver.enrich(&mut w);
+            resolver.resolve(&mut w);
             let dst = events::original_dst(&info);
             (Some(w), Some(dst))
         }
@@ -346,37 +346,4 @@ fn admit(
         upstream,
         started: Instant::now(),
     })
-}
-
-/// Fills in names for ids (cgroup path, user), cached.
-#[derive(Debug)]
-pub struct WorkloadResolver {
-    cgroup_root: Option<PathBuf>,
-    cgroups: std::sync::Mutex<HashMap<u64, Option<String>>>,
-    users: std::sync::Mutex<HashMap<u32, Option<String>>>,
-}
-
-impl WorkloadResolver {
-    fn new(cgroup_root: Option<PathBuf>) -> Self {
-        WorkloadResolver {
-            cgroup_root,
-            cgroups: Default::default(),
-            users: Default::default(),
-        }
-    }
-
-    fn enrich(&self, w: &mut Workload) {
-        if let Ok(mut cache) = self.users.lock() {
-            w.user = cache
-                .entry(w.uid)
-                .or_insert_with(|| system::user_name(w.uid))
-                .clone();
-        }
-        if let (Some(root), Ok(mut cache)) = (&self.cgroup_root, self.cgroups.lock()) {
-            w.cgroup_path = cache
-                .entry(w.cgroup_id)
-                .or_insert_with(|| system::cgroup_path_by_id(root, w.cgroup_id))
-                .clone();
-        }
-    }
 }

@@ -124,26 +124,6 @@ pub fn cgroup_id(dir: &Path) -> Result<u64, SystemError> {
     Ok(std::fs::metadata(dir).map_err(io_err(dir))?.ino())
 }
 
-/// Finds a cgroup's path (relative to the root) by id, walking the hierarchy.
-pub fn cgroup_path_by_id(root: &Path, id: u64) -> Option<String> {
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        if std::fs::metadata(&dir).map(|m| m.ino()).ok() == Some(id) {
-            let rel = dir.strip_prefix(root).ok()?;
-            return Some(format!("/{}", rel.display()));
-        }
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            stack.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-                    .map(|e| e.path()),
-            );
-        }
-    }
-    None
-}
-
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
 /// The network namespace cookie of the calling thread's namespace.
@@ -192,13 +172,3 @@ pub fn iptables_original_dst(sock: &impl AsRawFd) -> Option<SocketAddr> {
     })
 }
 
-/// Looks up a user name by uid in /etc/passwd.
-pub fn user_name(uid: u32) -> Option<String> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let mut f = l.split(':');
-        let name = f.next()?;
-        let id: u32 = f.nth(1)?.parse().ok()?;
-        (id == uid).then(|| name.to_owned())
-    })
-}

@@ -1,6 +1,10 @@
 //! Who is asking: the caller's workload (from the kernel's interception event) and, once
 //! authenticated, the identity that policy rules match on.
 
+pub mod login;
+pub mod oidc;
+pub mod workload;
+
 use std::net::SocketAddr;
 
 /// The calling process as the kernel saw it at `connect()` time.
