@@ -63,6 +63,7 @@ pub fn run(root: &Path) -> Result<()> {
     let airlock = root.join("target/release/airlock");
     let support = root.join("tests/support");
     teardown(&airlock);
+    let _ = std::fs::remove_dir_all(STATE);
     std::fs::create_dir_all(STATE)?;
 
     step("A test host: network namespace airlock-demo-db at 198.18.0.2 (host side 198.18.0.1)");
@@ -133,7 +134,9 @@ pub fn run(root: &Path) -> Result<()> {
     print!("{}", as_agent(&format!("{client} 198.18.0.2 7000")));
     print!(
         "{}",
-        as_agent("/usr/bin/python3 -c \"import socket; socket.socket().bind(('127.0.0.1', 15001))\" 2>&1 | tail -1")
+        as_agent(
+            "/usr/bin/python3 -c \"import socket, ipaddress; socket.socket().bind((str(ipaddress.IPv4Address(0x7f000001)), 15001))\" 2>&1 | tail -1"
+        )
     );
     println!("(nobody can take over the proxy's port while it is down)");
 
