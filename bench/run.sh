@@ -66,9 +66,15 @@ targets:
     listen_port: 15101
     upstream: "198.18.0.2:7000"
 YAML
-sh -c "echo \$\$ > $CG/daemon/cgroup.procs && AIRLOCK_LOG=warn exec nsenter --net=/run/netns/$NODE $AIRLOCK run --config $WORK/airlock.yaml" > "$WORK/daemon.log" 2>&1 &
-DAEMON=$!
-for _ in $(seq 100); do in_node sh -c "ss -ltn | grep -q ':15101 '" && break; sleep 0.1; done
+# start_daemon [ENV=VALUE...]: (re)starts the daemon in its cgroup, waits for its listeners.
+start_daemon() {
+  [ -n "${DAEMON:-}" ] && { kill -9 "$DAEMON"; wait "$DAEMON" 2>/dev/null || true; }
+  sh -c "echo \$\$ > $CG/daemon/cgroup.procs && exec env AIRLOCK_LOG=warn $* nsenter --net=/run/netns/$NODE $AIRLOCK run --config $WORK/airlock.yaml" >> "$WORK/daemon.log" 2>&1 &
+  DAEMON=$!
+  for _ in $(seq 100); do in_node sh -c "ss -ltnp | grep ':15101 ' | grep -q pid=$DAEMON" && return; sleep 0.1; done
+  echo "daemon did not come up" >&2; cat "$WORK/daemon.log" >&2; exit 1
+}
+start_daemon
 # iptables REDIRECT of 198.18.0.2:7001 to the same proxy (its `bench-iptables` listener).
 in_node iptables -t nat -A OUTPUT -p tcp -d 198.18.0.2 --dport 7001 -j REDIRECT --to-ports 15101
 
@@ -78,6 +84,8 @@ ebpf=$(in_protected "$NETBENCH" connect 198.18.0.2:7000 "$CONNS")
 ipt=$(in_node "$NETBENCH" connect 198.18.0.2:7001 "$CONNS")
 tp_direct=$(in_node "$NETBENCH" throughput 198.18.0.2:7000 "$BYTES")
 tp_proxy=$(in_protected "$NETBENCH" throughput 198.18.0.2:7000 "$BYTES")
+start_daemon AIRLOCK_TCP_RELAY=copy
+tp_copy=$(in_protected "$NETBENCH" throughput 198.18.0.2:7000 "$BYTES")
 
 json() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
@@ -85,7 +93,7 @@ MACHINE="$(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, Linux $(uname 
 cat > "$ROOT/bench/results/interception-$DATE.json" <<JSON
 {"date": "$DATE", "machine": "$MACHINE",
  "connect": {"direct": $direct, "ebpf_redirect": $ebpf, "iptables_redirect": $ipt},
- "throughput": {"direct": $tp_direct, "proxy": $tp_proxy}}
+ "throughput": {"direct": $tp_direct, "proxy_splice": $tp_proxy, "proxy_copy": $tp_copy}}
 JSON
 {
   echo "### Interception ($DATE, $MACHINE)"
@@ -100,6 +108,7 @@ JSON
   echo "| relay, $((BYTES / 1048576)) MiB | MB/s | vs direct |"
   echo "|---|---|---|"
   echo "| direct | $(json "$tp_direct" mb_per_s) | 1.00 |"
-  echo "| through airlock (eBPF redirect) | $(json "$tp_proxy" mb_per_s) | $(ratio "$(json "$tp_proxy" mb_per_s)" "$(json "$tp_direct" mb_per_s)") |"
+  echo "| through airlock, splice relay (default) | $(json "$tp_proxy" mb_per_s) | $(ratio "$(json "$tp_proxy" mb_per_s)" "$(json "$tp_direct" mb_per_s)") |"
+  echo "| through airlock, userspace copy relay | $(json "$tp_copy" mb_per_s) | $(ratio "$(json "$tp_copy" mb_per_s)" "$(json "$tp_direct" mb_per_s)") |"
 } > "$ROOT/bench/results/interception.md"
 cat "$ROOT/bench/results/interception.md"

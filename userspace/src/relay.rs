@@ -7,6 +7,11 @@
 //! - Nothing is read until the previous chunk is written: a slow reader slows the writer.
 //! - EOF in one direction becomes a write shutdown (FIN) on the other; the other direction
 //!   keeps flowing until it ends too.
+//!
+//! Two engines share those rules: [`relay`] copies through userspace buffers (protocol
+//! handlers that must see the bytes), [`splice_relay`] moves pages socket → pipe → socket
+//! with splice(2) and never copies them into the process (opaque TCP). See
+//! docs/decisions/relay-engine.md for the measurements behind the choice.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -107,6 +112,127 @@ async fn copy_one_way(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) -> 
     Ok(total)
 }
 
+/// Relays like [`relay`], but with splice(2) through a pipe per direction: the bytes never
+/// enter userspace. The pipes are created on a direction's first readable event, so idle
+/// sessions hold none.
+pub async fn splice_relay(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    counters: &Counters,
+) -> io::Result<RelayStats> {
+    let up = splice_one_way(client, upstream, &counters.client_to_upstream);
+    let down = splice_one_way(upstream, client, &counters.upstream_to_client);
+    let result = tokio::try_join!(up, down);
+    if result.is_err() {
+        shutdown(client, libc::SHUT_RDWR);
+        shutdown(upstream, libc::SHUT_RDWR);
+    }
+    let (c2u, u2c) = result?;
+    Ok(RelayStats {
+        client_to_upstream: c2u,
+        upstream_to_client: u2c,
+    })
+}
+
+/// Pipe capacity asked for (the kernel may grant less; splice adapts).
+const PIPE_CAPACITY: libc::c_int = 1 << 20;
+
+/// A pipe's two ends, closed on drop.
+struct Pipe {
+    read: std::os::fd::OwnedFd,
+    write: std::os::fd::OwnedFd,
+    capacity: usize,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: fds is a valid out array of two ints.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 returned two fresh descriptors that nobody else owns.
+        let (read, write) = unsafe {
+            (
+                std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+                std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+            )
+        };
+        // SAFETY: F_SETPIPE_SZ on our own pipe; failure (over pipe-max-size) leaves the default.
+        let granted = unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, PIPE_CAPACITY) };
+        let capacity = if granted > 0 { granted as usize } else { 64 * 1024 };
+        Ok(Pipe {
+            read,
+            write,
+            capacity,
+        })
+    }
+}
+
+fn splice(from: libc::c_int, to: libc::c_int, len: usize) -> io::Result<usize> {
+    // SAFETY: plain fds; null offsets are required for sockets and pipes.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+async fn splice_one_way(
+    from: &TcpStream,
+    to: &TcpStream,
+    counter: &AtomicU64,
+) -> io::Result<u64> {
+    use std::os::fd::AsRawFd as _;
+    use tokio::io::Interest;
+
+    let mut pipe: Option<Pipe> = None;
+    let mut total = 0u64;
+    loop {
+        from.readable().await?;
+        let p = match &pipe {
+            Some(p) => p,
+            None => pipe.insert(Pipe::new()?),
+        };
+        // The pipe is empty here: fill it from the socket.
+        let filled = match from.try_io(Interest::READABLE, || {
+            splice(from.as_raw_fd(), p.write.as_raw_fd(), p.capacity)
+        }) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        // Drain it into the other socket before reading more (backpressure).
+        let mut left = filled;
+        while left > 0 {
+            to.writable().await?;
+            match to.try_io(Interest::WRITABLE, || {
+                splice(p.read.as_raw_fd(), to.as_raw_fd(), left)
+            }) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => left -= n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        total += filled as u64;
+        counter.fetch_add(filled as u64, Ordering::Relaxed);
+    }
+    shutdown(to, libc::SHUT_WR);
+    Ok(total)
+}
+
 /// Writes all of `data`, waiting for writability (backpressure) between partial writes.
 pub async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
@@ -143,12 +269,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn relays_both_ways_with_half_close() {
+    async fn copy_relays_both_ways_with_half_close() {
+        both_ways_with_half_close(false).await;
+    }
+
+    #[tokio::test]
+    async fn splice_relays_both_ways_with_half_close() {
+        both_ways_with_half_close(true).await;
+    }
+
+    async fn both_ways_with_half_close(use_splice: bool) {
         let (mut client, proxy_client) = pair().await;
         let (proxy_upstream, mut server) = pair().await;
         let relay = tokio::spawn(async move {
             let c = Counters::default();
-            let r = relay(&proxy_client, &proxy_upstream, &c).await;
+            let r = if use_splice {
+                splice_relay(&proxy_client, &proxy_upstream, &c).await
+            } else {
+                relay(&proxy_client, &proxy_upstream, &c).await
+            };
             (r, c.client_to_upstream.load(Ordering::Relaxed))
         });
         let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();

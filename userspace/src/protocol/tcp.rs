@@ -8,6 +8,12 @@ use super::Session;
 use crate::proxy::Context;
 use crate::relay::{self, Counters};
 
+/// `AIRLOCK_TCP_RELAY=copy` selects the userspace copy engine (benchmarks compare both).
+fn relay_by_copy() -> bool {
+    static COPY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *COPY.get_or_init(|| std::env::var("AIRLOCK_TCP_RELAY").is_ok_and(|v| v == "copy"))
+}
+
 /// Relays one TCP session to its upstream and logs what crossed.
 pub async fn serve(session: Session, _ctx: Arc<Context>) {
     let Session {
@@ -32,7 +38,12 @@ pub async fn serve(session: Session, _ctx: Arc<Context>) {
     let _ = upstream_conn.set_nodelay(true);
     let _ = client.set_nodelay(true);
     let counters = Counters::default();
-    let result = relay::relay(&client, &upstream_conn, &counters).await;
+    // Opaque bytes: splice them kernel-side unless told to copy (for comparison benchmarks).
+    let result = if relay_by_copy() {
+        relay::relay(&client, &upstream_conn, &counters).await
+    } else {
+        relay::splice_relay(&client, &upstream_conn, &counters).await
+    };
     let duration_ms = started.elapsed().as_millis() as u64;
     match result {
         Ok(stats) => tracing::info!(
