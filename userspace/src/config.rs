@@ -140,6 +140,74 @@ pub struct TargetConfig {
     /// Proxy listener port for this target (default: `listen_port_base + index`).
     #[serde(default)]
     pub listen_port: Option<u16>,
+    /// PostgreSQL settings: the credentials the gateway holds and TLS on both legs. Required
+    /// for `protocol: postgres`.
+    #[serde(default)]
+    pub postgres: Option<PostgresTarget>,
+}
+
+/// How the gateway logs in to a PostgreSQL target. Clients never see these credentials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresTarget {
+    /// The role the gateway logs in as, whatever user name the client asked for.
+    pub user: String,
+    /// The password inline (prefer `password_env` or `password_file`). At most one of the three.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Name of an environment variable of the daemon holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File holding the password (trailing newline ignored); read at each connection, so a
+    /// rotated password takes effect without a restart.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Database to connect to; by default the one the client asked for.
+    #[serde(default)]
+    pub database: Option<String>,
+    /// TLS from the gateway to the server (default: `mode: disable`).
+    #[serde(default)]
+    pub tls: UpstreamTls,
+    /// TLS termination towards clients (an SSLRequest is declined when absent).
+    #[serde(default)]
+    pub client_tls: Option<ClientTls>,
+}
+
+/// TLS from the gateway to a PostgreSQL server.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    #[serde(default)]
+    pub mode: UpstreamTlsMode,
+    /// PEM bundle of CAs trusted for the server certificate (required for `verify-full`).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Name checked against the certificate (default: the upstream IP address).
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+/// As libpq's `sslmode`, without the modes that silently fall back to plaintext.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTlsMode {
+    /// Plaintext to the server.
+    #[default]
+    Disable,
+    /// TLS, certificate not verified (protects against passive eavesdroppers only).
+    Require,
+    /// TLS, certificate chain verified against `ca_file` and the name checked.
+    VerifyFull,
+}
+
+/// A certificate and key the gateway presents to clients that ask for TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 /// An IP network in CIDR notation.
@@ -167,7 +235,11 @@ impl Cidr {
         };
         let net = u128::from_be_bytes(net);
         let ip = u128::from_be_bytes(ip);
-        let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+        let mask = if len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(len))
+        };
         net & mask == ip & mask
     }
 }
@@ -257,7 +329,35 @@ impl Config {
                 return Err(invalid(field + ".addresses", "at least one address".into()));
             }
             if t.ports.is_empty() || t.ports.contains(&0) {
-                return Err(invalid(field + ".ports", "at least one port, none 0".into()));
+                return Err(invalid(
+                    field + ".ports",
+                    "at least one port, none 0".into(),
+                ));
+            }
+            if let Some(pg) = &t.postgres {
+                if t.protocol != Protocol::Postgres {
+                    return Err(invalid(
+                        field + ".postgres",
+                        "only for targets with protocol: postgres".into(),
+                    ));
+                }
+                let sources = [
+                    pg.password.is_some(),
+                    pg.password_env.is_some(),
+                    pg.password_file.is_some(),
+                ];
+                if sources.iter().filter(|s| **s).count() > 1 {
+                    return Err(invalid(
+                        field + ".postgres",
+                        "set at most one of password, password_env, password_file".into(),
+                    ));
+                }
+                if pg.tls.mode == UpstreamTlsMode::VerifyFull && pg.tls.ca_file.is_none() {
+                    return Err(invalid(
+                        field + ".postgres.tls.ca_file",
+                        "required with mode: verify-full".into(),
+                    ));
+                }
             }
             let listen = self.listen_port(i);
             if listen == 0 || !ports.insert(listen) {
@@ -270,7 +370,10 @@ impl Config {
         // Two targets must not claim the same (address, port): the kernel map holds one.
         for (i, a) in self.targets.iter().enumerate() {
             for b in &self.targets[i + 1..] {
-                let overlap = a.addresses.iter().any(|x| b.addresses.iter().any(|y| x == y));
+                let overlap = a
+                    .addresses
+                    .iter()
+                    .any(|x| b.addresses.iter().any(|y| x == y));
                 if overlap && a.ports.iter().any(|p| b.ports.contains(p)) {
                     return Err(invalid(
                         format!("targets ({} and {})", a.name, b.name),
@@ -305,12 +408,16 @@ mod tests {
     #[test]
     fn errors_name_line_and_field() {
         let text = "targets:\n  - name: db\n    protocol: tcp\n    addresses: [\"198.18.0.2/33\"]\n    ports: [5432]\n";
-        let err = Config::parse(Path::new("x.yaml"), text).unwrap_err().to_string();
+        let err = Config::parse(Path::new("x.yaml"), text)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("x.yaml:4:"), "{err}");
         assert!(err.contains("prefix length"), "{err}");
 
         let text = "targets:\n  - name: db\n    protocl: tcp\n";
-        let err = Config::parse(Path::new("x.yaml"), text).unwrap_err().to_string();
+        let err = Config::parse(Path::new("x.yaml"), text)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("x.yaml:3:"), "{err}");
         assert!(err.contains("protocl"), "{err}");
     }

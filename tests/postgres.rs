@@ -1,0 +1,1 @@
+//! PostgreSQL end-to-end tests (filled in below).
