@@ -79,6 +79,20 @@ pub struct Backend {
     pub status: u8,
     /// Leftover bytes read past the first ReadyForQuery (the session loop's read buffer).
     pub buffer: BytesMut,
+    /// How the server authenticated us.
+    pub auth: AuthMethod,
+}
+
+/// The authentication exchange the server asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// The server let us in without a password (trust).
+    None,
+    Cleartext,
+    Md5,
+    ScramSha256,
+    /// SCRAM with `tls-server-end-point` channel binding.
+    ScramSha256Plus,
 }
 
 /// Reads the password the target's configuration points at.
@@ -148,6 +162,8 @@ pub async fn connect(
     let mut scram: Option<ScramClient> = None;
     let mut forward = BytesMut::new();
     let mut key = None;
+    let mut auth = AuthMethod::None;
+    let mut scram_verified = false;
     loop {
         let (tag, body) = read_message(&mut stream, &mut buf).await?;
         match tag {
@@ -155,12 +171,19 @@ pub async fn connect(
                 let mut r = Reader::new(&body, "Authentication");
                 let code = r.i32()?;
                 match code {
-                    0 => {}
+                    0 => {
+                        // A server that skips SASLFinal has not proven it knows the password.
+                        if scram.is_some() && !scram_verified {
+                            return Err(BackendError::Scram("the server skipped SASLFinal"));
+                        }
+                    }
                     3 => {
+                        auth = AuthMethod::Cleartext;
                         let pw = need(&password)?;
                         codec::put_message(&mut out, b'p', |o| codec::put_cstr(o, pw.as_bytes()));
                     }
                     5 => {
+                        auth = AuthMethod::Md5;
                         let pw = need(&password)?;
                         let salt = r.bytes(4)?;
                         let hashed = md5_password(&pg.user, pw, salt);
@@ -207,6 +230,11 @@ pub async fn connect(
                                     mechanisms.join(", ")
                                 )));
                             };
+                        auth = if matches!(binding, ChannelBinding::Required(_)) {
+                            AuthMethod::ScramSha256Plus
+                        } else {
+                            AuthMethod::ScramSha256
+                        };
                         let client = ScramClient::new(pw, binding)?;
                         let first = client.client_first();
                         codec::put_message(&mut out, b'p', |o| {
@@ -228,6 +256,7 @@ pub async fn connect(
                             BackendError::Protocol("SASLFinal without SASL".into())
                         })?;
                         client.verify_server_final(r.rest())?;
+                        scram_verified = true;
                     }
                     2 => return Err(BackendError::Unsupported("Kerberos V5".into())),
                     6 => return Err(BackendError::Unsupported("SCM credentials".into())),
@@ -269,6 +298,7 @@ pub async fn connect(
                     key,
                     status,
                     buffer: buf,
+                    auth,
                 });
             }
             other => {
