@@ -93,6 +93,7 @@ pub async fn send_cancel(t: &CancelTarget) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -239,6 +239,7 @@ pub fn parse_error(body: &[u8]) -> Result<ParsedError<'_>, FrameError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

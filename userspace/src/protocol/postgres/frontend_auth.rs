@@ -59,6 +59,7 @@ impl ClientAuthenticator for WorkloadAuthenticator {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

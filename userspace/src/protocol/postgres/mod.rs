@@ -424,6 +424,7 @@ impl Judge for PolicyJudge<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -179,6 +179,7 @@ pub fn put_cancel_request(out: &mut BytesMut, pid: i32, secret: &[u8]) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

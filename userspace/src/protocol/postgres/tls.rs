@@ -284,6 +284,7 @@ impl AsyncWrite for MaybeTls {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
