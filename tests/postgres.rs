@@ -602,3 +602,48 @@ fn wrong_backend_credentials_give_a_clear_error_and_a_log_line() {
         "{log}"
     );
 }
+
+fn tps(out: &str) -> f64 {
+    out.lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l[6..].split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Not a test: `cargo test --release --test postgres -- --ignored --nocapture bench_` prints
+/// pgbench -S throughput direct and through the gateway (allow-all, no recording).
+#[test]
+#[ignore]
+fn bench_select_only_direct_vs_gateway() {
+    let pg = PgServer::start(None);
+    pg.admin("ALTER SYSTEM SET max_connections = 60");
+    let proxy = TestProxy::start_with(
+        pg.addr(),
+        &gateway_section(GATEWAY_USER.0, GATEWAY_USER.1),
+        TestDecider::default(),
+    );
+    let (ok, _, err) = pgbench(proxy.addr, &["-i", "-s", "2", "-q"]);
+    assert!(ok, "{err}");
+    pg.admin_db(DATABASE, "ALTER DATABASE app OWNER TO gw");
+    let secs = std::env::var("BENCH_SECS").unwrap_or_else(|_| "10".into());
+    for (mode, clients) in [("simple", "8"), ("prepared", "8"), ("simple", "32"), ("prepared", "32")] {
+        let args = ["-n", "-S", "-M", mode, "-c", clients, "-j", "2", "-T", &secs];
+        // Direct as the same role, with its password.
+        let out = std::process::Command::new("pgbench")
+            .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", GATEWAY_USER.0])
+            .args(args)
+            .arg(DATABASE)
+            .env("PGPASSWORD", GATEWAY_USER.1)
+            .output()
+            .expect("pgbench");
+        let direct = tps(&String::from_utf8_lossy(&out.stdout));
+        let (ok, out, err) = pgbench(proxy.addr, &args);
+        assert!(ok, "{err}");
+        let via = tps(&out);
+        println!(
+            "-M {mode} -c {clients}: direct {direct:.0} tps, airlock {via:.0} tps, ratio {:.2}",
+            via / direct
+        );
+    }
+}

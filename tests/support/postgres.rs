@@ -390,6 +390,8 @@ fn append(path: &Path, text: &str) {
 #[derive(Debug, Default)]
 pub struct TestDecider {
     pub calls: AtomicU64,
+    /// Record every command in `seen` (off for benchmarks).
+    pub record: bool,
     /// Every command seen, in order.
     pub seen: Mutex<Vec<String>>,
 }
@@ -400,8 +402,10 @@ pub const REVIEW_MARKER: &str = "airlock_needs_review";
 impl Decider for TestDecider {
     fn decide(&self, req: &Request<'_>) -> Decision {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut s) = self.seen.lock() {
-            s.push(req.command.to_string());
+        if self.record {
+            if let Ok(mut s) = self.seen.lock() {
+                s.push(req.command.to_string());
+            }
         }
         if req.command.contains(DENY_MARKER) {
             Decision::Deny {
@@ -435,8 +439,18 @@ pub struct TestProxy {
 }
 
 impl TestProxy {
-    /// `postgres_yaml` is the target's `postgres:` section, indented by 6 spaces.
+    /// `postgres_yaml` is the target's `postgres:` section, indented by 6 spaces. The decider
+    /// records every command.
     pub fn start(upstream: SocketAddr, postgres_yaml: &str) -> Self {
+        let decider = TestDecider {
+            record: true,
+            ..TestDecider::default()
+        };
+        Self::start_with(upstream, postgres_yaml, decider)
+    }
+
+    /// As [`start`](Self::start) with a given decider.
+    pub fn start_with(upstream: SocketAddr, postgres_yaml: &str, decider: TestDecider) -> Self {
         let yaml = format!(
             "targets:\n  - name: demo-db\n    protocol: postgres\n    addresses: [\"198.18.0.2/32\"]\n    ports: [5432]\n    postgres:\n{postgres_yaml}"
         );
@@ -446,7 +460,7 @@ impl TestProxy {
             engine: ArcSwap::from_pointee(airlock::policy::Engine::default()),
             config: ArcSwap::from_pointee(config),
         });
-        let decider = Arc::new(TestDecider::default());
+        let decider = Arc::new(decider);
         let hooks = Hooks {
             decider: Some(decider.clone()),
             ..Hooks::default()
