@@ -627,11 +627,25 @@ fn bench_select_only_direct_vs_gateway() {
     assert!(ok, "{err}");
     pg.admin_db(DATABASE, "ALTER DATABASE app OWNER TO gw");
     let secs = std::env::var("BENCH_SECS").unwrap_or_else(|_| "10".into());
-    for (mode, clients) in [("simple", "8"), ("prepared", "8"), ("simple", "32"), ("prepared", "32")] {
-        let args = ["-n", "-S", "-M", mode, "-c", clients, "-j", "2", "-T", &secs];
+    for (mode, clients) in [
+        ("simple", "8"),
+        ("prepared", "8"),
+        ("simple", "32"),
+        ("prepared", "32"),
+    ] {
+        let args = [
+            "-n", "-S", "-M", mode, "-c", clients, "-j", "2", "-T", &secs,
+        ];
         // Direct as the same role, with its password.
         let out = std::process::Command::new("pgbench")
-            .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", GATEWAY_USER.0])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg.port.to_string(),
+                "-U",
+                GATEWAY_USER.0,
+            ])
             .args(args)
             .arg(DATABASE)
             .env("PGPASSWORD", GATEWAY_USER.1)

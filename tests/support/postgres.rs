@@ -402,10 +402,10 @@ pub const REVIEW_MARKER: &str = "airlock_needs_review";
 impl Decider for TestDecider {
     fn decide(&self, req: &Request<'_>) -> Decision {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        if self.record {
-            if let Ok(mut s) = self.seen.lock() {
-                s.push(req.command.to_string());
-            }
+        if self.record
+            && let Ok(mut s) = self.seen.lock()
+        {
+            s.push(req.command.to_string());
         }
         if req.command.contains(DENY_MARKER) {
             Decision::Deny {

@@ -46,6 +46,8 @@ pub enum BackendError {
     Protocol(String),
     #[error(transparent)]
     Frame(#[from] FrameError),
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 impl BackendError {

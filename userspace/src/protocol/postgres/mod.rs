@@ -20,6 +20,7 @@ pub mod startup;
 pub mod tls;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -33,7 +34,7 @@ use self::session::{Judge, Verdict};
 use self::startup::{Startup, StartupPacket};
 use self::tls::MaybeTls;
 use super::Session;
-use crate::config::{PostgresTarget, Protocol};
+use crate::config::{PostgresTarget, Protocol, TargetConfig};
 use crate::identity::Identity;
 use crate::policy::{Decision, Request};
 use crate::proxy::Context;
@@ -105,7 +106,14 @@ enum ServeError {
     #[error("{0}")]
     /// Already reported to the client.
     Reported(String),
+    #[error("timed out in {0}")]
+    Timeout(&'static str),
 }
+
+/// How long a client may take from connecting to sending its StartupMessage.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the gateway's own connection and login to the server may take.
+const BACKEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Writes a FATAL error and ends the session with it.
 async fn fatal<W: AsyncWrite + Unpin>(w: &mut W, code: &str, message: &str) -> ServeError {
@@ -140,43 +148,17 @@ async fn serve_inner(
         ..
     } = session;
     let _ = client.set_nodelay(true);
-    let mut client = MaybeTls::Plain(client);
+    let client = MaybeTls::Plain(client);
 
-    // Startup phase: TLS and GSS requests come before the StartupMessage, a cancel instead.
-    let startup = loop {
-        match startup::read_packet(&mut client).await? {
-            None => return Ok(session::Exit::ClientClosed),
-            Some(StartupPacket::SslRequest) => {
-                let cfg = target.postgres.as_ref().and_then(|p| p.client_tls.as_ref());
-                match (cfg, client) {
-                    (Some(cfg), MaybeTls::Plain(mut tcp)) => {
-                        let acceptor = match tls::acceptor(cfg) {
-                            Ok(a) => a,
-                            Err(e) => {
-                                tracing::error!(session = id, target = %target.name, error = %e, "client TLS unavailable");
-                                tcp.write_all(b"N").await?;
-                                client = MaybeTls::Plain(tcp);
-                                continue;
-                            }
-                        };
-                        tcp.write_all(b"S").await?;
-                        let tls = acceptor.accept(tcp).await?;
-                        client = MaybeTls::Server(Box::new(tls));
-                    }
-                    (_, mut other) => {
-                        other.write_all(b"N").await?;
-                        client = other;
-                    }
-                }
-            }
-            Some(StartupPacket::GssEncRequest) => client.write_all(b"N").await?,
-            Some(StartupPacket::Cancel { pid, secret }) => {
-                handle_cancel(id, &target.name, pid, &secret).await;
-                return Ok(session::Exit::ClientClosed);
-            }
-            Some(StartupPacket::Startup(s)) => break s,
-        }
-    };
+    // A client that never finishes its startup must not hold a session forever (PostgreSQL's
+    // authentication_timeout is a minute too).
+    let (mut client, startup) =
+        match tokio::time::timeout(STARTUP_TIMEOUT, negotiate(id, &target, client)).await {
+            Ok(Ok(Some(c))) => c,
+            Ok(Ok(None)) => return Ok(session::Exit::ClientClosed),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(ServeError::Timeout("client startup")),
+        };
 
     let Some(pg) = target.postgres.as_ref() else {
         return Err(fatal(
@@ -218,7 +200,14 @@ async fn serve_inner(
         Ok(p) => p,
         Err(message) => return Err(fatal(&mut client, "42501", &message).await),
     };
-    let backend = match backend_auth::connect(pg, upstream, &params).await {
+    let login = tokio::time::timeout(
+        BACKEND_TIMEOUT,
+        backend_auth::connect(pg, upstream, &params),
+    );
+    let backend = match login
+        .await
+        .unwrap_or(Err(BackendError::Timeout(BACKEND_TIMEOUT)))
+    {
         Ok(b) => b,
         Err(e) => {
             let message = backend_failure(&target.name, pg, &e);
@@ -284,6 +273,51 @@ async fn serve_inner(
     };
     drop(registration);
     exit
+}
+
+/// The startup phase: SSLRequest (TLS terminated when configured, else declined) and
+/// GSSENCRequest (declined) come before the StartupMessage; a CancelRequest comes instead.
+/// `None` when the client closed or sent a cancel.
+async fn negotiate(
+    id: u64,
+    target: &TargetConfig,
+    mut client: MaybeTls,
+) -> Result<Option<(MaybeTls, Startup)>, ServeError> {
+    // Startup phase: TLS and GSS requests come before the StartupMessage, a cancel instead.
+    loop {
+        match startup::read_packet(&mut client).await? {
+            None => return Ok(None),
+            Some(StartupPacket::SslRequest) => {
+                let cfg = target.postgres.as_ref().and_then(|p| p.client_tls.as_ref());
+                match (cfg, client) {
+                    (Some(cfg), MaybeTls::Plain(mut tcp)) => {
+                        let acceptor = match tls::acceptor(cfg) {
+                            Ok(a) => a,
+                            Err(e) => {
+                                tracing::error!(session = id, target = %target.name, error = %e, "client TLS unavailable");
+                                tcp.write_all(b"N").await?;
+                                client = MaybeTls::Plain(tcp);
+                                continue;
+                            }
+                        };
+                        tcp.write_all(b"S").await?;
+                        let tls = acceptor.accept(tcp).await?;
+                        client = MaybeTls::Server(Box::new(tls));
+                    }
+                    (_, mut other) => {
+                        other.write_all(b"N").await?;
+                        client = other;
+                    }
+                }
+            }
+            Some(StartupPacket::GssEncRequest) => client.write_all(b"N").await?,
+            Some(StartupPacket::Cancel { pid, secret }) => {
+                handle_cancel(id, &target.name, pid, &secret).await;
+                return Ok(None);
+            }
+            Some(StartupPacket::Startup(s)) => return Ok(Some((client, s))),
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
