@@ -375,9 +375,34 @@ fn raw_extended_protocol_denials_keep_the_session_consistent() {
     assert_eq!(tags(&m), "EZ");
     assert_eq!(error_field(&m[0].1, b'C').as_deref(), Some("42501"));
 
+    // A multi-statement Query is judged whole: nothing of it runs.
+    c.send(&query(
+        "CREATE TABLE nope (v int); SELECT 'airlock_forbidden'",
+    ));
+    assert_eq!(tags(&c.until_ready()), "EZ");
+
     // Still usable.
     c.send(&query("SELECT 7"));
     assert_eq!(tags(&c.until_ready()), "TDCZ");
+    c.send(&query(
+        "SELECT count(*) FROM pg_class WHERE relname = 'nope'",
+    ));
+    let m = c.until_ready();
+    assert_eq!(tags(&m), "TDCZ");
+    assert!(m[1].1.ends_with(b"0"), "the denied Query created nothing");
+
+    // COPY FROM STDIN with one CopyData far larger than the gateway's read buffer: streamed.
+    c.send(&query("CREATE TABLE big (v text)"));
+    assert_eq!(tags(&c.until_ready()), "CZ");
+    c.send(&query("COPY big FROM STDIN"));
+    assert_eq!(c.read_msg().0, b'G');
+    let line = format!("{}\n", "y".repeat(999));
+    let data = line.repeat(3000);
+    c.send(&msg(b'd', data.as_bytes()));
+    c.send(&msg(b'c', &[]));
+    let m = c.until_ready();
+    assert_eq!(tags(&m), "CZ");
+    assert_eq!(m[0].1, b"COPY 3000\0");
     c.send(&msg(b'X', &[]));
 }
 
@@ -408,6 +433,13 @@ fn startup_negotiation_and_declined_encryption() {
     );
     c.send(&query("SELECT 1"));
     assert_eq!(tags(&c.until_ready()), "TDCZ");
+
+    // Protocol 2 is refused with a FATAL error, as PostgreSQL does.
+    let mut c = RawClient::connect(proxy.addr);
+    c.send(&[0, 0, 0, 8, 0, 2, 0, 0]);
+    let (tag, body) = c.read_msg();
+    assert_eq!(tag, b'E');
+    assert_eq!(error_field(&body, b'C').as_deref(), Some("0A000"));
 
     // Startup settings that would bypass policy are refused.
     let mut c = RawClient::connect(proxy.addr);

@@ -424,6 +424,34 @@ mod tests {
     }
 
     #[test]
+    fn postgres_section_checks() {
+        let base = "targets:\n  - name: db\n    protocol: postgres\n    addresses: [\"198.18.0.2\"]\n    ports: [5432]\n    postgres:\n      user: gw\n";
+        let ok = format!(
+            "{base}      password_env: PGPW\n      tls: {{mode: verify-full, ca_file: /ca.pem}}\n      client_tls: {{cert_file: /c.pem, key_file: /k.pem}}\n"
+        );
+        let c = Config::parse(Path::new("x.yaml"), &ok).unwrap();
+        let pg = c.targets[0].postgres.as_ref().unwrap();
+        assert_eq!(pg.tls.mode, UpstreamTlsMode::VerifyFull);
+        assert!(pg.client_tls.is_some());
+
+        let two = format!("{base}      password: a\n      password_file: /pw\n");
+        let err = Config::parse(Path::new("x.yaml"), &two)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at most one"), "{err}");
+        let no_ca = format!("{base}      tls: {{mode: verify-full}}\n");
+        let err = Config::parse(Path::new("x.yaml"), &no_ca)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ca_file"), "{err}");
+        let bad_mode = format!("{base}      tls: {{mode: prefer}}\n");
+        let err = Config::parse(Path::new("x.yaml"), &bad_mode)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("x.yaml:8:"), "{err}");
+    }
+
+    #[test]
     fn cidr_contains_mapped() {
         let c: Cidr = "198.18.0.0/24".parse().unwrap();
         assert!(c.contains("198.18.0.77".parse().unwrap()));

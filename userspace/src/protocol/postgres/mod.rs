@@ -285,7 +285,14 @@ async fn negotiate(
 ) -> Result<Option<(MaybeTls, Startup)>, ServeError> {
     // Startup phase: TLS and GSS requests come before the StartupMessage, a cancel instead.
     loop {
-        match startup::read_packet(&mut client).await? {
+        let packet = match startup::read_packet(&mut client).await {
+            Ok(p) => p,
+            Err(e @ startup::StartupError::Version { .. }) => {
+                return Err(fatal(&mut client, "0A000", &format!("airlock: {e}")).await);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match packet {
             None => return Ok(None),
             Some(StartupPacket::SslRequest) => {
                 let cfg = target.postgres.as_ref().and_then(|p| p.client_tls.as_ref());
