@@ -658,7 +658,69 @@ fn bench_select_only_direct_vs_gateway() {
     let (ok, _, err) = pgbench(proxy.addr, &["-i", "-s", "2", "-q"]);
     assert!(ok, "{err}");
     pg.admin_db(DATABASE, "ALTER DATABASE app OWNER TO gw");
+    // haproxy in TCP mode, the reference that inspects nothing.
+    let dir = TempDir::new("airlock-haproxy");
+    let hport = free_port();
+    let cfg = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n  maxconn 200\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\nlisten pg\n  bind 127.0.0.1:{hport}\n  server pg {}\n",
+            pg.addr()
+        ),
+    )
+    .expect("haproxy.cfg");
+    let mut haproxy = std::process::Command::new("haproxy")
+        .arg("-f")
+        .arg(&cfg)
+        .arg("-db")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("haproxy");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let haddr = std::net::SocketAddr::from(([127, 0, 0, 1], hport));
+
     let secs = std::env::var("BENCH_SECS").unwrap_or_else(|_| "10".into());
+    let run = |addr: std::net::SocketAddr, args: &[&str]| {
+        let out = std::process::Command::new("pgbench")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &addr.port().to_string(),
+                "-U",
+                GATEWAY_USER.0,
+            ])
+            .args(args)
+            .arg(DATABASE)
+            .env("PGPASSWORD", GATEWAY_USER.1)
+            .env("PGSSLMODE", "disable")
+            .output()
+            .expect("pgbench");
+        tps(&String::from_utf8_lossy(&out.stdout))
+    };
+    // Throughput on a shared machine is noisy; CPU time per transaction spent in the proxy is
+    // not. airlock runs in this process (pgbench is a child, not counted in RUSAGE_SELF).
+    let self_cpu = || {
+        // SAFETY: getrusage fills the struct we pass.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+        let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+        t(ru.ru_utime) + t(ru.ru_stime)
+    };
+    let ha_pid = haproxy.id();
+    let ha_cpu = move || {
+        let stat = std::fs::read_to_string(format!("/proc/{ha_pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+            + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        ticks / 100.0
+    };
     for (mode, clients) in [
         ("simple", "8"),
         ("prepared", "8"),
@@ -668,28 +730,24 @@ fn bench_select_only_direct_vs_gateway() {
         let args = [
             "-n", "-S", "-M", mode, "-c", clients, "-j", "2", "-T", &secs,
         ];
-        // Direct as the same role, with its password.
-        let out = std::process::Command::new("pgbench")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &pg.port.to_string(),
-                "-U",
-                GATEWAY_USER.0,
-            ])
-            .args(args)
-            .arg(DATABASE)
-            .env("PGPASSWORD", GATEWAY_USER.1)
-            .output()
-            .expect("pgbench");
-        let direct = tps(&String::from_utf8_lossy(&out.stdout));
-        let (ok, out, err) = pgbench(proxy.addr, &args);
-        assert!(ok, "{err}");
-        let via = tps(&out);
+        let direct = run(pg.addr(), &args);
+        let c0 = self_cpu();
+        let via = run(proxy.addr, &args);
+        let airlock_us = (self_cpu() - c0) * 1e6 / (via * secs.parse::<f64>().unwrap_or(10.0));
+        let h0 = ha_cpu();
+        let ha = run(haddr, &args);
+        let ha_us = (ha_cpu() - h0) * 1e6 / (ha * secs.parse::<f64>().unwrap_or(10.0));
         println!(
-            "-M {mode} -c {clients}: direct {direct:.0} tps, airlock {via:.0} tps, ratio {:.2}",
-            via / direct
+            "-M {mode} -c {clients}: direct {direct:.0} tps; airlock {via:.0} ({:.2}, {airlock_us:.1} us CPU/tx); haproxy {ha:.0} ({:.2}, {ha_us:.1} us CPU/tx)",
+            via / direct,
+            ha / direct
         );
     }
+    if let Ok(pid) = i32::try_from(haproxy.id()) {
+        // SAFETY: signalling our own child by PID.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    let _ = haproxy.wait();
 }
