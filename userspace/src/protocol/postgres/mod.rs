@@ -62,9 +62,9 @@ impl Default for Hooks {
     }
 }
 
-/// Startup parameters passed on to the server. Anything else (notably `options`, `role`,
-/// `session_authorization` or any other setting) would change the session behind policy's
-/// back, so it is refused; `replication` is refused unless off.
+/// Startup parameters (and `options` settings) passed on to the server. Anything else (`role`,
+/// `session_authorization`, `default_transaction_read_only`, …) would change the session behind
+/// policy's back, so it is refused; `replication` is refused unless off.
 const FORWARDED_PARAMS: &[&str] = &[
     "application_name",
     "client_encoding",
@@ -75,7 +75,52 @@ const FORWARDED_PARAMS: &[&str] = &[
     "search_path",
     "bytea_output",
     "lc_messages",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
 ];
+
+/// Checks the `options` startup parameter (command-line switches for the server, as set by
+/// PGOPTIONS): only `-c name=value` / `--name=value` settings of [`FORWARDED_PARAMS`] pass.
+fn check_options(options: &str) -> Result<(), String> {
+    // Words are separated by unescaped whitespace; a backslash escapes the next character.
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut it = words.iter();
+    while let Some(w) = it.next() {
+        let setting = if w == "-c" {
+            it.next().map(String::as_str).unwrap_or("")
+        } else if let Some(s) = w.strip_prefix("-c").or_else(|| w.strip_prefix("--")) {
+            s
+        } else {
+            return Err(format!(
+                "airlock: server option \"{w}\" is not allowed through the gateway"
+            ));
+        };
+        let name = setting.split('=').next().unwrap_or("").replace('-', "_");
+        if !FORWARDED_PARAMS.contains(&name.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "airlock: setting \"{name}\" in options is not allowed through the gateway; set it with SQL"
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// Serves one PostgreSQL client session with the policy engine and workload identity.
 pub async fn serve(session: Session, ctx: Arc<Context>) {
@@ -393,7 +438,10 @@ fn backend_params<'a>(
                 "airlock: replication connections are not allowed through the gateway".into(),
             );
         }
-        if FORWARDED_PARAMS.contains(&lower.as_str()) {
+        if lower == "options" {
+            check_options(v)?;
+            params.push((k.as_str(), v.as_str()));
+        } else if FORWARDED_PARAMS.contains(&lower.as_str()) {
             params.push((k.as_str(), v.as_str()));
         } else {
             return Err(format!(
@@ -504,7 +552,19 @@ mod tests {
         );
         let mut bad = s.clone();
         bad.params.push(("options".into(), "-c role=admin".into()));
-        assert!(backend_params(&bad, &cfg).unwrap_err().contains("options"));
+        assert!(backend_params(&bad, &cfg).unwrap_err().contains("role"));
+        let mut bad = s.clone();
+        bad.params.push(("role".into(), "admin".into()));
+        assert!(backend_params(&bad, &cfg).unwrap_err().contains("role"));
+        let mut fine = s.clone();
+        fine.params.push((
+            "options".into(),
+            "-c statement_timeout=5s --search-path=a\\ b -csearch_path=x".into(),
+        ));
+        assert_eq!(backend_params(&fine, &cfg).unwrap().len(), 4);
+        for bad in ["-D /tmp", "-c role=x", "--session_authorization=x", "-c"] {
+            assert!(check_options(bad).is_err(), "{bad}");
+        }
         let mut repl = s;
         repl.params.push(("replication".into(), "database".into()));
         assert!(backend_params(&repl, &cfg).is_err());
