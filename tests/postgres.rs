@@ -209,11 +209,24 @@ with psycopg.connect(os.environ["DSN"]) as conn:
         cur.executemany("INSERT INTO items VALUES (%s, %s)", [(6000 + i, "m") for i in range(50)])
     conn.commit()
     print("count", conn.execute("SELECT count(*) FROM items").fetchone()[0])
+    # A notification reaches an idle listener on another session at once.
+    import select
+    with psycopg.connect(os.environ["DSN"], autocommit=True) as listener:
+        got = []
+        listener.add_notify_handler(lambda n: got.append(n.payload))
+        listener.execute("LISTEN jobs")
+        conn.execute("NOTIFY jobs, 'job-42'")
+        conn.commit()
+        readable, _, _ = select.select([listener.fileno()], [], [], 10)
+        assert readable, "no notification while idle"
+        listener.execute("SELECT 1")
+        print("notified", got)
     print("pid-differs", conn.info.backend_pid != conn.execute("SELECT pg_backend_pid()").fetchone()[0])
 "#;
     let (ok, out, err) = python(&dsn(proxy.addr, ""), script);
     assert!(ok, "{out}{err}");
     assert!(out.contains("count 1051"), "{out}");
+    assert!(out.contains("notified ['job-42']"), "{out}");
     assert!(
         out.contains("pid-differs True"),
         "the client only sees a minted key: {out}"
