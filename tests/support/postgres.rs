@@ -658,7 +658,7 @@ impl RawClient {
     pub fn connect(addr: SocketAddr) -> Self {
         let stream = std::net::TcpStream::connect(addr).expect("connect");
         stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
+            .set_read_timeout(Some(Duration::from_secs(60)))
             .expect("timeout");
         RawClient {
             stream,
@@ -709,7 +709,10 @@ impl RawClient {
                 }
             }
             let mut chunk = [0u8; 8192];
-            let n = self.stream.read(&mut chunk).expect("read");
+            let n = self
+                .stream
+                .read(&mut chunk)
+                .unwrap_or_else(|e| panic!("read: {e}; pending {:?}", self.buf));
             assert!(n > 0, "connection closed; pending {:?}", self.buf);
             self.buf.extend_from_slice(&chunk[..n]);
         }
