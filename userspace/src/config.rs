@@ -141,6 +141,74 @@ pub struct TargetConfig {
     /// Proxy listener port for this target (default: `listen_port_base + index`).
     #[serde(default)]
     pub listen_port: Option<u16>,
+    /// PostgreSQL settings: the credentials the gateway holds and TLS on both legs. Required
+    /// for `protocol: postgres`.
+    #[serde(default)]
+    pub postgres: Option<PostgresTarget>,
+}
+
+/// How the gateway logs in to a PostgreSQL target. Clients never see these credentials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresTarget {
+    /// The role the gateway logs in as, whatever user name the client asked for.
+    pub user: String,
+    /// The password inline (prefer `password_env` or `password_file`). At most one of the three.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Name of an environment variable of the daemon holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File holding the password (trailing newline ignored); read at each connection, so a
+    /// rotated password takes effect without a restart.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Database to connect to; by default the one the client asked for.
+    #[serde(default)]
+    pub database: Option<String>,
+    /// TLS from the gateway to the server (default: `mode: disable`).
+    #[serde(default)]
+    pub tls: UpstreamTls,
+    /// TLS termination towards clients (an SSLRequest is declined when absent).
+    #[serde(default)]
+    pub client_tls: Option<ClientTls>,
+}
+
+/// TLS from the gateway to a PostgreSQL server.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    #[serde(default)]
+    pub mode: UpstreamTlsMode,
+    /// PEM bundle of CAs trusted for the server certificate (required for `verify-full`).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Name checked against the certificate (default: the upstream IP address).
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+/// As libpq's `sslmode`, without the modes that silently fall back to plaintext.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTlsMode {
+    /// Plaintext to the server.
+    #[default]
+    Disable,
+    /// TLS, certificate not verified (protects against passive eavesdroppers only).
+    Require,
+    /// TLS, certificate chain verified against `ca_file` and the name checked.
+    VerifyFull,
+}
+
+/// A certificate and key the gateway presents to clients that ask for TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 /// An IP network in CIDR notation.
@@ -168,7 +236,11 @@ impl Cidr {
         };
         let net = u128::from_be_bytes(net);
         let ip = u128::from_be_bytes(ip);
-        let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+        let mask = if len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(len))
+        };
         net & mask == ip & mask
     }
 }
@@ -264,7 +336,35 @@ impl Config {
                 return Err(invalid(field + ".addresses", "at least one address".into()));
             }
             if t.ports.is_empty() || t.ports.contains(&0) {
-                return Err(invalid(field + ".ports", "at least one port, none 0".into()));
+                return Err(invalid(
+                    field + ".ports",
+                    "at least one port, none 0".into(),
+                ));
+            }
+            if let Some(pg) = &t.postgres {
+                if t.protocol != Protocol::Postgres {
+                    return Err(invalid(
+                        field + ".postgres",
+                        "only for targets with protocol: postgres".into(),
+                    ));
+                }
+                let sources = [
+                    pg.password.is_some(),
+                    pg.password_env.is_some(),
+                    pg.password_file.is_some(),
+                ];
+                if sources.iter().filter(|s| **s).count() > 1 {
+                    return Err(invalid(
+                        field + ".postgres",
+                        "set at most one of password, password_env, password_file".into(),
+                    ));
+                }
+                if pg.tls.mode == UpstreamTlsMode::VerifyFull && pg.tls.ca_file.is_none() {
+                    return Err(invalid(
+                        field + ".postgres.tls.ca_file",
+                        "required with mode: verify-full".into(),
+                    ));
+                }
             }
             let listen = self.listen_port(i);
             if listen == 0 || !ports.insert(listen) {
@@ -277,7 +377,10 @@ impl Config {
         // Two targets must not claim the same (address, port): the kernel map holds one.
         for (i, a) in self.targets.iter().enumerate() {
             for b in &self.targets[i + 1..] {
-                let overlap = a.addresses.iter().any(|x| b.addresses.iter().any(|y| x == y));
+                let overlap = a
+                    .addresses
+                    .iter()
+                    .any(|x| b.addresses.iter().any(|y| x == y));
                 if overlap && a.ports.iter().any(|p| b.ports.contains(p)) {
                     return Err(invalid(
                         format!("targets ({} and {})", a.name, b.name),
@@ -306,20 +409,53 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn errors_name_line_and_field() {
         let text = "targets:\n  - name: db\n    protocol: tcp\n    addresses: [\"198.18.0.2/33\"]\n    ports: [5432]\n";
-        let err = Config::parse(Path::new("x.yaml"), text).unwrap_err().to_string();
+        let err = Config::parse(Path::new("x.yaml"), text)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("x.yaml:4:"), "{err}");
         assert!(err.contains("prefix length"), "{err}");
 
         let text = "targets:\n  - name: db\n    protocl: tcp\n";
-        let err = Config::parse(Path::new("x.yaml"), text).unwrap_err().to_string();
+        let err = Config::parse(Path::new("x.yaml"), text)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("x.yaml:3:"), "{err}");
         assert!(err.contains("protocl"), "{err}");
+    }
+
+    #[test]
+    fn postgres_section_checks() {
+        let base = "targets:\n  - name: db\n    protocol: postgres\n    addresses: [\"198.18.0.2\"]\n    ports: [5432]\n    postgres:\n      user: gw\n";
+        let ok = format!(
+            "{base}      password_env: PGPW\n      tls: {{mode: verify-full, ca_file: /ca.pem}}\n      client_tls: {{cert_file: /c.pem, key_file: /k.pem}}\n"
+        );
+        let c = Config::parse(Path::new("x.yaml"), &ok).unwrap();
+        let pg = c.targets[0].postgres.as_ref().unwrap();
+        assert_eq!(pg.tls.mode, UpstreamTlsMode::VerifyFull);
+        assert!(pg.client_tls.is_some());
+
+        let two = format!("{base}      password: a\n      password_file: /pw\n");
+        let err = Config::parse(Path::new("x.yaml"), &two)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at most one"), "{err}");
+        let no_ca = format!("{base}      tls: {{mode: verify-full}}\n");
+        let err = Config::parse(Path::new("x.yaml"), &no_ca)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ca_file"), "{err}");
+        let bad_mode = format!("{base}      tls: {{mode: prefer}}\n");
+        let err = Config::parse(Path::new("x.yaml"), &bad_mode)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("x.yaml:8:"), "{err}");
     }
 
     #[test]

@@ -1,0 +1,766 @@
+//! PostgreSQL through airlock, end to end: a real PostgreSQL 15 started per test, the airlock
+//! PostgreSQL handler in process, and real clients (psql, pgbench, psycopg 3). Every client
+//! helper takes the proxy address as a parameter, so the same scenarios can run through the
+//! transparent eBPF interception.
+
+#[path = "support/postgres.rs"]
+mod support;
+
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::sync::{Mutex, OnceLock};
+
+use airlock::config::{PostgresTarget, UpstreamTls, UpstreamTlsMode};
+use airlock::protocol::postgres::backend_auth::{self, AuthMethod, BackendError};
+use support::*;
+
+/// Everything the handler logs, for assertions on log lines.
+static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut l) = LOG.lock() {
+            l.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("airlock=debug")
+            .with_ansi(false)
+            .with_writer(|| Capture)
+            .try_init();
+    });
+}
+
+fn logs() -> String {
+    LOG.lock()
+        .map(|l| String::from_utf8_lossy(&l).into_owned())
+        .unwrap_or_default()
+}
+
+fn gateway(pg: &PgServer) -> TestProxy {
+    capture_logs();
+    TestProxy::start(pg.addr(), &gateway_section(GATEWAY_USER.0, GATEWAY_USER.1))
+}
+
+#[test]
+fn psql_script_transactions_notices_notify_and_large_results() {
+    let pg = PgServer::start(None);
+    let proxy = gateway(&pg);
+    let dsn = dsn(proxy.addr, "");
+
+    // The client asked for user "someone"; the server sees the gateway's role.
+    let (ok, out, err) = psql(
+        &dsn,
+        &["-c", "SELECT current_user, current_database()"],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "gw|app");
+
+    let script = r#"
+CREATE TABLE t (id int PRIMARY KEY, v text);
+INSERT INTO t VALUES (1, 'a'), (2, 'b');
+BEGIN;
+INSERT INTO t VALUES (3, 'c');
+INSERT INTO t VALUES (1, 'duplicate');
+SELECT 'not reached';
+COMMIT;
+SELECT 'rows', count(*) FROM t;
+DO $$ BEGIN RAISE NOTICE 'hello from the server'; END $$;
+SET application_name = 'airlock-test';
+SHOW application_name;
+LISTEN chan;
+NOTIFY chan, 'payload-1';
+SELECT 'after notify';
+"#;
+    let (_, out, err) = psql(&dsn, &["-v", "ON_ERROR_STOP=0", "-f", "-"], Some(script));
+    assert!(err.contains("duplicate key value"), "{err}");
+    assert!(
+        err.contains("current transaction is aborted"),
+        "the failed transaction stays failed: {err}"
+    );
+    assert!(
+        out.contains("rows|2"),
+        "the failed transaction rolled back: {out}"
+    );
+    assert!(err.contains("NOTICE:  hello from the server"), "{err}");
+    assert!(out.contains("airlock-test"), "{out}");
+    assert!(
+        format!("{out}{err}")
+            .contains("Asynchronous notification \"chan\" with payload \"payload-1\""),
+        "{out}{err}"
+    );
+
+    // A large single value and a large COPY out, streamed.
+    let (ok, out, err) = psql(&dsn, &["-c", "SELECT repeat('x', 8000000)"], None);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim_end().len(), 8_000_000);
+    let (ok, out, err) = psql(
+        &dsn,
+        &[
+            "-c",
+            "COPY (SELECT g, md5(g::text) FROM generate_series(1, 200000) g) TO STDOUT",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 200_000);
+    assert!(
+        out.lines()
+            .last()
+            .is_some_and(|l| l.starts_with("200000\t"))
+    );
+    assert!(proxy.decider.calls.load(Ordering::Relaxed) >= 15);
+}
+
+#[test]
+fn pgbench_simple_extended_prepared() {
+    let pg = PgServer::start(None);
+    let proxy = gateway(&pg);
+    // Initialisation goes through the gateway too: DDL, COPY FROM STDIN, VACUUM.
+    let (ok, _, err) = pgbench(proxy.addr, &["-i", "-s", "1", "-q"]);
+    assert!(ok, "pgbench -i: {err}");
+    assert_eq!(
+        pg.admin_db(DATABASE, "SELECT count(*) FROM pgbench_accounts")
+            .trim(),
+        "100000"
+    );
+    for mode in ["simple", "extended", "prepared"] {
+        let (ok, out, err) = pgbench(proxy.addr, &["-M", mode, "-S", "-c", "2", "-t", "200"]);
+        assert!(ok, "pgbench -M {mode} -S: {out}{err}");
+        assert!(
+            out.contains("number of transactions actually processed: 400/400"),
+            "{mode}: {out}"
+        );
+        let (ok, out, err) = pgbench(proxy.addr, &["-M", mode, "-c", "2", "-t", "50"]);
+        assert!(ok, "pgbench -M {mode}: {out}{err}");
+        assert!(
+            out.contains("number of transactions actually processed: 100/100"),
+            "{mode}: {out}"
+        );
+    }
+    // The TPC-B-like run wrote through the gateway (pgbench empties the history before each
+    // run, so only the last run's 100 transactions remain).
+    assert_eq!(
+        pg.admin_db(DATABASE, "SELECT count(*) FROM pgbench_history")
+            .trim(),
+        "100"
+    );
+}
+
+#[test]
+fn psycopg_copy_cursors_pipeline_errors_and_prepared() {
+    let pg = PgServer::start(None);
+    let proxy = gateway(&pg);
+    let script = r#"
+import os, psycopg
+from psycopg import errors
+from psycopg.pq import TransactionStatus
+with psycopg.connect(os.environ["DSN"]) as conn:
+    conn.execute("CREATE TABLE items (id int PRIMARY KEY, name text)")
+    with conn.cursor() as cur:
+        with cur.copy("COPY items FROM STDIN") as cp:
+            for i in range(1000):
+                cp.write_row((i, f"n{i}"))
+    conn.commit()
+    with conn.cursor() as cur:
+        with cur.copy("COPY items TO STDOUT") as cp:
+            rows = list(cp.rows())
+    assert len(rows) == 1000, len(rows)
+    with conn.cursor(name="server_side") as cur:
+        cur.itersize = 100
+        cur.execute("SELECT id FROM items ORDER BY id")
+        total = sum(r[0] for r in cur)
+    assert total == sum(range(1000)), total
+    conn.commit()
+    try:
+        conn.execute("INSERT INTO items VALUES (1, 'dup')")
+        raise SystemExit("expected a unique violation")
+    except errors.UniqueViolation:
+        pass
+    assert conn.info.transaction_status == TransactionStatus.INERROR
+    try:
+        conn.execute("SELECT 1")
+        raise SystemExit("expected in-failed-transaction")
+    except errors.InFailedSqlTransaction:
+        pass
+    conn.rollback()
+    for i in range(10):
+        r = conn.execute("SELECT name FROM items WHERE id = %s", (i,), prepare=True).fetchone()
+        assert r[0] == f"n{i}", r
+    with conn.pipeline():
+        c1 = conn.execute("SELECT 1")
+        c2 = conn.execute("SELECT %s::int", (2,))
+        conn.execute("INSERT INTO items VALUES (5000, 'p')")
+    assert c1.fetchone()[0] == 1 and c2.fetchone()[0] == 2
+    conn.commit()
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO items VALUES (%s, %s)", [(6000 + i, "m") for i in range(50)])
+    conn.commit()
+    print("count", conn.execute("SELECT count(*) FROM items").fetchone()[0])
+    # A notification reaches an idle listener on another session at once.
+    import select
+    with psycopg.connect(os.environ["DSN"], autocommit=True) as listener:
+        got = []
+        listener.add_notify_handler(lambda n: got.append(n.payload))
+        listener.execute("LISTEN jobs")
+        conn.execute("NOTIFY jobs, 'job-42'")
+        conn.commit()
+        readable, _, _ = select.select([listener.fileno()], [], [], 10)
+        assert readable, "no notification while idle"
+        listener.execute("SELECT 1")
+        print("notified", got)
+    print("pid-differs", conn.info.backend_pid != conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+"#;
+    let (ok, out, err) = python(&dsn(proxy.addr, ""), script);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("count 1051"), "{out}");
+    assert!(out.contains("notified ['job-42']"), "{out}");
+    assert!(
+        out.contains("pid-differs True"),
+        "the client only sees a minted key: {out}"
+    );
+}
+
+/// The same pipeline through the gateway (with a denied statement) and directly (with a
+/// statement that fails on the server) must leave the same data and a usable connection.
+#[test]
+fn denied_statement_in_psycopg_pipeline_behaves_like_an_error() {
+    let pg = PgServer::start(None);
+    let proxy = gateway(&pg);
+    pg.admin_db(
+        DATABASE,
+        &format!(
+            "CREATE TABLE p (v int); GRANT ALL ON p TO {};",
+            GATEWAY_USER.0
+        ),
+    );
+    let script = r#"
+import os, sys, psycopg
+bad = sys.argv[1]
+with psycopg.connect(os.environ["DSN"], autocommit=True) as conn:
+    try:
+        with conn.pipeline():
+            conn.execute("INSERT INTO p VALUES (1)")
+            conn.execute(bad)
+            conn.execute("INSERT INTO p VALUES (2)")
+        print("no error")
+    except psycopg.Error as e:
+        print("error", e.sqlstate, str(e).splitlines()[0])
+    print("status", conn.info.transaction_status.name)
+    conn.execute("INSERT INTO p VALUES (3)")
+    print("count", conn.execute("SELECT count(*) FROM p").fetchone()[0])
+"#;
+    let run = |dsn: &str, bad: &str| {
+        let out = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", script, bad])
+            .env("DSN", dsn)
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let through = run(&dsn(proxy.addr, ""), "SELECT 'airlock_forbidden'");
+    assert!(through.contains("error 42501"), "{through}");
+    assert!(
+        through.contains("test-deny"),
+        "the message names the rule: {through}"
+    );
+    pg.admin_db(DATABASE, "TRUNCATE p");
+    let direct = format!(
+        "host=127.0.0.1 port={} user=postgres dbname={DATABASE} sslmode=disable",
+        pg.port
+    );
+    let reference = run(&direct, "SELECT 1/0");
+    assert!(reference.contains("error 22012"), "{reference}");
+    let tail = |s: &str| s.lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert_eq!(tail(&through), tail(&reference));
+    assert!(through.contains("status IDLE"), "{through}");
+}
+
+#[test]
+fn raw_extended_protocol_denials_keep_the_session_consistent() {
+    let pg = PgServer::start(None);
+    let proxy = gateway(&pg);
+    let mut c = RawClient::connect(proxy.addr);
+    c.startup(0, &[("user", "x"), ("database", DATABASE)]);
+    let m = c.until_ready();
+    assert_eq!(m[0].0, b'R');
+    assert!(tags(&m).contains('K'), "{}", tags(&m));
+    assert_eq!(m.last().map(|x| x.1.clone()), Some(b"I".to_vec()));
+
+    // In an explicit transaction: the rows before the denial come back, the denial is an
+    // error, the rest of the batch is discarded, and the transaction is failed.
+    c.send(&query("BEGIN"));
+    assert_eq!(c.until_ready().last().map(|x| x.1[0]), Some(b'T'));
+    let mut batch = Vec::new();
+    batch.extend(parse("", "SELECT 1"));
+    batch.extend(bind("", ""));
+    batch.extend(execute(""));
+    batch.extend(parse("", "SELECT 'airlock_forbidden'"));
+    batch.extend(bind("", ""));
+    batch.extend(execute(""));
+    batch.extend(parse("", "SELECT 2"));
+    batch.extend(bind("", ""));
+    batch.extend(execute(""));
+    batch.extend(sync());
+    c.send(&batch);
+    let m = c.until_ready();
+    assert_eq!(tags(&m), "12DCEZ");
+    let err = &m[4].1;
+    assert_eq!(error_field(err, b'C').as_deref(), Some("42501"));
+    assert!(
+        error_field(err, b'M')
+            .unwrap_or_default()
+            .contains("test-deny")
+    );
+    assert_eq!(m[5].1, b"E");
+    c.send(&query("ROLLBACK"));
+    let m = c.until_ready();
+    assert_eq!(tags(&m), "CZ");
+    assert_eq!(m[1].1, b"I");
+
+    // Simple query denied: an error and an idle session.
+    c.send(&query("SELECT 'airlock_forbidden'"));
+    let m = c.until_ready();
+    assert_eq!(tags(&m), "EZ");
+    assert_eq!(error_field(&m[0].1, b'C').as_deref(), Some("42501"));
+    assert_eq!(m[1].1, b"I");
+
+    // Review is refused until the approval workflow exists.
+    c.send(&query("SELECT 'airlock_needs_review'"));
+    let m = c.until_ready();
+    assert_eq!(tags(&m), "EZ");
+    let text = error_field(&m[0].1, b'M').unwrap_or_default();
+    assert!(
+        text.contains("requires review") && text.contains("test-review"),
+        "{text}"
+    );
+
+    // A prepared statement is decided at Parse and again at each later Execute.
+    let before = proxy.decider.seen.lock().map(|s| s.len()).unwrap_or(0);
+    let mut b = parse("s1", "SELECT 42");
+    b.extend(sync());
+    c.send(&b);
+    assert_eq!(tags(&c.until_ready()), "1Z");
+    for _ in 0..2 {
+        let mut b = bind("", "s1");
+        b.extend(execute(""));
+        b.extend(sync());
+        c.send(&b);
+        let m = c.until_ready();
+        assert_eq!(tags(&m), "2DCZ");
+    }
+    let seen = proxy
+        .decider
+        .seen
+        .lock()
+        .map(|s| s[before..].to_vec())
+        .unwrap_or_default();
+    assert_eq!(seen, vec!["SELECT 42"; 3]);
+
+    // An Execute of a portal the gateway never saw bound is refused.
+    let mut b = execute("nope");
+    b.extend(sync());
+    c.send(&b);
+    let m = c.until_ready();
+    assert_eq!(tags(&m), "EZ");
+    assert_eq!(error_field(&m[0].1, b'C').as_deref(), Some("42501"));
+
+    // The fastpath function call protocol is refused.
+    c.send(&msg(b'F', &[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]));
+    let m = c.until_ready();
+    assert_eq!(tags(&m), "EZ");
+    assert_eq!(error_field(&m[0].1, b'C').as_deref(), Some("42501"));
+
+    // A multi-statement Query is judged whole: nothing of it runs.
+    c.send(&query(
+        "CREATE TABLE nope (v int); SELECT 'airlock_forbidden'",
+    ));
+    assert_eq!(tags(&c.until_ready()), "EZ");
+
+    // Still usable.
+    c.send(&query("SELECT 7"));
+    assert_eq!(tags(&c.until_ready()), "TDCZ");
+    c.send(&query(
+        "SELECT count(*) FROM pg_class WHERE relname = 'nope'",
+    ));
+    let m = c.until_ready();
+    assert_eq!(tags(&m), "TDCZ");
+    assert!(m[1].1.ends_with(b"0"), "the denied Query created nothing");
+
+    // COPY FROM STDIN with one CopyData far larger than the gateway's read buffer: streamed.
+    c.send(&query("CREATE TABLE big (v text)"));
+    assert_eq!(tags(&c.until_ready()), "CZ");
+    c.send(&query("COPY big FROM STDIN"));
+    assert_eq!(c.read_msg().0, b'G');
+    let line = format!("{}\n", "y".repeat(999));
+    let data = line.repeat(3000);
+    c.send(&msg(b'd', data.as_bytes()));
+    c.send(&msg(b'c', &[]));
+    let m = c.until_ready();
+    assert_eq!(tags(&m), "CZ");
+    assert_eq!(m[0].1, b"COPY 3000\0");
+    c.send(&msg(b'X', &[]));
+}
+
+#[test]
+fn startup_negotiation_and_declined_encryption() {
+    let pg = PgServer::start(None);
+    let proxy = gateway(&pg);
+    let mut c = RawClient::connect(proxy.addr);
+    // SSLRequest declined (no client_tls configured), then GSSENCRequest declined.
+    c.send(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
+    assert_eq!(c.read_raw(1), b"N");
+    c.send(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]);
+    assert_eq!(c.read_raw(1), b"N");
+    // A 3.2 client with a protocol option is told to fall back to 3.0.
+    c.startup(
+        2,
+        &[("user", "x"), ("database", DATABASE), ("_pq_.future", "1")],
+    );
+    let (tag, body) = c.read_msg();
+    assert_eq!(tag, b'v');
+    assert_eq!(&body[..8], &[0, 0, 0, 0, 0, 0, 0, 1]);
+    assert_eq!(&body[8..], b"_pq_.future\0");
+    let m = c.until_ready();
+    assert_eq!(m[0].0, b'R');
+    assert!(
+        m.iter()
+            .any(|(t, b)| *t == b'S' && b.starts_with(b"server_version\0"))
+    );
+    c.send(&query("SELECT 1"));
+    assert_eq!(tags(&c.until_ready()), "TDCZ");
+
+    // Protocol 2 is refused with a FATAL error, as PostgreSQL does.
+    let mut c = RawClient::connect(proxy.addr);
+    c.send(&[0, 0, 0, 8, 0, 2, 0, 0]);
+    let (tag, body) = c.read_msg();
+    assert_eq!(tag, b'E');
+    assert_eq!(error_field(&body, b'C').as_deref(), Some("0A000"));
+
+    // Startup settings that would bypass policy are refused.
+    let mut c = RawClient::connect(proxy.addr);
+    c.startup(0, &[("user", "x"), ("options", "-c role=postgres")]);
+    let (tag, body) = c.read_msg();
+    assert_eq!(tag, b'E');
+    assert_eq!(error_field(&body, b'S').as_deref(), Some("FATAL"));
+    assert!(
+        error_field(&body, b'M')
+            .unwrap_or_default()
+            .contains("options")
+    );
+}
+
+#[test]
+fn cancel_reaches_the_right_backend() {
+    let pg = PgServer::start(None);
+    let proxy = gateway(&pg);
+    let script = r#"
+import os, threading, time, psycopg
+conn = psycopg.connect(os.environ["DSN"])
+def cancel():
+    time.sleep(1.5)
+    conn.cancel()
+threading.Thread(target=cancel).start()
+t = time.time()
+try:
+    conn.execute("SELECT pg_sleep(60)")
+    print("not cancelled")
+except psycopg.errors.QueryCanceled:
+    print("cancelled after", round(time.time() - t))
+conn.rollback()
+print("then", conn.execute("SELECT 5").fetchone()[0])
+"#;
+    let (ok, out, err) = python(&dsn(proxy.addr, ""), script);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("cancelled after"), "{out}");
+    let secs: u64 = out
+        .split("cancelled after ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(99);
+    assert!(secs < 10, "{out}");
+    assert!(out.contains("then 5"), "{out}");
+    assert!(logs().contains("cancel request forwarded"));
+}
+
+#[test]
+fn tls_on_both_legs_with_channel_binding() {
+    let tls = TlsFixture::generate();
+    let pg = PgServer::start(Some(&tls));
+    capture_logs();
+    let section = format!(
+        "      user: {}\n      password: \"{}\"\n      database: {DATABASE}\n      tls:\n        mode: verify-full\n        ca_file: {}\n        server_name: localhost\n      client_tls:\n        cert_file: {}\n        key_file: {}\n",
+        TLS_USER.0,
+        TLS_USER.1,
+        tls.ca_cert.display(),
+        tls.cert.display(),
+        tls.key.display()
+    );
+    let proxy = TestProxy::start(pg.addr(), &section);
+    let client_tls = format!("sslmode=verify-full sslrootcert={}", tls.ca_cert.display());
+    let (ok, out, err) = psql(
+        &dsn(proxy.addr, &client_tls),
+        &[
+            "-c",
+            "SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            "-c",
+            "\\conninfo",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("tlsuser|t"), "server leg is TLS: {out}");
+    assert!(out.contains("SSL connection"), "client leg is TLS: {out}");
+    // Plaintext on the local leg is still accepted.
+    let (ok, out, err) = psql(
+        &dsn(proxy.addr, ""),
+        &[
+            "-c",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "t");
+
+    // The gateway's login used SCRAM with channel binding; a wrong name fails verification.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut cfg = PostgresTarget {
+        user: TLS_USER.0.into(),
+        password: Some(TLS_USER.1.into()),
+        password_env: None,
+        password_file: None,
+        database: Some(DATABASE.into()),
+        tls: UpstreamTls {
+            mode: UpstreamTlsMode::VerifyFull,
+            ca_file: Some(tls.ca_cert.clone()),
+            server_name: Some("localhost".into()),
+        },
+        client_tls: None,
+    };
+    let params = [("user", TLS_USER.0), ("database", DATABASE)];
+    let b = rt
+        .block_on(backend_auth::connect(&cfg, pg.addr(), &params))
+        .expect("login");
+    assert_eq!(b.auth, AuthMethod::ScramSha256Plus);
+    cfg.tls.server_name = Some("wrong.example".into());
+    let e = rt
+        .block_on(backend_auth::connect(&cfg, pg.addr(), &params))
+        .expect_err("wrong name must fail");
+    assert!(matches!(e, BackendError::Handshake(_)), "{e}");
+    // `require` encrypts without verifying; the IP (no server_name) is fine then.
+    cfg.tls = UpstreamTls {
+        mode: UpstreamTlsMode::Require,
+        ca_file: None,
+        server_name: None,
+    };
+    let b = rt
+        .block_on(backend_auth::connect(&cfg, pg.addr(), &params))
+        .expect("login with require");
+    assert_eq!(b.auth, AuthMethod::ScramSha256Plus);
+}
+
+#[test]
+fn md5_and_cleartext_backend_logins() {
+    let pg = PgServer::start(None);
+    capture_logs();
+    for (user, password) in [MD5_USER, CLEAR_USER] {
+        let proxy = TestProxy::start(pg.addr(), &gateway_section(user, password));
+        let (ok, out, err) = psql(&dsn(proxy.addr, ""), &["-c", "SELECT current_user"], None);
+        assert!(ok, "{user}: {err}");
+        assert_eq!(out.trim(), user);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut cfg = PostgresTarget {
+        user: MD5_USER.0.into(),
+        password: None,
+        password_env: None,
+        password_file: None,
+        database: None,
+        tls: UpstreamTls::default(),
+        client_tls: None,
+    };
+    // The password may come from a file.
+    let dir = TempDir::new("airlock-pw");
+    let file = dir.path().join("pw");
+    std::fs::write(&file, format!("{}\n", MD5_USER.1)).expect("write password");
+    cfg.password_file = Some(file);
+    let params = [("user", MD5_USER.0), ("database", DATABASE)];
+    let b = rt
+        .block_on(backend_auth::connect(&cfg, pg.addr(), &params))
+        .expect("md5 login");
+    assert_eq!(b.auth, AuthMethod::Md5);
+    cfg.user = CLEAR_USER.0.into();
+    cfg.password_file = None;
+    cfg.password = Some(CLEAR_USER.1.into());
+    let params = [("user", CLEAR_USER.0), ("database", DATABASE)];
+    let b = rt
+        .block_on(backend_auth::connect(&cfg, pg.addr(), &params))
+        .expect("cleartext login");
+    assert_eq!(b.auth, AuthMethod::Cleartext);
+}
+
+#[test]
+fn wrong_backend_credentials_give_a_clear_error_and_a_log_line() {
+    let pg = PgServer::start(None);
+    capture_logs();
+    let proxy = TestProxy::start(
+        pg.addr(),
+        &gateway_section(GATEWAY_USER.0, "not-the-password"),
+    );
+    let (ok, _, err) = psql(&dsn(proxy.addr, ""), &["-c", "SELECT 1"], None);
+    assert!(!ok);
+    assert!(
+        err.contains("airlock could not authenticate to target demo-db as user gw"),
+        "{err}"
+    );
+    assert!(err.contains("password authentication failed"), "{err}");
+    let log = logs();
+    assert!(
+        log.lines().any(|l| l.contains("backend login failed")
+            && l.contains("demo-db")
+            && l.contains("28P01")),
+        "{log}"
+    );
+}
+
+fn tps(out: &str) -> f64 {
+    out.lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l[6..].split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Not a test: `cargo test --release --test postgres -- --ignored --nocapture bench_` prints
+/// pgbench -S throughput direct and through the gateway (allow-all, no recording).
+#[test]
+#[ignore]
+fn bench_select_only_direct_vs_gateway() {
+    let pg = PgServer::start(None);
+    pg.admin("ALTER SYSTEM SET max_connections = 60");
+    let proxy = TestProxy::start_with(
+        pg.addr(),
+        &gateway_section(GATEWAY_USER.0, GATEWAY_USER.1),
+        TestDecider::default(),
+    );
+    let (ok, _, err) = pgbench(proxy.addr, &["-i", "-s", "2", "-q"]);
+    assert!(ok, "{err}");
+    pg.admin_db(DATABASE, "ALTER DATABASE app OWNER TO gw");
+    // haproxy in TCP mode, the reference that inspects nothing.
+    let dir = TempDir::new("airlock-haproxy");
+    let hport = free_port();
+    let cfg = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n  maxconn 200\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\nlisten pg\n  bind 127.0.0.1:{hport}\n  server pg {}\n",
+            pg.addr()
+        ),
+    )
+    .expect("haproxy.cfg");
+    let mut haproxy = std::process::Command::new("haproxy")
+        .arg("-f")
+        .arg(&cfg)
+        .arg("-db")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("haproxy");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let haddr = std::net::SocketAddr::from(([127, 0, 0, 1], hport));
+
+    let secs = std::env::var("BENCH_SECS").unwrap_or_else(|_| "10".into());
+    let run = |addr: std::net::SocketAddr, args: &[&str]| {
+        let out = std::process::Command::new("pgbench")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &addr.port().to_string(),
+                "-U",
+                GATEWAY_USER.0,
+            ])
+            .args(args)
+            .arg(DATABASE)
+            .env("PGPASSWORD", GATEWAY_USER.1)
+            .env("PGSSLMODE", "disable")
+            .output()
+            .expect("pgbench");
+        tps(&String::from_utf8_lossy(&out.stdout))
+    };
+    // Throughput on a shared machine is noisy; CPU time per transaction spent in the proxy is
+    // not. airlock runs in this process (pgbench is a child, not counted in RUSAGE_SELF).
+    let self_cpu = || {
+        // SAFETY: getrusage fills the struct we pass.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+        let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+        t(ru.ru_utime) + t(ru.ru_stime)
+    };
+    let ha_pid = haproxy.id();
+    let ha_cpu = move || {
+        let stat = std::fs::read_to_string(format!("/proc/{ha_pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+            + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        ticks / 100.0
+    };
+    for (mode, clients) in [
+        ("simple", "8"),
+        ("prepared", "8"),
+        ("simple", "32"),
+        ("prepared", "32"),
+    ] {
+        let args = [
+            "-n", "-S", "-M", mode, "-c", clients, "-j", "2", "-T", &secs,
+        ];
+        let direct = run(pg.addr(), &args);
+        let c0 = self_cpu();
+        let via = run(proxy.addr, &args);
+        let airlock_us = (self_cpu() - c0) * 1e6 / (via * secs.parse::<f64>().unwrap_or(10.0));
+        let h0 = ha_cpu();
+        let ha = run(haddr, &args);
+        let ha_us = (ha_cpu() - h0) * 1e6 / (ha * secs.parse::<f64>().unwrap_or(10.0));
+        println!(
+            "-M {mode} -c {clients}: direct {direct:.0} tps; airlock {via:.0} ({:.2}, {airlock_us:.1} us CPU/tx); haproxy {ha:.0} ({:.2}, {ha_us:.1} us CPU/tx)",
+            via / direct,
+            ha / direct
+        );
+    }
+    if let Ok(pid) = i32::try_from(haproxy.id()) {
+        // SAFETY: signalling our own child by PID.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    let _ = haproxy.wait();
+}
