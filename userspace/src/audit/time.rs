@@ -106,6 +106,7 @@ pub fn parse_time(s: &str, now_us: u64) -> Result<u64, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

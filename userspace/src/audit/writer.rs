@@ -122,6 +122,8 @@ pub(crate) fn first_record(path: &Path) -> std::io::Result<Option<(Record, Chain
         .map(|r| (r, ChainHash::of_line(&line))))
 }
 
+// Nearly every message is an Append; boxing it would cost an allocation per record.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Append(Append),
     /// Sync and sign the head now; answers the signed seq.
