@@ -42,13 +42,19 @@
 //!
 //! # Durability and the torn-tail rule
 //!
-//! A record is *acknowledged* when the future that appended it resolves `Ok`. The writer
-//! acknowledges only after the record's whole line, newline included, was written (`write(2)`
-//! returned) and, with `fsync: always` (default), after the `fdatasync` that covers it. One
-//! `fdatasync` covers every record the writer drained from the queue (group commit). With
-//! `fsync: batch` the acknowledgement follows the write and `fdatasync` runs every
-//! `batch_interval`: a `kill -9` still loses nothing acknowledged (the data is in the page
-//! cache), a power failure can lose up to one interval.
+//! Appending is two-phase: a [`SessionRecorder`] method queues the record (waiting for queue
+//! space) and returns an [`Ack`]; the record is *acknowledged* when [`Ack::durable`] resolves
+//! `Ok`. The writer acknowledges only after the record's whole line, newline included, was
+//! written (`write(2)` returned) and, with `fsync: always` (default), after the `fdatasync`
+//! that covers it. One `fdatasync` covers every record the writer drained from the queue
+//! (group commit). With `fsync: batch` the acknowledgement follows the write and `fdatasync`
+//! runs every `batch_interval`: a `kill -9` still loses nothing acknowledged (the data is in
+//! the page cache), a power failure can lose up to one interval.
+//!
+//! Handlers queue a command's record before sending it upstream and await its `Ack` before
+//! the answer goes back to the client, so the write overlaps the server round trip and no
+//! client sees the effect of a command whose record could still be lost. `start` and `end`
+//! wait for their own acknowledgement.
 //!
 //! A crash can leave a partial last line (no trailing newline). Since acknowledgement needs the
 //! newline, such a line was never acknowledged. **Rule:** [`verify()`] tolerates a partial line
@@ -95,7 +101,7 @@ pub use verify::{
     ExportHeader, Issue, IssueKind, Report, Severity, export, import, verify, verify_export,
 };
 pub use writer::{
-    CommandEvent, CommandResult, Recorder, SessionEnd, SessionRecorder, SessionStart,
+    Ack, CommandEvent, CommandResult, Recorder, SessionEnd, SessionRecorder, SessionStart,
 };
 
 /// Errors of the audit subsystem.

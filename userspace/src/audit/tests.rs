@@ -107,7 +107,7 @@ async fn session(rec: &Recorder, subject: &str, target: &str, cmds: usize) -> St
     let decision = allow();
     for i in 0..cmds {
         let text = format!("SELECT {i} FROM orders /* {subject} */");
-        let n = s
+        let (n, ack) = s
             .command(CommandEvent {
                 text: &text,
                 classes: vec![Cow::Borrowed("read")],
@@ -117,6 +117,7 @@ async fn session(rec: &Recorder, subject: &str, target: &str, cmds: usize) -> St
             })
             .await
             .unwrap();
+        ack.durable().await.unwrap();
         s.result(
             n,
             CommandResult {
@@ -126,6 +127,9 @@ async fn session(rec: &Recorder, subject: &str, target: &str, cmds: usize) -> St
                 error: None,
             },
         )
+        .await
+        .unwrap()
+        .durable()
         .await
         .unwrap();
     }
@@ -210,7 +214,7 @@ async fn records_verify_and_read_back() {
         timeout: Duration::from_secs(30),
         on_timeout: crate::policy::OnTimeout::Deny,
     };
-    let n = s
+    let (n, ack) = s
         .command(CommandEvent {
             text: "UPDATE orders SET paid = true",
             classes: vec!["write".into()],
@@ -220,6 +224,7 @@ async fn records_verify_and_read_back() {
         })
         .await
         .unwrap();
+    ack.durable().await.unwrap();
     s.approval(
         n,
         Approval {
@@ -228,6 +233,9 @@ async fn records_verify_and_read_back() {
             approvers: vec!["carol".into()],
         },
     )
+    .await
+    .unwrap()
+    .durable()
     .await
     .unwrap();
     s.result(
@@ -240,12 +248,15 @@ async fn records_verify_and_read_back() {
         },
     )
     .await
+    .unwrap()
+    .durable()
+    .await
     .unwrap();
     let deny = Decision::Deny {
         rule: "no-ddl".into(),
         reason: "ddl is denied".into(),
     };
-    let n2 = s
+    let (n2, ack) = s
         .command(CommandEvent {
             text: "DROP TABLE orders",
             classes: vec!["ddl".into()],
@@ -255,6 +266,7 @@ async fn records_verify_and_read_back() {
         })
         .await
         .unwrap();
+    ack.durable().await.unwrap();
     assert_eq!(n2, 2);
     let sid = s.id().to_owned();
     s.end(SessionEnd {
@@ -670,7 +682,7 @@ async fn masked_values_never_reach_the_log() {
     })
     .await
     .unwrap();
-    let n = s
+    let (n, ack) = s
         .command(CommandEvent {
             text: "SELECT id, email FROM customers",
             classes: vec!["read".into()],
@@ -680,6 +692,7 @@ async fn masked_values_never_reach_the_log() {
         })
         .await
         .unwrap();
+    ack.durable().await.unwrap();
     // The answer the masker saw; only rule names and counts can go to the recorder.
     let answer = [
         ("1", "alice.secret@example.com"),
@@ -689,7 +702,7 @@ async fn masked_values_never_reach_the_log() {
     for _ in &answer {
         tally.add("email", 1);
     }
-    s.masking(n, &tally).await.unwrap();
+    s.masking(n, &tally).await.unwrap().durable().await.unwrap();
     s.result(
         n,
         CommandResult {
@@ -699,6 +712,9 @@ async fn masked_values_never_reach_the_log() {
             error: None,
         },
     )
+    .await
+    .unwrap()
+    .durable()
     .await
     .unwrap();
     s.end(SessionEnd {
@@ -807,6 +823,61 @@ async fn backpressure_never_loses_records() {
     assert!(r.ok, "{:#?}", r.issues);
     assert_eq!(r.records, 1 + 40 * 22);
     assert_eq!((r.sessions, r.open_sessions), (40, 0));
+}
+
+#[tokio::test]
+async fn pipelined_records_are_acknowledged_in_order() {
+    let t = TempDir::new("pipelined");
+    let rec = open(&config(&t), &t);
+    let id = identity("alice");
+    let mut s = rec.admit_session().unwrap();
+    s.start(SessionStart {
+        proxy_session: None,
+        identity: &id,
+        workload: None,
+        target: "demo-db",
+        protocol: Protocol::Postgres,
+        client: None,
+        original_dst: None,
+        tls: None,
+    })
+    .await
+    .unwrap();
+    let decision = allow();
+    let mut acks = Vec::new();
+    for i in 0..300 {
+        let text = format!("SELECT {i}");
+        let (n, ack) = s
+            .command(CommandEvent {
+                text: &text,
+                classes: vec!["read".into()],
+                kind: None,
+                decision: &decision,
+                approval: None,
+            })
+            .await
+            .unwrap();
+        acks.push(ack);
+        // Fire and forget: the record is still written, in order.
+        drop(s.result(n, CommandResult::default()).await.unwrap());
+    }
+    let mut seqs = Vec::new();
+    for ack in acks {
+        seqs.push(ack.durable().await.unwrap());
+    }
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 2), "{seqs:?}");
+    s.end(SessionEnd {
+        reason: EndReason::ClientClosed,
+        detail: None,
+        bytes_from_client: 0,
+        bytes_to_client: 0,
+    })
+    .await
+    .unwrap();
+    rec.close().await.unwrap();
+    let r = check(&t);
+    assert!(r.ok, "{:#?}", r.issues);
+    assert_eq!(r.records, 1 + 1 + 600 + 1);
 }
 
 #[tokio::test]
@@ -987,15 +1058,17 @@ fn crash_child() {
                 let decision = allow();
                 for i in 0.. {
                     let text = format!("SELECT {k}-{i}");
-                    s.command(CommandEvent {
-                        text: &text,
-                        classes: vec!["read".into()],
-                        kind: None,
-                        decision: &decision,
-                        approval: None,
-                    })
-                    .await
-                    .unwrap();
+                    let (_, ack) = s
+                        .command(CommandEvent {
+                            text: &text,
+                            classes: vec!["read".into()],
+                            kind: None,
+                            decision: &decision,
+                            approval: None,
+                        })
+                        .await
+                        .unwrap();
+                    ack.durable().await.unwrap();
                     println!("ACK {text}");
                 }
             }));

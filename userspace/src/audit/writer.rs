@@ -415,9 +415,10 @@ impl SessionRecorder {
         self.inner.is_some()
     }
 
-    async fn append(&mut self, event: Event) -> Result<u64, AuditError> {
+    /// Queues a record (waiting for queue space: backpressure, never loss).
+    async fn enqueue(&mut self, event: Event) -> Result<Ack, AuditError> {
         let Some(inner) = &self.inner else {
-            return Ok(0);
+            return Ok(Ack::done());
         };
         let (ack, rx) = oneshot::channel();
         let msg = Msg::Append(Append {
@@ -427,21 +428,17 @@ impl SessionRecorder {
             event,
             ack: Some(ack),
         });
-        let r = match inner.tx.send(msg).await {
-            Ok(()) => rx.await.unwrap_or(Err(AuditError::Closed)),
-            Err(_) => Err(AuditError::Closed),
+        let pending = Ack {
+            rx: Some(rx),
+            shared: Some(inner.shared.clone()),
         };
-        match r {
-            Err(e) if inner.shared.on_full == OnFull::Allow && !matches!(e, AuditError::Closed) => {
-                inner.shared.unrecorded.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(session = %self.id, error = %e, "audit record lost (on_full: allow)");
-                Ok(0)
-            }
-            r => r,
+        match inner.tx.send(msg).await {
+            Ok(()) => Ok(pending),
+            Err(_) => Err(AuditError::Closed),
         }
     }
 
-    /// Records the session's start. Call once, first.
+    /// Records the session's start and waits until it is acknowledged. Call once, first.
     pub async fn start(&mut self, s: SessionStart<'_>) -> Result<(), AuditError> {
         let workload = s.workload.or(s.identity.workload.as_ref());
         let rec = SessionStartRecord {
@@ -455,13 +452,20 @@ impl SessionRecorder {
             original_dst: s.original_dst.or(workload.and_then(|w| w.original_dst)),
             tls: s.tls,
         };
-        self.append(Event::SessionStart(rec)).await.map(drop)
+        self.enqueue(Event::SessionStart(rec))
+            .await?
+            .durable()
+            .await
+            .map(drop)
     }
 
-    /// Records a command and its decision; returns its number in the session (for
-    /// [`result`](Self::result), [`masking`](Self::masking), [`approval`](Self::approval)).
-    /// Call it before the command reaches the server, so nothing runs unrecorded.
-    pub async fn command(&mut self, c: CommandEvent<'_>) -> Result<u64, AuditError> {
+    /// Queues a command and its decision; returns its number in the session (for
+    /// [`result`](Self::result), [`masking`](Self::masking), [`approval`](Self::approval)) and
+    /// the [`Ack`]. Queue it before the command goes upstream, and await
+    /// [`Ack::durable`] before the answer goes back to the client (or before forwarding, for
+    /// strict write-ahead): the write then overlaps the server's round trip, and no client
+    /// ever sees the effect of a command whose record could still be lost.
+    pub async fn command(&mut self, c: CommandEvent<'_>) -> Result<(u64, Ack), AuditError> {
         self.commands += 1;
         let n = self.commands;
         let reason = match c.decision {
@@ -478,18 +482,17 @@ impl SessionRecorder {
             reason,
             approval: c.approval,
         };
-        self.append(Event::Command(rec)).await.map(|_| n)
+        Ok((n, self.enqueue(Event::Command(rec)).await?))
     }
 
-    /// Records how a review of command `n` ended.
-    pub async fn approval(&mut self, n: u64, approval: Approval) -> Result<(), AuditError> {
-        self.append(Event::Approval(ApprovalEvent { n, approval }))
+    /// Queues how a review of command `n` ended.
+    pub async fn approval(&mut self, n: u64, approval: Approval) -> Result<Ack, AuditError> {
+        self.enqueue(Event::Approval(ApprovalEvent { n, approval }))
             .await
-            .map(drop)
     }
 
-    /// Records the answer to command `n`.
-    pub async fn result(&mut self, n: u64, r: CommandResult) -> Result<(), AuditError> {
+    /// Queues the answer to command `n`.
+    pub async fn result(&mut self, n: u64, r: CommandResult) -> Result<Ack, AuditError> {
         let rec = ResultRecord {
             n,
             rows: r.rows,
@@ -497,20 +500,20 @@ impl SessionRecorder {
             duration_us: u64::try_from(r.duration.as_micros()).unwrap_or(u64::MAX),
             error: r.error,
         };
-        self.append(Event::Result(rec)).await.map(drop)
+        self.enqueue(Event::Result(rec)).await
     }
 
-    /// Records what masking did to the answer of command `n`: rule names and counts only.
+    /// Queues what masking did to the answer of command `n`: rule names and counts only.
     /// Nothing is written for an empty tally.
-    pub async fn masking(&mut self, n: u64, tally: &MaskTally) -> Result<(), AuditError> {
+    pub async fn masking(&mut self, n: u64, tally: &MaskTally) -> Result<Ack, AuditError> {
         if tally.is_empty() {
-            return Ok(());
+            return Ok(Ack::done());
         }
         let rec = MaskingRecord {
             n,
             rules: tally.counts().to_vec(),
         };
-        self.append(Event::Masking(rec)).await.map(drop)
+        self.enqueue(Event::Masking(rec)).await
     }
 
     fn end_event(&self, e: SessionEnd) -> Event {
@@ -525,11 +528,12 @@ impl SessionRecorder {
         })
     }
 
-    /// Records the session's end. Its final hash joins the global chain with this record.
+    /// Records the session's end and waits until it is acknowledged. Its final hash joins
+    /// the global chain with this record.
     pub async fn end(mut self, e: SessionEnd) -> Result<(), AuditError> {
         self.ended = true;
         let event = self.end_event(e);
-        self.append(event).await.map(drop)
+        self.enqueue(event).await?.durable().await.map(drop)
     }
 }
 
@@ -567,6 +571,46 @@ impl Drop for SessionRecorder {
                     tracing::warn!(session = %self.id, "audit queue full: end record of a dropped session lost");
                 }
             }
+        }
+    }
+}
+
+/// A queued record. [`Ack::durable`] resolves once the writer acknowledged it: written, and
+/// with `fsync: always` synced (see the module docs). Dropping it does not cancel the record;
+/// it only gives up waiting (and hearing about a failed write).
+#[derive(Debug)]
+#[must_use = "await `durable()` before anything that must not happen unrecorded, or drop it explicitly"]
+pub struct Ack {
+    rx: Option<oneshot::Receiver<Result<u64, AuditError>>>,
+    shared: Option<Arc<Shared>>,
+}
+
+impl Ack {
+    /// Nothing to wait for (unrecorded session, empty tally).
+    fn done() -> Self {
+        Ack {
+            rx: None,
+            shared: None,
+        }
+    }
+
+    /// Waits for the acknowledgement; returns the record's seq (0 when unrecorded). An `Err`
+    /// means the record is not in the log: end the session (fail closed). With
+    /// `on_full: allow` a lost record is counted and logged instead.
+    pub async fn durable(self) -> Result<u64, AuditError> {
+        let Some(rx) = self.rx else {
+            return Ok(0);
+        };
+        let r = rx.await.unwrap_or(Err(AuditError::Closed));
+        match (r, &self.shared) {
+            (Err(e), Some(shared))
+                if shared.on_full == OnFull::Allow && !matches!(e, AuditError::Closed) =>
+            {
+                shared.unrecorded.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "audit record lost (on_full: allow)");
+                Ok(0)
+            }
+            (r, _) => r,
         }
     }
 }
