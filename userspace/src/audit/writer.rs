@@ -191,7 +191,7 @@ impl Recorder {
             .map_err(|e| AuditError::io(&dir, &e))?;
         let key = load_or_generate_signing_key(&config.signing_key(state_dir))?;
         let public = key.verifying_key();
-        let writer = Writer::recover(dir.clone(), key, config)?;
+        let mut writer = Writer::recover(dir.clone(), &key, config)?;
         let mut run = [0u8; 4];
         run.copy_from_slice(&writer.prev.0[..4]);
         let shared = Arc::new(Shared {
@@ -206,6 +206,26 @@ impl Recorder {
             next_session: AtomicU64::new(1),
             unrecorded: AtomicU64::new(0),
         });
+        let now = Instant::now();
+        let syncer = Syncer {
+            dir: shared.dir.clone(),
+            key,
+            head_interval: config.head_interval,
+            retention: config.retention.clone(),
+            shared: shared.clone(),
+            pending: None,
+            latest: writer.seq.checked_sub(1).map(|s| (s, writer.prev)),
+            signed: writer.seq.saturating_sub(1),
+            current: writer.seg_path.clone(),
+            last_head: now,
+            last_retention: now,
+        };
+        let (sync_tx, sync_rx) = std::sync::mpsc::channel();
+        writer.syncer = Some(sync_tx);
+        std::thread::Builder::new()
+            .name("audit-syncer".into())
+            .spawn(move || syncer.run(sync_rx))
+            .map_err(|e| AuditError::io(&shared.dir, &e))?;
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let writer_shared = shared.clone();
         std::thread::Builder::new()
@@ -621,16 +641,39 @@ struct SessState {
     records: u64,
 }
 
-/// The writer's state; lives on its own thread.
+/// A sender waiting for durability, with the result of encoding its record.
+type PendingAck = (
+    oneshot::Sender<Result<u64, AuditError>>,
+    Result<u64, AuditError>,
+);
+
+/// A group of written records for the syncer: sync `file`, then answer the senders.
+struct SyncJob {
+    file: Arc<File>,
+    path: PathBuf,
+    /// The last record written when the job was made: the head to sign once synced.
+    head: Option<(u64, ChainHash)>,
+    /// Senders waiting for durability (`fsync: always`), with their encode results.
+    acks: Vec<PendingAck>,
+    /// Flush / close requests: answered with the signed seq.
+    controls: Vec<oneshot::Sender<Result<u64, AuditError>>>,
+    /// Sign the head right after this sync (flush, close, rotation, shutdown).
+    sign_now: bool,
+    /// `file` is complete (rotation): apply retention after signing.
+    rotated: bool,
+    /// The writer stops after this job.
+    last: bool,
+}
+
+/// The writer's state; lives on its own thread. `fdatasync`, head signing and retention run
+/// on a second thread (the syncer), so the writer keeps chaining and writing the next group
+/// while the previous one is being synced.
 struct Writer {
     dir: PathBuf,
-    key: SigningKey,
     policy: FsyncPolicy,
     batch_interval: Duration,
-    head_interval: Duration,
     segment_max: u64,
-    retention: RetentionConfig,
-    file: File,
+    file: Arc<File>,
     seg_path: PathBuf,
     seg_len: u64,
     seg_day: u64,
@@ -640,9 +683,25 @@ struct Writer {
     sessions: HashMap<u64, SessState>,
     undo: Vec<(u64, Option<SessState>)>,
     buf: Vec<u8>,
+    /// Records were written since the last job handed to the syncer.
     unsynced: bool,
-    head_dirty: bool,
-    last_sync: Instant,
+    last_job: Instant,
+    syncer: Option<std::sync::mpsc::Sender<SyncJob>>,
+}
+
+/// The syncer's state; see [`Writer`].
+struct Syncer {
+    dir: PathBuf,
+    key: SigningKey,
+    head_interval: Duration,
+    retention: RetentionConfig,
+    shared: Arc<Shared>,
+    /// Synced but not yet signed.
+    pending: Option<(u64, ChainHash)>,
+    /// The last record known synced, signed or not.
+    latest: Option<(u64, ChainHash)>,
+    signed: u64,
+    current: PathBuf,
     last_head: Instant,
     last_retention: Instant,
 }
@@ -650,7 +709,7 @@ struct Writer {
 impl Writer {
     /// Finds where the chain ends, cuts a torn tail off, opens a segment and writes the
     /// `open` record and a signed head.
-    fn recover(dir: PathBuf, key: SigningKey, config: &AuditConfig) -> Result<Self, AuditError> {
+    fn recover(dir: PathBuf, key: &SigningKey, config: &AuditConfig) -> Result<Self, AuditError> {
         let segs = list_segments(&dir).map_err(|e| AuditError::io(&dir, &e))?;
         let anchor_path = dir.join(ANCHOR_FILE);
         let anchor: Option<SignedAnchor> = match std::fs::read(&anchor_path) {
@@ -732,15 +791,12 @@ impl Writer {
         }
         .and_then(|f| sync_dir(&dir).map(|()| f))
         .map_err(|e| AuditError::io(&seg_path, &e))?;
-        let now = Instant::now();
         let mut w = Writer {
             dir,
             policy: config.fsync,
             batch_interval: config.batch_interval,
-            head_interval: config.head_interval,
             segment_max: config.segment_max_bytes.max(1),
-            retention: config.retention.clone(),
-            file,
+            file: Arc::new(file),
             seg_path,
             seg_len: 0,
             seg_day: now_us() / DAY_US,
@@ -750,22 +806,24 @@ impl Writer {
             undo: Vec::new(),
             buf: Vec::with_capacity(64 << 10),
             unsynced: false,
-            head_dirty: false,
-            last_sync: now,
-            last_head: now,
-            last_retention: now,
-            key,
+            last_job: Instant::now(),
+            syncer: None,
         };
         let open = Event::Open(OpenEvent {
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            public_key: to_hex(w.key.verifying_key().as_bytes()),
+            public_key: to_hex(key.verifying_key().as_bytes()),
             torn,
         });
         w.encode(0, "", now_us(), open)?;
         w.write_batch()?;
-        w.sync()?;
-        w.write_head()?;
-        w.retention();
+        w.file
+            .sync_data()
+            .map_err(|e| AuditError::io(&w.seg_path, &e))?;
+        w.unsynced = false;
+        sign_head(&w.dir, key, w.seq - 1, w.prev)?;
+        if config.retention.is_set() {
+            apply_retention(&w.dir, key, &config.retention, &w.seg_path, (w.seq, w.prev))?;
+        }
         Ok(w)
     }
 
@@ -800,56 +858,73 @@ impl Writer {
                     }
                 }
                 let close = self.process(&mut batch, &shared);
-                self.tick();
                 if close {
                     shared.closed.store(true, Ordering::Release);
                     return;
                 }
+                self.tick();
             }
             // Every sender is gone: leave a synced, signed log behind.
-            if let Err(e) = self.sync().and_then(|()| self.write_head().map(drop)) {
-                tracing::error!(error = %e, "audit writer: final sync failed");
-            }
+            self.send_job(Vec::new(), Vec::new(), true, false, true);
         });
     }
 
     fn next_deadline(&self) -> Duration {
-        let mut d = RETENTION_CHECK.saturating_sub(self.last_retention.elapsed());
-        if self.head_dirty {
-            d = d.min(self.head_interval.saturating_sub(self.last_head.elapsed()));
-        }
-        if self.unsynced {
-            d = d.min(self.batch_interval.saturating_sub(self.last_sync.elapsed()));
-        }
+        let d = if self.unsynced {
+            self.batch_interval.saturating_sub(self.last_job.elapsed())
+        } else {
+            Duration::from_secs(3600)
+        };
         d.max(Duration::from_millis(1))
     }
 
-    /// Timed work: batch fsync, head signing, rotation, retention.
+    /// Timed work: the batch-mode sync and rotation.
     fn tick(&mut self) {
-        if self.unsynced
-            && self.last_sync.elapsed() >= self.batch_interval
-            && let Err(e) = self.sync()
-        {
-            tracing::error!(error = %e, "audit log fsync failed");
-        }
-        if self.head_dirty
-            && self.last_head.elapsed() >= self.head_interval
-            && let Err(e) = self.write_head()
-        {
-            tracing::error!(error = %e, "audit head signing failed");
+        if self.unsynced && self.last_job.elapsed() >= self.batch_interval {
+            self.send_job(Vec::new(), Vec::new(), false, false, false);
         }
         if self.seg_len >= self.segment_max
             && let Err(e) = self.rotate()
         {
             tracing::error!(error = %e, "audit segment rotation failed");
         }
-        if self.last_retention.elapsed() >= RETENTION_CHECK {
-            self.retention();
+    }
+
+    /// Hands what was written so far to the syncer.
+    fn send_job(
+        &mut self,
+        acks: Vec<PendingAck>,
+        controls: Vec<oneshot::Sender<Result<u64, AuditError>>>,
+        sign_now: bool,
+        rotated: bool,
+        last: bool,
+    ) {
+        let job = SyncJob {
+            file: self.file.clone(),
+            path: self.seg_path.clone(),
+            head: self.seq.checked_sub(1).map(|s| (s, self.prev)),
+            acks,
+            controls,
+            sign_now,
+            rotated,
+            last,
+        };
+        self.unsynced = false;
+        self.last_job = Instant::now();
+        let Some(tx) = &self.syncer else { return };
+        if let Err(std::sync::mpsc::SendError(job)) = tx.send(job) {
+            tracing::error!("audit syncer is gone; records cannot be acknowledged");
+            for (ack, _) in job.acks {
+                let _ = ack.send(Err(AuditError::Closed));
+            }
+            for c in job.controls {
+                let _ = c.send(Err(AuditError::Closed));
+            }
         }
     }
 
-    /// Chains, writes and (per policy) syncs one drained group, then answers its senders.
-    /// Returns whether a `Close` was among them.
+    /// Chains and writes one drained group, then answers its senders (with `fsync: always`
+    /// through the syncer, after the sync). Returns whether a `Close` was among them.
     fn process(&mut self, batch: &mut Vec<Msg>, shared: &Shared) -> bool {
         if self.seg_len > 0
             && now_us() / DAY_US != self.seg_day
@@ -878,7 +953,8 @@ impl Writer {
                 }
             }
         }
-        if !self.buf.is_empty() {
+        let written = !self.buf.is_empty();
+        if written {
             if let Err(e) = self.write_batch() {
                 (self.seq, self.prev) = saved;
                 for (sid, old) in self.undo.drain(..).rev() {
@@ -899,13 +975,20 @@ impl Writer {
             }
             shared.failed_at.store(0, Ordering::Release);
         }
-        for (ack, r) in acks {
-            let _ = ack.send(r);
-        }
-        if !controls.is_empty() {
-            let r = self.sync().and_then(|()| self.write_head());
-            for c in controls {
-                let _ = c.send(r.clone());
+        let sign_now = !controls.is_empty();
+        match self.policy {
+            FsyncPolicy::Always => {
+                if written || sign_now {
+                    self.send_job(acks, controls, sign_now, false, close);
+                }
+            }
+            FsyncPolicy::Batch => {
+                for (ack, r) in acks {
+                    let _ = ack.send(r);
+                }
+                if sign_now {
+                    self.send_job(Vec::new(), controls, true, false, close);
+                }
             }
         }
         close
@@ -970,32 +1053,20 @@ impl Writer {
         Ok(seq)
     }
 
-    /// Writes the group buffer; with `fsync: always` also syncs. On failure the segment is cut
-    /// back to its last good length so no partial group stays behind.
+    /// Writes the group buffer. On failure the segment is cut back to its last good length so
+    /// no partial group stays behind.
     fn write_batch(&mut self) -> Result<(), AuditError> {
         let before = self.seg_len;
-        let always = self.policy == FsyncPolicy::Always;
-        let r = self.file.write_all(&self.buf).and_then(|()| {
-            if always {
-                self.file.sync_data()
-            } else {
-                Ok(())
-            }
-        });
+        let r = (&*self.file).write_all(&self.buf);
+        let len = self.buf.len() as u64;
+        self.buf.clear();
         match r {
             Ok(()) => {
-                self.seg_len += self.buf.len() as u64;
-                self.buf.clear();
-                self.head_dirty = true;
-                if always {
-                    self.last_sync = Instant::now();
-                } else {
-                    self.unsynced = true;
-                }
+                self.seg_len += len;
+                self.unsynced = true;
                 Ok(())
             }
             Err(e) => {
-                self.buf.clear();
                 if let Err(e2) = self.file.set_len(before) {
                     tracing::error!(error = %e2, "audit: cannot cut back a failed write");
                 }
@@ -1004,39 +1075,12 @@ impl Writer {
         }
     }
 
-    fn sync(&mut self) -> Result<(), AuditError> {
-        if self.unsynced {
-            self.file
-                .sync_data()
-                .map_err(|e| AuditError::io(&self.seg_path, &e))?;
-            self.unsynced = false;
-            self.last_sync = Instant::now();
-        }
-        Ok(())
-    }
-
-    /// Signs the current head (after syncing what it covers). Returns the signed seq.
-    fn write_head(&mut self) -> Result<u64, AuditError> {
-        if self.seq == 0 {
-            return Ok(0);
-        }
-        self.sync()?;
-        let head = SignedHead::sign(&self.key, self.seq - 1, self.prev, now_us());
-        let bytes = serde_json::to_vec(&head).map_err(|e| AuditError::Io {
-            path: self.dir.join(HEAD_FILE),
-            message: e.to_string(),
-        })?;
-        write_atomic(&self.dir.join(HEAD_FILE), &bytes)?;
-        self.head_dirty = false;
-        self.last_head = Instant::now();
-        Ok(self.seq - 1)
-    }
-
+    /// Closes the segment (the syncer syncs and signs its end and applies retention) and
+    /// starts the next one.
     fn rotate(&mut self) -> Result<(), AuditError> {
         if self.seg_len == 0 {
             return Ok(());
         }
-        self.write_head()?;
         let path = self.dir.join(segment_name(self.seq));
         let file = OpenOptions::new()
             .append(true)
@@ -1045,84 +1089,228 @@ impl Writer {
             .open(&path)
             .and_then(|f| sync_dir(&self.dir).map(|()| f))
             .map_err(|e| AuditError::io(&path, &e))?;
+        self.send_job(Vec::new(), Vec::new(), true, true, false);
         tracing::debug!(segment = %path.display(), "audit segment started");
-        self.file = file;
+        self.file = Arc::new(file);
         self.seg_path = path;
         self.seg_len = 0;
         self.seg_day = now_us() / DAY_US;
-        self.retention();
         Ok(())
     }
+}
 
-    /// Deletes whole old segments past `max_age` / `max_bytes`, after signing an anchor for
-    /// the first record kept. Never deletes the active segment.
+impl Syncer {
+    fn run(mut self, rx: std::sync::mpsc::Receiver<SyncJob>) {
+        use std::sync::mpsc::RecvTimeoutError;
+        loop {
+            let mut wait = RETENTION_CHECK.saturating_sub(self.last_retention.elapsed());
+            if self.pending.is_some() {
+                wait = wait.min(self.head_interval.saturating_sub(self.last_head.elapsed()));
+            }
+            let first = match rx.recv_timeout(wait.max(Duration::from_millis(1))) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.timers();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            if self.handle(jobs) {
+                return;
+            }
+            self.timers();
+        }
+        if let Err(e) = self.sign() {
+            tracing::error!(error = %e, "audit head signing failed");
+        }
+    }
+
+    /// Syncs, signs when due, answers; returns whether the writer stopped.
+    fn handle(&mut self, jobs: Vec<SyncJob>) -> bool {
+        // One fdatasync per file: a drain spans two files only across a rotation.
+        let mut result = Ok(());
+        let mut synced: Option<&Arc<File>> = None;
+        for job in &jobs {
+            if synced.is_some_and(|f| Arc::ptr_eq(f, &job.file)) {
+                continue;
+            }
+            if let Err(e) = job.file.sync_data() {
+                result = Err(AuditError::io(&job.path, &e));
+            }
+            synced = Some(&job.file);
+        }
+        let sign_now = jobs.iter().any(|j| j.sign_now);
+        let rotated = jobs.iter().any(|j| j.rotated);
+        let last = jobs.iter().any(|j| j.last);
+        match &result {
+            Ok(()) => {
+                if let Some(h) = jobs.iter().rev().find_map(|j| j.head) {
+                    self.pending = Some(h);
+                    self.latest = Some(h);
+                }
+                if let Some(j) = jobs.last() {
+                    self.current = j.path.clone();
+                }
+            }
+            Err(e) => {
+                self.shared.failed_at.store(now_us(), Ordering::Release);
+                tracing::error!(error = %e, "audit fdatasync failed; records not acknowledged");
+            }
+        }
+        let head = if result.is_ok() && (sign_now || self.last_head.elapsed() >= self.head_interval)
+        {
+            self.sign()
+        } else {
+            Ok(self.signed)
+        };
+        if let Err(e) = &head {
+            tracing::error!(error = %e, "audit head signing failed");
+        }
+        for job in jobs {
+            for (ack, r) in job.acks {
+                let _ = ack.send(match &result {
+                    Ok(()) => r,
+                    Err(e) => Err(e.clone()),
+                });
+            }
+            for c in job.controls {
+                let _ = c.send(result.clone().and(head.clone()));
+            }
+        }
+        if rotated {
+            self.retention();
+        }
+        last
+    }
+
+    fn timers(&mut self) {
+        if self.pending.is_some()
+            && self.last_head.elapsed() >= self.head_interval
+            && let Err(e) = self.sign()
+        {
+            tracing::error!(error = %e, "audit head signing failed");
+        }
+        if self.last_retention.elapsed() >= RETENTION_CHECK {
+            self.retention();
+        }
+    }
+
+    /// Signs the last synced record as the head. Returns the signed seq.
+    fn sign(&mut self) -> Result<u64, AuditError> {
+        self.last_head = Instant::now();
+        let Some((seq, hash)) = self.pending.take() else {
+            return Ok(self.signed);
+        };
+        if let Err(e) = sign_head(&self.dir, &self.key, seq, hash) {
+            self.pending = Some((seq, hash));
+            return Err(e);
+        }
+        self.signed = seq;
+        Ok(seq)
+    }
+
     fn retention(&mut self) {
         self.last_retention = Instant::now();
         if !self.retention.is_set() {
             return;
         }
-        if let Err(e) = self.apply_retention() {
+        let Some((seq, hash)) = self.latest else {
+            return;
+        };
+        if let Err(e) = apply_retention(
+            &self.dir,
+            &self.key,
+            &self.retention,
+            &self.current,
+            (seq + 1, hash),
+        ) {
             tracing::error!(error = %e, "audit retention failed");
         }
     }
+}
 
-    fn apply_retention(&mut self) -> Result<(), AuditError> {
-        let io = |p: &Path, e: std::io::Error| AuditError::io(p, &e);
-        let mut segs = Vec::new();
-        for (_, path) in list_segments(&self.dir).map_err(|e| io(&self.dir, e))? {
-            let meta = std::fs::metadata(&path).map_err(|e| io(&path, e))?;
-            segs.push((
-                path,
-                meta.len(),
-                meta.modified().unwrap_or(SystemTime::now()),
-            ));
-        }
-        let mut remaining: u64 = segs.iter().map(|s| s.1).sum();
-        let mut cut = 0;
-        for (path, len, mtime) in &segs {
-            if *path == self.seg_path {
-                break;
-            }
-            let too_big = self.retention.max_bytes.is_some_and(|m| remaining > m);
-            let too_old = self
-                .retention
-                .max_age
-                .is_some_and(|a| mtime.elapsed().unwrap_or_default() > a);
-            if !(too_big || too_old) {
-                break;
-            }
-            remaining -= len;
-            cut += 1;
-        }
-        if cut == 0 {
-            return Ok(());
-        }
-        let keep = &segs[cut].0;
-        let (seq, prev) = match first_record(keep).map_err(|e| io(keep, e))? {
-            Some((rec, _)) => (rec.seq, rec.prev),
-            None if *keep == self.seg_path => (self.seq, self.prev),
-            None => {
-                return Err(AuditError::Corrupt {
-                    path: keep.clone(),
-                    message: "segment has no complete first record; not deleting older ones".into(),
-                });
-            }
-        };
-        let anchor = SignedAnchor::sign(&self.key, seq, prev, now_us());
-        let bytes = serde_json::to_vec(&anchor).map_err(|e| AuditError::Io {
-            path: self.dir.join(ANCHOR_FILE),
-            message: e.to_string(),
-        })?;
-        write_atomic(&self.dir.join(ANCHOR_FILE), &bytes)?;
-        for (path, _, _) in &segs[..cut] {
-            std::fs::remove_file(path).map_err(|e| io(path, e))?;
-        }
-        sync_dir(&self.dir).map_err(|e| io(&self.dir, e))?;
-        tracing::info!(
-            deleted = cut,
-            first_seq = seq,
-            "audit retention deleted old segments"
-        );
-        Ok(())
+/// Signs `(seq, hash)` as the head (`head.json`, atomically).
+fn sign_head(dir: &Path, key: &SigningKey, seq: u64, hash: ChainHash) -> Result<(), AuditError> {
+    let head = SignedHead::sign(key, seq, hash, now_us());
+    let path = dir.join(HEAD_FILE);
+    let bytes = serde_json::to_vec(&head).map_err(|e| AuditError::Io {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    write_atomic(&path, &bytes)
+}
+
+/// Deletes whole old segments past `max_age` / `max_bytes`, after signing an anchor for the
+/// first record kept. Never deletes `current` or anything after it. `next` is the seq and prev
+/// of the next record to be written (the anchor when every older segment goes).
+fn apply_retention(
+    dir: &Path,
+    key: &SigningKey,
+    retention: &RetentionConfig,
+    current: &Path,
+    next: (u64, ChainHash),
+) -> Result<(), AuditError> {
+    let io = |p: &Path, e: std::io::Error| AuditError::io(p, &e);
+    let mut segs = Vec::new();
+    for (_, path) in list_segments(dir).map_err(|e| io(dir, e))? {
+        let meta = std::fs::metadata(&path).map_err(|e| io(&path, e))?;
+        segs.push((
+            path,
+            meta.len(),
+            meta.modified().unwrap_or(SystemTime::now()),
+        ));
     }
+    let mut remaining: u64 = segs.iter().map(|s| s.1).sum();
+    let mut cut = 0;
+    for (path, len, mtime) in &segs {
+        if path == current {
+            break;
+        }
+        let too_big = retention.max_bytes.is_some_and(|m| remaining > m);
+        let too_old = retention
+            .max_age
+            .is_some_and(|a| mtime.elapsed().unwrap_or_default() > a);
+        if !(too_big || too_old) {
+            break;
+        }
+        remaining -= len;
+        cut += 1;
+    }
+    if cut == 0 || cut >= segs.len() {
+        return Ok(());
+    }
+    let keep = &segs[cut].0;
+    let (seq, prev) = match first_record(keep).map_err(|e| io(keep, e))? {
+        Some((rec, _)) => (rec.seq, rec.prev),
+        None if keep == current => next,
+        None => {
+            return Err(AuditError::Corrupt {
+                path: keep.clone(),
+                message: "segment has no complete first record; not deleting older ones".into(),
+            });
+        }
+    };
+    let anchor = SignedAnchor::sign(key, seq, prev, now_us());
+    let bytes = serde_json::to_vec(&anchor).map_err(|e| AuditError::Io {
+        path: dir.join(ANCHOR_FILE),
+        message: e.to_string(),
+    })?;
+    write_atomic(&dir.join(ANCHOR_FILE), &bytes)?;
+    for (path, _, _) in &segs[..cut] {
+        std::fs::remove_file(path).map_err(|e| io(path, e))?;
+    }
+    sync_dir(dir).map_err(|e| io(dir, e))?;
+    tracing::info!(
+        deleted = cut,
+        first_seq = seq,
+        "audit retention deleted old segments"
+    );
+    Ok(())
 }
