@@ -800,6 +800,129 @@ async fn full_storage_refuses_sessions_unless_fail_open() {
     assert!(check(&t).ok);
 }
 
+/// A small tmpfs mounted for one test, unmounted on drop.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(at: PathBuf, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(&at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallFs(at))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn start_of(id: &Identity) -> SessionStart<'_> {
+    SessionStart {
+        proxy_session: None,
+        identity: id,
+        workload: None,
+        target: "demo-db",
+        protocol: Protocol::Postgres,
+        client: None,
+        original_dst: None,
+        tls: None,
+    }
+}
+
+#[tokio::test]
+async fn disk_full_rejects_records_refuses_sessions_and_recovers() {
+    let t = TempDir::new("enospc");
+    let Some(fs) = SmallFs::mount(t.path().join("fs"), "256k") else {
+        // Needs CAP_SYS_ADMIN to mount a tmpfs; the min_free_bytes path is tested apart.
+        eprintln!("skipping: cannot mount a tmpfs here");
+        return;
+    };
+    let cfg = AuditConfig {
+        dir: Some(fs.0.join("log")),
+        min_free_bytes: 64 << 10,
+        ..config(&t)
+    };
+    let rec = open(&cfg, &t);
+    session(&rec, "before", "demo-db", 3).await;
+    rec.flush().await.unwrap();
+    // Admitted while there is room; the disk fills up during the session.
+    let mut s = rec.admit_session().unwrap();
+    // Fill the file system to the last byte.
+    let filler = fs.0.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 4096];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    while std::io::Write::write_all(&mut f, &chunk[..1]).is_ok() {}
+    drop(f);
+
+    let id = identity("during");
+    // The segment's last page may still have room for a few records.
+    let mut err = s.start(start_of(&id)).await.err();
+    let decision = allow();
+    let text = "SELECT 'x' /* padding */ ".repeat(20);
+    for _ in 0..100 {
+        if err.is_some() {
+            break;
+        }
+        err = match s
+            .command(CommandEvent {
+                text: &text,
+                classes: vec!["read".into()],
+                kind: None,
+                decision: &decision,
+                approval: None,
+            })
+            .await
+        {
+            Ok((_, ack)) => ack.durable().await.err(),
+            Err(e) => Some(e),
+        };
+    }
+    let err = err.expect("appends fail on a full disk");
+    assert!(matches!(err, AuditError::StorageFull(_)), "{err}");
+    drop(s);
+    // Fail closed: new sessions are refused while the disk is full.
+    assert!(matches!(
+        rec.admit_session(),
+        Err(AuditError::StorageFull(_))
+    ));
+    // The failed group was cut back: no partial line, the log still verifies.
+    let r = verify(&cfg.dir.clone().unwrap(), &public(&t)).unwrap();
+    assert!(r.ok && !has(&r, IssueKind::TornTail), "{:#?}", r.issues);
+
+    // Space comes back: after the hold-off a new session is admitted and recorded.
+    std::fs::remove_file(&filler).unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let sid = session(&rec, "after", "demo-db", 2).await;
+    rec.close().await.unwrap();
+    let r = verify(&cfg.dir.clone().unwrap(), &public(&t)).unwrap();
+    assert!(r.ok, "{:#?}", r.issues);
+    let found = search_sessions(&cfg.dir.clone().unwrap(), &SessionQuery::default()).unwrap();
+    assert_eq!(found.first().map(|s| s.subject.as_str()), Some("before"));
+    assert_eq!(found.last().map(|s| s.id.as_str()), Some(sid.as_str()));
+}
+
+#[tokio::test]
+async fn missing_key_with_an_existing_log_is_refused() {
+    let t = TempDir::new("nokey");
+    sample_log(&t).await;
+    std::fs::rename(t.path().join("audit.key"), t.path().join("moved.key")).unwrap();
+    match Recorder::open(&config(&t), t.path()) {
+        Err(AuditError::Key { message, .. }) => assert!(message.contains("restore"), "{message}"),
+        other => panic!("expected a key error, got {other:?}"),
+    }
+    std::fs::rename(t.path().join("moved.key"), t.path().join("audit.key")).unwrap();
+    let rec = open(&config(&t), &t);
+    rec.close().await.unwrap();
+    let r = check(&t);
+    assert!(r.ok && !has(&r, IssueKind::KeyChanged), "{:#?}", r.issues);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backpressure_never_loses_records() {
     let t = TempDir::new("backpressure");

@@ -9,7 +9,7 @@ use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
 use super::AuditError;
-use super::record::{ChainHash, Event, Record, SignedAnchor, SignedHead};
+use super::record::{ChainHash, Event, Record, SignedAnchor, SignedHead, to_hex};
 use super::writer::{ANCHOR_FILE, HEAD_FILE, list_segments, segment_name, write_atomic};
 
 /// How bad an issue is: any error makes the report fail.
@@ -50,6 +50,9 @@ pub enum IssueKind {
     TornTail,
     /// A partial line anywhere else.
     PartialRecord,
+    /// An `open` record names a different key than the one verifying (key rotation, or the
+    /// wrong key file).
+    KeyChanged,
 }
 
 /// One finding, with where it is.
@@ -307,6 +310,21 @@ impl<'k> Checker<'k> {
                     "this record is not the one the signed head vouches for (rewritten?)".into(),
                 );
             }
+        }
+        if let Event::Open(o) = &rec.event
+            && o.public_key != to_hex(self.key.as_bytes())
+        {
+            self.issue(
+                Severity::Warning,
+                IssueKind::KeyChanged,
+                Some(&loc),
+                Some(seq),
+                None,
+                format!(
+                    "the recorder that started here used public key {}",
+                    o.public_key
+                ),
+            );
         }
         if let Some(sid) = session {
             self.session_record(&loc, seq, sid, &rec, hash);

@@ -37,7 +37,7 @@ const MAX_BATCH: usize = 1024;
 const RETENTION_CHECK: Duration = Duration::from_secs(60);
 /// After a failed write, new sessions are refused this long before one is let through to
 /// probe whether the log can take records again.
-const FAILURE_HOLDOFF_US: u64 = 5_000_000;
+const FAILURE_HOLDOFF_US: u64 = 1_000_000;
 const DAY_US: u64 = 86_400_000_000;
 
 /// File name of the segment whose first record is `seq`.
@@ -189,7 +189,18 @@ impl Recorder {
             .mode(0o700)
             .create(&dir)
             .map_err(|e| AuditError::io(&dir, &e))?;
-        let key = load_or_generate_signing_key(&config.signing_key(state_dir))?;
+        let key_path = config.signing_key(state_dir);
+        if !key_path.exists() && dir.join(HEAD_FILE).exists() {
+            // A fresh key would re-sign a log some other key vouched for: make that explicit.
+            return Err(AuditError::Key {
+                path: key_path,
+                message: format!(
+                    "missing, but the log in {} was signed with an existing key: restore the key file, or create a new one with `airlock audit keygen`",
+                    dir.display()
+                ),
+            });
+        }
+        let key = load_or_generate_signing_key(&key_path)?;
         let public = key.verifying_key();
         let mut writer = Writer::recover(dir.clone(), &key, config)?;
         let mut run = [0u8; 4];
