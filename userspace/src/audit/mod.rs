@@ -26,11 +26,15 @@
 //! end record carries `sprev` = the session's final hash and is itself a link of the global
 //! chain: the global chain is the log of session heads.
 //!
-//! The writer signs the global head (Ed25519) at most every `head_interval`, at segment
-//! rotation, on [`Recorder::flush`] and on [`Recorder::close`]. A full rewrite of the chain with
-//! recomputed hashes therefore fails the head signature, and cutting records the head covers is
-//! reported as truncation. Records written after the last signed head are reported as an
-//! unsigned tail (they chain correctly but no key vouches for them yet).
+//! The recorder signs the global head (Ed25519) once synced, at most every `head_interval`
+//! (default 1 s), at segment rotation, on [`Recorder::flush`] and on [`Recorder::close`]. A
+//! full rewrite of the chain with recomputed hashes therefore fails the head signature, and
+//! cutting records the head covers is reported as truncation. Records written after the last
+//! signed head are reported as an unsigned tail: they chain correctly but no key vouches for
+//! them yet, so cutting them off, or appending forged ones there, is not detectable from the
+//! files alone. When a start after a crash takes such records over, its `open` record says
+//! how many (`unsigned_before`) and verify warns about it. Keep `head_interval` short and ship
+//! exports (or heads) off the host for more.
 //!
 //! # Retention
 //!

@@ -139,6 +139,10 @@ pub struct OpenEvent {
     /// A partial line left by a crash, removed at this start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub torn: Option<TornTail>,
+    /// Records this start found after the last signed head (left by a crash): from here on the
+    /// new heads vouch for them, so they are named on the chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsigned_before: Option<u64>,
 }
 
 /// A partial last line that a crash left and the next start removed. Never acknowledged.

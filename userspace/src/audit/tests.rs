@@ -348,6 +348,31 @@ async fn records_verify_and_read_back() {
     .unwrap();
     assert_eq!(by_group.len(), 1);
 
+    let now = super::time::now_us();
+    let window = |since: Option<u64>, until: Option<u64>| {
+        search_sessions(
+            &t.log(),
+            &SessionQuery {
+                since,
+                until,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .len()
+    };
+    assert_eq!(window(Some(now - 60_000_000), Some(now + 1)), 1);
+    assert_eq!(
+        window(Some(now + 60_000_000), None),
+        0,
+        "ended before --since"
+    );
+    assert_eq!(
+        window(None, Some(now - 60_000_000)),
+        0,
+        "started after --until"
+    );
+
     let (id, recs) = load_session(&t.log(), &sid[..10]).unwrap();
     assert_eq!(id, sid);
     let mut out = Vec::new();
@@ -387,6 +412,17 @@ async fn edited_byte_is_detected_and_located() {
     );
     // The session chain breaks at the same place.
     assert!(has(&r, IssueKind::SessionChain), "{:#?}", r.issues);
+
+    // An edit that breaks the JSON is named as such, at its line.
+    lines[8] = lines[8].replacen('{', "[", 1);
+    write_lines(seg, &lines);
+    let r = check(&t);
+    let issue = r
+        .issues
+        .iter()
+        .find(|i| i.kind == IssueKind::Unparseable)
+        .expect("unparseable");
+    assert_eq!((issue.line, issue.seq), (Some(9), Some(8)), "{issue}");
 }
 
 #[tokio::test]

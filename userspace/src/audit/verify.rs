@@ -50,6 +50,8 @@ pub enum IssueKind {
     TornTail,
     /// A partial line anywhere else.
     PartialRecord,
+    /// A start took over records that no head had signed (a crash inside `head_interval`).
+    UnsignedRecovered,
     /// An `open` record names a different key than the one verifying (key rotation, or the
     /// wrong key file).
     KeyChanged,
@@ -310,6 +312,18 @@ impl<'k> Checker<'k> {
                     "this record is not the one the signed head vouches for (rewritten?)".into(),
                 );
             }
+        }
+        if let Event::Open(o) = &rec.event
+            && let Some(n) = o.unsigned_before.filter(|n| *n > 0)
+        {
+            self.issue(
+                Severity::Warning,
+                IssueKind::UnsignedRecovered,
+                Some(&loc),
+                Some(seq),
+                None,
+                format!("this start found {n} record(s) before it that no head had signed yet (left by a crash); only the chain, not the key, vouched for them until here"),
+            );
         }
         if let Event::Open(o) = &rec.event
             && o.public_key != to_hex(self.key.as_bytes())

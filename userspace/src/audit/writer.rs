@@ -785,6 +785,22 @@ impl Writer {
         let (seq, prev) = tail
             .or(anchor.map(|a| (a.seq, a.prev)))
             .unwrap_or((0, ChainHash::ZERO));
+        let head_path = dir.join(HEAD_FILE);
+        let signed = match std::fs::read(&head_path) {
+            Ok(b) => serde_json::from_slice::<SignedHead>(&b).ok().map(|h| h.seq),
+            Err(_) => None,
+        };
+        let unsigned_before = match (tail, signed) {
+            (Some((next, _)), Some(s)) if next > s + 1 => Some(next - s - 1),
+            (Some((next, _)), None) => Some(next),
+            _ => None,
+        };
+        if let Some(n) = unsigned_before {
+            tracing::warn!(
+                records = n,
+                "audit log: records after the last signed head (crash); signing them now"
+            );
+        }
         let seg_path = dir.join(segment_name(seq));
         let file = match reusable {
             Some(p) if p == seg_path => OpenOptions::new().append(true).open(&seg_path),
@@ -824,6 +840,7 @@ impl Writer {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             public_key: to_hex(key.verifying_key().as_bytes()),
             torn,
+            unsigned_before,
         });
         w.encode(0, "", now_us(), open)?;
         w.write_batch()?;
