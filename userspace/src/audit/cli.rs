@@ -313,6 +313,7 @@ pub fn render_transcript(records: &[Record], out: &mut dyn Write) -> std::io::Re
             Event::Result(r) => {
                 let what = match (&r.error, r.rows) {
                     (Some(e), _) => format!("error: {e}"),
+                    (None, Some(1)) => "1 row".into(),
                     (None, Some(rows)) => format!("{rows} rows"),
                     (None, None) => "ok".into(),
                 };

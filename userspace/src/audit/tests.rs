@@ -1167,6 +1167,115 @@ async fn cli_verify_fails_on_a_tampered_log() {
     assert!(cli::verify(&args).is_err());
 }
 
+#[tokio::test]
+async fn cli_functions_work_end_to_end() {
+    let t = TempDir::new("cli-all");
+    sample_log(&t).await;
+    let log = cli::LogLocation {
+        config: None,
+        dir: Some(t.log()),
+    };
+    cli::sessions(&cli::SessionsArgs {
+        log: log.clone(),
+        identity: Some("alice".into()),
+        target: None,
+        since: Some("1h".into()),
+        until: None,
+        text: Some("select 3".into()),
+        limit: None,
+        json: true,
+    })
+    .unwrap();
+    assert!(
+        cli::sessions(&cli::SessionsArgs {
+            log: log.clone(),
+            identity: None,
+            target: None,
+            since: Some("last tuesday".into()),
+            until: None,
+            text: None,
+            limit: None,
+            json: false,
+        })
+        .is_err()
+    );
+    let sid = search_sessions(&t.log(), &SessionQuery::default()).unwrap()[0]
+        .id
+        .clone();
+    cli::replay(&cli::ReplayArgs {
+        log: log.clone(),
+        session: sid,
+        json: false,
+    })
+    .unwrap();
+    assert!(
+        cli::replay(&cli::ReplayArgs {
+            log: log.clone(),
+            session: "nope".into(),
+            json: false
+        })
+        .is_err()
+    );
+
+    let out = t.path().join("out.jsonl");
+    cli::export(&cli::ExportArgs {
+        log: log.clone(),
+        format: cli::ExportFormat::Jsonl,
+        output: Some(out.clone()),
+    })
+    .unwrap();
+    let key = Some(public_key_path(&t.path().join("audit.key")));
+    cli::verify(&cli::VerifyArgs {
+        log: log.clone(),
+        key: key.clone(),
+        export: Some(out.clone()),
+        json: false,
+    })
+    .unwrap();
+    let copy = t.path().join("imported");
+    cli::import(&cli::ImportArgs {
+        file: out,
+        dir: copy.clone(),
+    })
+    .unwrap();
+    cli::verify(&cli::VerifyArgs {
+        log: cli::LogLocation {
+            config: None,
+            dir: Some(copy),
+        },
+        key,
+        export: None,
+        json: false,
+    })
+    .unwrap();
+
+    let k = t.path().join("new.key");
+    cli::keygen(&cli::KeygenArgs {
+        log: log.clone(),
+        out: Some(k.clone()),
+        force: false,
+    })
+    .unwrap();
+    assert!(
+        cli::keygen(&cli::KeygenArgs {
+            log,
+            out: Some(k.clone()),
+            force: false
+        })
+        .is_err(),
+        "overwrote a key"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // The wrong key does not verify the log.
+    let wrong = load_public_key(&k).unwrap();
+    let r = verify(&t.log(), &wrong).unwrap();
+    assert!(!r.ok && has(&r, IssueKind::BadSignature));
+}
+
 const CRASH_ENV: &str = "AIRLOCK_AUDIT_CRASH_CHILD";
 
 /// Child half of the crash test: records from four concurrent sessions forever and prints
