@@ -1144,6 +1144,16 @@ fn config_section_parses() {
     .unwrap_err()
     .to_string();
     assert!(err.starts_with("c.yaml:3:"), "{err}");
+    let err = crate::config::Config::parse(
+        Path::new("c.yaml"),
+        "daemon:\n  audit:\n    head_interval: soon\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("c.yaml:3:") && err.contains("not a duration"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
