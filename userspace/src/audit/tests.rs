@@ -663,6 +663,35 @@ async fn retention_keeps_what_remains_verifiable() {
 }
 
 #[tokio::test]
+async fn retention_by_age_keeps_what_remains_verifiable() {
+    let t = TempDir::new("retention-age");
+    let rec = open(&small_segments(&t), &t);
+    for i in 0..4 {
+        session(&rec, &format!("user{i}"), "demo-db", 4).await;
+    }
+    rec.close().await.unwrap();
+    let before = segments(&t).len();
+    assert!(before >= 3, "{before}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // A restart applies retention: every segment older than a second goes.
+    let cfg = AuditConfig {
+        retention: RetentionConfig {
+            max_age: Some(Duration::from_secs(1)),
+            max_bytes: None,
+        },
+        ..small_segments(&t)
+    };
+    let rec = open(&cfg, &t);
+    session(&rec, "fresh", "demo-db", 1).await;
+    rec.close().await.unwrap();
+    assert_eq!(segments(&t).len(), 1);
+    let r = check(&t);
+    assert!(r.ok, "{:#?}", r.issues);
+    assert_eq!(r.first_seq, r.anchored_seq);
+    assert_eq!(r.sessions, 1);
+}
+
+#[tokio::test]
 async fn export_round_trips() {
     let t = TempDir::new("export");
     sample_log(&t).await;
