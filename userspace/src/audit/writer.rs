@@ -268,7 +268,7 @@ impl Recorder {
         self.inner.as_ref().map(|(_, s)| s.public)
     }
 
-    /// Records dropped because `on_full: allow` let sessions run unrecorded.
+    /// Sessions admitted unrecorded plus records lost, both under `on_full: allow`.
     pub fn unrecorded(&self) -> u64 {
         self.inner
             .as_ref()
