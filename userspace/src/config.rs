@@ -83,6 +83,9 @@ pub struct DaemonConfig {
     /// (their caller is then unknown). Off by default: a connection without an interception
     /// record is refused. Benchmarks use it to compare against iptables REDIRECT.
     pub accept_unintercepted: bool,
+    /// Session recording and the tamper-evident audit log.
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
 }
 
 impl Default for DaemonConfig {
@@ -96,6 +99,7 @@ impl Default for DaemonConfig {
             api: None,
             state_dir: PathBuf::from("/var/lib/airlock"),
             accept_unintercepted: false,
+            audit: crate::audit::AuditConfig::default(),
         }
     }
 }

@@ -1,0 +1,153 @@
+//! Recorder throughput: acknowledged command records per second with `fsync: always` and
+//! `fsync: batch`, one session alone and 16 sessions at once (group commit), against a
+//! disabled recorder as the baseline. `wait`: each command waits for its acknowledgement
+//! before the next (strict write-ahead, latency-bound). `pipelined`: commands are queued and
+//! their acknowledgements awaited at the end (what overlapping with the upstream round trip
+//! approaches; bound by the writer's throughput). Run with
+//! `cargo bench -p airlock --bench audit`; the log goes under target/bench-audit (set
+//! AIRLOCK_BENCH_DIR to measure another disk).
+#![allow(clippy::unwrap_used)]
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use airlock::audit::{AuditConfig, CommandEvent, FsyncPolicy, Recorder, SessionStart};
+use airlock::config::Protocol;
+use airlock::identity::Identity;
+use airlock::policy::Decision;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir(tag: &str) -> TempDir {
+    // Under target/ rather than /tmp: /tmp may be tmpfs, where fsync costs nothing.
+    let base = std::env::var_os("AIRLOCK_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-audit"));
+    let p = base.join(format!("{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).unwrap();
+    TempDir(p)
+}
+
+/// Runs `iters` commands spread over `sessions` concurrent sessions; returns the wall time.
+async fn run(rec: &Recorder, sessions: u64, iters: u64, pipelined: bool) -> Duration {
+    let identity = Identity {
+        subject: "bench".into(),
+        groups: vec!["agents".into()],
+        workload: None,
+    };
+    let mut recorders = Vec::new();
+    for _ in 0..sessions {
+        let mut s = rec.admit_session().unwrap();
+        s.start(SessionStart {
+            proxy_session: None,
+            identity: &identity,
+            workload: None,
+            target: "demo-db",
+            protocol: Protocol::Postgres,
+            client: None,
+            original_dst: None,
+            tls: None,
+        })
+        .await
+        .unwrap();
+        recorders.push(s);
+    }
+    let per = iters.div_ceil(sessions);
+    let start = Instant::now();
+    let tasks: Vec<_> = recorders
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move {
+                let decision = Decision::Allow {
+                    rule: "agents-read".into(),
+                    mask: vec![],
+                };
+                let mut pending = Vec::new();
+                for i in 0..per {
+                    let text = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {i}");
+                    let (_, ack) = s
+                        .command(CommandEvent {
+                            text: &text,
+                            classes: vec![Cow::Borrowed("read")],
+                            kind: Some(Cow::Borrowed("select")),
+                            decision: &decision,
+                            approval: None,
+                        })
+                        .await
+                        .unwrap();
+                    if pipelined {
+                        pending.push(ack);
+                    } else {
+                        ack.durable().await.unwrap();
+                    }
+                }
+                for ack in pending {
+                    ack.durable().await.unwrap();
+                }
+                s
+            })
+        })
+        .collect();
+    let mut done = Vec::new();
+    for t in tasks {
+        done.push(t.await.unwrap());
+    }
+    let elapsed = start.elapsed();
+    drop(done);
+    elapsed
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("audit_command_record");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(5));
+    g.warm_up_time(Duration::from_secs(1));
+
+    let off = Recorder::disabled();
+    for sessions in [1u64, 16] {
+        g.bench_function(format!("off/wait/{sessions}_sessions"), |b| {
+            b.iter_custom(|iters| rt.block_on(run(&off, sessions, iters, false)))
+        });
+    }
+    for (name, fsync) in [
+        ("always", FsyncPolicy::Always),
+        ("batch", FsyncPolicy::Batch),
+    ] {
+        let dir = temp_dir(name);
+        let cfg = AuditConfig {
+            dir: Some(dir.0.join("log")),
+            signing_key: Some(dir.0.join("audit.key")),
+            fsync,
+            min_free_bytes: 0,
+            ..AuditConfig::default()
+        };
+        let rec = Recorder::open(&cfg, &dir.0).unwrap();
+        for (mode, pipelined) in [("wait", false), ("pipelined", true)] {
+            for sessions in [1u64, 16] {
+                g.bench_function(format!("{name}/{mode}/{sessions}_sessions"), |b| {
+                    b.iter_custom(|iters| rt.block_on(run(&rec, sessions, iters, pipelined)))
+                });
+            }
+        }
+        rt.block_on(rec.close()).unwrap();
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

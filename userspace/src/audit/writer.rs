@@ -1,0 +1,1344 @@
+//! The recorder: sessions hand records to one writer thread through a bounded queue; the
+//! writer chains, writes, syncs, signs heads, rotates segments and applies retention.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use tokio::sync::{mpsc, oneshot};
+
+use super::AuditError;
+use super::config::{AuditConfig, FsyncPolicy, OnFull, RetentionConfig};
+use super::keys::load_or_generate_signing_key;
+use super::record::{
+    Approval, ApprovalEvent, ChainHash, CommandRecord, EndReason, Event, MaskTally, MaskingRecord,
+    OpenEvent, Record, RecordRef, ResultRecord, SessionEndRecord, SessionStartRecord, SignedAnchor,
+    SignedHead, TlsInfo, TornTail, WorkloadRecord, to_hex,
+};
+use super::time::now_us;
+use crate::config::Protocol;
+use crate::identity::{Identity, Workload};
+use crate::policy::Decision;
+
+pub(crate) const HEAD_FILE: &str = "head.json";
+pub(crate) const ANCHOR_FILE: &str = "anchor.json";
+/// Most records one group write takes from the queue.
+const MAX_BATCH: usize = 1024;
+/// How often retention looks at the segments when nothing else triggers it.
+const RETENTION_CHECK: Duration = Duration::from_secs(60);
+/// After a failed write, new sessions are refused this long before one is let through to
+/// probe whether the log can take records again.
+const FAILURE_HOLDOFF_US: u64 = 1_000_000;
+const DAY_US: u64 = 86_400_000_000;
+
+/// File name of the segment whose first record is `seq`.
+pub(crate) fn segment_name(seq: u64) -> String {
+    format!("{seq:020}.jsonl")
+}
+
+/// The first seq of a segment file name, or `None` for other files.
+pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".jsonl")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Segment files of `dir`, oldest first.
+pub(crate) fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut segs = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(seq) = entry.file_name().to_str().and_then(parse_segment_name) {
+            segs.push((seq, entry.path()));
+        }
+    }
+    segs.sort();
+    Ok(segs)
+}
+
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename, fsync of the directory).
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AuditError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(path.file_name().unwrap_or_default());
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    let r = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        sync_dir(dir)
+    })();
+    r.map_err(|e| AuditError::io(path, &e))
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Bytes available to unprivileged writers on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a valid NUL-terminated string and `st` points to writable memory of
+    // the right type; statvfs only writes into it.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled the struct.
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // the field types differ between libc targets
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// The first record of a segment, if it has a complete one.
+pub(crate) fn first_record(path: &Path) -> std::io::Result<Option<(Record, ChainHash)>> {
+    let mut line = Vec::new();
+    std::io::BufReader::new(File::open(path)?).read_until(b'\n', &mut line)?;
+    if line.pop() != Some(b'\n') {
+        return Ok(None);
+    }
+    Ok(serde_json::from_slice::<Record>(&line)
+        .ok()
+        .map(|r| (r, ChainHash::of_line(&line))))
+}
+
+// Nearly every message is an Append; boxing it would cost an allocation per record.
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    Append(Append),
+    /// Sync and sign the head now; answers the signed seq.
+    Flush(oneshot::Sender<Result<u64, AuditError>>),
+    /// Like flush, then the writer stops.
+    Close(oneshot::Sender<Result<u64, AuditError>>),
+}
+
+struct Append {
+    /// Internal session number; 0 for records outside sessions.
+    sid: u64,
+    session: Arc<str>,
+    ts: u64,
+    event: Event,
+    ack: Option<oneshot::Sender<Result<u64, AuditError>>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    public: VerifyingKey,
+    on_full: OnFull,
+    min_free: u64,
+    /// When the last write failed (µs since the epoch), 0 when the last write succeeded.
+    failed_at: AtomicU64,
+    closed: AtomicBool,
+    run_id: u32,
+    next_session: AtomicU64,
+    /// Records not written because `on_full: allow` let a session run unrecorded.
+    unrecorded: AtomicU64,
+}
+
+/// The daemon's audit recorder. Cheap to clone; every clone feeds the same writer.
+#[derive(Clone)]
+pub struct Recorder {
+    inner: Option<(mpsc::Sender<Msg>, Arc<Shared>)>,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.inner {
+            Some((_, shared)) => f
+                .debug_struct("Recorder")
+                .field("dir", &shared.dir)
+                .finish(),
+            None => f.write_str("Recorder(disabled)"),
+        }
+    }
+}
+
+impl Recorder {
+    /// Opens (or creates) the log, loads or generates the signing key, recovers from a crash
+    /// (cuts a torn tail, see the module docs), writes an `open` record and a signed head, and
+    /// starts the writer thread. Needs no async runtime. With `enabled: false` nothing is
+    /// opened and sessions run unrecorded.
+    pub fn open(config: &AuditConfig, state_dir: &Path) -> Result<Self, AuditError> {
+        if !config.enabled {
+            return Ok(Self::disabled());
+        }
+        let dir = config.dir(state_dir);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| AuditError::io(&dir, &e))?;
+        let key_path = config.signing_key(state_dir);
+        if !key_path.exists() && dir.join(HEAD_FILE).exists() {
+            // A fresh key would re-sign a log some other key vouched for: make that explicit.
+            return Err(AuditError::Key {
+                path: key_path,
+                message: format!(
+                    "missing, but the log in {} was signed with an existing key: restore the key file, or create a new one with `airlock audit keygen`",
+                    dir.display()
+                ),
+            });
+        }
+        let key = load_or_generate_signing_key(&key_path)?;
+        let public = key.verifying_key();
+        let mut writer = Writer::recover(dir.clone(), &key, config)?;
+        let mut run = [0u8; 4];
+        run.copy_from_slice(&writer.prev.0[..4]);
+        let shared = Arc::new(Shared {
+            dir,
+            public,
+            on_full: config.on_full,
+            min_free: config.min_free_bytes,
+            failed_at: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            // The open record's hash differs per start, so ids never repeat across runs.
+            run_id: u32::from_be_bytes(run),
+            next_session: AtomicU64::new(1),
+            unrecorded: AtomicU64::new(0),
+        });
+        let now = Instant::now();
+        let syncer = Syncer {
+            dir: shared.dir.clone(),
+            key,
+            head_interval: config.head_interval,
+            retention: config.retention.clone(),
+            shared: shared.clone(),
+            pending: None,
+            latest: writer.seq.checked_sub(1).map(|s| (s, writer.prev)),
+            signed: writer.seq.saturating_sub(1),
+            current: writer.seg_path.clone(),
+            last_head: now,
+            last_retention: now,
+        };
+        let (sync_tx, sync_rx) = std::sync::mpsc::channel();
+        writer.syncer = Some(sync_tx);
+        std::thread::Builder::new()
+            .name("audit-syncer".into())
+            .spawn(move || syncer.run(sync_rx))
+            .map_err(|e| AuditError::io(&shared.dir, &e))?;
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let writer_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(rx, writer_shared))
+            .map_err(|e| AuditError::io(&shared.dir, &e))?;
+        Ok(Recorder {
+            inner: Some((tx, shared)),
+        })
+    }
+
+    /// A recorder that records nothing (`enabled: false`): every session runs unrecorded.
+    pub fn disabled() -> Self {
+        Recorder { inner: None }
+    }
+
+    /// Whether records are being written.
+    pub fn is_enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// The log directory (`None` when disabled).
+    pub fn dir(&self) -> Option<&Path> {
+        self.inner.as_ref().map(|(_, s)| s.dir.as_path())
+    }
+
+    /// The key that verifies this log's heads (`None` when disabled).
+    pub fn public_key(&self) -> Option<VerifyingKey> {
+        self.inner.as_ref().map(|(_, s)| s.public)
+    }
+
+    /// Sessions admitted unrecorded plus records lost, both under `on_full: allow`.
+    pub fn unrecorded(&self) -> u64 {
+        self.inner
+            .as_ref()
+            .map_or(0, |(_, s)| s.unrecorded.load(Ordering::Relaxed))
+    }
+
+    /// Admits a new session, or refuses it when the log cannot take records (disk full, below
+    /// `min_free_bytes`, the last write failed) and `on_full` is `refuse` (the default).
+    /// Call [`SessionRecorder::start`] next.
+    pub fn admit_session(&self) -> Result<SessionRecorder, AuditError> {
+        let Some((tx, shared)) = &self.inner else {
+            return Ok(SessionRecorder::unrecorded(None));
+        };
+        if shared.closed.load(Ordering::Acquire) || tx.is_closed() {
+            return Err(AuditError::Closed);
+        }
+        let failed_at = shared.failed_at.load(Ordering::Acquire);
+        let problem = if failed_at != 0 && now_us().saturating_sub(failed_at) < FAILURE_HOLDOFF_US {
+            Some("the last write to the audit log failed".to_owned())
+        } else {
+            match free_bytes(&shared.dir) {
+                Ok(free) if free < shared.min_free => Some(format!(
+                    "{free} bytes free under {}, less than min_free_bytes {}",
+                    shared.dir.display(),
+                    shared.min_free
+                )),
+                Ok(_) => None,
+                Err(e) => Some(format!("cannot stat {}: {e}", shared.dir.display())),
+            }
+        };
+        if let Some(problem) = problem {
+            return match shared.on_full {
+                OnFull::Refuse => {
+                    tracing::warn!(%problem, "audit log full: refusing session");
+                    Err(AuditError::StorageFull(problem))
+                }
+                OnFull::Allow => {
+                    tracing::warn!(%problem, "audit log full: session runs UNRECORDED (on_full: allow)");
+                    Ok(SessionRecorder::unrecorded(Some(shared.clone())))
+                }
+            };
+        }
+        let sid = shared.next_session.fetch_add(1, Ordering::Relaxed);
+        Ok(SessionRecorder {
+            inner: Some(Inner {
+                tx: tx.clone(),
+                shared: shared.clone(),
+                sid,
+            }),
+            id: Arc::from(format!("{:08x}-{sid:06}", shared.run_id)),
+            started: Instant::now(),
+            commands: 0,
+            ended: false,
+        })
+    }
+
+    /// Syncs everything written so far and signs the head now. Returns the signed seq.
+    pub async fn flush(&self) -> Result<u64, AuditError> {
+        self.control(Msg::Flush).await
+    }
+
+    /// Flushes, signs the head and stops the writer; later appends fail with `Closed`.
+    pub async fn close(&self) -> Result<u64, AuditError> {
+        let r = self.control(Msg::Close).await;
+        if let Some((_, shared)) = &self.inner {
+            shared.closed.store(true, Ordering::Release);
+        }
+        r
+    }
+
+    async fn control(
+        &self,
+        make: fn(oneshot::Sender<Result<u64, AuditError>>) -> Msg,
+    ) -> Result<u64, AuditError> {
+        let Some((tx, _)) = &self.inner else {
+            return Ok(0);
+        };
+        let (ack, rx) = oneshot::channel();
+        tx.send(make(ack)).await.map_err(|_| AuditError::Closed)?;
+        rx.await.unwrap_or(Err(AuditError::Closed))
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    tx: mpsc::Sender<Msg>,
+    shared: Arc<Shared>,
+    sid: u64,
+}
+
+/// What the handler knows when a session starts.
+#[derive(Debug, Clone)]
+pub struct SessionStart<'a> {
+    /// The proxy's session number ([`crate::protocol::Session::id`]).
+    pub proxy_session: Option<u64>,
+    pub identity: &'a Identity,
+    /// The caller's workload; defaults to `identity.workload`.
+    pub workload: Option<&'a Workload>,
+    pub target: &'a str,
+    pub protocol: Protocol,
+    /// Client address; defaults to the workload's `peer`.
+    pub client: Option<SocketAddr>,
+    /// Where the client meant to connect; defaults to the workload's `original_dst`.
+    pub original_dst: Option<SocketAddr>,
+    pub tls: Option<TlsInfo>,
+}
+
+/// One command, as policy judged it.
+#[derive(Debug, Clone)]
+pub struct CommandEvent<'a> {
+    pub text: &'a str,
+    /// Classification classes (`read`, `write`, …).
+    pub classes: Vec<Cow<'static, str>>,
+    /// Statement kind (`select`, …), when known.
+    pub kind: Option<Cow<'static, str>>,
+    pub decision: &'a Decision,
+    /// The approval or grant that let the command through, when known at this point.
+    pub approval: Option<Approval>,
+}
+
+/// The answer to a command.
+#[derive(Debug, Clone, Default)]
+pub struct CommandResult {
+    pub rows: Option<u64>,
+    /// Bytes of the answer sent to the client.
+    pub bytes: u64,
+    pub duration: Duration,
+    pub error: Option<String>,
+}
+
+/// How a session ended.
+#[derive(Debug, Clone)]
+pub struct SessionEnd {
+    pub reason: EndReason,
+    pub detail: Option<String>,
+    pub bytes_from_client: u64,
+    pub bytes_to_client: u64,
+}
+
+/// Records one session. Every append resolves once the record is acknowledged (see the
+/// module docs); an `Err` means it was not recorded, and the handler should end the session
+/// (fail closed). Dropping it without [`SessionRecorder::end`] records an end with reason
+/// `dropped`.
+#[derive(Debug)]
+pub struct SessionRecorder {
+    /// `None`: the session runs unrecorded (recording disabled, or `on_full: allow`).
+    inner: Option<Inner>,
+    id: Arc<str>,
+    started: Instant,
+    commands: u64,
+    ended: bool,
+}
+
+impl SessionRecorder {
+    fn unrecorded(shared: Option<Arc<Shared>>) -> Self {
+        if let Some(s) = &shared {
+            s.unrecorded.fetch_add(1, Ordering::Relaxed);
+        }
+        SessionRecorder {
+            inner: None,
+            id: Arc::from("unrecorded"),
+            started: Instant::now(),
+            commands: 0,
+            ended: false,
+        }
+    }
+
+    /// The session id in the log (what `airlock replay` takes).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether this session is being recorded.
+    pub fn is_recording(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// Queues a record (waiting for queue space: backpressure, never loss).
+    async fn enqueue(&mut self, event: Event) -> Result<Ack, AuditError> {
+        let Some(inner) = &self.inner else {
+            return Ok(Ack::done());
+        };
+        let (ack, rx) = oneshot::channel();
+        let msg = Msg::Append(Append {
+            sid: inner.sid,
+            session: self.id.clone(),
+            ts: now_us(),
+            event,
+            ack: Some(ack),
+        });
+        let pending = Ack {
+            rx: Some(rx),
+            shared: Some(inner.shared.clone()),
+        };
+        match inner.tx.send(msg).await {
+            Ok(()) => Ok(pending),
+            Err(_) => Err(AuditError::Closed),
+        }
+    }
+
+    /// Records the session's start and waits until it is acknowledged. Call once, first.
+    pub async fn start(&mut self, s: SessionStart<'_>) -> Result<(), AuditError> {
+        let workload = s.workload.or(s.identity.workload.as_ref());
+        let rec = SessionStartRecord {
+            proxy_session: s.proxy_session,
+            subject: s.identity.subject.clone(),
+            groups: s.identity.groups.clone(),
+            workload: workload.map(WorkloadRecord::from),
+            target: s.target.to_owned(),
+            protocol: s.protocol.as_str().to_owned(),
+            client: s.client.or(workload.and_then(|w| w.peer)),
+            original_dst: s.original_dst.or(workload.and_then(|w| w.original_dst)),
+            tls: s.tls,
+        };
+        self.enqueue(Event::SessionStart(rec))
+            .await?
+            .durable()
+            .await
+            .map(drop)
+    }
+
+    /// Queues a command and its decision; returns its number in the session (for
+    /// [`result`](Self::result), [`masking`](Self::masking), [`approval`](Self::approval)) and
+    /// the [`Ack`]. Queue it before the command goes upstream, and await
+    /// [`Ack::durable`] before the answer goes back to the client (or before forwarding, for
+    /// strict write-ahead): the write then overlaps the server's round trip, and no client
+    /// ever sees the effect of a command whose record could still be lost.
+    pub async fn command(&mut self, c: CommandEvent<'_>) -> Result<(u64, Ack), AuditError> {
+        self.commands += 1;
+        let n = self.commands;
+        let reason = match c.decision {
+            Decision::Deny { reason, .. } => Some(reason.clone()),
+            _ => None,
+        };
+        let rec = CommandRecord {
+            n,
+            text: c.text.to_owned(),
+            classes: c.classes,
+            kind: c.kind,
+            action: Cow::Borrowed(c.decision.action()),
+            rule: c.decision.rule().to_owned(),
+            reason,
+            approval: c.approval,
+        };
+        Ok((n, self.enqueue(Event::Command(rec)).await?))
+    }
+
+    /// Queues how a review of command `n` ended.
+    pub async fn approval(&mut self, n: u64, approval: Approval) -> Result<Ack, AuditError> {
+        self.enqueue(Event::Approval(ApprovalEvent { n, approval }))
+            .await
+    }
+
+    /// Queues the answer to command `n`.
+    pub async fn result(&mut self, n: u64, r: CommandResult) -> Result<Ack, AuditError> {
+        let rec = ResultRecord {
+            n,
+            rows: r.rows,
+            bytes: r.bytes,
+            duration_us: u64::try_from(r.duration.as_micros()).unwrap_or(u64::MAX),
+            error: r.error,
+        };
+        self.enqueue(Event::Result(rec)).await
+    }
+
+    /// Queues what masking did to the answer of command `n`: rule names and counts only.
+    /// Nothing is written for an empty tally.
+    pub async fn masking(&mut self, n: u64, tally: &MaskTally) -> Result<Ack, AuditError> {
+        if tally.is_empty() {
+            return Ok(Ack::done());
+        }
+        let rec = MaskingRecord {
+            n,
+            rules: tally.counts().to_vec(),
+        };
+        self.enqueue(Event::Masking(rec)).await
+    }
+
+    fn end_event(&self, e: SessionEnd) -> Event {
+        Event::SessionEnd(SessionEndRecord {
+            reason: e.reason,
+            detail: e.detail,
+            bytes_from_client: e.bytes_from_client,
+            bytes_to_client: e.bytes_to_client,
+            duration_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            commands: self.commands,
+            records: 0, // the writer fills in the count it chained
+        })
+    }
+
+    /// Records the session's end and waits until it is acknowledged. Its final hash joins
+    /// the global chain with this record.
+    pub async fn end(mut self, e: SessionEnd) -> Result<(), AuditError> {
+        self.ended = true;
+        let event = self.end_event(e);
+        self.enqueue(event).await?.durable().await.map(drop)
+    }
+}
+
+impl Drop for SessionRecorder {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        let event = self.end_event(SessionEnd {
+            reason: EndReason::Dropped,
+            detail: None,
+            bytes_from_client: 0,
+            bytes_to_client: 0,
+        });
+        let msg = Msg::Append(Append {
+            sid: inner.sid,
+            session: self.id.clone(),
+            ts: now_us(),
+            event,
+            ack: None,
+        });
+        match inner.tx.try_send(msg) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                // The queue is full: hand the end record to a task that waits for room.
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    let tx = inner.tx.clone();
+                    rt.spawn(async move {
+                        let _ = tx.send(msg).await;
+                    });
+                } else {
+                    tracing::warn!(session = %self.id, "audit queue full: end record of a dropped session lost");
+                }
+            }
+        }
+    }
+}
+
+/// A queued record. [`Ack::durable`] resolves once the writer acknowledged it: written, and
+/// with `fsync: always` synced (see the module docs). Dropping it does not cancel the record;
+/// it only gives up waiting (and hearing about a failed write).
+#[derive(Debug)]
+#[must_use = "await `durable()` before anything that must not happen unrecorded, or drop it explicitly"]
+pub struct Ack {
+    rx: Option<oneshot::Receiver<Result<u64, AuditError>>>,
+    shared: Option<Arc<Shared>>,
+}
+
+impl Ack {
+    /// Nothing to wait for (unrecorded session, empty tally).
+    fn done() -> Self {
+        Ack {
+            rx: None,
+            shared: None,
+        }
+    }
+
+    /// Waits for the acknowledgement; returns the record's seq (0 when unrecorded). An `Err`
+    /// means the record is not in the log: end the session (fail closed). With
+    /// `on_full: allow` a lost record is counted and logged instead.
+    pub async fn durable(self) -> Result<u64, AuditError> {
+        let Some(rx) = self.rx else {
+            return Ok(0);
+        };
+        let r = rx.await.unwrap_or(Err(AuditError::Closed));
+        match (r, &self.shared) {
+            (Err(e), Some(shared))
+                if shared.on_full == OnFull::Allow && !matches!(e, AuditError::Closed) =>
+            {
+                shared.unrecorded.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "audit record lost (on_full: allow)");
+                Ok(0)
+            }
+            (r, _) => r,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SessState {
+    last: ChainHash,
+    records: u64,
+}
+
+/// A sender waiting for durability, with the result of encoding its record.
+type PendingAck = (
+    oneshot::Sender<Result<u64, AuditError>>,
+    Result<u64, AuditError>,
+);
+
+/// A group of written records for the syncer: sync `file`, then answer the senders.
+struct SyncJob {
+    file: Arc<File>,
+    path: PathBuf,
+    /// The last record written when the job was made: the head to sign once synced.
+    head: Option<(u64, ChainHash)>,
+    /// Senders waiting for durability (`fsync: always`), with their encode results.
+    acks: Vec<PendingAck>,
+    /// Flush / close requests: answered with the signed seq.
+    controls: Vec<oneshot::Sender<Result<u64, AuditError>>>,
+    /// Sign the head right after this sync (flush, close, rotation, shutdown).
+    sign_now: bool,
+    /// `file` is complete (rotation): apply retention after signing.
+    rotated: bool,
+    /// The writer stops after this job.
+    last: bool,
+}
+
+/// The writer's state; lives on its own thread. `fdatasync`, head signing and retention run
+/// on a second thread (the syncer), so the writer keeps chaining and writing the next group
+/// while the previous one is being synced.
+struct Writer {
+    dir: PathBuf,
+    policy: FsyncPolicy,
+    batch_interval: Duration,
+    segment_max: u64,
+    file: Arc<File>,
+    seg_path: PathBuf,
+    seg_len: u64,
+    seg_day: u64,
+    /// Next seq to write and the hash of the last line written.
+    seq: u64,
+    prev: ChainHash,
+    sessions: HashMap<u64, SessState>,
+    undo: Vec<(u64, Option<SessState>)>,
+    buf: Vec<u8>,
+    /// Records were written since the last job handed to the syncer.
+    unsynced: bool,
+    last_job: Instant,
+    syncer: Option<std::sync::mpsc::Sender<SyncJob>>,
+}
+
+/// The syncer's state; see [`Writer`].
+struct Syncer {
+    dir: PathBuf,
+    key: SigningKey,
+    head_interval: Duration,
+    retention: RetentionConfig,
+    shared: Arc<Shared>,
+    /// Synced but not yet signed.
+    pending: Option<(u64, ChainHash)>,
+    /// The last record known synced, signed or not.
+    latest: Option<(u64, ChainHash)>,
+    signed: u64,
+    current: PathBuf,
+    last_head: Instant,
+    last_retention: Instant,
+}
+
+impl Writer {
+    /// Finds where the chain ends, cuts a torn tail off, opens a segment and writes the
+    /// `open` record and a signed head.
+    fn recover(dir: PathBuf, key: &SigningKey, config: &AuditConfig) -> Result<Self, AuditError> {
+        let segs = list_segments(&dir).map_err(|e| AuditError::io(&dir, &e))?;
+        let anchor_path = dir.join(ANCHOR_FILE);
+        let anchor: Option<SignedAnchor> = match std::fs::read(&anchor_path) {
+            Ok(b) => Some(serde_json::from_slice(&b).map_err(|e| AuditError::Corrupt {
+                path: anchor_path.clone(),
+                message: e.to_string(),
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(AuditError::io(&anchor_path, &e)),
+        };
+        let mut torn = None;
+        let mut tail = None;
+        let mut reusable = None;
+        for (i, (_, path)) in segs.iter().enumerate().rev() {
+            let newest = i + 1 == segs.len();
+            let data = std::fs::read(path).map_err(|e| AuditError::io(path, &e))?;
+            let end = data.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+            if end < data.len() {
+                if newest {
+                    let name = path
+                        .file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned();
+                    let fragment = &data[end..];
+                    tracing::warn!(segment = %name, offset = end, bytes = fragment.len(), "audit log: removing a torn last record left by a crash (never acknowledged)");
+                    torn = Some(TornTail {
+                        segment: name,
+                        offset: end as u64,
+                        bytes: fragment.len() as u64,
+                        sha256: ChainHash::of_line(fragment),
+                    });
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .map_err(|e| AuditError::io(path, &e))?;
+                    f.set_len(end as u64)
+                        .and_then(|()| f.sync_all())
+                        .map_err(|e| AuditError::io(path, &e))?;
+                } else {
+                    tracing::error!(segment = %path.display(), "audit log: partial record inside the log; run `airlock audit verify`");
+                }
+            }
+            if end == 0 {
+                if newest {
+                    reusable = Some(path.clone());
+                }
+                continue;
+            }
+            let start = data[..end - 1]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |p| p + 1);
+            let line = &data[start..end - 1];
+            let rec: Record = serde_json::from_slice(line).map_err(|e| AuditError::Corrupt {
+                path: path.clone(),
+                message: format!("last record does not parse ({e}); run `airlock audit verify`"),
+            })?;
+            tail = Some((rec.seq + 1, ChainHash::of_line(line)));
+            break;
+        }
+        let (seq, prev) = tail
+            .or(anchor.map(|a| (a.seq, a.prev)))
+            .unwrap_or((0, ChainHash::ZERO));
+        let head_path = dir.join(HEAD_FILE);
+        let signed = match std::fs::read(&head_path) {
+            Ok(b) => serde_json::from_slice::<SignedHead>(&b).ok().map(|h| h.seq),
+            Err(_) => None,
+        };
+        let unsigned_before = match (tail, signed) {
+            (Some((next, _)), Some(s)) if next > s + 1 => Some(next - s - 1),
+            (Some((next, _)), None) => Some(next),
+            _ => None,
+        };
+        if let Some(n) = unsigned_before {
+            tracing::warn!(
+                records = n,
+                "audit log: records after the last signed head (crash); signing them now"
+            );
+        }
+        let seg_path = dir.join(segment_name(seq));
+        let file = match reusable {
+            Some(p) if p == seg_path => OpenOptions::new().append(true).open(&seg_path),
+            other => {
+                if let Some(p) = other {
+                    // An empty newest segment with a name the chain no longer fits.
+                    let _ = std::fs::remove_file(p);
+                }
+                OpenOptions::new()
+                    .append(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&seg_path)
+            }
+        }
+        .and_then(|f| sync_dir(&dir).map(|()| f))
+        .map_err(|e| AuditError::io(&seg_path, &e))?;
+        let mut w = Writer {
+            dir,
+            policy: config.fsync,
+            batch_interval: config.batch_interval,
+            segment_max: config.segment_max_bytes.max(1),
+            file: Arc::new(file),
+            seg_path,
+            seg_len: 0,
+            seg_day: now_us() / DAY_US,
+            seq,
+            prev,
+            sessions: HashMap::new(),
+            undo: Vec::new(),
+            buf: Vec::with_capacity(64 << 10),
+            unsynced: false,
+            last_job: Instant::now(),
+            syncer: None,
+        };
+        let open = Event::Open(OpenEvent {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            public_key: to_hex(key.verifying_key().as_bytes()),
+            torn,
+            unsigned_before,
+        });
+        w.encode(0, "", now_us(), open)?;
+        w.write_batch()?;
+        w.file
+            .sync_data()
+            .map_err(|e| AuditError::io(&w.seg_path, &e))?;
+        w.unsynced = false;
+        sign_head(&w.dir, key, w.seq - 1, w.prev)?;
+        if config.retention.is_set() {
+            apply_retention(&w.dir, key, &config.retention, &w.seg_path, (w.seq, w.prev))?;
+        }
+        Ok(w)
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>, shared: Arc<Shared>) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "audit writer cannot start");
+                shared.failed_at.store(now_us(), Ordering::Release);
+                return;
+            }
+        };
+        rt.block_on(async {
+            let mut batch = Vec::with_capacity(MAX_BATCH);
+            loop {
+                let msg = match tokio::time::timeout(self.next_deadline(), rx.recv()).await {
+                    Err(_) => {
+                        self.tick();
+                        continue;
+                    }
+                    Ok(None) => break,
+                    Ok(Some(m)) => m,
+                };
+                batch.push(msg);
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(m) => batch.push(m),
+                        Err(_) => break,
+                    }
+                }
+                let close = self.process(&mut batch, &shared);
+                if close {
+                    shared.closed.store(true, Ordering::Release);
+                    return;
+                }
+                self.tick();
+            }
+            // Every sender is gone: leave a synced, signed log behind.
+            self.send_job(Vec::new(), Vec::new(), true, false, true);
+        });
+    }
+
+    fn next_deadline(&self) -> Duration {
+        let d = if self.unsynced {
+            self.batch_interval.saturating_sub(self.last_job.elapsed())
+        } else {
+            Duration::from_secs(3600)
+        };
+        d.max(Duration::from_millis(1))
+    }
+
+    /// Timed work: the batch-mode sync and rotation.
+    fn tick(&mut self) {
+        if self.unsynced && self.last_job.elapsed() >= self.batch_interval {
+            self.send_job(Vec::new(), Vec::new(), false, false, false);
+        }
+        if self.seg_len >= self.segment_max
+            && let Err(e) = self.rotate()
+        {
+            tracing::error!(error = %e, "audit segment rotation failed");
+        }
+    }
+
+    /// Hands what was written so far to the syncer.
+    fn send_job(
+        &mut self,
+        acks: Vec<PendingAck>,
+        controls: Vec<oneshot::Sender<Result<u64, AuditError>>>,
+        sign_now: bool,
+        rotated: bool,
+        last: bool,
+    ) {
+        let job = SyncJob {
+            file: self.file.clone(),
+            path: self.seg_path.clone(),
+            head: self.seq.checked_sub(1).map(|s| (s, self.prev)),
+            acks,
+            controls,
+            sign_now,
+            rotated,
+            last,
+        };
+        self.unsynced = false;
+        self.last_job = Instant::now();
+        let Some(tx) = &self.syncer else { return };
+        if let Err(std::sync::mpsc::SendError(job)) = tx.send(job) {
+            tracing::error!("audit syncer is gone; records cannot be acknowledged");
+            for (ack, _) in job.acks {
+                let _ = ack.send(Err(AuditError::Closed));
+            }
+            for c in job.controls {
+                let _ = c.send(Err(AuditError::Closed));
+            }
+        }
+    }
+
+    /// Chains and writes one drained group, then answers its senders (with `fsync: always`
+    /// through the syncer, after the sync). Returns whether a `Close` was among them.
+    fn process(&mut self, batch: &mut Vec<Msg>, shared: &Shared) -> bool {
+        if self.seg_len > 0
+            && now_us() / DAY_US != self.seg_day
+            && let Err(e) = self.rotate()
+        {
+            tracing::error!(error = %e, "audit segment rotation failed");
+        }
+        let saved = (self.seq, self.prev);
+        self.undo.clear();
+        self.buf.clear();
+        let mut acks = Vec::with_capacity(batch.len());
+        let mut controls = Vec::new();
+        let mut close = false;
+        for msg in batch.drain(..) {
+            match msg {
+                Msg::Append(a) => {
+                    let r = self.encode(a.sid, &a.session, a.ts, a.event);
+                    if let Some(ack) = a.ack {
+                        acks.push((ack, r));
+                    }
+                }
+                Msg::Flush(tx) => controls.push(tx),
+                Msg::Close(tx) => {
+                    controls.push(tx);
+                    close = true;
+                }
+            }
+        }
+        let written = !self.buf.is_empty();
+        if written {
+            if let Err(e) = self.write_batch() {
+                (self.seq, self.prev) = saved;
+                for (sid, old) in self.undo.drain(..).rev() {
+                    match old {
+                        Some(s) => self.sessions.insert(sid, s),
+                        None => self.sessions.remove(&sid),
+                    };
+                }
+                shared.failed_at.store(now_us(), Ordering::Release);
+                tracing::error!(error = %e, records = acks.len(), "audit write failed; records rejected");
+                for (ack, _) in acks {
+                    let _ = ack.send(Err(e.clone()));
+                }
+                for c in controls {
+                    let _ = c.send(Err(e.clone()));
+                }
+                return close;
+            }
+            shared.failed_at.store(0, Ordering::Release);
+        }
+        let sign_now = !controls.is_empty();
+        match self.policy {
+            FsyncPolicy::Always => {
+                if written || sign_now {
+                    self.send_job(acks, controls, sign_now, false, close);
+                }
+            }
+            FsyncPolicy::Batch => {
+                for (ack, r) in acks {
+                    let _ = ack.send(r);
+                }
+                if sign_now {
+                    self.send_job(Vec::new(), controls, true, false, close);
+                }
+            }
+        }
+        close
+    }
+
+    /// Serializes one record into the group buffer and advances the chain.
+    fn encode(
+        &mut self,
+        sid: u64,
+        session: &str,
+        ts: u64,
+        mut event: Event,
+    ) -> Result<u64, AuditError> {
+        let seq = self.seq;
+        let state = self.sessions.get(&sid).copied();
+        let sprev = match (sid, &event) {
+            (0, _) => None,
+            (_, Event::SessionStart(_)) => Some(ChainHash::ZERO),
+            _ => state.map(|s| s.last),
+        };
+        if let Event::SessionEnd(e) = &mut event {
+            e.records = state.map_or(0, |s| s.records);
+        }
+        let start = self.buf.len();
+        let rec = RecordRef {
+            seq,
+            ts,
+            prev: &self.prev,
+            session: (sid != 0).then_some(session),
+            sprev: sprev.as_ref(),
+            event: &event,
+        };
+        if let Err(e) = serde_json::to_writer(&mut self.buf, &rec) {
+            self.buf.truncate(start);
+            return Err(AuditError::Io {
+                path: self.seg_path.clone(),
+                message: format!("cannot encode record: {e}"),
+            });
+        }
+        let hash = ChainHash::of_line(&self.buf[start..]);
+        self.buf.push(b'\n');
+        self.prev = hash;
+        self.seq += 1;
+        if sid != 0 {
+            if matches!(event, Event::SessionEnd(_)) {
+                self.sessions.remove(&sid);
+            } else {
+                let records = match (&event, state) {
+                    (Event::SessionStart(_), _) | (_, None) => 1,
+                    (_, Some(s)) => s.records + 1,
+                };
+                self.sessions.insert(
+                    sid,
+                    SessState {
+                        last: hash,
+                        records,
+                    },
+                );
+            }
+            self.undo.push((sid, state));
+        }
+        Ok(seq)
+    }
+
+    /// Writes the group buffer. On failure the segment is cut back to its last good length so
+    /// no partial group stays behind.
+    fn write_batch(&mut self) -> Result<(), AuditError> {
+        let before = self.seg_len;
+        let r = (&*self.file).write_all(&self.buf);
+        let len = self.buf.len() as u64;
+        self.buf.clear();
+        match r {
+            Ok(()) => {
+                self.seg_len += len;
+                self.unsynced = true;
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(e2) = self.file.set_len(before) {
+                    tracing::error!(error = %e2, "audit: cannot cut back a failed write");
+                }
+                Err(AuditError::io(&self.seg_path, &e))
+            }
+        }
+    }
+
+    /// Closes the segment (the syncer syncs and signs its end and applies retention) and
+    /// starts the next one.
+    fn rotate(&mut self) -> Result<(), AuditError> {
+        if self.seg_len == 0 {
+            return Ok(());
+        }
+        let path = self.dir.join(segment_name(self.seq));
+        let file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|f| sync_dir(&self.dir).map(|()| f))
+            .map_err(|e| AuditError::io(&path, &e))?;
+        self.send_job(Vec::new(), Vec::new(), true, true, false);
+        tracing::debug!(segment = %path.display(), "audit segment started");
+        self.file = Arc::new(file);
+        self.seg_path = path;
+        self.seg_len = 0;
+        self.seg_day = now_us() / DAY_US;
+        Ok(())
+    }
+}
+
+impl Syncer {
+    fn run(mut self, rx: std::sync::mpsc::Receiver<SyncJob>) {
+        use std::sync::mpsc::RecvTimeoutError;
+        loop {
+            let mut wait = RETENTION_CHECK.saturating_sub(self.last_retention.elapsed());
+            if self.pending.is_some() {
+                wait = wait.min(self.head_interval.saturating_sub(self.last_head.elapsed()));
+            }
+            let first = match rx.recv_timeout(wait.max(Duration::from_millis(1))) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.timers();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            if self.handle(jobs) {
+                return;
+            }
+            self.timers();
+        }
+        if let Err(e) = self.sign() {
+            tracing::error!(error = %e, "audit head signing failed");
+        }
+    }
+
+    /// Syncs, signs when due, answers; returns whether the writer stopped.
+    fn handle(&mut self, jobs: Vec<SyncJob>) -> bool {
+        // One fdatasync per file: a drain spans two files only across a rotation.
+        let mut result = Ok(());
+        let mut synced: Option<&Arc<File>> = None;
+        for job in &jobs {
+            if synced.is_some_and(|f| Arc::ptr_eq(f, &job.file)) {
+                continue;
+            }
+            if let Err(e) = job.file.sync_data() {
+                result = Err(AuditError::io(&job.path, &e));
+            }
+            synced = Some(&job.file);
+        }
+        let sign_now = jobs.iter().any(|j| j.sign_now);
+        let rotated = jobs.iter().any(|j| j.rotated);
+        let last = jobs.iter().any(|j| j.last);
+        match &result {
+            Ok(()) => {
+                if let Some(h) = jobs.iter().rev().find_map(|j| j.head) {
+                    self.pending = Some(h);
+                    self.latest = Some(h);
+                }
+                if let Some(j) = jobs.last() {
+                    self.current = j.path.clone();
+                }
+            }
+            Err(e) => {
+                self.shared.failed_at.store(now_us(), Ordering::Release);
+                tracing::error!(error = %e, "audit fdatasync failed; records not acknowledged");
+            }
+        }
+        let head = if result.is_ok() && (sign_now || self.last_head.elapsed() >= self.head_interval)
+        {
+            self.sign()
+        } else {
+            Ok(self.signed)
+        };
+        if let Err(e) = &head {
+            tracing::error!(error = %e, "audit head signing failed");
+        }
+        for job in jobs {
+            for (ack, r) in job.acks {
+                let _ = ack.send(match &result {
+                    Ok(()) => r,
+                    Err(e) => Err(e.clone()),
+                });
+            }
+            for c in job.controls {
+                let _ = c.send(result.clone().and(head.clone()));
+            }
+        }
+        if rotated {
+            self.retention();
+        }
+        last
+    }
+
+    fn timers(&mut self) {
+        if self.pending.is_some()
+            && self.last_head.elapsed() >= self.head_interval
+            && let Err(e) = self.sign()
+        {
+            tracing::error!(error = %e, "audit head signing failed");
+        }
+        if self.last_retention.elapsed() >= RETENTION_CHECK {
+            self.retention();
+        }
+    }
+
+    /// Signs the last synced record as the head. Returns the signed seq.
+    fn sign(&mut self) -> Result<u64, AuditError> {
+        self.last_head = Instant::now();
+        let Some((seq, hash)) = self.pending.take() else {
+            return Ok(self.signed);
+        };
+        if let Err(e) = sign_head(&self.dir, &self.key, seq, hash) {
+            self.pending = Some((seq, hash));
+            return Err(e);
+        }
+        self.signed = seq;
+        Ok(seq)
+    }
+
+    fn retention(&mut self) {
+        self.last_retention = Instant::now();
+        if !self.retention.is_set() {
+            return;
+        }
+        let Some((seq, hash)) = self.latest else {
+            return;
+        };
+        if let Err(e) = apply_retention(
+            &self.dir,
+            &self.key,
+            &self.retention,
+            &self.current,
+            (seq + 1, hash),
+        ) {
+            tracing::error!(error = %e, "audit retention failed");
+        }
+    }
+}
+
+/// Signs `(seq, hash)` as the head (`head.json`, atomically).
+fn sign_head(dir: &Path, key: &SigningKey, seq: u64, hash: ChainHash) -> Result<(), AuditError> {
+    let head = SignedHead::sign(key, seq, hash, now_us());
+    let path = dir.join(HEAD_FILE);
+    let bytes = serde_json::to_vec(&head).map_err(|e| AuditError::Io {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    write_atomic(&path, &bytes)
+}
+
+/// Deletes whole old segments past `max_age` / `max_bytes`, after signing an anchor for the
+/// first record kept. Never deletes `current` or anything after it. `next` is the seq and prev
+/// of the next record to be written (the anchor when every older segment goes).
+fn apply_retention(
+    dir: &Path,
+    key: &SigningKey,
+    retention: &RetentionConfig,
+    current: &Path,
+    next: (u64, ChainHash),
+) -> Result<(), AuditError> {
+    let io = |p: &Path, e: std::io::Error| AuditError::io(p, &e);
+    let mut segs = Vec::new();
+    for (_, path) in list_segments(dir).map_err(|e| io(dir, e))? {
+        let meta = std::fs::metadata(&path).map_err(|e| io(&path, e))?;
+        segs.push((
+            path,
+            meta.len(),
+            meta.modified().unwrap_or(SystemTime::now()),
+        ));
+    }
+    let mut remaining: u64 = segs.iter().map(|s| s.1).sum();
+    let mut cut = 0;
+    for (path, len, mtime) in &segs {
+        if path == current {
+            break;
+        }
+        let too_big = retention.max_bytes.is_some_and(|m| remaining > m);
+        let too_old = retention
+            .max_age
+            .is_some_and(|a| mtime.elapsed().unwrap_or_default() > a);
+        if !(too_big || too_old) {
+            break;
+        }
+        remaining -= len;
+        cut += 1;
+    }
+    if cut == 0 || cut >= segs.len() {
+        return Ok(());
+    }
+    let keep = &segs[cut].0;
+    let (seq, prev) = match first_record(keep).map_err(|e| io(keep, e))? {
+        Some((rec, _)) => (rec.seq, rec.prev),
+        None if keep == current => next,
+        None => {
+            return Err(AuditError::Corrupt {
+                path: keep.clone(),
+                message: "segment has no complete first record; not deleting older ones".into(),
+            });
+        }
+    };
+    let anchor = SignedAnchor::sign(key, seq, prev, now_us());
+    let bytes = serde_json::to_vec(&anchor).map_err(|e| AuditError::Io {
+        path: dir.join(ANCHOR_FILE),
+        message: e.to_string(),
+    })?;
+    write_atomic(&dir.join(ANCHOR_FILE), &bytes)?;
+    for (path, _, _) in &segs[..cut] {
+        std::fs::remove_file(path).map_err(|e| io(path, e))?;
+    }
+    sync_dir(dir).map_err(|e| io(dir, e))?;
+    tracing::info!(
+        deleted = cut,
+        first_seq = seq,
+        "audit retention deleted old segments"
+    );
+    Ok(())
+}
