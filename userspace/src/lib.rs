@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod identity;
 pub mod intercept;
+pub mod mask;
 pub mod policy;
 pub mod protocol;
 pub mod proxy;
