@@ -110,25 +110,28 @@ fn at(v: &[u8], i: usize) -> u8 {
 
 /// Scans `v` for the detectors in `set`, appending matches in increasing, non-overlapping
 /// order to `out` (which the caller clears).
+///
+/// Every pattern contains a digit, an upper-case letter, `@`, `:` or `=` (e-mail needs `@`,
+/// numbers and addresses digits, key prefixes and JWT headers capitals, random tokens both),
+/// so the scan jumps from one such trigger byte to the next eight bytes at a time and only
+/// looks at the tokens that hold one; runs of lower-case prose cost a few instructions per
+/// eight bytes.
 pub(crate) fn scan(v: &[u8], set: DetectorSet, out: &mut Vec<Match>) {
     if set.is_empty() {
         return;
     }
     let n = v.len();
+    // Everything before `i` has been looked at.
     let mut i = 0;
-    while i < n {
-        let b = v[i];
+    while let Some(p) = next_trigger(v, i) {
+        let b = v[p];
         if class(b) & TOKEN == 0 {
             let found = match b {
-                b'@' if set.has(Detector::Email) => email(v, i, out),
-                b'(' if set.has(Detector::Phone) && is_digit(at(v, i + 1)) => {
-                    nanp_phone(v, i).map(|e| (i, e, Detector::Phone))
-                }
-                b':' if set.has(Detector::Ip)
-                    && at(v, i + 1) == b':'
-                    && (i == 0 || (class(v[i - 1]) & HEX == 0 && v[i - 1] != b':')) =>
-                {
-                    ipv6(v, i).map(|e| (i, e, Detector::Ip))
+                b'@' if set.has(Detector::Email) => email(v, p, out),
+                b':' if set.has(Detector::Ip) => colon(v, i, p),
+                b'=' if set.has(Detector::CloudKey) => {
+                    let s = token_start(v, i, p);
+                    azure_key(v, s, p)
                 }
                 _ => None,
             };
@@ -141,26 +144,86 @@ pub(crate) fn scan(v: &[u8], set: DetectorSet, out: &mut Vec<Match>) {
                     });
                     i = e;
                 }
-                None => i += 1,
+                None => i = p + 1,
             }
             continue;
         }
-        let mut j = i + 1;
+        let s = token_start(v, i, p);
+        let mut j = p + 1;
         while j < n && class(v[j]) & TOKEN != 0 {
             j += 1;
         }
-        match token(v, i, j, set) {
-            Some((s, e, d)) => {
+        match token(v, s, j, set) {
+            Some((ms, me, d)) => {
                 out.push(Match {
-                    start: s,
-                    end: e,
+                    start: ms,
+                    end: me,
                     detector: d,
                 });
-                i = e.max(i + 1);
+                i = me.max(s + 1);
             }
             None => i = j,
         }
     }
+}
+
+/// Start of the token run holding `p`, not before `floor`.
+#[inline]
+fn token_start(v: &[u8], floor: usize, p: usize) -> usize {
+    let mut s = p;
+    while s > floor && class(v[s - 1]) & TOKEN != 0 {
+        s -= 1;
+    }
+    s
+}
+
+/// Trigger bytes: `0-9 : ; < =` (0x30–0x3D) and `@ A-Z` (0x40–0x5A).
+#[inline(always)]
+fn is_trigger(b: u8) -> bool {
+    matches!(b, 0x30..=0x3D | 0x40..=0x5A)
+}
+
+/// Bytes of `x` (little-endian lanes) in the trigger ranges get their high bit set; exact per
+/// byte (no borrow crosses lanes: "hasbetween" from Bit Twiddling Hacks).
+#[inline(always)]
+fn trigger_mask(x: u64) -> u64 {
+    const L: u64 = 0x0101_0101_0101_0101;
+    let lo7 = x & (L * 127);
+    let digits = (L * (127 + 0x3E)).wrapping_sub(lo7) & !x & (lo7 + L * (127 - 0x2F)) & (L * 128);
+    let upper = (L * (127 + 0x5B)).wrapping_sub(lo7) & !x & (lo7 + L * (127 - 0x3F)) & (L * 128);
+    digits | upper
+}
+
+/// Position of the first trigger byte at or after `from`.
+#[inline]
+pub(crate) fn next_trigger(v: &[u8], from: usize) -> Option<usize> {
+    let mut k = from;
+    while let Some(chunk) = v.get(k..k + 8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        let m = trigger_mask(u64::from_le_bytes(w));
+        if m != 0 {
+            return Some(k + (m.trailing_zeros() / 8) as usize);
+        }
+        k += 8;
+    }
+    (k..v.len()).find(|&k| is_trigger(v[k]))
+}
+
+/// At a `:`: an IPv6 address starting with the hex group before it, or with `::`.
+fn colon(v: &[u8], floor: usize, p: usize) -> Option<(usize, usize, Detector)> {
+    let mut s = p;
+    while s > floor && p - s < 4 && class(v[s - 1]) & HEX != 0 {
+        s -= 1;
+    }
+    let starts_clean = |s: usize| s == 0 || (class(v[s - 1]) & TOKEN == 0 && v[s - 1] != b':');
+    if s < p && starts_clean(s) {
+        return ipv6(v, s).map(|e| (s, e, Detector::Ip));
+    }
+    if s == p && at(v, p + 1) == b':' && starts_clean(p) {
+        return ipv6(v, p).map(|e| (p, e, Detector::Ip));
+    }
+    None
 }
 
 /// Tries every detector that can start a match at the token `v[i..j]`.
@@ -196,6 +259,11 @@ fn token(v: &[u8], i: usize, j: usize, set: DetectorSet) -> Option<(usize, usize
             }
         }
         if set.has(Detector::Phone) && !preceded_by_digit_group(v, i) {
+            if i > 0 && v[i - 1] == b'(' {
+                if let Some(e) = nanp_phone(v, i - 1) {
+                    return Some((i - 1, e, Detector::Phone));
+                }
+            }
             if let Some(e) = nanp_phone(v, i) {
                 return Some((i, e, Detector::Phone));
             }

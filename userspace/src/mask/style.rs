@@ -58,6 +58,7 @@ impl Hasher {
 }
 
 /// Characters that partial masking keeps in place so the shape stays readable.
+#[inline]
 fn is_shape(b: u8) -> bool {
     b.is_ascii_punctuation() || b.is_ascii_whitespace()
 }
@@ -75,6 +76,24 @@ fn utf8_len(lead: u8) -> usize {
 /// characters when at least four others are hidden (so a short value is hidden whole).
 pub(crate) fn write_partial(value: &[u8], out: &mut BytesMut) {
     const KEEP: usize = 4;
+    if value.is_ascii() {
+        // One byte per character: copy, then star the hidden bytes in place.
+        let start = out.len();
+        out.put_slice(value);
+        let written = &mut out[start..];
+        let total = written.iter().filter(|&&b| !is_shape(b)).count();
+        let mut hide = if total >= 2 * KEEP { total - KEEP } else { total };
+        for b in written.iter_mut() {
+            if hide == 0 {
+                break;
+            }
+            if !is_shape(*b) {
+                *b = b'*';
+                hide -= 1;
+            }
+        }
+        return;
+    }
     let mut total = 0usize;
     let mut k = 0;
     while k < value.len() {
@@ -84,11 +103,7 @@ pub(crate) fn write_partial(value: &[u8], out: &mut BytesMut) {
         }
         k += step;
     }
-    let keep_from = if total >= 2 * KEEP {
-        total - KEEP
-    } else {
-        total
-    };
+    let keep_from = if total >= 2 * KEEP { total - KEEP } else { total };
     let mut seen = 0usize;
     let mut k = 0;
     while k < value.len() {

@@ -380,6 +380,23 @@ fn several_detectors_in_one_value_are_ordered_and_disjoint() {
 }
 
 #[test]
+fn trigger_scan_matches_scalar_definition() {
+    let is_trigger = |b: u8| matches!(b, 0x30..=0x3D | 0x40..=0x5A);
+    for b in 0..=255u8 {
+        for lane in 0..8 {
+            for len in [lane + 1, 8, 9, 17] {
+                let mut v = vec![b'a'; len.max(lane + 1)];
+                v[lane] = b;
+                let want = if is_trigger(b) { Some(lane) } else { None };
+                assert_eq!(detect::next_trigger(&v, 0), want, "byte {b:#x} at {lane} of {len}");
+            }
+        }
+    }
+    assert_eq!(detect::next_trigger(b"abcdefghijklmnopq9", 0), Some(17));
+    assert_eq!(detect::next_trigger(b"A bcdefghijk", 1), None);
+}
+
+#[test]
 fn checksums() {
     assert!(detect::luhn(&[
         4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1
