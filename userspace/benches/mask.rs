@@ -20,7 +20,10 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 struct ThreadCpuTime(WallTime);
 
 fn thread_cpu() -> std::time::Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec through a valid pointer.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime");
@@ -68,10 +71,88 @@ impl Rng {
     }
 }
 
-const FIRST: &[&str] = &["Alice", "Bob", "Carol", "David", "Eve", "Frank", "Grace", "Heidi", "Ivan", "Judy", "Mallory", "Niaj", "Olivia", "Peggy", "Rupert", "Sybil", "Trent", "Victor", "Walter", "Zoë"];
-const LAST: &[&str] = &["Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis", "Rodríguez", "Martinez", "Hernández", "Lopez", "Gonzalez", "Wilson", "Anderson", "O'Neil", "Müller", "Taylor"];
-const DOMAINS: &[&str] = &["example.com", "mail.example.org", "corp.example.net", "example.co.uk"];
-const WORDS: &[&str] = &["the", "customer", "asked", "about", "their", "invoice", "and", "prefers", "delivery", "in", "the", "morning", "called", "support", "twice", "regarding", "a", "refund", "for", "order", "shipped", "late", "to", "new", "address", "please", "follow", "up", "next", "week", "VIP", "account", "since", "2019", "loyalty", "tier", "gold", "discount", "applied", "on", "renewal", "contract", "#4471", "ticket", "closed", "by", "agent", "notes:", "escalated", "(urgent)"];
+const FIRST: &[&str] = &[
+    "Alice", "Bob", "Carol", "David", "Eve", "Frank", "Grace", "Heidi", "Ivan", "Judy", "Mallory",
+    "Niaj", "Olivia", "Peggy", "Rupert", "Sybil", "Trent", "Victor", "Walter", "Zoë",
+];
+const LAST: &[&str] = &[
+    "Smith",
+    "Johnson",
+    "Williams",
+    "Brown",
+    "Jones",
+    "Garcia",
+    "Miller",
+    "Davis",
+    "Rodríguez",
+    "Martinez",
+    "Hernández",
+    "Lopez",
+    "Gonzalez",
+    "Wilson",
+    "Anderson",
+    "O'Neil",
+    "Müller",
+    "Taylor",
+];
+const DOMAINS: &[&str] = &[
+    "example.com",
+    "mail.example.org",
+    "corp.example.net",
+    "example.co.uk",
+];
+const WORDS: &[&str] = &[
+    "the",
+    "customer",
+    "asked",
+    "about",
+    "their",
+    "invoice",
+    "and",
+    "prefers",
+    "delivery",
+    "in",
+    "the",
+    "morning",
+    "called",
+    "support",
+    "twice",
+    "regarding",
+    "a",
+    "refund",
+    "for",
+    "order",
+    "shipped",
+    "late",
+    "to",
+    "new",
+    "address",
+    "please",
+    "follow",
+    "up",
+    "next",
+    "week",
+    "VIP",
+    "account",
+    "since",
+    "2019",
+    "loyalty",
+    "tier",
+    "gold",
+    "discount",
+    "applied",
+    "on",
+    "renewal",
+    "contract",
+    "#4471",
+    "ticket",
+    "closed",
+    "by",
+    "agent",
+    "notes:",
+    "escalated",
+    "(urgent)",
+];
 const SECRETS: &[&str] = &[
     "AKIAIOSFODNN7EXAMPLE",
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
@@ -110,8 +191,19 @@ fn card(rng: &mut Rng) -> String {
 fn row(rng: &mut Rng, id: usize) -> Vec<String> {
     let first = rng.pick(FIRST);
     let last = rng.pick(LAST);
-    let email = format!("{}.{}{}@{}", first.to_lowercase(), last.to_lowercase().replace('\'', ""), rng.below(100), rng.pick(DOMAINS));
-    let phone = format!("({}) {}-{:04}", 200 + rng.below(800), 200 + rng.below(800), rng.below(10000));
+    let email = format!(
+        "{}.{}{}@{}",
+        first.to_lowercase(),
+        last.to_lowercase().replace('\'', ""),
+        rng.below(100),
+        rng.pick(DOMAINS)
+    );
+    let phone = format!(
+        "({}) {}-{:04}",
+        200 + rng.below(800),
+        200 + rng.below(800),
+        rng.below(10000)
+    );
     let mut notes = String::new();
     let words = 8 + rng.below(40);
     for k in 0..words {
@@ -124,7 +216,14 @@ fn row(rng: &mut Rng, id: usize) -> Vec<String> {
         notes.push(' ');
         notes.push_str(rng.pick(SECRETS));
     }
-    vec![id.to_string(), format!("{first} {last}"), email, phone, card(rng), notes]
+    vec![
+        id.to_string(),
+        format!("{first} {last}"),
+        email,
+        phone,
+        card(rng),
+        notes,
+    ]
 }
 
 fn data_row(values: &[String]) -> Vec<u8> {
@@ -248,7 +347,10 @@ fn bench(c: &mut Criterion<ThreadCpuTime>) {
         ("passthrough", &[][..]),
         ("columns", &["email", "phone", "card"][..]),
         ("detectors", &["secrets"][..]),
-        ("columns+detectors", &["email", "phone", "card", "secrets"][..]),
+        (
+            "columns+detectors",
+            &["email", "phone", "card", "secrets"][..],
+        ),
     ] {
         let mut p = plan(&m, active);
         let mut out = BytesMut::with_capacity(1 << 16);
@@ -267,7 +369,10 @@ fn bench(c: &mut Criterion<ThreadCpuTime>) {
     g.finish();
 
     // Engine comparison over the same text values (all columns but id), detection only.
-    let values: Vec<&[u8]> = rows.iter().flat_map(|r| r[1..].iter().map(|s| s.as_bytes())).collect();
+    let values: Vec<&[u8]> = rows
+        .iter()
+        .flat_map(|r| r[1..].iter().map(|s| s.as_bytes()))
+        .collect();
     let vbytes: u64 = values.iter().map(|v| v.len() as u64).sum();
     let mut g = c.benchmark_group("engine");
     g.throughput(Throughput::Bytes(vbytes));
@@ -293,12 +398,33 @@ fn bench(c: &mut Criterion<ThreadCpuTime>) {
     let ac = aho_corasick::AhoCorasick::builder()
         .match_kind(aho_corasick::MatchKind::LeftmostFirst)
         .build([
-            "@", "AKIA", "ASIA", "AIza", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "eyJ",
-            "-----BEGIN", "AccountKey=", "SharedAccessKey=", "sig=",
+            "@",
+            "AKIA",
+            "ASIA",
+            "AIza",
+            "ghp_",
+            "gho_",
+            "ghu_",
+            "ghs_",
+            "ghr_",
+            "github_pat_",
+            "xox",
+            "eyJ",
+            "-----BEGIN",
+            "AccountKey=",
+            "SharedAccessKey=",
+            "sig=",
         ])
         .expect("ac");
     g.bench_function("aho_corasick_literals_only", |b| {
-        b.iter(|| black_box(values.iter().map(|v| ac.find_iter(v).count()).sum::<usize>()))
+        b.iter(|| {
+            black_box(
+                values
+                    .iter()
+                    .map(|v| ac.find_iter(v).count())
+                    .sum::<usize>(),
+            )
+        })
     });
     g.finish();
 }

@@ -714,5 +714,20 @@ impl ColumnPlan {
     }
 }
 
+/// The PostgreSQL protocol loop's entry point for one DataRow: same as
+/// [`ColumnPlan::mask_data_row`]. On `Ok` with `rewritten == false` forward the original
+/// message; with `rewritten == true` send what was appended to `out` instead. On `Err` send an
+/// ErrorResponse and drop the rest of the result: never the unmasked row.
+pub fn mask_data_row(
+    plan: &mut ColumnPlan,
+    body: &[u8],
+    out: &mut BytesMut,
+) -> Result<RowOutcome, MaskError> {
+    plan.mask_data_row(body, out)
+}
+
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod pg_tests;

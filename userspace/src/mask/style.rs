@@ -57,10 +57,21 @@ impl Hasher {
     }
 }
 
+static SHAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_punctuation() || b.is_ascii_whitespace();
+        i += 1;
+    }
+    t
+};
+
 /// Characters that partial masking keeps in place so the shape stays readable.
-#[inline]
+#[inline(always)]
 fn is_shape(b: u8) -> bool {
-    b.is_ascii_punctuation() || b.is_ascii_whitespace()
+    SHAPE[usize::from(b)]
 }
 
 fn utf8_len(lead: u8) -> usize {
@@ -82,7 +93,11 @@ pub(crate) fn write_partial(value: &[u8], out: &mut BytesMut) {
         out.put_slice(value);
         let written = &mut out[start..];
         let total = written.iter().filter(|&&b| !is_shape(b)).count();
-        let mut hide = if total >= 2 * KEEP { total - KEEP } else { total };
+        let mut hide = if total >= 2 * KEEP {
+            total - KEEP
+        } else {
+            total
+        };
         for b in written.iter_mut() {
             if hide == 0 {
                 break;
@@ -103,7 +118,11 @@ pub(crate) fn write_partial(value: &[u8], out: &mut BytesMut) {
         }
         k += step;
     }
-    let keep_from = if total >= 2 * KEEP { total - KEEP } else { total };
+    let keep_from = if total >= 2 * KEEP {
+        total - KEEP
+    } else {
+        total
+    };
     let mut seen = 0usize;
     let mut k = 0;
     while k < value.len() {

@@ -388,7 +388,11 @@ fn trigger_scan_matches_scalar_definition() {
                 let mut v = vec![b'a'; len.max(lane + 1)];
                 v[lane] = b;
                 let want = if is_trigger(b) { Some(lane) } else { None };
-                assert_eq!(detect::next_trigger(&v, 0), want, "byte {b:#x} at {lane} of {len}");
+                assert_eq!(
+                    detect::next_trigger(&v, 0),
+                    want,
+                    "byte {b:#x} at {lane} of {len}"
+                );
             }
         }
     }
