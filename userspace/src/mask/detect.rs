@@ -237,42 +237,49 @@ fn token(v: &[u8], i: usize, j: usize, set: DetectorSet) -> Option<(usize, usize
         && len <= 4
         && set.has(Detector::Ip)
         && v[i..j].iter().all(|&b| class(b) & HEX != 0)
+        && let Some(e) = ipv6(v, i)
     {
-        if let Some(e) = ipv6(v, i) {
-            return Some((i, e, Detector::Ip));
-        }
+        return Some((i, e, Detector::Ip));
     }
     if c0 & DIGIT != 0 {
-        if set.has(Detector::Ip) && next == b'.' && !preceded_by_dotted_number(v, i) {
-            if let Some(e) = ipv4(v, i) {
-                return Some((i, e, Detector::Ip));
-            }
+        if set.has(Detector::Ip)
+            && next == b'.'
+            && !preceded_by_dotted_number(v, i)
+            && let Some(e) = ipv4(v, i)
+        {
+            return Some((i, e, Detector::Ip));
         }
-        if set.has(Detector::Ssn) && !preceded_by_digit_group(v, i) {
-            if let Some(e) = ssn(v, i) {
-                return Some((i, e, Detector::Ssn));
-            }
+        if set.has(Detector::Ssn)
+            && !preceded_by_digit_group(v, i)
+            && let Some(e) = ssn(v, i)
+        {
+            return Some((i, e, Detector::Ssn));
         }
-        if set.has(Detector::Card) && matches!(b0, b'2'..=b'6') && !preceded_by_digit_group(v, i) {
-            if let Some(e) = card(v, i) {
-                return Some((i, e, Detector::Card));
-            }
+        if set.has(Detector::Card)
+            && matches!(b0, b'2'..=b'6')
+            && !preceded_by_digit_group(v, i)
+            && let Some(e) = card(v, i)
+        {
+            return Some((i, e, Detector::Card));
         }
         if set.has(Detector::Phone) && !preceded_by_digit_group(v, i) {
-            if i > 0 && v[i - 1] == b'(' {
-                if let Some(e) = nanp_phone(v, i - 1) {
-                    return Some((i - 1, e, Detector::Phone));
-                }
+            if i > 0
+                && v[i - 1] == b'('
+                && let Some(e) = nanp_phone(v, i - 1)
+            {
+                return Some((i - 1, e, Detector::Phone));
             }
             if let Some(e) = nanp_phone(v, i) {
                 return Some((i, e, Detector::Phone));
             }
         }
     } else if b0 == b'+' {
-        if set.has(Detector::Phone) && is_digit(at(v, i + 1)) && !preceded_by_digit_group(v, i) {
-            if let Some(e) = intl_phone(v, i) {
-                return Some((i, e, Detector::Phone));
-            }
+        if set.has(Detector::Phone)
+            && is_digit(at(v, i + 1))
+            && !preceded_by_digit_group(v, i)
+            && let Some(e) = intl_phone(v, i)
+        {
+            return Some((i, e, Detector::Phone));
         }
     } else if c0 & UPPER != 0 {
         if set.has(Detector::Iban)
@@ -280,10 +287,9 @@ fn token(v: &[u8], i: usize, j: usize, set: DetectorSet) -> Option<(usize, usize
             && class(v[i + 1]) & UPPER != 0
             && is_digit(v[i + 2])
             && is_digit(v[i + 3])
+            && let Some(e) = iban(v, i)
         {
-            if let Some(e) = iban(v, i) {
-                return Some((i, e, Detector::Iban));
-            }
+            return Some((i, e, Detector::Iban));
         }
         if b0 == b'A' {
             if set.has(Detector::AwsKey) && len == 20 && aws_access_key(&v[i..j]) {
@@ -297,29 +303,35 @@ fn token(v: &[u8], i: usize, j: usize, set: DetectorSet) -> Option<(usize, usize
                     return Some(m);
                 }
             }
-        } else if b0 == b'S' && set.has(Detector::CloudKey) {
-            if let Some(m) = azure_key(v, i, j) {
-                return Some(m);
-            }
+        } else if b0 == b'S'
+            && set.has(Detector::CloudKey)
+            && let Some(m) = azure_key(v, i, j)
+        {
+            return Some(m);
         }
     } else if c0 & LOWER != 0 {
-        if b0 == b'e' && set.has(Detector::Jwt) && v[i..].starts_with(b"eyJ") {
-            if let Some(e) = jwt(v, i) {
-                return Some((i, e, Detector::Jwt));
-            }
+        if b0 == b'e'
+            && set.has(Detector::Jwt)
+            && v[i..].starts_with(b"eyJ")
+            && let Some(e) = jwt(v, i)
+        {
+            return Some((i, e, Detector::Jwt));
         }
         if set.has(Detector::CloudKey) && cloud_token(&v[i..j]) {
             return Some((i, j, Detector::CloudKey));
         }
-        if b0 == b's' && set.has(Detector::CloudKey) {
-            if let Some(m) = azure_key(v, i, j) {
-                return Some(m);
-            }
+        if b0 == b's'
+            && set.has(Detector::CloudKey)
+            && let Some(m) = azure_key(v, i, j)
+        {
+            return Some(m);
         }
-    } else if b0 == b'-' && set.has(Detector::PrivateKey) && v[i..].starts_with(b"-----BEGIN ") {
-        if let Some(e) = private_key(v, i) {
-            return Some((i, e, Detector::PrivateKey));
-        }
+    } else if b0 == b'-'
+        && set.has(Detector::PrivateKey)
+        && v[i..].starts_with(b"-----BEGIN ")
+        && let Some(e) = private_key(v, i)
+    {
+        return Some((i, e, Detector::PrivateKey));
     }
     if len == 40 && set.has(Detector::AwsKey) && aws_secret_key(&v[i..j]) {
         return Some((i, j, Detector::AwsKey));
@@ -344,7 +356,8 @@ fn preceded_by_digit_group(v: &[u8], i: usize) -> bool {
 /// The end of a number must not run on into more of the same number.
 fn number_ends(v: &[u8], e: usize) -> bool {
     let b = at(v, e);
-    !is_alnum(b) && !(matches!(b, b'-' | b'.' | b'/') && is_digit(at(v, e + 1)))
+    let continues = matches!(b, b'-' | b'.' | b'/') && is_digit(at(v, e + 1));
+    !is_alnum(b) && !continues
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -385,7 +398,6 @@ fn email(v: &[u8], at_pos: usize, out: &mut Vec<Match>) -> Option<(usize, usize,
     }
     // Tokens of the local part were scanned before the `@` was seen; the e-mail supersedes
     // any match inside it (a match straddling its start shortens it instead).
-    let mut s = s;
     while let Some(last) = out.last() {
         if last.end <= s {
             break;
@@ -460,7 +472,7 @@ pub(crate) fn luhn(digits: &[u8]) -> bool {
         }
         sum += d;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Reads exactly `count` digits at `k`; returns their value.
@@ -503,10 +515,10 @@ fn nanp_phone(v: &[u8], i: usize) -> Option<usize> {
     // Optional leading country code 1 and a separator.
     if at(v, k) == b'1' && matches!(at(v, k + 1), b' ' | b'-' | b'.') {
         let after = at(v, k + 2);
-        if after == b'(' || is_digit(after) {
-            if let Some(e) = nanp_body(v, k + 2) {
-                return Some(e);
-            }
+        if (after == b'(' || is_digit(after))
+            && let Some(e) = nanp_body(v, k + 2)
+        {
+            return Some(e);
         }
     }
     if at(v, k) == b'(' {
@@ -625,12 +637,12 @@ fn ipv4(v: &[u8], i: usize) -> Option<usize> {
     if at(v, k) == b'.' && is_digit(at(v, k + 1)) {
         return None;
     }
-    if at(v, k) == b'/' {
-        if let Some(p) = digits_at(v, k + 1, 2).or_else(|| digits_at(v, k + 1, 1)) {
-            let w = if is_digit(at(v, k + 2)) { 2 } else { 1 };
-            if p <= 32 && !is_alnum(at(v, k + 1 + w)) {
-                return Some(k + 1 + w);
-            }
+    if at(v, k) == b'/'
+        && let Some(p) = digits_at(v, k + 1, 2).or_else(|| digits_at(v, k + 1, 1))
+    {
+        let w = if is_digit(at(v, k + 2)) { 2 } else { 1 };
+        if p <= 32 && !is_alnum(at(v, k + 1 + w)) {
+            return Some(k + 1 + w);
         }
     }
     (!is_alnum(at(v, k))).then_some(k)
@@ -860,7 +872,7 @@ fn private_key(v: &[u8], i: usize) -> Option<usize> {
     let label_start = i + 11;
     let label_len = memchr::memmem::find(&v[label_start..], b"-----")?;
     if label_len > 64
-        || !memchr::memmem::find(&v[label_start..label_start + label_len], b"PRIVATE KEY").is_some()
+        || memchr::memmem::find(&v[label_start..label_start + label_len], b"PRIVATE KEY").is_none()
     {
         return None;
     }

@@ -129,10 +129,10 @@ fn start_server() -> Server {
     let server = Server { child, port, dir };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(mut c) = Client::connect(port) {
-            if c.simple("SELECT 1").is_ok() {
-                break;
-            }
+        if let Ok(mut c) = Client::connect(port)
+            && c.simple("SELECT 1").is_ok()
+        {
+            break;
         }
         assert!(Instant::now() < deadline, "postgres did not start");
         std::thread::sleep(Duration::from_millis(100));
