@@ -421,6 +421,17 @@ fn email(v: &[u8], at_pos: usize, out: &mut Vec<Match>) -> Option<(usize, usize,
 /// Card numbers: 13–19 digits, optionally grouped by one kind of separator (space or dash),
 /// issuer prefix 2–6, Luhn-valid. The longest valid prefix ending at a group boundary wins.
 fn card(v: &[u8], i: usize) -> Option<usize> {
+    // Most numbers (ids, years, phone groups) are too short: count before setting up buffers.
+    let (mut k, mut seen) = (i, 0);
+    while seen < 13 {
+        let b = at(v, k);
+        if is_digit(b) {
+            seen += 1;
+        } else if !((b == b' ' || b == b'-') && is_digit(at(v, k + 1))) {
+            return None;
+        }
+        k += 1;
+    }
     let mut digits = [0u8; 19];
     let mut count = 0usize;
     let mut k = i;
