@@ -690,12 +690,19 @@ impl ColumnPlan {
         out.put_slice(prefix);
         let mut set = RuleSet::default();
         let mut pos = 0;
+        // The scanner yields ordered, disjoint spans; sort and clip anyway, so that a scanner
+        // bug can only over-mask, never let matched bytes through.
+        if !self.matches.is_sorted_by_key(|m| m.start) {
+            self.matches.sort_unstable_by_key(|m| m.start);
+        }
         for m in &self.matches {
-            // The scanner yields ordered, disjoint spans; guard anyway so a bug cannot slice
-            // backwards.
-            if m.start < pos {
+            if m.end <= pos {
                 continue;
             }
+            let m = Match {
+                start: m.start.max(pos),
+                ..*m
+            };
             let rule = self.det_rule[m.detector as usize];
             let mut style = rules[usize::from(rule)].style;
             let span = &body[m.start..m.end];
