@@ -28,7 +28,7 @@ use crate::policy::spec::{Detector, MaskRuleSpec, MaskStyle};
 
 pub use catalog::{CatalogCache, ColumnOrigin};
 pub use style::{HASH_HEX_LEN, MIN_KEY_LEN, REDACTED};
-pub use wire::{escape_copy_text, unescape_copy_text};
+pub use wire::{CsvOptions, escape_copy_text, unescape_copy_text, write_csv_field};
 
 use detect::{DETECTOR_COUNT, DetectorSet, Match};
 use glob::ColumnGlob;

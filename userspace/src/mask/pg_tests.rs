@@ -566,5 +566,39 @@ fn masks_real_postgres_results_text_binary_and_copy() {
         lines[0]
     );
     assert!(lines[2].contains("\t\\N\t\\N\t"), "{}", lines[2]);
+
+    // COPY OUT in CSV: quoted JSON, NULLs as empty fields.
+    let msgs = client
+        .simple("COPY customers TO STDOUT WITH (FORMAT csv)")
+        .expect("copy csv");
+    let mut plan = masker.plan(&copy_cols, &active).expect("plan");
+    let mut sent = BytesMut::new();
+    let mut lines = Vec::new();
+    for (t, body) in msgs.iter().filter(|m| m.0 == b'd') {
+        let mut out = BytesMut::new();
+        let r = plan
+            .mask_copy_csv(body, CsvOptions::default(), &mut out)
+            .expect("csv mask");
+        let msg = if r.rewritten {
+            out.to_vec()
+        } else {
+            [&[*t][..], &(body.len() as i32 + 4).to_be_bytes(), body].concat()
+        };
+        lines.push(String::from_utf8(msg[5..].to_vec()).expect("utf8"));
+        sent.put_slice(&msg);
+    }
+    assert_no_raw(&sent, "CSV COPY data");
+    assert_eq!(lines.len(), 3);
+    assert!(
+        lines[0].starts_with(&format!("1,Alice Smith,\"{hashed}\",\"************1111\",")),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].ends_with(",\"{\"\"ip\"\": \"\"[REDACTED]\"\"}\"\n"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(lines[2], "3,Carol,,,nothing to see,{}\n");
     drop(server);
 }

@@ -1280,3 +1280,62 @@ fn raw_secrets_never_appear_in_output() {
         }
     }
 }
+
+#[test]
+fn copy_csv_rows() {
+    let m = customer_masker();
+    let mut plan = m
+        .plan(&customer_cols(), &names(&["email", "card", "secrets"]))
+        .expect("plan");
+    let o = CsvOptions::default();
+    // Quoted fields with delimiters, doubled quotes and a newline; NULLs are unquoted empties.
+    let row = b"1,\"Smith, \"\"Al\"\"\",alice@example.com,4111111111111111,\"multi\nline AKIAIOSFODNN7EXAMPLE\"\n";
+    let mut out = BytesMut::new();
+    let r = plan.mask_copy_csv(row, o, &mut out).expect("csv");
+    assert!(r.rewritten);
+    assert_eq!(
+        copy_msg(&out),
+        b"1,\"Smith, \"\"Al\"\"\",\"*****@******e.com\",,\"multi\nline [REDACTED]\"\n"
+    );
+    assert_eq!(r.counts.total(), 3);
+    // A quoted value that needs masking is unquoted first (hash of the raw value).
+    let hm = Masker::new(&[rule("h", &["t.v"], &[], MaskStyle::Hash)], KEY).expect("masker");
+    let mut hp = hm
+        .plan(&[text_col("t", "v")], &names(&["h"]))
+        .expect("plan");
+    let (_, direct) = mask_one(&mut hp, 0, b"a,\"b");
+    let mut out = BytesMut::new();
+    hp.mask_copy_csv(b"\"a,\"\"b\"\n", o, &mut out)
+        .expect("csv");
+    assert_eq!(copy_msg(&out), [b"\"", direct.as_slice(), b"\"\n"].concat());
+    // Backslash escape option.
+    let bs = CsvOptions { escape: b'\\', ..o };
+    let mut out = BytesMut::new();
+    hp.mask_copy_csv(b"\"a,\\\"b\"\n", bs, &mut out)
+        .expect("csv");
+    assert_eq!(copy_msg(&out), [b"\"", direct.as_slice(), b"\"\n"].concat());
+    // Unchanged rows and NULLs are not copied.
+    let mut out = BytesMut::new();
+    let r = plan
+        .mask_copy_csv(b"2,Bob,,,\"\"\n", o, &mut out)
+        .expect("csv");
+    assert!(!r.rewritten && out.is_empty());
+    // Wrong field counts, junk after a quote and unterminated quotes are refused.
+    for bad in [
+        &b"1,2\n"[..],
+        b"1,a,b,c,d,e\n",
+        b"1,\"a\"x,b,c,d\n",
+        b"1,\"abc,b,c,d\n",
+        b"1,a,b,c,d",
+    ] {
+        assert!(
+            plan.mask_copy_csv(bad, o, &mut out).is_err(),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+        assert!(out.is_empty());
+    }
+    let mut esc = BytesMut::new();
+    write_csv_field(b"x\"y", o, &mut esc);
+    assert_eq!(&esc[..], b"\"x\"\"y\"");
+}

@@ -244,6 +244,203 @@ impl ColumnPlan {
     }
 }
 
+/// Options of a CSV-format COPY (`COPY ... TO STDOUT WITH (FORMAT csv, ...)`): PostgreSQL's
+/// defaults are `,`, `"` and an escape equal to the quote. NULL is an unquoted empty field; a
+/// custom `NULL 'x'` string is treated as an ordinary value (masking it can only over-mask).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CsvOptions {
+    pub delimiter: u8,
+    pub quote: u8,
+    pub escape: u8,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        Self {
+            delimiter: b',',
+            quote: b'"',
+            escape: b'"',
+        }
+    }
+}
+
+/// One CSV field: its bytes in the payload, whether it was quoted, and its decoded value
+/// (written to `scratch` when quoted).
+fn csv_field(
+    payload: &[u8],
+    start: usize,
+    o: CsvOptions,
+    scratch: &mut Vec<u8>,
+) -> Result<(usize, bool), MaskError> {
+    let n = payload.len();
+    if payload.get(start) != Some(&o.quote) {
+        let mut k = start;
+        while k < n && payload[k] != o.delimiter && payload[k] != b'\n' {
+            k += 1;
+        }
+        return Ok((k, false));
+    }
+    scratch.clear();
+    let mut k = start + 1;
+    loop {
+        let b = *payload
+            .get(k)
+            .ok_or(MaskError::MalformedCopy("unterminated CSV quote"))?;
+        let next = payload.get(k + 1).copied();
+        if o.escape != o.quote && b == o.escape {
+            match next {
+                Some(x) if x == o.quote || x == o.escape => {
+                    scratch.push(x);
+                    k += 2;
+                }
+                _ => {
+                    scratch.push(b);
+                    k += 1;
+                }
+            }
+        } else if b == o.quote {
+            if o.escape == o.quote && next == Some(o.quote) {
+                scratch.push(b);
+                k += 2;
+            } else {
+                return Ok((k + 1, true));
+            }
+        } else {
+            scratch.push(b);
+            k += 1;
+        }
+    }
+}
+
+/// Writes a CSV field, always quoted, doubling (escaping) quote and escape characters.
+pub fn write_csv_field(value: &[u8], o: CsvOptions, out: &mut BytesMut) {
+    out.put_u8(o.quote);
+    let mut from = 0;
+    for (k, &b) in value.iter().enumerate() {
+        if b == o.quote || b == o.escape {
+            out.put_slice(&value[from..k]);
+            out.put_u8(o.escape);
+            out.put_u8(b);
+            from = k + 1;
+        }
+    }
+    out.put_slice(&value[from..]);
+    out.put_u8(o.quote);
+}
+
+impl ColumnPlan {
+    /// Like [`ColumnPlan::mask_copy_data`] for a CSV-format COPY OUT. Quoted fields may hold
+    /// delimiters and newlines; PostgreSQL still sends one row per CopyData. Masked fields are
+    /// written quoted; a nulled field becomes an unquoted empty field. A `HEADER` line, if the
+    /// COPY asked for one, has to be forwarded by the caller without calling this.
+    pub fn mask_copy_csv(
+        &mut self,
+        payload: &[u8],
+        options: CsvOptions,
+        out: &mut BytesMut,
+    ) -> Result<RowOutcome, MaskError> {
+        let base = out.len();
+        let r = self.csv_inner(payload, options, out);
+        if r.is_err() {
+            out.truncate(base);
+        }
+        r
+    }
+
+    fn csv_inner(
+        &mut self,
+        payload: &[u8],
+        o: CsvOptions,
+        out: &mut BytesMut,
+    ) -> Result<RowOutcome, MaskError> {
+        let mut outcome = RowOutcome::default();
+        if payload.is_empty() {
+            return Ok(outcome);
+        }
+        if payload.last() != Some(&b'\n') {
+            return Err(MaskError::MalformedCopy("CopyData does not end a line"));
+        }
+        let mut frame: Option<usize> = None;
+        let mut raw_from = 0;
+        let mut unquoted = std::mem::take(&mut self.unescaped);
+        let mut masked = std::mem::take(&mut self.scratch);
+        let result = (|| {
+            let mut pos = 0;
+            while pos < payload.len() {
+                let mut col = 0;
+                loop {
+                    let (end, quoted) = csv_field(payload, pos, o, &mut unquoted)?;
+                    if col >= self.cols.len() {
+                        return Err(MaskError::RowShape {
+                            got: col + 1,
+                            expected: self.cols.len(),
+                        });
+                    }
+                    let value: &[u8] = if quoted {
+                        &unquoted
+                    } else {
+                        &payload[pos..end]
+                    };
+                    let is_null = !quoted && end == pos;
+                    if !is_null && !matches!(self.cols[col], Action::Pass) {
+                        masked.clear();
+                        let v = self.mask_value(col, value, &mut masked)?;
+                        let rules = match v {
+                            MaskOutcome::Unchanged => None,
+                            MaskOutcome::Replaced { rules } => Some(rules),
+                            MaskOutcome::Null { rule } => Some(RuleSet::one(rule)),
+                        };
+                        if let Some(rules) = rules {
+                            outcome.counts.add(rules);
+                            if frame.is_none() {
+                                frame = Some(out.len());
+                                out.put_u8(b'd');
+                                out.put_i32(0);
+                            }
+                            out.put_slice(&payload[raw_from..pos]);
+                            if !matches!(v, MaskOutcome::Null { .. }) {
+                                write_csv_field(&masked, o, out);
+                            }
+                            raw_from = end;
+                        }
+                    }
+                    col += 1;
+                    match payload.get(end) {
+                        Some(&b) if b == o.delimiter => pos = end + 1,
+                        Some(b'\n') => {
+                            pos = end + 1;
+                            break;
+                        }
+                        // A quoted field must be followed by a delimiter or the end of the row.
+                        _ => {
+                            return Err(MaskError::MalformedCopy(
+                                "unexpected byte after a CSV field",
+                            ));
+                        }
+                    }
+                }
+                if col != self.cols.len() {
+                    return Err(MaskError::RowShape {
+                        got: col,
+                        expected: self.cols.len(),
+                    });
+                }
+            }
+            Ok(())
+        })();
+        self.unescaped = unquoted;
+        self.scratch = masked;
+        result?;
+        if let Some(start) = frame {
+            out.put_slice(&payload[raw_from..]);
+            let n = frame_len(out.len() - start - 1)?;
+            patch_i32(out, start + 1, n);
+            outcome.rewritten = true;
+        }
+        Ok(outcome)
+    }
+}
+
 /// Decodes a COPY text field's backslash escapes (`\b \f \n \r \t \v \\`, `\NNN` octal,
 /// `\xHH` hex; any other escaped byte stands for itself). `Err` on a trailing lone backslash.
 #[allow(clippy::result_unit_err)]
