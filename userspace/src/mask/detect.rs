@@ -942,9 +942,32 @@ fn high_entropy(t: &[u8]) -> bool {
     if hex_lo || hex_up {
         return t.len() >= 32 && dg > 0 && up + lo > 0 && h >= 3.0;
     }
-    // Random base62 of length n sits close to log2(n); prose and identifiers repeat letters.
-    let threshold = ((t.len() as f64).log2() - 0.7).min(4.5);
-    up >= 2 && lo >= 2 && dg >= 2 && h >= threshold
+    let len = t.len() as f64;
+    // Identifiers (`InvoiceNumber2024March15`) mix classes and score high entropy too, but are
+    // made of words: runs of four or more lower-case letters cover a third or more of them,
+    // against a few percent for random base62. Random base62 sits close to log2(len).
+    let words = lowercase_word_bytes(t) as f64;
+    let mixed =
+        up >= 1 && lo >= 1 && dg >= 1 && h >= (len.log2() - 1.0).min(4.3) && words < 0.3 * len;
+    // Long tokens with near-maximal entropy are keys whatever their letters look like.
+    let long = t.len() >= 40 && dg >= 1 && up + lo >= 1 && h >= 4.6;
+    mixed || long
+}
+
+/// Bytes in runs of at least four ASCII lower-case letters.
+fn lowercase_word_bytes(t: &[u8]) -> usize {
+    let (mut total, mut run) = (0, 0);
+    for &b in t.iter().chain(std::iter::once(&0)) {
+        if b.is_ascii_lowercase() {
+            run += 1;
+        } else {
+            if run >= 4 {
+                total += run;
+            }
+            run = 0;
+        }
+    }
+    total
 }
 
 fn is_uuid(t: &[u8]) -> bool {
