@@ -1379,3 +1379,17 @@ fn high_entropy_catches_random_tokens() {
         assert!(found_with(set, id).is_empty(), "{id} is an identifier");
     }
 }
+
+#[test]
+fn masker_is_shareable_and_plans_move_between_tasks() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Masker>();
+    send::<ColumnPlan>();
+    let m = customer_masker();
+    let handle = std::thread::spawn(move || {
+        m.plan(&customer_cols(), &names(&["email"]))
+            .map(|p| p.len())
+    });
+    assert_eq!(handle.join().expect("thread"), Ok(5));
+}
