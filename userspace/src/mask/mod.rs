@@ -430,6 +430,20 @@ impl Masker {
             cols.push(self.column_action(col, active_set, detectors, &det_rule)?);
         }
         let passthrough = cols.iter().all(|a| matches!(a, Action::Pass));
+        // Names and counts only: values never reach the log.
+        tracing::debug!(
+            columns = cols.len(),
+            whole = cols
+                .iter()
+                .filter(|a| matches!(a, Action::Whole { .. }))
+                .count(),
+            scanned = cols
+                .iter()
+                .filter(|a| matches!(a, Action::Scan { .. }))
+                .count(),
+            rules = active.len(),
+            "masking plan"
+        );
         Ok(ColumnPlan {
             masker: self.clone(),
             cols,

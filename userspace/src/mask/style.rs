@@ -50,10 +50,12 @@ impl Hasher {
         let mut mac = mac.clone();
         mac.update(value);
         let tag = mac.finalize().into_bytes();
-        for &b in &tag[..HASH_HEX_LEN / 2] {
-            out.put_u8(HEXD[usize::from(b >> 4)]);
-            out.put_u8(HEXD[usize::from(b & 15)]);
+        let mut hex = [0u8; HASH_HEX_LEN];
+        for (k, &b) in tag[..HASH_HEX_LEN / 2].iter().enumerate() {
+            hex[2 * k] = HEXD[usize::from(b >> 4)];
+            hex[2 * k + 1] = HEXD[usize::from(b & 15)];
         }
+        out.put_slice(&hex);
     }
 }
 

@@ -111,6 +111,8 @@ impl ColumnPlan {
                     // columns before it, all in the same buffer.
                     let written = out.len() - mark;
                     let head = 1 + 4 + len_at + 4;
+                    // One reservation for the rest of the row: later copies do not regrow.
+                    out.reserve(head + body.len() - len_at + 64);
                     out.resize(mark + head + written, 0);
                     out.copy_within(mark..mark + written, mark + head);
                     out[mark] = b'D';
