@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod identity;
 pub mod intercept;
+pub mod mask;
 pub mod metrics;
 pub mod policy;
 pub mod protocol;

@@ -1,0 +1,86 @@
+//! `schema.table.column` globs for column rules.
+
+/// A compiled column glob: three segments, each with `*` (any run) and `?` (one character).
+/// `table.column` means `*.table.column`; a bare `column` means `*.*.column`.
+#[derive(Debug, Clone)]
+pub(crate) struct ColumnGlob {
+    schema: String,
+    table: String,
+    column: String,
+}
+
+impl ColumnGlob {
+    pub(crate) fn parse(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split('.').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(format!("column glob {s:?} has an empty segment"));
+        }
+        let (schema, table, column) = match parts.as_slice() {
+            [c] => ("*", "*", *c),
+            [t, c] => ("*", *t, *c),
+            [s, t, c] => (*s, *t, *c),
+            _ => return Err(format!("column glob {s:?} has more than three segments")),
+        };
+        Ok(Self {
+            schema: schema.to_owned(),
+            table: table.to_owned(),
+            column: column.to_owned(),
+        })
+    }
+
+    pub(crate) fn matches(&self, schema: &str, table: &str, column: &str) -> bool {
+        glob(self.column.as_bytes(), column.as_bytes())
+            && glob(self.table.as_bytes(), table.as_bytes())
+            && glob(self.schema.as_bytes(), schema.as_bytes())
+    }
+}
+
+/// Iterative wildcard match with single backtrack point (linear for one `*`, quadratic worst
+/// case; globs and identifiers are short).
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
+            pi += 1;
+            si += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if let Some((sp, ss)) = star {
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == b'*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_segments() {
+        let g = ColumnGlob::parse("*.customers.email").expect("glob");
+        assert!(g.matches("public", "customers", "email"));
+        assert!(!g.matches("public", "customers", "email2"));
+        assert!(!g.matches("public", "orders", "email"));
+        let g = ColumnGlob::parse("customers.e*l").expect("glob");
+        assert!(g.matches("sales", "customers", "email"));
+        assert!(!g.matches("sales", "customers", "name"));
+        let g = ColumnGlob::parse("ssn").expect("glob");
+        assert!(g.matches("a", "b", "ssn"));
+        let g = ColumnGlob::parse("public.*.card_?").expect("glob");
+        assert!(g.matches("public", "x", "card_1"));
+        assert!(!g.matches("public", "x", "card_12"));
+        assert!(!g.matches("private", "x", "card_1"));
+        assert!(ColumnGlob::parse("a..b").is_err());
+        assert!(ColumnGlob::parse("a.b.c.d").is_err());
+    }
+}
