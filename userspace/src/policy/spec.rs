@@ -231,16 +231,26 @@ impl FromStr for DurationSpec {
 
 impl<'de> Deserialize<'de> for DurationSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
+        // A visitor rather than an untagged enum, so errors keep the value's line.
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = DurationSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration such as 30s, 15m or 2h")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<DurationSpec, E> {
+                Ok(DurationSpec(Duration::from_secs(n)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<DurationSpec, E> {
+                u64::try_from(n)
+                    .map(|n| DurationSpec(Duration::from_secs(n)))
+                    .map_err(|_| E::custom("a duration must not be negative"))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<DurationSpec, E> {
+                s.parse().map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(DurationSpec(Duration::from_secs(n))),
-            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(V)
     }
 }
 
