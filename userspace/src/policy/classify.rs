@@ -371,6 +371,10 @@ fn classify_inner(sql: &str, dialect: Dialect, limits: &Limits) -> Classificatio
     for name in acc.ctes.iter().chain(acc.table_functions.iter()) {
         acc.read.remove(name);
     }
+    if acc.only_keyword {
+        acc.read.remove("only");
+        acc.written.remove("only");
+    }
     out.tables_read = acc.read.into_iter().collect();
     out.tables_written = acc.written.into_iter().collect();
     out.functions = acc.functions.into_iter().collect();
@@ -423,6 +427,8 @@ struct Acc {
     written: BTreeSet<String>,
     ctes: BTreeSet<String>,
     table_functions: BTreeSet<String>,
+    /// `ONLY t` was seen (sqlparser reports a relation `only`, which is removed).
+    only_keyword: bool,
     functions: BTreeSet<String>,
     notes: Vec<String>,
 }
@@ -577,6 +583,17 @@ impl Visitor for Walker<'_> {
     fn pre_visit_table_factor(&mut self, tf: &TableFactor) -> ControlFlow<()> {
         match tf {
             TableFactor::Function { name, .. } => self.function(name, None),
+            TableFactor::Table {
+                name,
+                alias: Some(_),
+                args: None,
+                ..
+            } if is_bare_only(name) => {
+                if let Some(real) = table_factor_name(tf) {
+                    self.acc.read.insert(real);
+                }
+                self.acc.only_keyword = true;
+            }
             // `FROM f(args)` is a set-returning function, not a table.
             TableFactor::Table {
                 name,
@@ -763,14 +780,35 @@ fn add_written(acc: &mut Acc, name: &ObjectName) {
 }
 
 fn add_written_twj(acc: &mut Acc, t: &TableWithJoins) {
-    if let TableFactor::Table { name, .. } = &t.relation {
-        add_written(acc, name);
-    }
-    for j in &t.joins {
-        if let TableFactor::Table { name, .. } = &j.relation {
-            add_written(acc, name);
+    for tf in std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)) {
+        if let Some(name) = table_factor_name(tf) {
+            acc.written.insert(name);
         }
     }
+}
+
+/// The table a `FROM`/`UPDATE` item names. sqlparser reads PostgreSQL's `ONLY t` as a table
+/// called `only` with alias `t`; the server reads it as table `t` (without inheritance
+/// children). A real table called `only` must be quoted, so an unquoted `only` with an alias
+/// is that syntax.
+fn table_factor_name(tf: &TableFactor) -> Option<String> {
+    match tf {
+        TableFactor::Table {
+            name,
+            alias,
+            args: None,
+            ..
+        } => match (is_bare_only(name), alias) {
+            (true, Some(a)) => Some(normalize_name(&ObjectName::from(a.name.clone()))),
+            _ => Some(normalize_name(name)),
+        },
+        _ => None,
+    }
+}
+
+fn is_bare_only(name: &ObjectName) -> bool {
+    matches!(name.0.as_slice(), [ObjectNamePart::Identifier(id)]
+        if id.quote_style.is_none() && id.value.eq_ignore_ascii_case("only"))
 }
 
 /// Kind and base class of one statement, and the tables it writes. Statements not listed are
