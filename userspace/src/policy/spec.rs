@@ -492,13 +492,12 @@ pub fn validate(config: &Config) -> Result<(), (String, String)> {
         if id.workload.as_ref().is_some_and(WorkloadMatcher::is_empty) {
             return err(f + ".workload", "an empty matcher would match every caller");
         }
-        if let Some(o) = &id.oidc {
-            if o.algorithms
+        if let Some(o) = &id.oidc
+            && o.algorithms
                 .iter()
                 .any(|a| a.eq_ignore_ascii_case("none") || a.to_ascii_uppercase().starts_with("HS"))
-            {
-                return err(f + ".oidc.algorithms", "`none` and HS* are refused");
-            }
+        {
+            return err(f + ".oidc.algorithms", "`none` and HS* are refused");
         }
     }
 
