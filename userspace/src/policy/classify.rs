@@ -1055,7 +1055,8 @@ fn set_shape(s: &Set, acc: &mut Acc) -> (&'static str, Class) {
 
 fn set_var(names: &[ObjectName], acc: &mut Acc) -> (&'static str, Class) {
     for n in names {
-        let v = normalize_name(n);
+        // Setting names are case-insensitive even when quoted (`SET "ROLE" = …` is SET ROLE).
+        let v = normalize_name(n).to_lowercase();
         let v = v.rsplit('.').next().unwrap_or(&v).to_string();
         if PRIVILEGED_SETTINGS.contains(&v.as_str()) {
             acc.notes.push(format!("admin: SET {v} is privileged"));

@@ -270,9 +270,11 @@ impl Engine {
         })
     }
 
-    /// Replaces the pre-parse limits (tests and benchmarks).
+    /// Replaces the pre-parse limits (tests and benchmarks). Starts a fresh cache, since
+    /// cached classifications were made under the old limits.
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self.cache = Arc::new(ClassCache::new(self.cache.capacity()));
         self
     }
 
