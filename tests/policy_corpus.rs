@@ -160,3 +160,77 @@ rules:
     }
     assert!(seen_denied > 100);
 }
+
+/// `airlock policy explain --json` and `airlock policy check` on the demo policy, through the
+/// real binary (the user-facing contract).
+#[test]
+fn cli_explain_and_check_on_demo_policy() {
+    let bin = env!("CARGO_BIN_EXE_airlock");
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/demo.yaml");
+    let run = |sql: &str| -> serde_json::Value {
+        let out = std::process::Command::new(bin)
+            .args(["policy", "explain", "--config"])
+            .arg(&demo)
+            .args([
+                "--target",
+                "demo-db",
+                "--identity",
+                "unix:root",
+                "--group",
+                "agents",
+            ])
+            .args(["--sql", sql, "--json"])
+            .output()
+            .expect("run airlock");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("json")
+    };
+    let v = run("SELECT email FROM customers");
+    assert_eq!(v["action"], "allow");
+    assert_eq!(v["rule"], "agents-read");
+    assert_eq!(v["classes"], serde_json::json!(["read"]));
+    assert_eq!(v["mask"], serde_json::json!(["customer-email"]));
+    let v = run("UPDATE customers SET email = 'x' WHERE id = 1");
+    assert_eq!(v["action"], "review");
+    assert_eq!(v["review"]["approvers"], serde_json::json!(["dba"]));
+    let v = run("SELECT 1; DROP TABLE customers");
+    assert_eq!(v["action"], "deny");
+    assert_eq!(v["classes"], serde_json::json!(["read", "ddl"]));
+    let v = run(&format!("SELECT {}1{}", "(".repeat(100), ")".repeat(100)));
+    assert_eq!(v["action"], "deny");
+    assert!(
+        v["limit"].as_str().is_some_and(|l| l.contains("nest")),
+        "{v}"
+    );
+
+    let ok = std::process::Command::new(bin)
+        .args(["policy", "check"])
+        .arg(&demo)
+        .output()
+        .expect("run airlock");
+    assert!(ok.status.success());
+    let dir = std::env::temp_dir().join(format!("airlock-policy-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "targets:\n  - name: db\n    protocol: postgres\n    addresses: [\"198.18.0.2\"]\n    ports: [5432]\nrules:\n  - name: r\n    action: allow\n    clases: [read]\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(bin)
+        .args(["policy", "check"])
+        .arg(&bad)
+        .output()
+        .expect("run airlock");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("bad.yaml:9:") && err.contains("clases"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -673,3 +673,10 @@ fn demo_policy_matches_the_design() {
     });
     assert_eq!((d.action(), d.rule()), ("deny", "default"));
 }
+
+#[test]
+fn engine_is_shareable_across_tasks() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<Engine>();
+    assert_send_sync::<arc_swap::ArcSwap<Engine>>();
+}
