@@ -230,6 +230,8 @@ pub struct Limits {
     pub max_run: usize,
     /// The parser's own recursion limit.
     pub parser_recursion: usize,
+    /// Most statements in one command string.
+    pub max_statements: usize,
 }
 
 impl Default for Limits {
@@ -239,6 +241,7 @@ impl Default for Limits {
             max_depth: 48,
             max_run: 4000,
             parser_recursion: 48,
+            max_statements: 1000,
         }
     }
 }
@@ -382,38 +385,54 @@ fn classify_inner(sql: &str, dialect: Dialect, limits: &Limits) -> Classificatio
     out
 }
 
-/// Bracket depth and operator-chain length, measured on tokens (strings, comments and dollar
-/// quotes are already single tokens, so their content does not count).
+/// Bracket depth, expression-chain length and statement count, measured on tokens (strings,
+/// comments and dollar quotes are already single tokens, so their content does not count).
 fn check_shape(tokens: &[sqlparser::tokenizer::TokenWithSpan], limits: &Limits) -> Option<String> {
-    let mut depth = 0usize;
-    // Tokens since the last comma/semicolon, per depth (only the current level is tracked;
-    // entering or leaving a bracket starts a new run, which is what bounds AST depth).
+    // Tokens since the last comma/semicolon at each open nesting level. A bracketed group
+    // counts as one token of the level around it, so `(1)+(1)+…` is as long as `1+1+…`.
+    let mut runs: Vec<usize> = Vec::with_capacity(16);
     let mut run = 0usize;
+    let mut statements = 1usize;
+    let too_long = |limits: &Limits| {
+        Some(format!(
+            "more than {} tokens in one expression (checked before parsing)",
+            limits.max_run
+        ))
+    };
     for t in tokens {
         match &t.token {
             Token::LParen | Token::LBracket | Token::LBrace => {
-                depth += 1;
-                if depth > limits.max_depth {
+                if runs.len() >= limits.max_depth {
                     return Some(format!(
                         "brackets nest deeper than {} (checked before parsing)",
                         limits.max_depth
                     ));
                 }
+                runs.push(run + 1);
                 run = 0;
             }
             Token::RParen | Token::RBracket | Token::RBrace => {
-                depth = depth.saturating_sub(1);
-                run = 0;
+                run = runs.pop().unwrap_or(0);
+                if run > limits.max_run {
+                    return too_long(limits);
+                }
             }
-            Token::Comma | Token::SemiColon => run = 0,
+            Token::Comma => run = 0,
+            Token::SemiColon => {
+                run = 0;
+                statements += 1;
+                if statements > limits.max_statements {
+                    return Some(format!(
+                        "more than {} statements in one command (checked before parsing)",
+                        limits.max_statements
+                    ));
+                }
+            }
             Token::Whitespace(_) => {}
             _ => {
                 run += 1;
                 if run > limits.max_run {
-                    return Some(format!(
-                        "more than {} tokens in one expression (checked before parsing)",
-                        limits.max_run
-                    ));
+                    return too_long(limits);
                 }
             }
         }

@@ -552,6 +552,9 @@ fn adversarial_shapes_do_not_overflow_the_stack() {
         format!("SELECT {}", "ARRAY[".repeat(5_000)),
         format!("{}SELECT 1", "WITH a AS (".repeat(2_000)),
         "SELECT 1 UNION SELECT 1 ".repeat(3_000),
+        format!("SELECT (1){}", "+(1)".repeat(50_000)),
+        format!("SELECT ((1){})", "||((1))".repeat(50_000)),
+        "SELECT 1;".repeat(5_000),
     ];
     let handle = std::thread::Builder::new()
         .stack_size(1 << 20)
@@ -572,6 +575,9 @@ fn adversarial_shapes_do_not_overflow_the_stack() {
         "{classes:?}"
     );
     assert_eq!(classes[1], Class::Unknown);
+    assert_eq!(classes[classes.len() - 3], Class::Unknown);
+    assert_eq!(classes[classes.len() - 2], Class::Unknown);
+    assert_eq!(classes[classes.len() - 1], Class::Unknown);
 }
 
 #[test]
