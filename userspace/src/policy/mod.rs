@@ -169,6 +169,7 @@ struct Rule {
     classes: Option<ClassSet>,
     kinds: Vec<String>,
     tables: Vec<Glob>,
+    functions: Vec<Glob>,
     time: Vec<TimeWindow>,
     action: Action,
     review: Option<spec::ReviewSpec>,
@@ -528,6 +529,23 @@ impl Engine {
                 return Some("tables");
             }
         }
+        if !rule.functions.is_empty() {
+            // A function matches by its full name or by its name without schema.
+            let m = |f: &String| {
+                let short = f.rsplit('.').next().unwrap_or(f);
+                rule.functions
+                    .iter()
+                    .any(|g| g.matches(f) || g.matches(short))
+            };
+            let ok = if permissive {
+                !unknown && cls.functions.iter().all(m)
+            } else {
+                unknown || cls.functions.iter().any(m)
+            };
+            if !ok {
+                return Some("functions");
+            }
+        }
         None
     }
 
@@ -763,6 +781,7 @@ fn compile_rule(
         },
         kinds: r.kinds.clone(),
         tables: r.tables.clone(),
+        functions: r.functions.clone(),
         time: r.time.clone(),
         action: r.action,
         review: r.review.clone(),

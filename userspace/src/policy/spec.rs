@@ -127,6 +127,12 @@ pub struct RuleSpec {
     /// `deny` rules (the search path could put it anywhere).
     #[serde(default)]
     pub tables: Vec<Glob>,
+    /// Function globs (`lower`, `pg_catalog.*`, `json_*`). A user-defined function called
+    /// from a `SELECT` is classified `read` unless it is a known writer or escape, so an
+    /// `allow` rule can pin the functions it covers: every function called must match one of
+    /// these. For `deny`, any one matching is enough.
+    #[serde(default)]
+    pub functions: Vec<Glob>,
     /// Time windows (any); outside all of them the rule does not match.
     #[serde(default)]
     pub time: Vec<TimeWindow>,

@@ -686,3 +686,38 @@ fn engine_is_shareable_across_tasks() {
     assert_send_sync::<Engine>();
     assert_send_sync::<arc_swap::ArcSwap<Engine>>();
 }
+
+#[test]
+fn functions_filter_pins_what_an_allow_rule_covers() {
+    let e = engine(
+        "
+rules:
+  - name: no-purge
+    functions: [\"purge_*\"]
+    action: deny
+  - name: reads-with-known-functions
+    classes: [read]
+    functions: [count, lower, \"pg_catalog.*\"]
+    action: allow
+",
+    );
+    let id = who("a", &[]);
+    assert_eq!(
+        decide(&e, &id, "SELECT count(*), lower(x) FROM t").rule(),
+        "reads-with-known-functions"
+    );
+    assert_eq!(
+        decide(&e, &id, "SELECT pg_catalog.version()").rule(),
+        "reads-with-known-functions"
+    );
+    assert_eq!(
+        decide(&e, &id, "SELECT 1").rule(),
+        "reads-with-known-functions"
+    );
+    // A user-defined function is `read` to the classifier, but not covered by the allow rule.
+    assert_eq!(decide(&e, &id, "SELECT my_volatile_fn()").rule(), "default");
+    assert_eq!(
+        decide(&e, &id, "SELECT public.purge_all()").rule(),
+        "no-purge"
+    );
+}
