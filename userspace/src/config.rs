@@ -167,11 +167,7 @@ impl Cidr {
         };
         let net = u128::from_be_bytes(net);
         let ip = u128::from_be_bytes(ip);
-        let mask = if len == 0 {
-            0
-        } else {
-            u128::MAX << (128 - u32::from(len))
-        };
+        let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
         net & mask == ip & mask
     }
 }
@@ -261,10 +257,7 @@ impl Config {
                 return Err(invalid(field + ".addresses", "at least one address".into()));
             }
             if t.ports.is_empty() || t.ports.contains(&0) {
-                return Err(invalid(
-                    field + ".ports",
-                    "at least one port, none 0".into(),
-                ));
+                return Err(invalid(field + ".ports", "at least one port, none 0".into()));
             }
             let listen = self.listen_port(i);
             if listen == 0 || !ports.insert(listen) {
@@ -277,10 +270,7 @@ impl Config {
         // Two targets must not claim the same (address, port): the kernel map holds one.
         for (i, a) in self.targets.iter().enumerate() {
             for b in &self.targets[i + 1..] {
-                let overlap = a
-                    .addresses
-                    .iter()
-                    .any(|x| b.addresses.iter().any(|y| x == y));
+                let overlap = a.addresses.iter().any(|x| b.addresses.iter().any(|y| x == y));
                 if overlap && a.ports.iter().any(|p| b.ports.contains(p)) {
                     return Err(invalid(
                         format!("targets ({} and {})", a.name, b.name),
@@ -315,16 +305,12 @@ mod tests {
     #[test]
     fn errors_name_line_and_field() {
         let text = "targets:\n  - name: db\n    protocol: tcp\n    addresses: [\"198.18.0.2/33\"]\n    ports: [5432]\n";
-        let err = Config::parse(Path::new("x.yaml"), text)
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(Path::new("x.yaml"), text).unwrap_err().to_string();
         assert!(err.starts_with("x.yaml:4:"), "{err}");
         assert!(err.contains("prefix length"), "{err}");
 
         let text = "targets:\n  - name: db\n    protocl: tcp\n";
-        let err = Config::parse(Path::new("x.yaml"), text)
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(Path::new("x.yaml"), text).unwrap_err().to_string();
         assert!(err.starts_with("x.yaml:3:"), "{err}");
         assert!(err.contains("protocl"), "{err}");
     }

@@ -7,8 +7,5 @@ use crate::proxy::Context;
 
 /// Serves one PostgreSQL client session.
 pub async fn serve(session: Session, _ctx: Arc<Context>) {
-    tracing::warn!(
-        session = session.id,
-        "postgres protocol not implemented yet"
-    );
+    tracing::warn!(session = session.id, "postgres protocol not implemented yet");
 }
