@@ -48,9 +48,13 @@ impl Context {
     }
 }
 
-/// Builds the policy engine; kept in one place so reload and start agree.
-fn build_engine(config: &Config) -> anyhow::Result<Engine> {
-    Ok(Engine::new(config))
+/// Builds the policy engine; on reload the new engine shares the old one's classification
+/// cache.
+fn build_engine(config: &Config, previous: Option<&Engine>) -> anyhow::Result<Engine> {
+    Ok(match previous {
+        Some(old) => old.rebuild(config)?,
+        None => Engine::new(config)?,
+    })
 }
 
 /// Kernel map entries for every (network, port) of every target.
@@ -115,7 +119,7 @@ fn daemon_identity(config: &Config, cgroup_id: u64) -> anyhow::Result<DaemonIden
 /// Runs the daemon until SIGTERM or SIGINT. Pinned links stay in force after exit.
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&config_path)?;
-    let engine = build_engine(&config)?;
+    let engine = build_engine(&config, None)?;
     let (attach_cgroup, own_cgroup) = cgroups(&config)?;
     let me = daemon_identity(&config, own_cgroup)?;
     let mut interceptor = Interceptor::install(&attach_cgroup, &config.daemon.bpffs, me)
@@ -188,7 +192,7 @@ async fn reload(
     resolver: &Arc<WorkloadResolver>,
 ) {
     let candidate = Config::load(path).map_err(anyhow::Error::from).and_then(|c| {
-        let engine = build_engine(&c)?;
+        let engine = build_engine(&c, Some(&ctx.engine.load()))?;
         Ok((c, engine))
     });
     let (config, engine) = match candidate {

@@ -1,0 +1,111 @@
+//! Policy benchmarks: a cached decision (the hot path for repeated and prepared statements) and
+//! an uncached classification of typical OLTP statements. Targets: cached decision p50 < 2 µs,
+//! uncached classification < 20 µs.
+//!
+//! `cargo bench -p airlock --bench policy` (criterion), followed by a per-call latency
+//! distribution (p50/p99) measured directly, since criterion reports means of batches.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::time::Instant;
+
+use airlock::config::{Config, Protocol};
+use airlock::identity::Workload;
+use airlock::policy::{Dialect, Engine, Limits, Request, classify};
+use criterion::Criterion;
+
+const OLTP: &[&str] = &[
+    "SELECT id, email, name FROM customers WHERE id = $1",
+    "UPDATE orders SET status = $1, updated_at = now() WHERE id = $2",
+    "INSERT INTO order_items (order_id, sku, qty, price) VALUES ($1, $2, $3, $4) RETURNING id",
+    "SELECT o.id, o.total, c.email FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.id = $1",
+];
+
+fn demo_engine() -> Engine {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/demo.yaml");
+    let config = Config::load(&path).expect("demo policy");
+    Engine::new(&config).expect("engine")
+}
+
+fn benches(c: &mut Criterion) {
+    let engine = demo_engine();
+    let identity = engine.identify(
+        &Workload {
+            user: Some("root".into()),
+            ..Default::default()
+        },
+        None,
+    );
+    let req = Request {
+        identity: &identity,
+        target: "demo-db",
+        protocol: Protocol::Postgres,
+        command: OLTP[0],
+    };
+    black_box(engine.decide(&req));
+    c.bench_function("decide_cached_select", |b| {
+        b.iter(|| black_box(engine.decide(black_box(&req))))
+    });
+    let limits = Limits::default();
+    for (i, sql) in OLTP.iter().enumerate() {
+        c.bench_function(&format!("classify_uncached_oltp_{i}"), |b| {
+            b.iter(|| black_box(classify(black_box(sql), Dialect::Postgres, &limits)))
+        });
+    }
+}
+
+fn percentiles(name: &str, mut samples: Vec<u128>) {
+    samples.sort_unstable();
+    let p = |q: f64| samples[((samples.len() as f64 - 1.0) * q) as usize] as f64 / 1000.0;
+    println!(
+        "{name}: p50 {:.2} µs, p90 {:.2} µs, p99 {:.2} µs ({} samples)",
+        p(0.5),
+        p(0.9),
+        p(0.99),
+        samples.len()
+    );
+}
+
+fn latency_distribution() {
+    let engine = demo_engine();
+    let identity = engine.identify(
+        &Workload {
+            user: Some("root".into()),
+            ..Default::default()
+        },
+        None,
+    );
+    let req = Request {
+        identity: &identity,
+        target: "demo-db",
+        protocol: Protocol::Postgres,
+        command: OLTP[0],
+    };
+    black_box(engine.decide(&req));
+    let samples = (0..200_000)
+        .map(|_| {
+            let t = Instant::now();
+            black_box(engine.decide(black_box(&req)));
+            t.elapsed().as_nanos()
+        })
+        .collect();
+    percentiles("decide (cached)", samples);
+    let limits = Limits::default();
+    for (i, sql) in OLTP.iter().enumerate() {
+        let samples = (0..20_000)
+            .map(|_| {
+                let t = Instant::now();
+                black_box(classify(black_box(sql), Dialect::Postgres, &limits));
+                t.elapsed().as_nanos()
+            })
+            .collect();
+        percentiles(&format!("classify (uncached) oltp_{i}"), samples);
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    benches(&mut c);
+    c.final_summary();
+    latency_distribution();
+}

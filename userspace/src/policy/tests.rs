@@ -1,0 +1,723 @@
+//! Unit tests: rule matching, shadow mode, defaults, validation errors, limits.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::*;
+use crate::config::Config;
+
+const TARGETS: &str = "
+targets:
+  - name: db
+    protocol: postgres
+    addresses: [\"198.18.0.2\"]
+    ports: [5432]
+  - name: raw
+    protocol: tcp
+    addresses: [\"198.18.0.3\"]
+    ports: [22]
+";
+
+fn engine(policy: &str) -> Engine {
+    let text = format!("{TARGETS}{policy}");
+    let config = Config::parse(Path::new("t.yaml"), &text).expect("valid config");
+    Engine::new(&config).expect("engine builds")
+}
+
+fn parse_err(policy: &str) -> String {
+    let text = format!("{TARGETS}{policy}");
+    match Config::parse(Path::new("t.yaml"), &text) {
+        Ok(_) => panic!("expected an error for:\n{policy}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn who(subject: &str, groups: &[&str]) -> Identity {
+    Identity {
+        subject: subject.into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        workload: None,
+    }
+}
+
+fn decide(e: &Engine, id: &Identity, sql: &str) -> Decision {
+    e.decide(&Request {
+        identity: id,
+        target: "db",
+        protocol: Protocol::Postgres,
+        command: sql,
+    })
+}
+
+const AGENTS: &str = "
+rules:
+  - name: read
+    groups: [agents]
+    classes: [read]
+    action: allow
+  - name: write
+    groups: [agents]
+    classes: [read, write]
+    action: review
+    review: {approvers: [dba], quorum: 2, ttl: 10m, timeout: 30s, on_timeout: escalate, escalate_to: [sre], mode: retry}
+  - name: deny-rest
+    groups: [agents]
+    action: deny
+masking:
+  - name: email
+    columns: [\"*.customers.email\"]
+    style: partial
+    except_groups: [dba]
+  - name: cards
+    detectors: [card]
+    style: redact
+";
+
+#[test]
+fn first_match_wins_and_multi_statement_needs_every_part_covered() {
+    let e = engine(AGENTS);
+    let a = who("unix:bot", &["agents"]);
+    let d = decide(&e, &a, "SELECT * FROM customers");
+    assert_eq!(d.action(), "allow");
+    assert_eq!(d.rule(), "read");
+    let d = decide(&e, &a, "SELECT 1; UPDATE t SET a = 1");
+    assert_eq!(d.rule(), "write");
+    match d {
+        Decision::Review {
+            approvers,
+            quorum,
+            ttl,
+            timeout,
+            on_timeout,
+            escalate_to,
+            mode,
+            ..
+        } => {
+            assert_eq!(approvers, vec!["dba"]);
+            assert_eq!(quorum, 2);
+            assert_eq!(ttl, Duration::from_secs(600));
+            assert_eq!(timeout, Duration::from_secs(30));
+            assert_eq!(on_timeout, OnTimeout::Escalate);
+            assert_eq!(escalate_to, vec!["sre"]);
+            assert_eq!(mode, ReviewMode::Retry);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A write hidden after a read is not covered by the read rule, and DDL is covered by
+    // neither the read nor the write rule.
+    assert_eq!(decide(&e, &a, "SELECT 1; DROP TABLE t").rule(), "deny-rest");
+    assert_eq!(decide(&e, &a, "SELECT 1; DROP TABLE t").action(), "deny");
+}
+
+#[test]
+fn unknown_is_never_allowed_by_a_read_rule_or_a_rule_without_classes() {
+    let e = engine(
+        "
+rules:
+  - name: read
+    classes: [read]
+    action: allow
+  - name: anything
+    action: allow
+",
+    );
+    let a = who("x", &[]);
+    for sql in [
+        "DO $$ BEGIN DELETE FROM t; END $$",
+        "SELEC 1",
+        "ALTER SYSTEM SET fsync = off",
+    ] {
+        let d = decide(&e, &a, sql);
+        assert_eq!(d.action(), "deny", "{sql}: {d:?}");
+        assert_eq!(d.rule(), "default", "{sql}");
+    }
+    // ...but a rule that names `unknown` may (explicitly).
+    let e = engine(
+        "
+rules:
+  - name: yolo
+    classes: [read, unknown]
+    action: allow
+",
+    );
+    assert_eq!(decide(&e, &a, "SELEC 1").action(), "allow");
+}
+
+#[test]
+fn default_is_deny_unless_set_and_allow_default_still_refuses_unknown() {
+    let e = engine("rules: []\n");
+    let d = decide(&e, &who("x", &[]), "SELECT 1");
+    assert_eq!(d.rule(), "default");
+    assert_eq!(d.action(), "deny");
+    let e = engine("default: allow\n");
+    assert_eq!(decide(&e, &who("x", &[]), "SELECT 1").action(), "allow");
+    assert_eq!(decide(&e, &who("x", &[]), "SELEC 1").action(), "deny");
+}
+
+#[test]
+fn shadow_rules_record_but_do_not_enforce() {
+    let e = engine(
+        "
+rules:
+  - name: would-deny-writes
+    classes: [write]
+    action: deny
+    shadow: true
+  - name: allow-all-parsed
+    classes: [read, write]
+    action: allow
+",
+    );
+    let id = who("x", &[]);
+    let v = e.evaluate(&Request {
+        identity: &id,
+        target: "db",
+        protocol: Protocol::Postgres,
+        command: "DELETE FROM t",
+    });
+    assert_eq!(v.decision.action(), "allow");
+    assert_eq!(v.decision.rule(), "allow-all-parsed");
+    assert_eq!(
+        v.shadow,
+        vec![ShadowHit {
+            rule: "would-deny-writes".into(),
+            action: Action::Deny
+        }]
+    );
+    let v = e.evaluate(&Request {
+        identity: &id,
+        target: "db",
+        protocol: Protocol::Postgres,
+        command: "SELECT 1",
+    });
+    assert!(v.shadow.is_empty());
+}
+
+#[test]
+fn masks_follow_rule_and_except_groups() {
+    let e = engine(AGENTS);
+    match decide(&e, &who("a", &["agents"]), "SELECT 1") {
+        Decision::Allow { mask, .. } => assert_eq!(mask, vec!["email", "cards"]),
+        d => panic!("{d:?}"),
+    }
+    match decide(&e, &who("a", &["agents", "dba"]), "SELECT 1") {
+        Decision::Allow { mask, .. } => assert_eq!(mask, vec!["cards"]),
+        d => panic!("{d:?}"),
+    }
+    let e = engine(
+        "
+rules:
+  - name: r
+    classes: [read]
+    action: allow
+    mask: [email]
+masking:
+  - name: email
+    columns: [\"*.customers.email\"]
+    style: redact
+  - name: other
+    detectors: [ssn]
+    style: redact
+",
+    );
+    match decide(&e, &who("a", &[]), "SELECT 1") {
+        Decision::Allow { mask, .. } => assert_eq!(mask, vec!["email"]),
+        d => panic!("{d:?}"),
+    }
+}
+
+#[test]
+fn tables_all_for_allow_any_for_deny() {
+    let e = engine(
+        "
+rules:
+  - name: no-payroll
+    tables: [\"payroll.*\"]
+    action: deny
+  - name: public-reads
+    classes: [read]
+    tables: [\"public.*\", orders]
+    action: allow
+",
+    );
+    let id = who("a", &[]);
+    assert_eq!(
+        decide(&e, &id, "SELECT * FROM public.customers").action(),
+        "allow"
+    );
+    assert_eq!(
+        decide(&e, &id, "SELECT * FROM sales.orders").action(),
+        "allow"
+    );
+    // One table outside the allowed set: the allow rule does not cover the command.
+    assert_eq!(
+        decide(&e, &id, "SELECT * FROM public.a JOIN secret.b ON true").rule(),
+        "default"
+    );
+    // An unqualified name could be in any schema on the search path: a deny rule on
+    // payroll.* catches it, an allow rule on public.* does not cover it.
+    assert_eq!(
+        decide(&e, &id, "SELECT * FROM salaries").rule(),
+        "no-payroll"
+    );
+    assert_eq!(
+        decide(&e, &id, "SELECT * FROM PAYROLL.Salaries").rule(),
+        "no-payroll"
+    );
+    assert_eq!(
+        decide(&e, &id, "SELECT * FROM \"payroll\".x").rule(),
+        "no-payroll"
+    );
+}
+
+#[test]
+fn subjects_targets_protocols_kinds() {
+    let e = engine(
+        "
+rules:
+  - name: ci-inserts
+    subjects: [\"unix:ci-*\"]
+    targets: [db]
+    protocols: [postgres]
+    kinds: [insert]
+    action: allow
+  - name: raw-ssh
+    targets: [raw]
+    groups: [ops]
+    action: allow
+",
+    );
+    assert_eq!(
+        decide(&e, &who("unix:ci-42", &[]), "INSERT INTO t VALUES (1)").rule(),
+        "ci-inserts"
+    );
+    assert_eq!(
+        decide(
+            &e,
+            &who("unix:ci-42", &[]),
+            "INSERT INTO t VALUES (1); DELETE FROM t"
+        )
+        .rule(),
+        "default"
+    );
+    assert_eq!(
+        decide(&e, &who("unix:dev", &[]), "INSERT INTO t VALUES (1)").rule(),
+        "default"
+    );
+    let ops = who("alice", &["ops"]);
+    let d = e.decide(&Request {
+        identity: &ops,
+        target: "raw",
+        protocol: Protocol::Tcp,
+        command: "",
+    });
+    assert_eq!(d.rule(), "raw-ssh");
+}
+
+#[test]
+fn workload_via_identities_and_inline() {
+    let e = engine(
+        "
+identities:
+  - name: ci
+    workload:
+      cgroups: [\"/system.slice/ci-*.service\"]
+    groups: [ci]
+  - name: pods
+    workload:
+      pods: [\"0b9a2d3e-1111-2222-3333-444455556666\"]
+    groups: [pod-group]
+rules:
+  - name: by-identity
+    identities: [ci]
+    classes: [read]
+    action: allow
+  - name: inline
+    workload: {users: [postgres], comms: [\"pg_*\"]}
+    classes: [read]
+    action: allow
+",
+    );
+    let ci = Workload {
+        uid: 1001,
+        cgroup_path: Some("/system.slice/ci-77.service".into()),
+        ..Default::default()
+    };
+    let id = e.identify(&ci, None);
+    assert_eq!(id.subject, "uid:1001");
+    assert_eq!(id.groups, vec!["ci"]);
+    assert_eq!(decide(&e, &id, "SELECT 1").rule(), "by-identity");
+
+    let pg = Workload {
+        user: Some("postgres".into()),
+        comm: "pg_dump".into(),
+        ..Default::default()
+    };
+    let id = e.identify(&pg, None);
+    assert_eq!(id.subject, "unix:postgres");
+    assert_eq!(decide(&e, &id, "SELECT 1").rule(), "inline");
+    let mut other = pg.clone();
+    other.comm = "psql".into();
+    assert_eq!(
+        decide(&e, &e.identify(&other, None), "SELECT 1").rule(),
+        "default"
+    );
+    // No workload (not intercepted): workload rules never match.
+    assert_eq!(
+        decide(&e, &who("unix:postgres", &[]), "SELECT 1").rule(),
+        "default"
+    );
+
+    let pod = Workload {
+        cgroup_path: Some(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0b9a2d3e_1111_2222_3333_444455556666.slice/cri-containerd-abc.scope".into(),
+        ),
+        ..Default::default()
+    };
+    assert_eq!(e.identify(&pod, None).groups, vec!["pod-group"]);
+}
+
+#[test]
+fn identify_with_token_claims() {
+    let e = engine(
+        "
+identities:
+  - name: corp
+    oidc: {issuer: \"https://idp.example/\", audience: airlock}
+    groups: [employees]
+  - name: other
+    oidc: {issuer: \"https://other.example\", audience: airlock}
+    groups: [outsiders]
+",
+    );
+    let claims = TokenClaims {
+        issuer: "https://idp.example".into(),
+        subject: "alice".into(),
+        groups: vec!["dba".into()],
+        extra: Default::default(),
+    };
+    let id = e.identify(&Workload::default(), Some(&claims));
+    assert_eq!(id.subject, "alice");
+    assert_eq!(id.groups, vec!["dba", "employees"]);
+}
+
+#[test]
+fn time_windows() {
+    let e = engine(
+        "
+rules:
+  - name: office-hours
+    classes: [read]
+    time: [{days: [mon, tue, wed, thu, fri], from: \"09:00\", to: \"17:00\", utc_offset: \"+02:00\"}]
+    action: allow
+  - name: night
+    classes: [read]
+    time: [{from: \"22:00\", to: \"06:00\"}]
+    action: allow
+",
+    );
+    let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+    // 08:00 UTC on a Monday = 10:00 at +02:00.
+    let monday = 1_763_251_200; // 2025-11-16 00:00 UTC is a Sunday; +1 day = Monday
+    let mon_0800 = monday + 86_400 + 8 * 3600;
+    let id = who("a", &[]);
+    let req = Request {
+        identity: &id,
+        target: "db",
+        protocol: Protocol::Postgres,
+        command: "SELECT 1",
+    };
+    assert_eq!(
+        e.evaluate_at(&req, at(mon_0800)).decision.rule(),
+        "office-hours"
+    );
+    // 16:00 UTC = 18:00 local: closed.
+    assert_eq!(
+        e.evaluate_at(&req, at(mon_0800 + 8 * 3600)).decision.rule(),
+        "default"
+    );
+    // Sunday 10:00 local: closed; 23:00 UTC any day: night window; 05:00 UTC: still night.
+    assert_eq!(
+        e.evaluate_at(&req, at(monday + 8 * 3600)).decision.rule(),
+        "default"
+    );
+    assert_eq!(
+        e.evaluate_at(&req, at(monday + 23 * 3600)).decision.rule(),
+        "night"
+    );
+    assert_eq!(
+        e.evaluate_at(&req, at(monday + 5 * 3600)).decision.rule(),
+        "night"
+    );
+    let _ = SystemTime::now();
+}
+
+#[test]
+fn validation_errors_name_line_and_field() {
+    // Unknown key inside a rule: serde reports its line.
+    let err = parse_err("rules:\n  - name: r\n    action: allow\n    clases: [read]\n");
+    assert!(err.contains("t.yaml:14:"), "{err}");
+    assert!(err.contains("clases"), "{err}");
+    // Bad class value.
+    let err = parse_err("rules:\n  - name: r\n    action: allow\n    classes: [reads]\n");
+    assert!(err.contains("t.yaml:14:"), "{err}");
+    // Bad duration.
+    let err = parse_err(
+        "rules:\n  - name: r\n    action: review\n    review:\n      approvers: [dba]\n      timeout: 5 minutes\n",
+    );
+    assert!(err.contains("t.yaml:16:"), "{err}");
+    assert!(err.contains("duration") || err.contains("unit"), "{err}");
+    // Bad time of day.
+    let err = parse_err("rules:\n  - name: r\n    action: allow\n    time: [{from: \"25:00\"}]\n");
+    assert!(err.contains("t.yaml:14:") && err.contains("HH:MM"), "{err}");
+    // Cross-field errors name the field.
+    let err = parse_err("rules:\n  - name: r\n    targets: [nope]\n    action: allow\n");
+    assert!(
+        err.contains("rules[0] (r).targets[0]") && err.contains("nope"),
+        "{err}"
+    );
+    let err = parse_err("rules:\n  - name: r\n    action: allow\n    mask: [nope]\n");
+    assert!(err.contains("rules[0] (r).mask[0]"), "{err}");
+    let err = parse_err("rules:\n  - name: r\n    action: review\n");
+    assert!(err.contains("rules[0] (r).review"), "{err}");
+    let err = parse_err("rules:\n  - name: r\n    action: allow\n    kinds: [selec]\n");
+    assert!(err.contains("kinds[0]") && err.contains("selec"), "{err}");
+    let err = parse_err("rules:\n  - name: a\n    action: allow\n  - name: a\n    action: deny\n");
+    assert!(
+        err.contains("rules[1] (a).name") && err.contains("duplicate"),
+        "{err}"
+    );
+    let err = parse_err(
+        "rules:\n  - name: r\n    action: review\n    review: {approvers: [dba], on_timeout: escalate}\n",
+    );
+    assert!(err.contains("escalate_to"), "{err}");
+    let err = parse_err("identities:\n  - name: all\n    workload: {}\n    groups: [x]\n");
+    assert!(err.contains("identities[0] (all).workload"), "{err}");
+    let err = parse_err("default: maybe\n");
+    assert!(err.contains("t.yaml:11:"), "{err}");
+}
+
+#[test]
+fn bad_policy_never_builds_an_engine() {
+    // A Config built in code (not through `parse`) is validated by Engine::new too.
+    let text = format!("{TARGETS}rules:\n  - name: r\n    action: allow\n");
+    let mut config = Config::parse(Path::new("t.yaml"), &text).expect("valid");
+    config.rules[0].targets = vec!["missing".into()];
+    let err = Engine::new(&config).expect_err("must fail");
+    assert!(err.to_string().contains("missing"), "{err}");
+}
+
+#[test]
+fn limits_are_checked_before_parsing_and_reported() {
+    let e = engine("rules:\n  - name: r\n    classes: [read]\n    action: allow\n");
+    let id = who("a", &[]);
+    let deep = format!("SELECT {}1{}", "(".repeat(200), ")".repeat(200));
+    let v = e.evaluate(&Request {
+        identity: &id,
+        target: "db",
+        protocol: Protocol::Postgres,
+        command: &deep,
+    });
+    assert_eq!(v.decision.action(), "deny");
+    assert!(v.classification.limit.is_some());
+    match &v.decision {
+        Decision::Deny { reason, .. } => assert!(reason.contains("nest"), "{reason}"),
+        d => panic!("{d:?}"),
+    }
+    let long = format!("SELECT '{}'", "x".repeat(2 << 20));
+    let c = e.classify(Protocol::Postgres, &long);
+    assert_eq!(c.class, Class::Unknown);
+    assert!(c.limit.as_deref().unwrap_or("").contains("bytes"));
+}
+
+/// Long operator chains build ASTs as deep as they are long; walking and dropping those
+/// recurses. On a thread with a small stack (smaller than tokio's 2 MiB workers), none of
+/// these may overflow: they are either rejected by the pre-parse limits or safely parsed.
+#[test]
+fn adversarial_shapes_do_not_overflow_the_stack() {
+    let inputs: Vec<String> = vec![
+        format!("SELECT 1{}", "+1".repeat(3_000)),
+        format!("SELECT 1{}", "+1".repeat(100_000)),
+        format!("SELECT {}1", "NOT ".repeat(5_000)),
+        format!("SELECT {}1", "- ".repeat(5_000)),
+        format!("SELECT 1{}", "::int".repeat(3_000)),
+        format!("SELECT a{}", "[1]".repeat(3_000)),
+        format!(
+            "SELECT {}1{}",
+            "CASE WHEN true THEN ".repeat(2_000),
+            " END".repeat(2_000)
+        ),
+        format!("SELECT * FROM t WHERE a = 1{}", " OR a = 1".repeat(1_000)),
+        format!("SELECT {}1{}", "(".repeat(10_000), ")".repeat(10_000)),
+        format!("SELECT {}", "ARRAY[".repeat(5_000)),
+        format!("{}SELECT 1", "WITH a AS (".repeat(2_000)),
+        "SELECT 1 UNION SELECT 1 ".repeat(3_000),
+        format!("SELECT (1){}", "+(1)".repeat(50_000)),
+        format!("SELECT ((1){})", "||((1))".repeat(50_000)),
+        "SELECT 1;".repeat(5_000),
+    ];
+    let handle = std::thread::Builder::new()
+        .stack_size(1 << 20)
+        .spawn(move || {
+            let l = Limits::default();
+            inputs
+                .iter()
+                .map(|q| classify(q, Dialect::Postgres, &l).class)
+                .collect::<Vec<_>>()
+        })
+        .expect("spawn");
+    let classes = handle.join().expect("no stack overflow or panic");
+    // None of these is a write or worse in disguise; what was parsed is read, the rest unknown.
+    assert!(
+        classes
+            .iter()
+            .all(|c| matches!(c, Class::Read | Class::Unknown)),
+        "{classes:?}"
+    );
+    assert_eq!(classes[1], Class::Unknown);
+    assert_eq!(classes[classes.len() - 3], Class::Unknown);
+    assert_eq!(classes[classes.len() - 2], Class::Unknown);
+    assert_eq!(classes[classes.len() - 1], Class::Unknown);
+}
+
+#[test]
+fn explain_reports_trace_and_json_fields() {
+    let e = engine(AGENTS);
+    let id = who("unix:bot", &["agents"]);
+    let x = e.explain(&Request {
+        identity: &id,
+        target: "db",
+        protocol: Protocol::Postgres,
+        command: "WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d JOIN customers c ON true",
+    });
+    assert_eq!(x.action, "review");
+    assert_eq!(x.rule, "write");
+    assert_eq!(x.tables_written, vec!["orders"]);
+    assert_eq!(x.tables_read, vec!["customers"]);
+    assert_eq!(x.trace[0].result, "no match: classes");
+    assert_eq!(x.trace[1].result, "matched");
+    let json = serde_json::to_value(&x).expect("json");
+    assert_eq!(json["action"], "review");
+    assert_eq!(json["rule"], "write");
+    assert_eq!(json["classes"], serde_json::json!(["write"]));
+    assert_eq!(json["review"]["approvers"], serde_json::json!(["dba"]));
+}
+
+#[test]
+fn reload_shares_the_cache_and_keeps_old_engine_on_error() {
+    let e1 = engine(AGENTS);
+    let id = who("a", &["agents"]);
+    decide(&e1, &id, "SELECT 42");
+    let text = format!("{TARGETS}rules:\n  - name: only\n    classes: [read]\n    action: deny\n");
+    let config = Config::parse(Path::new("t.yaml"), &text).expect("valid");
+    let e2 = e1.rebuild(&config).expect("rebuild");
+    let before = e2.cache_stats();
+    assert_eq!(decide(&e2, &id, "SELECT 42").rule(), "only");
+    assert_eq!(e2.cache_stats().hits, before.hits + 1);
+
+    let swap = arc_swap::ArcSwap::from_pointee(e1);
+    let mut bad = config.clone();
+    bad.rules[0].mask = Some(vec!["nope".into()]);
+    if let Ok(new) = swap.load().rebuild(&bad) {
+        swap.store(Arc::new(new));
+    }
+    assert_eq!(decide(&swap.load(), &id, "SELECT 1").rule(), "read");
+}
+
+#[test]
+fn demo_policy_matches_the_design() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/demo.yaml");
+    let config = Config::load(&path).expect("demo policy loads");
+    let e = Engine::new(&config).expect("builds");
+    // Tests run clients as root in a test cgroup: they must be agents.
+    let root = Workload {
+        uid: 0,
+        user: Some("root".into()),
+        cgroup_path: Some("/airlock-test-1234".into()),
+        comm: "psql".into(),
+        ..Default::default()
+    };
+    let id = e.identify(&root, None);
+    assert!(id.groups.contains(&"agents".to_string()), "{id:?}");
+    let req = |sql: &'static str| Request {
+        identity: &id,
+        target: "demo-db",
+        protocol: Protocol::Postgres,
+        command: sql,
+    };
+    match e.decide(&req("SELECT email FROM customers")) {
+        Decision::Allow { mask, .. } => assert_eq!(mask, vec!["customer-email"]),
+        d => panic!("{d:?}"),
+    }
+    match e.decide(&req("UPDATE customers SET email = 'x'")) {
+        Decision::Review { approvers, .. } => assert_eq!(approvers, vec!["dba"]),
+        d => panic!("{d:?}"),
+    }
+    for sql in [
+        "DROP TABLE customers",
+        "GRANT ALL ON customers TO public",
+        "SET ROLE postgres",
+        "COPY customers TO PROGRAM 'curl x'",
+        "SELEC 1",
+        "SELECT 1; DROP TABLE customers",
+    ] {
+        assert_eq!(e.decide(&req(sql)).action(), "deny", "{sql}");
+    }
+    assert_eq!(e.decide(&req("BEGIN")).action(), "allow");
+    // Someone not in agents: default deny.
+    let stranger = Workload {
+        uid: 1234,
+        user: Some("mallory".into()),
+        ..Default::default()
+    };
+    let sid = e.identify(&stranger, None);
+    let d = e.decide(&Request {
+        identity: &sid,
+        target: "demo-db",
+        protocol: Protocol::Postgres,
+        command: "SELECT 1",
+    });
+    assert_eq!((d.action(), d.rule()), ("deny", "default"));
+}
+
+#[test]
+fn engine_is_shareable_across_tasks() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<Engine>();
+    assert_send_sync::<arc_swap::ArcSwap<Engine>>();
+}
+
+#[test]
+fn functions_filter_pins_what_an_allow_rule_covers() {
+    let e = engine(
+        "
+rules:
+  - name: no-purge
+    functions: [\"purge_*\"]
+    action: deny
+  - name: reads-with-known-functions
+    classes: [read]
+    functions: [count, lower, \"pg_catalog.*\"]
+    action: allow
+",
+    );
+    let id = who("a", &[]);
+    assert_eq!(
+        decide(&e, &id, "SELECT count(*), lower(x) FROM t").rule(),
+        "reads-with-known-functions"
+    );
+    assert_eq!(
+        decide(&e, &id, "SELECT pg_catalog.version()").rule(),
+        "reads-with-known-functions"
+    );
+    assert_eq!(
+        decide(&e, &id, "SELECT 1").rule(),
+        "reads-with-known-functions"
+    );
+    // A user-defined function is `read` to the classifier, but not covered by the allow rule.
+    assert_eq!(decide(&e, &id, "SELECT my_volatile_fn()").rule(), "default");
+    assert_eq!(
+        decide(&e, &id, "SELECT public.purge_all()").rule(),
+        "no-purge"
+    );
+}
