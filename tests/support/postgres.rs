@@ -19,7 +19,6 @@ use airlock::policy::{Decision, Request};
 use airlock::protocol::Session;
 use airlock::protocol::postgres::{Decider, Hooks};
 use airlock::proxy::Context;
-use arc_swap::ArcSwap;
 
 /// PostgreSQL binaries (Debian's layout).
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -420,6 +419,9 @@ impl Decider for TestDecider {
                 ttl: Duration::from_secs(60),
                 timeout: Duration::from_secs(60),
                 on_timeout: airlock::policy::OnTimeout::Deny,
+                escalate_to: Vec::new(),
+                mode: airlock::policy::ReviewMode::Hold,
+                mask: Vec::new(),
             }
         } else {
             Decision::Allow {
@@ -456,10 +458,9 @@ impl TestProxy {
         );
         let config = Config::parse(Path::new("test.yaml"), &yaml).expect("test config");
         let target = Arc::new(config.targets[0].clone());
-        let ctx = Arc::new(Context {
-            engine: ArcSwap::from_pointee(airlock::policy::Engine::default()),
-            config: ArcSwap::from_pointee(config),
-        });
+        let ctx = Arc::new(
+            Context::new(config, airlock::policy::Engine::default()).expect("test context"),
+        );
         let decider = Arc::new(decider);
         let hooks = Hooks {
             decider: Some(decider.clone()),

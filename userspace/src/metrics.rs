@@ -94,6 +94,11 @@ label_enum! {
     DenyReason {
         /// No interception record: the connection did not come through the kernel redirect.
         Unintercepted => "unintercepted",
+        /// The kernel refused a connect: no proxy listener is reachable from the caller's
+        /// network namespace (no node address configured).
+        Unroutable => "unroutable",
+        /// The kernel refused a bind to a proxy listener port by another process.
+        BindRefused => "bind_refused",
         /// The original destination is not a configured target.
         UnknownTarget => "unknown_target",
         /// A token was required and none was presented.

@@ -21,25 +21,80 @@ use crate::identity::workload::WorkloadResolver;
 use crate::intercept::{
     ConnTable, DaemonIdentity, Interceptor, TargetEntry, events, system,
 };
+use crate::audit::Recorder;
+use crate::identity::oidc::OidcVerifier;
+use crate::mask::Masker;
+use crate::metrics::{DenyReason, Metrics};
 use crate::policy::Engine;
 use crate::protocol::{self, Session};
 
-/// State shared by every session; swapped atomically on reload.
-#[derive(Debug)]
+/// State shared by every session. What the configuration decides is swapped atomically on
+/// reload; a session loads each piece once per command.
 pub struct Context {
     pub config: ArcSwap<Config>,
     pub engine: ArcSwap<Engine>,
+    /// Masking rules compiled from the config, with the gateway's hash key.
+    pub masker: ArcSwap<Masker>,
+    /// Trusted OIDC issuers from the config's identities.
+    pub oidc: ArcSwap<OidcVerifier>,
+    pub metrics: Arc<Metrics>,
+    /// The session log (disabled in unit tests and benchmarks that say so).
+    pub audit: Recorder,
+    mask_key: Vec<u8>,
     next_session: AtomicU64,
 }
 
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("targets", &self.config.load().targets.len())
+            .field("audit", &self.audit.is_enabled())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Context {
-    /// A context for a validated configuration.
-    pub fn new(config: Config, engine: Engine) -> Self {
-        Context {
+    /// A context for a validated configuration, with the audit log off and a random masking
+    /// key (tests, benchmarks). The daemon uses [`Context::with_parts`].
+    pub fn new(config: Config, engine: Engine) -> anyhow::Result<Self> {
+        let mut key = vec![0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+            .map_err(|_| anyhow::anyhow!("no randomness for the masking key"))?;
+        Self::with_parts(config, engine, Recorder::disabled(), Arc::new(Metrics::new()), key)
+    }
+
+    /// A context with an open audit log, shared metrics and the persistent masking key.
+    pub fn with_parts(
+        config: Config,
+        engine: Engine,
+        audit: Recorder,
+        metrics: Arc<Metrics>,
+        mask_key: Vec<u8>,
+    ) -> anyhow::Result<Self> {
+        let masker = Masker::new(&config.masking, &mask_key).context("masking rules")?;
+        let oidc = OidcVerifier::new(&config.identities).context("OIDC identities")?;
+        Ok(Context {
             config: ArcSwap::from_pointee(config),
             engine: ArcSwap::from_pointee(engine),
+            masker: ArcSwap::from_pointee(masker),
+            oidc: ArcSwap::from_pointee(oidc),
+            metrics,
+            audit,
+            mask_key,
             next_session: AtomicU64::new(1),
-        }
+        })
+    }
+
+    /// Swaps in a new configuration whose engine is already built; everything derived from
+    /// the config is rebuilt first, so a failure leaves the old state whole.
+    pub fn replace(&self, config: Config, engine: Engine) -> anyhow::Result<()> {
+        let masker = Masker::new(&config.masking, &self.mask_key).context("masking rules")?;
+        let oidc = OidcVerifier::new(&config.identities).context("OIDC identities")?;
+        self.masker.store(Arc::new(masker));
+        self.oidc.store(Arc::new(oidc));
+        self.engine.store(Arc::new(engine));
+        self.config.store(Arc::new(config));
+        Ok(())
     }
 
     /// A fresh session id, unique for this daemon run.
@@ -126,7 +181,21 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         .context("installing the kernel programs")?;
     interceptor.sync_targets(&target_entries(&config))?;
     let cgroup_root = system::cgroup2_mount();
-    events::spawn_readers(&mut interceptor, move |ev| match ev.kind {
+    let event_metrics: Arc<std::sync::OnceLock<Arc<Context>>> = Arc::default();
+    let event_ctx = Arc::clone(&event_metrics);
+    events::spawn_readers(&mut interceptor, move |ev| {
+        if let Some(ctx) = event_ctx.get() {
+            let config = ctx.config.load();
+            match (ev.kind, config.targets.get(ev.info.target_id as usize)) {
+                (events::EventKind::Redirected, Some(t)) => ctx.metrics.intercepted(&t.name),
+                (events::EventKind::Redirected, None) => {}
+                (events::EventKind::BindRefused, _) => {
+                    ctx.metrics.denied_connection(DenyReason::BindRefused)
+                }
+                _ => ctx.metrics.denied_connection(DenyReason::Unroutable),
+            }
+        }
+        match ev.kind {
         events::EventKind::Redirected => tracing::debug!(
             pid = ev.info.tgid,
             uid = ev.info.uid,
@@ -142,10 +211,32 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             dst = %events::original_dst(&ev.info),
             "connection refused by the kernel programs"
         ),
+        }
     })?;
 
-    let ctx = Arc::new(Context::new(config, engine));
+    let audit = Recorder::open(&config.daemon.audit, &config.daemon.state_dir)
+        .context("opening the audit log")?;
+    let mask_key = load_or_create_key(&config.daemon.state_dir.join("mask.key"))?;
+    let metrics = Arc::new(Metrics::new());
+    if let Some(addr) = config.daemon.metrics {
+        let m = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            if let Err(error) = crate::metrics::serve(addr, m).await {
+                tracing::error!(%addr, %error, "metrics endpoint failed");
+            }
+        });
+    }
+    let ctx = Arc::new(Context::with_parts(config, engine, audit, metrics, mask_key)?);
+    {
+        let ctx = Arc::clone(&ctx);
+        tokio::spawn(async move {
+            for error in ctx.oidc.load().warm_up().await {
+                tracing::warn!(%error, "OIDC discovery failed; tokens from this issuer are refused until it answers");
+            }
+        });
+    }
     let conns = interceptor.conns();
+    let _ = event_metrics.set(Arc::clone(&ctx));
     let resolver = Arc::new(WorkloadResolver::new(cgroup_root));
     let mut listeners = Listeners::default();
     listeners
@@ -175,6 +266,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         seen = modified(&config_path);
     }
     tracing::info!("airlock stopping; pinned programs stay attached (fail closed)");
+    if let Err(error) = ctx.audit.close().await {
+        tracing::error!(%error, "closing the audit log");
+    }
     Ok(())
 }
 
@@ -203,8 +297,10 @@ async fn reload(
         }
     };
     let entries = target_entries(&config);
-    ctx.engine.store(Arc::new(engine));
-    ctx.config.store(Arc::new(config));
+    if let Err(error) = ctx.replace(config, engine) {
+        tracing::error!(reason, error = %format!("{error:#}"), "reload rejected; keeping the last good configuration");
+        return;
+    }
     if let Err(error) = listeners.reconcile(ctx, conns, resolver).await {
         tracing::error!(reason, error = %format!("{error:#}"), "reload: binding listeners failed");
     }
@@ -332,6 +428,7 @@ fn admit(
         None => {
             // Not redirected by our programs: somebody dialled the listener directly.
             tracing::warn!(target = target_name, %peer, "refused a connection without an interception record");
+            ctx.metrics.denied_connection(DenyReason::Unintercepted);
             return None;
         }
     };
@@ -350,4 +447,32 @@ fn admit(
         upstream,
         started: Instant::now(),
     })
+}
+
+/// Reads a 32-byte secret, creating it (mode 0600) on first start. The masking hash key must
+/// survive restarts so masked values keep joining.
+fn load_or_create_key(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::read(path) {
+        Ok(key) if key.len() >= 32 => return Ok(key),
+        Ok(_) => anyhow::bail!("{}: key shorter than 32 bytes", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let mut key = vec![0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+        .map_err(|_| anyhow::anyhow!("no randomness for {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(&key)?;
+    f.sync_all()?;
+    Ok(key)
 }

@@ -266,6 +266,26 @@ fn guard_bind(ctx: &SockAddrContext) -> i32 {
         return ALLOW;
     }
     warn!(ctx, "airlock: refused bind to proxy port {}", port);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    let event = ConnInfo {
+        cookie: 0,
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        netns_cookie: netns,
+        pid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        orig_addr: [0; 4],
+        src_addr: [0; 4],
+        orig_port: port,
+        src_port: 0,
+        target_id: u32::MAX,
+        family: 0,
+        kind: event_kind::BIND_REFUSED,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    let _ = EVENTS.output::<ConnInfo>(&event, 0);
     REFUSE
 }
 

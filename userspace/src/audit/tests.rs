@@ -213,6 +213,9 @@ async fn records_verify_and_read_back() {
         ttl: Duration::from_secs(60),
         timeout: Duration::from_secs(30),
         on_timeout: crate::policy::OnTimeout::Deny,
+        escalate_to: Vec::new(),
+        mode: crate::policy::ReviewMode::Hold,
+        mask: Vec::new(),
     };
     let (n, ack) = s
         .command(CommandEvent {

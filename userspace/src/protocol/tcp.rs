@@ -5,6 +5,10 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use super::Session;
+use crate::audit::{EndReason, SessionEnd, SessionStart};
+use crate::config::Protocol;
+use crate::identity::Identity;
+use crate::metrics::DenyReason;
 use crate::proxy::Context;
 use crate::relay::{self, Counters};
 
@@ -15,7 +19,7 @@ fn relay_by_copy() -> bool {
 }
 
 /// Relays one TCP session to its upstream and logs what crossed.
-pub async fn serve(session: Session, _ctx: Arc<Context>) {
+pub async fn serve(session: Session, ctx: Arc<Context>) {
     let Session {
         id,
         client,
@@ -28,10 +32,51 @@ pub async fn serve(session: Session, _ctx: Arc<Context>) {
         .as_ref()
         .map(|w| (w.tgid, w.uid, w.comm.as_str()))
         .unwrap_or((0, 0, ""));
+    let _active = ctx.metrics.session_started(&target.name, Protocol::Tcp);
+    // Fail closed: a session the audit log cannot record does not start.
+    let mut recorder = match ctx.audit.admit_session() {
+        Ok(r) => r,
+        Err(error) => {
+            tracing::error!(session = id, target = %target.name, %error, "audit log refused the session");
+            ctx.metrics.denied_connection(DenyReason::Internal);
+            return;
+        }
+    };
+    let identity = Identity {
+        subject: workload
+            .as_ref()
+            .map(|w| w.user.as_ref().map_or_else(|| format!("unix:{}", w.uid), |u| format!("unix:{u}")))
+            .unwrap_or_else(|| "unintercepted".into()),
+        groups: Vec::new(),
+        workload: workload.clone(),
+    };
+    let start = SessionStart {
+        proxy_session: Some(id),
+        identity: &identity,
+        workload: workload.as_ref(),
+        target: &target.name,
+        protocol: Protocol::Tcp,
+        client: workload.as_ref().and_then(|w| w.peer),
+        original_dst: workload.as_ref().and_then(|w| w.original_dst),
+        tls: None,
+    };
+    if let Err(error) = recorder.start(start).await {
+        tracing::error!(session = id, %error, "audit log failed; session refused");
+        return;
+    }
     let upstream_conn = match TcpStream::connect(upstream).await {
         Ok(s) => s,
         Err(error) => {
             tracing::warn!(session = id, target = %target.name, %upstream, %error, "upstream connect failed");
+            ctx.metrics.denied_connection(DenyReason::Upstream);
+            let _ = recorder
+                .end(SessionEnd {
+                    reason: EndReason::Error,
+                    detail: Some(format!("upstream {upstream}: {error}")),
+                    bytes_from_client: 0,
+                    bytes_to_client: 0,
+                })
+                .await;
             return;
         }
     };
@@ -45,6 +90,19 @@ pub async fn serve(session: Session, _ctx: Arc<Context>) {
         relay::splice_relay(&client, &upstream_conn, &counters).await
     };
     let duration_ms = started.elapsed().as_millis() as u64;
+    let (up, down) = (
+        counters.client_to_upstream.load(std::sync::atomic::Ordering::Relaxed),
+        counters.upstream_to_client.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    let end = SessionEnd {
+        reason: if result.is_ok() { EndReason::ClientClosed } else { EndReason::Error },
+        detail: result.as_ref().err().map(ToString::to_string),
+        bytes_from_client: up,
+        bytes_to_client: down,
+    };
+    if let Err(error) = recorder.end(end).await {
+        tracing::error!(session = id, %error, "audit log failed to record the session end");
+    }
     match result {
         Ok(stats) => tracing::info!(
             session = id,
@@ -65,8 +123,8 @@ pub async fn serve(session: Session, _ctx: Arc<Context>) {
             pid,
             uid,
             comm,
-            bytes_up = counters.client_to_upstream.load(std::sync::atomic::Ordering::Relaxed),
-            bytes_down = counters.upstream_to_client.load(std::sync::atomic::Ordering::Relaxed),
+            bytes_up = up,
+            bytes_down = down,
             duration_ms,
             %error,
             "tcp session ended with error"
