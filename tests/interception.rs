@@ -36,8 +36,14 @@ struct ClientRun {
 impl ClientRun {
     fn assert_proxied(&self, original: &str, proxy_addr: &str) {
         assert!(self.connect_error.is_none(), "connect failed: {self:?}");
-        assert_eq!(self.getpeername, original, "getpeername must show the original destination");
-        assert_eq!(self.server_saw_peer, proxy_addr, "the service must see the proxy: {self:?}");
+        assert_eq!(
+            self.getpeername, original,
+            "getpeername must show the original destination"
+        );
+        assert_eq!(
+            self.server_saw_peer, proxy_addr,
+            "the service must see the proxy: {self:?}"
+        );
         assert_ne!(
             self.server_saw_port, self.own_port,
             "the service saw the client's own socket, so the connection went direct: {self:?}"
@@ -101,8 +107,16 @@ targets:
     }
 
     fn start_daemon(&self, log: &str) -> Daemon {
-        let config = self.dir.write("airlock.yaml", &self.config(&format!("[{ECHO_PORT}]")));
-        Daemon::start(&self.cg, &self.topo, &config, &self.bpffs, &self.dir.path(log))
+        let config = self
+            .dir
+            .write("airlock.yaml", &self.config(&format!("[{ECHO_PORT}]")));
+        Daemon::start(
+            &self.cg,
+            &self.topo,
+            &config,
+            &self.bpffs,
+            &self.dir.path(log),
+        )
     }
 
     /// Runs the unmodified client from cgroup `child` in namespace `ns`.
@@ -177,8 +191,12 @@ fn unmodified_clients_are_intercepted_on_every_path() {
     env.client("clients", &node, &format!("{DB_ADDR6} {ECHO_PORT}"))
         .assert_proxied(&format!("{DB_ADDR6}:{ECHO_PORT}"), NODE_DB_ADDR6);
     // IPv4-mapped IPv6 on a dual-stack socket.
-    env.client("clients", &node, &format!("::ffff:{DB_ADDR} {ECHO_PORT} --family 6"))
-        .assert_proxied(&format!("::ffff:{DB_ADDR}:{ECHO_PORT}"), NODE_DB_ADDR);
+    env.client(
+        "clients",
+        &node,
+        &format!("::ffff:{DB_ADDR} {ECHO_PORT} --family 6"),
+    )
+    .assert_proxied(&format!("::ffff:{DB_ADDR}:{ECHO_PORT}"), NODE_DB_ADDR);
     // A process that sets SO_MARK (forgeable; exemption needs cgroup, pid and netns).
     env.client("clients", &node, &format!("{DB_ADDR} {ECHO_PORT} --mark 1"))
         .assert_proxied(&format!("{DB_ADDR}:{ECHO_PORT}"), NODE_DB_ADDR);
@@ -191,7 +209,11 @@ fn unmodified_clients_are_intercepted_on_every_path() {
     from_pod.assert_proxied(&format!("{DB_ADDR}:{ECHO_PORT}"), NODE_DB_ADDR);
     assert_ne!(from_pod.server_saw_peer, POD_ADDR);
 
-    assert_eq!(env.arrivals().len(), 7, "every client reached the service once");
+    assert_eq!(
+        env.arrivals().len(),
+        7,
+        "every client reached the service once"
+    );
     env.assert_only_proxy_arrived();
 }
 
@@ -206,30 +228,58 @@ fn fail_closed_while_the_daemon_is_dead_then_resumes_from_pins() {
 
     daemon.proc.kill9();
     let before = env.arrivals().len();
-    env.client("clients", &node, &format!("{DB_ADDR} {ECHO_PORT}")).assert_refused();
-    env.client("clients", &node, &format!("{DB_ADDR6} {ECHO_PORT}")).assert_refused();
-    env.client("pod", &pod, &format!("{DB_ADDR} {ECHO_PORT}")).assert_refused();
-    env.client("other", &node, &format!("{DB_ADDR_2} {ECHO_PORT} --mark 1")).assert_refused();
+    env.client("clients", &node, &format!("{DB_ADDR} {ECHO_PORT}"))
+        .assert_refused();
+    env.client("clients", &node, &format!("{DB_ADDR6} {ECHO_PORT}"))
+        .assert_refused();
+    env.client("pod", &pod, &format!("{DB_ADDR} {ECHO_PORT}"))
+        .assert_refused();
+    env.client("other", &node, &format!("{DB_ADDR_2} {ECHO_PORT} --mark 1"))
+        .assert_refused();
     // Nobody may stand in for the proxy while it is down.
     let squat = sh(&env.cg.run_in(
         "clients",
         &node,
         &format!("{PYTHON} -c \"import socket; s=socket.socket(); s.bind(('127.0.0.1', {PROXY_PORT})); print('bound')\""),
     ));
-    assert!(!squat.status.success(), "a process bound the proxy port while the daemon was dead");
+    assert!(
+        !squat.status.success(),
+        "a process bound the proxy port while the daemon was dead"
+    );
     assert!(String::from_utf8_lossy(&squat.stderr).contains("Operation not permitted"));
-    assert_eq!(env.arrivals().len(), before, "nothing reached the service while the daemon was dead");
+    assert_eq!(
+        env.arrivals().len(),
+        before,
+        "nothing reached the service while the daemon was dead"
+    );
 
     let status = Daemon::status(&env.bpffs);
     assert_eq!(status["daemon_alive"], false);
-    assert_eq!(status["links"].as_array().map(Vec::len), Some(7), "{status}");
+    assert_eq!(
+        status["links"].as_array().map(Vec::len),
+        Some(7),
+        "{status}"
+    );
 
     // Restart: the new daemon takes over the pins without attaching twice.
-    let _daemon2 = Daemon::start(&env.cg, &env.topo, &daemon.config, &env.bpffs, &env.dir.path("daemon2.log"));
+    let _daemon2 = Daemon::start(
+        &env.cg,
+        &env.topo,
+        &daemon.config,
+        &env.bpffs,
+        &env.dir.path("daemon2.log"),
+    );
     env.client("clients", &node, &format!("{DB_ADDR} {ECHO_PORT}"))
         .assert_proxied(&format!("{DB_ADDR}:{ECHO_PORT}"), NODE_DB_ADDR);
-    let attached = sh(&format!("bpftool cgroup show {} | tail -n +2 | wc -l", env.cg.path.display()));
-    assert_eq!(String::from_utf8_lossy(&attached.stdout).trim(), "7", "exactly one attachment per program");
+    let attached = sh(&format!(
+        "bpftool cgroup show {} | tail -n +2 | wc -l",
+        env.cg.path.display()
+    ));
+    assert_eq!(
+        String::from_utf8_lossy(&attached.stdout).trim(),
+        "7",
+        "exactly one attachment per program"
+    );
     let status = Daemon::status(&env.bpffs);
     assert_eq!(status["daemon_alive"], true);
     assert_eq!(status["listeners"][0]["listening"], true, "{status}");
@@ -247,9 +297,17 @@ fn a_direct_dial_of_the_proxy_listener_is_refused() {
     );
     let out = sh(&cmd);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("data=b''"), "the proxy must close an unrecorded connection: {text}");
+    assert!(
+        text.contains("data=b''"),
+        "the proxy must close an unrecorded connection: {text}"
+    );
     assert!(env.arrivals().is_empty(), "nothing may reach the service");
-    assert!(daemon.proc.log_text().contains("without an interception record"));
+    assert!(
+        daemon
+            .proc
+            .log_text()
+            .contains("without an interception record")
+    );
 }
 
 #[test]
@@ -262,10 +320,18 @@ fn reload_applies_good_config_and_keeps_the_last_good_one() {
     // A bad file: the error names file, line and field; the old config stays in force.
     std::fs::write(&daemon.config, env.config("[7000, 70000]")).expect("write config");
     sh_ok(&format!("kill -HUP {pid}"));
-    daemon.proc.wait_for_log("reload rejected", Duration::from_secs(10));
+    daemon
+        .proc
+        .wait_for_log("reload rejected", Duration::from_secs(10));
     let log = daemon.proc.log_text();
-    assert!(log.contains("airlock.yaml:11:"), "error must name file and line: {log}");
-    assert!(log.contains("targets[0].ports[1]"), "error must name the field: {log}");
+    assert!(
+        log.contains("airlock.yaml:11:"),
+        "error must name file and line: {log}"
+    );
+    assert!(
+        log.contains("targets[0].ports[1]"),
+        "error must name the field: {log}"
+    );
     env.client("clients", &node, &format!("{DB_ADDR} {ECHO_PORT}"))
         .assert_proxied(&format!("{DB_ADDR}:{ECHO_PORT}"), NODE_DB_ADDR);
 
@@ -282,7 +348,9 @@ fn reload_applies_good_config_and_keeps_the_last_good_one() {
     echo2.wait_for_log("ready", Duration::from_secs(10));
     std::fs::write(&daemon.config, env.config("[7000, 7001]")).expect("write config");
     sh_ok(&format!("kill -HUP {pid}"));
-    daemon.proc.wait_for_log("configuration reloaded", Duration::from_secs(10));
+    daemon
+        .proc
+        .wait_for_log("configuration reloaded", Duration::from_secs(10));
     env.client("clients", &node, &format!("{DB_ADDR} 7001"))
         .assert_proxied(&format!("{DB_ADDR}:7001"), NODE_DB_ADDR);
     env.assert_only_proxy_arrived();
@@ -300,10 +368,20 @@ fn uninstall_detaches_everything() {
         .expect("uninstall");
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("detached 7"));
-    let attached = sh(&format!("bpftool cgroup show {} | tail -n +2 | wc -l", env.cg.path.display()));
+    let attached = sh(&format!(
+        "bpftool cgroup show {} | tail -n +2 | wc -l",
+        env.cg.path.display()
+    ));
     assert_eq!(String::from_utf8_lossy(&attached.stdout).trim(), "0");
     assert!(!env.bpffs.exists(), "pins removed");
     // With interception off, the same client goes direct.
-    let run = env.client("clients", &env.topo.node.clone(), &format!("{DB_ADDR} {ECHO_PORT}"));
-    assert_eq!(run.server_saw_port, run.own_port, "direct connection after uninstall");
+    let run = env.client(
+        "clients",
+        &env.topo.node.clone(),
+        &format!("{DB_ADDR} {ECHO_PORT}"),
+    );
+    assert_eq!(
+        run.server_saw_port, run.own_port,
+        "direct connection after uninstall"
+    );
 }

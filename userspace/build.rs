@@ -15,7 +15,9 @@ const DEBIAN_CARGO: &str = "/usr/bin/cargo";
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets this"));
-    let root = manifest_dir.parent().expect("userspace/ sits in the workspace");
+    let root = manifest_dir
+        .parent()
+        .expect("userspace/ sits in the workspace");
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets this"));
     let dest = out_dir.join("airlock.bpf.o");
 
@@ -63,7 +65,10 @@ fn main() {
         .arg(&target_dir)
         .status()
         .expect("run /usr/bin/cargo for the kernel programs");
-    assert!(status.success(), "building the kernel programs failed (see above)");
+    assert!(
+        status.success(),
+        "building the kernel programs failed (see above)"
+    );
     let object = target_dir.join("bpfel-unknown-none/release/airlock");
     std::fs::copy(&object, &dest).expect("copy the kernel object");
 }

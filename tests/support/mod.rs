@@ -27,7 +27,10 @@ pub fn require_root() {
             .output()
             .map(|o| o.status.success())
             .unwrap_or(false);
-        assert!(found, "missing prerequisite `{tool}`: run `cargo xtask setup`");
+        assert!(
+            found,
+            "missing prerequisite `{tool}`: run `cargo xtask setup`"
+        );
     }
 }
 
@@ -132,7 +135,9 @@ impl Topology {
 impl Drop for Topology {
     fn drop(&mut self) {
         for ns in [&self.node, &self.db, &self.pod] {
-            let _ = sh(&format!("ip netns pids {ns} | xargs -r kill -9; ip netns del {ns}"));
+            let _ = sh(&format!(
+                "ip netns pids {ns} | xargs -r kill -9; ip netns del {ns}"
+            ));
         }
     }
 }
@@ -225,7 +230,10 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("timed out waiting for {needle:?} in log:\n{}", self.log_text());
+        panic!(
+            "timed out waiting for {needle:?} in log:\n{}",
+            self.log_text()
+        );
     }
 
     pub fn kill9(&mut self) {
@@ -285,7 +293,13 @@ pub fn airlock_bin() -> &'static str {
 }
 
 impl Daemon {
-    pub fn start(cg: &TestCgroup, topo: &Topology, config: &Path, bpffs: &Path, log: &Path) -> Self {
+    pub fn start(
+        cg: &TestCgroup,
+        topo: &Topology,
+        config: &Path,
+        bpffs: &Path,
+        log: &Path,
+    ) -> Self {
         let script = cg.run_in(
             "daemon",
             &topo.node,
@@ -307,7 +321,11 @@ impl Daemon {
             .arg(bpffs)
             .output()
             .expect("airlock status");
-        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("status json")
     }
 }

@@ -16,13 +16,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, TargetConfig};
-use crate::identity::workload::WorkloadResolver;
-use crate::intercept::{
-    ConnTable, DaemonIdentity, Interceptor, TargetEntry, events, system,
-};
 use crate::audit::Recorder;
+use crate::config::{Config, TargetConfig};
 use crate::identity::oidc::OidcVerifier;
+use crate::identity::workload::WorkloadResolver;
+use crate::intercept::{ConnTable, DaemonIdentity, Interceptor, TargetEntry, events, system};
 use crate::mask::Masker;
 use crate::metrics::{DenyReason, Metrics};
 use crate::policy::Engine;
@@ -60,7 +58,13 @@ impl Context {
         let mut key = vec![0u8; 32];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
             .map_err(|_| anyhow::anyhow!("no randomness for the masking key"))?;
-        Self::with_parts(config, engine, Recorder::disabled(), Arc::new(Metrics::new()), key)
+        Self::with_parts(
+            config,
+            engine,
+            Recorder::disabled(),
+            Arc::new(Metrics::new()),
+            key,
+        )
     }
 
     /// A context with an open audit log, shared metrics and the persistent masking key.
@@ -196,21 +200,21 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             }
         }
         match ev.kind {
-        events::EventKind::Redirected => tracing::debug!(
-            pid = ev.info.tgid,
-            uid = ev.info.uid,
-            cgroup_id = ev.info.cgroup_id,
-            dst = %events::original_dst(&ev.info),
-            "connection intercepted"
-        ),
-        kind => tracing::warn!(
-            ?kind,
-            pid = ev.info.tgid,
-            uid = ev.info.uid,
-            cgroup_id = ev.info.cgroup_id,
-            dst = %events::original_dst(&ev.info),
-            "connection refused by the kernel programs"
-        ),
+            events::EventKind::Redirected => tracing::debug!(
+                pid = ev.info.tgid,
+                uid = ev.info.uid,
+                cgroup_id = ev.info.cgroup_id,
+                dst = %events::original_dst(&ev.info),
+                "connection intercepted"
+            ),
+            kind => tracing::warn!(
+                ?kind,
+                pid = ev.info.tgid,
+                uid = ev.info.uid,
+                cgroup_id = ev.info.cgroup_id,
+                dst = %events::original_dst(&ev.info),
+                "connection refused by the kernel programs"
+            ),
         }
     })?;
 
@@ -226,7 +230,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             }
         });
     }
-    let ctx = Arc::new(Context::with_parts(config, engine, audit, metrics, mask_key)?);
+    let ctx = Arc::new(Context::with_parts(
+        config, engine, audit, metrics, mask_key,
+    )?);
     {
         let ctx = Arc::clone(&ctx);
         tokio::spawn(async move {
@@ -260,8 +266,16 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
         };
-        reload(&config_path, reason, &ctx, &mut interceptor, &mut listeners, &conns, &resolver)
-            .await;
+        reload(
+            &config_path,
+            reason,
+            &ctx,
+            &mut interceptor,
+            &mut listeners,
+            &conns,
+            &resolver,
+        )
+        .await;
         // A SIGHUP after an edit must not be followed by a second reload of the same file.
         seen = modified(&config_path);
     }
@@ -285,10 +299,12 @@ async fn reload(
     conns: &Arc<ConnTable>,
     resolver: &Arc<WorkloadResolver>,
 ) {
-    let candidate = Config::load(path).map_err(anyhow::Error::from).and_then(|c| {
-        let engine = build_engine(&c, Some(&ctx.engine.load()))?;
-        Ok((c, engine))
-    });
+    let candidate = Config::load(path)
+        .map_err(anyhow::Error::from)
+        .and_then(|c| {
+            let engine = build_engine(&c, Some(&ctx.engine.load()))?;
+            Ok((c, engine))
+        });
     let (config, engine) = match candidate {
         Ok(pair) => pair,
         Err(error) => {

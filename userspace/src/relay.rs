@@ -161,7 +161,11 @@ impl Pipe {
         };
         // SAFETY: F_SETPIPE_SZ on our own pipe; failure (over pipe-max-size) leaves the default.
         let granted = unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, PIPE_CAPACITY) };
-        let capacity = if granted > 0 { granted as usize } else { 64 * 1024 };
+        let capacity = if granted > 0 {
+            granted as usize
+        } else {
+            64 * 1024
+        };
         Ok(Pipe {
             read,
             write,
@@ -188,11 +192,7 @@ fn splice(from: libc::c_int, to: libc::c_int, len: usize) -> io::Result<usize> {
     Ok(n as usize)
 }
 
-async fn splice_one_way(
-    from: &TcpStream,
-    to: &TcpStream,
-    counter: &AtomicU64,
-) -> io::Result<u64> {
+async fn splice_one_way(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) -> io::Result<u64> {
     use std::os::fd::AsRawFd as _;
     use tokio::io::Interest;
 

@@ -86,7 +86,10 @@ pub fn run(root: &Path) -> Result<()> {
     step("airlock run --config policies/demo.yaml (protecting cgroup airlock-demo)");
     let cg = format!("{}/airlock-demo", cgroup_root());
     crate::sh(&format!("mkdir -p {cg}/daemon {cg}/agent"))?;
-    std::fs::copy(root.join("policies/demo.yaml"), format!("{STATE}/demo.yaml"))?;
+    std::fs::copy(
+        root.join("policies/demo.yaml"),
+        format!("{STATE}/demo.yaml"),
+    )?;
     let log = std::fs::File::create(format!("{STATE}/daemon.log"))?;
     // Waits for the `nth` "airlock running" line: the log is shared by both runs.
     let start_daemon = |nth: usize| -> Result<std::process::Child> {
@@ -116,17 +119,31 @@ pub fn run(root: &Path) -> Result<()> {
         Ok(child)
     };
     let mut daemon = start_daemon(1)?;
-    print!("{}", out(&format!("{} status --bpffs /sys/fs/bpf/airlock-demo", airlock.display())));
+    print!(
+        "{}",
+        out(&format!(
+            "{} status --bpffs /sys/fs/bpf/airlock-demo",
+            airlock.display()
+        ))
+    );
 
     let client = format!("/usr/bin/python3 {}", support.join("client.py").display());
     step("An unmodified client in the protected cgroup connects to 198.18.0.2:7000");
     print!("{}", as_agent(&format!("{client} 198.18.0.2 7000")));
-    println!("(the client believes it talks to 198.18.0.2; the service saw the proxy's upstream socket)");
+    println!(
+        "(the client believes it talks to 198.18.0.2; the service saw the proxy's upstream socket)"
+    );
 
     step("Bypass attempt: the same target as an IPv4-mapped IPv6 address");
-    print!("{}", as_agent(&format!("{client} ::ffff:198.18.0.2 7000 --family 6")));
+    print!(
+        "{}",
+        as_agent(&format!("{client} ::ffff:198.18.0.2 7000 --family 6"))
+    );
     step("Bypass attempt: SO_MARK on the socket");
-    print!("{}", as_agent(&format!("{client} 198.18.0.2 7000 --mark 1")));
+    print!(
+        "{}",
+        as_agent(&format!("{client} 198.18.0.2 7000 --mark 1"))
+    );
 
     step("kill -9 the daemon: interception stays pinned, connections are refused, not sent direct");
     daemon.kill()?;
@@ -145,7 +162,10 @@ pub fn run(root: &Path) -> Result<()> {
     print!("{}", as_agent(&format!("{client} 198.18.0.2 7000")));
 
     step("What the service recorded (peer address, port, local address)");
-    print!("{}", std::fs::read_to_string(format!("{STATE}/echo.log")).unwrap_or_default());
+    print!(
+        "{}",
+        std::fs::read_to_string(format!("{STATE}/echo.log")).unwrap_or_default()
+    );
 
     step("Teardown");
     daemon.kill()?;

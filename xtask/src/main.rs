@@ -44,7 +44,9 @@ fn main() -> ExitCode {
         Some("setup") => setup(),
         Some("build") => setup().and_then(|()| build()),
         Some("test") => setup().and_then(|()| test(&args[1..])),
-        Some("demo") => setup().and_then(|()| build()).and_then(|()| demo::run(&root())),
+        Some("demo") => setup()
+            .and_then(|()| build())
+            .and_then(|()| demo::run(&root())),
         Some("bench") => setup().and_then(|()| bench(&args[1..])),
         Some("clean-test-state") => clean_test_state(),
         _ => {
@@ -123,18 +125,33 @@ fn setup() -> Result<()> {
     if !sh_quiet_ok("command -v bpf-linker && bpf-linker --version") {
         eprintln!("setup: building bpf-linker against LLVM 22 (a few minutes)");
         run(Command::new("cargo")
-            .args(["install", "--locked", "bpf-linker", "--no-default-features", "--features", "llvm-22"])
+            .args([
+                "install",
+                "--locked",
+                "bpf-linker",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
         .or_else(|_| {
             run(Command::new("cargo")
-                .args(["install", "bpf-linker", "--no-default-features", "--features", "llvm-22"])
+                .args([
+                    "install",
+                    "bpf-linker",
+                    "--no-default-features",
+                    "--features",
+                    "llvm-22",
+                ])
                 .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
         })?;
     }
     // cgroup v2 and bpffs.
     if !sh_quiet_ok("grep -q ' - cgroup2 ' /proc/self/mountinfo") {
-        sh("if [ -d /sys/fs/cgroup/unified ]; then d=/sys/fs/cgroup/unified; \
-            else d=/run/airlock/cgroup2; mkdir -p $d; fi; mount -t cgroup2 none $d")?;
+        sh(
+            "if [ -d /sys/fs/cgroup/unified ]; then d=/sys/fs/cgroup/unified; \
+            else d=/run/airlock/cgroup2; mkdir -p $d; fi; mount -t cgroup2 none $d",
+        )?;
     }
     if !sh_quiet_ok("grep -q ' /sys/fs/bpf .* - bpf ' /proc/self/mountinfo") {
         sh("mkdir -p /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf")?;
@@ -159,7 +176,14 @@ fn build() -> Result<()> {
 fn test(extra: &[String]) -> Result<()> {
     clean_test_state()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run(cargo()
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(extra)

@@ -95,13 +95,16 @@ fn throughput(addr: &str, bytes: u64) {
     let mut left = bytes;
     while left > 0 {
         let n = left.min(chunk.len() as u64) as usize;
-        s.write_all(&chunk[..n]).unwrap_or_else(|e| fail("write", e));
+        s.write_all(&chunk[..n])
+            .unwrap_or_else(|e| fail("write", e));
         left -= n as u64;
     }
-    s.shutdown(Shutdown::Write).unwrap_or_else(|e| fail("shutdown", e));
+    s.shutdown(Shutdown::Write)
+        .unwrap_or_else(|e| fail("shutdown", e));
     s.set_read_timeout(Some(Duration::from_secs(60))).ok();
     let mut count = [0u8; 8];
-    s.read_exact(&mut count).unwrap_or_else(|e| fail("read count", e));
+    s.read_exact(&mut count)
+        .unwrap_or_else(|e| fail("read count", e));
     let secs = t0.elapsed().as_secs_f64();
     let got = u64::from_be_bytes(count);
     if got != bytes {

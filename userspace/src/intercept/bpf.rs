@@ -324,7 +324,10 @@ fn settings_for(me: &DaemonIdentity) -> Settings {
         proxy_cgroup_id: me.cgroup_id,
         host_netns_cookie: me.netns_cookie,
         proxy_tgid: me.tgid,
-        node_ip4: me.node_v4.map(|a| u32::from_ne_bytes(a.octets())).unwrap_or(0),
+        node_ip4: me
+            .node_v4
+            .map(|a| u32::from_ne_bytes(a.octets()))
+            .unwrap_or(0),
         node_ip6: me.node_v6.map(|a| words(a.octets())).unwrap_or([0; 4]),
         _pad: [0; 2],
     }
@@ -503,24 +506,25 @@ pub fn pin_status(bpffs: &Path) -> PinStatus {
     links.sort_by(|a, b| a.program.cmp(&b.program));
     let maps = maps_dir(bpffs);
     let mut targets = Vec::new();
-    if let Ok(map) = MapData::from_pin(maps.join(map_names::TARGETS)) {
-        if let Ok(trie) = LpmTrie::<_, TargetKey, TargetValue>::try_from(aya::maps::Map::LpmTrie(map)) {
-            for (k, v) in trie.iter().filter_map(Result::ok) {
-                let d = k.data();
-                let bits = k.prefix_len().saturating_sub(TARGET_KEY_PORT_BITS);
-                let ip = Ipv6Addr::from(d.addr);
-                let network = match ip.to_ipv4_mapped() {
-                    Some(v4) if bits >= 96 => format!("{v4}/{}", bits - 96),
-                    _ => format!("{ip}/{bits}"),
-                };
-                targets.push(TargetStatus {
-                    network,
-                    port: u16::from_be_bytes(d.port),
-                    target_id: v.target_id,
-                    proxy_port: v.proxy_port,
-                });
-            }
-        }
+    let trie = MapData::from_pin(maps.join(map_names::TARGETS))
+        .ok()
+        .and_then(|m| {
+            LpmTrie::<_, TargetKey, TargetValue>::try_from(aya::maps::Map::LpmTrie(m)).ok()
+        });
+    for (k, v) in trie.iter().flat_map(|t| t.iter().filter_map(Result::ok)) {
+        let d = k.data();
+        let bits = k.prefix_len().saturating_sub(TARGET_KEY_PORT_BITS);
+        let ip = Ipv6Addr::from(d.addr);
+        let network = match ip.to_ipv4_mapped() {
+            Some(v4) if bits >= 96 => format!("{v4}/{}", bits - 96),
+            _ => format!("{ip}/{bits}"),
+        };
+        targets.push(TargetStatus {
+            network,
+            port: u16::from_be_bytes(d.port),
+            target_id: v.target_id,
+            proxy_port: v.proxy_port,
+        });
     }
     let daemon_tgid = MapData::from_pin(maps.join(map_names::SETTINGS))
         .ok()

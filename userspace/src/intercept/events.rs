@@ -33,7 +33,11 @@ pub fn original_dst(info: &ConnInfo) -> SocketAddr {
 
 /// Builds the caller's workload from an interception record.
 pub fn workload_from(info: &ConnInfo, peer: Option<SocketAddr>) -> Workload {
-    let comm_len = info.comm.iter().position(|b| *b == 0).unwrap_or(info.comm.len());
+    let comm_len = info
+        .comm
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(info.comm.len());
     Workload {
         pid: info.pid,
         tgid: info.tgid,

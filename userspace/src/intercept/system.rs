@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 /// Errors from host facilities.
 #[derive(Debug, thiserror::Error)]
 pub enum SystemError {
-    #[error("no cgroup v2 hierarchy is mounted (mount one with `mount -t cgroup2 none DIR`, or run `cargo xtask setup`)")]
+    #[error(
+        "no cgroup v2 hierarchy is mounted (mount one with `mount -t cgroup2 none DIR`, or run `cargo xtask setup`)"
+    )]
     NoCgroup2,
     #[error("cannot mount {what} at {path}: {source}")]
     Mount {
@@ -86,7 +88,9 @@ pub fn ensure_mounts(bpffs_dir: &Path) -> Result<PathBuf, SystemError> {
 }
 
 fn is_empty_dir(p: &Path) -> bool {
-    std::fs::read_dir(p).map(|mut d| d.next().is_none()).unwrap_or(false)
+    std::fs::read_dir(p)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(false)
 }
 
 fn mount(source: &str, target: &Path, fstype: &'static str) -> Result<(), SystemError> {
@@ -100,9 +104,7 @@ fn mount(source: &str, target: &Path, fstype: &'static str) -> Result<(), System
     let dst = c(&target.to_string_lossy())?;
     let ty = c(fstype)?;
     // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null())
-    };
+    let rc = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         return Err(err(io::Error::last_os_error()));
     }
@@ -171,4 +173,3 @@ pub fn iptables_original_dst(sock: &impl AsRawFd) -> Option<SocketAddr> {
         ))
     })
 }
-

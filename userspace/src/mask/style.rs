@@ -25,7 +25,10 @@ impl Hasher {
         if key.len() < MIN_KEY_LEN {
             return Err(MaskError::WeakKey { len: key.len() });
         }
-        Ok(Self(Some(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key))))
+        Ok(Self(Some(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            key,
+        ))))
     }
 
     pub(crate) fn is_keyed(&self) -> bool {

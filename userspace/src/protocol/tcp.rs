@@ -45,7 +45,11 @@ pub async fn serve(session: Session, ctx: Arc<Context>) {
     let identity = Identity {
         subject: workload
             .as_ref()
-            .map(|w| w.user.as_ref().map_or_else(|| format!("unix:{}", w.uid), |u| format!("unix:{u}")))
+            .map(|w| {
+                w.user
+                    .as_ref()
+                    .map_or_else(|| format!("unix:{}", w.uid), |u| format!("unix:{u}"))
+            })
             .unwrap_or_else(|| "unintercepted".into()),
         groups: Vec::new(),
         workload: workload.clone(),
@@ -91,11 +95,19 @@ pub async fn serve(session: Session, ctx: Arc<Context>) {
     };
     let duration_ms = started.elapsed().as_millis() as u64;
     let (up, down) = (
-        counters.client_to_upstream.load(std::sync::atomic::Ordering::Relaxed),
-        counters.upstream_to_client.load(std::sync::atomic::Ordering::Relaxed),
+        counters
+            .client_to_upstream
+            .load(std::sync::atomic::Ordering::Relaxed),
+        counters
+            .upstream_to_client
+            .load(std::sync::atomic::Ordering::Relaxed),
     );
     let end = SessionEnd {
-        reason: if result.is_ok() { EndReason::ClientClosed } else { EndReason::Error },
+        reason: if result.is_ok() {
+            EndReason::ClientClosed
+        } else {
+            EndReason::Error
+        },
         detail: result.as_ref().err().map(ToString::to_string),
         bytes_from_client: up,
         bytes_to_client: down,
