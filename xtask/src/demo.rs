@@ -10,6 +10,9 @@ use anyhow::{Context, Result, bail};
 
 const NS: &str = "airlock-demo-db";
 const STATE: &str = "/tmp/airlock-demo";
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The gateway's database password: only the daemon's environment and the server know it.
+const DB_PASSWORD: &str = "demo-gateway-secret";
 
 fn out(script: &str) -> String {
     Command::new("bash")
@@ -33,10 +36,44 @@ fn cgroup_root() -> String {
         .to_owned()
 }
 
-/// Runs `cmd` as an unmodified client inside the demo's protected cgroup.
+/// Runs `cmd` (a bash script) as an unmodified client inside the demo's protected cgroup.
 fn as_agent(cmd: &str) -> String {
     let procs = format!("{}/airlock-demo/agent/cgroup.procs", cgroup_root());
-    out(&format!("sh -c 'echo $$ > {procs} && exec {cmd}'"))
+    // The script travels in the environment, so it needs no second layer of quoting.
+    Command::new("sh")
+        .args([
+            "-c",
+            &format!("echo $$ > {procs} && exec bash -c \"$AIRLOCK_DEMO_CMD\""),
+        ])
+        .env("AIRLOCK_DEMO_CMD", cmd)
+        .output()
+        .map(|o| {
+            let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
+            s.push_str(&String::from_utf8_lossy(&o.stderr));
+            s
+        })
+        .unwrap_or_default()
+}
+
+/// A real PostgreSQL in the test host's namespace, with a demo schema and the gateway's role.
+fn start_postgres() -> Result<()> {
+    let data = format!("{STATE}/pg");
+    crate::sh(&format!(
+        "set -e; mkdir -p {data}; chown postgres:postgres {data}; chmod 700 {data}
+         echo {DB_PASSWORD} > {STATE}/pwfile; chown postgres {STATE}/pwfile; chmod 600 {STATE}/pwfile
+         runuser -u postgres -- {PG_BIN}/initdb -D {data} -A scram-sha-256 --pwfile={STATE}/pwfile -U postgres >/dev/null
+         rm -f {STATE}/pwfile
+         echo \"listen_addresses = '198.18.0.2'\" >> {data}/postgresql.conf
+         echo \"unix_socket_directories = '{data}'\" >> {data}/postgresql.conf
+         echo 'host all all 0.0.0.0/0 scram-sha-256' >> {data}/pg_hba.conf
+         nsenter --net=/run/netns/{NS} runuser -u postgres -- {PG_BIN}/pg_ctl -D {data} -l {data}/server.log -w start >/dev/null
+         PGPASSWORD={DB_PASSWORD} psql -h {data} -U postgres -X -q -c \"CREATE ROLE airlock_gw LOGIN PASSWORD '{DB_PASSWORD}'\" -c 'CREATE DATABASE demo OWNER airlock_gw'
+         PGPASSWORD={DB_PASSWORD} psql -h {data} -U airlock_gw -d demo -X -q -c \"
+           CREATE TABLE customers (id int PRIMARY KEY, name text, email text);
+           INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com'), (2, 'Grace', 'grace@example.org');
+           CREATE TABLE orders (id int PRIMARY KEY, customer int, total numeric);
+           INSERT INTO orders VALUES (10, 1, 99.50);\""
+    ))
 }
 
 fn teardown(airlock: &Path) {
@@ -51,7 +88,8 @@ fn teardown(airlock: &Path) {
         }
     }
     let _ = out(&format!(
-        "{} uninstall --bpffs /sys/fs/bpf/airlock-demo >/dev/null 2>&1; \
+        "[ -f {STATE}/pg/postmaster.pid ] && runuser -u postgres -- {PG_BIN}/pg_ctl -D {STATE}/pg -m immediate stop >/dev/null 2>&1; \
+         {} uninstall --bpffs /sys/fs/bpf/airlock-demo >/dev/null 2>&1; \
          ip netns pids {NS} 2>/dev/null | xargs -r kill -9; ip netns del {NS} 2>/dev/null; ip link del al-demo0 2>/dev/null; \
          cg={root}/airlock-demo; [ -d $cg ] && {{ echo 1 > $cg/cgroup.kill; sleep 0.2; find $cg -depth -type d -exec rmdir {{}} \\; ; }}; true",
         airlock.display(),
@@ -82,6 +120,10 @@ pub fn run(root: &Path) -> Result<()> {
         .spawn()
         .context("start the demo TCP service")?;
     println!("TCP service on 198.18.0.2:7000 (pid {})", echo.id());
+    start_postgres()?;
+    println!(
+        "PostgreSQL on 198.18.0.2:5432, database demo; only the gateway's role has a password"
+    );
 
     step("airlock run --config policies/demo.yaml (protecting cgroup airlock-demo)");
     let cg = format!("{}/airlock-demo", cgroup_root());
@@ -101,6 +143,7 @@ pub fn run(root: &Path) -> Result<()> {
                     airlock.display()
                 ),
             ])
+            .env("AIRLOCK_DEMO_DB_PASSWORD", DB_PASSWORD)
             .stdout(log.try_clone()?)
             .stderr(log.try_clone()?)
             .spawn()?;
@@ -143,6 +186,30 @@ pub fn run(root: &Path) -> Result<()> {
     print!(
         "{}",
         as_agent(&format!("{client} 198.18.0.2 7000 --mark 1"))
+    );
+
+    let psql = |sql: &str| {
+        as_agent(&format!(
+            "psql 'host=198.18.0.2 port=5432 dbname=demo user=agent sslmode=disable' -X -v ON_ERROR_STOP=0 -c \"{sql}\""
+        ))
+    };
+    step("psql through the gateway, as an agent with no database password");
+    println!("$ psql -h 198.18.0.2 -d demo -c 'SELECT id, name, email FROM customers'");
+    print!(
+        "{}",
+        psql("SELECT id, name, email FROM customers ORDER BY id")
+    );
+    step("Policy: DDL is denied for agents (the server never sees it)");
+    print!("{}", psql("DROP TABLE customers"));
+    step("Policy: writes need review by group dba");
+    print!("{}", psql("UPDATE customers SET name = 'x' WHERE id = 1"));
+    step("airlock policy explain: what would happen, before deploying");
+    print!(
+        "{}",
+        out(&format!(
+            "{} policy explain --config {STATE}/demo.yaml --target demo-db --identity unix:root --group agents --sql \"SELECT 1; DELETE FROM orders\"",
+            airlock.display()
+        ))
     );
 
     step("kill -9 the daemon: interception stays pinned, connections are refused, not sent direct");
