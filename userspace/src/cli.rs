@@ -42,6 +42,28 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Recorded sessions (search by identity, target, time, text).
+    Sessions(crate::audit::cli::SessionsArgs),
+    /// A session's transcript with timing.
+    Replay(crate::audit::cli::ReplayArgs),
+    /// The tamper-evident audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain and signatures; names any change, deletion, reordering or
+    /// truncation.
+    Verify(crate::audit::cli::VerifyArgs),
+    /// Write the log as JSON lines (verifiable on its own with `verify --export`).
+    Export(crate::audit::cli::ExportArgs),
+    /// Load an export into a log directory.
+    Import(crate::audit::cli::ImportArgs),
+    /// Create the Ed25519 signing key.
+    Keygen(crate::audit::cli::KeygenArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,7 +85,17 @@ pub fn main() -> ExitCode {
             config,
             json,
         } => bpffs_dir(bpffs, config).and_then(|dir| status(&dir, json)),
-        Command::Uninstall { bpffs, config } => bpffs_dir(bpffs, config).and_then(|dir| uninstall(&dir)),
+        Command::Uninstall { bpffs, config } => {
+            bpffs_dir(bpffs, config).and_then(|dir| uninstall(&dir))
+        }
+        Command::Sessions(args) => crate::audit::cli::sessions(&args),
+        Command::Replay(args) => crate::audit::cli::replay(&args),
+        Command::Audit { command } => match command {
+            AuditCommand::Verify(args) => crate::audit::cli::verify(&args),
+            AuditCommand::Export(args) => crate::audit::cli::export(&args),
+            AuditCommand::Import(args) => crate::audit::cli::import(&args),
+            AuditCommand::Keygen(args) => crate::audit::cli::keygen(&args),
+        },
         Command::Policy { command } => match command {
             PolicyCommand::Check { file } => crate::policy::cli::check(&file),
             PolicyCommand::Explain(args) => crate::policy::cli::explain(&args),
@@ -163,14 +195,19 @@ fn status(bpffs: &std::path::Path, json: bool) -> anyhow::Result<()> {
     for (port, up) in &listening {
         println!(
             "listener :{port} {}",
-            if *up { "listening" } else { "DOWN (connections are refused)" }
+            if *up {
+                "listening"
+            } else {
+                "DOWN (connections are refused)"
+            }
         );
     }
     println!(
         "daemon: {}",
         match (status.daemon_tgid, daemon_alive) {
             (Some(pid), true) => format!("running (pid {pid})"),
-            (Some(pid), false) => format!("not running (last pid {pid}); interception stays in force, fail closed"),
+            (Some(pid), false) =>
+                format!("not running (last pid {pid}); interception stays in force, fail closed"),
             (None, _) => "never started".into(),
         }
     );
@@ -194,7 +231,9 @@ fn process_alive(pid: u32) -> bool {
         return false;
     };
     // "pid (comm) state ..." — comm may contain spaces, so split after the last ')'.
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
     pid != 0 && !matches!(state, Some("Z" | "X"))
 }
 
@@ -213,7 +252,10 @@ fn listening_ports(pid: u32) -> Vec<u16> {
             if state != "0A" {
                 continue;
             }
-            if let Some(port) = local.rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok()) {
+            if let Some(port) = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+            {
                 ports.push(port);
             }
         }

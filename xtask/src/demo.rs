@@ -228,6 +228,30 @@ pub fn run(root: &Path) -> Result<()> {
     let mut daemon = start_daemon(2)?;
     print!("{}", as_agent(&format!("{client} 198.18.0.2 7000")));
 
+    step("Prometheus: curl http://127.0.0.1:9481/metrics | grep ^airlock_");
+    print!(
+        "{}",
+        out(
+            "/usr/bin/python3 -c \"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9481/metrics').read().decode())\" | grep -E '^airlock_(commands|sessions|intercepted|denied|approval|masked|policy_eval_seconds_count)' | grep -v ' 0$'"
+        )
+    );
+
+    step("Audit: every session recorded, hash-chained and signed");
+    print!(
+        "{}",
+        out(&format!(
+            "{} sessions --config {STATE}/demo.yaml | tail -8",
+            airlock.display()
+        ))
+    );
+    print!(
+        "{}",
+        out(&format!(
+            "{} audit verify --config {STATE}/demo.yaml",
+            airlock.display()
+        ))
+    );
+
     step("What the service recorded (peer address, port, local address)");
     print!(
         "{}",
