@@ -408,11 +408,14 @@ async fn accept_loop(
                 continue;
             }
         };
-        let record = conns.take(peer);
         let ctx = Arc::clone(&ctx);
+        let conns = Arc::clone(&conns);
         let resolver = Arc::clone(&resolver);
         let name = target_name.clone();
+        // The record lookup is two map syscalls: do it in the session's task, not between
+        // accepts.
         tokio::spawn(async move {
+            let record = conns.take(peer);
             if let Some(session) = admit(stream, peer, record, &name, &ctx, &resolver) {
                 protocol::serve(session, ctx).await;
             }
