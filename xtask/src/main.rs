@@ -172,7 +172,8 @@ fn build() -> Result<()> {
 }
 
 /// The whole suite, as CI runs it: format and lint gates, unit and end-to-end tests, and a
-/// short fuzz run of each parser.
+/// short fuzz run of each parser. Ends with one `N passed, N failed` line over every test
+/// binary.
 fn test(extra: &[String]) -> Result<()> {
     clean_test_state()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
@@ -184,12 +185,49 @@ fn test(extra: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    run(cargo()
-        .args(["test", "--workspace", "--no-fail-fast"])
+    let log = root().join("target/xtask-test.log");
+    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new("bash")
+        .args(["-c", r#"set -o pipefail; "$0" test --workspace --all-targets --no-fail-fast "${@:2}" 2>&1 | tee "$1""#])
+        .arg(&cargo_bin)
+        .arg(&log)
         .args(extra)
-        .env("RUST_BACKTRACE", "1"))?;
-    fuzz()?;
-    clean_test_state()
+        .current_dir(root())
+        .env("RUST_BACKTRACE", "1")
+        .status()
+        .context("run cargo test")?;
+    let (passed, failed) = tally(&std::fs::read_to_string(&log).unwrap_or_default());
+    let fuzzed = if status.success() { fuzz() } else { Ok(()) };
+    clean_test_state()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed");
+    }
+    fuzzed
+}
+
+/// Sums libtest's `test result:` lines.
+fn tally(log: &str) -> (u64, u64) {
+    let mut passed = 0;
+    let mut failed = 0;
+    for line in log.lines().filter(|l| l.starts_with("test result:")) {
+        let count = |word: &str| {
+            line.split(';')
+                .find_map(|part| {
+                    part.trim()
+                        .strip_suffix(word)?
+                        .trim()
+                        .rsplit(' ')
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .unwrap_or(0)
+        };
+        passed += count("passed");
+        failed += count("failed");
+    }
+    (passed, failed)
 }
 
 /// Runs each fuzz target for a short fixed time, when the fuzz crate exists.
@@ -223,4 +261,15 @@ fn clean_test_state() -> Result<()> {
       for pin in /sys/fs/bpf/airlock-test-*; do [ -d "$pin" ] || continue
         find "$pin" -type f -delete; find "$pin" -depth -type d -exec rmdir {} \; ; done
       true"#)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tally_sums_every_test_binary() {
+        let log = "test result: ok. 116 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 11.54s\n\
+                   noise\n\
+                   test result: FAILED. 9 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1s\n";
+        assert_eq!(super::tally(log), (125, 1));
+    }
 }
