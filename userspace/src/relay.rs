@@ -49,8 +49,23 @@ pub async fn relay(
     upstream: &TcpStream,
     counters: &Counters,
 ) -> io::Result<RelayStats> {
-    let up = copy_one_way(client, upstream, &counters.client_to_upstream);
-    let down = copy_one_way(upstream, client, &counters.upstream_to_client);
+    both_ways(
+        client,
+        upstream,
+        copy_one_way(client, upstream, &counters.client_to_upstream),
+        copy_one_way(upstream, client, &counters.upstream_to_client),
+    )
+    .await
+}
+
+/// Runs the two directions to completion; on an error in either, shuts both sockets down so
+/// the other direction ends too.
+async fn both_ways(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    up: impl std::future::Future<Output = io::Result<u64>>,
+    down: impl std::future::Future<Output = io::Result<u64>>,
+) -> io::Result<RelayStats> {
     let result = tokio::try_join!(up, down);
     if result.is_err() {
         shutdown(client, libc::SHUT_RDWR);
@@ -120,18 +135,13 @@ pub async fn splice_relay(
     upstream: &TcpStream,
     counters: &Counters,
 ) -> io::Result<RelayStats> {
-    let up = splice_one_way(client, upstream, &counters.client_to_upstream);
-    let down = splice_one_way(upstream, client, &counters.upstream_to_client);
-    let result = tokio::try_join!(up, down);
-    if result.is_err() {
-        shutdown(client, libc::SHUT_RDWR);
-        shutdown(upstream, libc::SHUT_RDWR);
-    }
-    let (c2u, u2c) = result?;
-    Ok(RelayStats {
-        client_to_upstream: c2u,
-        upstream_to_client: u2c,
-    })
+    both_ways(
+        client,
+        upstream,
+        splice_one_way(client, upstream, &counters.client_to_upstream),
+        splice_one_way(upstream, client, &counters.upstream_to_client),
+    )
+    .await
 }
 
 /// Pipe capacity asked for (the kernel may grant less; splice adapts).

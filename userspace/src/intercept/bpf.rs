@@ -166,37 +166,17 @@ impl Interceptor {
             }
         };
 
-        let mut settings: Array<MapData, Settings> = Array::try_from(
-            ebpf.take_map(map_names::SETTINGS)
-                .ok_or(InterceptError::Missing(map_names::SETTINGS))?,
-        )
-        .map_err(map_err(map_names::SETTINGS))?;
+        let mut settings: Array<MapData, Settings> = take_map(&mut ebpf, map_names::SETTINGS)?;
         // The daemon's identity goes in first: links from an earlier run share this map, so
         // they exempt us (and guard our ports) from this point on.
         settings
             .set(0, settings_for(&me), 0)
             .map_err(map_err(map_names::SETTINGS))?;
 
-        let targets = LpmTrie::try_from(
-            ebpf.take_map(map_names::TARGETS)
-                .ok_or(InterceptError::Missing(map_names::TARGETS))?,
-        )
-        .map_err(map_err(map_names::TARGETS))?;
-        let proxy_ports = HashMap::try_from(
-            ebpf.take_map(map_names::PROXY_PORTS)
-                .ok_or(InterceptError::Missing(map_names::PROXY_PORTS))?,
-        )
-        .map_err(map_err(map_names::PROXY_PORTS))?;
-        let conn_by_peer = HashMap::try_from(
-            ebpf.take_map(map_names::CONN_BY_PEER)
-                .ok_or(InterceptError::Missing(map_names::CONN_BY_PEER))?,
-        )
-        .map_err(map_err(map_names::CONN_BY_PEER))?;
-        let events = RingBuf::try_from(
-            ebpf.take_map(map_names::EVENTS)
-                .ok_or(InterceptError::Missing(map_names::EVENTS))?,
-        )
-        .map_err(map_err(map_names::EVENTS))?;
+        let targets = take_map(&mut ebpf, map_names::TARGETS)?;
+        let proxy_ports = take_map(&mut ebpf, map_names::PROXY_PORTS)?;
+        let conn_by_peer = take_map(&mut ebpf, map_names::CONN_BY_PEER)?;
+        let events = take_map(&mut ebpf, map_names::EVENTS)?;
 
         let links = attach_all(&mut ebpf, cgroup, bpffs)?;
         tracing::info!(cgroup = %cgroup.display(), bpffs = %bpffs.display(), links = links.len(), "kernel programs attached");
@@ -309,6 +289,15 @@ impl ConnTable {
         let _ = map.remove(&key);
         Some(info)
     }
+}
+
+/// Takes a map out of the loaded object as its typed handle.
+fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, InterceptError>
+where
+    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(InterceptError::Missing(name))?;
+    M::try_from(map).map_err(map_err(name))
 }
 
 fn key_bytes(k: &Key<TargetKey>) -> [u8; 18] {

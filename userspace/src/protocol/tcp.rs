@@ -115,31 +115,17 @@ pub async fn serve(session: Session, ctx: Arc<Context>) {
     if let Err(error) = recorder.end(end).await {
         tracing::error!(session = id, %error, "audit log failed to record the session end");
     }
-    match result {
-        Ok(stats) => tracing::info!(
-            session = id,
-            target = %target.name,
-            %upstream,
-            pid,
-            uid,
-            comm,
-            bytes_up = stats.client_to_upstream,
-            bytes_down = stats.upstream_to_client,
-            duration_ms,
-            "tcp session closed"
-        ),
-        Err(error) => tracing::info!(
-            session = id,
-            target = %target.name,
-            %upstream,
-            pid,
-            uid,
-            comm,
-            bytes_up = up,
-            bytes_down = down,
-            duration_ms,
-            %error,
-            "tcp session ended with error"
-        ),
-    }
+    tracing::info!(
+        session = id,
+        target = %target.name,
+        %upstream,
+        pid,
+        uid,
+        comm,
+        bytes_up = up,
+        bytes_down = down,
+        duration_ms,
+        error = result.as_ref().err().map(tracing::field::display),
+        "tcp session closed"
+    );
 }
