@@ -29,6 +29,42 @@ use support::{
 };
 
 const PG_PORT: u16 = 5432;
+
+/// A minimal PostgreSQL client on a raw socket: startup, prints the authentication request
+/// code, sends argv[3] as the password, prints the error fields (`S=…`, `C=…`, `M=…`).
+const RAW_PASSWORD_CLIENT: &str = r#"
+import socket, struct, sys
+host, port, password = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.create_connection((host, port), timeout=10)
+params = b"user\0someone\0database\0app\0\0"
+s.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
+def read_msg():
+    head = b""
+    while len(head) < 5:
+        chunk = s.recv(5 - len(head))
+        if not chunk:
+            sys.exit("closed")
+        head += chunk
+    tag, n = head[:1], struct.unpack("!i", head[1:])[0]
+    body = b""
+    while len(body) < n - 4:
+        chunk = s.recv(n - 4 - len(body))
+        if not chunk:
+            sys.exit("closed")
+        body += chunk
+    return tag, body
+tag, body = read_msg()
+print("auth=%d" % struct.unpack("!i", body[:4])[0] if tag == b"R" else "tag=" + tag.decode())
+pw = password.encode() + b"\0"
+s.sendall(b"p" + struct.pack("!i", 4 + len(pw)) + pw)
+tag, body = read_msg()
+if tag == b"E":
+    for field in body.split(b"\0"):
+        if field:
+            print("%s=%s" % (chr(field[0]), field[1:].decode()))
+else:
+    print("tag=" + tag.decode())
+"#;
 const AUDIENCE: &str = "https://airlock.test";
 
 /// One test's world: namespaces, cgroup, PostgreSQL on the db host, scratch dir.
@@ -419,6 +455,33 @@ default: deny
         "{r:?}"
     );
 
+    // On the wire: the gateway asks for a cleartext password (AuthenticationCleartextPassword,
+    // code 3) and answers a bad token with FATAL, SQLSTATE 28000, naming the reason.
+    let script = env.dir.write("raw.py", RAW_PASSWORD_CLIENT);
+    let out = sh(&env.cg.run_in(
+        "clients",
+        &node,
+        &format!(
+            "{} {} {DB_ADDR} {PG_PORT} {expired}",
+            support::PYTHON,
+            script.display()
+        ),
+    ));
+    let raw = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        raw.contains("auth=3\n"),
+        "{raw} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        raw.contains("S=FATAL\n") && raw.contains("C=28000\n"),
+        "{raw}"
+    );
+    assert!(
+        raw.contains("M=airlock: invalid token: token expired"),
+        "{raw}"
+    );
+
     let log = std::fs::read_to_string(env.dir.path("daemon.log")).unwrap();
     assert!(
         log.contains("reason=expired") && log.contains("reason=wrong_audience"),
@@ -430,7 +493,7 @@ default: deny
     assert_eq!(
         m.get(r#"airlock_denied_connections_total{reason="invalid_token"}"#)
             .copied(),
-        Some(3.0),
+        Some(4.0),
         "{text}"
     );
     let intercepted = m
@@ -439,4 +502,79 @@ default: deny
         .unwrap_or(0.0);
     assert!(intercepted >= 5.0, "{text}");
     provider.stop();
+}
+
+/// `airlock login` as a reviewer runs it: the real binary, issuer, CA and client id taken from
+/// the config's OIDC identity, the device code approved "in the browser" while it polls, and
+/// the cached token verifiable as that reviewer.
+#[test]
+fn airlock_login_cli_runs_the_device_flow_from_the_config() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let pki = Pki::new("cli-login");
+    let provider = Provider::start(&pki, "k1", 0);
+    let config = pki.dir.join("airlock.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "targets: []
+identities:
+  - name: reviewers
+    oidc: {{issuer: \"{}\", audience: cli, ca_file: {}}}
+    groups: [reviewers]
+",
+            provider.issuer,
+            pki.ca.display()
+        ),
+    )
+    .unwrap();
+    let token_file = pki.dir.join("token.json");
+
+    let mut child = Command::new(airlock_bin())
+        .arg("login")
+        .arg("--config")
+        .arg(&config)
+        .arg("--token-file")
+        .arg(&token_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let code = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "airlock login ended without a prompt"
+        );
+        if let Some(code) = line.trim().rsplit_once("enter the code ").map(|(_, c)| c) {
+            break code.to_string();
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(provider.approve_device(&pki, &code, "alice"));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "airlock login failed: {rest}");
+    assert!(rest.contains("logged in at"), "{rest}");
+
+    let bearer = airlock::identity::login::cached_token_at(&token_file).expect("cached token");
+    let spec = airlock::config::Config::load(&config).unwrap().identities;
+    let verifier = airlock::identity::oidc::OidcVerifier::new(&spec).unwrap();
+    let claims = rt.block_on(verifier.verify(&bearer)).unwrap();
+    assert_eq!(claims.subject, "alice");
+    assert_eq!(claims.identity, "reviewers");
+
+    // Without an issuer anywhere: a clear error, not a panic.
+    let out = Command::new(airlock_bin()).arg("login").output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("give --issuer"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
