@@ -25,7 +25,9 @@ pub struct IdentitySpec {
     /// Callers whose process matches.
     #[serde(default)]
     pub workload: Option<WorkloadMatcher>,
-    /// Policy groups granted to a matching caller (in addition to token group claims).
+    /// Policy groups granted to a matching caller (in addition to token group claims). With
+    /// both `oidc` and `workload`, only a caller whose token this entry accepted AND whose
+    /// process matches gets them.
     #[serde(default)]
     pub groups: Vec<String>,
 }
