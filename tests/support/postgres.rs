@@ -191,6 +191,10 @@ fn chown_r(path: &Path, ids: Option<(u32, u32)>) {
 #[derive(Debug)]
 pub struct PgServer {
     pub port: u16,
+    /// The address it listens on (127.0.0.1 unless started in a network namespace).
+    pub host: String,
+    /// The network namespace it runs in (`None`: the test's own).
+    pub netns: Option<String>,
     pub dir: TempDir,
     child: Child,
 }
@@ -207,6 +211,18 @@ impl PgServer {
     /// initdb, configure (TLS when `tls` is given), start, and create the test roles and
     /// database.
     pub fn start(tls: Option<&TlsFixture>) -> Self {
+        Self::start_opts(tls, None)
+    }
+
+    /// As [`start`](Self::start), but inside network namespace `netns` (a test host of
+    /// support::Topology), listening on `host:port`; clients from 198.18.0.0/15 (the proxy on
+    /// the node) log in with passwords. The server runs under `nsenter --net`, which execs it,
+    /// so the PID stopped on drop is the server's.
+    pub fn start_in_netns(netns: &str, host: &str, port: u16) -> Self {
+        Self::start_opts(None, Some((netns, host, port)))
+    }
+
+    fn start_opts(tls: Option<&TlsFixture>, place: Option<(&str, &str, u16)>) -> Self {
         let ids = server_ids();
         let dir = TempDir::new("airlock-pg");
         chown_r(dir.path(), ids);
@@ -227,9 +243,18 @@ impl PgServer {
         }
         run_ok(&mut initdb);
 
-        let port = free_port();
+        let (netns, host, port) = match place {
+            Some((ns, host, port)) => (Some(ns.to_string()), host.to_string(), port),
+            None => (None, "127.0.0.1".to_string(), free_port()),
+        };
+        // Password logins from the test hosts' range as well when the server sits on one.
+        let nets: &[&str] = if netns.is_some() {
+            &["127.0.0.1/32", "198.18.0.0/15"]
+        } else {
+            &["127.0.0.1/32"]
+        };
         let mut conf = format!(
-            "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = ''\n\
+            "listen_addresses = '{host}'\nport = {port}\nunix_socket_directories = ''\n\
              fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 60\n"
         );
         if let Some(t) = tls {
@@ -242,33 +267,54 @@ impl PgServer {
             conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
         }
         append(&data.join("postgresql.conf"), &conf);
-        std::fs::write(
-            data.join("pg_hba.conf"),
-            format!(
-                "host all postgres 127.0.0.1/32 trust\n\
-                 host all {} 127.0.0.1/32 md5\n\
-                 host all {} 127.0.0.1/32 password\n\
-                 hostssl all {} 127.0.0.1/32 scram-sha-256\n\
-                 host all all 127.0.0.1/32 scram-sha-256\n",
+        // The superuser is trusted only from the server's own address (the test's admin psql).
+        let mut hba = format!("host all postgres {host}/32 trust\n");
+        for net in nets {
+            hba.push_str(&format!(
+                "host all {} {net} md5\n\
+                 host all {} {net} password\n\
+                 hostssl all {} {net} scram-sha-256\n\
+                 host all all {net} scram-sha-256\n",
                 MD5_USER.0, CLEAR_USER.0, TLS_USER.0
-            ),
-        )
-        .expect("write pg_hba.conf");
+            ));
+        }
+        std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
         chown_r(&data, ids);
 
         let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
         chown_r(&dir.path().join("server.log"), ids);
-        let mut cmd = Command::new(format!("{PG_BIN}/postgres"));
+        let mut cmd = match &netns {
+            // nsenter needs root to switch namespaces, so it drops to postgres itself.
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}"));
+                if let Some((u, g)) = ids {
+                    c.arg(format!("--setuid={u}")).arg(format!("--setgid={g}"));
+                }
+                c.arg(format!("{PG_BIN}/postgres"));
+                c
+            }
+            None => {
+                let mut c = Command::new(format!("{PG_BIN}/postgres"));
+                if let Some((u, g)) = ids {
+                    c.uid(u).gid(g);
+                }
+                c
+            }
+        };
         cmd.arg("-D")
             .arg(&data)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        if let Some((u, g)) = ids {
-            cmd.uid(u).gid(g);
-        }
         let child = cmd.spawn().expect("start postgres");
-        let server = PgServer { port, dir, child };
+        let server = PgServer {
+            port,
+            host,
+            netns,
+            dir,
+            child,
+        };
         server.wait_ready();
         let (gw, md5, clear, tls) = (GATEWAY_USER, MD5_USER, CLEAR_USER, TLS_USER);
         // One statement per call: CREATE DATABASE cannot run in a multi-statement Query.
@@ -299,16 +345,29 @@ impl PgServer {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        SocketAddr::new(self.host.parse().expect("server address"), self.port)
+    }
+
+    /// A command run in the server's network namespace.
+    fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
     }
 
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let ok = Command::new(format!("{PG_BIN}/pg_isready"))
+            let ok = self
+                .command(&format!("{PG_BIN}/pg_isready"))
                 .args([
                     "-h",
-                    "127.0.0.1",
+                    &self.host,
                     "-p",
                     &self.port.to_string(),
                     "-U",
@@ -338,10 +397,10 @@ impl PgServer {
     /// As [`admin`](Self::admin), in database `db`.
     pub fn admin_db(&self, db: &str, sql: &str) -> String {
         let out = run_ok(
-            Command::new("psql")
+            self.command("psql")
                 .arg(format!(
-                    "host=127.0.0.1 port={} user=postgres dbname={db} sslmode=disable",
-                    self.port
+                    "host={} port={} user=postgres dbname={db} sslmode=disable",
+                    self.host, self.port
                 ))
                 .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql]),
         );

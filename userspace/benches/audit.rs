@@ -43,6 +43,7 @@ async fn run(rec: &Recorder, sessions: u64, iters: u64, pipelined: bool) -> Dura
         subject: "bench".into(),
         groups: vec!["agents".into()],
         workload: None,
+        token: None,
     };
     let mut recorders = Vec::new();
     for _ in 0..sessions {

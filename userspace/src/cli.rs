@@ -37,6 +37,9 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Log in as a reviewer (OIDC device authorization flow) and cache the token for the API
+    /// and CLI. The issuer comes from --issuer, or from an OIDC identity of --config.
+    Login(LoginArgs),
     /// Policy tools.
     Policy {
         #[command(subcommand)]
@@ -66,6 +69,29 @@ pub enum AuditCommand {
     Keygen(crate::audit::cli::KeygenArgs),
 }
 
+/// Arguments of `airlock login`.
+#[derive(Debug, clap::Args)]
+pub struct LoginArgs {
+    /// Issuer URL (discovery at `{issuer}/.well-known/openid-configuration`).
+    #[arg(long)]
+    pub issuer: Option<String>,
+    /// OAuth client id of the CLI at the issuer (default: the identity's audience).
+    #[arg(long)]
+    pub client_id: Option<String>,
+    /// Take the issuer, CA file and client id from this configuration's identities.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Which OIDC identity of --config (default: the only one).
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// Extra CA bundle (PEM) for the issuer's TLS.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Where to cache the token (default: ~/.config/airlock/token.json).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Validate a policy/config file.
@@ -88,6 +114,7 @@ pub fn main() -> ExitCode {
         Command::Uninstall { bpffs, config } => {
             bpffs_dir(bpffs, config).and_then(|dir| uninstall(&dir))
         }
+        Command::Login(args) => login(&args),
         Command::Sessions(args) => crate::audit::cli::sessions(&args),
         Command::Replay(args) => crate::audit::cli::replay(&args),
         Command::Audit { command } => match command {
@@ -131,6 +158,75 @@ fn run(config: PathBuf) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(crate::proxy::run(config))
+}
+
+/// `airlock login`: resolves issuer and client id (flags first, then the config), runs the
+/// device flow and caches the token.
+fn login(args: &LoginArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let spec = match &args.config {
+        Some(path) => {
+            let config = crate::config::Config::load(path)?;
+            let oidc: Vec<_> = config
+                .identities
+                .iter()
+                .filter(|i| i.oidc.is_some())
+                .filter(|i| args.identity.as_deref().is_none_or(|n| n == i.name))
+                .cloned()
+                .collect();
+            match (oidc.len(), &args.identity) {
+                (1, _) => oidc.into_iter().next(),
+                (0, Some(n)) => anyhow::bail!("{}: no OIDC identity named `{n}`", path.display()),
+                (0, None) => anyhow::bail!("{}: no identity has `oidc`", path.display()),
+                _ => anyhow::bail!(
+                    "{}: several OIDC identities; choose one with --identity",
+                    path.display()
+                ),
+            }
+        }
+        None => None,
+    };
+    let oidc = spec.as_ref().and_then(|s| s.oidc.as_ref());
+    let issuer = args
+        .issuer
+        .clone()
+        .or_else(|| oidc.map(|o| o.issuer.clone()))
+        .context("give --issuer, or --config with an OIDC identity")?;
+    let client_id = args
+        .client_id
+        .clone()
+        .or_else(|| oidc.map(|o| o.audience.clone()))
+        .context("give --client-id, or --config with an OIDC identity")?;
+    let options = crate::identity::login::LoginOptions {
+        scopes: Vec::new(),
+        ca_file: args
+            .ca_file
+            .clone()
+            .or_else(|| oidc.and_then(|o| o.ca_file.clone())),
+        token_path: args.token_file.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let token = runtime.block_on(crate::identity::login::login_with(
+        &issuer,
+        &client_id,
+        &options,
+        |d| {
+            eprintln!(
+                "To log in, open {} and enter the code {}",
+                d.verification_uri_complete
+                    .as_deref()
+                    .unwrap_or(&d.verification_uri),
+                d.user_code
+            );
+        },
+    ))?;
+    eprintln!(
+        "logged in at {} as client {}",
+        token.issuer, token.client_id
+    );
+    Ok(())
 }
 
 fn bpffs_dir(bpffs: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<PathBuf> {

@@ -158,9 +158,24 @@ pub struct Provider {
 impl Provider {
     /// Starts the provider signing with key `key` (created on first use) on `port` (0: any).
     pub fn start(pki: &Pki, key: &str, port: u16) -> Provider {
+        Self::start_in(pki, key, port, None)
+    }
+
+    /// As [`start`](Self::start), inside network namespace `netns` (its 127.0.0.1 is that
+    /// namespace's loopback, e.g. where the daemon runs). `nsenter` execs node, so the PID
+    /// stopped on drop is the provider's.
+    pub fn start_in(pki: &Pki, key: &str, port: u16, netns: Option<&str>) -> Provider {
         let dir = node_dir();
         let log = std::fs::File::create(pki.dir.join(format!("provider-{key}.log"))).unwrap();
-        let mut child = Command::new("node")
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg("node");
+                c
+            }
+            None => Command::new("node"),
+        };
+        let mut child = cmd
             .arg(dir.join("provider.mjs"))
             .args(["--dir", pki.dir.to_str().unwrap(), "--key", key, "--port"])
             .arg(port.to_string())
@@ -228,6 +243,52 @@ impl Provider {
         let json: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
         assert!(status.is_success(), "token request failed: {json}");
         json["access_token"].as_str().unwrap().to_string()
+    }
+
+    /// As [`client_token`](Self::client_token) for a provider started in network namespace
+    /// `netns`: the request is made by curl inside that namespace.
+    pub fn client_token_in(
+        &self,
+        pki: &Pki,
+        client: &str,
+        resource: Option<&str>,
+        netns: &str,
+    ) -> String {
+        let mut body = format!(
+            "grant_type=client_credentials&client_id={client}&client_secret={client}-secret&scope=api"
+        );
+        if let Some(r) = resource {
+            body.push_str("&resource=");
+            body.push_str(r);
+        }
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{netns}"))
+            .args(["curl", "-sS", "--max-time", "10", "--cacert"])
+            .arg(&pki.ca)
+            .args([
+                "-H",
+                "content-type: application/x-www-form-urlencoded",
+                "--data",
+                &body,
+            ])
+            .arg(format!("{}/token", self.issuer))
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run curl: {e}"));
+        assert!(
+            out.status.success(),
+            "token request failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "token response {e}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        json["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no access_token in {json}"))
+            .to_string()
     }
 
     /// Completes a pending device authorization for `account`.

@@ -78,6 +78,7 @@ fn identity(subject: &str) -> Identity {
             original_dst: Some("198.18.0.2:5432".parse().unwrap()),
             peer: Some("127.0.0.1:40001".parse().unwrap()),
         }),
+        token: None,
     }
 }
 

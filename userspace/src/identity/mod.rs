@@ -7,6 +7,8 @@ pub mod workload;
 
 use std::net::SocketAddr;
 
+pub use oidc::TokenClaims;
+
 /// The calling process as the kernel saw it at `connect()` time.
 ///
 /// Filled from the eBPF interception record, so a client cannot forge it.
@@ -44,4 +46,7 @@ pub struct Identity {
     /// The kernel's view of the caller; `None` only for connections that were not intercepted
     /// (tests and benchmarks that talk to a listener directly).
     pub workload: Option<Workload>,
+    /// The verified token the caller presented, if any (rules with `require: [token]` or
+    /// `claims:` match only when it is set).
+    pub token: Option<TokenClaims>,
 }

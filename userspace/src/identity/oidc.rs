@@ -43,7 +43,8 @@ const ASYMMETRIC_ALGORITHMS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
 ];
 
-/// A verified token, as policy sees it.
+/// A verified token, as policy sees it: what [`OidcVerifier::verify`] returns and what
+/// [`crate::policy::Engine::identify`] takes (the one claims type of the crate).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenClaims {
     /// The token's `sub`.
@@ -65,11 +66,14 @@ pub struct TokenClaims {
 impl TokenClaims {
     /// The policy identity of this token's caller, with the kernel's view when the token came
     /// over an intercepted connection.
+    /// Policy's workload matchers are not consulted here; the PostgreSQL front end uses
+    /// [`crate::policy::Engine::identify`], which adds them.
     pub fn into_identity(self, workload: Option<super::Workload>) -> super::Identity {
         super::Identity {
-            subject: self.subject,
-            groups: self.groups,
+            subject: self.subject.clone(),
+            groups: self.groups.clone(),
             workload,
+            token: Some(self),
         }
     }
 }
@@ -519,7 +523,13 @@ fn build_issuer(
             groups_claim: oidc.groups_claim.clone(),
             algorithms,
             algorithm_names: names,
-            groups: spec.groups.clone(),
+            // A spec that also has a workload matcher grants its groups only when the caller's
+            // process matches too; `Engine::identify` checks that, so they are not added here.
+            groups: if spec.workload.is_some() {
+                Vec::new()
+            } else {
+                spec.groups.clone()
+            },
         });
     }
     let http = builder.build().map_err(|e| OidcConfigError::HttpClient {

@@ -13,7 +13,6 @@ pub mod classify;
 pub mod cli;
 pub mod spec;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,7 +25,7 @@ use crate::identity::{Identity, Workload};
 pub use cache::{CacheStats, ClassCache};
 pub use classify::{Class, ClassSet, Classification, Dialect, Limits, classify};
 pub use spec::Action;
-use spec::{DefaultAction, Glob, IdentitySpec, RuleSpec, TimeWindow, WorkloadMatcher};
+use spec::{DefaultAction, Glob, IdentitySpec, Requirement, RuleSpec, TimeWindow, WorkloadMatcher};
 
 /// Entries in a new engine's classification cache.
 pub const DEFAULT_CACHE_ENTRIES: usize = 8192;
@@ -129,21 +128,9 @@ pub struct Verdict {
     pub shadow: Vec<ShadowHit>,
 }
 
-/// Verified token claims, as the identity layer hands them to [`Engine::identify`].
-///
-/// Defined here so policy does not depend on token verification; the OIDC code fills it after
-/// checking signature, issuer, audience and expiry.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TokenClaims {
-    /// `iss`, matched against `identities[].oidc.issuer` to grant that identity's groups.
-    pub issuer: String,
-    /// `sub`.
-    pub subject: String,
-    /// The groups claim.
-    pub groups: Vec<String>,
-    /// Other string claims (email, name, …) for audit.
-    pub extra: BTreeMap<String, String>,
-}
+/// Verified token claims, as the identity layer hands them to [`Engine::identify`]. One type
+/// for the crate: the OIDC verifier's output.
+pub use crate::identity::oidc::TokenClaims;
 
 /// Errors building an engine.
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +158,12 @@ struct Rule {
     tables: Vec<Glob>,
     functions: Vec<Glob>,
     time: Vec<TimeWindow>,
+    /// `require: [token]`: only callers who presented a verified token.
+    require_token: bool,
+    /// `require: [workload]`: only intercepted callers (the kernel reported the process).
+    require_workload: bool,
+    /// Token claim globs (`repository: "org/*"`); every one must match, so a token is needed.
+    claims: Vec<(String, Glob)>,
     action: Action,
     review: Option<spec::ReviewSpec>,
     /// Indices into `Engine::masking`.
@@ -468,6 +461,22 @@ impl Engine {
             return Some("protocol");
         }
         let id = req.identity;
+        if rule.require_token && id.token.is_none() {
+            return Some("require (no token presented)");
+        }
+        if rule.require_workload && id.workload.is_none() {
+            return Some("require (no workload: connection not intercepted)");
+        }
+        if !rule.claims.is_empty() {
+            let ok = id.token.as_ref().is_some_and(|t| {
+                rule.claims
+                    .iter()
+                    .all(|(k, g)| t.claims.get(k).is_some_and(|v| g.matches(v)))
+            });
+            if !ok {
+                return Some("claims");
+            }
+        }
         if !rule.subjects.is_empty() && !rule.subjects.iter().any(|g| g.matches(&id.subject)) {
             return Some("subject");
         }
@@ -550,8 +559,10 @@ impl Engine {
     }
 
     /// Resolves who a caller is: the token's subject and groups if there is a token, else
-    /// `unix:<user>` (or `uid:<n>`); plus the groups of every `identities:` entry that matches
-    /// (its OIDC issuer, if set, is the token's; its workload matcher, if set, matches).
+    /// `unix:<user>` (or `uid:<n>`); plus the groups of every `identities:` entry that matches:
+    /// its OIDC part, if set, is the entry that accepted the token (by name, so two entries
+    /// sharing an issuer with different audiences do not grant each other's groups), and its
+    /// workload matcher, if set, matches the caller.
     pub fn identify(&self, workload: &Workload, token_claims: Option<&TokenClaims>) -> Identity {
         let subject = match (token_claims, &workload.user) {
             (Some(c), _) => c.subject.clone(),
@@ -573,9 +584,7 @@ impl Engine {
             }
             let oidc_ok = match (&spec.oidc, token_claims) {
                 (None, _) => true,
-                (Some(o), Some(c)) => {
-                    o.issuer.trim_end_matches('/') == c.issuer.trim_end_matches('/')
-                }
+                (Some(_), Some(c)) => c.identity == spec.name,
                 (Some(_), None) => false,
             };
             let wl_ok = spec
@@ -590,6 +599,7 @@ impl Engine {
             subject,
             groups,
             workload: Some(workload.clone()),
+            token: token_claims.cloned(),
         }
     }
 
@@ -783,6 +793,13 @@ fn compile_rule(
         tables: r.tables.clone(),
         functions: r.functions.clone(),
         time: r.time.clone(),
+        require_token: r.require.contains(&Requirement::Token),
+        require_workload: r.require.contains(&Requirement::Workload),
+        claims: r
+            .claims
+            .iter()
+            .map(|(k, g)| (k.clone(), g.clone()))
+            .collect(),
         action: r.action,
         review: r.review.clone(),
         mask,

@@ -25,7 +25,9 @@ pub struct IdentitySpec {
     /// Callers whose process matches.
     #[serde(default)]
     pub workload: Option<WorkloadMatcher>,
-    /// Policy groups granted to a matching caller (in addition to token group claims).
+    /// Policy groups granted to a matching caller (in addition to token group claims). With
+    /// both `oidc` and `workload`, only a caller whose token this entry accepted AND whose
+    /// process matches gets them.
     #[serde(default)]
     pub groups: Vec<String>,
 }
@@ -136,6 +138,16 @@ pub struct RuleSpec {
     /// Time windows (any); outside all of them the rule does not match.
     #[serde(default)]
     pub time: Vec<TimeWindow>,
+    /// What the caller must have shown: `[token]` (a verified OIDC token in the password
+    /// field), `[workload]` (an intercepted connection, so the kernel named the process), or
+    /// both. A rule requiring a token does not match a token-less caller.
+    #[serde(default)]
+    pub require: Vec<Requirement>,
+    /// Token claim globs, e.g. CI claims `{repository: "org/*", ref: "refs/heads/main",
+    /// workflow: deploy}`: every one must match the claim of that name (strings, numbers and
+    /// booleans, compared as text). Implies a token: token-less callers never match.
+    #[serde(default)]
+    pub claims: std::collections::BTreeMap<String, Glob>,
     pub action: Action,
     /// Required when `action: review`.
     #[serde(default)]
@@ -150,6 +162,16 @@ pub struct RuleSpec {
     /// Record what this rule would have done, without enforcing it; evaluation continues.
     #[serde(default)]
     pub shadow: bool,
+}
+
+/// What a rule requires of the caller (`require:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Requirement {
+    /// A verified OIDC token.
+    Token,
+    /// An intercepted connection with the kernel's view of the calling process.
+    Workload,
 }
 
 /// What a rule does.
@@ -562,6 +584,21 @@ pub fn validate(config: &Config) -> Result<(), (String, String)> {
         }
         if r.workload.as_ref().is_some_and(WorkloadMatcher::is_empty) {
             return err(f("workload"), "an empty matcher would match every caller");
+        }
+        if r.claims.keys().any(String::is_empty) {
+            return err(f("claims"), "a claim name must not be empty");
+        }
+        if (r.require.contains(&Requirement::Token) || !r.claims.is_empty())
+            && !config.identities.iter().any(|x| x.oidc.is_some())
+        {
+            return err(
+                f(if r.claims.is_empty() {
+                    "require"
+                } else {
+                    "claims"
+                }),
+                "needs a token, but no identity has `oidc`: no caller could match",
+            );
         }
         for (j, k) in r.kinds.iter().enumerate() {
             if !KINDS.contains(&k.as_str()) {

@@ -37,6 +37,7 @@ fn who(subject: &str, groups: &[&str]) -> Identity {
         subject: subject.into(),
         groups: groups.iter().map(|g| g.to_string()).collect(),
         workload: None,
+        token: None,
     }
 }
 
@@ -390,15 +391,215 @@ identities:
     groups: [outsiders]
 ",
     );
-    let claims = TokenClaims {
-        issuer: "https://idp.example".into(),
-        subject: "alice".into(),
-        groups: vec!["dba".into()],
-        extra: Default::default(),
-    };
+    let claims = token("corp", "https://idp.example/", "alice", &["dba"], &[]);
     let id = e.identify(&Workload::default(), Some(&claims));
     assert_eq!(id.subject, "alice");
     assert_eq!(id.groups, vec!["dba", "employees"]);
+    assert_eq!(id.token.as_ref(), Some(&claims));
+    // Same issuer, but accepted by another identity entry (another audience): that entry's
+    // groups only.
+    let other = token("other", "https://idp.example/", "alice", &[], &[]);
+    assert_eq!(
+        e.identify(&Workload::default(), Some(&other)).groups,
+        vec!["outsiders"]
+    );
+}
+
+/// Verified claims as the OIDC verifier hands them over.
+fn token(
+    identity: &str,
+    issuer: &str,
+    subject: &str,
+    groups: &[&str],
+    claims: &[(&str, &str)],
+) -> TokenClaims {
+    TokenClaims {
+        subject: subject.into(),
+        issuer: issuer.into(),
+        identity: identity.into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        claims: claims
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        expires_at: UNIX_EPOCH + Duration::from_secs(4_000_000_000),
+    }
+}
+
+const TOKEN_RULES: &str = "
+identities:
+  - name: ci
+    oidc: {issuer: \"https://idp.example\", audience: airlock}
+    groups: [ci]
+  - name: ops-host
+    workload: {users: [root]}
+    groups: [ops]
+rules:
+  - name: token-only
+    groups: [ci]
+    require: [token]
+    classes: [read]
+    tables: [reports]
+    action: allow
+  - name: workload-only
+    require: [workload]
+    groups: [ops]
+    classes: [read]
+    tables: [metrics]
+    action: allow
+  - name: both
+    require: [token, workload]
+    classes: [read]
+    tables: [secrets]
+    action: allow
+  - name: deploy-from-main
+    claims: {repository: \"acme/*\", ref: refs/heads/main}
+    classes: [write]
+    action: allow
+";
+
+#[test]
+fn rules_can_require_a_token_a_workload_or_both() {
+    let e = engine(TOKEN_RULES);
+    let root = Workload {
+        uid: 0,
+        user: Some("root".into()),
+        ..Workload::default()
+    };
+    let ci = token("ci", "https://idp.example", "repo:acme/app", &[], &[]);
+    let with_token = e.identify(&root, Some(&ci));
+    let without = e.identify(&root, None);
+    assert!(with_token.groups.contains(&"ci".to_string()));
+    assert!(with_token.groups.contains(&"ops".to_string()));
+
+    // A token is required: the same workload without one does not match.
+    assert_eq!(
+        decide(&e, &with_token, "SELECT * FROM reports").rule(),
+        "token-only"
+    );
+    let d = decide(&e, &without, "SELECT * FROM reports");
+    assert_eq!(d.rule(), "default");
+    assert_eq!(d.action(), "deny");
+    // Even with the group granted some other way, no token means no match.
+    let mut forged = without.clone();
+    forged.groups.push("ci".into());
+    assert_eq!(
+        decide(&e, &forged, "SELECT * FROM reports").rule(),
+        "default"
+    );
+
+    // A workload is required: an unintercepted caller (no kernel record) does not match.
+    assert_eq!(
+        decide(&e, &without, "SELECT * FROM metrics").rule(),
+        "workload-only"
+    );
+    let mut no_workload = without.clone();
+    no_workload.workload = None;
+    assert_eq!(
+        decide(&e, &no_workload, "SELECT * FROM metrics").rule(),
+        "default"
+    );
+
+    // Both.
+    assert_eq!(
+        decide(&e, &with_token, "SELECT * FROM secrets").rule(),
+        "both"
+    );
+    assert_eq!(
+        decide(&e, &without, "SELECT * FROM secrets").rule(),
+        "default"
+    );
+    let mut token_no_workload = with_token.clone();
+    token_no_workload.workload = None;
+    assert_eq!(
+        decide(&e, &token_no_workload, "SELECT * FROM secrets").rule(),
+        "default"
+    );
+
+    // `explain` names the filter that failed.
+    let x = e.explain(&Request {
+        identity: &without,
+        target: "db",
+        protocol: Protocol::Postgres,
+        command: "SELECT * FROM reports",
+    });
+    assert!(x.trace[0].result.contains("no token"), "{:?}", x.trace[0]);
+}
+
+#[test]
+fn ci_claims_match_by_glob() {
+    let e = engine(TOKEN_RULES);
+    let root = Workload {
+        uid: 0,
+        user: Some("root".into()),
+        ..Workload::default()
+    };
+    let claims = |repo: &str, r#ref: &str| {
+        token(
+            "ci",
+            "https://idp.example",
+            "ci",
+            &[],
+            &[("repository", repo), ("ref", r#ref), ("workflow", "deploy")],
+        )
+    };
+    let write = "INSERT INTO t VALUES (1)";
+    let main = e.identify(&root, Some(&claims("acme/app", "refs/heads/main")));
+    assert_eq!(decide(&e, &main, write).rule(), "deploy-from-main");
+    assert_eq!(decide(&e, &main, write).action(), "allow");
+    // Another branch, another org, a prefix that only looks alike: no match.
+    for (repo, r) in [
+        ("acme/app", "refs/heads/feature"),
+        ("evil/app", "refs/heads/main"),
+        ("acme", "refs/heads/main"),
+        ("acme/app", "refs/heads/main2"),
+    ] {
+        let id = e.identify(&root, Some(&claims(repo, r)));
+        assert_eq!(decide(&e, &id, write).rule(), "default", "{repo} {r}");
+    }
+    // A claim the token lacks does not match.
+    let partial = token(
+        "ci",
+        "https://idp.example",
+        "ci",
+        &[],
+        &[("repository", "acme/app")],
+    );
+    let id = e.identify(&root, Some(&partial));
+    assert_eq!(decide(&e, &id, write).rule(), "default");
+    // No token at all: no match.
+    assert_eq!(
+        decide(&e, &e.identify(&root, None), write).rule(),
+        "default"
+    );
+}
+
+#[test]
+fn token_requirements_need_an_oidc_identity_and_valid_fields() {
+    let rule = |extra: &str| {
+        format!(
+            "
+rules:
+  - name: r
+    classes: [read]
+{extra}    action: allow
+"
+        )
+    };
+    let e = parse_err(&rule("    require: [token]\n"));
+    assert!(
+        e.contains("require") && e.contains("no identity has `oidc`"),
+        "{e}"
+    );
+    let e = parse_err(&rule("    claims: {repository: \"a/*\"}\n"));
+    assert!(e.contains("claims") && e.contains("oidc"), "{e}");
+    let e = parse_err(&rule("    require: [password]\n"));
+    assert!(e.contains("password"), "{e}");
+    let e = parse_err(&format!(
+        "identities:\n  - name: i\n    oidc: {{issuer: \"https://x\", audience: a}}\n{}",
+        rule("    claims: {\"\": x}\n")
+    ));
+    assert!(e.contains("claim name"), "{e}");
 }
 
 #[test]

@@ -53,6 +53,7 @@ pub async fn serve(session: Session, ctx: Arc<Context>) {
             .unwrap_or_else(|| "unintercepted".into()),
         groups: Vec::new(),
         workload: workload.clone(),
+        token: None,
     };
     let start = SessionStart {
         proxy_session: Some(id),

@@ -1,48 +1,128 @@
-//! Client authentication to airlock: who is calling, as policy sees it. Pluggable, so OIDC
-//! tokens presented in the password field can replace or extend the workload identity.
+//! Client authentication to airlock: who is calling, as policy sees it. Pluggable, so tests can
+//! substitute their own; the daemon uses [`PolicyAuthenticator`]: the kernel's view of the
+//! caller, plus an OIDC token presented in the password field (`PGPASSWORD=$TOKEN psql`) when
+//! the configuration trusts an OIDC issuer.
+
+use std::future::Future;
+use std::pin::Pin;
 
 use super::startup::Startup;
+use crate::identity::oidc::TokenError;
 use crate::identity::{Identity, Workload};
+use crate::proxy::Context;
 
 /// Why a client was not let in. The message goes to the client (SQLSTATE 28000).
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
+    /// A token was presented and refused; the message says why (expired, wrong audience, …).
+    #[error("invalid token: {0}")]
+    InvalidToken(#[from] TokenError),
     #[error("{0}")]
     Rejected(String),
 }
+
+/// What [`ClientAuthenticator::authenticate`] returns: token verification talks to the
+/// issuer (discovery, JWKS refresh), so authentication is asynchronous.
+pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<Identity, AuthError>> + Send + 'a>>;
 
 /// Turns what a client presented into an [`Identity`].
 pub trait ClientAuthenticator: Send + Sync + std::fmt::Debug {
     /// Whether the client must present a secret (asked for with AuthenticationCleartextPassword
     /// on the local leg) before [`authenticate`](Self::authenticate) runs.
-    fn wants_secret(&self, _startup: &Startup, _workload: Option<&Workload>) -> bool {
+    fn wants_secret(
+        &self,
+        _ctx: &Context,
+        _startup: &Startup,
+        _workload: Option<&Workload>,
+    ) -> bool {
         false
     }
 
     /// Authenticates the client. `presented_secret` is the password message's content when
     /// [`wants_secret`](Self::wants_secret) asked for one.
-    fn authenticate(
-        &self,
-        startup: &Startup,
-        presented_secret: Option<&[u8]>,
-        workload: Option<&Workload>,
-    ) -> Result<Identity, AuthError>;
+    fn authenticate<'a>(
+        &'a self,
+        ctx: &'a Context,
+        startup: &'a Startup,
+        presented_secret: Option<&'a [u8]>,
+        workload: Option<&'a Workload>,
+    ) -> AuthFuture<'a>;
 }
 
-/// The kernel's view of the caller is the identity: subject `unix:<user>` (or `unix:<uid>` when
-/// the name is unknown). Groups come from the policy's workload matchers once the policy engine
-/// offers that lookup; until then they are empty. A connection that was not intercepted has the
-/// subject `unintercepted` and no groups, so only rules written for it can match.
+/// The daemon's authenticator.
+///
+/// Without OIDC identities in the configuration, the caller is its workload:
+/// `Engine::identify(workload, None)` (subject `unix:<user>`, groups from the policy's
+/// workload matchers). With OIDC identities, the client is asked for a password and a
+/// non-empty one must be a valid token: the identity is then
+/// `Engine::identify(workload, Some(&claims))` (the token's subject and groups plus the
+/// workload matchers' groups). An empty password means "no token": the workload identity alone,
+/// which rules with `require: [token]` or `claims:` never match. A token that fails
+/// verification ends the connection (fail closed), never falls back to the workload.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PolicyAuthenticator;
+
+impl ClientAuthenticator for PolicyAuthenticator {
+    fn wants_secret(
+        &self,
+        ctx: &Context,
+        _startup: &Startup,
+        _workload: Option<&Workload>,
+    ) -> bool {
+        ctx.oidc.load().issuers().next().is_some()
+    }
+
+    fn authenticate<'a>(
+        &'a self,
+        ctx: &'a Context,
+        _startup: &'a Startup,
+        presented_secret: Option<&'a [u8]>,
+        workload: Option<&'a Workload>,
+    ) -> AuthFuture<'a> {
+        Box::pin(async move {
+            let token = match presented_secret {
+                Some(s) if !s.is_empty() => Some(
+                    std::str::from_utf8(s)
+                        .map_err(|_| TokenError::Malformed("the password is not UTF-8".into()))?,
+                ),
+                _ => None,
+            };
+            let claims = match token {
+                // Load the verifier once: a reload during verification must not mix configs.
+                Some(t) => Some(ctx.oidc.load_full().verify(t).await?),
+                None => None,
+            };
+            let engine = ctx.engine.load();
+            Ok(match workload {
+                Some(w) => engine.identify(w, claims.as_ref()),
+                // Not intercepted (tests, or `accept_unintercepted`): no workload matcher can
+                // apply, so only the token speaks.
+                None => match claims {
+                    Some(c) => c.into_identity(None),
+                    None => Identity {
+                        subject: "unintercepted".into(),
+                        ..Identity::default()
+                    },
+                },
+            })
+        })
+    }
+}
+
+/// The kernel's view of the caller is the identity, without policy groups: subject
+/// `unix:<user>` (or `unix:<uid>` when the name is unknown). A connection that was not
+/// intercepted has the subject `unintercepted`. For tests that want no policy lookups.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct WorkloadAuthenticator;
 
 impl ClientAuthenticator for WorkloadAuthenticator {
-    fn authenticate(
-        &self,
-        _startup: &Startup,
-        _presented_secret: Option<&[u8]>,
-        workload: Option<&Workload>,
-    ) -> Result<Identity, AuthError> {
+    fn authenticate<'a>(
+        &'a self,
+        _ctx: &'a Context,
+        _startup: &'a Startup,
+        _presented_secret: Option<&'a [u8]>,
+        workload: Option<&'a Workload>,
+    ) -> AuthFuture<'a> {
         let subject = match workload {
             Some(w) => match &w.user {
                 Some(user) => format!("unix:{user}"),
@@ -50,29 +130,44 @@ impl ClientAuthenticator for WorkloadAuthenticator {
             },
             None => "unintercepted".to_string(),
         };
-        Ok(Identity {
+        let identity = Identity {
             subject,
             groups: Vec::new(),
             workload: workload.cloned(),
-        })
+            token: None,
+        };
+        Box::pin(std::future::ready(Ok(identity)))
     }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::*;
+    use std::path::Path;
 
-    #[test]
-    fn workload_subject() {
+    use super::*;
+    use crate::config::Config;
+    use crate::policy::Engine;
+
+    fn ctx(yaml: &str) -> Context {
+        let config = Config::parse(Path::new("t.yaml"), yaml).unwrap();
+        let engine = Engine::new(&config).unwrap();
+        Context::new(config, engine).unwrap()
+    }
+
+    const TARGET: &str = "targets:\n  - name: db\n    protocol: postgres\n    addresses: [\"198.18.0.2\"]\n    ports: [5432]\n";
+
+    #[tokio::test]
+    async fn workload_subject() {
+        let c = ctx(TARGET);
         let a = WorkloadAuthenticator;
         let s = Startup::default();
-        assert!(!a.wants_secret(&s, None));
+        assert!(!a.wants_secret(&c, &s, None));
         let w = Workload {
             uid: 1000,
             ..Workload::default()
         };
-        let id = a.authenticate(&s, None, Some(&w)).unwrap();
+        let id = a.authenticate(&c, &s, None, Some(&w)).await.unwrap();
         assert_eq!(id.subject, "unix:1000");
         assert_eq!(id.workload, Some(w.clone()));
         let named = Workload {
@@ -80,12 +175,89 @@ mod tests {
             ..w
         };
         assert_eq!(
-            a.authenticate(&s, None, Some(&named)).unwrap().subject,
+            a.authenticate(&c, &s, None, Some(&named))
+                .await
+                .unwrap()
+                .subject,
             "unix:ci"
         );
         assert_eq!(
-            a.authenticate(&s, None, None).unwrap().subject,
+            a.authenticate(&c, &s, None, None).await.unwrap().subject,
             "unintercepted"
         );
+    }
+
+    #[tokio::test]
+    async fn policy_authenticator_uses_workload_matchers_without_oidc() {
+        let c = ctx(&format!(
+            "{TARGET}identities:\n  - name: ci\n    workload: {{users: [ci]}}\n    groups: [agents]\n"
+        ));
+        let a = PolicyAuthenticator;
+        let s = Startup::default();
+        assert!(
+            !a.wants_secret(&c, &s, None),
+            "no OIDC identity: no password asked"
+        );
+        let ci = Workload {
+            uid: 1000,
+            user: Some("ci".into()),
+            ..Workload::default()
+        };
+        let id = a.authenticate(&c, &s, None, Some(&ci)).await.unwrap();
+        assert_eq!(id.subject, "unix:ci");
+        assert_eq!(id.groups, ["agents"]);
+        assert!(id.token.is_none());
+        let other = Workload {
+            uid: 1001,
+            user: Some("web".into()),
+            ..Workload::default()
+        };
+        assert!(
+            a.authenticate(&c, &s, None, Some(&other))
+                .await
+                .unwrap()
+                .groups
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn policy_authenticator_refuses_bad_tokens_and_accepts_no_token() {
+        // The issuer is never contacted: these tokens fail before any network access.
+        let c = ctx(&format!(
+            "{TARGET}identities:\n  - name: corp\n    oidc: {{issuer: \"https://127.0.0.1:1\", audience: airlock}}\n    groups: [staff]\n"
+        ));
+        let a = PolicyAuthenticator;
+        let s = Startup::default();
+        assert!(
+            a.wants_secret(&c, &s, None),
+            "OIDC identity: a password is asked for"
+        );
+        let w = Workload {
+            user: Some("alice".into()),
+            ..Workload::default()
+        };
+        let err = a
+            .authenticate(&c, &s, Some(b"not-a-jwt"), Some(&w))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, AuthError::InvalidToken(TokenError::Malformed(_))),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with("invalid token: malformed token"),
+            "{err}"
+        );
+        let err = a
+            .authenticate(&c, &s, Some(&[0xff, 0xfe]), Some(&w))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("UTF-8"), "{err}");
+        // An empty password: the workload identity, no token, no token groups.
+        let id = a.authenticate(&c, &s, Some(b""), Some(&w)).await.unwrap();
+        assert_eq!(id.subject, "unix:alice");
+        assert!(id.token.is_none() && id.groups.is_empty());
     }
 }

@@ -25,7 +25,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-pub use frontend_auth::{AuthError, ClientAuthenticator, WorkloadAuthenticator};
+pub use frontend_auth::{
+    AuthError, AuthFuture, ClientAuthenticator, PolicyAuthenticator, WorkloadAuthenticator,
+};
 
 use self::backend_auth::BackendError;
 use self::cancel::{CancelRegistry, CancelTarget};
@@ -36,6 +38,7 @@ use self::tls::MaybeTls;
 use super::Session;
 use crate::config::{PostgresTarget, Protocol, TargetConfig};
 use crate::identity::Identity;
+use crate::metrics::DenyReason;
 use crate::policy::{Decision, Request};
 use crate::proxy::Context;
 
@@ -57,7 +60,7 @@ impl Default for Hooks {
     fn default() -> Self {
         Self {
             decider: None,
-            authenticator: Arc::new(WorkloadAuthenticator),
+            authenticator: Arc::new(PolicyAuthenticator),
         }
     }
 }
@@ -224,7 +227,7 @@ async fn serve_inner(
 
     // Who is calling.
     let auth = &hooks.authenticator;
-    let secret = if auth.wants_secret(&startup, workload.as_ref()) {
+    let secret = if auth.wants_secret(ctx, &startup, workload.as_ref()) {
         codec::put_authentication(&mut out, 3);
         client.write_all(&out).await?;
         client.flush().await?;
@@ -233,10 +236,24 @@ async fn serve_inner(
     } else {
         None
     };
-    let identity = match auth.authenticate(&startup, secret.as_deref(), workload.as_ref()) {
+    let authenticated = auth
+        .authenticate(ctx, &startup, secret.as_deref(), workload.as_ref())
+        .await;
+    drop(secret);
+    let identity = match authenticated {
         Ok(i) => i,
         Err(e) => {
-            tracing::info!(session = id, target = %target.name, error = %e, "client authentication failed");
+            let kind = match &e {
+                AuthError::InvalidToken(t) => {
+                    ctx.metrics.denied_connection(DenyReason::InvalidToken);
+                    t.kind()
+                }
+                AuthError::Rejected(_) => {
+                    ctx.metrics.denied_connection(DenyReason::Unauthenticated);
+                    "rejected"
+                }
+            };
+            tracing::info!(session = id, target = %target.name, reason = %kind, error = %e, "client authentication failed");
             return Err(fatal(&mut client, "28000", &format!("airlock: {e}")).await);
         }
     };
@@ -290,10 +307,15 @@ async fn serve_inner(
         session = id,
         target = %target.name,
         subject = %identity.subject,
+        token = identity.token.is_some(),
         database = params.iter().find(|(k, _)| *k == "database").map(|(_, v)| *v).unwrap_or(""),
         "postgres session started"
     );
 
+    // airlock_sessions_active: from login to the end of the relay (the guard drops on return).
+    let _active = ctx
+        .metrics
+        .session_started(&target.name, Protocol::Postgres);
     let judge = PolicyJudge {
         decider: hooks.decider.as_deref(),
         ctx,
