@@ -75,11 +75,16 @@ fn setup_data(pg: &PgServer) {
 }
 
 fn config(state: &Path, upstream_port: u16) -> String {
+    config_with(state, upstream_port, "    head_interval: 100ms\n")
+}
+
+/// The test configuration with `audit` (the `daemon.audit` section's body, 4-space indent).
+fn config_with(state: &Path, upstream_port: u16, audit: &str) -> String {
     format!(
         r#"daemon:
   state_dir: {state}
   audit:
-    head_interval: 100ms
+{audit}
 targets:
   - name: demo-db
     protocol: postgres
@@ -194,6 +199,15 @@ with psycopg.connect(os.environ["DSN"], autocommit=True) as conn:
     with conn.cursor() as cur:
         cur.execute("SELECT card FROM customers WHERE id = %s", (2,))
         print("AFTER", repr(cur.fetchone()))
+    # Pipeline mode: several Parse/Bind/Describe/Execute before one Sync.
+    with conn.pipeline():
+        curs = []
+        for i in (1, 2, 3):
+            c = conn.cursor(binary=(i == 2))
+            c.execute("SELECT id, email, card, notes FROM customers WHERE id = %s", (i,))
+            curs.append(c)
+        for c in curs:
+            print("PIPE", repr(c.fetchall()))
 "#;
 
 #[test]
@@ -317,6 +331,15 @@ fn masking_and_audit_through_psql_psycopg_and_copy() {
     );
     assert!(!out.contains("NOERROR"), "{out}");
     assert!(out.contains("AFTER ('************4444',)"), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("PIPE [(")).count(),
+        3,
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("PIPE [(1, '{hash}', '************1111'")),
+        "{out}"
+    );
     let (ok, out, err) = python(&dba, PY_ROWS);
     assert!(ok, "psycopg dba: {err}");
     assert!(
@@ -479,4 +502,216 @@ fn audit_text_if_any(dir: &Path) -> String {
     } else {
         String::new()
     }
+}
+
+#[test]
+fn sessions_are_refused_when_the_audit_log_cannot_record() {
+    let pg = PgServer::start(None);
+    let state = TempDir::new("airlock-full-state");
+    // More free space required than any disk has: the log counts as full.
+    let cfg = config_with(
+        state.path(),
+        pg.port,
+        "    min_free_bytes: 1000000000000000000\n",
+    );
+    let proxy = GatewayProxy::start(pg.addr(), &cfg);
+    let (ok, _, err) = psql(&dsn_as(proxy.addr, "agents"), &["-c", "SELECT 1"], None);
+    assert!(!ok, "the session must be refused");
+    assert!(
+        err.contains("the audit log cannot record this session"),
+        "{err}"
+    );
+    assert!(
+        !pg.log().contains("connection authorized: user=gw"),
+        "nothing reached the server"
+    );
+}
+
+fn tps(out: &str) -> f64 {
+    out.lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l[6..].split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// pgbench through `addr` as `user`; returns TPS.
+fn pgbench_tps(addr: std::net::SocketAddr, user: &str, args: &[&str]) -> f64 {
+    let out = Command::new("pgbench")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &addr.port().to_string(),
+            "-U",
+            user,
+        ])
+        .args(args)
+        .arg(DATABASE)
+        .env("PGPASSWORD", GATEWAY_USER.1)
+        .env("PGSSLMODE", "disable")
+        .output()
+        .expect("pgbench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pgbench: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tps(&stdout)
+}
+
+fn bench_secs() -> String {
+    std::env::var("BENCH_SECS").unwrap_or_else(|_| "10".into())
+}
+
+/// Not a test: `bench/pg_masking.sh`. A SELECT-heavy pgbench (10 customer rows per
+/// transaction, every column masked or scanned) through the gateway, masked (group `agents`)
+/// vs the same proxy and query for a caller in `except_groups` (no masking). Prints
+/// `BENCH_JSON {...}`.
+#[test]
+#[ignore = "benchmark: bench/pg_masking.sh"]
+fn bench_masking_select_heavy() {
+    let pg = PgServer::start(None);
+    let rows = 10_000;
+    pg.admin_db(
+        DATABASE,
+        &format!(
+            "CREATE TABLE customers (
+               id int PRIMARY KEY, name text, email text, card varchar(19), ssn text,
+               phone text, iban text, last_ip inet, api_key text, token text, private_key text,
+               notes text, signed_up date);
+             INSERT INTO customers
+             SELECT i, 'Customer ' || i, 'user' || i || '@example.com',
+                    (ARRAY['4111111111111111','5555555555554444','378282246310005'])[1 + i % 3],
+                    lpad((i % 899 + 100)::text, 3, '0') || '-45-' || lpad((i % 9000 + 1000)::text, 4, '0'),
+                    '+1 415 555 ' || lpad((i % 10000)::text, 4, '0'),
+                    'GB82WEST12345698765432', ('10.0.' || (i % 250) || '.' || (i % 200 + 1))::inet,
+                    'AKIAIOSFODNN7EXAMPLE', 'Bearer {JWT}', NULL,
+                    'Customer since 2019, prefers email; last order shipped to the warehouse in ' ||
+                    'Springfield, ticket ' || i || ' resolved by support without escalation.',
+                    DATE '2020-01-01' + (i % 1000)
+             FROM generate_series(1, {rows}) i;
+             GRANT SELECT ON customers TO {gw};
+             ANALYZE customers;",
+            gw = GATEWAY_USER.0
+        ),
+    );
+    let state = TempDir::new("airlock-bench-mask");
+    let proxy = GatewayProxy::start(
+        pg.addr(),
+        &config_with(state.path(), pg.port, "    enabled: false\n"),
+    );
+    let script = state.path().join("select.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "\\set id random(1, {})\nSELECT * FROM customers WHERE id BETWEEN :id AND :id + 9;\n",
+            rows - 10
+        ),
+    )
+    .expect("script");
+    let script = script.display().to_string();
+    let secs = bench_secs();
+    let mut results = Vec::new();
+    for mode in ["simple", "prepared"] {
+        let args = [
+            "-n", "-M", mode, "-c", "4", "-j", "2", "-T", &secs, "-f", &script,
+        ];
+        // Alternate to spread machine noise over both.
+        let (mut masked, mut plain) = (0.0, 0.0);
+        for _ in 0..2 {
+            plain += pgbench_tps(proxy.addr, "agents+dba", &args) / 2.0;
+            masked += pgbench_tps(proxy.addr, "agents", &args) / 2.0;
+        }
+        let direct = pgbench_tps(pg.addr(), GATEWAY_USER.0, &args);
+        println!(
+            "| {mode} | {direct:.0} | {plain:.0} | {masked:.0} | {:.1}% |",
+            100.0 * masked / plain
+        );
+        results.push(format!(
+            "{{\"mode\":\"{mode}\",\"clients\":4,\"rows_per_tx\":10,\"direct_tps\":{direct:.1},\"unmasked_tps\":{plain:.1},\"masked_tps\":{masked:.1},\"ratio\":{:.4}}}",
+            masked / plain
+        ));
+    }
+    let metrics = proxy.ctx.metrics.encode();
+    assert!(metrics.contains("airlock_masked_values_total{rule=\"email-hash\"}"));
+    println!(
+        "BENCH_JSON {{\"bench\":\"pg_masking\",\"secs\":{secs},\"results\":[{}]}}",
+        results.join(",")
+    );
+}
+
+/// Not a test: `bench/pg_audit.sh`. pgbench -S through the gateway with recording off, on
+/// with `fsync: always` and on with `fsync: batch`. Prints `BENCH_JSON {...}`.
+#[test]
+#[ignore = "benchmark: bench/pg_audit.sh"]
+fn bench_audit_select_only() {
+    let pg = PgServer::start(None);
+    let init = Command::new("pgbench")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            GATEWAY_USER.0,
+        ])
+        .args(["-i", "-s", "2", "-q", DATABASE])
+        .env("PGPASSWORD", GATEWAY_USER.1)
+        .env("PGSSLMODE", "disable")
+        .output()
+        .expect("pgbench -i");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let secs = bench_secs();
+    let clients = std::env::var("BENCH_CLIENTS").unwrap_or_else(|_| "8".into());
+    let mut results = Vec::new();
+    for mode in ["simple", "prepared"] {
+        let args = [
+            "-n", "-S", "-M", mode, "-c", &clients, "-j", "2", "-T", &secs,
+        ];
+        let mut row = Vec::new();
+        for (name, audit) in [
+            ("off", "    enabled: false\n"),
+            ("always", "    fsync: always\n"),
+            ("batch", "    fsync: batch\n"),
+        ] {
+            let state = TempDir::new("airlock-bench-audit");
+            let proxy = GatewayProxy::start(pg.addr(), &config_with(state.path(), pg.port, audit));
+            let mut t = 0.0;
+            for _ in 0..2 {
+                // A caller in except_groups: no masking, only what recording costs.
+                t += pgbench_tps(proxy.addr, "agents+dba", &args) / 2.0;
+            }
+            proxy.close_audit();
+            if name != "off" {
+                let report = verify(
+                    &state.path().join("audit"),
+                    &state.path().join("audit.key.pub"),
+                );
+                assert!(report.ok, "{:?}", report.issues);
+            }
+            row.push((name, t));
+        }
+        let off = row[0].1;
+        println!(
+            "| {mode} | {clients} | {off:.0} | {:.0} ({:.1}%) | {:.0} ({:.1}%) |",
+            row[1].1,
+            100.0 * row[1].1 / off,
+            row[2].1,
+            100.0 * row[2].1 / off
+        );
+        results.push(format!(
+            "{{\"mode\":\"{mode}\",\"clients\":{clients},\"off_tps\":{off:.1},\"always_tps\":{:.1},\"batch_tps\":{:.1}}}",
+            row[1].1, row[2].1
+        ));
+    }
+    println!(
+        "BENCH_JSON {{\"bench\":\"pg_audit\",\"secs\":{secs},\"results\":[{}]}}",
+        results.join(",")
+    );
 }
