@@ -561,6 +561,24 @@ fn pgbench_tps(addr: std::net::SocketAddr, user: &str, args: &[&str]) -> f64 {
     tps(&stdout)
 }
 
+/// CPU seconds this process (the in-process proxy; pgbench and PostgreSQL are other processes)
+/// has used.
+fn self_cpu() -> f64 {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+/// TPS and the proxy's CPU microseconds per transaction of one pgbench run.
+fn measured(addr: std::net::SocketAddr, user: &str, args: &[&str], secs: f64) -> (f64, f64) {
+    let c0 = self_cpu();
+    let tps = pgbench_tps(addr, user, args);
+    let us = (self_cpu() - c0) * 1e6 / (tps * secs).max(1.0);
+    (tps, us)
+}
+
 fn bench_secs() -> String {
     std::env::var("BENCH_SECS").unwrap_or_else(|_| "10".into())
 }
@@ -618,19 +636,25 @@ fn bench_masking_select_heavy() {
         let args = [
             "-n", "-M", mode, "-c", "4", "-j", "2", "-T", &secs, "-f", &script,
         ];
-        // Alternate to spread machine noise over both.
-        let (mut masked, mut plain) = (0.0, 0.0);
+        // Alternate to spread machine noise over both; CPU time per transaction spent in the
+        // proxy is the steadier figure on a shared machine.
+        let fsecs: f64 = secs.parse().unwrap_or(10.0);
+        let (mut masked, mut plain, mut masked_us, mut plain_us) = (0.0, 0.0, 0.0, 0.0);
         for _ in 0..2 {
-            plain += pgbench_tps(proxy.addr, "agents+dba", &args) / 2.0;
-            masked += pgbench_tps(proxy.addr, "agents", &args) / 2.0;
+            let (t, us) = measured(proxy.addr, "agents+dba", &args, fsecs);
+            plain += t / 2.0;
+            plain_us += us / 2.0;
+            let (t, us) = measured(proxy.addr, "agents", &args, fsecs);
+            masked += t / 2.0;
+            masked_us += us / 2.0;
         }
         let direct = pgbench_tps(pg.addr(), GATEWAY_USER.0, &args);
         println!(
-            "| {mode} | {direct:.0} | {plain:.0} | {masked:.0} | {:.1}% |",
+            "| {mode} | {direct:.0} | {plain:.0} ({plain_us:.0} us CPU/tx) | {masked:.0} ({masked_us:.0} us CPU/tx) | {:.1}% |",
             100.0 * masked / plain
         );
         results.push(format!(
-            "{{\"mode\":\"{mode}\",\"clients\":4,\"rows_per_tx\":10,\"direct_tps\":{direct:.1},\"unmasked_tps\":{plain:.1},\"masked_tps\":{masked:.1},\"ratio\":{:.4}}}",
+            "{{\"mode\":\"{mode}\",\"clients\":4,\"rows_per_tx\":10,\"direct_tps\":{direct:.1},\"unmasked_tps\":{plain:.1},\"masked_tps\":{masked:.1},\"ratio\":{:.4},\"unmasked_cpu_us_per_tx\":{plain_us:.1},\"masked_cpu_us_per_tx\":{masked_us:.1}}}",
             masked / plain
         ));
     }
@@ -682,10 +706,13 @@ fn bench_audit_select_only() {
         ] {
             let state = TempDir::new("airlock-bench-audit");
             let proxy = GatewayProxy::start(pg.addr(), &config_with(state.path(), pg.port, audit));
-            let mut t = 0.0;
+            let (mut t, mut cpu) = (0.0, 0.0);
+            let fsecs: f64 = secs.parse().unwrap_or(10.0);
             for _ in 0..2 {
                 // A caller in except_groups: no masking, only what recording costs.
-                t += pgbench_tps(proxy.addr, "agents+dba", &args) / 2.0;
+                let (tps, us) = measured(proxy.addr, "agents+dba", &args, fsecs);
+                t += tps / 2.0;
+                cpu += us / 2.0;
             }
             proxy.close_audit();
             if name != "off" {
@@ -695,19 +722,22 @@ fn bench_audit_select_only() {
                 );
                 assert!(report.ok, "{:?}", report.issues);
             }
-            row.push((name, t));
+            row.push((name, t, cpu));
         }
         let off = row[0].1;
         println!(
-            "| {mode} | {clients} | {off:.0} | {:.0} ({:.1}%) | {:.0} ({:.1}%) |",
+            "| {mode} | {clients} | {off:.0} ({:.0} us CPU/tx) | {:.0} ({:.1}%, {:.0} us) | {:.0} ({:.1}%, {:.0} us) |",
+            row[0].2,
             row[1].1,
             100.0 * row[1].1 / off,
+            row[1].2,
             row[2].1,
-            100.0 * row[2].1 / off
+            100.0 * row[2].1 / off,
+            row[2].2
         );
         results.push(format!(
-            "{{\"mode\":\"{mode}\",\"clients\":{clients},\"off_tps\":{off:.1},\"always_tps\":{:.1},\"batch_tps\":{:.1}}}",
-            row[1].1, row[2].1
+            "{{\"mode\":\"{mode}\",\"clients\":{clients},\"off_tps\":{off:.1},\"always_tps\":{:.1},\"batch_tps\":{:.1},\"off_cpu_us_per_tx\":{:.1},\"always_cpu_us_per_tx\":{:.1},\"batch_cpu_us_per_tx\":{:.1}}}",
+            row[1].1, row[2].1, row[0].2, row[1].2, row[2].2
         ));
     }
     println!(

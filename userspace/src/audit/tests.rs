@@ -1167,7 +1167,7 @@ fn config_section_parses() {
         PathBuf::from("/s/audit.key")
     );
     let defaults = crate::config::Config::parse(Path::new("c.yaml"), "daemon: {}\n").unwrap();
-    assert_eq!(defaults.daemon.audit.fsync, FsyncPolicy::Always);
+    assert_eq!(defaults.daemon.audit.fsync, FsyncPolicy::Batch);
     assert_eq!(defaults.daemon.audit.on_full, OnFull::Refuse);
     let err = crate::config::Config::parse(
         Path::new("c.yaml"),
