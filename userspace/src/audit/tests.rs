@@ -49,6 +49,9 @@ fn config(t: &TempDir) -> AuditConfig {
         dir: Some(t.log()),
         signing_key: Some(t.path().join("audit.key")),
         min_free_bytes: 0,
+        // These tests were written for per-group fsync (rotation right after each group);
+        // the default is batch (docs/decisions/audit-durability.md).
+        fsync: FsyncPolicy::Always,
         ..AuditConfig::default()
     }
 }
