@@ -810,3 +810,142 @@ pub fn error_field(body: &[u8], code: u8) -> Option<String> {
     }
     None
 }
+
+/// A test authenticator: the startup `user` names the caller's groups, `+`-separated
+/// (`agents`, `agents+dba`); the subject is `test:<user>`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GroupsFromUser;
+
+impl airlock::protocol::postgres::ClientAuthenticator for GroupsFromUser {
+    fn authenticate<'a>(
+        &'a self,
+        _ctx: &'a Context,
+        startup: &'a airlock::protocol::postgres::startup::Startup,
+        _secret: Option<&'a [u8]>,
+        workload: Option<&'a Workload>,
+    ) -> airlock::protocol::postgres::AuthFuture<'a> {
+        let user = startup.get("user").unwrap_or("");
+        let identity = airlock::identity::Identity {
+            subject: format!("test:{user}"),
+            groups: user
+                .split('+')
+                .filter(|g| !g.is_empty())
+                .map(str::to_string)
+                .collect(),
+            workload: workload.cloned(),
+            token: None,
+        };
+        Box::pin(async move { Ok(identity) })
+    }
+}
+
+/// A fixed masking key, so hashes are comparable across proxies in a test.
+pub const TEST_MASK_KEY: &[u8] = b"airlock-test-masking-key-0123456789abcdef";
+
+/// An in-process airlock PostgreSQL listener with a full configuration: the real policy
+/// engine, masking rules, and the audit log configured under `daemon.audit` (its directory
+/// defaults to `<state_dir>/audit`). Callers' groups come from their user name
+/// ([`GroupsFromUser`]). `config_yaml` must hold one postgres target (its upstream is replaced
+/// by `upstream`).
+pub struct GatewayProxy {
+    pub addr: SocketAddr,
+    pub ctx: Arc<Context>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl GatewayProxy {
+    pub fn start(upstream: SocketAddr, config_yaml: &str) -> Self {
+        let config = Config::parse(Path::new("test.yaml"), config_yaml).expect("test config");
+        let target = Arc::new(config.targets[0].clone());
+        let engine = airlock::policy::Engine::new(&config).expect("policy engine");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let audit = {
+            let _guard = runtime.enter();
+            airlock::audit::Recorder::open(&config.daemon.audit, &config.daemon.state_dir)
+                .expect("audit log")
+        };
+        let ctx = Arc::new(
+            Context::with_parts(
+                config,
+                engine,
+                audit,
+                Arc::new(airlock::metrics::Metrics::new()),
+                TEST_MASK_KEY.to_vec(),
+            )
+            .expect("test context"),
+        );
+        let hooks = Hooks {
+            decider: None,
+            authenticator: Arc::new(GroupsFromUser),
+        };
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let sctx = ctx.clone();
+        runtime.spawn(async move {
+            let mut id = 0;
+            while let Ok((client, peer)) = listener.accept().await {
+                id += 1;
+                let session = Session {
+                    id,
+                    client,
+                    target: target.clone(),
+                    workload: Some(Workload {
+                        uid: 0,
+                        user: Some("root".into()),
+                        comm: "test".into(),
+                        peer: Some(peer),
+                        ..Workload::default()
+                    }),
+                    upstream,
+                    started: Instant::now(),
+                };
+                let (ctx, hooks) = (sctx.clone(), hooks.clone());
+                tokio::spawn(async move {
+                    airlock::protocol::postgres::serve_with(session, ctx, &hooks).await;
+                });
+            }
+        });
+        GatewayProxy {
+            addr,
+            ctx,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// Syncs the audit log and signs its head.
+    pub fn flush_audit(&self) {
+        if let Some(rt) = &self.runtime {
+            rt.block_on(self.ctx.audit.flush()).expect("audit flush");
+        }
+    }
+
+    /// Closes the audit log (flush, sign, stop the writer).
+    pub fn close_audit(&self) {
+        if let Some(rt) = &self.runtime {
+            rt.block_on(self.ctx.audit.close()).expect("audit close");
+        }
+    }
+}
+
+impl Drop for GatewayProxy {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A libpq connection string for `addr` as `user` (groups for [`GroupsFromUser`]).
+pub fn dsn_as(addr: SocketAddr, user: &str) -> String {
+    format!(
+        "host={} port={} user={user} dbname={DATABASE} connect_timeout=10 sslmode=disable",
+        addr.ip(),
+        addr.port()
+    )
+}

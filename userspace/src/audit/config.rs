@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer};
 /// daemon:
 ///   audit:
 ///     dir: /var/lib/airlock/audit        # default: <state_dir>/audit
-///     fsync: always                      # always (default) | batch
+///     fsync: batch                       # batch (default) | always
 ///     batch_interval: 10ms               # fdatasync period with `fsync: batch`
 ///     signing_key: /var/lib/airlock/audit.key   # default: <state_dir>/audit.key
 ///     head_interval: 1s
@@ -53,7 +53,7 @@ impl Default for AuditConfig {
         Self {
             enabled: true,
             dir: None,
-            fsync: FsyncPolicy::Always,
+            fsync: FsyncPolicy::Batch,
             batch_interval: Duration::from_millis(10),
             signing_key: None,
             head_interval: Duration::from_secs(1),

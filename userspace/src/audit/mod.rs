@@ -49,11 +49,12 @@
 //! Appending is two-phase: a [`SessionRecorder`] method queues the record (waiting for queue
 //! space) and returns an [`Ack`]; the record is *acknowledged* when [`Ack::durable`] resolves
 //! `Ok`. The writer acknowledges only after the record's whole line, newline included, was
-//! written (`write(2)` returned) and, with `fsync: always` (default), after the `fdatasync`
-//! that covers it. One `fdatasync` covers every record the writer drained from the queue
-//! (group commit). With `fsync: batch` the acknowledgement follows the write and `fdatasync`
-//! runs every `batch_interval`: a `kill -9` still loses nothing acknowledged (the data is in
-//! the page cache), a power failure can lose up to one interval.
+//! written (`write(2)` returned) and, with `fsync: always`, after the `fdatasync` that covers
+//! it. One `fdatasync` covers every record the writer drained from the queue (group commit).
+//! With `fsync: batch` (default) the acknowledgement follows the write and `fdatasync` runs
+//! every `batch_interval`: a `kill -9` still loses nothing acknowledged (the data is in the
+//! page cache), a power failure can lose up to one interval. `always` cost 84% of pgbench -S
+//! throughput on the test machine (docs/decisions/audit-durability.md).
 //!
 //! Handlers queue a command's record before sending it upstream and await its `Ack` before
 //! the answer goes back to the client, so the write overlaps the server round trip and no

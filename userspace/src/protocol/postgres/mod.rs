@@ -15,6 +15,8 @@ pub mod backend_auth;
 pub mod cancel;
 pub mod codec;
 pub mod frontend_auth;
+pub mod origin;
+pub mod results;
 pub mod session;
 pub mod startup;
 pub mod tls;
@@ -32,13 +34,15 @@ pub use frontend_auth::{
 use self::backend_auth::BackendError;
 use self::cancel::{CancelRegistry, CancelTarget};
 use self::codec::{ErrorFields, HEADER_LEN};
-use self::session::{Judge, Verdict};
+use self::session::{Judge, Judged};
 use self::startup::{Startup, StartupPacket};
 use self::tls::MaybeTls;
 use super::Session;
+use crate::audit::{EndReason, SessionEnd, SessionStart, TlsInfo};
 use crate::config::{PostgresTarget, Protocol, TargetConfig};
 use crate::identity::Identity;
-use crate::metrics::DenyReason;
+use crate::metrics::{Action, DenyReason, TargetMetrics};
+use crate::policy::classify::Class;
 use crate::policy::{Decision, Request};
 use crate::proxy::Context;
 
@@ -158,6 +162,16 @@ enum ServeError {
     Timeout(&'static str),
 }
 
+impl ServeError {
+    /// How the session ends in the audit log.
+    fn end_reason(&self) -> EndReason {
+        match self {
+            ServeError::Session(session::SessionError::Audit(_)) => EndReason::AuditFailure,
+            _ => EndReason::Error,
+        }
+    }
+}
+
 /// How long a client may take from connecting to sending its StartupMessage.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the gateway's own connection and login to the server may take.
@@ -196,6 +210,9 @@ async fn serve_inner(
         ..
     } = session;
     let _ = client.set_nodelay(true);
+    let client_addr = client.peer_addr().ok();
+    let metrics = ctx.metrics.target(&target.name, Protocol::Postgres);
+    let _active = metrics.session_started();
     let client = MaybeTls::Plain(client);
 
     // A client that never finishes its startup must not hold a session forever (PostgreSQL's
@@ -258,9 +275,66 @@ async fn serve_inner(
         }
     };
 
+    // Fail closed: no session the audit log cannot record.
+    let mut recorder = match ctx.audit.admit_session() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(session = id, target = %target.name, error = %e, "session refused: audit log");
+            return Err(fatal(
+                &mut client,
+                "53100",
+                &format!("airlock: the audit log cannot record this session: {e}"),
+            )
+            .await);
+        }
+    };
+    let tls = match &client {
+        MaybeTls::Server(t) => {
+            let (_, conn) = t.get_ref();
+            Some(TlsInfo {
+                version: conn
+                    .protocol_version()
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("tls")
+                    .to_string(),
+                cipher: conn
+                    .negotiated_cipher_suite()
+                    .and_then(|c| c.suite().as_str())
+                    .map(str::to_string),
+                server_name: conn.server_name().map(str::to_string),
+                client_subject: None,
+            })
+        }
+        _ => None,
+    };
+    if let Err(e) = recorder
+        .start(SessionStart {
+            proxy_session: Some(id),
+            identity: &identity,
+            workload: workload.as_ref(),
+            target: &target.name,
+            protocol: Protocol::Postgres,
+            client: client_addr,
+            original_dst: workload.as_ref().and_then(|w| w.original_dst),
+            tls,
+        })
+        .await
+    {
+        tracing::warn!(session = id, target = %target.name, error = %e, "session refused: audit log");
+        return Err(fatal(
+            &mut client,
+            "53100",
+            &format!("airlock: the audit log cannot record this session: {e}"),
+        )
+        .await);
+    }
+
     let params = match backend_params(&startup, pg) {
         Ok(p) => p,
-        Err(message) => return Err(fatal(&mut client, "42501", &message).await),
+        Err(message) => {
+            end_session(recorder, EndReason::Denied, Some(&message), 0, 0).await;
+            return Err(fatal(&mut client, "42501", &message).await);
+        }
     };
     let login = tokio::time::timeout(
         BACKEND_TIMEOUT,
@@ -282,6 +356,7 @@ async fn serve_inner(
                 error = %e,
                 "backend login failed"
             );
+            end_session(recorder, EndReason::Error, Some(&message), 0, 0).await;
             return Err(fatal(&mut client, e.sqlstate(), &message).await);
         }
     };
@@ -312,16 +387,32 @@ async fn serve_inner(
         "postgres session started"
     );
 
-    // airlock_sessions_active: from login to the end of the relay (the guard drops on return).
-    let _active = ctx
-        .metrics
-        .session_started(&target.name, Protocol::Postgres);
+    let audit = results::AuditSink::new(recorder);
+    let masker = ctx.masker.load_full();
     let judge = PolicyJudge {
         decider: hooks.decider.as_deref(),
         ctx,
         identity: &identity,
         target: &target.name,
         session: id,
+        metrics: &metrics,
+        masker: &masker,
+        recording: audit.enabled(),
+    };
+    let database = params
+        .iter()
+        .find(|(k, _)| *k == "database")
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_default();
+    let env = || session::Env {
+        audit: &audit,
+        masker: masker.clone(),
+        metrics: &ctx.metrics,
+        side: Some(origin::SideConn::new(
+            pg.clone(),
+            upstream,
+            database.clone(),
+        )),
     };
     let shared = session::Shared::new(backend.status);
     let server = backend.stream;
@@ -330,16 +421,56 @@ async fn serve_inner(
         (MaybeTls::Plain(mut c), MaybeTls::Plain(mut s)) => {
             let (cr, mut cw) = c.split();
             let (sr, sw) = s.split();
-            relay(id, &judge, &shared, cr, &mut cw, sr, sw, buffer).await
+            relay(id, &judge, &shared, env(), cr, &mut cw, sr, sw, buffer).await
         }
         (c, s) => {
             let (cr, mut cw) = tokio::io::split(c);
             let (sr, sw) = tokio::io::split(s);
-            relay(id, &judge, &shared, cr, &mut cw, sr, sw, buffer).await
+            relay(id, &judge, &shared, env(), cr, &mut cw, sr, sw, buffer).await
         }
     };
     drop(registration);
+    let (reason, detail) = match &exit {
+        Ok(session::Exit::Terminate | session::Exit::ClientClosed) => {
+            (EndReason::ClientClosed, None)
+        }
+        Ok(session::Exit::ServerClosed) => (EndReason::ServerClosed, None),
+        Err(e) => (e.end_reason(), Some(e.to_string())),
+    };
+    end_session(
+        audit.into_inner(),
+        reason,
+        detail.as_deref(),
+        shared
+            .bytes_from_client
+            .load(std::sync::atomic::Ordering::Relaxed),
+        shared
+            .bytes_to_client
+            .load(std::sync::atomic::Ordering::Relaxed),
+    )
+    .await;
     exit
+}
+
+/// Records the session's end (a failure is logged: the session is over either way).
+async fn end_session(
+    recorder: crate::audit::SessionRecorder,
+    reason: EndReason,
+    detail: Option<&str>,
+    bytes_from_client: u64,
+    bytes_to_client: u64,
+) {
+    if let Err(e) = recorder
+        .end(SessionEnd {
+            reason,
+            detail: detail.map(str::to_owned),
+            bytes_from_client,
+            bytes_to_client,
+        })
+        .await
+    {
+        tracing::warn!(error = %e, "audit: session end not recorded");
+    }
 }
 
 /// The startup phase: SSLRequest (TLS terminated when configured, else declined) and
@@ -399,6 +530,7 @@ async fn relay<CR, CW, SR, SW, J>(
     id: u64,
     judge: &J,
     shared: &session::Shared,
+    env: session::Env<'_>,
     cr: CR,
     cw: &mut CW,
     sr: SR,
@@ -412,7 +544,7 @@ where
     SW: AsyncWrite + Unpin,
     J: Judge,
 {
-    match session::run(id, judge, shared, cr, cw, sr, sw, buffer).await {
+    match session::run(id, judge, shared, env, cr, cw, sr, sw, buffer).await {
         Ok(exit) => Ok(exit),
         Err(e @ session::SessionError::Io(_)) => Err(e.into()),
         Err(e) => Err(fatal(cw, "08P01", &format!("airlock: {e}")).await),
@@ -510,27 +642,51 @@ struct PolicyJudge<'a> {
     identity: &'a Identity,
     target: &'a str,
     session: u64,
+    metrics: &'a TargetMetrics,
+    masker: &'a crate::mask::Masker,
+    /// Whether decisions go to the audit log.
+    recording: bool,
 }
 
 impl Judge for PolicyJudge<'_> {
-    fn judge(&self, command: &str) -> Verdict {
+    fn judge(&self, command: &str) -> Judged {
         let req = Request {
             identity: self.identity,
             target: self.target,
             protocol: Protocol::Postgres,
             command,
         };
-        let decision = match self.decider {
-            Some(d) => d.decide(&req),
-            None => self.ctx.engine.load().decide(&req),
+        let started = std::time::Instant::now();
+        let engine = self.ctx.engine.load();
+        let (decision, classification) = match self.decider {
+            Some(d) => (d.decide(&req), engine.classify(Protocol::Postgres, command)),
+            None => {
+                let v = engine.evaluate(&req);
+                (v.decision, v.classification)
+            }
         };
+        self.ctx.metrics.policy_eval(started.elapsed());
+        self.metrics.command(Action::of(&decision));
         tracing::debug!(
             session = self.session,
             action = decision.action(),
             rule = decision.rule(),
             "decision"
         );
-        session::verdict(decision)
+        let ddl = classification.classes().contains(Class::Ddl);
+        let record = self.recording.then(|| (decision.clone(), classification));
+        let mut verdict = session::verdict(decision);
+        // A group in a rule's except_groups sees raw values.
+        if let session::Verdict::Allow { mask, .. } = &mut verdict
+            && !mask.is_empty()
+        {
+            *mask = self.masker.applicable(mask, &self.identity.groups);
+        }
+        Judged {
+            verdict,
+            record,
+            ddl,
+        }
     }
 }
 

@@ -13,19 +13,29 @@
 //! swaps that one error for our 42501 ErrorResponse naming the rule. Transaction status,
 //! error-until-Sync and pipelining then come from the server itself, in the right order.
 //!
-//! Server → client: only headers are parsed, except ReadyForQuery (transaction status) and,
-//! while a denial is pending, ErrorResponse. Messages we do not inspect are streamed through
-//! even when incomplete, so a huge row or COPY never sits whole in memory.
+//! Server → client: DataRow and CopyData are streamed through even when incomplete, so a huge
+//! row or COPY never sits whole in memory — unless the answer is masked, when each row is held
+//! whole and rewritten ([`results`](super::results)). The small messages that end or describe a
+//! result are parsed to tie every answer to its command (masking rules, audit result records).
+//!
+//! Audit: a command's record is queued before the command goes to the server, and its
+//! acknowledgement awaited before any answer goes back to the client, so the write overlaps
+//! the server's round trip and no client sees the effect of an unrecorded command.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::codec::{self, ErrorFields, FrameError, HEADER_LEN, Reader};
+use super::results::{Act, AuditSink, Back, Cmd, Expect};
+use crate::audit::{AuditError, CommandEvent};
 use crate::policy::Decision;
+use crate::policy::classify::{Class, Classification};
 
 /// Name prefix of the statements used to make the server fail in place of a denied command.
 const SENTINEL: &str = "airlock_denied_";
@@ -48,6 +58,8 @@ pub enum SessionError {
     UnexpectedMessage(char),
     #[error("more than {MAX_NAMED} named statements or portals")]
     TooManyNamed,
+    #[error("audit log: {0}")]
+    Audit(#[from] AuditError),
 }
 
 /// How a session ended.
@@ -103,6 +115,13 @@ pub struct Shared {
     ready_seen: AtomicU64,
     /// Transaction status of the last ReadyForQuery (`I`, `T`, `E`).
     status: AtomicU8,
+    /// Answers the server owes, in order (see [`results`](super::results)).
+    expect: Mutex<VecDeque<Expect>>,
+    /// The client ran DDL: cached column names may be stale.
+    stale: AtomicBool,
+    /// Bytes read from the client and written to it.
+    pub bytes_from_client: AtomicU64,
+    pub bytes_to_client: AtomicU64,
 }
 
 impl Shared {
@@ -128,9 +147,19 @@ struct Injection {
     error: Bytes,
 }
 
+/// A verdict with what the audit record needs.
+#[derive(Debug)]
+pub struct Judged {
+    pub verdict: Verdict,
+    /// The decision and classification for the audit log (`None` when not recording).
+    pub record: Option<(Decision, Arc<Classification>)>,
+    /// The command changes the schema: cached column names are dropped.
+    pub ddl: bool,
+}
+
 /// Decides one command; `mod.rs` binds it to the identity, target and policy.
 pub trait Judge {
-    fn judge(&self, command: &str) -> Verdict;
+    fn judge(&self, command: &str) -> Judged;
 }
 
 #[derive(Debug)]
@@ -138,6 +167,8 @@ struct Stmt {
     text: Arc<str>,
     /// Batch in which it was parsed (and decided).
     parsed_in: u64,
+    /// The Parse decision's command.
+    cmd: Arc<Cmd>,
 }
 
 #[derive(Debug)]
@@ -145,6 +176,17 @@ struct Portal {
     text: Arc<str>,
     /// Set when Parse and Bind happened in this batch: Execute reuses the Parse decision.
     decided_in: Option<u64>,
+    cmd: Arc<Cmd>,
+}
+
+/// What the session needs besides policy: the audit log, masking, metrics, and the catalog
+/// connection masking resolves columns with.
+pub struct Env<'a> {
+    pub audit: &'a AuditSink,
+    pub masker: Arc<crate::mask::Masker>,
+    pub metrics: &'a crate::metrics::Metrics,
+    /// `None`: no masking can be resolved (a masked answer is then refused).
+    pub side: Option<super::origin::SideConn>,
 }
 
 /// What to do with one client message.
@@ -171,9 +213,61 @@ struct Front<'a, J: Judge> {
     /// current batch is the next one.
     batch: u64,
     next_injection: u64,
+    /// Commands judged in this read, to record before they go upstream.
+    to_record: Vec<(Arc<Cmd>, Decision, Arc<Classification>)>,
+    /// Answers owed for what this read forwards, pushed before it is written.
+    expects: Vec<Expect>,
 }
 
 impl<J: Judge> Front<'_, J> {
+    /// The command of one decision; queued for the audit log when recording.
+    fn command(&mut self, text: &str, judged: Judged) -> (Arc<Cmd>, Verdict) {
+        if judged.ddl {
+            self.shared.stale.store(true, Ordering::Release);
+        }
+        let (mask, denied) = match &judged.verdict {
+            Verdict::Allow { mask, .. } => (mask.clone(), false),
+            Verdict::Deny { .. } => (Vec::new(), true),
+        };
+        let cmd = Cmd::new(Arc::from(text), mask, denied);
+        if let Some((decision, class)) = judged.record {
+            self.to_record.push((cmd.clone(), decision, class));
+        }
+        (cmd, judged.verdict)
+    }
+
+    /// Queues this read's command records and publishes its expected answers; call before
+    /// writing to the server.
+    async fn publish(&mut self, audit: &AuditSink) -> Result<(), SessionError> {
+        if !self.to_record.is_empty() {
+            let mut rec = audit.recorder().await;
+            for (cmd, decision, class) in self.to_record.drain(..) {
+                let classes = class
+                    .classes()
+                    .iter()
+                    .map(|c: Class| Cow::Borrowed(c.as_str()))
+                    .collect();
+                let (n, ack) = rec
+                    .command(CommandEvent {
+                        text: &cmd.text,
+                        classes,
+                        kind: class.kinds.first().map(|k| Cow::Borrowed(*k)),
+                        decision: &decision,
+                        approval: None,
+                    })
+                    .await?;
+                cmd.n.store(n, Ordering::Release);
+                audit.hold(ack);
+            }
+        }
+        if !self.expects.is_empty()
+            && let Ok(mut q) = self.shared.expect.lock()
+        {
+            q.extend(self.expects.drain(..));
+        }
+        Ok(())
+    }
+
     fn handle(
         &mut self,
         tag: u8,
@@ -187,7 +281,13 @@ impl<J: Judge> Front<'_, J> {
         Ok(match tag {
             b'Q' => {
                 let text = Reader::new(body, "Query").cstr()?;
-                match self.judge.judge(text) {
+                let judged = self.judge.judge(text);
+                let (cmd, verdict) = self.command(text, judged);
+                self.expects.push(Expect::Query {
+                    cmd,
+                    started: Instant::now(),
+                });
+                match verdict {
                     Verdict::Allow { .. } => {
                         self.batch += 1;
                         Action::Forward
@@ -202,11 +302,15 @@ impl<J: Judge> Front<'_, J> {
                 let mut r = Reader::new(body, "Parse");
                 let name = r.cstr()?;
                 let text = r.cstr()?;
-                match self.judge.judge(text) {
+                let judged = self.judge.judge(text);
+                let (cmd, verdict) = self.command(text, judged);
+                match verdict {
                     Verdict::Allow { .. } => {
+                        self.expects.push(Expect::Parse);
                         let stmt = Stmt {
-                            text: Arc::from(text),
+                            text: cmd.text.clone(),
                             parsed_in: self.batch,
+                            cmd,
                         };
                         if name.is_empty() {
                             self.unnamed_stmt = Some(stmt);
@@ -240,6 +344,7 @@ impl<J: Judge> Front<'_, J> {
                     let p = Portal {
                         text: stmt.text.clone(),
                         decided_in: (stmt.parsed_in == self.batch).then_some(self.batch),
+                        cmd: stmt.cmd.clone(),
                     };
                     if portal.is_empty() {
                         self.unnamed_portal = Some(p);
@@ -250,6 +355,23 @@ impl<J: Judge> Front<'_, J> {
                         self.portals.insert(portal.into(), p);
                     }
                 }
+                self.expects.push(Expect::Bind);
+                Action::Forward
+            }
+            b'D' => {
+                let mut r = Reader::new(body, "Describe");
+                let kind = r.u8()?;
+                let name = r.cstr()?;
+                let cmd = match kind {
+                    b'S' if name.is_empty() => self.unnamed_stmt.as_ref().map(|s| &s.cmd),
+                    b'S' => self.statements.get(name).map(|s| &s.cmd),
+                    _ if name.is_empty() => self.unnamed_portal.as_ref().map(|p| &p.cmd),
+                    _ => self.portals.get(name).map(|p| &p.cmd),
+                };
+                self.expects.push(Expect::Describe {
+                    cmd: cmd.filter(|c| !c.mask.is_empty()).cloned(),
+                    injected: false,
+                });
                 Action::Forward
             }
             b'E' => {
@@ -259,21 +381,50 @@ impl<J: Judge> Front<'_, J> {
                 } else {
                     self.portals.get(name)
                 };
-                let verdict = match portal {
+                let decided = match portal {
                     // Parsed, decided and bound in this very batch: that decision stands.
-                    Some(p) if p.decided_in == Some(self.batch) => None,
-                    Some(p) => Some(self.judge.judge(&p.text)),
+                    Some(p) if p.decided_in == Some(self.batch) => Ok(p.cmd.clone()),
+                    Some(p) => {
+                        let text = p.text.clone();
+                        let judged = self.judge.judge(&text);
+                        match self.command(&text, judged) {
+                            (cmd, Verdict::Allow { .. }) => Ok(cmd),
+                            (_, Verdict::Deny { message }) => Err(message),
+                        }
+                    }
                     // Not bound through us (e.g. a cursor DECLAREd in SQL): we cannot tell what
                     // it runs, so refuse.
-                    None => Some(Verdict::Deny {
-                        message: format!(
-                            "airlock: portal \"{name}\" was not bound through the gateway; use FETCH"
-                        ),
-                    }),
+                    None => Err(format!(
+                        "airlock: portal \"{name}\" was not bound through the gateway; use FETCH"
+                    )),
                 };
-                match verdict {
-                    None | Some(Verdict::Allow { .. }) => Action::Forward,
-                    Some(Verdict::Deny { message }) => {
+                match decided {
+                    Ok(cmd) => {
+                        let masked = !cmd.mask.is_empty();
+                        if masked {
+                            // The rows need their columns: describe the portal first (its
+                            // answer builds the plan and is not forwarded).
+                            self.expects.push(Expect::Describe {
+                                cmd: Some(cmd.clone()),
+                                injected: true,
+                            });
+                            codec::put_message(scratch, b'D', |o| {
+                                o.put_u8(b'P');
+                                codec::put_cstr(o, name.as_bytes());
+                            });
+                            scratch.extend_from_slice(msg);
+                        }
+                        self.expects.push(Expect::Execute {
+                            cmd,
+                            started: Instant::now(),
+                        });
+                        if masked {
+                            Action::Replace
+                        } else {
+                            Action::Forward
+                        }
+                    }
+                    Err(message) => {
                         self.deny_extended(&message, scratch);
                         Action::Replace
                     }
@@ -294,17 +445,23 @@ impl<J: Judge> Front<'_, J> {
                     }
                     _ => {}
                 }
+                self.expects.push(Expect::Close);
                 Action::Forward
             }
             b'S' => {
                 self.discarding = false;
                 self.batch += 1;
+                self.expects.push(Expect::Sync);
                 Action::Forward
             }
-            b'D' | b'H' | b'd' | b'c' | b'f' => Action::Forward,
+            b'H' | b'd' | b'c' | b'f' => Action::Forward,
             b'F' => {
                 // The fastpath function call runs a function by OID, with no SQL for policy to
                 // judge: refused.
+                self.expects.push(Expect::Query {
+                    cmd: Cmd::new(Arc::from("<function call>"), Vec::new(), true),
+                    started: Instant::now(),
+                });
                 self.deny_simple(
                     "airlock: the function call protocol is not allowed through the gateway",
                     scratch,
@@ -360,6 +517,10 @@ impl<J: Judge> Front<'_, J> {
             o.put_u8(b'S');
             codec::put_cstr(o, format!("{SENTINEL}{id}").as_bytes());
         });
+        self.expects.push(Expect::Describe {
+            cmd: None,
+            injected: false,
+        });
         self.discarding = true;
     }
 }
@@ -370,6 +531,7 @@ pub async fn run<CR, CW, SR, SW, J>(
     session: u64,
     judge: &J,
     shared: &Shared,
+    env: Env<'_>,
     mut client_read: CR,
     client_write: &mut CW,
     server_read: SR,
@@ -394,9 +556,20 @@ where
         discarding: false,
         batch: 0,
         next_injection: 0,
+        to_record: Vec::new(),
+        expects: Vec::new(),
     };
-    let up = client_to_server(&mut front, &mut client_read, &mut server_write);
-    let down = server_to_client(shared, server_read, client_write, server_buf);
+    let audit = env.audit;
+    let back = Back::new(
+        &shared.expect,
+        env.audit,
+        env.masker,
+        env.metrics,
+        env.side,
+        &shared.stale,
+    );
+    let up = client_to_server(&mut front, audit, &mut client_read, &mut server_write);
+    let down = server_to_client(shared, back, server_read, client_write, server_buf);
     let exit = tokio::select! {
         r = up => r,
         r = down => r,
@@ -407,6 +580,7 @@ where
 
 async fn client_to_server<R, W, J>(
     front: &mut Front<'_, J>,
+    audit: &AuditSink,
     r: &mut R,
     w: &mut W,
 ) -> Result<Exit, SessionError>
@@ -422,9 +596,14 @@ where
     let mut pass = 0usize;
     let mut skip = 0usize;
     loop {
-        if r.read_buf(&mut buf).await? == 0 {
+        let got = r.read_buf(&mut buf).await?;
+        if got == 0 {
             return Ok(Exit::ClientClosed);
         }
+        front
+            .shared
+            .bytes_from_client
+            .fetch_add(got as u64, Ordering::Relaxed);
         let mut pos = 0;
         let mut run = 0;
         let mut terminate = false;
@@ -484,6 +663,7 @@ where
             }
             pos = end;
         }
+        front.publish(audit).await?;
         if out.is_empty() {
             if run == 0 {
                 w.write_all(&buf[..pos]).await?;
@@ -508,6 +688,7 @@ where
 
 async fn server_to_client<R, W>(
     shared: &Shared,
+    mut back: Back<'_>,
     mut r: R,
     w: &mut W,
     mut buf: BytesMut,
@@ -518,7 +699,11 @@ where
 {
     buf.reserve(READ_CAPACITY);
     let mut out = BytesMut::new();
+    let mut rep = BytesMut::new();
+    // Bytes of a partly received message still to forward, or to drop.
     let mut pass = 0usize;
+    let mut skip = 0usize;
+    let audit = back.audit;
     loop {
         let mut pos = 0;
         let mut run = 0;
@@ -529,25 +714,45 @@ where
                 pos += n;
                 continue;
             }
+            if skip > 0 {
+                let n = skip.min(buf.len() - pos);
+                out.extend_from_slice(&buf[run..pos]);
+                skip -= n;
+                pos += n;
+                run = pos;
+                continue;
+            }
             let Some(h) = codec::peek_header(&buf[pos..])? else {
                 break;
             };
             let avail = buf.len() - pos;
-            let inspect =
-                h.tag == b'Z' || (h.tag == b'E' && shared.pending.load(Ordering::Acquire));
-            // MASK HOOK: when the command's decision carries masking rules, RowDescription
-            // ('T'), DataRow ('D') and CopyData ('d') must be held whole and rewritten here
-            // (into `out`, like the ErrorResponse swap below) instead of streamed.
+            // Rows and COPY data stream through unless masked (or dropped after a refusal);
+            // every other message is small and parsed whole.
+            let streamed = (h.tag == b'D' || h.tag == b'd') && !back.rows_masked();
             if avail < h.total {
-                if inspect {
-                    buf.reserve(h.total - avail);
-                } else {
-                    pass = h.total - avail;
+                if streamed {
+                    back.count(h.total);
+                    if back.suppress {
+                        out.extend_from_slice(&buf[run..pos]);
+                        skip = h.total - avail;
+                        run = buf.len();
+                    } else {
+                        pass = h.total - avail;
+                    }
                     pos = buf.len();
+                } else {
+                    buf.reserve(h.total - avail);
                 }
                 break;
             }
             let end = pos + h.total;
+            back.count(h.total);
+            if streamed && !back.suppress {
+                pos = end;
+                continue;
+            }
+            let mut act = Act::Forward;
+            rep.clear();
             match h.tag {
                 b'Z' => {
                     let status = buf[pos + HEADER_LEN];
@@ -559,26 +764,45 @@ where
                         retire(shared, seen);
                     }
                 }
-                b'E' if inspect => {
+                b'E' if shared.pending.load(Ordering::Acquire) => {
                     if let Some(replacement) = take_injection(shared, &buf[pos + HEADER_LEN..end])?
                     {
-                        out.extend_from_slice(&buf[run..pos]);
-                        out.extend_from_slice(&replacement);
-                        run = end;
+                        rep.extend_from_slice(&replacement);
+                        act = Act::Replace;
                     }
+                }
+                _ => {}
+            }
+            match (act, back.on_message(h.tag, &buf[pos..end], &mut rep).await) {
+                (_, Act::Drop) => {
+                    out.extend_from_slice(&buf[run..pos]);
+                    run = end;
+                }
+                (Act::Replace, _) | (_, Act::Replace) => {
+                    out.extend_from_slice(&buf[run..pos]);
+                    out.extend_from_slice(&rep);
+                    run = end;
                 }
                 _ => {}
             }
             pos = end;
         }
         if pos > 0 {
-            if out.is_empty() {
+            // No answer before the records of the commands it answers are acknowledged.
+            audit.settle().await?;
+            let sent = if out.is_empty() {
                 w.write_all(&buf[run..pos]).await?;
+                pos - run
             } else {
                 out.extend_from_slice(&buf[run..pos]);
                 w.write_all(&out).await?;
+                let n = out.len();
                 out.clear();
-            }
+                n
+            };
+            shared
+                .bytes_to_client
+                .fetch_add(sent as u64, Ordering::Relaxed);
             w.flush().await?;
             buf.advance(pos);
         }
