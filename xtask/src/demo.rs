@@ -212,6 +212,14 @@ pub fn run(root: &Path) -> Result<()> {
         ))
     );
 
+    step("Prometheus: curl http://127.0.0.1:9481/metrics | grep ^airlock_");
+    print!(
+        "{}",
+        out(
+            "/usr/bin/python3 -c \"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9481/metrics').read().decode())\" | grep -E '^airlock_(commands|sessions|intercepted|denied|approval|masked|policy_eval_seconds_count)' | grep -v ' 0$'"
+        )
+    );
+
     step("kill -9 the daemon: interception stays pinned, connections are refused, not sent direct");
     daemon.kill()?;
     daemon.wait()?;
@@ -227,14 +235,6 @@ pub fn run(root: &Path) -> Result<()> {
     step("Restart: interception resumes from the pins");
     let mut daemon = start_daemon(2)?;
     print!("{}", as_agent(&format!("{client} 198.18.0.2 7000")));
-
-    step("Prometheus: curl http://127.0.0.1:9481/metrics | grep ^airlock_");
-    print!(
-        "{}",
-        out(
-            "/usr/bin/python3 -c \"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9481/metrics').read().decode())\" | grep -E '^airlock_(commands|sessions|intercepted|denied|approval|masked|policy_eval_seconds_count)' | grep -v ' 0$'"
-        )
-    );
 
     step("Audit: every session recorded, hash-chained and signed");
     print!(
