@@ -508,6 +508,18 @@ impl Judge for PolicyJudge<'_> {
             rule = decision.rule(),
             "decision"
         );
+        if let Decision::Review { .. } = decision {
+            return session::review(
+                self.ctx.approvals.get(),
+                crate::approval::ReviewRequest {
+                    identity: self.identity.clone(),
+                    target: self.target.to_owned(),
+                    session: self.session,
+                    command: command.to_owned(),
+                    decision,
+                },
+            );
+        }
         session::verdict(decision)
     }
 }

@@ -18,6 +18,8 @@
 //! even when incomplete, so a huge row or COPY never sits whole in memory.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -25,6 +27,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::codec::{self, ErrorFields, FrameError, HEADER_LEN, Reader};
+use crate::approval::{Approvals, Outcome, ReviewRequest};
 use crate::policy::Decision;
 
 /// Name prefix of the statements used to make the server fail in place of a denied command.
@@ -36,6 +39,9 @@ const READ_CAPACITY: usize = 64 * 1024;
 /// Named statements and portals a session may hold at once; beyond that it is ended, so a
 /// client cannot grow the gateway's memory without bound.
 const MAX_NAMED: usize = 100_000;
+
+/// Bytes a client may pipeline behind a held command before the gateway stops reading.
+const MAX_HELD_BUFFER: usize = 1024 * 1024;
 
 /// Errors that end a session.
 #[derive(Debug, thiserror::Error)]
@@ -71,24 +77,88 @@ pub enum Verdict {
         /// The message for the client's ErrorResponse.
         message: String,
     },
+    /// Held until a human decides: the session waits on it (sending the client the notices it
+    /// emits) and then acts on the verdict it resolves to.
+    Hold(Hold),
 }
 
-/// Turns a policy decision into a verdict. Review is where the approval workflow hooks in:
-/// until it exists, a command needing review is refused.
+/// A command held for approval: started with the session's notice channel, it resolves to
+/// `Allow` or `Deny`. Dropping it (the client went away) withdraws the request.
+pub struct Hold(pub Box<dyn FnOnce(Notices) -> Pin<Box<dyn Future<Output = Verdict> + Send>> + Send>);
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hold")
+    }
+}
+
+/// Turns a policy decision into a verdict. A review without an approval service (tests,
+/// tools) is refused; the session's judge sends reviews to [`review`].
 pub fn verdict(decision: Decision) -> Verdict {
     match decision {
         Decision::Allow { rule, mask } => Verdict::Allow { rule, mask },
         Decision::Deny { rule, reason } => Verdict::Deny {
             message: format!("airlock: denied by rule \"{rule}\": {reason}"),
         },
-        Decision::Review { rule, .. } => review(&rule),
+        Decision::Review { rule, .. } => Verdict::Deny {
+            message: format!(
+                "airlock: rule \"{rule}\" requires approval, and approvals are not enabled here"
+            ),
+        },
     }
 }
 
-/// The approval hook: a command whose rule demands review.
-fn review(rule: &str) -> Verdict {
-    Verdict::Deny {
-        message: format!("airlock: rule \"{rule}\": requires review (approval workflow pending)"),
+/// The approval hook: a command whose rule demands review is held (or refused with a request
+/// id, in retry mode) by the approval service.
+pub fn review(approvals: Option<&Arc<Approvals>>, request: ReviewRequest) -> Verdict {
+    let Some(svc) = approvals.cloned() else {
+        return verdict(request.decision);
+    };
+    Verdict::Hold(Hold(Box::new(move |notices: Notices| {
+        Box::pin(async move {
+            match svc.review(request, |text| notices.send(text)).await {
+                Outcome::Allow { rule, mask, .. } => Verdict::Allow { rule, mask },
+                Outcome::Deny { message } => Verdict::Deny { message },
+            }
+        })
+    })))
+}
+
+/// NoticeResponses for the client, written by the server → client half between messages.
+#[derive(Debug, Clone, Default)]
+pub struct Notices(Arc<NoticeQueue>);
+
+#[derive(Debug, Default)]
+struct NoticeQueue {
+    queue: Mutex<BytesMut>,
+    ready: tokio::sync::Notify,
+}
+
+impl Notices {
+    /// Queues a NoticeResponse with `text`.
+    pub fn send(&self, text: &str) {
+        let mut msg = BytesMut::new();
+        codec::put_error(
+            &mut msg,
+            &ErrorFields {
+                severity: "NOTICE",
+                code: "00000",
+                message: text,
+                detail: None,
+                hint: None,
+            },
+        );
+        // A NoticeResponse has the ErrorResponse's layout under tag 'N'.
+        msg[0] = b'N';
+        if let Ok(mut q) = self.0.queue.lock() {
+            q.extend_from_slice(&msg);
+        }
+        self.0.ready.notify_one();
+    }
+
+    fn take(&self) -> Option<BytesMut> {
+        let mut q = self.0.queue.lock().ok()?;
+        (!q.is_empty()).then(|| q.split())
     }
 }
 
@@ -103,6 +173,8 @@ pub struct Shared {
     ready_seen: AtomicU64,
     /// Transaction status of the last ReadyForQuery (`I`, `T`, `E`).
     status: AtomicU8,
+    /// Notices for the client (a held command's request id).
+    notices: Notices,
 }
 
 impl Shared {
@@ -154,6 +226,8 @@ enum Action {
     /// Replace with the bytes left in the scratch buffer.
     Replace,
     Terminate,
+    /// Wait for the held command's verdict, then handle the message again with it.
+    Hold(Hold),
 }
 
 /// The client → server half's state: what the client prepared, and discard-until-Sync.
@@ -171,9 +245,22 @@ struct Front<'a, J: Judge> {
     /// current batch is the next one.
     batch: u64,
     next_injection: u64,
+    /// The verdict a held command resolved to, used when its message is handled again.
+    decided: Option<Verdict>,
 }
 
 impl<J: Judge> Front<'_, J> {
+    fn decide(&mut self, command: &str) -> Verdict {
+        match self.decided.take() {
+            // A hold never resolves to another hold; refuse rather than loop.
+            Some(Verdict::Hold(_)) => Verdict::Deny {
+                message: "airlock: internal error: approval did not resolve".into(),
+            },
+            Some(v) => v,
+            None => self.judge.judge(command),
+        }
+    }
+
     fn handle(
         &mut self,
         tag: u8,
@@ -187,7 +274,8 @@ impl<J: Judge> Front<'_, J> {
         Ok(match tag {
             b'Q' => {
                 let text = Reader::new(body, "Query").cstr()?;
-                match self.judge.judge(text) {
+                match self.decide(text) {
+                    Verdict::Hold(h) => Action::Hold(h),
                     Verdict::Allow { .. } => {
                         self.batch += 1;
                         Action::Forward
@@ -202,7 +290,8 @@ impl<J: Judge> Front<'_, J> {
                 let mut r = Reader::new(body, "Parse");
                 let name = r.cstr()?;
                 let text = r.cstr()?;
-                match self.judge.judge(text) {
+                match self.decide(text) {
+                    Verdict::Hold(h) => Action::Hold(h),
                     Verdict::Allow { .. } => {
                         let stmt = Stmt {
                             text: Arc::from(text),
@@ -262,7 +351,10 @@ impl<J: Judge> Front<'_, J> {
                 let verdict = match portal {
                     // Parsed, decided and bound in this very batch: that decision stands.
                     Some(p) if p.decided_in == Some(self.batch) => None,
-                    Some(p) => Some(self.judge.judge(&p.text)),
+                    Some(p) => {
+                        let text = p.text.clone();
+                        Some(self.decide(&text))
+                    }
                     // Not bound through us (e.g. a cursor DECLAREd in SQL): we cannot tell what
                     // it runs, so refuse.
                     None => Some(Verdict::Deny {
@@ -273,6 +365,7 @@ impl<J: Judge> Front<'_, J> {
                 };
                 match verdict {
                     None | Some(Verdict::Allow { .. }) => Action::Forward,
+                    Some(Verdict::Hold(h)) => Action::Hold(h),
                     Some(Verdict::Deny { message }) => {
                         self.deny_extended(&message, scratch);
                         Action::Replace
@@ -394,6 +487,7 @@ where
         discarding: false,
         batch: 0,
         next_injection: 0,
+        decided: None,
     };
     let up = client_to_server(&mut front, &mut client_read, &mut server_write);
     let down = server_to_client(shared, server_read, client_write, server_buf);
@@ -480,6 +574,32 @@ where
                     pos = end;
                     terminate = true;
                     break;
+                }
+                Action::Hold(hold) => {
+                    // What came before the held command goes to the server now.
+                    out.extend_from_slice(&buf[run..pos]);
+                    if !out.is_empty() {
+                        w.write_all(&out).await?;
+                        w.flush().await?;
+                        out.clear();
+                    }
+                    run = pos;
+                    let mut wait = (hold.0)(front.shared.notices.clone());
+                    let verdict = loop {
+                        // Keep reading while held, so a client that goes away withdraws the
+                        // request; what it pipelines meanwhile waits in the buffer.
+                        tokio::select! {
+                            v = &mut wait => break v,
+                            n = r.read_buf(&mut buf), if buf.len() < MAX_HELD_BUFFER => {
+                                if n? == 0 {
+                                    return Ok(Exit::ClientClosed);
+                                }
+                            }
+                        }
+                    };
+                    front.decided = Some(verdict);
+                    // Handle the same message again, now with its verdict.
+                    continue;
                 }
             }
             pos = end;
@@ -585,7 +705,18 @@ where
         if buf.capacity() - buf.len() < READ_CAPACITY / 4 {
             buf.reserve(READ_CAPACITY);
         }
-        if r.read_buf(&mut buf).await? == 0 {
+        // Between whole messages, a held command's notice may go to the client.
+        let n = tokio::select! {
+            n = r.read_buf(&mut buf) => n?,
+            () = shared.notices.0.ready.notified(), if pass == 0 => {
+                if let Some(notices) = shared.notices.take() {
+                    w.write_all(&notices).await?;
+                    w.flush().await?;
+                }
+                continue;
+            }
+        };
+        if n == 0 {
             return Ok(Exit::ServerClosed);
         }
     }
