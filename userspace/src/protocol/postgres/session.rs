@@ -102,7 +102,7 @@ pub fn verdict(decision: Decision) -> Verdict {
         },
         Decision::Review { rule, .. } => Verdict::Deny {
             message: format!(
-                "airlock: rule \"{rule}\" requires approval, and approvals are not enabled here"
+                "airlock: rule \"{rule}\" requires review, and approvals are not enabled on this gateway"
             ),
         },
     }
