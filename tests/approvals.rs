@@ -9,7 +9,7 @@ mod support;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -586,14 +586,17 @@ fn plan_approved_ahead_runs_without_waiting() {
 /// every request's headers and body.
 struct Receiver {
     addr: SocketAddr,
-    got: Arc<Mutex<Vec<(Vec<(String, String)>, Vec<u8>, u16)>>>,
+    got: Received,
 }
+
+/// Each request's headers (lower-case names), body, and the status answered.
+type Received = Arc<Mutex<Vec<(Vec<(String, String)>, Vec<u8>, u16)>>>;
 
 impl Receiver {
     fn start(fail_first: usize) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind receiver");
         let addr = listener.local_addr().expect("addr");
-        let got: Arc<Mutex<Vec<_>>> = Arc::default();
+        let got: Received = Arc::default();
         let g = got.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
@@ -884,9 +887,4 @@ fn bench_approval_latency() {
             lat[n - 1]
         );
     }
-}
-
-#[allow(dead_code)]
-fn _unused() {
-    let _ = Stdio::null();
 }

@@ -84,7 +84,10 @@ pub enum Verdict {
 
 /// A command held for approval: started with the session's notice channel, it resolves to
 /// `Allow` or `Deny`. Dropping it (the client went away) withdraws the request.
-pub struct Hold(pub Box<dyn FnOnce(Notices) -> Pin<Box<dyn Future<Output = Verdict> + Send>> + Send>);
+pub struct Hold(pub Box<dyn FnOnce(Notices) -> HeldFuture + Send>);
+
+/// What a [`Hold`] becomes once started.
+pub type HeldFuture = Pin<Box<dyn Future<Output = Verdict> + Send>>;
 
 impl std::fmt::Debug for Hold {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
