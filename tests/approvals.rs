@@ -368,6 +368,31 @@ fn held_update_approved_by_cli_completes() {
 }
 
 #[test]
+fn extended_protocol_parse_is_held_then_runs() {
+    let pg = PgServer::start(None);
+    prepare_target(&pg);
+    let inst = Instance::sqlite(&pg);
+    let dsn = inst.dsn();
+    // psycopg 3 sends Parse/Bind/Describe/Execute/Sync; the Parse is what waits.
+    let client = std::thread::spawn(move || {
+        support::python(
+            &dsn,
+            "import os, psycopg\n\
+             with psycopg.connect(os.environ['DSN'], autocommit=True) as c:\n\
+             \x20   cur = c.execute('UPDATE accounts SET balance = %s WHERE id = 1', (42,))\n\
+             \x20   print(cur.rowcount)\n",
+        )
+    });
+    let req = inst.wait_pending("UPDATE accounts SET balance = $1 WHERE id = 1");
+    assert_eq!(balance(&pg, "accounts"), 100);
+    inst.cli_ok(&["approve", &req.id]);
+    let (ok, out, err) = client.join().expect("python thread");
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.trim(), "1");
+    assert_eq!(balance(&pg, "accounts"), 42);
+}
+
+#[test]
 fn denied_with_reason_is_refused_and_not_run() {
     let pg = PgServer::start(None);
     prepare_target(&pg);

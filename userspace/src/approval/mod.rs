@@ -475,10 +475,13 @@ impl Approvals {
     ) -> Result<Option<ApprovalRequest>, ApprovalError> {
         let now = now_ms();
         for g in self.store.grants(subject, target).await? {
-            if !g
-                .commands
-                .iter()
-                .any(|c| c.sha256 == sha && c.uses_left > 0)
+            // A held command's approval belongs to the session waiting on it.
+            let reusable = g.kind == Kind::Plan || g.mode == ReviewMode::Retry;
+            if !reusable
+                || !g
+                    .commands
+                    .iter()
+                    .any(|c| c.sha256 == sha && c.uses_left > 0)
             {
                 continue;
             }

@@ -384,7 +384,7 @@ impl ApprovalRequest {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample() -> ApprovalRequest {

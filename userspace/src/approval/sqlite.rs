@@ -234,3 +234,59 @@ impl Store for SqliteStore {
         true
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::approval::model::{Principal, Verdict};
+
+    fn who(s: &str) -> Principal {
+        Principal {
+            subject: s.into(),
+            groups: vec!["dba".into()],
+            admin: false,
+            via: "oidc:x".into(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_votes_all_count_and_changes_are_announced() {
+        let dir = std::env::temp_dir().join(format!("airlock-sqlite-{}", std::process::id()));
+        let store = Arc::new(SqliteStore::open(&dir.join("a.db")).unwrap());
+        let mut events = store.subscribe();
+        let mut req = crate::approval::model::tests::sample();
+        req.escalate_to.clear();
+        req.deadline_ms = u64::MAX;
+        store.insert(&req).await.unwrap();
+        assert_eq!(
+            events.recv().await.unwrap(),
+            StoreEvent::Changed("r1".into())
+        );
+        let mut tasks = Vec::new();
+        for name in ["alice", "bob"] {
+            let s = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                s.update(
+                    "r1",
+                    Box::new(move |r| r.decide(&who(name), Verdict::Approve, None, 10).map(Some)),
+                )
+                .await
+                .unwrap()
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let r = store.get("r1").await.unwrap().unwrap();
+        assert_eq!(r.state, State::Approved);
+        assert_eq!(r.votes.len(), 2);
+        assert_eq!(store.grants("unix:agent", "db").await.unwrap().len(), 1);
+        assert_eq!(store.count_pending().await.unwrap(), 0);
+        assert!(matches!(
+            store.update("nope", Box::new(|_| Ok(None))).await,
+            Err(ApprovalError::NotFound(_))
+        ));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
