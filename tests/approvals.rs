@@ -6,6 +6,9 @@
 #[path = "support/postgres.rs"]
 mod support;
 
+#[path = "support/oidc/mod.rs"]
+mod oidc_support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -106,11 +109,16 @@ struct Instance {
 impl Instance {
     /// `approvals` is the body of `daemon.approvals` (4-space indent).
     fn start(target: &PgServer, approvals: &str) -> Self {
+        Self::start_with(target, approvals, RULES)
+    }
+
+    /// As [`start`](Self::start) with other top-level sections (`identities:`, `rules:`).
+    fn start_with(target: &PgServer, approvals: &str, rules: &str) -> Self {
         let state = TempDir::new("airlock-approvals");
         let api_port = free_port();
         let yaml = format!(
             "daemon:\n  state_dir: {state}\n  api: 127.0.0.1:{api_port}\n  approvals:\n{approvals}\n\
-             targets:\n  - name: demo-db\n    protocol: postgres\n    addresses: [\"198.18.0.2/32\"]\n    ports: [5432]\n    postgres:\n      user: {}\n      password: \"{}\"\n      database: {DATABASE}\n{RULES}",
+             targets:\n  - name: demo-db\n    protocol: postgres\n    addresses: [\"198.18.0.2/32\"]\n    ports: [5432]\n    postgres:\n      user: {}\n      password: \"{}\"\n      database: {DATABASE}\n{rules}",
             GATEWAY_USER.0,
             GATEWAY_USER.1,
             state = state.path().display(),
@@ -912,4 +920,75 @@ fn bench_approval_latency() {
             lat[n - 1]
         );
     }
+}
+
+#[test]
+fn oidc_reviewer_in_the_approver_group_decides() {
+    let pg = PgServer::start(None);
+    prepare_target(&pg);
+    let pki = oidc_support::Pki::new("approvals");
+    let idp = oidc_support::Provider::start(&pki, "k1", 0);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // A real token from the provider: subject `ci`, groups `agents`, `ci`; the identity entry
+    // grants `ci-reviewers` to this issuer's tokens.
+    let token = rt.block_on(idp.client_token(&pki, "ci", None));
+    let sections = format!(
+        "identities:\n  - name: ci-reviewers\n    oidc:\n      issuer: \"{}\"\n      audience: https://airlock.test\n      ca_file: {}\n    groups: [ci-reviewers]\n{}",
+        idp.issuer,
+        pki.ca.display(),
+        RULES.replace(
+            "approvers: [dba], ttl: 15m",
+            "approvers: [ci-reviewers], ttl: 15m"
+        )
+    );
+    let inst = Instance::start_with(&pg, "    store: sqlite", &sections);
+    // Not in the approver group (`dba`): refused, and the request stays pending.
+    let (ok, _, err) = psql(
+        &inst.dsn(),
+        &["-c", "UPDATE retry_t SET balance = 1 WHERE id = 1"],
+        None,
+    );
+    assert!(!ok);
+    let id = refused_id(&err);
+    let (ok, _, err) = inst.cli(&["approve", &id, "--token", &token]);
+    assert!(!ok && err.contains("only members of dba"), "{err}");
+    let (status, _) = http(
+        inst.api,
+        "POST",
+        &format!("/v1/requests/{id}/approve"),
+        &token,
+        "",
+    );
+    assert_eq!(status, 403);
+    // In the approver group: the decision is the token's subject's.
+    let sql = "UPDATE accounts SET balance = 77 WHERE id = 1";
+    let client = Client::run(inst.dsn(), sql);
+    let req = inst.wait_pending(sql);
+    assert_eq!(req.approvers, vec!["ci-reviewers"]);
+    inst.cli_ok(&[
+        "approve",
+        &req.id,
+        "--token",
+        &token,
+        "--reason",
+        "looks right",
+    ]);
+    let (ok, out, err, _) = client.join();
+    assert!(ok, "{out}{err}");
+    assert_eq!(balance(&pg, "accounts"), 77);
+    let (status, body) = http(
+        inst.api,
+        "GET",
+        &format!("/v1/requests/{}", req.id),
+        &token,
+        "",
+    );
+    assert_eq!(status, 200);
+    let r: ApprovalRequest = serde_json::from_str(&body).expect("json");
+    assert_eq!(r.votes[0].by, "ci");
+    assert_eq!(r.votes[0].via, format!("oidc:{}", idp.issuer));
+    idp.stop();
 }
