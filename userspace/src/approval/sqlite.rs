@@ -57,12 +57,15 @@ impl SqliteStore {
             .map_err(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db)?;
+        // Checkpoints (and their fsync) run on a thread of their own, never inside a decision's
+        // transaction.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
         let (events, _) = broadcast::channel(1024);
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-            events,
-        })
+        let conn = Arc::new(Mutex::new(conn));
+        spawn_checkpointer(path, Arc::downgrade(&conn))?;
+        Ok(Self { conn, events })
     }
 
     async fn with<T, F>(&self, f: F) -> Result<T, ApprovalError>
@@ -80,6 +83,28 @@ impl SqliteStore {
         .await
         .map_err(|e| ApprovalError::Store(e.to_string()))?
     }
+}
+
+/// Passive WAL checkpoints once a second from a second connection (they never block writers),
+/// until the store is dropped.
+fn spawn_checkpointer(
+    path: &Path,
+    alive: std::sync::Weak<Mutex<Connection>>,
+) -> Result<(), ApprovalError> {
+    let conn = Connection::open(path).map_err(db)?;
+    std::thread::Builder::new()
+        .name("airlock-sqlite-checkpoint".into())
+        .spawn(move || {
+            while alive.strong_count() > 0 {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                {
+                    tracing::warn!(%error, "approval store checkpoint failed");
+                }
+            }
+        })
+        .map_err(|e| ApprovalError::Store(format!("checkpoint thread: {e}")))?;
+    Ok(())
 }
 
 fn query_list(
