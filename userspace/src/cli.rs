@@ -54,6 +54,52 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// List approval requests.
+    Requests {
+        /// Only requests still waiting for a decision.
+        #[arg(long)]
+        pending: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: crate::approval::cli::ApiArgs,
+    },
+    /// Approve a request (counts toward its quorum).
+    Approve(DecideArgs),
+    /// Deny a request; a held command is refused.
+    Deny(DecideArgs),
+    /// Revoke a pending request or an unused approval; a held command is aborted.
+    Revoke(DecideArgs),
+    /// Pre-approved plans.
+    Plan {
+        #[command(subcommand)]
+        command: PlanCommand,
+    },
+}
+
+/// Arguments of `approve`, `deny` and `revoke`.
+#[derive(Debug, clap::Args)]
+pub struct DecideArgs {
+    /// The request id.
+    pub id: String,
+    /// Why (recorded with the decision).
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub api: crate::approval::cli::ApiArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlanCommand {
+    /// Submit a plan file (YAML or JSON: target, commands, subject, groups, task, ttl_seconds,
+    /// uses) for approval.
+    Submit {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: crate::approval::cli::ApiArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,6 +173,15 @@ pub fn main() -> ExitCode {
             PolicyCommand::Check { file } => crate::policy::cli::check(&file),
             PolicyCommand::Explain(args) => crate::policy::cli::explain(&args),
         },
+        Command::Requests { pending, json, api } => {
+            crate::approval::cli::requests(&api, pending, json)
+        }
+        Command::Approve(a) => decide(&a, crate::approval::Verdict::Approve),
+        Command::Deny(a) => decide(&a, crate::approval::Verdict::Deny),
+        Command::Revoke(a) => decide(&a, crate::approval::Verdict::Revoke),
+        Command::Plan {
+            command: PlanCommand::Submit { file, json, api },
+        } => crate::approval::cli::plan_submit(&api, &file, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -135,6 +190,10 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn decide(a: &DecideArgs, verdict: crate::approval::Verdict) -> anyhow::Result<()> {
+    crate::approval::cli::decide(&a.api, &a.id, verdict, a.reason.as_deref())
 }
 
 fn init_tracing() {

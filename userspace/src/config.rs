@@ -86,6 +86,9 @@ pub struct DaemonConfig {
     /// Session recording and the tamper-evident audit log.
     #[serde(default)]
     pub audit: crate::audit::AuditConfig,
+    /// Human-in-the-loop approvals: store, admin token, webhooks.
+    #[serde(default)]
+    pub approvals: crate::approval::ApprovalsConfig,
 }
 
 impl Default for DaemonConfig {
@@ -100,6 +103,7 @@ impl Default for DaemonConfig {
             state_dir: PathBuf::from("/var/lib/airlock"),
             accept_unintercepted: false,
             audit: crate::audit::AuditConfig::default(),
+            approvals: crate::approval::ApprovalsConfig::default(),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! [`proxy`] (listeners, sessions) → [`protocol`] (tcp, postgres framing) →
 //! [`policy`] (classify, decide) → [`relay`] (bytes to and from the target).
 
+pub mod approval;
 pub mod audit;
 pub mod cli;
 pub mod config;

@@ -38,6 +38,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The session log (disabled in unit tests and benchmarks that say so).
     pub audit: Recorder,
+    /// The approval workflow (set once at start; unset means reviews are refused).
+    pub approvals: std::sync::OnceLock<Arc<crate::approval::Approvals>>,
     mask_key: Vec<u8>,
     next_session: AtomicU64,
 }
@@ -84,6 +86,7 @@ impl Context {
             oidc: ArcSwap::from_pointee(oidc),
             metrics,
             audit,
+            approvals: std::sync::OnceLock::new(),
             mask_key,
             next_session: AtomicU64::new(1),
         })
@@ -240,6 +243,25 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                 tracing::warn!(%error, "OIDC discovery failed; tokens from this issuer are refused until it answers");
             }
         });
+    }
+    {
+        let cfg = ctx.config.load();
+        let approvals = crate::approval::Approvals::open(
+            &cfg.daemon.approvals,
+            &cfg.daemon.state_dir,
+            Arc::clone(&ctx.metrics),
+        )
+        .await
+        .context("opening the approval store")?;
+        let _ = ctx.approvals.set(approvals);
+        if let Some(addr) = cfg.daemon.api {
+            let ctx = Arc::clone(&ctx);
+            tokio::spawn(async move {
+                if let Err(error) = crate::approval::api::serve(addr, ctx).await {
+                    tracing::error!(%addr, %error, "approvals API failed");
+                }
+            });
+        }
     }
     let conns = interceptor.conns();
     let _ = event_metrics.set(Arc::clone(&ctx));

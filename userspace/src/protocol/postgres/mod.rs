@@ -675,7 +675,20 @@ impl Judge for PolicyJudge<'_> {
         );
         let ddl = classification.classes().contains(Class::Ddl);
         let record = self.recording.then(|| (decision.clone(), classification));
-        let mut verdict = session::verdict(decision);
+        let mut verdict = if let Decision::Review { .. } = decision {
+            session::review(
+                self.ctx.approvals.get(),
+                crate::approval::ReviewRequest {
+                    identity: self.identity.clone(),
+                    target: self.target.to_owned(),
+                    session: self.session,
+                    command: command.to_owned(),
+                    decision,
+                },
+            )
+        } else {
+            session::verdict(decision)
+        };
         // A group in a rule's except_groups sees raw values.
         if let session::Verdict::Allow { mask, .. } = &mut verdict
             && !mask.is_empty()

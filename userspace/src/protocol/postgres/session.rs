@@ -24,6 +24,8 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -33,6 +35,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::codec::{self, ErrorFields, FrameError, HEADER_LEN, Reader};
 use super::results::{Act, AuditSink, Back, Cmd, Expect};
+use crate::approval::{Approvals, Outcome, ReviewRequest};
 use crate::audit::{AuditError, CommandEvent};
 use crate::policy::Decision;
 use crate::policy::classify::{Class, Classification};
@@ -46,6 +49,9 @@ const READ_CAPACITY: usize = 64 * 1024;
 /// Named statements and portals a session may hold at once; beyond that it is ended, so a
 /// client cannot grow the gateway's memory without bound.
 const MAX_NAMED: usize = 100_000;
+
+/// Bytes a client may pipeline behind a held command before the gateway stops reading.
+const MAX_HELD_BUFFER: usize = 1024 * 1024;
 
 /// Errors that end a session.
 #[derive(Debug, thiserror::Error)]
@@ -83,24 +89,91 @@ pub enum Verdict {
         /// The message for the client's ErrorResponse.
         message: String,
     },
+    /// Held until a human decides: the session waits on it (sending the client the notices it
+    /// emits) and then acts on the verdict it resolves to.
+    Hold(Hold),
 }
 
-/// Turns a policy decision into a verdict. Review is where the approval workflow hooks in:
-/// until it exists, a command needing review is refused.
+/// A command held for approval: started with the session's notice channel, it resolves to
+/// `Allow` or `Deny`. Dropping it (the client went away) withdraws the request.
+pub struct Hold(pub Box<dyn FnOnce(Notices) -> HeldFuture + Send>);
+
+/// What a [`Hold`] becomes once started.
+pub type HeldFuture = Pin<Box<dyn Future<Output = Verdict> + Send>>;
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hold")
+    }
+}
+
+/// Turns a policy decision into a verdict. A review without an approval service (tests,
+/// tools) is refused; the session's judge sends reviews to [`review`].
 pub fn verdict(decision: Decision) -> Verdict {
     match decision {
         Decision::Allow { rule, mask } => Verdict::Allow { rule, mask },
         Decision::Deny { rule, reason } => Verdict::Deny {
             message: format!("airlock: denied by rule \"{rule}\": {reason}"),
         },
-        Decision::Review { rule, .. } => review(&rule),
+        Decision::Review { rule, .. } => Verdict::Deny {
+            message: format!(
+                "airlock: rule \"{rule}\" requires review, and approvals are not enabled on this gateway"
+            ),
+        },
     }
 }
 
-/// The approval hook: a command whose rule demands review.
-fn review(rule: &str) -> Verdict {
-    Verdict::Deny {
-        message: format!("airlock: rule \"{rule}\": requires review (approval workflow pending)"),
+/// The approval hook: a command whose rule demands review is held (or refused with a request
+/// id, in retry mode) by the approval service.
+pub fn review(approvals: Option<&Arc<Approvals>>, request: ReviewRequest) -> Verdict {
+    let Some(svc) = approvals.cloned() else {
+        return verdict(request.decision);
+    };
+    Verdict::Hold(Hold(Box::new(move |notices: Notices| {
+        Box::pin(async move {
+            match svc.review(request, |text| notices.send(text)).await {
+                Outcome::Allow { rule, mask, .. } => Verdict::Allow { rule, mask },
+                Outcome::Deny { message } => Verdict::Deny { message },
+            }
+        })
+    })))
+}
+
+/// NoticeResponses for the client, written by the server → client half between messages.
+#[derive(Debug, Clone, Default)]
+pub struct Notices(Arc<NoticeQueue>);
+
+#[derive(Debug, Default)]
+struct NoticeQueue {
+    queue: Mutex<BytesMut>,
+    ready: tokio::sync::Notify,
+}
+
+impl Notices {
+    /// Queues a NoticeResponse with `text`.
+    pub fn send(&self, text: &str) {
+        let mut msg = BytesMut::new();
+        codec::put_error(
+            &mut msg,
+            &ErrorFields {
+                severity: "NOTICE",
+                code: "00000",
+                message: text,
+                detail: None,
+                hint: None,
+            },
+        );
+        // A NoticeResponse has the ErrorResponse's layout under tag 'N'.
+        msg[0] = b'N';
+        if let Ok(mut q) = self.0.queue.lock() {
+            q.extend_from_slice(&msg);
+        }
+        self.0.ready.notify_one();
+    }
+
+    fn take(&self) -> Option<BytesMut> {
+        let mut q = self.0.queue.lock().ok()?;
+        (!q.is_empty()).then(|| q.split())
     }
 }
 
@@ -122,6 +195,8 @@ pub struct Shared {
     /// Bytes read from the client and written to it.
     pub bytes_from_client: AtomicU64,
     pub bytes_to_client: AtomicU64,
+    /// Notices for the client (a held command's request id).
+    notices: Notices,
 }
 
 impl Shared {
@@ -152,10 +227,13 @@ struct Injection {
 pub struct Judged {
     pub verdict: Verdict,
     /// The decision and classification for the audit log (`None` when not recording).
-    pub record: Option<(Decision, Arc<Classification>)>,
+    pub record: Option<Record>,
     /// The command changes the schema: cached column names are dropped.
     pub ddl: bool,
 }
+
+/// What the audit log records about a command's judgement.
+pub type Record = (Decision, Arc<Classification>);
 
 /// Decides one command; `mod.rs` binds it to the identity, target and policy.
 pub trait Judge {
@@ -196,6 +274,8 @@ enum Action {
     /// Replace with the bytes left in the scratch buffer.
     Replace,
     Terminate,
+    /// Wait for the held command's verdict, then handle the message again with it.
+    Hold(Hold),
 }
 
 /// The client → server half's state: what the client prepared, and discard-until-Sync.
@@ -217,6 +297,11 @@ struct Front<'a, J: Judge> {
     to_record: Vec<(Arc<Cmd>, Decision, Arc<Classification>)>,
     /// Answers owed for what this read forwards, pushed before it is written.
     expects: Vec<Expect>,
+    /// The verdict a held command resolved to, used when its message is handled again.
+    decided: Option<Verdict>,
+    /// What the held command's first judgement said for the audit log (recorded once, with
+    /// its final verdict).
+    held: Option<(Option<Record>, bool)>,
 }
 
 impl<J: Judge> Front<'_, J> {
@@ -227,7 +312,7 @@ impl<J: Judge> Front<'_, J> {
         }
         let (mask, denied) = match &judged.verdict {
             Verdict::Allow { mask, .. } => (mask.clone(), false),
-            Verdict::Deny { .. } => (Vec::new(), true),
+            Verdict::Deny { .. } | Verdict::Hold(_) => (Vec::new(), true),
         };
         let cmd = Cmd::new(Arc::from(text), mask, denied);
         if let Some((decision, class)) = judged.record {
@@ -268,6 +353,44 @@ impl<J: Judge> Front<'_, J> {
         Ok(())
     }
 
+    /// Judges a command, or returns the hold it must wait on. After the hold resolves, the
+    /// same message is handled again and gets the resolved verdict here.
+    fn judge_or_hold(&mut self, command: &str) -> Result<Judged, Hold> {
+        let Judged {
+            verdict,
+            record,
+            ddl,
+        } = match self.decided.take() {
+            Some(verdict) => {
+                let (record, ddl) = self.held.take().unwrap_or((None, false));
+                // A hold never resolves to another hold; refuse rather than loop.
+                let verdict = match verdict {
+                    Verdict::Hold(_) => Verdict::Deny {
+                        message: "airlock: internal error: approval did not resolve".into(),
+                    },
+                    v => v,
+                };
+                Judged {
+                    verdict,
+                    record,
+                    ddl,
+                }
+            }
+            None => self.judge.judge(command),
+        };
+        match verdict {
+            Verdict::Hold(h) => {
+                self.held = Some((record, ddl));
+                Err(h)
+            }
+            verdict => Ok(Judged {
+                verdict,
+                record,
+                ddl,
+            }),
+        }
+    }
+
     fn handle(
         &mut self,
         tag: u8,
@@ -281,13 +404,17 @@ impl<J: Judge> Front<'_, J> {
         Ok(match tag {
             b'Q' => {
                 let text = Reader::new(body, "Query").cstr()?;
-                let judged = self.judge.judge(text);
+                let judged = match self.judge_or_hold(text) {
+                    Ok(j) => j,
+                    Err(h) => return Ok(Action::Hold(h)),
+                };
                 let (cmd, verdict) = self.command(text, judged);
                 self.expects.push(Expect::Query {
                     cmd,
                     started: Instant::now(),
                 });
                 match verdict {
+                    Verdict::Hold(h) => Action::Hold(h),
                     Verdict::Allow { .. } => {
                         self.batch += 1;
                         Action::Forward
@@ -302,9 +429,13 @@ impl<J: Judge> Front<'_, J> {
                 let mut r = Reader::new(body, "Parse");
                 let name = r.cstr()?;
                 let text = r.cstr()?;
-                let judged = self.judge.judge(text);
+                let judged = match self.judge_or_hold(text) {
+                    Ok(j) => j,
+                    Err(h) => return Ok(Action::Hold(h)),
+                };
                 let (cmd, verdict) = self.command(text, judged);
                 match verdict {
+                    Verdict::Hold(h) => Action::Hold(h),
                     Verdict::Allow { .. } => {
                         self.expects.push(Expect::Parse);
                         let stmt = Stmt {
@@ -386,10 +517,16 @@ impl<J: Judge> Front<'_, J> {
                     Some(p) if p.decided_in == Some(self.batch) => Ok(p.cmd.clone()),
                     Some(p) => {
                         let text = p.text.clone();
-                        let judged = self.judge.judge(&text);
+                        let judged = match self.judge_or_hold(&text) {
+                            Ok(j) => j,
+                            Err(h) => return Ok(Action::Hold(h)),
+                        };
                         match self.command(&text, judged) {
                             (cmd, Verdict::Allow { .. }) => Ok(cmd),
                             (_, Verdict::Deny { message }) => Err(message),
+                            (_, Verdict::Hold(_)) => {
+                                Err("airlock: internal error: approval did not resolve".into())
+                            }
                         }
                     }
                     // Not bound through us (e.g. a cursor DECLAREd in SQL): we cannot tell what
@@ -558,6 +695,8 @@ where
         next_injection: 0,
         to_record: Vec::new(),
         expects: Vec::new(),
+        decided: None,
+        held: None,
     };
     let audit = env.audit;
     let back = Back::new(
@@ -659,6 +798,32 @@ where
                     pos = end;
                     terminate = true;
                     break;
+                }
+                Action::Hold(hold) => {
+                    // What came before the held command goes to the server now.
+                    out.extend_from_slice(&buf[run..pos]);
+                    if !out.is_empty() {
+                        w.write_all(&out).await?;
+                        w.flush().await?;
+                        out.clear();
+                    }
+                    run = pos;
+                    let mut wait = (hold.0)(front.shared.notices.clone());
+                    let verdict = loop {
+                        // Keep reading while held, so a client that goes away withdraws the
+                        // request; what it pipelines meanwhile waits in the buffer.
+                        tokio::select! {
+                            v = &mut wait => break v,
+                            n = r.read_buf(&mut buf), if buf.len() < MAX_HELD_BUFFER => {
+                                if n? == 0 {
+                                    return Ok(Exit::ClientClosed);
+                                }
+                            }
+                        }
+                    };
+                    front.decided = Some(verdict);
+                    // Handle the same message again, now with its verdict.
+                    continue;
                 }
             }
             pos = end;
@@ -809,7 +974,18 @@ where
         if buf.capacity() - buf.len() < READ_CAPACITY / 4 {
             buf.reserve(READ_CAPACITY);
         }
-        if r.read_buf(&mut buf).await? == 0 {
+        // Between whole messages, a held command's notice may go to the client.
+        let n = tokio::select! {
+            n = r.read_buf(&mut buf) => n?,
+            () = shared.notices.0.ready.notified(), if pass == 0 => {
+                if let Some(notices) = shared.notices.take() {
+                    w.write_all(&notices).await?;
+                    w.flush().await?;
+                }
+                continue;
+            }
+        };
+        if n == 0 {
             return Ok(Exit::ServerClosed);
         }
     }

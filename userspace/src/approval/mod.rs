@@ -1,0 +1,811 @@
+//! Human-in-the-loop approvals: a command whose rule says `review` is held on the data path
+//! (or refused with a request id, in retry mode) until enough of the right people decide.
+//!
+//! - [`model`]: the request and its state machine (quorum, self-approval, timeouts,
+//!   escalation, grants by command hash, revoke). Pure, so every store applies the same rules.
+//! - [`store`]: the [`Store`] trait; [`sqlite`] (embedded default) and [`postgres`] (a fleet,
+//!   with LISTEN/NOTIFY so a decision on one instance releases a command held on another).
+//! - This module: [`Approvals`], the service protocol handlers call ([`Approvals::review`]),
+//!   and the decisions the API makes ([`Approvals::decide`], [`Approvals::submit_plan`]).
+//! - [`api`]: the JSON REST API with its OpenAPI document; [`notify`]: webhooks;
+//!   [`cli`]: `airlock requests|approve|deny|revoke|plan`.
+//!
+//! Fail-closed: a store that cannot be reached refuses every command needing review (allowed
+//! commands never touch it); a notification that fails approves nothing; a held command is
+//! forwarded only after its own use of an approved grant was taken in the store.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod model;
+pub mod notify;
+pub mod postgres;
+pub mod sqlite;
+pub mod store;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+
+pub use config::{ApprovalsConfig, StoreKind, WebhookConfig, WebhookKind};
+pub use model::{ApprovalRequest, CommandEntry, Kind, Principal, State, Transition, Verdict};
+pub use notify::Notifier;
+pub use store::{Store, StoreEvent};
+
+use crate::identity::Identity;
+use crate::metrics::{ApprovalOutcome, Metrics};
+use crate::policy::{Decision, Engine, OnTimeout, Request, ReviewMode};
+
+/// Errors of the approval workflow.
+#[derive(Debug, thiserror::Error)]
+pub enum ApprovalError {
+    #[error("approval store unavailable: {0}")]
+    Store(String),
+    #[error("no approval request {0}")]
+    NotFound(String),
+    #[error("request {id} is {state}; it cannot take this decision")]
+    Conflict { id: String, state: &'static str },
+    #[error("nobody approves their own request")]
+    OwnRequest,
+    #[error("only members of {groups} may decide this request")]
+    NotApprover { groups: String },
+    #[error("you already approved this request")]
+    AlreadyVoted,
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    #[error("invalid: {0}")]
+    Invalid(String),
+    #[error("approvals config: {0}")]
+    Config(String),
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn random_hex(bytes: usize) -> Result<String, ApprovalError> {
+    let mut b = vec![0u8; bytes];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .map_err(|_| ApprovalError::Config("no randomness".into()))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// One command that policy sent to review, as the protocol handler hands it over.
+#[derive(Debug, Clone)]
+pub struct ReviewRequest {
+    pub identity: Identity,
+    pub target: String,
+    pub session: u64,
+    pub command: String,
+    /// Must be [`Decision::Review`].
+    pub decision: Decision,
+}
+
+/// What the protocol handler does with a reviewed command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forward it: approved (or covered by a grant). `request` is the approval used.
+    Allow {
+        rule: String,
+        mask: Vec<String>,
+        request: String,
+    },
+    /// Refuse it with this message.
+    Deny { message: String },
+}
+
+/// A plan: commands submitted ahead of time for a task.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanSubmission {
+    pub target: String,
+    /// The identity that will run the commands (default: the submitter).
+    pub subject: Option<String>,
+    /// Its policy groups, for evaluating the commands (the grant still matches only the
+    /// subject, and only commands policy sends to review can be covered).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub task: Option<String>,
+    pub commands: Vec<String>,
+    /// Validity once approved, in seconds (default: the shortest TTL of the rules involved).
+    pub ttl_seconds: Option<u64>,
+    /// Runs allowed per command (default 1).
+    pub uses: Option<u32>,
+}
+
+/// The approval service: one per daemon, shared by every session and the API.
+#[derive(Debug)]
+pub struct Approvals {
+    store: Arc<dyn Store>,
+    notifier: Notifier,
+    metrics: Arc<Metrics>,
+    instance: String,
+    admin_token: String,
+}
+
+/// The longest plan TTL accepted.
+const MAX_PLAN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Reads the admin token, creating it (mode 0600) on first start.
+pub fn load_or_create_token(path: &Path) -> Result<String, ApprovalError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e: std::io::Error| ApprovalError::Config(format!("{}: {e}", path.display()));
+    match std::fs::read_to_string(path) {
+        Ok(t) if t.trim().len() >= 32 => return Ok(t.trim().to_owned()),
+        Ok(_) => {
+            return Err(ApprovalError::Config(format!(
+                "{}: admin token shorter than 32 characters",
+                path.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let token = random_hex(32)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(token.as_bytes()).map_err(io)?;
+    f.write_all(b"\n").map_err(io)?;
+    f.sync_all().map_err(io)?;
+    Ok(token)
+}
+
+/// Compares secrets without an early exit.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Approvals {
+    /// Opens the configured store, the admin token and the webhooks.
+    pub async fn open(
+        cfg: &ApprovalsConfig,
+        state_dir: &Path,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, ApprovalError> {
+        let store: Arc<dyn Store> = match cfg.store {
+            StoreKind::Sqlite => Arc::new(sqlite::SqliteStore::open(&cfg.sqlite_path(state_dir))?),
+            StoreKind::Postgres => {
+                let url = cfg.postgres_url().ok_or_else(|| {
+                    ApprovalError::Config("`store: postgres` needs `url` or `url_env`".into())
+                })?;
+                Arc::new(postgres::PostgresStore::open(&url).await?)
+            }
+        };
+        let token = load_or_create_token(&cfg.token_path(state_dir))?;
+        let instance = cfg.instance.clone().unwrap_or_else(default_instance);
+        let notifier = Notifier::new(&cfg.webhooks)?;
+        Ok(Self::with_store(store, notifier, metrics, instance, token))
+    }
+
+    /// A service over an open store (tests, benchmarks).
+    pub fn with_store(
+        store: Arc<dyn Store>,
+        notifier: Notifier,
+        metrics: Arc<Metrics>,
+        instance: String,
+        admin_token: String,
+    ) -> Arc<Self> {
+        let svc = Arc::new(Self {
+            store,
+            notifier,
+            metrics,
+            instance,
+            admin_token,
+        });
+        // The pending gauge follows the store, whichever instance decided.
+        let weak = Arc::downgrade(&svc);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let Some(svc) = weak.upgrade() else { return };
+                if let Ok(n) = svc.store.count_pending().await {
+                    svc.metrics.set_approvals_pending(n);
+                }
+            }
+        });
+        svc
+    }
+
+    /// The store (for the API's listings).
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
+    /// This instance's name.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Who presents `bearer`: the local admin token, or an OIDC token verified by `oidc`.
+    pub async fn authenticate(
+        &self,
+        bearer: &str,
+        oidc: &crate::identity::oidc::OidcVerifier,
+    ) -> Result<Principal, ApprovalError> {
+        let bearer = bearer.trim();
+        if bearer.is_empty() {
+            return Err(ApprovalError::Unauthorized("no bearer token".into()));
+        }
+        if constant_time_eq(bearer.as_bytes(), self.admin_token.as_bytes()) {
+            return Ok(Principal::admin());
+        }
+        if bearer.matches('.').count() != 2 {
+            return Err(ApprovalError::Unauthorized(
+                "not the admin token, and not a JWT".into(),
+            ));
+        }
+        let claims = oidc
+            .verify(bearer)
+            .await
+            .map_err(|e| ApprovalError::Unauthorized(e.to_string()))?;
+        Ok(Principal {
+            subject: claims.subject,
+            groups: claims.groups,
+            admin: false,
+            via: format!("oidc:{}", claims.issuer),
+        })
+    }
+
+    fn announce(&self, t: Transition, req: &ApprovalRequest) {
+        match t {
+            Transition::Approved
+            | Transition::Denied
+            | Transition::Revoked
+            | Transition::TimedOut
+            | Transition::Escalated => self.notifier.notify(t.event(), req),
+            _ => {}
+        }
+        tracing::info!(
+            request = %req.id,
+            event = t.event(),
+            state = req.state.as_str(),
+            target = %req.target,
+            subject = %req.subject,
+            "approval request changed"
+        );
+    }
+
+    /// Records a decision by `who` on request `id`.
+    pub async fn decide(
+        &self,
+        id: &str,
+        who: &Principal,
+        verdict: Verdict,
+        reason: Option<String>,
+    ) -> Result<ApprovalRequest, ApprovalError> {
+        if reason.as_ref().is_some_and(|r| r.len() > 4096) {
+            return Err(ApprovalError::Invalid(
+                "reason longer than 4096 bytes".into(),
+            ));
+        }
+        let who2 = who.clone();
+        let (req, t) = self
+            .store
+            .update(
+                id,
+                Box::new(move |r| r.decide(&who2, verdict, reason, now_ms()).map(Some)),
+            )
+            .await?;
+        if let Some(t) = t {
+            self.announce(t, &req);
+        }
+        tracing::info!(request = %id, by = %who.subject, via = %who.via, ?verdict, "approval decision");
+        Ok(req)
+    }
+
+    /// A request by id (the clock applied).
+    pub async fn get(&self, id: &str) -> Result<ApprovalRequest, ApprovalError> {
+        let now = now_ms();
+        let (req, t) = self
+            .store
+            .update(id, Box::new(move |r| Ok(r.tick(now))))
+            .await?;
+        if let Some(t) = t {
+            self.announce(t, &req);
+        }
+        Ok(req)
+    }
+
+    /// Requests, newest first.
+    pub async fn list(&self, pending_only: bool) -> Result<Vec<ApprovalRequest>, ApprovalError> {
+        let now = now_ms();
+        let mut list = self.store.list(pending_only, 1000).await?;
+        // Show the clock's effect without writing from a listing.
+        for r in &mut list {
+            r.tick(now);
+        }
+        if pending_only {
+            list.retain(ApprovalRequest::is_pending);
+        }
+        Ok(list)
+    }
+
+    /// Submits a plan: every command is checked against policy for the plan's identity and
+    /// target; denied commands refuse the plan, and the review rules involved must share their
+    /// approver groups.
+    pub async fn submit_plan(
+        &self,
+        plan: PlanSubmission,
+        who: &Principal,
+        engine: &Engine,
+        protocol: crate::config::Protocol,
+    ) -> Result<ApprovalRequest, ApprovalError> {
+        if plan.commands.is_empty() || plan.commands.len() > 1000 {
+            return Err(ApprovalError::Invalid(
+                "a plan holds 1 to 1000 commands".into(),
+            ));
+        }
+        let subject = plan.subject.clone().unwrap_or_else(|| who.subject.clone());
+        let identity = Identity {
+            subject: subject.clone(),
+            groups: plan.groups.clone(),
+            workload: None,
+            token: None,
+        };
+        let mut rules: Vec<String> = Vec::new();
+        let mut approvers: Option<Vec<String>> = None;
+        let (mut quorum, mut ttl, mut timeout) = (1u32, Duration::MAX, Duration::ZERO);
+        let mut mask = Vec::new();
+        for text in &plan.commands {
+            let d = engine.decide(&Request {
+                identity: &identity,
+                target: &plan.target,
+                protocol,
+                command: text,
+            });
+            match d {
+                Decision::Deny { rule, reason } => {
+                    return Err(ApprovalError::Invalid(format!(
+                        "policy denies {text:?} (rule \"{rule}\": {reason}); a plan cannot approve it"
+                    )));
+                }
+                Decision::Allow { .. } => {}
+                Decision::Review {
+                    rule,
+                    approvers: a,
+                    quorum: q,
+                    ttl: t,
+                    timeout: to,
+                    mask: m,
+                    ..
+                } => {
+                    let mut a = a;
+                    a.sort();
+                    match &approvers {
+                        None => approvers = Some(a),
+                        Some(prev) if *prev != a => {
+                            return Err(ApprovalError::Invalid(format!(
+                                "commands need different approver groups ({} and {}); split the plan",
+                                prev.join(","),
+                                a.join(",")
+                            )));
+                        }
+                        Some(_) => {}
+                    }
+                    if !rules.contains(&rule) {
+                        rules.push(rule);
+                    }
+                    quorum = quorum.max(q);
+                    ttl = ttl.min(t);
+                    timeout = timeout.max(to);
+                    for x in m {
+                        if !mask.contains(&x) {
+                            mask.push(x);
+                        }
+                    }
+                }
+            }
+        }
+        let Some(approvers) = approvers else {
+            return Err(ApprovalError::Invalid(
+                "no command in the plan needs review; nothing to approve".into(),
+            ));
+        };
+        if let Some(s) = plan.ttl_seconds {
+            ttl = Duration::from_secs(s);
+        }
+        if ttl.is_zero() || ttl > MAX_PLAN_TTL {
+            return Err(ApprovalError::Invalid("ttl must be 1 s to 24 h".into()));
+        }
+        let uses = plan.uses.unwrap_or(1).max(1);
+        let now = now_ms();
+        let req = ApprovalRequest {
+            id: random_hex(6)?,
+            kind: Kind::Plan,
+            state: State::Pending,
+            commands: plan
+                .commands
+                .iter()
+                .map(|c| CommandEntry::new(c, uses))
+                .collect(),
+            classes: Vec::new(),
+            kinds: Vec::new(),
+            tables: Vec::new(),
+            subject,
+            groups: plan.groups,
+            workload: None,
+            target: plan.target,
+            session: None,
+            instance: self.instance.clone(),
+            rule: rules.join(","),
+            requested_by: Some(who.subject.clone()),
+            task: plan.task,
+            approvers,
+            escalate_to: Vec::new(),
+            escalated: false,
+            quorum,
+            ttl_ms: ttl.as_millis() as u64,
+            timeout_ms: timeout.as_millis() as u64,
+            on_timeout: OnTimeout::Deny,
+            mode: ReviewMode::Retry,
+            mask,
+            created_ms: now,
+            deadline_ms: now.saturating_add(timeout.as_millis() as u64),
+            decided_ms: None,
+            expires_ms: None,
+            votes: Vec::new(),
+            reason: None,
+        };
+        self.store.insert(&req).await?;
+        self.notifier.notify("requested", &req);
+        tracing::info!(request = %req.id, target = %req.target, subject = %req.subject, commands = req.commands.len(), "plan submitted");
+        Ok(req)
+    }
+
+    /// Takes one use of an approved grant covering `sha` for this subject and target.
+    async fn take_grant(
+        &self,
+        subject: &str,
+        target: &str,
+        sha: &str,
+    ) -> Result<Option<ApprovalRequest>, ApprovalError> {
+        let now = now_ms();
+        for g in self.store.grants(subject, target).await? {
+            // A held command's approval belongs to the session waiting on it.
+            let reusable = g.kind == Kind::Plan || g.mode == ReviewMode::Retry;
+            if !reusable
+                || !g
+                    .commands
+                    .iter()
+                    .any(|c| c.sha256 == sha && c.uses_left > 0)
+            {
+                continue;
+            }
+            let sha = sha.to_owned();
+            let (req, t) = self
+                .store
+                .update(
+                    &g.id,
+                    Box::new(move |r| {
+                        Ok(if r.consume(&sha, now) {
+                            Some(Transition::Consumed)
+                        } else {
+                            r.tick(now)
+                        })
+                    }),
+                )
+                .await?;
+            if t == Some(Transition::Consumed) {
+                return Ok(Some(req));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Decides a command that policy sent to review: a grant covers it, or a request is
+    /// created and (hold mode) waited on, sending `notice` once the request exists. Dropping
+    /// the future withdraws a pending request.
+    pub async fn review(self: Arc<Self>, r: ReviewRequest, notice: impl FnOnce(&str)) -> Outcome {
+        let Decision::Review {
+            rule,
+            approvers,
+            quorum,
+            ttl,
+            timeout,
+            on_timeout,
+            escalate_to,
+            mode,
+            mask,
+        } = r.decision
+        else {
+            return Outcome::Deny {
+                message: "airlock: internal error: review without a review decision".into(),
+            };
+        };
+        let rule_name = rule.clone();
+        let unavailable = move |e: &dyn std::fmt::Display| Outcome::Deny {
+            message: format!(
+                "airlock: rule \"{rule_name}\" needs approval, but the approval store is unavailable ({e}); the command was not run"
+            ),
+        };
+        if !self.store.is_up() {
+            return unavailable(&"not connected");
+        }
+        let sha = model::sha256_hex(&r.command);
+        match self.take_grant(&r.identity.subject, &r.target, &sha).await {
+            Ok(Some(g)) => {
+                self.metrics.approval_granted(&r.target);
+                tracing::info!(request = %g.id, session = r.session, target = %r.target, "command covered by an approval");
+                return Outcome::Allow {
+                    rule,
+                    mask: if g.mask.is_empty() { mask } else { g.mask },
+                    request: g.id,
+                };
+            }
+            Ok(None) => {}
+            Err(e) => return unavailable(&e),
+        }
+        let classification = crate::policy::classify(
+            &r.command,
+            crate::policy::Dialect::Postgres,
+            &crate::policy::Limits::default(),
+        );
+        let now = now_ms();
+        let id = match random_hex(6) {
+            Ok(id) => id,
+            Err(e) => return unavailable(&e),
+        };
+        let req = ApprovalRequest {
+            id: id.clone(),
+            kind: Kind::Command,
+            state: State::Pending,
+            commands: vec![CommandEntry::new(&r.command, 1)],
+            classes: vec![classification.class.as_str().to_owned()],
+            kinds: classification
+                .kinds
+                .iter()
+                .map(|k| (*k).to_owned())
+                .collect(),
+            tables: classification.tables_written.clone(),
+            subject: r.identity.subject.clone(),
+            groups: r.identity.groups.clone(),
+            workload: r.identity.workload.as_ref().map(|w| model::WorkloadInfo {
+                pid: w.tgid,
+                uid: w.uid,
+                user: w.user.clone(),
+                comm: w.comm.clone(),
+                cgroup: w.cgroup_path.clone(),
+            }),
+            target: r.target.clone(),
+            session: Some(r.session),
+            instance: self.instance.clone(),
+            rule: rule.clone(),
+            requested_by: None,
+            task: None,
+            approvers: approvers.clone(),
+            escalate_to,
+            escalated: false,
+            quorum,
+            ttl_ms: ttl.as_millis() as u64,
+            timeout_ms: timeout.as_millis() as u64,
+            on_timeout,
+            mode,
+            mask: mask.clone(),
+            created_ms: now,
+            deadline_ms: now.saturating_add(timeout.as_millis() as u64),
+            decided_ms: None,
+            expires_ms: None,
+            votes: Vec::new(),
+            reason: None,
+        };
+        // Subscribed before the request exists, so no decision can slip between.
+        let mut events = self.store.subscribe();
+        if let Err(e) = self.store.insert(&req).await {
+            return unavailable(&e);
+        }
+        self.notifier.notify("requested", &req);
+        tracing::info!(request = %id, session = r.session, target = %r.target, subject = %r.identity.subject, %rule, ?mode, "approval requested");
+        if mode == ReviewMode::Retry {
+            return Outcome::Deny {
+                message: format!(
+                    "airlock: rule \"{rule}\" needs approval: request {id} is pending (approvers: {}). Once approved (airlock approve {id}), run the same command again.",
+                    approvers.join(", ")
+                ),
+            };
+        }
+        self.metrics.approval_requested();
+        notice(&format!(
+            "airlock: waiting for approval of request {id} (rule \"{rule}\", approvers: {}); approve with: airlock approve {id}",
+            approvers.join(", ")
+        ));
+        let mut guard = Withdraw {
+            svc: Some(Arc::clone(&self)),
+            id: id.clone(),
+        };
+        let outcome = self.wait(&req, &sha, &mut events, rule, mask).await;
+        guard.svc = None;
+        let (label, message) = match &outcome {
+            Ok(o) => (o.0, None),
+            Err(e) => (ApprovalOutcome::Cancelled, Some(e.to_string())),
+        };
+        self.metrics.approval_resolved(
+            &r.target,
+            label,
+            Duration::from_millis(now_ms().saturating_sub(now)),
+        );
+        match outcome {
+            Ok((_, o)) => o,
+            Err(_) => unavailable(&message.unwrap_or_default()),
+        }
+    }
+
+    async fn wait(
+        &self,
+        req: &ApprovalRequest,
+        sha: &str,
+        events: &mut tokio::sync::broadcast::Receiver<StoreEvent>,
+        rule: String,
+        mask: Vec<String>,
+    ) -> Result<(ApprovalOutcome, Outcome), ApprovalError> {
+        let id = req.id.as_str();
+        loop {
+            let now = now_ms();
+            let sha2 = sha.to_owned();
+            // Clock and consumption in one step: approved means this command takes its use.
+            let (cur, t) = self
+                .store
+                .update(
+                    id,
+                    Box::new(move |r| {
+                        let t = r.tick(now);
+                        if r.consume(&sha2, now) {
+                            return Ok(Some(Transition::Consumed));
+                        }
+                        Ok(t)
+                    }),
+                )
+                .await?;
+            if let Some(t) = t
+                && t != Transition::Consumed
+            {
+                self.announce(t, &cur);
+            }
+            let last = || {
+                cur.votes
+                    .last()
+                    .map(|v| {
+                        format!(
+                            " by {}{}",
+                            v.by,
+                            v.reason
+                                .as_ref()
+                                .map(|r| format!(": {r}"))
+                                .unwrap_or_default()
+                        )
+                    })
+                    .unwrap_or_default()
+            };
+            let done = |label, message: String| Ok((label, Outcome::Deny { message }));
+            match (t, cur.state) {
+                (Some(Transition::Consumed), _) => {
+                    tracing::info!(request = %id, "approved command released");
+                    return Ok((
+                        ApprovalOutcome::Approved,
+                        Outcome::Allow {
+                            rule,
+                            mask,
+                            request: id.to_owned(),
+                        },
+                    ));
+                }
+                (_, State::Pending) => {}
+                (_, State::Denied) => {
+                    return done(
+                        ApprovalOutcome::Denied,
+                        format!("airlock: request {id} was denied{}", last()),
+                    );
+                }
+                (_, State::Revoked) => {
+                    return done(
+                        ApprovalOutcome::Cancelled,
+                        format!(
+                            "airlock: request {id} was revoked{}; the command was not run",
+                            last()
+                        ),
+                    );
+                }
+                (_, State::Expired) => {
+                    return done(
+                        if cur.escalated {
+                            ApprovalOutcome::Escalated
+                        } else {
+                            ApprovalOutcome::TimedOut
+                        },
+                        format!(
+                            "airlock: request {id} timed out without a decision{}; the command was not run",
+                            if cur.escalated {
+                                " (after escalation)"
+                            } else {
+                                ""
+                            }
+                        ),
+                    );
+                }
+                (_, state) => {
+                    return done(
+                        ApprovalOutcome::Cancelled,
+                        format!(
+                            "airlock: request {id} is {}; the command was not run",
+                            state.as_str()
+                        ),
+                    );
+                }
+            }
+            let sleep = Duration::from_millis(cur.deadline_ms.saturating_sub(now_ms()));
+            let deadline = tokio::time::sleep(sleep);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    ev = events.recv() => match ev {
+                        Ok(StoreEvent::Changed(x)) if x == id => break,
+                        Ok(StoreEvent::Changed(_)) => continue,
+                        Ok(StoreEvent::Down(why)) => return Err(ApprovalError::Store(why)),
+                        Err(RecvError::Lagged(_)) => break,
+                        Err(RecvError::Closed) => {
+                            return Err(ApprovalError::Store("notifications ended".into()));
+                        }
+                    },
+                    () = &mut deadline => break,
+                }
+            }
+        }
+    }
+}
+
+/// Withdraws a pending request when the held command's future is dropped (client gone).
+struct Withdraw {
+    svc: Option<Arc<Approvals>>,
+    id: String,
+}
+
+impl Drop for Withdraw {
+    fn drop(&mut self) {
+        let Some(svc) = self.svc.take() else { return };
+        let id = std::mem::take(&mut self.id);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let now = now_ms();
+                match svc
+                    .store
+                    .update(&id, Box::new(move |r| Ok(r.withdraw(now))))
+                    .await
+                {
+                    Ok((req, Some(t))) => {
+                        svc.metrics.approval_resolved(
+                            &req.target,
+                            ApprovalOutcome::Cancelled,
+                            Duration::from_millis(now.saturating_sub(req.created_ms)),
+                        );
+                        svc.announce(t, &req);
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(request = %id, %error, "could not withdraw request")
+                    }
+                }
+            });
+        }
+    }
+}
+
+fn default_instance() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "airlock".into());
+    format!("{host}-{}", std::process::id())
+}
