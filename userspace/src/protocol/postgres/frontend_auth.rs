@@ -63,6 +63,10 @@ pub trait ClientAuthenticator: Send + Sync + std::fmt::Debug {
 pub struct PolicyAuthenticator;
 
 impl ClientAuthenticator for PolicyAuthenticator {
+    /// A token is asked for only where the policy can use one: an OIDC issuer is trusted and
+    /// some rule requires a token or matches token claims. Issuers trusted only for reviewers
+    /// (the approvals API) must not make every psql prompt for a password it cannot leave
+    /// empty.
     fn wants_secret(
         &self,
         ctx: &Context,
@@ -70,6 +74,9 @@ impl ClientAuthenticator for PolicyAuthenticator {
         _workload: Option<&Workload>,
     ) -> bool {
         ctx.oidc.load().issuers().next().is_some()
+            && ctx.config.load().rules.iter().any(|r| {
+                r.require.contains(&crate::policy::spec::Requirement::Token) || !r.claims.is_empty()
+            })
     }
 
     fn authenticate<'a>(
