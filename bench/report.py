@@ -46,7 +46,11 @@ if p:
             f"{p['seconds']} s per run, load {p['loadavg_start']} → {p['loadavg_end']})", "",
             "TPS and latency as ratios to direct in the same run (TPS: higher is better; latency "
             "and CPU: lower is better). CPU/tx is everything the benchmark started (pgbench, "
-            "proxy, PostgreSQL) per transaction; proxy CPU/tx is the proxy process alone.", "",
+            "proxy, PostgreSQL) per transaction; proxy CPU/tx is the proxy process alone. airlock-allow: `rules: []`, `default: allow` "
+            "(statements are still classified, through the cache); airlock-full: workload identity, "
+            "ordered rules over command classes and masking rules, allowing the benchmark's reads "
+            "and writes (on this main, the PostgreSQL handler does not yet apply masks or write "
+            "the audit log).", "",
             "| workload | clients | path | TPS | TPS vs direct | p50 ms | p50 vs direct | p99 ms | p99 vs direct | CPU µs/tx | CPU vs direct | proxy CPU µs/tx | load |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     groups = {}
@@ -101,6 +105,8 @@ if k:
             f"| pending requests | {k['start'].get('pending')} | {k['end'].get('pending')} |",
             f"| load average | {k['start']['loadavg']} | {k['end']['loadavg']} |", "",
             f"Operations: {json.dumps(k['operations'])}; unexpected errors: {k['unexpected_errors']}; "
-            f"audit verify: {k['audit_verify']}.", ""]
+            f"audit verify: {k['audit_verify']}; approvals: {k.get('approvals', '–')}. "
+            "The soak runs separately (bench/soak.sh, SOAK_MINUTES, 30 by default); this summary "
+            f"is from a {k['minutes']}-minute run.", ""]
 
 print("\n".join(out))
