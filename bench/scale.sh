@@ -28,7 +28,12 @@ idle_sessions() {
   pid=$!
   for _ in $(seq 1200); do
     grep -q connections "$out" && break
-    kill -0 $pid 2>/dev/null || { echo "idle clients failed: $(cat "$out.err")" >&2; echo '{"error": true}'; return; }
+    if ! kill -0 $pid 2>/dev/null; then
+      echo "idle clients failed: $(cat "$out.err")" >&2
+      python3 -c 'import json,sys; print(json.dumps({"error": True, "reason": sys.argv[1]}))' \
+        "$(cat "$out.err") (daemon: $(grep -c 'Too many open files' "$WORK/daemon.log") 'Too many open files' log lines; RLIMIT_NOFILE $(ulimit -Hn))"
+      return
+    fi
     sleep 0.5
   done
   # A TCP connect completes in the listener's backlog: wait until the daemon has accepted
@@ -40,7 +45,13 @@ idle_sessions() {
   local rss1='' fd1=''
   [ -n "${DAEMON:-}" ] && rss1=$(rss_kb "$DAEMON") && fd1=$(fd_count "$DAEMON")
   local open; open=$(cat "$out")
-  kill -9 $pid; wait $pid 2>/dev/null || true
+  # $pid is the subshell behind `&`; the clients are the netbench process it started.
+  kill -9 "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["pid"])' "$open")" $pid 2>/dev/null || true
+  wait $pid 2>/dev/null || true
+  # Wait until the daemon has let go of the sessions (and PostgreSQL of their backends).
+  if [ -n "${DAEMON:-}" ]; then
+    for _ in $(seq 120); do [ "$(fd_count "$DAEMON")" -le $((fd0 + 10)) ] && break; sleep 0.5; done
+  fi
   python3 - "$open" "$n" "${rss0:-0}" "${rss1:-0}" "${fd0:-0}" "${fd1:-0}" <<'PY'
 import json, sys
 o = json.loads(sys.argv[1]); n = int(sys.argv[2]); r0, r1, f0, f1 = map(int, sys.argv[3:])

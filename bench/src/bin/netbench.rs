@@ -147,9 +147,11 @@ fn idle(addr: &str, n: usize, mode: &str) {
         }
         held.push(s);
     }
+    // The pid lets the harness stop exactly this process (it runs behind nsenter and sh).
     println!(
-        "{{\"connections\": {n}, \"seconds\": {:.3}}}",
-        t0.elapsed().as_secs_f64()
+        "{{\"connections\": {n}, \"seconds\": {:.3}, \"pid\": {}}}",
+        t0.elapsed().as_secs_f64(),
+        std::process::id()
     );
     std::io::stdout().flush().ok();
     loop {
