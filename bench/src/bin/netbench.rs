@@ -7,6 +7,10 @@
 //!   the server's byte (so a proxied connection includes the proxy's upstream connect).
 //!   Prints JSON: p50/p99 microseconds and connections per second.
 //! - `netbench throughput ADDR BYTES` — sends BYTES, waits for the count. Prints JSON MB/s.
+//! - `netbench idle ADDR N tcp|pg:USER:DATABASE` — opens N connections and holds them idle
+//!   until killed. `pg` completes a PostgreSQL startup on each (StartupMessage, trust or
+//!   cleartext-password auth, up to ReadyForQuery) the way psql does before it idles. Prints
+//!   JSON once all are open: how many and how long it took.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -19,12 +23,15 @@ fn main() {
         "serve" => serve(arg(1).parse().unwrap_or_else(|_| usage())),
         "connect" => connect(arg(1), arg(2).parse().unwrap_or_else(|_| usage())),
         "throughput" => throughput(arg(1), arg(2).parse().unwrap_or_else(|_| usage())),
+        "idle" => idle(arg(1), arg(2).parse().unwrap_or_else(|_| usage()), arg(3)),
         _ => usage(),
     }
 }
 
 fn usage() -> ! {
-    eprintln!("usage: netbench serve PORT | connect ADDR N | throughput ADDR BYTES");
+    eprintln!(
+        "usage: netbench serve PORT | connect ADDR N | throughput ADDR BYTES | idle ADDR N tcp|pg:USER:DB"
+    );
     std::process::exit(2)
 }
 
@@ -38,29 +45,35 @@ fn serve(port: u16) {
     println!("ready");
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
-        std::thread::spawn(move || {
-            let mut mode = [0u8; 1];
-            if conn.read_exact(&mut mode).is_err() {
-                return;
-            }
-            match mode[0] {
-                b'C' => {
-                    let _ = conn.write_all(b"k");
+        // Small stacks: the scale benchmark holds ten thousand idle connections here.
+        let spawned = std::thread::Builder::new()
+            .stack_size(64 << 10)
+            .spawn(move || {
+                let mut mode = [0u8; 1];
+                if conn.read_exact(&mut mode).is_err() {
+                    return;
                 }
-                b'T' => {
-                    let mut buf = vec![0u8; 1 << 20];
-                    let mut total: u64 = 0;
-                    loop {
-                        match conn.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => total += n as u64,
-                        }
+                match mode[0] {
+                    b'C' => {
+                        let _ = conn.write_all(b"k");
                     }
-                    let _ = conn.write_all(&total.to_be_bytes());
+                    b'T' => {
+                        let mut buf = vec![0u8; 1 << 20];
+                        let mut total: u64 = 0;
+                        loop {
+                            match conn.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => total += n as u64,
+                            }
+                        }
+                        let _ = conn.write_all(&total.to_be_bytes());
+                    }
+                    _ => {}
                 }
-                _ => {}
-            }
-        });
+            });
+        if let Err(e) = spawned {
+            eprintln!("netbench: spawn: {e}");
+        }
     }
 }
 
@@ -115,4 +128,81 @@ fn throughput(addr: &str, bytes: u64) {
         "{{\"bytes\": {bytes}, \"seconds\": {secs:.3}, \"mb_per_s\": {:.1}}}",
         bytes as f64 / secs / 1e6
     );
+}
+
+fn idle(addr: &str, n: usize, mode: &str) {
+    let pg = match mode {
+        "tcp" => None,
+        m => match m.strip_prefix("pg:").and_then(|r| r.split_once(':')) {
+            Some((user, db)) => Some((user.to_string(), db.to_string())),
+            None => usage(),
+        },
+    };
+    let t0 = Instant::now();
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(addr).unwrap_or_else(|e| fail("connect", e));
+        if let Some((user, db)) = &pg {
+            pg_startup(&mut s, user, db).unwrap_or_else(|e| fail("postgres startup", e));
+        }
+        held.push(s);
+    }
+    // The pid lets the harness stop exactly this process (it runs behind nsenter and sh).
+    println!(
+        "{{\"connections\": {n}, \"seconds\": {:.3}, \"pid\": {}}}",
+        t0.elapsed().as_secs_f64(),
+        std::process::id()
+    );
+    std::io::stdout().flush().ok();
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// A PostgreSQL startup up to the first ReadyForQuery.
+fn pg_startup(s: &mut TcpStream, user: &str, db: &str) -> std::io::Result<()> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&196_608u32.to_be_bytes());
+    for kv in [
+        "user",
+        user,
+        "database",
+        db,
+        "application_name",
+        "netbench-idle",
+    ] {
+        body.extend_from_slice(kv.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut msg = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&body);
+    s.write_all(&msg)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    loop {
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head)?;
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut payload = vec![0u8; len.saturating_sub(4)];
+        s.read_exact(&mut payload)?;
+        match head[0] {
+            b'R' if payload.get(..4) == Some(&3u32.to_be_bytes()[..]) => {
+                // Cleartext password request: the gateway holds the real credentials.
+                let pw = b"unused\0";
+                s.write_all(b"p")?;
+                s.write_all(&((pw.len() + 4) as u32).to_be_bytes())?;
+                s.write_all(pw)?;
+            }
+            b'R' if payload.get(..4) != Some(&0u32.to_be_bytes()[..]) => {
+                return Err(std::io::Error::other("unsupported authentication request"));
+            }
+            b'E' => {
+                return Err(std::io::Error::other(
+                    String::from_utf8_lossy(&payload).replace('\0', " "),
+                ));
+            }
+            b'Z' => return Ok(()),
+            _ => {}
+        }
+    }
 }

@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Renders bench/results/latest.md from the newest results/*.json of each benchmark: every
+figure with its ratio to direct, the date, the machine and the load average."""
+import glob, json, os, sys
+
+results = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "results")
+
+
+def newest(name):
+    files = sorted(glob.glob(os.path.join(results, f"{name}-*.json")))
+    return json.load(open(files[-1])) if files else None
+
+
+def r(x, d):
+    return f"{x / d:.2f}" if x and d else "–"
+
+
+out = ["# airlock benchmarks", ""]
+out.append("Measured by `cargo xtask bench` (bench/run.sh) in one run; peers side by side. "
+           "Client, proxy and server share the machine's cores with other work, so every figure "
+           "comes with the load average it was measured under.")
+out.append("")
+
+i = newest("interception")
+if i:
+    c, t = i["connect"], i["throughput"]
+    out += [f"## Interception ({i['date']}, {i['machine']}, load {i.get('loadavg', {}).get('start', 'not recorded')} → {i.get('loadavg', {}).get('end', 'not recorded')})", "",
+            "| path | connect→first byte p50 | p99 | conn/s | p50 vs direct | conn/s vs direct |",
+            "|---|---|---|---|---|---|"]
+    for name, k in [("direct", "direct"), ("eBPF redirect → airlock", "ebpf_redirect"),
+                    ("iptables REDIRECT → airlock", "iptables_redirect")]:
+        v = c[k]
+        out.append(f"| {name} | {v['p50_us']} µs | {v['p99_us']} µs | {v['per_second']} | "
+                   f"{r(v['p50_us'], c['direct']['p50_us'])}× | {r(v['per_second'], c['direct']['per_second'])} |")
+    mib = t["direct"]["bytes"] // 1048576
+    out += ["", f"| relay, {mib} MiB | MB/s | vs direct |", "|---|---|---|"]
+    for name, k in [("direct", "direct"), ("airlock, splice relay (default)", "proxy_splice"),
+                    ("airlock, userspace copy relay", "proxy_copy")]:
+        out.append(f"| {name} | {t[k]['mb_per_s']} | {r(t[k]['mb_per_s'], t['direct']['mb_per_s'])} |")
+    out.append("")
+
+p = newest("postgres")
+budget_lines = []
+if p:
+    out += [f"## PostgreSQL: pgbench ({p['date']}, {p['machine']}, scale {p['scale']}, "
+            f"{p['seconds']} s per run, load {p['loadavg_start']} → {p['loadavg_end']})", "",
+            "TPS and latency as ratios to direct in the same run (TPS: higher is better; latency "
+            "and CPU: lower is better). CPU/tx is everything the benchmark started (pgbench, "
+            "proxy, PostgreSQL) per transaction; proxy CPU/tx is the proxy process alone. airlock-allow: `rules: []`, `default: allow` "
+            "(statements are still classified, through the cache); airlock-full: workload identity, "
+            "ordered rules over command classes and masking rules, allowing the benchmark's reads "
+            "and writes (on this main, the PostgreSQL handler does not yet apply masks or write "
+            "the audit log).", "",
+            "| workload | clients | path | TPS | TPS vs direct | p50 ms | p50 vs direct | p99 ms | p99 vs direct | CPU µs/tx | CPU vs direct | proxy CPU µs/tx | load |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    groups = {}
+    for run in p["runs"]:
+        groups.setdefault((run["workload"], run["clients"]), {})[run["path"]] = run["result"]
+    for (w, c), paths in groups.items():
+        d = paths.get("direct", {})
+        for path, v in paths.items():
+            out.append(f"| {w} | {c} | {path} | {v['tps']:.0f} | {r(v['tps'], d.get('tps'))} | "
+                       f"{v['p50_ms']} | {r(v['p50_ms'], d.get('p50_ms'))} | {v['p99_ms']} | "
+                       f"{r(v['p99_ms'], d.get('p99_ms'))} | {v['cpu_us_per_tx']} | "
+                       f"{r(v['cpu_us_per_tx'], d.get('cpu_us_per_tx'))} | "
+                       f"{v['proxy_cpu_us_per_tx'] if path != 'direct' else '–'} | {v['loadavg']} |")
+        full, ha, pb = (paths.get(k, {}).get("tps") for k in ("airlock-full", "haproxy", "pgbouncer"))
+        if full and ha and pb:
+            ok = full >= ha and full >= 1.2 * pb
+            budget_lines.append(f"| {w} | {c} | {r(full, ha)} | {r(full, pb)} | {'met' if ok else 'MISSED'} |")
+    out.append("")
+    if budget_lines:
+        out += ["Budget (issue 3): airlock with the full policy at least matches haproxy and beats "
+                "pgbouncer by ≥ 20% (TPS).", "",
+                "| workload | clients | airlock-full / haproxy | airlock-full / pgbouncer | budget |",
+                "|---|---|---|---|---|"] + budget_lines + [""]
+
+s = newest("scale")
+if s:
+    pg, tcp = s["idle_postgres_sessions"], s["idle_tcp_connections"]
+    out += [f"## Scale ({s['date']}, {s['machine']}, load {s['loadavg']['start']} → {s['loadavg']['end']})", "",
+            "| measure | airlock | direct | vs direct | budget |", "|---|---|---|---|---|",
+            f"| daemon memory per idle PostgreSQL session ({pg.get('connections')} sessions, RSS delta / N) | "
+            f"{pg.get('kib_per_session')} KiB | – | – | < 64 KiB: {'met' if (pg.get('kib_per_session') or 1e9) < 64 else 'MISSED'} |",
+            (f"| {tcp.get('connections')} concurrent idle intercepted TCP connections: daemon RSS delta / N | "
+             f"{tcp.get('kib_per_session')} KiB | – | – | |") if not tcp.get("error") else
+            ("| ~10,000 concurrent idle intercepted TCP connections | FAILED: " + tcp.get("reason", "see the run's log")
+             + " | – | – | |"),
+            f"| … daemon fds with them all open (two per connection) | {tcp.get('fds_after', '–')} | – | – | |"]
+    big = [k for k in s if k.startswith("pgbench_")]
+    if big:
+        b = s[big[0]]
+        d = b.get("direct", {})
+        n = big[0].split("_")[1]
+        for path, v in b.items():
+            out.append(f"| {n} pgbench clients (-S, prepared), {path}: TPS | {v['tps']:.0f} | {d.get('tps', 0):.0f} | {r(v['tps'], d.get('tps'))} | |")
+            out.append(f"| … {path}: p99 ms | {v['p99_ms']} | {d.get('p99_ms')} | {r(v['p99_ms'], d.get('p99_ms'))} | |")
+            out.append(f"| … {path}: CPU µs per query (all processes) | {v['cpu_us_per_tx']} | {d.get('cpu_us_per_tx')} | {r(v['cpu_us_per_tx'], d.get('cpu_us_per_tx'))} | |")
+    out.append("")
+
+k = newest("soak")
+if k:
+    out += [f"## Soak ({k['date']}, {k['machine']}, {k['minutes']} minutes)", "",
+            "| | start | end |", "|---|---|---|",
+            f"| daemon RSS KiB | {k['start']['rss_kb']} | {k['end']['rss_kb']} |",
+            f"| daemon open fds | {k['start']['fds']} | {k['end']['fds']} |",
+            f"| pending requests | {k['start'].get('pending')} | {k['end'].get('pending')} |",
+            f"| load average | {k['start']['loadavg']} | {k['end']['loadavg']} |", "",
+            f"Operations: {json.dumps(k['operations'])}; unexpected errors: {k['unexpected_errors']}; "
+            f"audit verify: {k['audit_verify']}; approvals: {k.get('approvals', '–')}. "
+            "The soak runs separately (bench/soak.sh, SOAK_MINUTES, 30 by default); this summary "
+            f"is from a {k['minutes']}-minute run.", ""]
+
+print("\n".join(out))
