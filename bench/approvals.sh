@@ -13,5 +13,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p bench/results
 OUT=bench/results/approvals-$(date -u +%Y-%m-%d).txt
-cargo test -p airlock ${PROFILE:-} --test approvals -- --ignored --exact bench_approval_latency --nocapture 2>&1 \
+cargo test -p airlock ${PROFILE:-} --features bench-harness --test approvals -- --exact bench_approval_latency --nocapture 2>&1 \
   | grep '^approve → server' | tee "$OUT"

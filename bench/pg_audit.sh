@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 DATE=$(date -u +%Y-%m-%d)
 mkdir -p bench/results
 OUT=$(BENCH_SECS=${BENCH_SECS:-10} BENCH_CLIENTS=${BENCH_CLIENTS:-8} cargo test --release -q \
-  -p airlock --test masking -- --ignored --exact bench_audit_select_only --nocapture \
+  -p airlock --features bench-harness --test masking -- --exact bench_audit_select_only --nocapture \
   --test-threads=1 2>&1)
 echo "| mode | clients | off tps | always tps | batch tps |"
 echo "|---|---|---|---|---|"

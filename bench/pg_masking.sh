@@ -13,8 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATE=$(date -u +%Y-%m-%d)
 mkdir -p bench/results
-OUT=$(BENCH_SECS=${BENCH_SECS:-10} cargo test --release -q -p airlock --test masking -- \
-  --ignored --exact bench_masking_select_heavy --nocapture --test-threads=1 2>&1)
+OUT=$(BENCH_SECS=${BENCH_SECS:-10} cargo test --release -q -p airlock --features bench-harness --test masking -- \
+  --exact bench_masking_select_heavy --nocapture --test-threads=1 2>&1)
 echo "| mode | direct tps | unmasked tps | masked tps | masked/unmasked |"
 echo "|---|---|---|---|---|"
 grep '^| ' <<<"$OUT"

@@ -856,6 +856,7 @@ fn store_killed_mid_wait_refuses_held_command() {
     assert_eq!(balance(&pg, "accounts"), 100);
 }
 
+#[cfg(feature = "bench-harness")]
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
@@ -865,7 +866,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// (the server's own clock, stamped by a trigger), on one instance and across two sharing a
 /// PostgreSQL store.
 #[test]
-#[ignore = "benchmark: bench/approvals.sh"]
+#[cfg(feature = "bench-harness")]
 fn bench_approval_latency() {
     let n: usize = std::env::var("AIRLOCK_BENCH_N")
         .ok()
