@@ -184,6 +184,25 @@ impl Pipe {
     }
 }
 
+/// Peeks at most one byte without consuming it: 0 means EOF.
+fn peek_one(sock: &TcpStream) -> io::Result<usize> {
+    use std::os::fd::AsRawFd as _;
+    let mut byte = 0u8;
+    // SAFETY: a one-byte buffer we own; MSG_PEEK leaves the data in the socket.
+    let n = unsafe {
+        libc::recv(
+            sock.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 fn splice(from: libc::c_int, to: libc::c_int, len: usize) -> io::Result<usize> {
     // SAFETY: plain fds; null offsets are required for sockets and pipes.
     let n = unsafe {
@@ -212,7 +231,16 @@ async fn splice_one_way(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) -
         from.readable().await?;
         let p = match &pipe {
             Some(p) => p,
-            None => pipe.insert(Pipe::new()?),
+            None => {
+                // Readiness can be spurious: only a byte that is really there (or EOF) earns
+                // this direction its pipe, so idle sessions hold two fds, not six.
+                match from.try_io(Interest::READABLE, || peek_one(from)) {
+                    Ok(0) => break,
+                    Ok(_) => pipe.insert(Pipe::new()?),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
         };
         // The pipe is empty here: fill it from the socket.
         let filled = match from.try_io(Interest::READABLE, || {
@@ -285,6 +313,7 @@ mod tests {
 
     #[tokio::test]
     async fn splice_relays_both_ways_with_half_close() {
+        let _serial = SPLICE_TESTS.lock().await;
         both_ways_with_half_close(true).await;
     }
 
@@ -320,6 +349,43 @@ mod tests {
         assert_eq!(stats.client_to_upstream, payload.len() as u64);
         assert_eq!(stats.upstream_to_client, 4);
         assert_eq!(live, payload.len() as u64);
+    }
+
+    /// The splice tests count this process's pipes, so they run one at a time.
+    static SPLICE_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    /// Open pipe descriptors of this process.
+    fn pipe_count() -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        std::fs::read_link(e.path())
+                            .is_ok_and(|t| t.to_string_lossy().starts_with("pipe:"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn idle_splice_sessions_hold_no_pipes() {
+        let _serial = SPLICE_TESTS.lock().await;
+        let (client, proxy_client) = pair().await;
+        let (proxy_upstream, server) = pair().await;
+        let before = pipe_count();
+        let relay = tokio::spawn(async move {
+            splice_relay(&proxy_client, &proxy_upstream, &Counters::default()).await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(
+            pipe_count(),
+            before,
+            "an idle session must not create pipes"
+        );
+        drop(client);
+        drop(server);
+        relay.await.unwrap().unwrap();
     }
 
     #[test]
