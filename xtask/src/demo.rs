@@ -201,8 +201,35 @@ pub fn run(root: &Path) -> Result<()> {
     );
     step("Policy: DDL is denied for agents (the server never sees it)");
     print!("{}", psql("DROP TABLE customers"));
-    step("Policy: writes need review by group dba");
-    print!("{}", psql("UPDATE customers SET name = 'x' WHERE id = 1"));
+    step("Policy: a write is held on the data path until a dba approves it");
+    println!("$ psql -c \"UPDATE customers SET name = 'Ada L.' WHERE id = 1\"   (the agent waits)");
+    let held =
+        std::thread::spawn(move || psql("UPDATE customers SET name = 'Ada L.' WHERE id = 1"));
+    let cli = |args: &str| {
+        out(&format!(
+            "{} {args} --config {STATE}/demo.yaml",
+            airlock.display()
+        ))
+    };
+    let mut request = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while request.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        request = out(&format!(
+            "{} requests --pending --json --config {STATE}/demo.yaml | /usr/bin/python3 -c 'import json,sys; r=json.load(sys.stdin); print(r[0][\"id\"] if r else \"\")'",
+            airlock.display()
+        ))
+        .trim()
+        .to_owned();
+    }
+    println!("$ airlock requests --pending");
+    print!("{}", cli("requests --pending"));
+    println!("$ airlock approve {request} --reason 'typo fix, checked'");
+    print!(
+        "{}",
+        cli(&format!("approve {request} --reason 'typo fix, checked'"))
+    );
+    print!("{}", held.join().unwrap_or_default());
     step("airlock policy explain: what would happen, before deploying");
     print!(
         "{}",
