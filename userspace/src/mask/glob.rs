@@ -1,5 +1,7 @@
 //! `schema.table.column` globs for column rules.
 
+use crate::policy::spec::glob_match;
+
 /// A compiled column glob: three segments, each with `*` (any run) and `?` (one character).
 /// `table.column` means `*.table.column`; a bare `column` means `*.*.column`.
 #[derive(Debug, Clone)]
@@ -29,36 +31,10 @@ impl ColumnGlob {
     }
 
     pub(crate) fn matches(&self, schema: &str, table: &str, column: &str) -> bool {
-        glob(self.column.as_bytes(), column.as_bytes())
-            && glob(self.table.as_bytes(), table.as_bytes())
-            && glob(self.schema.as_bytes(), schema.as_bytes())
+        glob_match(self.column.as_bytes(), column.as_bytes())
+            && glob_match(self.table.as_bytes(), table.as_bytes())
+            && glob_match(self.schema.as_bytes(), schema.as_bytes())
     }
-}
-
-/// Iterative wildcard match with single backtrack point (linear for one `*`, quadratic worst
-/// case; globs and identifiers are short).
-fn glob(p: &[u8], s: &[u8]) -> bool {
-    let (mut pi, mut si) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
-            pi += 1;
-            si += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, si));
-            pi += 1;
-        } else if let Some((sp, ss)) = star {
-            pi = sp + 1;
-            si = ss + 1;
-            star = Some((sp, ss + 1));
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == b'*' {
-        pi += 1;
-    }
-    pi == p.len()
 }
 
 #[cfg(test)]
