@@ -231,14 +231,21 @@ mod tests {
     #[tokio::test]
     async fn policy_authenticator_refuses_bad_tokens_and_accepts_no_token() {
         // The issuer is never contacted: these tokens fail before any network access.
-        let c = ctx(&format!(
-            "{TARGET}identities:\n  - name: corp\n    oidc: {{issuer: \"https://127.0.0.1:1\", audience: airlock}}\n    groups: [staff]\n"
-        ));
+        let identities = "identities:\n  - name: corp\n    oidc: {issuer: \"https://127.0.0.1:1\", audience: airlock}\n    groups: [staff]\n";
         let a = PolicyAuthenticator;
         let s = Startup::default();
+        // An issuer trusted only for reviewers: clients are not asked for a token.
+        let reviewers_only = ctx(&format!("{TARGET}{identities}"));
+        assert!(
+            !a.wants_secret(&reviewers_only, &s, None),
+            "no rule uses a token: no password asked"
+        );
+        let c = ctx(&format!(
+            "{TARGET}{identities}rules:\n  - name: staff-read\n    groups: [staff]\n    require: [token]\n    classes: [read]\n    action: allow\n"
+        ));
         assert!(
             a.wants_secret(&c, &s, None),
-            "OIDC identity: a password is asked for"
+            "a rule requires a token: a password is asked for"
         );
         let w = Workload {
             user: Some("alice".into()),
