@@ -144,6 +144,9 @@ pub async fn splice_relay(
     .await
 }
 
+/// Pipes the splice engine has created (each is two fds while its session lives).
+pub static PIPES_CREATED: AtomicU64 = AtomicU64::new(0);
+
 /// Pipe capacity asked for (the kernel may grant less; splice adapts).
 const PIPE_CAPACITY: libc::c_int = 1 << 20;
 
@@ -351,35 +354,21 @@ mod tests {
         assert_eq!(live, payload.len() as u64);
     }
 
-    /// The splice tests count this process's pipes, so they run one at a time.
+    /// The splice tests count the relay's pipes, so they run one at a time.
     static SPLICE_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-    /// Open pipe descriptors of this process.
-    fn pipe_count() -> usize {
-        std::fs::read_dir("/proc/self/fd")
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| {
-                        std::fs::read_link(e.path())
-                            .is_ok_and(|t| t.to_string_lossy().starts_with("pipe:"))
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
-    }
 
     #[tokio::test]
     async fn idle_splice_sessions_hold_no_pipes() {
         let _serial = SPLICE_TESTS.lock().await;
         let (client, proxy_client) = pair().await;
         let (proxy_upstream, server) = pair().await;
-        let before = pipe_count();
+        let before = PIPES_CREATED.load(Ordering::Relaxed);
         let relay = tokio::spawn(async move {
             splice_relay(&proxy_client, &proxy_upstream, &Counters::default()).await
         });
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         assert_eq!(
-            pipe_count(),
+            PIPES_CREATED.load(Ordering::Relaxed),
             before,
             "an idle session must not create pipes"
         );
