@@ -130,11 +130,17 @@ pub fn parse_passwd(text: &str) -> HashMap<u32, String> {
 
 /// cgroup v2 mount points from the text of `/proc/self/mountinfo`.
 pub fn cgroup2_mounts(mountinfo: &str) -> Vec<PathBuf> {
+    mounts_of_type(mountinfo, "cgroup2")
+}
+
+/// Mount points of filesystems of type `fstype` in mountinfo text.
+pub fn mounts_of_type(mountinfo: &str, fstype: &str) -> Vec<PathBuf> {
     mountinfo
         .lines()
         .filter_map(|l| {
+            // "<id> <parent> <maj:min> <root> <mount point> <opts> [optional...] - <fstype> ..."
             let (pre, post) = l.split_once(" - ")?;
-            (post.split(' ').next()? == "cgroup2").then(|| {
+            (post.split(' ').next()? == fstype).then(|| {
                 let mount_point = pre.split(' ').nth(4)?;
                 Some(PathBuf::from(unescape_mountinfo(mount_point)))
             })?

@@ -36,22 +36,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SystemError + '_ {
 
 /// Mount points by filesystem type, from /proc/self/mountinfo.
 fn mounts_of(fstype: &str) -> Vec<PathBuf> {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    info.lines()
-        .filter_map(|line| {
-            // "<id> <parent> <maj:min> <root> <mount point> <opts> [optional...] - <fstype> ..."
-            let (left, right) = line.split_once(" - ")?;
-            let ty = right.split_whitespace().next()?;
-            let mount_point = left.split_whitespace().nth(4)?;
-            (ty == fstype).then(|| PathBuf::from(unescape(mount_point)))
-        })
-        .collect()
-}
-
-fn unescape(field: &str) -> String {
-    field.replace("\\040", " ")
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|info| crate::identity::workload::mounts_of_type(&info, fstype))
+        .unwrap_or_default()
 }
 
 /// The cgroup v2 mount point, if any.
