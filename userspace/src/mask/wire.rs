@@ -22,6 +22,20 @@ fn frame_len(len: usize) -> Result<i32, MaskError> {
     i32::try_from(len).map_err(|_| MaskError::MalformedRow("masked message exceeds 2 GiB"))
 }
 
+/// Runs `f`, which appends to `out`; on error whatever it appended is removed, so a refused
+/// row never leaves a partial message behind.
+fn all_or_nothing<T, E>(
+    out: &mut BytesMut,
+    f: impl FnOnce(&mut BytesMut) -> Result<T, E>,
+) -> Result<T, E> {
+    let base = out.len();
+    let r = f(out);
+    if r.is_err() {
+        out.truncate(base);
+    }
+    r
+}
+
 impl ColumnPlan {
     /// Masks one DataRow. `body` is the message body (after the `D` byte and length): int16
     /// column count, then per column an int32 length (-1 for NULL) and the bytes. On
@@ -32,12 +46,7 @@ impl ColumnPlan {
         body: &[u8],
         out: &mut BytesMut,
     ) -> Result<RowOutcome, MaskError> {
-        let base = out.len();
-        let r = self.data_row_inner(body, out);
-        if r.is_err() {
-            out.truncate(base);
-        }
-        r
+        all_or_nothing(out, |out| self.data_row_inner(body, out))
     }
 
     fn data_row_inner(&mut self, body: &[u8], out: &mut BytesMut) -> Result<RowOutcome, MaskError> {
@@ -149,12 +158,7 @@ impl ColumnPlan {
         payload: &[u8],
         out: &mut BytesMut,
     ) -> Result<RowOutcome, MaskError> {
-        let base = out.len();
-        let r = self.copy_inner(payload, out);
-        if r.is_err() {
-            out.truncate(base);
-        }
-        r
+        all_or_nothing(out, |out| self.copy_inner(payload, out))
     }
 
     fn copy_inner(&mut self, payload: &[u8], out: &mut BytesMut) -> Result<RowOutcome, MaskError> {
@@ -341,12 +345,7 @@ impl ColumnPlan {
         options: CsvOptions,
         out: &mut BytesMut,
     ) -> Result<RowOutcome, MaskError> {
-        let base = out.len();
-        let r = self.csv_inner(payload, options, out);
-        if r.is_err() {
-            out.truncate(base);
-        }
-        r
+        all_or_nothing(out, |out| self.csv_inner(payload, options, out))
     }
 
     fn csv_inner(
