@@ -83,7 +83,11 @@ if s:
             f"| daemon memory per idle PostgreSQL session ({pg.get('connections')} sessions, RSS delta / N) | "
             f"{pg.get('kib_per_session')} KiB | – | – | < 64 KiB: {'met' if (pg.get('kib_per_session') or 1e9) < 64 else 'MISSED'} |",
             (f"| {tcp.get('connections')} concurrent idle intercepted TCP connections: daemon RSS delta / N | "
-             f"{tcp.get('kib_per_session')} KiB | – | – | |") if not tcp.get("error") else
+             f"{tcp.get('kib_per_session')} KiB | – | – | 10,000: "
+             + ("met" if tcp.get("connections", 0) >= 10000 else
+                f"not reachable here: two fds per connection, hard RLIMIT_NOFILE {s.get('fd_hard_limit', '?')} "
+                "(no CAP_SYS_RESOURCE to raise it); this is the most that fits")
+             + " |") if not tcp.get("error") else
             ("| ~10,000 concurrent idle intercepted TCP connections | FAILED: " + tcp.get("reason", "see the run's log")
              + " | – | – | |"),
             f"| … daemon fds with them all open (two per connection) | {tcp.get('fds_after', '–')} | – | – | |"]
