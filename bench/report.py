@@ -121,17 +121,20 @@ if k:
         out.append(f"| {w} | {v['ok']} | {v['expected_errors']} | {v.get('unexpected_errors', '–')} |")
     out.append("")
     m = k.get("masked_values", {})
-    notes = [f"RSS growth under load {k.get('rss_growth_kb')} KiB, fd growth {k.get('fd_growth')}",
+    notes = [f"RSS growth under load {k.get('rss_growth_kb')} KiB, fd growth {k.get('fd_growth')}"
+             + (f"; RSS KiB at each tenth of the load: {k['rss_kb_by_tenth']}" if "rss_kb_by_tenth" in k else ""),
              f"unexpected errors: {k['unexpected_errors']}",
              f"masked values seen by the client: {m.get('masked')} masked, {m.get('unmasked')} raw"]
     a = k.get("approvals")
     if isinstance(a, dict):
         def lat(x):
             return f"p50 {x['p50_ms']} ms, p99 {x['p99_ms']} ms (n {x['n']})" if x else "–"
-        notes.append(f"approvals: {a['approved']} approved, {a['withdrawn_before_approval']} withdrawn "
-                     f"(client gone before the approval), {a['approve_errors']} approve errors; approve "
+        notes.append(f"approvals: {a['approved']} approved, {a.get('withdrawn')} withdrawn (the client went "
+                     f"away while held; {a.get('approve_conflicts')} approve calls came too late), "
+                     f"{a['approve_errors']} approve errors; approve "
                      f"call → held command done: {lat(a.get('approve_to_done'))}; held command's whole "
-                     f"wait: {lat(a.get('held_wait'))}; daemon outcomes {json.dumps(a.get('daemon_outcomes'))}")
+                     f"wait: {lat(a.get('held_wait'))}; approval requests per held write "
+                     f"{json.dumps(a.get('requests_per_held_write'))}; daemon outcomes {json.dumps(a.get('daemon_outcomes'))}")
         p_end = k.get("pending", {}).get("after_load")
         if p_end:
             notes.append(f"pending after the load (metric, CLI, store): {p_end.get('metric')}, {p_end.get('cli')}, {p_end.get('store')}")

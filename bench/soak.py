@@ -56,6 +56,8 @@ stats = {}
 # Approvals: wall-clock time each approve call was sent and each held command completed.
 approve_sent, held_done = {}, {}
 held_waits = []  # seconds from execute to completion of each held command that ran
+# How many approval requests each held write needed (notices received), e.g. {"1": n, "2": m}.
+requests_per_held = {}
 approvals = {"approved": 0, "conflicts": 0, "errors": 0, "polls": 0}
 held_workers_done = threading.Event()
 
@@ -178,6 +180,8 @@ def held_loop():
             wait = time.monotonic() - t0
             rid = next((x for x in ids if x), None)
             with lock:
+                n = str(sum(1 for x in ids if x))
+                requests_per_held[n] = requests_per_held.get(n, 0) + 1
                 held_waits.append(wait)
                 if rid:
                     held_done[rid] = done
@@ -361,6 +365,7 @@ if held:
     approval_summary["approve_to_done"] = percentiles(
         [held_done[r] - approve_sent[r] for r in held_done if r in approve_sent])
     approval_summary["held_wait"] = percentiles(held_waits)
+    approval_summary["requests_per_held_write"] = requests_per_held
     approval_summary["held_without_approve_call"] = sum(1 for r in held_done if r not in approve_sent)
 json.dump({"workers": stats, "approvals": approval_summary, "seconds": SECONDS, "pid": os.getpid()}, sys.stdout)
 print()

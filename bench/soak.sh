@@ -165,6 +165,9 @@ print(json.dumps({
     "passed": not failures, "failures": failures,
     "start": start, "end": end, "idle_before": idle0, "idle_after": idle1,
     "rss_growth_kb": end["rss_kb"] - start["rss_kb"], "fd_growth": end["fds"] - start["fds"],
+    # Flat or still climbing: the daemon's RSS and fds at each tenth of the load.
+    "rss_kb_by_tenth": [samples[min(len(samples) - 1, len(samples) * i // 10)]["rss_kb"] for i in range(11)],
+    "fds_by_tenth": [samples[min(len(samples) - 1, len(samples) * i // 10)]["fds"] for i in range(11)],
     "pending": {"start": start.get("pending"), "end": end.get("pending"),
                 "before_load_cli": json.loads(pending0), "after_load": pending_end},
     "operations": {w: {"ok": s["ok"], "expected_errors": s["expected_errors"],
@@ -174,10 +177,14 @@ print(json.dumps({
     "error_messages": {w: s["messages"] for w, s in workers.items() if s["messages"]},
     "approvals": {
         "approved": approvals.get("approved", 0),
-        "withdrawn_before_approval": approvals.get("conflicts", 0),
+        # Held clients that went away: the requests they left withdrawn, and approve calls
+        # that came too late (409, already withdrawn).
+        "withdrawn": store_states.get("withdrawn", 0),
+        "approve_conflicts": approvals.get("conflicts", 0),
         "approve_errors": approvals.get("errors", 0),
         "approve_to_done": approvals.get("approve_to_done"),
         "held_wait": approvals.get("held_wait"),
+        "requests_per_held_write": approvals.get("requests_per_held_write"),
         "daemon_outcomes": outcomes,
         "daemon_decision_latency_mean_ms": round(lat_sum / lat_n * 1000, 2) if lat_n else None,
         "store_states": store_states,
