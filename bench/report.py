@@ -123,7 +123,8 @@ if k:
     m = k.get("masked_values", {})
     notes = [f"RSS growth under load {k.get('rss_growth_kb')} KiB, fd growth {k.get('fd_growth')}"
              + (f"; RSS KiB at each tenth of the load: {k['rss_kb_by_tenth']}" if "rss_kb_by_tenth" in k else ""),
-             f"unexpected errors: {k['unexpected_errors']}",
+             f"unexpected errors: {k['unexpected_errors']}"
+             + (f"; cancels repeated after a second: {k['cancel_repeats']}" if "cancel_repeats" in k else ""),
              f"masked values seen by the client: {m.get('masked')} masked, {m.get('unmasked')} raw"]
     a = k.get("approvals")
     if isinstance(a, dict):
