@@ -124,7 +124,9 @@ if k:
     notes = [f"RSS growth under load {k.get('rss_growth_kb')} KiB, fd growth {k.get('fd_growth')}"
              + (f"; RSS KiB at each tenth of the load: {k['rss_kb_by_tenth']}" if "rss_kb_by_tenth" in k else ""),
              f"unexpected errors: {k['unexpected_errors']}"
-             + (f"; cancels repeated after a second: {k['cancel_repeats']}" if "cancel_repeats" in k else ""),
+             + (f"; cancels repeated after 2 s: {k['cancel_repeats']}" if "cancel_repeats" in k else "")
+             + (f"; first cancel → client's error: p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms, max {c['max_ms']} ms"
+                if (c := k.get("cancel_to_error")) else ""),
              f"masked values seen by the client: {m.get('masked')} masked, {m.get('unmasked')} raw"]
     a = k.get("approvals")
     if isinstance(a, dict):

@@ -58,6 +58,7 @@ approve_sent, held_done = {}, {}
 held_waits = []  # seconds from execute to completion of each held command that ran
 # How many approval requests each held write needed (notices received), e.g. {"1": n, "2": m}.
 requests_per_held = {}
+cancel_waits = []  # seconds from the first cancel sent to the client's 57014
 approvals = {"approved": 0, "conflicts": 0, "errors": 0, "polls": 0}
 held_workers_done = threading.Event()
 
@@ -284,17 +285,20 @@ def cancel_loop():
     # statement timeout ends it should every cancel be lost (and that counts as unexpected).
     # A cancel only stops what the server is running when it arrives: under load the first
     # one can overtake the query (it travels on its own connection), so like a user pressing
-    # Ctrl-C again the canceller repeats it every second; the repeats are counted.
+    # Ctrl-C again the canceller repeats it every 2 s; the repeats are counted, and the time
+    # from the first cancel to the client's error is recorded.
     with psycopg.connect(DSN + " options='-c statement_timeout=5000'", autocommit=True) as c:
         for _ in range(20):
             if time.monotonic() >= deadline:
                 return
             done = threading.Event()
+            sent = []
 
             def canceller():
                 time.sleep(random.uniform(0.05, 0.3))
+                sent.append(time.monotonic())
                 c.cancel()
-                while not done.wait(1.0):
+                while not done.wait(2.0):
                     count("cancel", "repeated")
                     c.cancel()
 
@@ -306,6 +310,9 @@ def cancel_loop():
             except errors.QueryCanceled as e:
                 if "user request" in str(e):
                     count("cancel", "expected_errors")
+                    if sent:
+                        with lock:
+                            cancel_waits.append(time.monotonic() - sent[0])
                 else:
                     count("cancel", "unexpected_errors", f"not cancelled by the client: {e}")
             finally:
@@ -381,5 +388,5 @@ if held:
     approval_summary["held_wait"] = percentiles(held_waits)
     approval_summary["requests_per_held_write"] = requests_per_held
     approval_summary["held_without_approve_call"] = sum(1 for r in held_done if r not in approve_sent)
-json.dump({"workers": stats, "approvals": approval_summary, "seconds": SECONDS, "pid": os.getpid()}, sys.stdout)
+json.dump({"workers": stats, "approvals": approval_summary, "cancel_to_error": percentiles(cancel_waits), "seconds": SECONDS, "pid": os.getpid()}, sys.stdout)
 print()

@@ -173,8 +173,9 @@ print(json.dumps({
     "operations": {w: {"ok": s["ok"], "expected_errors": s["expected_errors"],
                        "unexpected_errors": s["unexpected_errors"]} for w, s in sorted(workers.items())},
     "masked_values": {"masked": masked.get("masked", 0), "unmasked": masked.get("unmasked", 0)},
-    # Cancels sent again because the query was still running a second after the last one.
+    # Cancels sent again because the query was still running 2 s after the last one.
     "cancel_repeats": workers.get("cancel", {}).get("repeated", 0),
+    "cancel_to_error": load.get("cancel_to_error"),
     "unexpected_errors": unexpected,
     "error_messages": {w: s["messages"] for w, s in workers.items() if s["messages"]},
     "approvals": {
