@@ -74,7 +74,8 @@ stop_daemon() {
   if [ -n "${DAEMON:-}" ]; then kill -9 "$DAEMON" 2>/dev/null || true; wait "$DAEMON" 2>/dev/null || true; DAEMON=; fi
 }
 
-# The daemon's `daemon:` section; targets are appended by the caller.
+# The daemon's `daemon:` section; targets are appended by the caller. DAEMON_EXTRA: more
+# lines of it (indented two spaces), e.g. the soak's metrics and approvals API addresses.
 daemon_section() {
   cat <<YAML
 daemon:
@@ -83,6 +84,7 @@ daemon:
   state_dir: $WORK/state
   accept_unintercepted: true
 YAML
+  [ -z "${DAEMON_EXTRA:-}" ] || printf '%s\n' "$DAEMON_EXTRA"
 }
 
 # A real PostgreSQL 15 in the db namespace on 198.18.0.2:5432 (initdb into $PGDIR), with the
@@ -196,6 +198,9 @@ CFG
 # allow.yaml: an allow-all policy; full.yaml: the full policy (workload identity, ordered
 # rules over classes, masking rules) that allows the benchmark's reads and writes for callers
 # in the protected cgroup. Both have the PostgreSQL target and the tcp targets.
+# The soak adds to full.yaml: RULES_EXTRA (rules, indented two spaces, matched after the
+# deny of DDL/DCL/admin and before the allows), MASKING_EXTRA (masking rules) and MASKS (the
+# masking rules the allow rules apply; default customer-email and filler).
 write_airlock_configs() {
   local targets
   targets=$(cat <<YAML
@@ -232,20 +237,21 @@ rules:
     classes: [ddl, dcl, admin, unknown]
     action: deny
     reason: "the benchmark callers may not run DDL, DCL, admin or unparseable commands"
+${RULES_EXTRA:-}
   - name: bench-read
     targets: [bench-db]
     subjects: ["unix:root"]
     identities: [bench-clients]
     classes: [read, session, transaction]
     action: allow
-    mask: [customer-email, filler]
+    mask: [${MASKS:-customer-email, filler}]
   - name: bench-write
     targets: [bench-db]
     subjects: ["unix:root"]
     identities: [bench-clients]
     classes: [read, session, transaction, write]
     action: allow
-    mask: [customer-email, filler]
+    mask: [${MASKS:-customer-email, filler}]
   - name: bench-tcp
     targets: [bench, bench-iptables]
     action: allow
@@ -257,6 +263,7 @@ masking:
   - name: filler
     columns: ["*.pgbench_history.filler"]
     style: partial
+${MASKING_EXTRA:-}
 YAML
 }
 

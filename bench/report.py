@@ -104,15 +104,52 @@ if s:
 
 k = newest("soak")
 if k:
-    out += [f"## Soak ({k['date']}, {k['machine']}, {k['minutes']} minutes)", "",
-            "| | start | end |", "|---|---|---|",
-            f"| daemon RSS KiB | {k['start']['rss_kb']} | {k['end']['rss_kb']} |",
-            f"| daemon open fds | {k['start']['fds']} | {k['end']['fds']} |",
-            f"| pending requests | {k['start'].get('pending')} | {k['end'].get('pending')} |",
-            f"| load average | {k['start']['loadavg']} | {k['end']['loadavg']} |", "",
-            f"Operations: {json.dumps(k['operations'])}; unexpected errors: {k['unexpected_errors']}; "
-            f"audit verify: {k['audit_verify']}; approvals: {k.get('approvals', '–')}. "
-            "The soak runs separately (bench/soak.sh, SOAK_MINUTES, 30 by default); this summary "
+    verdict = ("passed" if k["passed"] else "FAILED: " + "; ".join(k.get("failures", []))) if "passed" in k else "not judged (an older run)"
+    phases = [("idle before", k.get("idle_before")), ("start (under load)", k["start"]),
+              ("end (under load)", k["end"]), ("idle after", k.get("idle_after"))]
+    phases = [(n, v) for n, v in phases if v]
+    row = lambda label, key: f"| {label} | " + " | ".join("–" if v.get(key) is None else str(v[key]) for _, v in phases) + " |"  # noqa: E731
+    out += [f"## Soak ({k['date']}, {k['machine']}, {k['minutes']} minutes): {verdict}", "",
+            "Mixed load through the daemon (bench/soak.sh, soak.py): reads, masked selects, writes, "
+            "writes held for review and approved by an automatic approver (the admin token: a "
+            "second identity), clients that go away while held, cancels, and disconnects "
+            "mid-result; every session recorded. Start and end are the first sample after the "
+            "warm-up and the last one under load.", "",
+            "| | " + " | ".join(n for n, _ in phases) + " |", "|---" * (len(phases) + 1) + "|",
+            row("daemon RSS KiB", "rss_kb"), row("daemon open fds", "fds"),
+            row("active sessions", "sessions_active"), row("pending approval requests", "pending"),
+            row("load average", "loadavg"), ""]
+    ops = k["operations"]
+    out += ["| worker | ok | expected errors (on purpose) | unexpected errors |", "|---|---|---|---|"]
+    for w, v in ops.items():
+        out.append(f"| {w} | {v['ok']} | {v['expected_errors']} | {v.get('unexpected_errors', '–')} |")
+    out.append("")
+    m = k.get("masked_values", {})
+    notes = [f"RSS growth under load {k.get('rss_growth_kb')} KiB, fd growth {k.get('fd_growth')}"
+             + (f"; RSS KiB at each tenth of the load: {k['rss_kb_by_tenth']}" if "rss_kb_by_tenth" in k else ""),
+             f"unexpected errors: {k['unexpected_errors']}"
+             + (f"; cancels repeated after 2 s: {k['cancel_repeats']}" if "cancel_repeats" in k else "")
+             + (f"; first cancel → client's error: p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms, max {c['max_ms']} ms"
+                if (c := k.get("cancel_to_error")) else ""),
+             f"masked values seen by the client: {m.get('masked')} masked, {m.get('unmasked')} raw"]
+    a = k.get("approvals")
+    if isinstance(a, dict):
+        def lat(x):
+            return f"p50 {x['p50_ms']} ms, p99 {x['p99_ms']} ms (n {x['n']})" if x else "–"
+        notes.append(f"approvals: {a['approved']} approved, {a.get('withdrawn')} withdrawn (the client went "
+                     f"away while held; {a.get('approve_conflicts')} approve calls came too late), "
+                     f"{a['approve_errors']} approve errors; approve "
+                     f"call → held command done: {lat(a.get('approve_to_done'))}; held command's whole "
+                     f"wait: {lat(a.get('held_wait'))}; approval requests per held write "
+                     f"{json.dumps(a.get('requests_per_held_write'))}; daemon outcomes {json.dumps(a.get('daemon_outcomes'))}")
+        p_end = k.get("pending", {}).get("after_load")
+        if p_end:
+            notes.append(f"pending after the load (metric, CLI, store): {p_end.get('metric')}, {p_end.get('cli')}, {p_end.get('store')}")
+    else:
+        notes.append(f"approvals: {a or '–'}")
+    notes.append(f"audit verify: {k['audit_verify']}")
+    out += [f"- {n}" for n in notes]
+    out += ["", "The soak runs separately (bench/soak.sh, SOAK_MINUTES, 30 by default); this summary "
             f"is from a {k['minutes']}-minute run.", ""]
 
 print("\n".join(out))

@@ -401,6 +401,43 @@ fn extended_protocol_parse_is_held_then_runs() {
 }
 
 #[test]
+fn prepared_statement_needs_one_approval_per_run() {
+    // Found by the soak: psycopg prepares a statement (Parse, Sync) and then runs it (Bind,
+    // Execute, Sync). The held Parse's approval must cover that run, not ask a second time;
+    // every later run of the prepared statement is reviewed again.
+    let pg = PgServer::start(None);
+    prepare_target(&pg);
+    let inst = Instance::sqlite(&pg);
+    let dsn = inst.dsn();
+    let client = std::thread::spawn(move || {
+        support::python(
+            &dsn,
+            "import os, psycopg\n\
+             with psycopg.connect(os.environ['DSN'], autocommit=True) as c:\n\
+             \x20   notices = []\n\
+             \x20   c.add_notice_handler(lambda d: notices.append(d.message_primary))\n\
+             \x20   for _ in range(3):\n\
+             \x20       c.execute('UPDATE accounts SET balance = balance + %s WHERE id = 1', (1,), prepare=True)\n\
+             \x20   print(len(notices))\n",
+        )
+    });
+    let sql = "UPDATE accounts SET balance = balance + $1 WHERE id = 1";
+    let mut approved = Vec::new();
+    while approved.len() < 3 {
+        let req = inst.wait_pending(sql);
+        inst.cli_ok(&["approve", &req.id]);
+        approved.push(req.id);
+    }
+    let (ok, out, err) = client.join().expect("python thread");
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.trim(), "3", "one approval request per run: {err}");
+    assert_eq!(balance(&pg, "accounts"), 103);
+    let all = inst.requests(false);
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert!(all.iter().all(|r| r.state == State::Used), "{all:?}");
+}
+
+#[test]
 fn denied_with_reason_is_refused_and_not_run() {
     let pg = PgServer::start(None);
     prepare_target(&pg);

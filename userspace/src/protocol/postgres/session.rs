@@ -247,6 +247,10 @@ struct Stmt {
     parsed_in: u64,
     /// The Parse decision's command.
     cmd: Arc<Cmd>,
+    /// The Parse was held and approved: the approval covers one run, the first Bind of the
+    /// statement in the same or the next batch (a driver's prepare, then execute). Taken by
+    /// that Bind, so every later run is judged (and reviewed) again.
+    approved: bool,
 }
 
 #[derive(Debug)]
@@ -302,6 +306,9 @@ struct Front<'a, J: Judge> {
     /// What the held command's first judgement said for the audit log (recorded once, with
     /// its final verdict).
     held: Option<(Option<Record>, bool)>,
+    /// The last [`judge_or_hold`](Self::judge_or_hold) returned a held command's resolved
+    /// verdict.
+    resolved: bool,
 }
 
 impl<J: Judge> Front<'_, J> {
@@ -362,6 +369,7 @@ impl<J: Judge> Front<'_, J> {
             ddl,
         } = match self.decided.take() {
             Some(verdict) => {
+                self.resolved = true;
                 let (record, ddl) = self.held.take().unwrap_or((None, false));
                 // A hold never resolves to another hold; refuse rather than loop.
                 let verdict = match verdict {
@@ -376,7 +384,10 @@ impl<J: Judge> Front<'_, J> {
                     ddl,
                 }
             }
-            None => self.judge.judge(command),
+            None => {
+                self.resolved = false;
+                self.judge.judge(command)
+            }
         };
         match verdict {
             Verdict::Hold(h) => {
@@ -442,6 +453,7 @@ impl<J: Judge> Front<'_, J> {
                             text: cmd.text.clone(),
                             parsed_in: self.batch,
                             cmd,
+                            approved: self.resolved,
                         };
                         if name.is_empty() {
                             self.unnamed_stmt = Some(stmt);
@@ -466,15 +478,21 @@ impl<J: Judge> Front<'_, J> {
                 let portal = r.cstr()?;
                 let stmt_name = r.cstr()?;
                 let stmt = if stmt_name.is_empty() {
-                    self.unnamed_stmt.as_ref()
+                    self.unnamed_stmt.as_mut()
                 } else {
-                    self.statements.get(stmt_name)
+                    self.statements.get_mut(stmt_name)
                 };
                 // A statement we never saw does not exist on the server either: it will fail.
                 if let Some(stmt) = stmt {
+                    // An approved Parse covers this run when it follows at once; otherwise the
+                    // Execute is judged (and held) on its own. Without this a prepared write
+                    // would need two approvals, the first of which runs nothing.
+                    let approved =
+                        std::mem::take(&mut stmt.approved) && self.batch <= stmt.parsed_in + 1;
                     let p = Portal {
                         text: stmt.text.clone(),
-                        decided_in: (stmt.parsed_in == self.batch).then_some(self.batch),
+                        decided_in: (stmt.parsed_in == self.batch || approved)
+                            .then_some(self.batch),
                         cmd: stmt.cmd.clone(),
                     };
                     if portal.is_empty() {
@@ -697,6 +715,7 @@ where
         expects: Vec::new(),
         decided: None,
         held: None,
+        resolved: false,
     };
     let audit = env.audit;
     let back = Back::new(
