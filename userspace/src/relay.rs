@@ -179,6 +179,7 @@ impl Pipe {
         } else {
             64 * 1024
         };
+        PIPES_CREATED.fetch_add(1, Ordering::Relaxed);
         Ok(Pipe {
             read,
             write,
