@@ -32,7 +32,16 @@ if i:
         v = c[k]
         out.append(f"| {name} | {v['p50_us']} µs | {v['p99_us']} µs | {v['per_second']} | "
                    f"{r(v['p50_us'], c['direct']['p50_us'])}× | {r(v['per_second'], c['direct']['per_second'])} |")
-    mib = t["direct"]["bytes"] // 1048576
+    rounds = c["direct"].get("rounds")
+    if rounds:
+        out += ["", f"Each figure is the median of {rounds} interleaved rounds (every path once per round)."]
+    e, ipt = c["ebpf_redirect"], c["iptables_redirect"]
+    out += ["", f"Budget (issue 2): eBPF redirect adds no more connect latency than iptables REDIRECT: "
+            f"p50 {e['p50_us']} vs {ipt['p50_us']} µs, "
+            f"{'met' if e['p50_us'] <= ipt['p50_us'] else 'MISSED'}; relay throughput ≥ 0.80 of direct: "
+            f"{r(t['proxy_splice']['mb_per_s'], t['direct']['mb_per_s'])}, "
+            f"{'met' if t['proxy_splice']['mb_per_s'] >= 0.8 * t['direct']['mb_per_s'] else 'MISSED'}."]
+    mib = int(t["direct"]["bytes"]) // 1048576
     out += ["", f"| relay, {mib} MiB | MB/s | vs direct |", "|---|---|---|"]
     for name, k in [("direct", "direct"), ("airlock, splice relay (default)", "proxy_splice"),
                     ("airlock, userspace copy relay", "proxy_copy")]:

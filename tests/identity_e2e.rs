@@ -185,6 +185,24 @@ targets:
 
     /// Scrapes `/metrics` from inside the node namespace (where the endpoint listens) with a
     /// real HTTP client; returns `series -> value` and the raw text.
+    /// Scrapes until the intercepted-connections counter of `demo-db` reaches `at_least`
+    /// (the daemon drains routine interception events on a 200 ms tick), or gives up after
+    /// five seconds and returns the last scrape for the caller's assertions.
+    fn scrape_after_intercepts(&self, at_least: f64) -> (HashMap<String, f64>, String) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let (m, text) = self.scrape();
+            let seen = m
+                .get(r#"airlock_intercepted_connections_total{target="demo-db"}"#)
+                .copied()
+                .unwrap_or(0.0);
+            if seen >= at_least || std::time::Instant::now() > deadline {
+                return (m, text);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     fn scrape(&self) -> (HashMap<String, f64>, String) {
         let out = sh(&format!(
             "{} curl -sS --max-time 10 http://127.0.0.1:{}/metrics",
@@ -340,7 +358,7 @@ default: deny
     );
 
     // Prometheus: what this branch emits for these sessions.
-    let (m, text) = env.scrape();
+    let (m, text) = env.scrape_after_intercepts(6.0);
     assert_every_design_metric(&text);
     let intercepted = m
         .get(r#"airlock_intercepted_connections_total{target="demo-db"}"#)
@@ -488,7 +506,7 @@ default: deny
         "{log}"
     );
 
-    let (m, text) = env.scrape();
+    let (m, text) = env.scrape_after_intercepts(5.0);
     assert_every_design_metric(&text);
     assert_eq!(
         m.get(r#"airlock_denied_connections_total{reason="invalid_token"}"#)

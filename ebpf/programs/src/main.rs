@@ -23,7 +23,10 @@ use airlock_common::{
 };
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock_addr},
+    bindings::{
+        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        bpf_sock_addr,
+    },
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
@@ -336,7 +339,15 @@ pub fn record_peer(ctx: SockOpsContext) -> u32 {
         port: u32::from(conn.src_port),
     };
     let _ = CONN_BY_PEER.insert(&key, &*conn, 0);
-    let _ = EVENTS.output::<ConnInfo>(&*conn, 0);
+    // A redirect is routine: the daemon drains these on a timer instead of being woken on
+    // every connect (a wakeup per connect costs connect latency); it is woken once the ring
+    // is a quarter full. Refusals always wake it.
+    let flags = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) > u64::from(EVENTS_BYTES / 4) {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    };
+    let _ = EVENTS.output::<ConnInfo>(&*conn, flags);
     1
 }
 

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use airlock_common::{ConnInfo, event_kind};
+use aya::maps::{MapData, RingBuf};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
@@ -55,6 +56,28 @@ pub fn workload_from(info: &ConnInfo, peer: Option<SocketAddr>) -> Workload {
 
 /// Reads the events ring buffer and the kernel programs' logs until the daemon stops,
 /// handing each event to `on_event`.
+/// How often routine events (redirects, which do not wake the daemon) are drained.
+const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Hands every record in the ring to `on_event`.
+fn drain(ring: &mut RingBuf<MapData>, on_event: &impl Fn(Event)) {
+    while let Some(item) = ring.next() {
+        if item.len() < std::mem::size_of::<ConnInfo>() {
+            continue;
+        }
+        // SAFETY: the kernel wrote a whole ConnInfo (checked length); read unaligned because
+        // ring buffer records are only 8-byte aligned by convention.
+        let info: ConnInfo = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ConnInfo>()) };
+        let kind = match info.kind {
+            event_kind::REDIRECTED => EventKind::Redirected,
+            event_kind::REFUSED => EventKind::Refused,
+            event_kind::BIND_REFUSED => EventKind::BindRefused,
+            other => EventKind::Unknown(other),
+        };
+        on_event(Event { kind, info });
+    }
+}
+
 pub fn spawn_readers(
     interceptor: &mut Interceptor,
     on_event: impl Fn(Event) + Send + 'static,
@@ -64,29 +87,25 @@ pub fn spawn_readers(
         let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| e.into_parts().1)?;
         tokio::spawn(async move {
+            // The kernel wakes us only for refusals and a filling ring; redirects are drained
+            // on this tick.
+            let mut tick = tokio::time::interval(DRAIN_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
-                let Ok(mut guard) = fd.readable_mut().await else {
-                    tracing::error!("interception events ring buffer failed");
-                    return;
-                };
-                let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    if item.len() < std::mem::size_of::<ConnInfo>() {
+                let mut guard = tokio::select! {
+                    ready = fd.readable_mut() => match ready {
+                        Ok(guard) => guard,
+                        Err(error) => {
+                            tracing::error!(%error, "interception events ring buffer failed");
+                            return;
+                        }
+                    },
+                    _ = tick.tick() => {
+                        drain(fd.get_mut(), &on_event);
                         continue;
                     }
-                    // SAFETY: the kernel wrote a whole ConnInfo (checked length); read
-                    // unaligned because ring buffer records are only 8-byte aligned by
-                    // convention.
-                    let info: ConnInfo =
-                        unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ConnInfo>()) };
-                    let kind = match info.kind {
-                        event_kind::REDIRECTED => EventKind::Redirected,
-                        event_kind::REFUSED => EventKind::Refused,
-                        event_kind::BIND_REFUSED => EventKind::BindRefused,
-                        other => EventKind::Unknown(other),
-                    };
-                    on_event(Event { kind, info });
-                }
+                };
+                drain(guard.get_inner_mut(), &on_event);
                 guard.clear_ready();
             }
         });
