@@ -7,7 +7,8 @@ use std::path::Path;
 
 use airlock::config::{Config, Protocol};
 use airlock::identity::Identity;
-use airlock::policy::{Class, Dialect, Engine, Limits, Request, classify};
+use airlock::policy::normalize::{self, DECIMAL, INTEGER, STRING};
+use airlock::policy::{Class, ClassCache, Dialect, Engine, Limits, Request, classify};
 
 struct Case {
     line: usize,
@@ -118,6 +119,73 @@ fn corpus_kinds_classes_tables() {
         cases.len(),
         failures.join("\n")
     );
+}
+
+/// The literal-normalised cache must never change a classification: every corpus statement,
+/// and variants of it with other literal values (setting names, table-like strings, quotes,
+/// long numbers), classified through one shared cache equal their uncached classification.
+#[test]
+fn corpus_shape_cache_agrees_with_uncached() {
+    let limits = Limits::default();
+    let cache = ClassCache::new(4096);
+    let ints = ["7", "0", "123456789"];
+    let decimals = ["0.5", "99.125"];
+    let strings = [
+        "'role'",
+        "''",
+        "'it''s'",
+        "'secret'",
+        "'; DROP TABLE t; --'",
+        "'0'",
+    ];
+    let mut checked = 0;
+    let mut shaped = 0;
+    let mut shape = String::new();
+    for c in load() {
+        let mut texts = vec![c.sql.clone()];
+        if normalize::normalize(&c.sql, &mut shape, None).is_some_and(|n| n > 0) {
+            shaped += 1;
+            for v in 0..strings.len() {
+                let (mut i, mut d, mut s) = (v, v, v);
+                let mut t = String::new();
+                for ch in shape.chars() {
+                    match ch {
+                        INTEGER => {
+                            t.push_str(ints[i % ints.len()]);
+                            i += 1;
+                        }
+                        DECIMAL => {
+                            t.push_str(decimals[d % decimals.len()]);
+                            d += 1;
+                        }
+                        STRING => {
+                            t.push_str(strings[s % strings.len()]);
+                            s += 1;
+                        }
+                        _ => t.push(ch),
+                    }
+                }
+                texts.push(t);
+            }
+        }
+        for t in texts {
+            let cached = cache.classify(c.dialect, &t, &limits);
+            assert_eq!(
+                *cached,
+                classify(&t, c.dialect, &limits),
+                "line {}: {t}",
+                c.line
+            );
+            checked += 1;
+        }
+    }
+    let stats = cache.stats();
+    assert!(shaped > 50, "only {shaped} corpus statements have literals");
+    assert!(
+        stats.hits > 100,
+        "the shape cache was not exercised: {stats:?}"
+    );
+    assert!(checked > 500, "{checked}");
 }
 
 /// The property the corpus exists for: nothing that is not a plain read is allowed by a rule

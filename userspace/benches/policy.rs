@@ -1,4 +1,5 @@
-//! Policy benchmarks: a cached decision (the hot path for repeated and prepared statements) and
+//! Policy benchmarks: a cached decision (the hot path for repeated and prepared statements), a
+//! decision on simple-protocol statements that differ only in literals (cached by shape), and
 //! an uncached classification of typical OLTP statements. Targets: cached decision p50 < 2 µs,
 //! uncached classification < 20 µs.
 //!
@@ -20,6 +21,18 @@ const OLTP: &[&str] = &[
     "INSERT INTO order_items (order_id, sku, qty, price) VALUES ($1, $2, $3, $4) RETURNING id",
     "SELECT o.id, o.total, c.email FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.id = $1",
 ];
+
+/// What `pgbench -S -M simple` sends: one shape, a different literal every time.
+fn pgbench_select_texts() -> Vec<String> {
+    (0..1024u64)
+        .map(|i| {
+            format!(
+                "SELECT abalance FROM pgbench_accounts WHERE aid = {};",
+                i * 7919 % 100_000 + 1
+            )
+        })
+        .collect()
+}
 
 fn demo_engine() -> Engine {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/demo.yaml");
@@ -46,7 +59,22 @@ fn benches(c: &mut Criterion) {
     c.bench_function("decide_cached_select", |b| {
         b.iter(|| black_box(engine.decide(black_box(&req))))
     });
+    let texts = pgbench_select_texts();
+    let mut i = 0;
+    c.bench_function("decide_simple_varying_literals", |b| {
+        b.iter(|| {
+            i = (i + 1) % texts.len();
+            let req = Request {
+                command: &texts[i],
+                ..req
+            };
+            black_box(engine.decide(black_box(&req)))
+        })
+    });
     let limits = Limits::default();
+    c.bench_function("classify_uncached_pgbench_select", |b| {
+        b.iter(|| black_box(classify(black_box(&texts[0]), Dialect::Postgres, &limits)))
+    });
     for (i, sql) in OLTP.iter().enumerate() {
         c.bench_function(&format!("classify_uncached_oltp_{i}"), |b| {
             b.iter(|| black_box(classify(black_box(sql), Dialect::Postgres, &limits)))
@@ -90,6 +118,19 @@ fn latency_distribution() {
         })
         .collect();
     percentiles("decide (cached)", samples);
+    let texts = pgbench_select_texts();
+    let samples = (0..200_000)
+        .map(|i| {
+            let req = Request {
+                command: &texts[i % texts.len()],
+                ..req
+            };
+            let t = Instant::now();
+            black_box(engine.decide(black_box(&req)));
+            t.elapsed().as_nanos()
+        })
+        .collect();
+    percentiles("decide (simple protocol, varying literals)", samples);
     let limits = Limits::default();
     for (i, sql) in OLTP.iter().enumerate() {
         let samples = (0..20_000)

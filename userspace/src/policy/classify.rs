@@ -13,11 +13,13 @@ use serde::{Deserialize, Serialize};
 use sqlparser::ast::{
     CopySource, CopyTarget, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName,
     ObjectNamePart, Query, Set, SetExpr, Statement, TableFactor, TableObject, TableWithJoins,
-    UtilityOption, Value, Visit, Visitor,
+    UtilityOption, Value, ValueWithSpan, Visit, Visitor,
 };
 use sqlparser::dialect::{Dialect as SqlDialect, MySqlDialect, PostgreSqlDialect};
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
+
+use super::normalize::{LiteralKind, LiteralSite};
 
 /// The SQL dialect a command is parsed with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -298,17 +300,70 @@ impl Classification {
 /// Classifies a command string. Never panics: a panic inside the parser is caught and the
 /// command is `unknown`.
 pub fn classify(sql: &str, dialect: Dialect, limits: &Limits) -> Classification {
+    classify_with_literals(sql, dialect, limits, false).0
+}
+
+/// Classifies a command string and, with `want_literals`, also reports every integer, decimal
+/// and plain string literal the parser kept as a literal value, with its position and value.
+/// The list is `None` when the command did not parse or when its classification looked at a
+/// literal's value (`EXPLAIN` options, `set_config`'s setting name): such a classification
+/// must not be shared between statements that differ only in literals.
+pub fn classify_with_literals(
+    sql: &str,
+    dialect: Dialect,
+    limits: &Limits,
+    want_literals: bool,
+) -> (Classification, Option<Vec<LiteralSite>>) {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        classify_inner(sql, dialect, limits)
+        classify_inner(sql, dialect, limits, want_literals)
     })) {
         Ok(c) => c,
-        Err(_) => {
-            Classification::unknown("unparsed", "the SQL parser failed on this command".into())
-        }
+        Err(_) => (
+            Classification::unknown("unparsed", "the SQL parser failed on this command".into()),
+            None,
+        ),
     }
 }
 
-fn classify_inner(sql: &str, dialect: Dialect, limits: &Limits) -> Classification {
+/// Collects the literal values of a parsed command (see [`classify_with_literals`]).
+#[derive(Default)]
+struct Literals(Vec<LiteralSite>);
+
+impl Visitor for Literals {
+    type Break = ();
+
+    fn pre_visit_value(&mut self, v: &ValueWithSpan) -> ControlFlow<()> {
+        let (kind, value) = match &v.value {
+            Value::Number(n, false) => {
+                let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+                match n.split_once('.') {
+                    None if digits(n) => (LiteralKind::Integer, n.to_string()),
+                    Some((a, b)) if digits(a) && digits(b) => (LiteralKind::Decimal, n.to_string()),
+                    // Not a number the normaliser replaces: recorded so that it cannot match.
+                    _ => (LiteralKind::Decimal, format!("\u{0}{n}")),
+                }
+            }
+            Value::Number(n, true) => (LiteralKind::Decimal, format!("\u{0}{n}")),
+            Value::SingleQuotedString(s) => (LiteralKind::String, s.clone()),
+            // Booleans, NULL, `$1` and the like come from keywords and verbatim text.
+            _ => return ControlFlow::Continue(()),
+        };
+        self.0.push(LiteralSite {
+            line: v.span.start.line,
+            column: v.span.start.column,
+            kind,
+            value,
+        });
+        ControlFlow::Continue(())
+    }
+}
+
+fn classify_inner(
+    sql: &str,
+    dialect: Dialect,
+    limits: &Limits,
+    want_literals: bool,
+) -> (Classification, Option<Vec<LiteralSite>>) {
     if sql.len() > limits.max_bytes {
         let msg = format!(
             "command is {} bytes, over the {}-byte limit checked before parsing",
@@ -317,7 +372,7 @@ fn classify_inner(sql: &str, dialect: Dialect, limits: &Limits) -> Classificatio
         );
         let mut c = Classification::unknown("too_long", msg.clone());
         c.limit = Some(msg);
-        return c;
+        return (c, None);
     }
     let pg = PostgreSqlDialect {};
     let my = MySqlDialect {};
@@ -327,35 +382,50 @@ fn classify_inner(sql: &str, dialect: Dialect, limits: &Limits) -> Classificatio
     };
     let tokens = match Tokenizer::new(d, sql).tokenize_with_location() {
         Ok(t) => t,
-        Err(e) => return Classification::unknown("unparsed", format!("does not tokenize: {e}")),
+        Err(e) => {
+            let c = Classification::unknown("unparsed", format!("does not tokenize: {e}"));
+            return (c, None);
+        }
     };
     if let Some(msg) = check_shape(&tokens, limits) {
         let mut c = Classification::unknown("too_complex", msg.clone());
         c.limit = Some(msg);
-        return c;
+        return (c, None);
     }
     let mut parser = Parser::new(d)
         .with_recursion_limit(limits.parser_recursion)
         .with_tokens_with_locations(tokens);
     let statements = match parser.parse_statements() {
         Ok(s) => s,
-        Err(e) => return Classification::unknown("unparsed", format!("does not parse: {e}")),
+        Err(e) => {
+            let c = Classification::unknown("unparsed", format!("does not parse: {e}"));
+            return (c, None);
+        }
     };
     // sqlparser stops at a bare END after a statement; the server would not. Anything left over
     // means we did not see the whole command.
     if parser.peek_token_ref().token != Token::EOF {
-        return Classification::unknown(
+        let c = Classification::unknown(
             "unparsed",
             "text after the last statement was not parsed".into(),
         );
+        return (c, None);
     }
+    let literals = want_literals.then(|| {
+        let mut l = Literals::default();
+        for stmt in &statements {
+            let _ = stmt.visit(&mut l);
+        }
+        l.0
+    });
     if statements.is_empty() {
-        return Classification {
+        let c = Classification {
             kinds: vec!["empty"],
             statement_classes: vec![],
             class: Class::Read,
             ..Default::default()
         };
+        return (c, literals);
     }
     let mut acc = Acc::default();
     let mut out = Classification {
@@ -382,7 +452,12 @@ fn classify_inner(sql: &str, dialect: Dialect, limits: &Limits) -> Classificatio
     out.tables_written = acc.written.into_iter().collect();
     out.functions = acc.functions.into_iter().collect();
     out.notes = acc.notes;
-    out
+    let literals = if acc.literal_sensitive {
+        None
+    } else {
+        literals
+    };
+    (out, literals)
 }
 
 /// Bracket depth, expression-chain length and statement count, measured on tokens (strings,
@@ -450,6 +525,9 @@ struct Acc {
     only_keyword: bool,
     functions: BTreeSet<String>,
     notes: Vec<String>,
+    /// The classification looked at a literal's value (an `EXPLAIN` option, `set_config`'s
+    /// setting name): it must not be shared with other literals.
+    literal_sensitive: bool,
 }
 
 /// Normalizes an object name the way the server resolves it: unquoted parts fold to lower case
@@ -700,6 +778,7 @@ impl Walker<'_> {
     fn function(&mut self, name: &ObjectName, args: Option<&FunctionArguments>) {
         let short = last_part_lower(name);
         let class = if short == "set_config" {
+            self.acc.literal_sensitive = true;
             Some(set_config_class(args))
         } else {
             function_class(&short)
@@ -902,6 +981,8 @@ fn statement_shape(stmt: &Statement, acc: &mut Acc) -> (&'static str, Class) {
         Statement::Explain { statement, .. } => {
             // The inner statement is walked as a nested one when ANALYZE runs it.
             let _ = statement;
+            // Whether it runs depends on option values (`ANALYZE 0`, `ANALYZE 'off'`).
+            acc.literal_sensitive = true;
             ("explain", Read)
         }
         Statement::ExplainTable { .. } => ("describe", Read),

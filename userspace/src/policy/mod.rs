@@ -11,6 +11,7 @@
 pub mod cache;
 pub mod classify;
 pub mod cli;
+pub mod normalize;
 pub mod spec;
 
 use std::path::Path;
@@ -280,9 +281,7 @@ impl Engine {
     /// Classifies a command as this engine would (cached).
     pub fn classify(&self, protocol: Protocol, command: &str) -> Arc<Classification> {
         match dialect_of(protocol) {
-            Some(d) => self
-                .cache
-                .get_or_insert_with(d, command, || classify(command, d, &self.limits)),
+            Some(d) => self.cache.classify(d, command, &self.limits),
             None => Arc::clone(&self.non_sql),
         }
     }
