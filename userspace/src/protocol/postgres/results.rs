@@ -20,8 +20,12 @@ use bytes::BytesMut;
 use super::codec::{self, ErrorFields, HEADER_LEN};
 use super::origin::{self, CopySpec, Field, SideConn};
 use crate::audit::{Ack, AuditError, CommandResult, MaskTally, SessionRecorder};
-use crate::mask::{CatalogCache, ColumnPlan, ColumnRef, Masker, ValueFormat};
+use crate::mask::{CatalogCache, ColumnPlan, ColumnRef, MaskCounts, Masker, RuleId, ValueFormat};
 use crate::metrics::Metrics;
+use prometheus_client::metrics::counter::Counter;
+
+/// Result descriptions whose plans a session keeps for reuse.
+const PLAN_CACHE: usize = 16;
 
 /// A command as policy decided it, carried to its answer.
 #[derive(Debug)]
@@ -63,10 +67,13 @@ pub enum Expect {
     Close,
     /// RowDescription or NoData (after ParameterDescription for a statement). `cmd` is set
     /// when the described statement or portal is masked; `injected` when the gateway sent the
-    /// Describe itself (its answer is not forwarded).
+    /// Describe itself (its answer is not forwarded); `feeds` when the client's own Describe of
+    /// a portal comes right before its masked Execute, so that its answer builds the Execute's
+    /// plan and no Describe needs to be injected.
     Describe {
         cmd: Option<Arc<Cmd>>,
         injected: bool,
+        feeds: bool,
     },
     /// Rows then CommandComplete, EmptyQueryResponse, PortalSuspended or an error.
     Execute {
@@ -150,7 +157,40 @@ struct Acc {
     rows: Option<u64>,
     bytes: u64,
     error: Option<String>,
-    tally: MaskTally,
+    /// Masked values by rule (named only when the audit record is written).
+    masked: MaskCounts,
+}
+
+/// What a plan was built from, and what the client gets for that RowDescription. A
+/// RowDescription carries everything a plan depends on besides the catalog's names (table
+/// OIDs, attribute numbers, field names, type OIDs, formats), so the same bytes under the same
+/// rules give the same plan for as long as the cached names are kept (until DDL). Repeated
+/// queries and prepared statements then skip parsing, catalog lookups and rule matching.
+struct PlanKey {
+    /// The RowDescription body as the server sent it.
+    desc: Box<[u8]>,
+    /// The command's active masking rules.
+    mask: Box<[String]>,
+    /// The whole RowDescription message with masked columns announced as `text`, when that
+    /// changes it (see [`announce_text`]).
+    announce: Option<Box<[u8]>>,
+}
+
+impl PlanKey {
+    fn matches(&self, desc: &[u8], mask: &[String]) -> bool {
+        *self.desc == *desc && *self.mask == *mask
+    }
+
+    /// Forward the RowDescription, or send its rewritten form.
+    fn act(&self, rep: &mut BytesMut) -> Act {
+        match &self.announce {
+            Some(m) => {
+                rep.extend_from_slice(m);
+                Act::Replace
+            }
+            None => Act::Forward,
+        }
+    }
 }
 
 /// COPY OUT masking state.
@@ -173,6 +213,13 @@ pub struct Back<'a> {
     pub(super) stale: &'a AtomicBool,
     /// The plan of the result set being streamed, when masked.
     plan: Option<ColumnPlan>,
+    /// What `plan` was built from, when it goes back to `plans` at the end of the result set.
+    plan_key: Option<PlanKey>,
+    /// Plans of recent result descriptions, least recently used first, with their scratch
+    /// buffers: a result set seen before reuses its plan instead of building one.
+    plans: Vec<(PlanKey, ColumnPlan)>,
+    /// `airlock_masked_values_total{rule}` counters by rule id, resolved once per session.
+    counters: Vec<Option<Counter>>,
     /// Rows must go through the plan (it is not passthrough).
     rows_masked: bool,
     copy: Option<CopyOut>,
@@ -204,6 +251,9 @@ impl<'a> Back<'a> {
             cache: CatalogCache::new(),
             stale,
             plan: None,
+            plan_key: None,
+            plans: Vec::new(),
+            counters: Vec::new(),
             rows_masked: false,
             copy: None,
             copies: 0,
@@ -246,28 +296,9 @@ impl<'a> Back<'a> {
     /// Handles one whole server message. `rep` receives a replacement when `Act::Replace`.
     pub async fn on_message(&mut self, tag: u8, msg: &[u8], rep: &mut BytesMut) -> Act {
         let body = &msg[HEADER_LEN..];
-        let act = match self.handle(tag, body, msg, rep).await {
+        let act = match self.handle(tag, body, rep).await {
             Ok(a) => a,
-            Err(Refusal(message)) => {
-                tracing::warn!(%message, "masking refused a result");
-                self.end_result_set();
-                self.acc.error = Some(message.clone());
-                rep.clear();
-                codec::put_error(
-                    rep,
-                    &ErrorFields {
-                        severity: "ERROR",
-                        code: "0A000",
-                        message: &format!("airlock: {message}"),
-                        detail: None,
-                        hint: None,
-                    },
-                );
-                // Whatever the server still sends for this batch is dropped; ReadyForQuery
-                // ends the suppression.
-                self.suppress = true;
-                Act::Replace
-            }
+            Err(refusal) => self.refuse(refusal, rep),
         };
         if self.suppress && tag != b'Z' && !matches!(act, Act::Replace) {
             return Act::Drop;
@@ -275,33 +306,65 @@ impl<'a> Back<'a> {
         act
     }
 
-    async fn handle(
-        &mut self,
-        tag: u8,
-        body: &[u8],
-        msg: &[u8],
-        rep: &mut BytesMut,
-    ) -> Result<Act, Refusal> {
-        match tag {
-            b'D' => {
-                if let Some(plan) = self.plan.as_mut() {
-                    if !self.rows_masked {
-                        return Ok(Act::Forward);
-                    }
-                    return match crate::mask::mask_data_row(plan, body, rep) {
-                        Ok(o) if o.rewritten => Ok(Act::Replace),
-                        Ok(_) => Ok(Act::Forward),
-                        Err(e) => Err(Refusal(format!("masking failed: {e}"))),
-                    };
-                }
-                if !self.suppress && self.current_cmd().is_some_and(|c| c.masked()) {
-                    // Rows of a masked command without a plan: never send them unmasked.
-                    return Err(Refusal(
-                        "masking: result columns could not be resolved".into(),
-                    ));
-                }
-                Ok(Act::Forward)
+    /// One whole DataRow while [`Back::rows_masked`]: the same as [`Back::on_message`], but
+    /// synchronous, since masking a row never waits (the per-row path of a masked result).
+    pub fn on_row(&mut self, msg: &[u8], rep: &mut BytesMut) -> Act {
+        let act = match self.data_row(&msg[HEADER_LEN..], rep) {
+            Ok(a) => a,
+            Err(refusal) => self.refuse(refusal, rep),
+        };
+        if self.suppress && !matches!(act, Act::Replace) {
+            return Act::Drop;
+        }
+        act
+    }
+
+    /// The client gets one ErrorResponse in place of the message, and nothing more of the
+    /// result.
+    fn refuse(&mut self, Refusal(message): Refusal, rep: &mut BytesMut) -> Act {
+        tracing::warn!(%message, "masking refused a result");
+        self.end_result_set();
+        self.acc.error = Some(message.clone());
+        rep.clear();
+        codec::put_error(
+            rep,
+            &ErrorFields {
+                severity: "ERROR",
+                code: "0A000",
+                message: &format!("airlock: {message}"),
+                detail: None,
+                hint: None,
+            },
+        );
+        // Whatever the server still sends for this batch is dropped; ReadyForQuery ends the
+        // suppression.
+        self.suppress = true;
+        Act::Replace
+    }
+
+    fn data_row(&mut self, body: &[u8], rep: &mut BytesMut) -> Result<Act, Refusal> {
+        if let Some(plan) = self.plan.as_mut() {
+            if !self.rows_masked {
+                return Ok(Act::Forward);
             }
+            return match crate::mask::mask_data_row(plan, body, rep) {
+                Ok(o) if o.rewritten => Ok(Act::Replace),
+                Ok(_) => Ok(Act::Forward),
+                Err(e) => Err(Refusal(format!("masking failed: {e}"))),
+            };
+        }
+        if !self.suppress && self.current_cmd().is_some_and(|c| c.masked()) {
+            // Rows of a masked command without a plan: never send them unmasked.
+            return Err(Refusal(
+                "masking: result columns could not be resolved".into(),
+            ));
+        }
+        Ok(Act::Forward)
+    }
+
+    async fn handle(&mut self, tag: u8, body: &[u8], rep: &mut BytesMut) -> Result<Act, Refusal> {
+        match tag {
+            b'D' => self.data_row(body, rep),
             b'd' => {
                 let (Some(plan), Some(copy)) = (self.plan.as_mut(), self.copy.as_mut()) else {
                     return Ok(Act::Forward);
@@ -320,7 +383,7 @@ impl<'a> Back<'a> {
                     Err(e) => Err(Refusal(format!("masking failed: {e}"))),
                 }
             }
-            b'T' => self.row_description(body, msg, rep).await,
+            b'T' => self.row_description(body, rep).await,
             b'H' => {
                 let cmd = self.current_cmd();
                 let index = self.copies;
@@ -385,6 +448,7 @@ impl<'a> Back<'a> {
             b'1' | b'2' | b'3' | b'n' => {
                 let injected =
                     self.head(|h| matches!(h, Some(Expect::Describe { injected: true, .. })));
+
                 self.pop();
                 if tag == b'n' && injected {
                     return Ok(Act::Drop);
@@ -395,20 +459,27 @@ impl<'a> Back<'a> {
         }
     }
 
-    async fn row_description(
-        &mut self,
-        body: &[u8],
-        msg: &[u8],
-        rep: &mut BytesMut,
-    ) -> Result<Act, Refusal> {
+    async fn row_description(&mut self, body: &[u8], rep: &mut BytesMut) -> Result<Act, Refusal> {
         enum Kind {
             Query(Arc<Cmd>),
-            Describe(Option<Arc<Cmd>>, bool),
+            Describe {
+                cmd: Option<Arc<Cmd>>,
+                injected: bool,
+                feeds: bool,
+            },
             Other,
         }
         let kind = self.head(|h| match h {
             Some(Expect::Query { cmd, .. }) => Kind::Query(cmd.clone()),
-            Some(Expect::Describe { cmd, injected }) => Kind::Describe(cmd.clone(), *injected),
+            Some(Expect::Describe {
+                cmd,
+                injected,
+                feeds,
+            }) => Kind::Describe {
+                cmd: cmd.clone(),
+                injected: *injected,
+                feeds: *feeds,
+            },
             _ => Kind::Other,
         });
         match kind {
@@ -417,35 +488,73 @@ impl<'a> Back<'a> {
                 if !cmd.masked() {
                     return Ok(Act::Forward);
                 }
-                let fields = parse_fields(body)?;
-                let plan = self.build_plan(&fields, &cmd.mask).await?;
-                let rewritten = announce_text(&plan, &fields, msg, rep);
-                self.start_result_set(plan, None);
-                Ok(if rewritten {
-                    Act::Replace
-                } else {
-                    Act::Forward
-                })
+                let (key, plan) = self.planned(body, &cmd.mask).await?;
+                let act = key.act(rep);
+                self.start_result_set(plan, Some(key), None);
+                Ok(act)
             }
-            Kind::Describe(cmd, injected) => {
+            Kind::Describe {
+                cmd,
+                injected,
+                feeds,
+            } => {
                 self.pop();
                 let Some(cmd) = cmd else {
                     return Ok(if injected { Act::Drop } else { Act::Forward });
                 };
-                let fields = parse_fields(body)?;
-                let plan = self.build_plan(&fields, &cmd.mask).await?;
-                if injected {
+                let (key, plan) = self.planned(body, &cmd.mask).await?;
+                // An injected Describe's answer is only for us; the client's gets the columns
+                // announced the way its rows will come.
+                let act = if injected { Act::Drop } else { key.act(rep) };
+                if injected || feeds {
                     // The Execute that follows streams through this plan.
-                    self.start_result_set(plan, None);
-                    return Ok(Act::Drop);
-                }
-                Ok(if announce_text(&plan, &fields, msg, rep) {
-                    Act::Replace
+                    self.start_result_set(plan, Some(key), None);
                 } else {
-                    Act::Forward
-                })
+                    self.shelve(key, plan);
+                }
+                Ok(act)
             }
             Kind::Other => Ok(Act::Forward),
+        }
+    }
+
+    /// The plan for a RowDescription under `mask`: the cached one when the same description
+    /// was planned before under the same rules, else a new one.
+    async fn planned(
+        &mut self,
+        body: &[u8],
+        mask: &[String],
+    ) -> Result<(PlanKey, ColumnPlan), Refusal> {
+        self.drop_stale_names();
+        if let Some(i) = self.plans.iter().position(|(k, _)| k.matches(body, mask)) {
+            return Ok(self.plans.remove(i));
+        }
+        let fields = parse_fields(body)?;
+        let plan = self.build_plan(&fields, mask).await?;
+        let announce = announce_text(&plan, &fields, body);
+        let key = PlanKey {
+            desc: body.into(),
+            mask: mask.into(),
+            announce,
+        };
+        Ok((key, plan))
+    }
+
+    /// Keeps a plan for the next result set with the same description (most recent last).
+    fn shelve(&mut self, key: PlanKey, plan: ColumnPlan) {
+        if self.plans.len() >= PLAN_CACHE {
+            self.plans.remove(0);
+        }
+        self.plans.push((key, plan));
+    }
+
+    /// After DDL the cached names, and every plan built from them, may be wrong.
+    fn drop_stale_names(&mut self) {
+        if self.stale.swap(false, Ordering::AcqRel) {
+            self.cache.invalidate();
+            self.plans.clear();
+            // The active plan was built before the DDL; it is not shelved again.
+            self.plan_key = None;
         }
     }
 
@@ -486,6 +595,7 @@ impl<'a> Back<'a> {
         let plan = self.build_plan(&fields, &cmd.mask).await?;
         self.start_result_set(
             plan,
+            None,
             Some(CopyOut {
                 csv: spec.csv,
                 header: spec.header,
@@ -500,9 +610,7 @@ impl<'a> Back<'a> {
         fields: &[Field],
         mask: &[String],
     ) -> Result<ColumnPlan, Refusal> {
-        if self.stale.swap(false, Ordering::AcqRel) {
-            self.cache.invalidate();
-        }
+        self.drop_stale_names();
         let missing = self
             .cache
             .missing_tables(fields.iter().map(|f| (f.table, f.attnum)));
@@ -535,13 +643,18 @@ impl<'a> Back<'a> {
             .map_err(|e| Refusal(format!("masking: {e}")))
     }
 
-    fn start_result_set(&mut self, plan: ColumnPlan, copy: Option<CopyOut>) {
+    /// Streams the rows that follow through `plan`; `key`: it goes back to the plan cache at
+    /// the end.
+    fn start_result_set(&mut self, plan: ColumnPlan, key: Option<PlanKey>, copy: Option<CopyOut>) {
+        self.end_result_set();
         self.rows_masked = !plan.is_passthrough();
         self.plan = Some(plan);
+        self.plan_key = key;
         self.copy = copy;
     }
 
-    /// Takes the finished result set's counts into metrics and the audit tally.
+    /// Takes the finished result set's counts into metrics and the audit tally, and keeps its
+    /// plan for reuse.
     fn end_result_set(&mut self) {
         self.rows_masked = false;
         self.copy = None;
@@ -549,18 +662,33 @@ impl<'a> Back<'a> {
             return;
         };
         let counts = plan.take_counts();
-        for (rule, n) in counts.iter() {
-            let name = plan.rule_name(rule);
-            self.metrics.masked(name, u64::from(n));
-            self.acc.tally.add(name, u64::from(n));
+        if !counts.is_empty() {
+            for (rule, n) in counts.iter() {
+                self.counter(&plan, rule).inc_by(u64::from(n));
+            }
+            self.acc.masked.merge(&counts);
         }
+        if let Some(key) = self.plan_key.take() {
+            self.shelve(key, plan);
+        }
+    }
+
+    /// The metrics counter of a rule, resolved on first use.
+    fn counter(&mut self, plan: &ColumnPlan, rule: RuleId) -> &Counter {
+        let i = usize::from(rule.0);
+        if self.counters.len() <= i {
+            self.counters.resize(i + 1, None);
+        }
+        self.counters[i].get_or_insert_with(|| self.metrics.mask_rule(plan.rule_name(rule)))
     }
 
     /// One expected answer is complete: its result (and masking) record for the audit log.
     async fn finish(&mut self, e: Expect, error: Option<&str>) {
         let (cmd, started) = match e {
             Expect::Query { cmd, started } | Expect::Execute { cmd, started } => (cmd, started),
-            Expect::Describe { injected: true, .. } => {
+            Expect::Describe {
+                injected, feeds, ..
+            } if injected || feeds => {
                 // Its plan belonged to an Execute that will not run now.
                 self.end_result_set();
                 return;
@@ -578,13 +706,17 @@ impl<'a> Back<'a> {
             duration: started.elapsed(),
             error: acc.error.or_else(|| error.map(str::to_owned)),
         };
+        let mut tally = MaskTally::default();
+        for (rule, n) in acc.masked.iter() {
+            tally.add(self.masker.rule_name(rule), u64::from(n));
+        }
         let mut rec = self.audit.recorder().await;
         // Result records are not waited for: the command record was, before its answer.
         match rec.result(n, result).await {
             Ok(ack) => drop(ack),
             Err(e) => tracing::warn!(error = %e, "audit: result record not queued"),
         }
-        match rec.masking(n, &acc.tally).await {
+        match rec.masking(n, &tally).await {
             Ok(ack) => drop(ack),
             Err(e) => tracing::warn!(error = %e, "audit: masking record not queued"),
         }
@@ -595,28 +727,27 @@ fn parse_fields(body: &[u8]) -> Result<Vec<Field>, Refusal> {
     origin::parse_row_description(body).map_err(|e| Refusal(format!("masking: {e}")))
 }
 
-/// Rewrites a RowDescription so that columns masked whole in a non-text type are announced as
-/// `text` (drivers would fail to parse the replacement as, say, a date). `false`: unchanged.
-fn announce_text(plan: &ColumnPlan, fields: &[Field], msg: &[u8], rep: &mut BytesMut) -> bool {
-    let change: Vec<&Field> = fields
+/// The RowDescription message (`T`, length, `body`) with columns masked whole in a non-text
+/// type announced as `text` (drivers would fail to parse the replacement as, say, a date).
+/// `None`: nothing to change, forward the original.
+fn announce_text(plan: &ColumnPlan, fields: &[Field], body: &[u8]) -> Option<Box<[u8]>> {
+    let mut change = fields
         .iter()
         .enumerate()
         .filter(|(i, f)| plan.masked_as_text(*i, f.type_oid))
         .map(|(_, f)| f)
-        .collect();
-    if change.is_empty() {
-        return false;
-    }
-    let start = rep.len();
-    rep.extend_from_slice(msg);
+        .peekable();
+    change.peek()?;
+    let mut msg = BytesMut::with_capacity(HEADER_LEN + body.len());
+    codec::put_message(&mut msg, b'T', |o| o.extend_from_slice(body));
     for f in change {
-        let at = start + HEADER_LEN + f.type_at;
-        rep[at..at + 4].copy_from_slice(&crate::mask::oid::TEXT.to_be_bytes());
+        let at = HEADER_LEN + f.type_at;
+        msg[at..at + 4].copy_from_slice(&crate::mask::oid::TEXT.to_be_bytes());
         // typlen -1 (varlena), typmod -1.
-        rep[at + 4..at + 6].copy_from_slice(&(-1i16).to_be_bytes());
-        rep[at + 6..at + 10].copy_from_slice(&(-1i32).to_be_bytes());
+        msg[at + 4..at + 6].copy_from_slice(&(-1i16).to_be_bytes());
+        msg[at + 6..at + 10].copy_from_slice(&(-1i32).to_be_bytes());
     }
-    true
+    Some(msg.to_vec().into_boxed_slice())
 }
 
 /// The row count of a CommandComplete tag (`SELECT 5`, `INSERT 0 5`, `COPY 5`, …).
@@ -656,5 +787,240 @@ mod tests {
         let mut b = BytesMut::new();
         b.put_u8(0);
         assert_eq!(command_rows(&b), None);
+    }
+
+    use crate::audit::Recorder;
+    use crate::policy::spec::{Detector, MaskRuleSpec, MaskStyle};
+
+    fn masker() -> Arc<Masker> {
+        let rule = |name: &str, columns: &[&str], detectors: &[Detector], style| MaskRuleSpec {
+            name: name.into(),
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            detectors: detectors.to_vec(),
+            style,
+            except_groups: vec![],
+        };
+        Arc::new(
+            Masker::new(
+                &[
+                    rule("date-redact", &["*.*.since"], &[], MaskStyle::Redact),
+                    rule("mail", &[], &[Detector::Email], MaskStyle::Redact),
+                ],
+                b"0123456789abcdef-key",
+            )
+            .unwrap(),
+        )
+    }
+
+    fn mask(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    /// A RowDescription of computed columns (table OID 0): (name, type OID, format).
+    fn row_description(cols: &[(&str, u32, i16)]) -> BytesMut {
+        let mut m = BytesMut::new();
+        codec::put_message(&mut m, b'T', |o| {
+            o.put_i16(cols.len() as i16);
+            for (name, ty, format) in cols {
+                codec::put_cstr(o, name.as_bytes());
+                o.put_u32(0);
+                o.put_i16(0);
+                o.put_u32(*ty);
+                o.put_i16(-1);
+                o.put_i32(-1);
+                o.put_i16(*format);
+            }
+        });
+        m
+    }
+
+    fn data_row(values: &[&str]) -> BytesMut {
+        let mut m = BytesMut::new();
+        codec::put_message(&mut m, b'D', |o| {
+            o.put_i16(values.len() as i16);
+            for v in values {
+                o.put_i32(v.len() as i32);
+                o.put_slice(v.as_bytes());
+            }
+        });
+        m
+    }
+
+    fn msg(tag: u8, body: &[u8]) -> BytesMut {
+        let mut m = BytesMut::new();
+        codec::put_message(&mut m, tag, |o| o.put_slice(body));
+        m
+    }
+
+    struct Fixture {
+        expect: std::sync::Mutex<VecDeque<Expect>>,
+        audit: AuditSink,
+        metrics: Metrics,
+        stale: AtomicBool,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Self {
+                expect: std::sync::Mutex::new(VecDeque::new()),
+                audit: AuditSink::new(Recorder::disabled().admit_session().unwrap()),
+                metrics: Metrics::new(),
+                stale: AtomicBool::new(false),
+            }
+        }
+        fn back(&self) -> Back<'_> {
+            Back::new(
+                &self.expect,
+                &self.audit,
+                masker(),
+                &self.metrics,
+                None,
+                &self.stale,
+            )
+        }
+        fn push(&self, e: Expect) {
+            self.expect.lock().unwrap().push_back(e);
+        }
+    }
+
+    fn query(names: &[&str]) -> Expect {
+        Expect::Query {
+            cmd: Cmd::new(Arc::from("SELECT"), mask(names), false),
+            started: Instant::now(),
+        }
+    }
+
+    /// Runs one message through `back`: what the client gets.
+    async fn through(back: &mut Back<'_>, m: &[u8]) -> Option<Vec<u8>> {
+        let mut rep = BytesMut::new();
+        let act = if m[0] == b'D' && back.rows_masked() {
+            back.on_row(m, &mut rep)
+        } else {
+            back.on_message(m[0], m, &mut rep).await
+        };
+        match act {
+            Act::Forward => Some(m.to_vec()),
+            Act::Replace => Some(rep.to_vec()),
+            Act::Drop => None,
+        }
+    }
+
+    fn type_oids(rd: &[u8]) -> Vec<u32> {
+        origin::parse_row_description(&rd[HEADER_LEN..])
+            .unwrap()
+            .iter()
+            .map(|f| f.type_oid)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn repeated_result_sets_reuse_their_plan_until_ddl() {
+        let fx = Fixture::new();
+        let mut back = fx.back();
+        let rd = row_description(&[("id", 23, 0), ("note", 25, 0), ("since", 1082, 0)]);
+        let row = data_row(&["7", "write to a@example.com", "2020-01-01"]);
+        let active = ["date-redact", "mail"];
+        for round in 0..3 {
+            if round == 2 {
+                fx.stale.store(true, Ordering::Release);
+            }
+            fx.push(query(&active));
+            // The date column is announced as text, from the cache as from a new plan.
+            let sent = through(&mut back, &rd).await.unwrap();
+            assert_eq!(
+                type_oids(&sent),
+                [23, 25, crate::mask::oid::TEXT],
+                "{round}"
+            );
+            let sent = through(&mut back, &row).await.unwrap();
+            let text = String::from_utf8_lossy(&sent);
+            assert!(!text.contains("a@example.com"), "{round}: {text}");
+            assert!(!text.contains("2020-01-01"), "{round}: {text}");
+            through(&mut back, &msg(b'C', b"SELECT 1\0")).await.unwrap();
+            through(&mut back, &msg(b'Z', b"I")).await.unwrap();
+            // One plan kept, and reused (not added again) by the next round.
+            assert_eq!(back.plans.len(), 1, "{round}");
+        }
+        // DDL dropped the old plan: the third round built a new one.
+        assert!(!fx.stale.load(Ordering::Acquire));
+        // Other rules over the same description are another plan.
+        fx.push(query(&["mail"]));
+        let sent = through(&mut back, &rd).await.unwrap();
+        assert_eq!(type_oids(&sent), [23, 25, 1082]);
+        let sent = through(&mut back, &row).await.unwrap();
+        assert!(String::from_utf8_lossy(&sent).contains("2020-01-01"));
+        through(&mut back, &msg(b'C', b"SELECT 1\0")).await.unwrap();
+        assert_eq!(back.plans.len(), 2);
+        // Counts went to the metrics, by rule.
+        let metrics = fx.metrics.encode();
+        assert!(
+            metrics.contains("airlock_masked_values_total{rule=\"mail\"} 4"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("airlock_masked_values_total{rule=\"date-redact\"} 3"),
+            "{metrics}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_clients_describe_feeds_the_execute_that_follows() {
+        let fx = Fixture::new();
+        let mut back = fx.back();
+        let cmd = Cmd::new(Arc::from("SELECT"), mask(&["mail"]), false);
+        fx.push(Expect::Bind);
+        fx.push(Expect::Describe {
+            cmd: Some(cmd.clone()),
+            injected: false,
+            feeds: true,
+        });
+        fx.push(Expect::Execute {
+            cmd,
+            started: Instant::now(),
+        });
+        fx.push(Expect::Sync);
+        through(&mut back, &msg(b'2', b"")).await.unwrap();
+        let rd = row_description(&[("note", 25, 1)]);
+        // Forwarded (it is the client's), and the plan stays for the rows.
+        assert_eq!(through(&mut back, &rd).await.unwrap(), rd.to_vec());
+        assert!(back.rows_masked());
+        let sent = through(&mut back, &data_row(&["b@example.org"]))
+            .await
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&sent).contains("b@example.org"));
+        through(&mut back, &msg(b'C', b"SELECT 1\0")).await.unwrap();
+        assert!(!back.rows_masked());
+        through(&mut back, &msg(b'Z', b"I")).await.unwrap();
+        assert!(fx.expect.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn rows_after_a_feeding_describe_without_columns_are_refused() {
+        let fx = Fixture::new();
+        let mut back = fx.back();
+        let cmd = Cmd::new(Arc::from("SELECT"), mask(&["mail"]), false);
+        fx.push(Expect::Describe {
+            cmd: Some(cmd.clone()),
+            injected: false,
+            feeds: true,
+        });
+        fx.push(Expect::Execute {
+            cmd,
+            started: Instant::now(),
+        });
+        fx.push(Expect::Sync);
+        assert!(through(&mut back, &msg(b'n', b"")).await.is_some());
+        let sent = through(&mut back, &data_row(&["c@example.net"]))
+            .await
+            .unwrap();
+        assert_eq!(sent[0], b'E');
+        assert!(!String::from_utf8_lossy(&sent).contains("c@example.net"));
+        // Nothing more of the result goes out.
+        assert!(
+            through(&mut back, &data_row(&["c@example.net"]))
+                .await
+                .is_none()
+        );
+        assert!(through(&mut back, &msg(b'Z', b"I")).await.is_some());
     }
 }

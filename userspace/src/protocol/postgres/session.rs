@@ -309,6 +309,9 @@ struct Front<'a, J: Judge> {
     /// The last [`judge_or_hold`](Self::judge_or_hold) returned a held command's resolved
     /// verdict.
     resolved: bool,
+    /// The portal of the client's Describe whose expectation is the last in `expects`: a
+    /// masked Execute of it right after uses that Describe's answer for its plan.
+    described: Option<(Box<str>, usize)>,
 }
 
 impl<J: Judge> Front<'_, J> {
@@ -317,15 +320,17 @@ impl<J: Judge> Front<'_, J> {
         if judged.ddl {
             self.shared.stale.store(true, Ordering::Release);
         }
-        let (mask, denied) = match &judged.verdict {
-            Verdict::Allow { mask, .. } => (mask.clone(), false),
+        let mut verdict = judged.verdict;
+        // The rules move to the command; the verdict's copy is not used after this.
+        let (mask, denied) = match &mut verdict {
+            Verdict::Allow { mask, .. } => (std::mem::take(mask), false),
             Verdict::Deny { .. } | Verdict::Hold(_) => (Vec::new(), true),
         };
         let cmd = Cmd::new(Arc::from(text), mask, denied);
         if let Some((decision, class)) = judged.record {
             self.to_record.push((cmd.clone(), decision, class));
         }
-        (cmd, judged.verdict)
+        (cmd, verdict)
     }
 
     /// Queues this read's command records and publishes its expected answers; call before
@@ -352,6 +357,7 @@ impl<J: Judge> Front<'_, J> {
                 audit.hold(ack);
             }
         }
+        self.described = None;
         if !self.expects.is_empty()
             && let Ok(mut q) = self.shared.expect.lock()
         {
@@ -520,7 +526,9 @@ impl<J: Judge> Front<'_, J> {
                 self.expects.push(Expect::Describe {
                     cmd: cmd.filter(|c| !c.mask.is_empty()).cloned(),
                     injected: false,
+                    feeds: false,
                 });
+                self.described = (kind == b'P').then(|| (name.into(), self.expects.len() - 1));
                 Action::Forward
             }
             b'E' => {
@@ -555,13 +563,17 @@ impl<J: Judge> Front<'_, J> {
                 };
                 match decided {
                     Ok(cmd) => {
-                        let masked = !cmd.mask.is_empty();
+                        let mut masked = !cmd.mask.is_empty();
+                        if masked && self.feed_from_describe(name, &cmd) {
+                            masked = false;
+                        }
                         if masked {
                             // The rows need their columns: describe the portal first (its
                             // answer builds the plan and is not forwarded).
                             self.expects.push(Expect::Describe {
                                 cmd: Some(cmd.clone()),
                                 injected: true,
+                                feeds: false,
                             });
                             codec::put_message(scratch, b'D', |o| {
                                 o.put_u8(b'P');
@@ -675,8 +687,34 @@ impl<J: Judge> Front<'_, J> {
         self.expects.push(Expect::Describe {
             cmd: None,
             injected: false,
+            feeds: false,
         });
         self.discarding = true;
+    }
+
+    /// When the message before this masked Execute of `portal` (Flush aside) was the client's
+    /// own Describe of the same portal, its answer carries the same columns and formats as an
+    /// injected Describe's would: it builds the Execute's plan (under the Execute's rules) and
+    /// no Describe is injected. `false`: inject one.
+    fn feed_from_describe(&mut self, portal: &str, cmd: &Arc<Cmd>) -> bool {
+        let Some((name, at)) = self.described.take() else {
+            return false;
+        };
+        if &*name != portal || at + 1 != self.expects.len() {
+            return false;
+        }
+        match self.expects.last_mut() {
+            Some(Expect::Describe {
+                cmd: c,
+                injected: false,
+                feeds,
+            }) => {
+                *c = Some(cmd.clone());
+                *feeds = true;
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -716,6 +754,7 @@ where
         decided: None,
         held: None,
         resolved: false,
+        described: None,
     };
     let audit = env.audit;
     let back = Back::new(
@@ -957,7 +996,13 @@ where
                 }
                 _ => {}
             }
-            match (act, back.on_message(h.tag, &buf[pos..end], &mut rep).await) {
+            let msg = &buf[pos..end];
+            let back_act = if h.tag == b'D' && back.rows_masked() {
+                back.on_row(msg, &mut rep)
+            } else {
+                back.on_message(h.tag, msg, &mut rep).await
+            };
+            match (act, back_act) {
                 (_, Act::Drop) => {
                     out.extend_from_slice(&buf[run..pos]);
                     run = end;
