@@ -1,13 +1,14 @@
 # Sourced by run.sh after lib.sh and setup_topology (issue 3). A real PostgreSQL on
 # 198.18.0.2:5432; pgbench -S (simple and prepared) and the default TPC-B-like script at 8 and
 # 32 clients, each path side by side for every workload: direct; airlock with an allow-all
-# policy; airlock with the full policy (classification, identity, rules, masking); pgbouncer in
+# policy; airlock with the full policy (classification, identity, rules, masking), with the
+# session log on (as deployed) and off (the cost of classification alone); pgbouncer in
 # session mode; haproxy in TCP mode. pgbench reaches airlock transparently (protected cgroup ->
 # eBPF redirect) and the peers directly (unprotected cgroup). Writes results/postgres-$DATE.json.
 SECS=${BENCH_SECONDS:-20}
 CLIENTS=${BENCH_PG_CLIENTS:-8 32}
 WORKLOADS=${BENCH_PG_WORKLOADS:-select-simple select-prepared tpcb}
-PATHS=${BENCH_PG_PATHS:-direct airlock-allow airlock-full pgbouncer haproxy}
+PATHS=${BENCH_PG_PATHS:-direct airlock-allow airlock-full airlock-full-noaudit pgbouncer haproxy}
 
 [ -n "$(pg_admin 'select 1' 2>/dev/null)" ] || start_postgres
 start_peers
