@@ -856,7 +856,10 @@ fn two_instances_share_postgres_store() {
     }
     assert_eq!(balance(&pg, "accounts"), 1004);
     eprintln!("approve on A → UPDATE on the server via B: worst of 5 = {worst:?}");
-    assert!(worst < Duration::from_millis(100), "{worst:?}");
+    // B learns of A's decision only through the store's notifications: without them the held
+    // UPDATE would wait for its 60 s review timeout. (How fast is bench/approvals.sh's job, not a
+    // test's: a timed bound here fails whenever the machine is busy.)
+    assert!(worst < Duration::from_secs(10), "{worst:?}");
 }
 
 #[test]
