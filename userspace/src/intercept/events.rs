@@ -54,8 +54,6 @@ pub fn workload_from(info: &ConnInfo, peer: Option<SocketAddr>) -> Workload {
     }
 }
 
-/// Reads the events ring buffer and the kernel programs' logs until the daemon stops,
-/// handing each event to `on_event`.
 /// How often routine events (redirects, which do not wake the daemon) are drained.
 const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -78,6 +76,8 @@ fn drain(ring: &mut RingBuf<MapData>, on_event: &impl Fn(Event)) {
     }
 }
 
+/// Reads the events ring buffer and the kernel programs' logs until the daemon stops,
+/// handing each event to `on_event`.
 pub fn spawn_readers(
     interceptor: &mut Interceptor,
     on_event: impl Fn(Event) + Send + 'static,
