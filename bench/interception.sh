@@ -7,20 +7,7 @@ BYTES=${BENCH_BYTES:-1073741824}
 
 start_netbench_server
 
-{ daemon_section; cat <<YAML; } > "$WORK/tcp.yaml"
-targets:
-  - name: bench
-    protocol: tcp
-    addresses: ["198.18.0.2/32"]
-    ports: [7000]
-    listen_port: 15100
-  - name: bench-iptables
-    protocol: tcp
-    addresses: ["198.18.0.9/32"]
-    ports: [9]
-    listen_port: 15101
-    upstream: "198.18.0.2:7000"
-YAML
+{ daemon_section; echo "targets:"; tcp_targets; } > "$WORK/tcp.yaml"
 start_daemon "$WORK/tcp.yaml"
 # iptables REDIRECT of 198.18.0.2:7001 to the same proxy (its `bench-iptables` listener).
 in_node iptables -t nat -A OUTPUT -p tcp -d 198.18.0.2 --dport 7001 -j REDIRECT --to-ports 15101

@@ -119,6 +119,25 @@ HBA
 # pg_admin SQL [DB]: as the superuser over the unix socket.
 pg_admin() { psql -X -q -At -h "$PGDIR" -p $PG_PORT -U postgres -d "${2:-postgres}" -c "$1"; }
 
+# The tcp targets' entries under `targets:`: the netbench service through the eBPF redirect
+# (`bench`, listener 15100) and through iptables REDIRECT (`bench-iptables`, listener 15101,
+# which dials the same service).
+tcp_targets() {
+  cat <<YAML
+  - name: bench
+    protocol: tcp
+    addresses: ["198.18.0.2/32"]
+    ports: [7000]
+    listen_port: 15100
+  - name: bench-iptables
+    protocol: tcp
+    addresses: ["198.18.0.9/32"]
+    ports: [9]
+    listen_port: 15101
+    upstream: "198.18.0.2:7000"
+YAML
+}
+
 # The `postgres:` section a PostgreSQL target uses: the gateway holds the credentials.
 pg_credentials() {
   cat <<YAML
@@ -211,17 +230,7 @@ targets:
     ports: [$PG_PORT]
     listen_port: 15432
 $(pg_credentials)
-  - name: bench
-    protocol: tcp
-    addresses: ["198.18.0.2/32"]
-    ports: [7000]
-    listen_port: 15100
-  - name: bench-iptables
-    protocol: tcp
-    addresses: ["198.18.0.9/32"]
-    ports: [9]
-    listen_port: 15101
-    upstream: "198.18.0.2:7000"
+$(tcp_targets)
 YAML
 )
   { daemon_section; echo "$targets"; echo "rules: []"; echo "default: allow"; } > "$WORK/allow.yaml"

@@ -33,7 +33,7 @@ pub use frontend_auth::{
 
 use self::backend_auth::BackendError;
 use self::cancel::{CancelRegistry, CancelTarget};
-use self::codec::{ErrorFields, HEADER_LEN};
+use self::codec::HEADER_LEN;
 use self::session::{Judge, Judged};
 use self::startup::{Startup, StartupPacket};
 use self::tls::MaybeTls;
@@ -179,17 +179,7 @@ const BACKEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Writes a FATAL error and ends the session with it.
 async fn fatal<W: AsyncWrite + Unpin>(w: &mut W, code: &str, message: &str) -> ServeError {
-    let mut out = BytesMut::new();
-    codec::put_error(
-        &mut out,
-        &ErrorFields {
-            severity: "FATAL",
-            code,
-            message,
-            detail: None,
-            hint: None,
-        },
-    );
+    let out = results::error_message(code, message);
     let _ = w.write_all(&out).await;
     let _ = w.flush().await;
     let _ = w.shutdown().await;

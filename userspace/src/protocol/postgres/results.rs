@@ -757,7 +757,8 @@ fn command_rows(body: &[u8]) -> Option<u64> {
     std::str::from_utf8(last).ok()?.parse().ok()
 }
 
-/// Builds one simple ErrorResponse (used when the audit log fails mid-session).
+/// Builds one FATAL ErrorResponse (session start-up failures, and the audit log failing
+/// mid-session).
 pub fn error_message(code: &str, message: &str) -> BytesMut {
     let mut out = BytesMut::new();
     codec::put_error(
