@@ -147,6 +147,22 @@ impl PostgresStore {
         r
     }
 
+    /// Runs `op` on the query connection (connecting when there is none), then [`check`]s
+    /// the outcome.
+    ///
+    /// [`check`]: Self::check
+    async fn with_client<T>(
+        &self,
+        op: impl AsyncFnOnce(&mut Client) -> Result<T, ApprovalError>,
+    ) -> Result<T, ApprovalError> {
+        let mut guard = self.conn().await?;
+        let r = match guard.as_mut() {
+            Some(c) => op(c).await,
+            None => Err(ApprovalError::Store("postgres: no connection".into())),
+        };
+        self.check(&mut guard, r)
+    }
+
     fn mark_down(&self, why: &str) {
         if self.up.swap(false, Ordering::AcqRel) {
             tracing::error!(error = why, "approval store unavailable");
@@ -215,44 +231,32 @@ impl Store for PostgresStore {
     fn insert<'a>(&'a self, req: &'a ApprovalRequest) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let body = encode(req)?;
-            async move {
-            let mut guard = self.conn().await?;
-            let r = async {
-                let c = guard
-                    .as_mut()
-                    .ok_or_else(|| ApprovalError::Store("postgres: no connection".into()))?;
-                    let tx = c.transaction().await.map_err(db)?;
-                    tx.execute(
-                        "INSERT INTO airlock_approval_requests \
-                         (id, state, subject, target, created_ms, body) VALUES ($1, $2, $3, $4, $5, $6)",
-                        &[
-                            &req.id,
-                            &req.state.as_str(),
-                            &req.subject,
-                            &req.target,
-                            &(req.created_ms as i64),
-                            &body,
-                        ],
-                    )
-                    .await
-                    .map_err(db)?;
-                    tx.execute(&notify_sql(), &[&req.id]).await.map_err(db)?;
-                    tx.commit().await.map_err(db)
-                }
-            .await;
-            self.check(&mut guard, r)
-        }
+            self.with_client(async |c| {
+                let tx = c.transaction().await.map_err(db)?;
+                tx.execute(
+                    "INSERT INTO airlock_approval_requests \
+                     (id, state, subject, target, created_ms, body) VALUES ($1, $2, $3, $4, $5, $6)",
+                    &[
+                        &req.id,
+                        &req.state.as_str(),
+                        &req.subject,
+                        &req.target,
+                        &(req.created_ms as i64),
+                        &body,
+                    ],
+                )
+                .await
+                .map_err(db)?;
+                tx.execute(&notify_sql(), &[&req.id]).await.map_err(db)?;
+                tx.commit().await.map_err(db)
+            })
             .await
         })
     }
 
     fn get<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<ApprovalRequest>> {
         Box::pin(async move {
-            let mut guard = self.conn().await?;
-            let r = async {
-                let c = guard
-                    .as_mut()
-                    .ok_or_else(|| ApprovalError::Store("postgres: no connection".into()))?;
+            self.with_client(async |c| {
                 let row = c
                     .query_opt(
                         "SELECT body FROM airlock_approval_requests WHERE id = $1",
@@ -261,19 +265,14 @@ impl Store for PostgresStore {
                     .await
                     .map_err(db)?;
                 row.map(|r| decode(r.get::<_, &str>(0))).transpose()
-            }
-            .await;
-            self.check(&mut guard, r)
+            })
+            .await
         })
     }
 
     fn list(&self, pending_only: bool, limit: u32) -> StoreFuture<'_, Vec<ApprovalRequest>> {
         Box::pin(async move {
-            let mut guard = self.conn().await?;
-            let r = async {
-                let c = guard
-                    .as_mut()
-                    .ok_or_else(|| ApprovalError::Store("postgres: no connection".into()))?;
+            self.with_client(async |c| {
                 let limit = i64::from(limit);
                 let rows = if pending_only {
                     c.query(
@@ -291,9 +290,8 @@ impl Store for PostgresStore {
                 }
                 .map_err(db)?;
                 rows_to_requests(&rows)
-            }
-            .await;
-            self.check(&mut guard, r)
+            })
+            .await
         })
     }
 
@@ -303,11 +301,7 @@ impl Store for PostgresStore {
         change: Change<'a>,
     ) -> StoreFuture<'a, (ApprovalRequest, Option<Transition>)> {
         Box::pin(async move {
-            let mut guard = self.conn().await?;
-            let r = async {
-                let c = guard
-                    .as_mut()
-                    .ok_or_else(|| ApprovalError::Store("postgres: no connection".into()))?;
+            self.with_client(async |c| {
                 let tx = c.transaction().await.map_err(db)?;
                 let row = tx
                     .query_opt(
@@ -332,9 +326,8 @@ impl Store for PostgresStore {
                     tx.commit().await.map_err(db)?;
                 }
                 Ok((req, t))
-            }
-            .await;
-            self.check(&mut guard, r)
+            })
+            .await
         })
     }
 
@@ -344,11 +337,7 @@ impl Store for PostgresStore {
         target: &'a str,
     ) -> StoreFuture<'a, Vec<ApprovalRequest>> {
         Box::pin(async move {
-            let mut guard = self.conn().await?;
-            let r = async {
-                let c = guard
-                    .as_mut()
-                    .ok_or_else(|| ApprovalError::Store("postgres: no connection".into()))?;
+            self.with_client(async |c| {
                 let rows = c
                     .query(
                         "SELECT body FROM airlock_approval_requests WHERE subject = $1 \
@@ -358,19 +347,14 @@ impl Store for PostgresStore {
                     .await
                     .map_err(db)?;
                 rows_to_requests(&rows)
-            }
-            .await;
-            self.check(&mut guard, r)
+            })
+            .await
         })
     }
 
     fn count_pending(&self) -> StoreFuture<'_, i64> {
         Box::pin(async move {
-            let mut guard = self.conn().await?;
-            let r = async {
-                let c = guard
-                    .as_mut()
-                    .ok_or_else(|| ApprovalError::Store("postgres: no connection".into()))?;
+            self.with_client(async |c| {
                 let row = c
                     .query_one(
                         "SELECT count(*) FROM airlock_approval_requests WHERE state = $1",
@@ -379,9 +363,8 @@ impl Store for PostgresStore {
                     .await
                     .map_err(db)?;
                 Ok(row.get::<_, i64>(0))
-            }
-            .await;
-            self.check(&mut guard, r)
+            })
+            .await
         })
     }
 
