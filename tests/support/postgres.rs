@@ -530,40 +530,54 @@ impl TestProxy {
             .enable_all()
             .build()
             .expect("runtime");
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind proxy");
-        let addr = listener.local_addr().expect("proxy addr");
-        runtime.spawn(async move {
-            let mut id = 0;
-            while let Ok((client, peer)) = listener.accept().await {
-                id += 1;
-                let session = Session {
-                    id,
-                    client,
-                    target: target.clone(),
-                    workload: Some(Workload {
-                        uid: 0,
-                        user: Some("root".into()),
-                        comm: "test".into(),
-                        peer: Some(peer),
-                        ..Workload::default()
-                    }),
-                    upstream,
-                    started: Instant::now(),
-                };
-                let (ctx, hooks) = (ctx.clone(), hooks.clone());
-                tokio::spawn(async move {
-                    airlock::protocol::postgres::serve_with(session, ctx, &hooks).await;
-                });
-            }
-        });
+        let addr = serve_gateway(&runtime, target, upstream, ctx, hooks);
         TestProxy {
             addr,
             decider,
             runtime: Some(runtime),
         }
     }
+}
+
+/// Binds a loopback listener on `runtime` and serves every connection to it as a PostgreSQL
+/// session of `target` (caller: root, as the interception events would say), relayed to
+/// `upstream`. Returns the listener's address.
+fn serve_gateway(
+    runtime: &tokio::runtime::Runtime,
+    target: Arc<airlock::config::TargetConfig>,
+    upstream: SocketAddr,
+    ctx: Arc<Context>,
+    hooks: Hooks,
+) -> SocketAddr {
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind proxy");
+    let addr = listener.local_addr().expect("proxy addr");
+    runtime.spawn(async move {
+        let mut id = 0;
+        while let Ok((client, peer)) = listener.accept().await {
+            id += 1;
+            let session = Session {
+                id,
+                client,
+                target: target.clone(),
+                workload: Some(Workload {
+                    uid: 0,
+                    user: Some("root".into()),
+                    comm: "test".into(),
+                    peer: Some(peer),
+                    ..Workload::default()
+                }),
+                upstream,
+                started: Instant::now(),
+            };
+            let (ctx, hooks) = (ctx.clone(), hooks.clone());
+            tokio::spawn(async move {
+                airlock::protocol::postgres::serve_with(session, ctx, &hooks).await;
+            });
+        }
+    });
+    addr
 }
 
 impl Drop for TestProxy {
@@ -882,35 +896,7 @@ impl GatewayProxy {
             decider: None,
             authenticator: Arc::new(GroupsFromUser),
         };
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind proxy");
-        let addr = listener.local_addr().expect("proxy addr");
-        let sctx = ctx.clone();
-        runtime.spawn(async move {
-            let mut id = 0;
-            while let Ok((client, peer)) = listener.accept().await {
-                id += 1;
-                let session = Session {
-                    id,
-                    client,
-                    target: target.clone(),
-                    workload: Some(Workload {
-                        uid: 0,
-                        user: Some("root".into()),
-                        comm: "test".into(),
-                        peer: Some(peer),
-                        ..Workload::default()
-                    }),
-                    upstream,
-                    started: Instant::now(),
-                };
-                let (ctx, hooks) = (sctx.clone(), hooks.clone());
-                tokio::spawn(async move {
-                    airlock::protocol::postgres::serve_with(session, ctx, &hooks).await;
-                });
-            }
-        });
+        let addr = serve_gateway(&runtime, target, upstream, ctx.clone(), hooks);
         GatewayProxy {
             addr,
             ctx,
