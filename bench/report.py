@@ -44,8 +44,15 @@ if i:
     mib = int(t["direct"]["bytes"]) // 1048576
     out += ["", f"| relay, {mib} MiB | MB/s | vs direct |", "|---|---|---|"]
     for name, k in [("direct", "direct"), ("airlock, splice relay (default)", "proxy_splice"),
-                    ("airlock, userspace copy relay", "proxy_copy")]:
+                    ("airlock, userspace copy relay", "proxy_copy"),
+                    ("haproxy, TCP mode, splice-auto (peer)", "haproxy"),
+                    ("bare splice relay: two blocking threads, nothing else (floor)", "bare_splice_relay")]:
+        if k not in t:
+            continue
         out.append(f"| {name} | {t[k]['mb_per_s']} | {r(t[k]['mb_per_s'], t['direct']['mb_per_s'])} |")
+    if "bare_splice_relay" in t:
+        out += ["", "Medians of interleaved rounds. The bare splice relay does nothing but move bytes, so its "
+                "ratio is what the second TCP hop alone costs with client, relay and server on these cores."]
     out.append("")
 
 p = newest("postgres")

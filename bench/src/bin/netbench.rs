@@ -11,6 +11,10 @@
 //!   until killed. `pg` completes a PostgreSQL startup on each (StartupMessage, trust or
 //!   cleartext-password auth, up to ReadyForQuery) the way psql does before it idles. Prints
 //!   JSON once all are open: how many and how long it took.
+//! - `netbench splice-relay LISTEN TARGET` — the least a relay can do: per connection, two
+//!   blocking threads that splice(2) each direction through a 1 MiB pipe, and nothing else
+//!   (no policy, no accounting, no event loop). The throughput benchmark runs it beside the
+//!   airlock relay to show what a second TCP hop costs on this machine by itself.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -24,13 +28,14 @@ fn main() {
         "connect" => connect(arg(1), arg(2).parse().unwrap_or_else(|_| usage())),
         "throughput" => throughput(arg(1), arg(2).parse().unwrap_or_else(|_| usage())),
         "idle" => idle(arg(1), arg(2).parse().unwrap_or_else(|_| usage()), arg(3)),
+        "splice-relay" => splice_relay(arg(1), arg(2)),
         _ => usage(),
     }
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: netbench serve PORT | connect ADDR N | throughput ADDR BYTES | idle ADDR N tcp|pg:USER:DB"
+        "usage: netbench serve PORT | connect ADDR N | throughput ADDR BYTES | idle ADDR N tcp|pg:USER:DB | splice-relay LISTEN TARGET"
     );
     std::process::exit(2)
 }
@@ -204,5 +209,63 @@ fn pg_startup(s: &mut TcpStream, user: &str, db: &str) -> std::io::Result<()> {
             b'Z' => return Ok(()),
             _ => {}
         }
+    }
+}
+
+fn splice_relay(listen: &str, target: &str) {
+    let listener = TcpListener::bind(listen).unwrap_or_else(|e| fail("bind", e));
+    println!("ready");
+    for conn in listener.incoming() {
+        let Ok(client) = conn else { continue };
+        let upstream = match TcpStream::connect(target) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("netbench: connect {target}: {e}");
+                continue;
+            }
+        };
+        let (Ok(client2), Ok(upstream2)) = (client.try_clone(), upstream.try_clone()) else {
+            continue;
+        };
+        std::thread::spawn(move || splice_one_way(&client, &upstream));
+        std::thread::spawn(move || splice_one_way(&upstream2, &client2));
+    }
+}
+
+/// Splices `from` into `to` until EOF, then half-closes `to`.
+fn splice_one_way(from: &TcpStream, to: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: a valid out array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return;
+    }
+    // SAFETY: our own pipe; a refusal leaves the default size.
+    unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, 1 << 20) };
+    let splice = |a: libc::c_int, b: libc::c_int, len: usize| {
+        // SAFETY: plain fds; null offsets for sockets and pipes.
+        unsafe {
+            libc::splice(a, std::ptr::null_mut(), b, std::ptr::null_mut(), len, libc::SPLICE_F_MOVE)
+        }
+    };
+    'relay: loop {
+        let n = splice(from.as_raw_fd(), fds[1], 1 << 20);
+        if n <= 0 {
+            break;
+        }
+        let mut left = n as usize;
+        while left > 0 {
+            let m = splice(fds[0], to.as_raw_fd(), left);
+            if m <= 0 {
+                break 'relay;
+            }
+            left -= m as usize;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+    // SAFETY: the pipe's two fds, closed once.
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
     }
 }
