@@ -6,7 +6,7 @@
 # cgroups) on exit.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-AIRLOCK=$ROOT/target/release/airlock
+AIRLOCK=${AIRLOCK_BIN:-$ROOT/target/release/airlock}
 NETBENCH=$ROOT/target/release/netbench
 RESULTS=$ROOT/bench/results
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}

@@ -3,8 +3,10 @@
 #![allow(clippy::unwrap_used)]
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -1018,6 +1020,162 @@ async fn backpressure_never_loses_records() {
     assert!(r.ok, "{:#?}", r.issues);
     assert_eq!(r.records, 1 + 40 * 22);
     assert_eq!((r.sessions, r.open_sessions), (40, 0));
+}
+
+/// Fire-and-forget pipelines from many sessions at once, with a one-slot queue and the
+/// writer stalled now and then: sessions append inline while the writer is free and queue
+/// behind it when not, so both paths mix. Each session's records must still be in the order
+/// it made them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_and_queued_appends_keep_each_sessions_order() {
+    let t = TempDir::new("inline-order");
+    let cfg = AuditConfig {
+        queue_capacity: 1,
+        fsync: FsyncPolicy::Batch,
+        ..config(&t)
+    };
+    let rec = open(&cfg, &t);
+    let queued_before = super::writer::QUEUED_APPENDS.load(Ordering::Relaxed);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let staller = {
+        let (rec, done) = (rec.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                rec.stall_writer(Duration::from_micros(500)).join().unwrap();
+                std::thread::sleep(Duration::from_micros(300));
+            }
+        })
+    };
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let rec = rec.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = identity(&format!("u{i}"));
+            let mut s = rec.admit_session().unwrap();
+            s.start(start_of(&id)).await.unwrap();
+            let decision = allow();
+            let mut acks = Vec::new();
+            for c in 0..200 {
+                let text = format!("SELECT {c}");
+                let (n, ack) = s
+                    .command(CommandEvent {
+                        text: &text,
+                        classes: vec!["read".into()],
+                        kind: None,
+                        decision: &decision,
+                        approval: None,
+                    })
+                    .await
+                    .unwrap();
+                acks.push(ack);
+                acks.push(s.result(n, CommandResult::default()).await.unwrap());
+            }
+            for ack in acks {
+                ack.durable().await.unwrap();
+            }
+            s.end(SessionEnd {
+                reason: EndReason::ClientClosed,
+                detail: None,
+                bytes_from_client: 0,
+                bytes_to_client: 0,
+            })
+            .await
+            .unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    staller.join().unwrap();
+    let queued = super::writer::QUEUED_APPENDS.load(Ordering::Relaxed) - queued_before;
+    assert!(
+        queued > 0 && queued < 16 * 402,
+        "both paths ran: {queued} of {} appends queued",
+        16 * 402
+    );
+    rec.close().await.unwrap();
+    let r = check(&t);
+    assert!(r.ok, "{:#?}", r.issues);
+    assert_eq!(r.records, 1 + 16 * (1 + 400 + 1));
+    // Per session: start, then command n and its result for n = 1, 2, … in order, then end.
+    let mut expected: HashMap<String, (u64, bool)> = HashMap::new();
+    for seg in segments(&t) {
+        for line in read_lines(&seg) {
+            let rec: Record = serde_json::from_str(&line).unwrap();
+            let Some(session) = rec.session else { continue };
+            let (next, result_due) = expected.entry(session.clone()).or_insert((1, false));
+            match rec.event {
+                Event::Command(c) => {
+                    assert!(
+                        !*result_due && c.n == *next,
+                        "{session}: command {} out of order",
+                        c.n
+                    );
+                    *result_due = true;
+                }
+                Event::Result(res) => {
+                    assert!(
+                        *result_due && res.n == *next,
+                        "{session}: result {} out of order",
+                        res.n
+                    );
+                    *result_due = false;
+                    *next += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(expected.len(), 16);
+    assert!(
+        expected.values().all(|&(next, due)| next == 201 && !due),
+        "{expected:?}"
+    );
+}
+
+/// With `fsync: batch` an uncontended append is written before `command` returns: the
+/// acknowledgement needs no wake-up of the writer thread. With `fsync: always` it waits for
+/// the writer's sync.
+#[tokio::test]
+async fn uncontended_batch_appends_are_written_inline() {
+    for (fsync, inline) in [(FsyncPolicy::Batch, true), (FsyncPolicy::Always, false)] {
+        let t = TempDir::new("inline");
+        let rec = open(
+            &AuditConfig {
+                fsync,
+                ..config(&t)
+            },
+            &t,
+        );
+        let id = identity("alice");
+        let mut s = rec.admit_session().unwrap();
+        s.start(start_of(&id)).await.unwrap();
+        let (_, ack) = s
+            .command(CommandEvent {
+                text: "SELECT 'inline-marker'",
+                classes: vec!["read".into()],
+                kind: None,
+                decision: &allow(),
+                approval: None,
+            })
+            .await
+            .unwrap();
+        let on_disk = segments(&t)
+            .iter()
+            .any(|seg| read_lines(seg).iter().any(|l| l.contains("inline-marker")));
+        assert_eq!(ack.is_written(), inline, "{fsync:?}");
+        if inline {
+            assert!(
+                on_disk,
+                "the record is in the segment when command() returns"
+            );
+        }
+        ack.durable().await.unwrap();
+        drop(s);
+        rec.close().await.unwrap();
+        assert!(check(&t).ok);
+    }
 }
 
 #[tokio::test]

@@ -118,6 +118,9 @@ impl AuditSink {
 
     /// Keeps an acknowledgement to await before the next answer goes to the client.
     pub(super) fn hold(&self, ack: Ack) {
+        if ack.is_written() {
+            return;
+        }
         if let Ok(mut a) = self.acks.lock() {
             a.push(ack);
             self.has_acks.store(true, Ordering::Release);
