@@ -245,7 +245,14 @@ fn splice_one_way(from: &TcpStream, to: &TcpStream) {
     let splice = |a: libc::c_int, b: libc::c_int, len: usize| {
         // SAFETY: plain fds; null offsets for sockets and pipes.
         unsafe {
-            libc::splice(a, std::ptr::null_mut(), b, std::ptr::null_mut(), len, libc::SPLICE_F_MOVE)
+            libc::splice(
+                a,
+                std::ptr::null_mut(),
+                b,
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_MOVE,
+            )
         }
     };
     'relay: loop {
