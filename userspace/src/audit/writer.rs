@@ -434,7 +434,13 @@ impl Inner {
         let was_unsynced = w.unsynced;
         let saved = w.begin_group();
         let r = w.encode(self.sid, session, ts, event);
-        let r = w.commit_group(saved, &self.shared).and(r);
+        let r = match w.commit_group(saved, &self.shared) {
+            Ok(()) => r,
+            Err(e) => {
+                tracing::error!(error = %e, session, "audit write failed; record rejected");
+                Err(e)
+            }
+        };
         let kick = !was_unsynced && w.unsynced;
         drop(w);
         if kick {
