@@ -3,6 +3,7 @@
 # (PROFILE_ARGS, default -S -M simple -c 8) through airlock with the full policy, with
 # `perf record` (cpu-clock; hardware counters are not available in these VMs) attached to the
 # daemon for PROFILE_SECONDS. Prints the flat profile; perf.data stays in bench/work/profile.
+# PROFILE_CONFIG picks another of the bench configs (full-noaudit, allow).
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 SECS=${PROFILE_SECONDS:-15}
@@ -12,7 +13,7 @@ cargo build --release -q -p airlock -p airlock-bench
 setup_topology
 BENCH_SCALE=${BENCH_SCALE:-2} start_postgres
 write_airlock_configs
-start_daemon "$WORK/full.yaml"
+start_daemon "$WORK/${PROFILE_CONFIG:-full}.yaml"
 # shellcheck disable=SC2086
 PGPASSWORD=$PG_PASSWORD in_protected pgbench -h $PG_ADDR -p $PG_PORT -U $PG_USER -n $ARGS -T $((SECS + 4)) $PG_DB > "$OUT/pgbench.out" 2>&1 &
 LOAD=$!
