@@ -1035,7 +1035,6 @@ async fn inline_and_queued_appends_keep_each_sessions_order() {
         ..config(&t)
     };
     let rec = open(&cfg, &t);
-    let queued_before = super::writer::QUEUED_APPENDS.load(Ordering::Relaxed);
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let staller = {
         let (rec, done) = (rec.clone(), done.clone());
@@ -1088,7 +1087,7 @@ async fn inline_and_queued_appends_keep_each_sessions_order() {
     }
     done.store(true, Ordering::Relaxed);
     staller.join().unwrap();
-    let queued = super::writer::QUEUED_APPENDS.load(Ordering::Relaxed) - queued_before;
+    let queued = rec.queued_appends();
     assert!(
         queued > 0 && queued < 16 * 402,
         "both paths ran: {queued} of {} appends queued",
@@ -1187,6 +1186,58 @@ async fn uncontended_batch_appends_are_written_inline() {
         rec.close().await.unwrap();
         assert!(check(&t).ok);
     }
+}
+
+/// Records written inline never pass through the queue, so only the kick wakes the writer
+/// thread (asleep with no timer after the `open` record) to sync them and let the syncer sign
+/// a head that covers them, without a flush or a close.
+#[tokio::test]
+async fn inline_appends_are_synced_and_signed_without_a_flush() {
+    let t = TempDir::new("inline-sync");
+    let rec = open(
+        &AuditConfig {
+            fsync: FsyncPolicy::Batch,
+            batch_interval: Duration::from_millis(10),
+            head_interval: Duration::from_millis(20),
+            ..config(&t)
+        },
+        &t,
+    );
+    // Let the writer go to sleep with nothing unsynced.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let id = identity("alice");
+    let mut s = rec.admit_session().unwrap();
+    s.start(start_of(&id)).await.unwrap();
+    let mut last = 0;
+    for i in 0..5 {
+        let text = format!("SELECT {i}");
+        let (_, ack) = s
+            .command(CommandEvent {
+                text: &text,
+                classes: vec!["read".into()],
+                kind: None,
+                decision: &allow(),
+                approval: None,
+            })
+            .await
+            .unwrap();
+        last = ack.durable().await.unwrap();
+    }
+    let head = |t: &TempDir| -> u64 {
+        let bytes = std::fs::read(t.log().join("head.json")).unwrap();
+        serde_json::from_slice::<SignedHead>(&bytes).unwrap().seq
+    };
+    let mut signed = head(&t);
+    for _ in 0..200 {
+        if signed >= last {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        signed = head(&t);
+    }
+    assert_eq!(signed, last, "the head covers the inline records");
+    drop(s);
+    rec.close().await.unwrap();
 }
 
 #[tokio::test]

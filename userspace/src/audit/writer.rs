@@ -135,8 +135,6 @@ pub(crate) fn first_record(path: &Path) -> std::io::Result<Option<(Record, Chain
 #[allow(clippy::large_enum_variant)]
 enum Msg {
     Append(Append),
-    /// An inline append left unsynced records: arm the batch-mode sync timer.
-    Kick,
     /// Sync and sign the head now; answers the signed seq.
     Flush(oneshot::Sender<Result<u64, AuditError>>),
     /// Like flush, then the writer stops.
@@ -167,6 +165,12 @@ struct Shared {
     next_session: AtomicU64,
     /// Records not written because `on_full: allow` let a session run unrecorded.
     unrecorded: AtomicU64,
+    /// Wakes the writer thread to arm its batch-sync timer after inline appends. A `Notify`
+    /// keeps the wake-up even when the writer is not waiting yet, and needs no queue space.
+    kick: tokio::sync::Notify,
+    /// Appends that went through the queue (tests check that both paths ran).
+    #[cfg(test)]
+    queued_appends: AtomicU64,
 }
 
 /// The daemon's audit recorder. Cheap to clone; every clone feeds the same writer.
@@ -177,10 +181,6 @@ pub struct Recorder {
 }
 
 type SharedWriter = Arc<Mutex<Writer>>;
-
-/// Appends that went through the queue (tests check that both paths ran).
-#[cfg(test)]
-pub(crate) static QUEUED_APPENDS: AtomicU64 = AtomicU64::new(0);
 
 impl std::fmt::Debug for Recorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -236,6 +236,9 @@ impl Recorder {
             run_id: u32::from_be_bytes(run),
             next_session: AtomicU64::new(1),
             unrecorded: AtomicU64::new(0),
+            kick: tokio::sync::Notify::new(),
+            #[cfg(test)]
+            queued_appends: AtomicU64::new(0),
         });
         let now = Instant::now();
         let syncer = Syncer {
@@ -350,6 +353,14 @@ impl Recorder {
         })
     }
 
+    /// Appends of this recorder's sessions that went through the queue.
+    #[cfg(test)]
+    pub(crate) fn queued_appends(&self) -> u64 {
+        self.inner
+            .as_ref()
+            .map_or(0, |(_, s, _)| s.queued_appends.load(Ordering::Relaxed))
+    }
+
     /// Holds the writer's lock for `d` on another thread, as a long group write would: appends
     /// meanwhile queue.
     #[cfg(test)]
@@ -404,6 +415,15 @@ impl std::fmt::Debug for Inner {
     }
 }
 
+/// Takes a record that never reached the queue off its session's count.
+struct Unqueue<'a>(&'a AtomicU64);
+
+impl Drop for Unqueue<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// What [`Inner::try_inline`] did.
 // The event goes back only to be queued at once; boxing it would cost an allocation.
 #[allow(clippy::large_enum_variant)]
@@ -427,11 +447,14 @@ impl Inner {
         let Ok(mut w) = writer.try_lock() else {
             return Inline::Queue(event);
         };
-        if w.seg_len >= w.segment_max || ts / DAY_US != w.seg_day {
+        // Close may have run between the check above and the lock.
+        if self.shared.closed.load(Ordering::Acquire)
+            || w.seg_len >= w.segment_max
+            || ts / DAY_US != w.seg_day
+        {
             // Rotation syncs a directory: the writer thread's job.
             return Inline::Queue(event);
         }
-        let was_unsynced = w.unsynced;
         let saved = w.begin_group();
         let r = w.encode(self.sid, session, ts, event);
         let r = match w.commit_group(saved, &self.shared) {
@@ -441,12 +464,12 @@ impl Inner {
                 Err(e)
             }
         };
-        let kick = !was_unsynced && w.unsynced;
-        drop(w);
-        if kick {
-            // The writer may be asleep without a sync timer; a full queue means it is busy.
-            let _ = self.tx.try_send(Msg::Kick);
+        // The writer thread may be asleep with no sync timer: wake it to arm one.
+        if w.unsynced && !w.sync_armed && !w.kicked {
+            w.kicked = true;
+            self.shared.kick.notify_one();
         }
+        drop(w);
         Inline::Written(r)
     }
 }
@@ -556,8 +579,11 @@ impl SessionRecorder {
         };
         let (ack, rx) = oneshot::channel();
         #[cfg(test)]
-        QUEUED_APPENDS.fetch_add(1, Ordering::Relaxed);
+        inner.shared.queued_appends.fetch_add(1, Ordering::Relaxed);
         inner.queued.fetch_add(1, Ordering::AcqRel);
+        // If this future is dropped before the send completes, the record never reaches the
+        // queue: take it off the session's count again.
+        let unqueue = Unqueue(&inner.queued);
         let msg = Msg::Append(Append {
             sid: inner.sid,
             session: self.id.clone(),
@@ -572,11 +598,12 @@ impl SessionRecorder {
             shared: Some(inner.shared.clone()),
         };
         match inner.tx.send(msg).await {
-            Ok(()) => Ok(pending),
-            Err(_) => {
-                inner.queued.fetch_sub(1, Ordering::AcqRel);
-                Err(AuditError::Closed)
+            Ok(()) => {
+                // The writer decrements it once the record is written.
+                std::mem::forget(unqueue);
+                Ok(pending)
             }
+            Err(_) => Err(AuditError::Closed),
         }
     }
 
@@ -817,6 +844,10 @@ struct Writer {
     buf: Vec<u8>,
     /// Records were written since the last job handed to the syncer.
     unsynced: bool,
+    /// The writer thread's sleep ends in time for the batch sync (it saw `unsynced`).
+    sync_armed: bool,
+    /// The writer thread was kicked and has not yet re-armed.
+    kicked: bool,
     last_job: Instant,
     syncer: Option<std::sync::mpsc::Sender<SyncJob>>,
 }
@@ -954,6 +985,8 @@ impl Writer {
             undo: Vec::new(),
             buf: Vec::with_capacity(64 << 10),
             unsynced: false,
+            sync_armed: false,
+            kicked: false,
             last_job: Instant::now(),
             syncer: None,
         };
@@ -1001,17 +1034,21 @@ impl Writer {
         rt.block_on(async {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             loop {
-                let Some(deadline) = lock().map(|w| w.next_deadline()) else {
+                let Some(deadline) = lock().map(|mut w| w.next_deadline()) else {
                     return;
                 };
-                let msg = match tokio::time::timeout(deadline, rx.recv()).await {
-                    Err(_) => {
+                let msg = tokio::select! {
+                    m = rx.recv() => match m {
+                        Some(m) => m,
+                        None => break,
+                    },
+                    // Inline appends left records unsynced: take the new deadline.
+                    () = shared.kick.notified() => continue,
+                    () = tokio::time::sleep(deadline) => {
                         let Some(mut w) = lock() else { return };
                         w.tick();
                         continue;
                     }
-                    Ok(None) => break,
-                    Ok(Some(m)) => m,
                 };
                 batch.push(msg);
                 while batch.len() < MAX_BATCH {
@@ -1035,7 +1072,11 @@ impl Writer {
         });
     }
 
-    fn next_deadline(&self) -> Duration {
+    /// How long the writer thread may sleep; from here on it is armed for the batch sync if
+    /// anything is unsynced.
+    fn next_deadline(&mut self) -> Duration {
+        self.sync_armed = self.unsynced;
+        self.kicked = false;
         let d = if self.unsynced {
             self.batch_interval.saturating_sub(self.last_job.elapsed())
         } else {
@@ -1112,7 +1153,6 @@ impl Writer {
                     }
                     queued.extend(a.queued);
                 }
-                Msg::Kick => {}
                 Msg::Flush(tx) => controls.push(tx),
                 Msg::Close(tx) => {
                     controls.push(tx);
