@@ -18,12 +18,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use airlock::approval::{self, ApprovalRequest, Approvals, State};
 use airlock::config::Config;
-use airlock::identity::Workload;
 use airlock::policy::Engine;
-use airlock::protocol::Session;
 use airlock::protocol::postgres::Hooks;
 use airlock::proxy::Context;
-use support::{DATABASE, GATEWAY_USER, PgServer, TempDir, dsn, free_port, psql};
+use support::{DATABASE, GATEWAY_USER, PgServer, TempDir, dsn, free_port, psql, serve_gateway};
 
 /// The rules: reads pass; writes need review by `dba` (per table: a 1 s timeout that denies,
 /// one that escalates to `oncall`, retry mode with a 2 s TTL, and the default hold).
@@ -149,36 +147,13 @@ impl Instance {
             .block_on(tokio::net::TcpListener::bind(api))
             .expect("bind api");
         rt.spawn(approval::api::serve_listener(api_listener, ctx.clone()));
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind proxy");
-        let proxy = listener.local_addr().expect("proxy addr");
-        let upstream = target.addr();
-        let c = ctx.clone();
-        rt.spawn(async move {
-            let mut id = 0;
-            while let Ok((client, peer)) = listener.accept().await {
-                id += 1;
-                let session = Session {
-                    id,
-                    client,
-                    target: target_cfg.clone(),
-                    workload: Some(Workload {
-                        uid: 0,
-                        user: Some("root".into()),
-                        comm: "psql".into(),
-                        peer: Some(peer),
-                        ..Workload::default()
-                    }),
-                    upstream,
-                    started: Instant::now(),
-                };
-                let ctx = c.clone();
-                tokio::spawn(async move {
-                    airlock::protocol::postgres::serve_with(session, ctx, &Hooks::default()).await;
-                });
-            }
-        });
+        let proxy = serve_gateway(
+            &rt,
+            target_cfg,
+            target.addr(),
+            ctx.clone(),
+            Hooks::default(),
+        );
         Instance {
             proxy,
             api,

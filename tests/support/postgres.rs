@@ -542,7 +542,7 @@ impl TestProxy {
 /// Binds a loopback listener on `runtime` and serves every connection to it as a PostgreSQL
 /// session of `target` (caller: root, as the interception events would say), relayed to
 /// `upstream`. Returns the listener's address.
-fn serve_gateway(
+pub fn serve_gateway(
     runtime: &tokio::runtime::Runtime,
     target: Arc<airlock::config::TargetConfig>,
     upstream: SocketAddr,

@@ -151,6 +151,17 @@ async fn session(rec: &Recorder, subject: &str, target: &str, cmds: usize) -> St
     id
 }
 
+/// An allowed read with no statement kind, as the gateway records one.
+fn read_event<'a>(text: &'a str, decision: &'a Decision) -> CommandEvent<'a> {
+    CommandEvent {
+        text,
+        classes: vec!["read".into()],
+        kind: None,
+        decision,
+        approval: None,
+    }
+}
+
 /// A closed log with two sessions of five commands: 1 open + 2 × (start + 10 + end) records.
 async fn sample_log(t: &TempDir) {
     let rec = open(&config(t), t);
@@ -943,16 +954,7 @@ async fn disk_full_rejects_records_refuses_sessions_and_recovers() {
         if err.is_some() {
             break;
         }
-        err = match s
-            .command(CommandEvent {
-                text: &text,
-                classes: vec!["read".into()],
-                kind: None,
-                decision: &decision,
-                approval: None,
-            })
-            .await
-        {
+        err = match s.command(read_event(&text, &decision)).await {
             Ok((_, ack)) => ack.durable().await.err(),
             Err(e) => Some(e),
         };
@@ -1056,16 +1058,7 @@ async fn inline_and_queued_appends_keep_each_sessions_order() {
             let mut acks = Vec::new();
             for c in 0..200 {
                 let text = format!("SELECT {c}");
-                let (n, ack) = s
-                    .command(CommandEvent {
-                        text: &text,
-                        classes: vec!["read".into()],
-                        kind: None,
-                        decision: &decision,
-                        approval: None,
-                    })
-                    .await
-                    .unwrap();
+                let (n, ack) = s.command(read_event(&text, &decision)).await.unwrap();
                 acks.push(ack);
                 acks.push(s.result(n, CommandResult::default()).await.unwrap());
             }
@@ -1155,16 +1148,7 @@ async fn uncontended_batch_appends_are_written_inline() {
         let mut inline = 0;
         for i in 0..20 {
             let text = format!("SELECT 'inline-marker-{i}'");
-            let (_, ack) = s
-                .command(CommandEvent {
-                    text: &text,
-                    classes: vec!["read".into()],
-                    kind: None,
-                    decision: &allow(),
-                    approval: None,
-                })
-                .await
-                .unwrap();
+            let (_, ack) = s.command(read_event(&text, &allow())).await.unwrap();
             if ack.is_written() {
                 inline += 1;
                 let needle = format!("inline-marker-{i}'");
@@ -1211,16 +1195,7 @@ async fn inline_appends_are_synced_and_signed_without_a_flush() {
     let mut last = 0;
     for i in 0..5 {
         let text = format!("SELECT {i}");
-        let (_, ack) = s
-            .command(CommandEvent {
-                text: &text,
-                classes: vec!["read".into()],
-                kind: None,
-                decision: &allow(),
-                approval: None,
-            })
-            .await
-            .unwrap();
+        let (_, ack) = s.command(read_event(&text, &allow())).await.unwrap();
         last = ack.durable().await.unwrap();
     }
     let head = |t: &TempDir| -> u64 {
@@ -1262,16 +1237,7 @@ async fn pipelined_records_are_acknowledged_in_order() {
     let mut acks = Vec::new();
     for i in 0..300 {
         let text = format!("SELECT {i}");
-        let (n, ack) = s
-            .command(CommandEvent {
-                text: &text,
-                classes: vec!["read".into()],
-                kind: None,
-                decision: &decision,
-                approval: None,
-            })
-            .await
-            .unwrap();
+        let (n, ack) = s.command(read_event(&text, &decision)).await.unwrap();
         acks.push(ack);
         // Fire and forget: the record is still written, in order.
         drop(s.result(n, CommandResult::default()).await.unwrap());
@@ -1592,16 +1558,7 @@ fn crash_child() {
                 let decision = allow();
                 for i in 0.. {
                     let text = format!("SELECT {k}-{i}");
-                    let (_, ack) = s
-                        .command(CommandEvent {
-                            text: &text,
-                            classes: vec!["read".into()],
-                            kind: None,
-                            decision: &decision,
-                            approval: None,
-                        })
-                        .await
-                        .unwrap();
+                    let (_, ack) = s.command(read_event(&text, &decision)).await.unwrap();
                     ack.durable().await.unwrap();
                     println!("ACK {text}");
                 }

@@ -885,6 +885,21 @@ mod tests {
         fn push(&self, e: Expect) {
             self.expect.lock().unwrap().push_back(e);
         }
+
+        /// A client's Describe of the portal whose Execute and Sync follow (it feeds the
+        /// Execute's masking plan).
+        fn push_fed_execute(&self, cmd: Arc<Cmd>) {
+            self.push(Expect::Describe {
+                cmd: Some(cmd.clone()),
+                injected: false,
+                feeds: true,
+            });
+            self.push(Expect::Execute {
+                cmd,
+                started: Instant::now(),
+            });
+            self.push(Expect::Sync);
+        }
     }
 
     fn query(names: &[&str]) -> Expect {
@@ -973,16 +988,7 @@ mod tests {
         let mut back = fx.back();
         let cmd = Cmd::new(Arc::from("SELECT"), mask(&["mail"]), false);
         fx.push(Expect::Bind);
-        fx.push(Expect::Describe {
-            cmd: Some(cmd.clone()),
-            injected: false,
-            feeds: true,
-        });
-        fx.push(Expect::Execute {
-            cmd,
-            started: Instant::now(),
-        });
-        fx.push(Expect::Sync);
+        fx.push_fed_execute(cmd);
         through(&mut back, &msg(b'2', b"")).await.unwrap();
         let rd = row_description(&[("note", 25, 1)]);
         // Forwarded (it is the client's), and the plan stays for the rows.
@@ -1003,16 +1009,7 @@ mod tests {
         let fx = Fixture::new();
         let mut back = fx.back();
         let cmd = Cmd::new(Arc::from("SELECT"), mask(&["mail"]), false);
-        fx.push(Expect::Describe {
-            cmd: Some(cmd.clone()),
-            injected: false,
-            feeds: true,
-        });
-        fx.push(Expect::Execute {
-            cmd,
-            started: Instant::now(),
-        });
-        fx.push(Expect::Sync);
+        fx.push_fed_execute(cmd);
         assert!(through(&mut back, &msg(b'n', b"")).await.is_some());
         let sent = through(&mut back, &data_row(&["c@example.net"]))
             .await
