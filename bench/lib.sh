@@ -168,8 +168,9 @@ start_netbench_server() {
   for _ in $(seq 50); do grep -q ready "$WORK/server.out" 2>/dev/null && break; sleep 0.1; done
 }
 
-# pgbouncer (session mode, port 6432) and haproxy (TCP mode, port 6543) in the node namespace,
-# dialled directly by unprotected clients; both log in / connect to the real PostgreSQL.
+# pgbouncer (session mode, port 6432), haproxy (TCP mode, port 6543) and the bare copy relay
+# (netbench copy-relay, port 6544: the floor) in the node namespace, dialled directly by
+# unprotected clients; each logs in / connects to the real PostgreSQL.
 start_peers() {
   [ -n "${PGBOUNCER:-}" ] && return
   mkdir -p "$PGDIR/peers"
@@ -207,11 +208,13 @@ CFG
   EXTRA_PIDS="${EXTRA_PIDS:-} $!"
   in_peer haproxy -f "$PGDIR/peers/haproxy.cfg" -db > "$WORK/haproxy.out" 2>&1 &
   EXTRA_PIDS="${EXTRA_PIDS:-} $!"
+  in_peer "$NETBENCH" copy-relay 198.18.0.1:6544 $PG_ADDR:$PG_PORT > "$WORK/copy-relay.out" 2>&1 &
+  EXTRA_PIDS="${EXTRA_PIDS:-} $!"
   for _ in $(seq 50); do
-    PGBOUNCER=$(listener_pid 6432); HAPROXY=$(listener_pid 6543)
-    [ -n "$PGBOUNCER" ] && [ -n "$HAPROXY" ] && return; sleep 0.1
+    PGBOUNCER=$(listener_pid 6432); HAPROXY=$(listener_pid 6543); BARE_RELAY=$(listener_pid 6544)
+    [ -n "$PGBOUNCER" ] && [ -n "$HAPROXY" ] && [ -n "$BARE_RELAY" ] && return; sleep 0.1
   done
-  echo "pgbouncer/haproxy did not come up" >&2; cat "$WORK/pgbouncer.out" "$WORK/haproxy.out" >&2; exit 1
+  echo "pgbouncer/haproxy/bare relay did not come up" >&2; cat "$WORK/pgbouncer.out" "$WORK/haproxy.out" "$WORK/copy-relay.out" >&2; exit 1
 }
 
 # allow.yaml: an allow-all policy; full.yaml: the full policy (workload identity, ordered
@@ -298,6 +301,7 @@ run_pgbench() {
     airlock-full-noaudit) runner=in_protected; start_daemon "$WORK/full-noaudit.yaml"; pid=$DAEMON ;;
     pgbouncer) host=198.18.0.1; port=6432; pid=$PGBOUNCER ;;
     haproxy) host=198.18.0.1; port=6543; pid=$HAPROXY ;;
+    bare-relay) host=198.18.0.1; port=6544; pid=$BARE_RELAY ;;
   esac
   mkdir -p "$WORK/log"; rm -f "$WORK/log/$name".*
   local load cpu0 pcpu0 rss

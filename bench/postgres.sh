@@ -3,12 +3,13 @@
 # 32 clients, each path side by side for every workload: direct; airlock with an allow-all
 # policy; airlock with the full policy (classification, identity, rules, masking), with the
 # session log on (as deployed) and off (the cost of classification alone); pgbouncer in
-# session mode; haproxy in TCP mode. pgbench reaches airlock transparently (protected cgroup ->
-# eBPF redirect) and the peers directly (unprotected cgroup). Writes results/postgres-$DATE.json.
+# session mode; haproxy in TCP mode; and the bare copy relay (netbench copy-relay), the floor
+# for any proxy that reads each message in user space. pgbench reaches airlock transparently
+# (protected cgroup -> eBPF redirect) and the peers directly (unprotected cgroup). Writes results/postgres-$DATE.json.
 SECS=${BENCH_SECONDS:-20}
 CLIENTS=${BENCH_PG_CLIENTS:-8 32}
 WORKLOADS=${BENCH_PG_WORKLOADS:-select-simple select-prepared tpcb}
-PATHS=${BENCH_PG_PATHS:-direct airlock-allow airlock-full airlock-full-noaudit pgbouncer haproxy}
+PATHS=${BENCH_PG_PATHS:-direct airlock-allow airlock-full airlock-full-noaudit pgbouncer haproxy bare-relay}
 
 [ -n "$(pg_admin 'select 1' 2>/dev/null)" ] || start_postgres
 start_peers

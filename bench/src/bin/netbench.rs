@@ -15,6 +15,10 @@
 //!   blocking threads that splice(2) each direction through a 1 MiB pipe, and nothing else
 //!   (no policy, no accounting, no event loop). The throughput benchmark runs it beside the
 //!   airlock relay to show what a second TCP hop costs on this machine by itself.
+//! - `netbench copy-relay LISTEN TARGET` — the same floor for request/response traffic: two
+//!   blocking threads per connection that `read(2)` and `write(2)` each direction through a
+//!   64 KiB buffer (`TCP_NODELAY` on both legs). The PostgreSQL benchmark runs it beside the
+//!   proxies: no proxy that reads each message in user space can cost less per transaction.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -28,14 +32,15 @@ fn main() {
         "connect" => connect(arg(1), arg(2).parse().unwrap_or_else(|_| usage())),
         "throughput" => throughput(arg(1), arg(2).parse().unwrap_or_else(|_| usage())),
         "idle" => idle(arg(1), arg(2).parse().unwrap_or_else(|_| usage()), arg(3)),
-        "splice-relay" => splice_relay(arg(1), arg(2)),
+        "splice-relay" => relay(arg(1), arg(2), splice_one_way),
+        "copy-relay" => relay(arg(1), arg(2), copy_one_way),
         _ => usage(),
     }
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: netbench serve PORT | connect ADDR N | throughput ADDR BYTES | idle ADDR N tcp|pg:USER:DB | splice-relay LISTEN TARGET"
+        "usage: netbench serve PORT | connect ADDR N | throughput ADDR BYTES | idle ADDR N tcp|pg:USER:DB | splice-relay|copy-relay LISTEN TARGET"
     );
     std::process::exit(2)
 }
@@ -212,7 +217,9 @@ fn pg_startup(s: &mut TcpStream, user: &str, db: &str) -> std::io::Result<()> {
     }
 }
 
-fn splice_relay(listen: &str, target: &str) {
+/// Accepts on `listen`; per connection, dials `target` and runs `one_way` in each direction
+/// on its own thread.
+fn relay(listen: &str, target: &str, one_way: fn(&TcpStream, &TcpStream)) {
     let listener = TcpListener::bind(listen).unwrap_or_else(|e| fail("bind", e));
     println!("ready");
     for conn in listener.incoming() {
@@ -227,9 +234,27 @@ fn splice_relay(listen: &str, target: &str) {
         let (Ok(client2), Ok(upstream2)) = (client.try_clone(), upstream.try_clone()) else {
             continue;
         };
-        std::thread::spawn(move || splice_one_way(&client, &upstream));
-        std::thread::spawn(move || splice_one_way(&upstream2, &client2));
+        std::thread::spawn(move || one_way(&client, &upstream));
+        std::thread::spawn(move || one_way(&upstream2, &client2));
     }
+}
+
+/// Copies `from` into `to` until EOF, then half-closes `to`.
+fn copy_one_way(mut from: &TcpStream, mut to: &TcpStream) {
+    // Request/response traffic: each message goes out at once, as the proxies send it.
+    let _ = to.set_nodelay(true);
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
 }
 
 /// Splices `from` into `to` until EOF, then half-closes `to`.

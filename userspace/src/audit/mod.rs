@@ -61,6 +61,11 @@
 //! client sees the effect of a command whose record could still be lost. `start` and `end`
 //! wait for their own acknowledgement.
 //!
+//! With `fsync: batch`, a session whose writer lock is free chains its record into the
+//! writer's buffer instead of queueing it. The buffer is written when a record in it is
+//! awaited or when the batch sync comes due, so records nobody awaits (results) share the
+//! write of the next command. The acknowledgement still follows that `write(2)`.
+//!
 //! A crash can leave a partial last line (no trailing newline). Since acknowledgement needs the
 //! newline, such a line was never acknowledged. **Rule:** [`verify()`] tolerates a partial line
 //! only as the final bytes of the newest segment, and reports it as a warning (`torn_tail`);

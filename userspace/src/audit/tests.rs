@@ -1126,11 +1126,11 @@ async fn inline_and_queued_appends_keep_each_sessions_order() {
     );
 }
 
-/// With `fsync: batch` an append that finds the writer free is written before `command`
-/// returns: the acknowledgement needs no wake-up of the writer thread. With `fsync: always`
-/// every append waits for the writer's sync.
+/// With `fsync: batch` an append that finds the writer free goes into the writer's buffer
+/// without waking the writer thread, and is in the file once `durable()` returns. With
+/// `fsync: always` every append goes through the queue and waits for the writer's sync.
 #[tokio::test]
-async fn uncontended_batch_appends_are_written_inline() {
+async fn uncontended_batch_appends_are_buffered_inline() {
     for fsync in [FsyncPolicy::Batch, FsyncPolicy::Always] {
         let t = TempDir::new("inline");
         let rec = open(
@@ -1143,28 +1143,26 @@ async fn uncontended_batch_appends_are_written_inline() {
         let id = identity("alice");
         let mut s = rec.admit_session().unwrap();
         s.start(start_of(&id)).await.unwrap();
-        // The writer thread takes its lock briefly for the sync timer: an append that meets
-        // it queues, so count over several.
-        let mut inline = 0;
+        let queued_before = rec.queued_appends();
         for i in 0..20 {
             let text = format!("SELECT 'inline-marker-{i}'");
             let (_, ack) = s.command(read_event(&text, &allow())).await.unwrap();
-            if ack.is_written() {
-                inline += 1;
-                let needle = format!("inline-marker-{i}'");
-                let on_disk = segments(&t)
-                    .iter()
-                    .any(|seg| read_lines(seg).iter().any(|l| l.contains(&needle)));
-                assert!(
-                    on_disk,
-                    "record {i} is in the segment when command() returns"
-                );
-            }
             ack.durable().await.unwrap();
+            let needle = format!("inline-marker-{i}'");
+            let on_disk = segments(&t)
+                .iter()
+                .any(|seg| read_lines(seg).iter().any(|l| l.contains(&needle)));
+            assert!(
+                on_disk,
+                "record {i} is in the segment when durable() returns"
+            );
         }
+        // The writer thread takes its lock briefly for its timers: an append that meets it
+        // queues, so count over several.
+        let queued = rec.queued_appends() - queued_before;
         match fsync {
-            FsyncPolicy::Batch => assert!(inline > 0, "no append was written inline"),
-            FsyncPolicy::Always => assert_eq!(inline, 0, "fsync: always waits for the sync"),
+            FsyncPolicy::Batch => assert!(queued < 20, "every append went through the queue"),
+            FsyncPolicy::Always => assert_eq!(queued, 20, "fsync: always queues every append"),
         }
         drop(s);
         rec.close().await.unwrap();
@@ -1172,9 +1170,69 @@ async fn uncontended_batch_appends_are_written_inline() {
     }
 }
 
-/// Records written inline never pass through the queue, so only the kick wakes the writer
-/// thread (asleep with no timer after the `open` record) to sync them and let the syncer sign
-/// a head that covers them, without a flush or a close.
+/// A record nobody awaits (a result) stays in the writer's buffer and goes to the file with
+/// the next awaited one (the next command): one write for both, in chain order.
+#[tokio::test]
+async fn a_result_is_written_with_the_next_awaited_command() {
+    let t = TempDir::new("coalesce");
+    let rec = open(
+        &AuditConfig {
+            fsync: FsyncPolicy::Batch,
+            // No timed write during the test: only an awaited record writes the buffer.
+            batch_interval: Duration::from_secs(30),
+            ..config(&t)
+        },
+        &t,
+    );
+    let id = identity("alice");
+    let mut s = rec.admit_session().unwrap();
+    s.start(start_of(&id)).await.unwrap();
+    let in_file = |needle: &str| {
+        segments(&t)
+            .iter()
+            .flat_map(|seg| read_lines(seg))
+            .filter(|l| l.contains(needle))
+            .count()
+    };
+    let (n, ack) = s
+        .command(read_event("SELECT 'first'", &allow()))
+        .await
+        .unwrap();
+    ack.durable().await.unwrap();
+    let result = s
+        .result(
+            n,
+            CommandResult {
+                rows: Some(4242),
+                ..CommandResult::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!result.is_written(), "a result is buffered, not written");
+    drop(result);
+    assert_eq!(
+        in_file("\"rows\":4242"),
+        0,
+        "the result waits in the buffer"
+    );
+    let (_, ack) = s
+        .command(read_event("SELECT 'second'", &allow()))
+        .await
+        .unwrap();
+    ack.durable().await.unwrap();
+    assert_eq!(in_file("\"rows\":4242"), 1, "written with the next command");
+    assert_eq!(in_file("SELECT 'second'"), 1);
+    drop(s);
+    rec.close().await.unwrap();
+    let r = check(&t);
+    assert!(r.ok, "{:#?}", r.issues);
+}
+
+/// Records appended inline never pass through the queue, so only the kick wakes the writer
+/// thread (asleep with no timer after the `open` record) to write what nobody awaited (the
+/// last result), sync it and let the syncer sign a head that covers it, without a flush or a
+/// close.
 #[tokio::test]
 async fn inline_appends_are_synced_and_signed_without_a_flush() {
     let t = TempDir::new("inline-sync");
@@ -1195,8 +1253,11 @@ async fn inline_appends_are_synced_and_signed_without_a_flush() {
     let mut last = 0;
     for i in 0..5 {
         let text = format!("SELECT {i}");
-        let (_, ack) = s.command(read_event(&text, &allow())).await.unwrap();
+        let (n, ack) = s.command(read_event(&text, &allow())).await.unwrap();
         last = ack.durable().await.unwrap();
+        // Nobody awaits the result: the writer thread writes it with its batch sync.
+        drop(s.result(n, CommandResult::default()).await.unwrap());
+        last += 1;
     }
     let head = |t: &TempDir| -> u64 {
         let bytes = std::fs::read(t.log().join("head.json")).unwrap();
@@ -1210,7 +1271,10 @@ async fn inline_appends_are_synced_and_signed_without_a_flush() {
         tokio::time::sleep(Duration::from_millis(10)).await;
         signed = head(&t);
     }
-    assert_eq!(signed, last, "the head covers the inline records");
+    assert_eq!(
+        signed, last,
+        "the head covers the inline records, the unawaited result too"
+    );
     drop(s);
     rec.close().await.unwrap();
 }

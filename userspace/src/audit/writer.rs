@@ -2,13 +2,15 @@
 //! writer chains, writes, syncs, signs heads, rotates segments and applies retention.
 //!
 //! With `fsync: batch` a session whose earlier records are all written appends inline
-//! instead: it takes the writer's lock if it is free (never waits for it), chains the record
-//! and writes its line with one buffered `write(2)`. The acknowledgement is then immediate,
-//! and the command costs no wake-up of the writer thread and back (about 16 µs of proxy CPU
-//! per record on 2 cores, docs/decisions/audit-durability.md). Everything that can wait on
-//! the disk (`fdatasync`, rotation with its directory sync, signing, retention) stays on the
-//! writer and syncer threads; a session that finds the lock taken, a rotation due, or its own
-//! records still queued, queues.
+//! instead: it takes the writer's lock if it is free (never waits for it) and chains the
+//! record into the writer's buffer. The buffer goes to the file with one `write(2)` when a
+//! record in it is awaited ([`Ack::durable`]: a command before its answer), or at the next
+//! batch sync, whichever comes first; so a statement's result record and the next command
+//! record (and other sessions' records) share a write. Nothing wakes the writer thread and
+//! back (about 16 µs of proxy CPU per record on 2 cores, docs/decisions/audit-durability.md).
+//! Everything that can wait on the disk (`fdatasync`, rotation with its directory sync,
+//! signing, retention) stays on the writer and syncer threads; a session that finds the lock
+//! taken, a rotation due, or its own records still queued, queues.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -428,11 +430,18 @@ impl Drop for Unqueue<'_> {
 // The event goes back only to be queued at once; boxing it would cost an allocation.
 #[allow(clippy::large_enum_variant)]
 enum Inline {
-    /// Written (or failed to write) inline.
-    Written(Result<u64, AuditError>),
-    /// Not written: queue it.
+    /// Chained into the writer's buffer as `seq`; written with `batch`.
+    Buffered(u64, Arc<Batch>),
+    /// Could not be encoded.
+    Failed(AuditError),
+    /// Not appended: queue it.
     Queue(Event),
 }
+
+/// The outcome of one buffer write, shared by the acknowledgements of every record in it.
+/// Set, under the writer's lock, by the write that takes the buffer.
+#[derive(Debug, Default)]
+struct Batch(std::sync::OnceLock<Result<(), AuditError>>);
 
 impl Inner {
     /// Appends `event` now if the writer is free and nothing of this session is queued;
@@ -449,28 +458,23 @@ impl Inner {
         };
         // Close may have run between the check above and the lock.
         if self.shared.closed.load(Ordering::Acquire)
-            || w.seg_len >= w.segment_max
+            || w.seg_len + w.buf.len() as u64 >= w.segment_max
             || ts / DAY_US != w.seg_day
         {
             // Rotation syncs a directory: the writer thread's job.
             return Inline::Queue(event);
         }
-        let saved = w.begin_group();
-        let r = w.encode(self.sid, session, ts, event);
-        let r = match w.commit_group(saved, &self.shared) {
-            Ok(()) => r,
-            Err(e) => {
-                tracing::error!(error = %e, session, "audit write failed; record rejected");
-                Err(e)
-            }
+        let r = match w.encode(self.sid, session, ts, event) {
+            Ok(seq) => Inline::Buffered(seq, w.batch.clone()),
+            Err(e) => Inline::Failed(e),
         };
-        // The writer thread may be asleep with no sync timer: wake it to arm one.
-        if w.unsynced && !w.sync_armed && !w.kicked {
+        // The writer thread may be asleep with no timer: wake it to arm one, so the buffer
+        // reaches the file (and the disk) within the batch interval even if nobody awaits it.
+        if !w.buf.is_empty() && !w.sync_armed && !w.kicked {
             w.kicked = true;
             self.shared.kick.notify_one();
         }
-        drop(w);
-        Inline::Written(r)
+        r
     }
 }
 
@@ -568,10 +572,19 @@ impl SessionRecorder {
         };
         let ts = now_us();
         let event = match inner.try_inline(&self.id, ts, event) {
-            Inline::Written(r) => {
+            Inline::Buffered(seq, batch) => {
+                let writer = inner.writer.clone();
                 return Ok(Ack {
-                    rx: None,
-                    written: Some(r),
+                    state: match writer {
+                        Some(writer) => AckState::Buffered { batch, seq, writer },
+                        None => AckState::Settled(Err(AuditError::Closed)),
+                    },
+                    shared: Some(inner.shared.clone()),
+                });
+            }
+            Inline::Failed(e) => {
+                return Ok(Ack {
+                    state: AckState::Settled(Err(e)),
                     shared: Some(inner.shared.clone()),
                 });
             }
@@ -593,8 +606,7 @@ impl SessionRecorder {
             queued: Some(inner.queued.clone()),
         });
         let pending = Ack {
-            rx: Some(rx),
-            written: None,
+            state: AckState::Queued(rx),
             shared: Some(inner.shared.clone()),
         };
         match inner.tx.send(msg).await {
@@ -745,41 +757,81 @@ impl Drop for SessionRecorder {
     }
 }
 
-/// A queued record. [`Ack::durable`] resolves once the writer acknowledged it: written, and
-/// with `fsync: always` synced (see the module docs). Dropping it does not cancel the record;
-/// it only gives up waiting (and hearing about a failed write).
+/// A record handed to the recorder. [`Ack::durable`] resolves once it is acknowledged:
+/// written, and with `fsync: always` synced (see the module docs). Dropping it does not cancel
+/// the record; it only gives up waiting (and hearing about a failed write).
 #[derive(Debug)]
 #[must_use = "await `durable()` before anything that must not happen unrecorded, or drop it explicitly"]
 pub struct Ack {
-    rx: Option<oneshot::Receiver<Result<u64, AuditError>>>,
-    /// The outcome of an inline append (already written, or failed).
-    written: Option<Result<u64, AuditError>>,
+    state: AckState,
     shared: Option<Arc<Shared>>,
 }
 
-impl Ack {
+enum AckState {
     /// Nothing to wait for (unrecorded session, empty tally).
+    Done,
+    /// In the queue: the writer thread answers.
+    Queued(oneshot::Receiver<Result<u64, AuditError>>),
+    /// In the writer's buffer as `seq`: written with `batch`, by whoever needs it first.
+    Buffered {
+        batch: Arc<Batch>,
+        seq: u64,
+        writer: SharedWriter,
+    },
+    /// Known already (a record that could not be encoded).
+    Settled(Result<u64, AuditError>),
+}
+
+impl std::fmt::Debug for AckState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AckState::Done => f.write_str("Done"),
+            AckState::Queued(_) => f.write_str("Queued"),
+            AckState::Buffered { seq, batch, .. } => f
+                .debug_struct("Buffered")
+                .field("seq", seq)
+                .field("written", &batch.0.get())
+                .finish(),
+            AckState::Settled(r) => f.debug_tuple("Settled").field(r).finish(),
+        }
+    }
+}
+
+/// After this many tries at a contended writer lock, an awaited write sleeps between tries.
+const LOCK_SPINS: u32 = 32;
+
+impl Ack {
     fn done() -> Self {
         Ack {
-            rx: None,
-            written: None,
+            state: AckState::Done,
             shared: None,
         }
     }
 
-    /// Whether the record was written successfully already: nothing to wait for.
+    /// Whether the record is written already: nothing to wait for.
     pub fn is_written(&self) -> bool {
-        self.rx.is_none() && !matches!(self.written, Some(Err(_)))
+        match &self.state {
+            AckState::Done => true,
+            AckState::Queued(_) => false,
+            AckState::Buffered { batch, .. } => matches!(batch.0.get(), Some(Ok(()))),
+            AckState::Settled(r) => r.is_ok(),
+        }
     }
 
-    /// Waits for the acknowledgement; returns the record's seq (0 when unrecorded). An `Err`
-    /// means the record is not in the log: end the session (fail closed). With
+    /// Waits for the acknowledgement; returns the record's seq (0 when unrecorded). A record
+    /// still in the writer's buffer is written now (with everything buffered before it). An
+    /// `Err` means the record is not in the log: end the session (fail closed). With
     /// `on_full: allow` a lost record is counted and logged instead.
     pub async fn durable(self) -> Result<u64, AuditError> {
-        let r = match (self.rx, self.written) {
-            (Some(rx), _) => rx.await.unwrap_or(Err(AuditError::Closed)),
-            (None, Some(r)) => r,
-            (None, None) => return Ok(0),
+        let r = match self.state {
+            AckState::Done => return Ok(0),
+            AckState::Queued(rx) => rx.await.unwrap_or(Err(AuditError::Closed)),
+            AckState::Settled(r) => r,
+            AckState::Buffered { batch, seq, writer } => {
+                write_buffered(&batch, &writer, self.shared.as_deref())
+                    .await
+                    .map(|()| seq)
+            }
         };
         match (r, &self.shared) {
             (Err(e), Some(shared))
@@ -790,6 +842,44 @@ impl Ack {
                 Ok(0)
             }
             (r, _) => r,
+        }
+    }
+}
+
+/// Writes the writer's buffer if `batch` is still in it; returns how `batch`'s write went.
+/// Never blocks a runtime thread on the lock: another session may be writing the same buffer
+/// right now, so a contended lock is retried after yielding.
+async fn write_buffered(
+    batch: &Batch,
+    writer: &SharedWriter,
+    shared: Option<&Shared>,
+) -> Result<(), AuditError> {
+    let mut tries = 0u32;
+    loop {
+        if let Some(r) = batch.0.get() {
+            return r.clone();
+        }
+        match writer.try_lock() {
+            Ok(mut w) => {
+                if std::ptr::eq(Arc::as_ptr(&w.batch), batch)
+                    && let Some(shared) = shared
+                    && let Err(e) = w.flush(shared)
+                {
+                    tracing::error!(error = %e, "audit write failed; records rejected");
+                }
+                drop(w);
+                // Set by the write that took the buffer, this one or an earlier one.
+                return batch.0.get().cloned().unwrap_or(Err(AuditError::Closed));
+            }
+            Err(std::sync::TryLockError::Poisoned(_)) => return Err(AuditError::Closed),
+            Err(std::sync::TryLockError::WouldBlock) => {}
+        }
+        tries += 1;
+        if tries < LOCK_SPINS {
+            tokio::task::yield_now().await;
+        } else {
+            // The writer thread holds it for longer (a rotation's directory sync).
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 }
@@ -840,8 +930,13 @@ struct Writer {
     seq: u64,
     prev: ChainHash,
     sessions: HashMap<u64, SessState>,
-    undo: Vec<(u64, Option<SessState>)>,
+    /// Encoded lines not yet written, and how to undo them: the chain position before the
+    /// first of them and the session states they replaced.
     buf: Vec<u8>,
+    saved: (u64, ChainHash),
+    undo: Vec<(u64, Option<SessState>)>,
+    /// The acknowledgements of the lines in `buf` wait on this.
+    batch: Arc<Batch>,
     /// Records were written since the last job handed to the syncer.
     unsynced: bool,
     /// The writer thread's sleep ends in time for the batch sync (it saw `unsynced`).
@@ -982,8 +1077,10 @@ impl Writer {
             seq,
             prev,
             sessions: HashMap::new(),
-            undo: Vec::new(),
             buf: Vec::with_capacity(64 << 10),
+            saved: (seq, prev),
+            undo: Vec::new(),
+            batch: Arc::default(),
             unsynced: false,
             sync_armed: false,
             kicked: false,
@@ -1046,7 +1143,7 @@ impl Writer {
                     () = shared.kick.notified() => continue,
                     () = tokio::time::sleep(deadline) => {
                         let Some(mut w) = lock() else { return };
-                        w.tick();
+                        w.tick(shared);
                         continue;
                     }
                 };
@@ -1063,21 +1160,25 @@ impl Writer {
                     shared.closed.store(true, Ordering::Release);
                     return;
                 }
-                w.tick();
+                w.tick(shared);
             }
             // Every sender is gone: leave a synced, signed log behind.
             if let Some(mut w) = lock() {
+                if let Err(e) = w.flush(shared) {
+                    tracing::error!(error = %e, "audit write failed at shutdown; records rejected");
+                }
                 w.send_job(Vec::new(), Vec::new(), true, false, true);
             }
         });
     }
 
     /// How long the writer thread may sleep; from here on it is armed for the batch sync if
-    /// anything is unsynced.
+    /// anything is buffered or unsynced.
     fn next_deadline(&mut self) -> Duration {
-        self.sync_armed = self.unsynced;
+        let pending = self.unsynced || !self.buf.is_empty();
+        self.sync_armed = pending;
         self.kicked = false;
-        let d = if self.unsynced {
+        let d = if pending {
             self.batch_interval.saturating_sub(self.last_job.elapsed())
         } else {
             Duration::from_secs(3600)
@@ -1085,19 +1186,24 @@ impl Writer {
         d.max(Duration::from_millis(1))
     }
 
-    /// Timed work: the batch-mode sync and rotation.
-    fn tick(&mut self) {
-        if self.unsynced && self.last_job.elapsed() >= self.batch_interval {
+    /// Timed work: the batch-mode write and sync of what nobody awaited, and rotation.
+    fn tick(&mut self, shared: &Shared) {
+        if (self.unsynced || !self.buf.is_empty()) && self.last_job.elapsed() >= self.batch_interval
+        {
+            if let Err(e) = self.flush(shared) {
+                tracing::error!(error = %e, "audit write failed; records rejected");
+            }
             self.send_job(Vec::new(), Vec::new(), false, false, false);
         }
         if self.seg_len >= self.segment_max
-            && let Err(e) = self.rotate()
+            && let Err(e) = self.rotate(shared)
         {
             tracing::error!(error = %e, "audit segment rotation failed");
         }
     }
 
-    /// Hands what was written so far to the syncer.
+    /// Hands what was written so far to the syncer. The buffer must be empty (written or
+    /// rolled back): the head it signs is the chain's end.
     fn send_job(
         &mut self,
         acks: Vec<PendingAck>,
@@ -1106,6 +1212,7 @@ impl Writer {
         rotated: bool,
         last: bool,
     ) {
+        debug_assert!(self.buf.is_empty(), "sync job with unwritten records");
         let job = SyncJob {
             file: self.file.clone(),
             path: self.seg_path.clone(),
@@ -1130,16 +1237,16 @@ impl Writer {
         }
     }
 
-    /// Chains and writes one drained group, then answers its senders (with `fsync: always`
-    /// through the syncer, after the sync). Returns whether a `Close` was among them.
+    /// Chains and writes one drained group (after whatever inline appends buffered), then
+    /// answers its senders (with `fsync: always` through the syncer, after the sync). Returns
+    /// whether a `Close` was among them.
     fn process(&mut self, batch: &mut Vec<Msg>, shared: &Shared) -> bool {
         if self.seg_len > 0
             && now_us() / DAY_US != self.seg_day
-            && let Err(e) = self.rotate()
+            && let Err(e) = self.rotate(shared)
         {
             tracing::error!(error = %e, "audit segment rotation failed");
         }
-        let saved = self.begin_group();
         let mut acks = Vec::with_capacity(batch.len());
         let mut controls = Vec::new();
         let mut close = false;
@@ -1161,7 +1268,7 @@ impl Writer {
             }
         }
         let written = !self.buf.is_empty();
-        let committed = self.commit_group(saved, shared);
+        let committed = self.flush(shared);
         // Still under the lock: a session's next inline append comes after these lines.
         for q in queued {
             q.fetch_sub(1, Ordering::AcqRel);
@@ -1195,32 +1302,31 @@ impl Writer {
         close
     }
 
-    /// Starts a group of records: returns the chain position to roll back to.
-    fn begin_group(&mut self) -> (u64, ChainHash) {
-        self.undo.clear();
-        self.buf.clear();
-        (self.seq, self.prev)
-    }
-
-    /// Writes the group encoded since [`begin_group`](Self::begin_group). On failure the chain
-    /// goes back to `saved`, as if none of the group had been encoded.
-    fn commit_group(&mut self, saved: (u64, ChainHash), shared: &Shared) -> Result<(), AuditError> {
+    /// Writes the buffer and settles its batch. On failure the chain goes back to where it
+    /// was before the buffer's first line, as if none of it had been encoded, and every
+    /// acknowledgement waiting on the batch gets the error.
+    fn flush(&mut self, shared: &Shared) -> Result<(), AuditError> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self.write_batch() {
-            (self.seq, self.prev) = saved;
-            for (sid, old) in self.undo.drain(..).rev() {
-                match old {
-                    Some(s) => self.sessions.insert(sid, s),
-                    None => self.sessions.remove(&sid),
-                };
+        let batch = std::mem::take(&mut self.batch);
+        let r = self.write_batch();
+        match &r {
+            Ok(()) => shared.failed_at.store(0, Ordering::Release),
+            Err(_) => {
+                (self.seq, self.prev) = self.saved;
+                for (sid, old) in self.undo.drain(..).rev() {
+                    match old {
+                        Some(s) => self.sessions.insert(sid, s),
+                        None => self.sessions.remove(&sid),
+                    };
+                }
+                shared.failed_at.store(now_us(), Ordering::Release);
             }
-            shared.failed_at.store(now_us(), Ordering::Release);
-            return Err(e);
         }
-        shared.failed_at.store(0, Ordering::Release);
-        Ok(())
+        self.undo.clear();
+        let _ = batch.0.set(r.clone());
+        r
     }
 
     /// Serializes one record into the group buffer and advances the chain.
@@ -1231,6 +1337,10 @@ impl Writer {
         ts: u64,
         mut event: Event,
     ) -> Result<u64, AuditError> {
+        if self.buf.is_empty() {
+            self.saved = (self.seq, self.prev);
+            self.undo.clear();
+        }
         let seq = self.seq;
         let state = self.sessions.get(&sid).copied();
         let sprev = match (sid, &event) {
@@ -1306,7 +1416,9 @@ impl Writer {
 
     /// Closes the segment (the syncer syncs and signs its end and applies retention) and
     /// starts the next one.
-    fn rotate(&mut self) -> Result<(), AuditError> {
+    fn rotate(&mut self, shared: &Shared) -> Result<(), AuditError> {
+        // Buffered lines belong at the end of this segment.
+        self.flush(shared)?;
         if self.seg_len == 0 {
             return Ok(());
         }
