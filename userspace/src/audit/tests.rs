@@ -983,6 +983,70 @@ async fn disk_full_rejects_records_refuses_sessions_and_recovers() {
     assert_eq!(found.last().map(|s| s.id.as_str()), Some(sid.as_str()));
 }
 
+/// A record nobody awaits (a result) that goes down with a failed write leaves a gap in its
+/// session the session was not told about: its later records are refused, so its next
+/// command fails (fail closed) even once the disk has room again.
+#[tokio::test]
+async fn a_result_lost_in_a_failed_write_fails_its_sessions_next_command() {
+    let t = TempDir::new("lost-result");
+    let Some(fs) = SmallFs::mount(t.path().join("fs"), "256k") else {
+        eprintln!("skipping: cannot mount a tmpfs here");
+        return;
+    };
+    let cfg = AuditConfig {
+        dir: Some(fs.0.join("log")),
+        min_free_bytes: 0,
+        fsync: FsyncPolicy::Batch,
+        // No timed write: only awaited records write the buffer.
+        batch_interval: Duration::from_secs(30),
+        ..config(&t)
+    };
+    let rec = open(&cfg, &t);
+    let (alice, bob) = (identity("alice"), identity("bob"));
+    let mut a = rec.admit_session().unwrap();
+    a.start(start_of(&alice)).await.unwrap();
+    let mut b = rec.admit_session().unwrap();
+    b.start(start_of(&bob)).await.unwrap();
+    let (n, ack) = a.command(read_event("SELECT 1", &allow())).await.unwrap();
+    ack.durable().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Larger than the free end of the segment's last page: its write needs a new page.
+    let result = a
+        .result(
+            n,
+            CommandResult {
+                error: Some("e".repeat(8192)),
+                ..CommandResult::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(result.is_buffered());
+    drop(result);
+    let filler = fs.0.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 4096];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    while std::io::Write::write_all(&mut f, &chunk[..1]).is_ok() {}
+    drop(f);
+    // Bob's command is awaited: the write carrying alice's result with it fails.
+    let (_, ack) = b.command(read_event("SELECT 2", &allow())).await.unwrap();
+    let err = ack.durable().await.expect_err("the disk is full");
+    assert!(matches!(err, AuditError::StorageFull(_)), "{err}");
+    std::fs::remove_file(&filler).unwrap();
+    // Room again, but alice's result is gone: her next command must not be answered.
+    let next = match a.command(read_event("SELECT 3", &allow())).await {
+        Ok((_, ack)) => ack.durable().await,
+        Err(e) => Err(e),
+    };
+    let err = next.expect_err("a session with a lost record fails closed");
+    assert!(err.to_string().contains("lost in a failed write"), "{err}");
+    drop((a, b));
+    rec.close().await.unwrap();
+    let r = verify(&cfg.dir.clone().unwrap(), &public(&t)).unwrap();
+    assert!(r.ok, "{:#?}", r.issues);
+}
+
 #[tokio::test]
 async fn missing_key_with_an_existing_log_is_refused() {
     let t = TempDir::new("nokey");
@@ -1199,6 +1263,9 @@ async fn a_result_is_written_with_the_next_awaited_command() {
         .await
         .unwrap();
     ack.durable().await.unwrap();
+    // Let the writer thread take its kick and go back to sleep: an append that met it
+    // holding the lock would queue (and be written at once) instead.
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let result = s
         .result(
             n,
@@ -1209,7 +1276,7 @@ async fn a_result_is_written_with_the_next_awaited_command() {
         )
         .await
         .unwrap();
-    assert!(!result.is_written(), "a result is buffered, not written");
+    assert!(result.is_buffered(), "a result is buffered, not written");
     drop(result);
     assert_eq!(
         in_file("\"rows\":4242"),

@@ -13,7 +13,7 @@
 //! taken, a rotation due, or its own records still queued, queues.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -797,7 +797,8 @@ impl std::fmt::Debug for AckState {
     }
 }
 
-/// After this many tries at a contended writer lock, an awaited write sleeps between tries.
+/// After this many tries at a contended writer lock, an awaited write waits for it on the
+/// blocking pool.
 const LOCK_SPINS: u32 = 32;
 
 impl Ack {
@@ -806,6 +807,12 @@ impl Ack {
             state: AckState::Done,
             shared: None,
         }
+    }
+
+    /// Whether the record waits in the writer's buffer (not written, not queued).
+    #[cfg(test)]
+    pub(crate) fn is_buffered(&self) -> bool {
+        matches!(&self.state, AckState::Buffered { batch, .. } if batch.0.get().is_none())
     }
 
     /// Whether the record is written already: nothing to wait for.
@@ -828,7 +835,7 @@ impl Ack {
             AckState::Queued(rx) => rx.await.unwrap_or(Err(AuditError::Closed)),
             AckState::Settled(r) => r,
             AckState::Buffered { batch, seq, writer } => {
-                write_buffered(&batch, &writer, self.shared.as_deref())
+                write_buffered(&batch, &writer, self.shared.as_ref())
                     .await
                     .map(|()| seq)
             }
@@ -848,40 +855,31 @@ impl Ack {
 
 /// Writes the writer's buffer if `batch` is still in it; returns how `batch`'s write went.
 /// Never blocks a runtime thread on the lock: another session may be writing the same buffer
-/// right now, so a contended lock is retried after yielding.
+/// right now, so a contended lock is retried after yielding, and a lock held for longer (the
+/// writer thread draining the queue or rotating a segment) is waited for on the blocking pool.
 async fn write_buffered(
-    batch: &Batch,
+    batch: &Arc<Batch>,
     writer: &SharedWriter,
-    shared: Option<&Shared>,
+    shared: Option<&Arc<Shared>>,
 ) -> Result<(), AuditError> {
-    let mut tries = 0u32;
-    loop {
+    for _ in 0..LOCK_SPINS {
         if let Some(r) = batch.0.get() {
             return r.clone();
         }
         match writer.try_lock() {
-            Ok(mut w) => {
-                if std::ptr::eq(Arc::as_ptr(&w.batch), batch)
-                    && let Some(shared) = shared
-                    && let Err(e) = w.flush(shared)
-                {
-                    tracing::error!(error = %e, "audit write failed; records rejected");
-                }
-                drop(w);
-                // Set by the write that took the buffer, this one or an earlier one.
-                return batch.0.get().cloned().unwrap_or(Err(AuditError::Closed));
-            }
+            Ok(mut w) => return w.write_batch_of(batch, shared.map(Arc::as_ref)),
             Err(std::sync::TryLockError::Poisoned(_)) => return Err(AuditError::Closed),
             Err(std::sync::TryLockError::WouldBlock) => {}
         }
-        tries += 1;
-        if tries < LOCK_SPINS {
-            tokio::task::yield_now().await;
-        } else {
-            // The writer thread holds it for longer (a rotation's directory sync).
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        tokio::task::yield_now().await;
     }
+    let (batch, writer, shared) = (batch.clone(), writer.clone(), shared.cloned());
+    tokio::task::spawn_blocking(move || match writer.lock() {
+        Ok(mut w) => w.write_batch_of(&batch, shared.as_deref()),
+        Err(_) => Err(AuditError::Closed),
+    })
+    .await
+    .unwrap_or(Err(AuditError::Closed))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -937,6 +935,8 @@ struct Writer {
     undo: Vec<(u64, Option<SessState>)>,
     /// The acknowledgements of the lines in `buf` wait on this.
     batch: Arc<Batch>,
+    /// Sessions that had records in a failed write: their later records are refused.
+    lost: HashSet<u64>,
     /// Records were written since the last job handed to the syncer.
     unsynced: bool,
     /// The writer thread's sleep ends in time for the batch sync (it saw `unsynced`).
@@ -1081,6 +1081,7 @@ impl Writer {
             saved: (seq, prev),
             undo: Vec::new(),
             batch: Arc::default(),
+            lost: HashSet::new(),
             unsynced: false,
             sync_armed: false,
             kicked: false,
@@ -1241,7 +1242,7 @@ impl Writer {
     /// answers its senders (with `fsync: always` through the syncer, after the sync). Returns
     /// whether a `Close` was among them.
     fn process(&mut self, batch: &mut Vec<Msg>, shared: &Shared) -> bool {
-        if self.seg_len > 0
+        if (self.seg_len > 0 || !self.buf.is_empty())
             && now_us() / DAY_US != self.seg_day
             && let Err(e) = self.rotate(shared)
         {
@@ -1302,6 +1303,22 @@ impl Writer {
         close
     }
 
+    /// Writes the buffer if `batch`'s lines are still in it; returns how `batch`'s write went.
+    fn write_batch_of(
+        &mut self,
+        batch: &Arc<Batch>,
+        shared: Option<&Shared>,
+    ) -> Result<(), AuditError> {
+        if Arc::ptr_eq(&self.batch, batch)
+            && let Some(shared) = shared
+            && let Err(e) = self.flush(shared)
+        {
+            tracing::error!(error = %e, "audit write failed; records rejected");
+        }
+        // Set by the write that took the buffer, this one or an earlier one.
+        batch.0.get().cloned().unwrap_or(Err(AuditError::Closed))
+    }
+
     /// Writes the buffer and settles its batch. On failure the chain goes back to where it
     /// was before the buffer's first line, as if none of it had been encoded, and every
     /// acknowledgement waiting on the batch gets the error.
@@ -1320,7 +1337,11 @@ impl Writer {
                         Some(s) => self.sessions.insert(sid, s),
                         None => self.sessions.remove(&sid),
                     };
+                    self.lost.insert(sid);
                 }
+                // Those that ended or never started within the lost lines send nothing more.
+                let sessions = &self.sessions;
+                self.lost.retain(|sid| sessions.contains_key(sid));
                 shared.failed_at.store(now_us(), Ordering::Release);
             }
         }
@@ -1337,6 +1358,18 @@ impl Writer {
         ts: u64,
         mut event: Event,
     ) -> Result<u64, AuditError> {
+        if !self.lost.is_empty() && self.lost.contains(&sid) {
+            // Its chain has a gap the session was not told about (a record nobody awaited,
+            // such as a result, went down with a failed write): refuse the rest, so its next
+            // awaited record fails and the session ends. Its end is the last refusal.
+            if matches!(event, Event::SessionEnd(_)) {
+                self.lost.remove(&sid);
+            }
+            return Err(AuditError::Io {
+                path: self.seg_path.clone(),
+                message: "an earlier record of this session was lost in a failed write".into(),
+            });
+        }
         if self.buf.is_empty() {
             self.saved = (self.seq, self.prev);
             self.undo.clear();
