@@ -935,8 +935,10 @@ struct Writer {
     undo: Vec<(u64, Option<SessState>)>,
     /// The acknowledgements of the lines in `buf` wait on this.
     batch: Arc<Batch>,
-    /// Sessions that had records in a failed write: their later records are refused.
+    /// Sessions that had records in a failed write: their later records are refused
+    /// (`on_full: refuse`; with `allow` they go on recording what can be written).
     lost: HashSet<u64>,
+    refuse_after_loss: bool,
     /// Records were written since the last job handed to the syncer.
     unsynced: bool,
     /// The writer thread's sleep ends in time for the batch sync (it saw `unsynced`).
@@ -1082,6 +1084,7 @@ impl Writer {
             undo: Vec::new(),
             batch: Arc::default(),
             lost: HashSet::new(),
+            refuse_after_loss: config.on_full == OnFull::Refuse,
             unsynced: false,
             sync_armed: false,
             kicked: false,
@@ -1337,7 +1340,9 @@ impl Writer {
                         Some(s) => self.sessions.insert(sid, s),
                         None => self.sessions.remove(&sid),
                     };
-                    self.lost.insert(sid);
+                    if self.refuse_after_loss {
+                        self.lost.insert(sid);
+                    }
                 }
                 // Those that ended or never started within the lost lines send nothing more.
                 let sessions = &self.sessions;
