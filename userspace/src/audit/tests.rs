@@ -178,6 +178,15 @@ fn segments(t: &TempDir) -> Vec<PathBuf> {
         .collect()
 }
 
+/// How many lines of the log's segments contain `needle`.
+fn lines_with(t: &TempDir, needle: &str) -> usize {
+    segments(t)
+        .iter()
+        .flat_map(|seg| read_lines(seg))
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
 fn read_lines(p: &Path) -> Vec<String> {
     std::fs::read_to_string(p)
         .unwrap()
@@ -889,6 +898,8 @@ async fn full_storage_refuses_sessions_unless_fail_open() {
 struct SmallFs(PathBuf);
 
 impl SmallFs {
+    /// Mounts it, or says why the test cannot run: a skip outside CI (mounting needs
+    /// CAP_SYS_ADMIN), a failure in CI.
     fn mount(at: PathBuf, size: &str) -> Option<Self> {
         std::fs::create_dir_all(&at).unwrap();
         let ok = std::process::Command::new("mount")
@@ -896,7 +907,25 @@ impl SmallFs {
             .arg(&at)
             .status()
             .is_ok_and(|s| s.success());
+        if !ok {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "cannot mount a tmpfs at {} (needs root)",
+                at.display()
+            );
+            eprintln!("skipping: cannot mount a tmpfs here");
+        }
         ok.then_some(SmallFs(at))
+    }
+
+    /// Fills the file system to the last byte; returns the filler file.
+    fn fill(&self) -> PathBuf {
+        let filler = self.0.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 4096];
+        while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+        while std::io::Write::write_all(&mut f, &chunk[..1]).is_ok() {}
+        filler
     }
 }
 
@@ -922,9 +951,8 @@ fn start_of(id: &Identity) -> SessionStart<'_> {
 #[tokio::test]
 async fn disk_full_rejects_records_refuses_sessions_and_recovers() {
     let t = TempDir::new("enospc");
+    // The min_free_bytes path is tested apart.
     let Some(fs) = SmallFs::mount(t.path().join("fs"), "256k") else {
-        // Needs CAP_SYS_ADMIN to mount a tmpfs; the min_free_bytes path is tested apart.
-        eprintln!("skipping: cannot mount a tmpfs here");
         return;
     };
     let cfg = AuditConfig {
@@ -937,13 +965,7 @@ async fn disk_full_rejects_records_refuses_sessions_and_recovers() {
     rec.flush().await.unwrap();
     // Admitted while there is room; the disk fills up during the session.
     let mut s = rec.admit_session().unwrap();
-    // Fill the file system to the last byte.
-    let filler = fs.0.join("filler");
-    let mut f = std::fs::File::create(&filler).unwrap();
-    let chunk = vec![0u8; 4096];
-    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
-    while std::io::Write::write_all(&mut f, &chunk[..1]).is_ok() {}
-    drop(f);
+    let filler = fs.fill();
 
     let id = identity("during");
     // The segment's last page may still have room for a few records.
@@ -990,7 +1012,6 @@ async fn disk_full_rejects_records_refuses_sessions_and_recovers() {
 async fn a_result_lost_in_a_failed_write_fails_its_sessions_next_command() {
     let t = TempDir::new("lost-result");
     let Some(fs) = SmallFs::mount(t.path().join("fs"), "256k") else {
-        eprintln!("skipping: cannot mount a tmpfs here");
         return;
     };
     let cfg = AuditConfig {
@@ -1023,12 +1044,7 @@ async fn a_result_lost_in_a_failed_write_fails_its_sessions_next_command() {
         .unwrap();
     assert!(result.is_buffered());
     drop(result);
-    let filler = fs.0.join("filler");
-    let mut f = std::fs::File::create(&filler).unwrap();
-    let chunk = vec![0u8; 4096];
-    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
-    while std::io::Write::write_all(&mut f, &chunk[..1]).is_ok() {}
-    drop(f);
+    let filler = fs.fill();
     // Bob's command is awaited: the write carrying alice's result with it fails.
     let (_, ack) = b.command(read_event("SELECT 2", &allow())).await.unwrap();
     let err = ack.durable().await.expect_err("the disk is full");
@@ -1213,11 +1229,9 @@ async fn uncontended_batch_appends_are_buffered_inline() {
             let (_, ack) = s.command(read_event(&text, &allow())).await.unwrap();
             ack.durable().await.unwrap();
             let needle = format!("inline-marker-{i}'");
-            let on_disk = segments(&t)
-                .iter()
-                .any(|seg| read_lines(seg).iter().any(|l| l.contains(&needle)));
-            assert!(
-                on_disk,
+            assert_eq!(
+                lines_with(&t, &needle),
+                1,
                 "record {i} is in the segment when durable() returns"
             );
         }
@@ -1251,13 +1265,6 @@ async fn a_result_is_written_with_the_next_awaited_command() {
     let id = identity("alice");
     let mut s = rec.admit_session().unwrap();
     s.start(start_of(&id)).await.unwrap();
-    let in_file = |needle: &str| {
-        segments(&t)
-            .iter()
-            .flat_map(|seg| read_lines(seg))
-            .filter(|l| l.contains(needle))
-            .count()
-    };
     let (n, ack) = s
         .command(read_event("SELECT 'first'", &allow()))
         .await
@@ -1279,7 +1286,7 @@ async fn a_result_is_written_with_the_next_awaited_command() {
     assert!(result.is_buffered(), "a result is buffered, not written");
     drop(result);
     assert_eq!(
-        in_file("\"rows\":4242"),
+        lines_with(&t, "\"rows\":4242"),
         0,
         "the result waits in the buffer"
     );
@@ -1288,8 +1295,12 @@ async fn a_result_is_written_with_the_next_awaited_command() {
         .await
         .unwrap();
     ack.durable().await.unwrap();
-    assert_eq!(in_file("\"rows\":4242"), 1, "written with the next command");
-    assert_eq!(in_file("SELECT 'second'"), 1);
+    assert_eq!(
+        lines_with(&t, "\"rows\":4242"),
+        1,
+        "written with the next command"
+    );
+    assert_eq!(lines_with(&t, "SELECT 'second'"), 1);
     drop(s);
     rec.close().await.unwrap();
     let r = check(&t);

@@ -430,8 +430,12 @@ impl Drop for Unqueue<'_> {
 // The event goes back only to be queued at once; boxing it would cost an allocation.
 #[allow(clippy::large_enum_variant)]
 enum Inline {
-    /// Chained into the writer's buffer as `seq`; written with `batch`.
-    Buffered(u64, Arc<Batch>),
+    /// Chained into `writer`'s buffer as `seq`; written with `batch`.
+    Buffered {
+        seq: u64,
+        batch: Arc<Batch>,
+        writer: SharedWriter,
+    },
     /// Could not be encoded.
     Failed(AuditError),
     /// Not appended: queue it.
@@ -465,7 +469,11 @@ impl Inner {
             return Inline::Queue(event);
         }
         let r = match w.encode(self.sid, session, ts, event) {
-            Ok(seq) => Inline::Buffered(seq, w.batch.clone()),
+            Ok(seq) => Inline::Buffered {
+                seq,
+                batch: w.batch.clone(),
+                writer: writer.clone(),
+            },
             Err(e) => Inline::Failed(e),
         };
         // The writer thread may be asleep with no timer: wake it to arm one, so the buffer
@@ -572,13 +580,9 @@ impl SessionRecorder {
         };
         let ts = now_us();
         let event = match inner.try_inline(&self.id, ts, event) {
-            Inline::Buffered(seq, batch) => {
-                let writer = inner.writer.clone();
+            Inline::Buffered { seq, batch, writer } => {
                 return Ok(Ack {
-                    state: match writer {
-                        Some(writer) => AckState::Buffered { batch, seq, writer },
-                        None => AckState::Settled(Err(AuditError::Closed)),
-                    },
+                    state: AckState::Buffered { batch, seq, writer },
                     shared: Some(inner.shared.clone()),
                 });
             }
@@ -1179,7 +1183,7 @@ impl Writer {
     /// How long the writer thread may sleep; from here on it is armed for the batch sync if
     /// anything is buffered or unsynced.
     fn next_deadline(&mut self) -> Duration {
-        let pending = self.unsynced || !self.buf.is_empty();
+        let pending = self.has_pending();
         self.sync_armed = pending;
         self.kicked = false;
         let d = if pending {
@@ -1190,10 +1194,14 @@ impl Writer {
         d.max(Duration::from_millis(1))
     }
 
+    /// Records are buffered (not yet written) or written but not yet handed to the syncer.
+    fn has_pending(&self) -> bool {
+        self.unsynced || !self.buf.is_empty()
+    }
+
     /// Timed work: the batch-mode write and sync of what nobody awaited, and rotation.
     fn tick(&mut self, shared: &Shared) {
-        if (self.unsynced || !self.buf.is_empty()) && self.last_job.elapsed() >= self.batch_interval
-        {
+        if self.has_pending() && self.last_job.elapsed() >= self.batch_interval {
             if let Err(e) = self.flush(shared) {
                 tracing::error!(error = %e, "audit write failed; records rejected");
             }
