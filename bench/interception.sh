@@ -9,7 +9,13 @@ BYTES=${BENCH_BYTES:-1073741824}
 
 start_netbench_server
 
-{ daemon_section; echo "targets:"; tcp_targets; } > "$WORK/tcp.yaml"
+{ daemon_section; echo "targets:"; tcp_targets; cat <<YAML; } > "$WORK/tcp.yaml"
+rules:
+  # Every connection to the benchmark service is allowed (a rule with no what block, so
+  # builds from before tcp asked the gate read it too).
+  - name: bench-connect
+    action: allow
+YAML
 start_daemon "$WORK/tcp.yaml"
 # iptables REDIRECT of 198.18.0.2:7001 to the same proxy (its `bench-iptables` listener).
 in_node iptables -t nat -A OUTPUT -p tcp -d 198.18.0.2 --dport 7001 -j REDIRECT --to-ports 15101

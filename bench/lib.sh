@@ -38,7 +38,7 @@ lib_cleanup() {
     [ -d "$cg" ] && { echo 1 > "$cg/cgroup.kill"; sleep 0.3; find "$cg" -depth -type d -exec rmdir {} \; ; }
   done
   for ns in $NODE $DB; do ip netns pids $ns 2>/dev/null | xargs -r kill -9; ip netns del $ns 2>/dev/null; done
-  rm -rf "$WORK" "$PGDIR"
+  rm -rf "$WORK" "$PGDIR" "/tmp/airlock-$ID-mariadb"
 }
 trap lib_cleanup EXIT
 
@@ -299,6 +299,8 @@ run_pgbench() {
     airlock-allow) runner=in_protected; start_daemon "$WORK/allow.yaml"; pid=$DAEMON ;;
     airlock-full) runner=in_protected; start_daemon "$WORK/full.yaml"; pid=$DAEMON ;;
     airlock-full-noaudit) runner=in_protected; start_daemon "$WORK/full-noaudit.yaml"; pid=$DAEMON ;;
+    # A daemon the caller started (bench/pg_ab.sh runs two builds in turn).
+    airlock-custom) runner=in_protected; pid=$DAEMON ;;
     pgbouncer) host=198.18.0.1; port=6432; pid=$PGBOUNCER ;;
     haproxy) host=198.18.0.1; port=6543; pid=$HAPROXY ;;
     bare-relay) host=198.18.0.1; port=6544; pid=$BARE_RELAY ;;

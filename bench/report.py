@@ -98,6 +98,42 @@ if p:
                 "| workload | clients | full / haproxy | full / pgbouncer | budget | full, audit off / haproxy | … / pgbouncer | budget | bare relay / haproxy | … / pgbouncer |",
                 "|---|---|---|---|---|---|---|---|---|---|"] + budget_lines + [""]
 
+m = newest("mysql")
+if m:
+    out += [f"## MySQL / MariaDB: sysbench ({m['date']}, {m['machine']}, {m['seconds']} s per run, "
+            f"load {m['loadavg_start']} → {m['loadavg_end']})", "",
+            f"`sysbench {{oltp_read_only,oltp_read_write}} {m['sysbench']}` against MariaDB 10.11 "
+            "(prepared statements: the binary protocol).", "",
+            "| workload | threads | path | TPS | vs direct | vs haproxy | p95 ms | proxy CPU µs/tx | load |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    runs = m["runs"]
+    def find(path, w, t):
+        for x in runs:
+            if x["path"] == path and x["workload"] == w and x["threads"] == t:
+                return x["result"]
+        return None
+    verdicts = []
+    for x in runs:
+        res, w, t = x["result"], x["workload"], x["threads"]
+        d, h = find("direct", w, t), find("haproxy", w, t)
+        cpu = res.get("proxy_cpu_us_per_tx")
+        out.append(f"| {w} | {t} | {x['path']} | {res.get('tps')} | {r(res.get('tps'), d and d.get('tps'))} | "
+                   f"{r(res.get('tps'), h and h.get('tps'))} | {res.get('latency_p95_ms')} | "
+                   f"{f'{cpu:.1f}' if cpu else '–'} | {res.get('loadavg')} |")
+    for t in sorted({x["threads"] for x in runs}):
+        a, h = find("airlock-full", "oltp_read_only", t), find("haproxy", "oltp_read_only", t)
+        mk = find("airlock-masked", "oltp_read_only", t)
+        if a and h and a.get("tps") and h.get("tps"):
+            ok = a["tps"] >= h["tps"]
+            verdicts.append(f"oltp_read_only, {t} threads: airlock {a['tps']:.0f} vs haproxy {h['tps']:.0f} TPS "
+                            f"({a['tps'] / h['tps']:.2f}×): {'met' if ok else 'MISSED'}")
+        if a and mk and a.get("tps") and mk.get("tps"):
+            q = mk["tps"] / a["tps"]
+            verdicts.append(f"masked vs unmasked, {t} threads: {q:.2f}: {'met' if q >= 0.85 else 'MISSED'}")
+    out += ["", "Budgets (issue 19): airlock ≥ haproxy TPS on oltp_read_only; masked vs unmasked ≥ 0.85."]
+    out += [f"- {v}" for v in verdicts]
+    out.append("")
+
 s = newest("scale")
 if s:
     pg, tcp = s["idle_postgres_sessions"], s["idle_tcp_connections"]
@@ -174,5 +210,30 @@ if k:
     out += [f"- {n}" for n in notes]
     out += ["", "The soak runs separately (bench/soak.sh, SOAK_MINUTES, 30 by default); this summary "
             f"is from a {k['minutes']}-minute run.", ""]
+
+u = newest("upgrade")
+if u:
+    runs = u["runs"]
+    out += [f"## Upgrades under load ({u['date']}, {u['machine']}, load {u['loadavg']['start']} → {u['loadavg']['end']})", "",
+            f"{u['workers']} intercepted clients make connection attempts one after another for {u['seconds']:g} s; "
+            "halfway through the daemon is upgraded in place, or restarted; haproxy's seamless reload "
+            "(`-x` stats socket, `-sf`) is the peer doing the same job for a plain TCP proxy.", "",
+            "| path | attempts/s | vs steady | refused | reset | timed out | worst 100 ms vs median |",
+            "|---|---|---|---|---|---|---|"]
+    for name, k, base in [("airlock, steady", "steady", "steady"),
+                          ("airlock, `airlock upgrade` halfway", "upgrade", "steady"),
+                          ("airlock, stop + start halfway", "restart", "steady"),
+                          ("haproxy, steady (peer)", "haproxy_steady", "haproxy_steady"),
+                          ("haproxy, seamless reload halfway (peer)", "haproxy_reload", "haproxy_steady")]:
+        if k not in runs:
+            continue
+        v, f = runs[k], runs[k]["failed"]
+        out.append(f"| {name} | {v['attempts_per_s']} | {r(v['attempts_per_s'], runs[base]['attempts_per_s'])} | "
+                   f"{f['refused']} | {f['reset']} | {f['timeout'] + f['other']} | {v['worst_100ms_vs_median']} |")
+    if "upgrade" in runs:
+        f = runs["upgrade"]["failed"]
+        out += ["", f"Budget (issue 24): no attempt refused or reset across an upgrade: "
+                f"{f['refused']} refused, {f['reset']} reset, {'met' if f['refused'] == 0 and f['reset'] == 0 else 'MISSED'}."]
+    out.append("")
 
 print("\n".join(out))

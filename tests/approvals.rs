@@ -20,8 +20,11 @@ use airlock::approval::{self, ApprovalRequest, Approvals, State};
 use airlock::config::Config;
 use airlock::policy::Engine;
 use airlock::protocol::postgres::Hooks;
-use airlock::proxy::Context;
-use support::{DATABASE, GATEWAY_USER, PgServer, TempDir, dsn, free_port, psql, serve_gateway};
+use airlock::runtime::Context;
+use support::{
+    DATABASE, GATEWAY_USER, PgServer, RawClient, TempDir, bind, cstrs, dsn, error_field, execute,
+    free_port, msg, parse, psql, query, serve_gateway, sync, tags,
+};
 
 /// The rules: reads pass; writes need review by `dba` (per table: a 1 s timeout that denies,
 /// one that escalates to `oncall`, retry mode with a 2 s TTL, and the default hold).
@@ -128,7 +131,19 @@ impl Instance {
         let target_cfg = Arc::new(config.targets[0].clone());
         let approvals_cfg = config.daemon.approvals.clone();
         let state_dir = config.daemon.state_dir.clone();
-        let ctx = Arc::new(Context::new(config, engine).expect("context"));
+        // The real audit log, so reviews can be replayed.
+        let audit =
+            airlock::audit::Recorder::open(&config.daemon.audit, &state_dir).expect("audit log");
+        let ctx = Arc::new(
+            Context::with_parts(
+                config,
+                engine,
+                audit,
+                Arc::new(airlock::metrics::Metrics::new()),
+                airlock::secrets::random(32).expect("mask key"),
+            )
+            .expect("context"),
+        );
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -146,7 +161,7 @@ impl Instance {
         let api_listener = rt
             .block_on(tokio::net::TcpListener::bind(api))
             .expect("bind api");
-        rt.spawn(approval::api::serve_listener(api_listener, ctx.clone()));
+        rt.spawn(airlock::api::serve_listener(api_listener, ctx.clone()));
         let proxy = serve_gateway(
             &rt,
             target_cfg,
@@ -298,7 +313,7 @@ fn touched(pg: &PgServer, table: &str) -> f64 {
 }
 
 #[test]
-fn held_update_approved_by_cli_completes() {
+fn held_update_approved_by_cli_completes_and_replays_with_its_review() {
     let pg = PgServer::start(None);
     prepare_target(&pg);
     let inst = Instance::sqlite(&pg);
@@ -348,6 +363,48 @@ fn held_update_approved_by_cli_completes() {
         m.contains("airlock_approval_decision_latency_seconds_count 2"),
         "{m}"
     );
+
+    // The audit log has each review beside the command it released or refused: who was
+    // asked, who decided, with what reason, and how it ended.
+    let found: Vec<serde_json::Value> =
+        serde_json::from_str(&inst.cli_ok(&["sessions", "--text", "update accounts", "--json"]))
+            .expect("sessions json");
+    assert_eq!(found.len(), 2, "{found:?}");
+    let replay = |i: usize| {
+        let id = found[i]["id"].as_str().expect("session id").to_owned();
+        inst.cli_ok(&["replay", &id])
+    };
+    let approved = replay(0);
+    for needle in [
+        &format!("> {sql}"),
+        "review (rule write-review)",
+        "sql; write; update; writes accounts",
+        &format!(
+            "approval {} approved (rule write-review; approvers dba; hold mode; requested ",
+            req.id
+        ),
+        "approve by admin (admin-token) at ",
+        ": ticket 42",
+        "#1 < ",
+    ] {
+        assert!(
+            approved.contains(needle),
+            "{needle:?} in the replay:\n{approved}"
+        );
+    }
+    // The review comes right after its command, before the command's result.
+    let at = |needle: &str| approved.find(needle).expect(needle);
+    assert!(at(&format!("> {sql}")) < at("approval ") && at("approval ") < at("#1 < "));
+    let denied = replay(1);
+    assert!(
+        denied.contains(&format!("approval {} denied", second.id))
+            && denied.contains("deny by admin (admin-token)"),
+        "{denied}"
+    );
+    assert_eq!(found[0]["approved"], 1, "{found:?}");
+    assert_eq!(found[1]["approvals"], 1, "{found:?}");
+    // And the log verifies, every record vouched for by the key.
+    inst.cli_ok(&["audit", "verify", "--strict"]);
 }
 
 #[test]
@@ -410,6 +467,295 @@ fn prepared_statement_needs_one_approval_per_run() {
     let all = inst.requests(false);
     assert_eq!(all.len(), 3, "{all:?}");
     assert!(all.iter().all(|r| r.state == State::Used), "{all:?}");
+}
+
+/// Waits until a pending request for `command` other than those in `seen` shows up.
+fn wait_new_pending(inst: &Instance, command: &str, seen: &[String]) -> ApprovalRequest {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(r) = inst
+            .requests(true)
+            .into_iter()
+            .find(|r| r.commands[0].text == command && !seen.contains(&r.id))
+        {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "no new request for {command}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The values a request shows its reviewers.
+fn shown(r: &ApprovalRequest) -> Vec<Option<String>> {
+    r.commands[0]
+        .params
+        .iter()
+        .map(|p| p.value.clone())
+        .collect()
+}
+
+#[test]
+fn prepared_write_runs_only_with_the_reviewed_values() {
+    // An approval covers the statement with the values the reviewer saw: one run, in the
+    // session that waited. Other values, or the same values again (here from a second
+    // session), are held anew.
+    let pg = PgServer::start(None);
+    prepare_target(&pg);
+    let inst = Instance::sqlite(&pg);
+    let dsn = inst.dsn();
+    let client = std::thread::spawn(move || {
+        support::python(
+            &dsn,
+            "import os, psycopg\n\
+             q = 'UPDATE accounts SET balance = %s WHERE id = %s'\n\
+             qb = 'UPDATE accounts SET balance = %b WHERE id = %b'\n\
+             def run(c, q, v):\n\
+             \x20   try:\n\
+             \x20       c.execute(q, v, prepare=True)\n\
+             \x20       print('ran', v)\n\
+             \x20   except psycopg.Error as e:\n\
+             \x20       print('refused', v, e.sqlstate)\n\
+             with psycopg.connect(os.environ['DSN'], autocommit=True) as c:\n\
+             \x20   run(c, q, (42, 1))\n\
+             \x20   run(c, qb, (7, 1))\n\
+             with psycopg.connect(os.environ['DSN'], autocommit=True) as c:\n\
+             \x20   run(c, q, (42, 1))\n",
+        )
+    });
+    let sql = "UPDATE accounts SET balance = $1 WHERE id = $2";
+    let first = inst.wait_pending(sql);
+    // Text-format values, as the reviewer reads them.
+    assert_eq!(shown(&first), [Some("42".into()), Some("1".into())]);
+    assert_eq!(first.commands[0].params[0].shown_as, "text");
+    assert_eq!(balance(&pg, "accounts"), 100);
+    inst.cli_ok(&["approve", &first.id]);
+    // Other values (binary this time, decoded for the reviewer): held again, refused.
+    let second = wait_new_pending(&inst, sql, std::slice::from_ref(&first.id));
+    assert_eq!(shown(&second), [Some("7".into()), Some("1".into())]);
+    assert_eq!(
+        second.commands[0].params[0].format,
+        airlock::model::ParamFormat::Binary
+    );
+    assert_ne!(second.commands[0].sha256, first.commands[0].sha256);
+    inst.cli_ok(&["deny", &second.id]);
+    // The approved values again, from another session: the approval was used up.
+    let third = wait_new_pending(&inst, sql, &[first.id.clone(), second.id.clone()]);
+    assert_eq!(third.commands[0].sha256, first.commands[0].sha256);
+    inst.cli_ok(&["deny", &third.id]);
+    let (ok, out, err) = client.join().expect("python thread");
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "ran (42, 1)",
+            "refused (7, 1) 42501",
+            "refused (42, 1) 42501"
+        ],
+        "{err}"
+    );
+    assert_eq!(balance(&pg, "accounts"), 42);
+    // The request as `airlock requests --json` gives it carries the values.
+    let all = inst.requests(false);
+    let used = all
+        .iter()
+        .find(|r| r.id == first.id)
+        .expect("first request");
+    assert_eq!(used.state, State::Used);
+    assert_eq!(shown(used), [Some("42".into()), Some("1".into())]);
+}
+
+#[test]
+fn retry_grant_covers_only_the_approved_values() {
+    // Retry mode: the approval is a grant for the next identical run; identical includes the
+    // values. (A TTL long enough for three Python runs on a loaded machine.)
+    let pg = PgServer::start(None);
+    prepare_target(&pg);
+    let rules = RULES.replace("ttl: 2s", "ttl: 60s");
+    let inst = Instance::start_with(&pg, "    store: sqlite", &rules);
+    let run = |v: i64| {
+        support::python(
+            &inst.dsn(),
+            &format!(
+                "import os, psycopg\n\
+                 with psycopg.connect(os.environ['DSN'], autocommit=True) as c:\n\
+                 \x20   try:\n\
+                 \x20       c.execute('UPDATE retry_t SET balance = %s WHERE id = 1', ({v},))\n\
+                 \x20       print('ran')\n\
+                 \x20   except psycopg.Error as e:\n\
+                 \x20       print('refused', e.sqlstate)\n"
+            ),
+        )
+    };
+    let (ok, out, err) = run(5);
+    assert!(ok && out.trim() == "refused 42501", "{out}{err}");
+    let req = inst.wait_pending("UPDATE retry_t SET balance = $1 WHERE id = 1");
+    assert_eq!(shown(&req), [Some("5".into())]);
+    inst.cli_ok(&["approve", &req.id]);
+    // Other values: not covered (a new request), nothing run.
+    let (ok, out, err) = run(6);
+    assert!(ok && out.trim() == "refused 42501", "{out}{err}");
+    assert_eq!(balance(&pg, "retry_t"), 100);
+    // The approved values: run once.
+    let (ok, out, err) = run(5);
+    assert!(ok && out.trim() == "ran", "{out}{err}");
+    assert_eq!(balance(&pg, "retry_t"), 5);
+}
+
+/// Bind(portal, statement) with text values.
+fn bind_text(portal: &str, stmt: &str, values: &[&str]) -> Vec<u8> {
+    let mut b = cstrs(&[portal, stmt]);
+    b.extend_from_slice(&0u16.to_be_bytes());
+    b.extend_from_slice(&u16::try_from(values.len()).expect("n").to_be_bytes());
+    for v in values {
+        b.extend_from_slice(&u32::try_from(v.len()).expect("len").to_be_bytes());
+        b.extend_from_slice(v.as_bytes());
+    }
+    b.extend_from_slice(&0u16.to_be_bytes());
+    msg(b'B', &b)
+}
+
+/// Close of a prepared statement.
+fn close_stmt(name: &str) -> Vec<u8> {
+    let mut b = vec![b'S'];
+    b.extend_from_slice(&cstrs(&[name]));
+    msg(b'C', &b)
+}
+
+/// The tags of an answer without the notices (a held command's request id).
+fn answer(c: &mut RawClient) -> (String, Vec<(u8, Vec<u8>)>) {
+    let m: Vec<_> = c
+        .until_ready()
+        .into_iter()
+        .filter(|m| m.0 != b'N')
+        .collect();
+    (tags(&m), m)
+}
+
+fn refused(m: &[(u8, Vec<u8>)], what: &str) {
+    let e = m.iter().find(|m| m.0 == b'E').expect("an error");
+    assert_eq!(error_field(&e.1, b'C').as_deref(), Some("42501"), "{what}");
+    let text = error_field(&e.1, b'M').unwrap_or_default();
+    assert!(text.contains(what), "{text}");
+}
+
+#[test]
+fn raw_extended_protocol_cannot_swap_what_was_reviewed() {
+    let pg = PgServer::start(None);
+    prepare_target(&pg);
+    let inst = Instance::sqlite(&pg);
+    let mut c = RawClient::connect(inst.proxy);
+    c.startup(0, &[("user", "someone"), ("database", DATABASE)]);
+    assert_eq!(
+        c.until_ready().last().map(|m| m.1.clone()),
+        Some(b"I".to_vec())
+    );
+    let write = "UPDATE accounts SET balance = $1 WHERE id = 1";
+
+    // Pipelined behind a held Bind: each Bind is its own request with its own values; the
+    // approved one runs with exactly those, the next waits for its own review.
+    let mut batch = parse("w", write);
+    batch.extend(bind_text("", "w", &["5"]));
+    batch.extend(execute(""));
+    batch.extend(sync());
+    batch.extend(bind_text("", "w", &["6"]));
+    batch.extend(execute(""));
+    batch.extend(sync());
+    c.send(&batch);
+    let first = inst.wait_pending(write);
+    assert_eq!(shown(&first), [Some("5".into())]);
+    assert_eq!(balance(&pg, "accounts"), 100);
+    inst.cli_ok(&["approve", &first.id]);
+    assert_eq!(answer(&mut c).0, "12CZ");
+    assert_eq!(balance(&pg, "accounts"), 5);
+    let second = wait_new_pending(&inst, write, std::slice::from_ref(&first.id));
+    assert_eq!(shown(&second), [Some("6".into())]);
+    inst.cli_ok(&["deny", &second.id]);
+    let (t, m) = answer(&mut c);
+    assert_eq!(t, "EZ");
+    refused(&m, &format!("request {} was denied", second.id));
+    assert_eq!(balance(&pg, "accounts"), 5);
+
+    // A Close the server skipped (an error earlier in its batch) leaves the statement on the
+    // server: a later Bind of that name is refused, not let through unjudged onto a portal
+    // the gateway decided for something else.
+    c.send(&[parse("", "SELECT 1"), bind("", ""), execute(""), sync()].concat());
+    assert_eq!(answer(&mut c).0, "12DCZ");
+    let fails = [parse("", "SELECT 1/0"), bind("", ""), execute("")].concat();
+    c.send(&[fails.clone(), close_stmt("w"), sync()].concat());
+    assert_eq!(answer(&mut c).0, "1EZ");
+    c.send(&[bind_text("", "w", &["0"]), execute(""), sync()].concat());
+    let (t, m) = answer(&mut c);
+    assert_eq!(t, "EZ");
+    refused(&m, "not prepared through the gateway");
+
+    // A Parse the server skipped, then the same name prepared for a write: the server holds
+    // the write, so the skipped statement's allowance must not cover it.
+    c.send(&[fails, parse("s", "SELECT 1"), sync()].concat());
+    assert_eq!(answer(&mut c).0, "1EZ");
+    c.send(
+        &[
+            parse("s", "UPDATE accounts SET balance = 0 WHERE id = 1"),
+            sync(),
+        ]
+        .concat(),
+    );
+    assert_eq!(answer(&mut c).0, "1Z");
+    c.send(&[bind("", "s"), execute(""), sync()].concat());
+    let (t, m) = answer(&mut c);
+    assert_eq!(t, "EZ");
+    refused(&m, "was not created on the server");
+
+    // A Bind the server skipped, then the transaction rolled back to a savepoint: the old
+    // portal of that name is still on the server, so a later Execute of it is refused rather
+    // than run under the skipped Bind's decision (its masking rules, say).
+    c.send(&query("BEGIN"));
+    answer(&mut c);
+    c.send(
+        &[
+            parse("r", "SELECT balance FROM accounts"),
+            bind("p", "r"),
+            sync(),
+        ]
+        .concat(),
+    );
+    assert_eq!(answer(&mut c).0, "12Z");
+    c.send(&query("SAVEPOINT a"));
+    answer(&mut c);
+    c.send(
+        &[
+            parse("", "SELECT 1/0"),
+            bind("", ""),
+            execute(""),
+            bind("p", "r"),
+            sync(),
+        ]
+        .concat(),
+    );
+    assert_eq!(answer(&mut c).0, "1EZ");
+    c.send(&query("ROLLBACK TO a"));
+    assert_eq!(answer(&mut c).0, "CZ");
+    c.send(&[execute("p"), sync()].concat());
+    let (t, m) = answer(&mut c);
+    assert_eq!(t, "EZ");
+    refused(&m, "portal \"p\" was not created on the server");
+    c.send(&query("ROLLBACK"));
+    answer(&mut c);
+
+    // A statement prepared in a batch the server has not answered yet: its Bind waits for
+    // that answer, then runs (pipelined across Syncs, as drivers do).
+    c.send(
+        &[
+            parse("q", "SELECT 2"),
+            sync(),
+            bind("", "q"),
+            execute(""),
+            sync(),
+        ]
+        .concat(),
+    );
+    assert_eq!(answer(&mut c).0, "1Z");
+    assert_eq!(answer(&mut c).0, "2DCZ");
+    assert_eq!(balance(&pg, "accounts"), 5);
 }
 
 #[test]
@@ -580,6 +926,36 @@ fn retry_mode_runs_once_after_approval_and_not_after_ttl() {
         .find(|r| r.id == second)
         .expect("second");
     assert_eq!(r.state, State::Expired);
+
+    // The audit log: the refusal that opened each request (pending), and the run the first
+    // approval released, with the grant it used and who approved it.
+    let replay = replay_of(&inst, "update retry_t set balance = balance + 10");
+    for needle in [
+        format!("approval {id} pending (rule retry-review; approvers dba; retry mode"),
+        format!("approval {id} grant (rule retry-review; approvers dba; retry mode"),
+        "approve by admin (admin-token) at ".to_owned(),
+        "grant: command approved earlier; 0 use(s) left, valid until ".to_owned(),
+        format!("approval {second} pending"),
+    ] {
+        assert!(
+            replay.contains(&needle),
+            "{needle:?} in the replays:\n{replay}"
+        );
+    }
+    inst.cli_ok(&["audit", "verify", "--strict"]);
+}
+
+/// Every replay of the sessions whose commands contain `text`, concatenated.
+fn replay_of(inst: &Instance, text: &str) -> String {
+    let found: Vec<serde_json::Value> =
+        serde_json::from_str(&inst.cli_ok(&["sessions", "--text", text, "--json"]))
+            .expect("sessions json");
+    assert!(!found.is_empty(), "no session with {text:?}");
+    found
+        .iter()
+        .map(|s| inst.cli_ok(&["replay", s["id"].as_str().expect("session id")]))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
@@ -625,6 +1001,20 @@ fn plan_approved_ahead_runs_without_waiting() {
     inst.cli_ok(&["deny", &req.id]);
     assert!(!client.join().0);
     assert_eq!(balance(&pg, "accounts"), 555);
+    // The audit log names the plan the command ran under: who approved it, why, for what.
+    let replay = replay_of(&inst, "set balance = 555");
+    for needle in [
+        format!("approval {} grant", plan.id),
+        "approve by admin (admin-token) at ".to_owned(),
+        ": planned maintenance".to_owned(),
+        "grant: plan approved earlier, submitted by ".to_owned(),
+        " for \"fix balance\"".to_owned(),
+    ] {
+        assert!(
+            replay.contains(&needle),
+            "{needle:?} in the replay:\n{replay}"
+        );
+    }
 }
 
 /// A local HTTP receiver: answers 500 to the first `fail_first` requests, then 200; keeps
@@ -1007,4 +1397,206 @@ fn oidc_reviewer_in_the_approver_group_decides() {
     assert_eq!(r.votes[0].by, "ci");
     assert_eq!(r.votes[0].via, format!("oidc:{}", idp.issuer));
     idp.stop();
+}
+
+/// A TCP connection held for review (the `tcp` handler, the gate and the approval store in
+/// process, real sockets, a real audit log): approved, its first bytes reach the target and
+/// the log holds the connection with who approved it and why; a second client that leaves
+/// while held withdraws its request, and the log says so.
+#[test]
+fn held_tcp_connection_review_is_recorded_approved_or_withdrawn() {
+    let state = TempDir::new("airlock-tcp-review");
+    let yaml = format!(
+        "daemon:\n  state_dir: {}\n  approvals:\n    store: sqlite\n\
+         targets:\n  - name: cache\n    protocol: tcp\n    addresses: [\"198.18.0.9/32\"]\n    ports: [6379]\n\
+         rules:\n  - name: cache-review\n    targets: [cache]\n    connect: {{}}\n    action: review\n    review: {{ approvers: [dba], timeout: 60s }}\ndefault: deny\n",
+        state.path().display()
+    );
+    let config_path = state.path().join("airlock.yaml");
+    std::fs::write(&config_path, &yaml).expect("write config");
+    let config = Config::load(&config_path).expect("config");
+    let engine = Engine::new(&config).expect("engine");
+    let target = Arc::new(config.targets[0].clone());
+    let audit = airlock::audit::Recorder::open(&config.daemon.audit, &config.daemon.state_dir)
+        .expect("audit log");
+    let approvals_cfg = config.daemon.approvals.clone();
+    let ctx = Arc::new(
+        Context::with_parts(
+            config,
+            engine,
+            audit,
+            Arc::new(airlock::metrics::Metrics::new()),
+            airlock::secrets::random(32).expect("mask key"),
+        )
+        .expect("context"),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let svc = rt
+        .block_on(Approvals::open(
+            &approvals_cfg,
+            state.path(),
+            ctx.metrics.clone(),
+        ))
+        .expect("approvals");
+    ctx.approvals.set(svc.clone()).expect("set approvals");
+    // The target: echoes what it gets.
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+    let upstream_addr = upstream.local_addr().expect("upstream addr");
+    std::thread::spawn(move || {
+        for conn in upstream.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n @ 1..) = conn.read(&mut buf) {
+                    if conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind proxy");
+    let proxy = listener.local_addr().expect("proxy addr");
+    let drain = airlock::drain::Drain::new();
+    {
+        let ctx = ctx.clone();
+        let drain = drain.watch();
+        rt.spawn(async move {
+            let mut id = 0;
+            while let Ok((client, peer)) = listener.accept().await {
+                id += 1;
+                let session = airlock::protocol::Session {
+                    id,
+                    client,
+                    target: target.clone(),
+                    workload: Some(airlock::model::Workload {
+                        user: Some("root".into()),
+                        comm: "test".into(),
+                        peer: Some(peer),
+                        ..airlock::model::Workload::default()
+                    }),
+                    upstream: upstream_addr,
+                    started: Instant::now(),
+                    drain: drain.clone(),
+                };
+                tokio::spawn(airlock::protocol::serve(session, ctx.clone()));
+            }
+        });
+    }
+    let pending = || {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(r) = rt.block_on(svc.list(true)).expect("list").pop() {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "no pending request");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let admin = approval::Principal::admin();
+
+    // Approved: the bytes sent while held reach the target only now.
+    let mut client = TcpStream::connect(proxy).expect("connect");
+    client.write_all(b"ping").expect("write");
+    let first = pending();
+    rt.block_on(svc.decide(
+        &first.id,
+        &admin,
+        approval::Ruling::Approve,
+        Some("cache warm-up, ticket 9".into()),
+    ))
+    .expect("approve");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut echo = [0u8; 4];
+    client.read_exact(&mut echo).expect("echo after approval");
+    assert_eq!(&echo, b"ping");
+    drop(client);
+
+    // Withdrawn: the client leaves while held.
+    let client = TcpStream::connect(proxy).expect("connect");
+    let second = pending();
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while rt.block_on(svc.get(&second.id)).expect("get").state != State::Withdrawn {
+        assert!(Instant::now() < deadline, "request not withdrawn");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let dir = state.path().join("audit");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let records = loop {
+        rt.block_on(ctx.audit.flush()).expect("flush");
+        let records = airlock::audit::read_records(&dir).expect("records");
+        let ends = records
+            .iter()
+            .filter(|r| matches!(r.event, airlock::audit::Event::SessionEnd(_)))
+            .count();
+        if ends == 2 {
+            break records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sessions not ended: {records:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let reviews: Vec<_> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            airlock::audit::Event::Approval(a) => Some((r.session.clone(), a.review.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reviews.len(), 2, "{records:#?}");
+    let (s1, approved) = &reviews[0];
+    assert_eq!(
+        (approved.id.as_str(), approved.outcome),
+        (first.id.as_str(), airlock::audit::ApprovalOutcome::Approved)
+    );
+    assert_eq!(approved.rule, "cache-review");
+    assert_eq!(approved.groups, vec!["dba".to_owned()]);
+    assert_eq!(
+        (
+            approved.votes[0].by.as_str(),
+            approved.votes[0].via.as_str(),
+            approved.votes[0].reason.as_deref()
+        ),
+        ("admin", "admin-token", Some("cache warm-up, ticket 9"))
+    );
+    let (s2, withdrawn) = &reviews[1];
+    assert_eq!(
+        (withdrawn.id.as_str(), withdrawn.outcome),
+        (
+            second.id.as_str(),
+            airlock::audit::ApprovalOutcome::Withdrawn
+        )
+    );
+    // Each review sits in its session right after the connection it was about.
+    for (session, id) in [(s1, &first.id), (s2, &second.id)] {
+        let mine: Vec<_> = records.iter().filter(|r| &r.session == session).collect();
+        assert!(
+            matches!(&mine[1].event, airlock::audit::Event::Command(c)
+                if c.command == airlock::model::Command::Connect && c.action == "review"),
+            "{mine:#?}"
+        );
+        assert!(
+            matches!(&mine[2].event, airlock::audit::Event::Approval(a) if &a.review.id == id),
+            "{mine:#?}"
+        );
+    }
+    let report = airlock::audit::verify(
+        &dir,
+        &airlock::audit::load_public_key(&state.path().join("audit.key.pub")).expect("key"),
+    )
+    .expect("verify");
+    assert!(report.ok, "{:#?}", report.issues);
+    rt.shutdown_background();
 }

@@ -9,9 +9,9 @@ mod oidc_support;
 
 use std::time::Duration;
 
+use airlock::config::policy::{IdentitySpec, OidcSpec};
 use airlock::identity::login::{LoginOptions, cached_token_at, login_with};
 use airlock::identity::oidc::{OidcVerifier, TokenError, VerifierOptions};
-use airlock::policy::spec::{IdentitySpec, OidcSpec};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use oidc_support::{Pki, Provider};
@@ -331,8 +331,8 @@ async fn reviewer_device_flow_login_caches_a_verifiable_token() {
 /// different workload identities from what the kernel reports (uid, cgroup id = inode).
 #[test]
 fn workload_identity_of_real_processes_in_real_cgroups() {
-    use airlock::identity::Workload;
     use airlock::identity::workload::{WorkloadResolver, cgroup2_mounts, describe};
+    use airlock::model::Workload;
     use std::os::unix::fs::MetadataExt;
     use std::os::unix::process::CommandExt;
     use std::process::Command;

@@ -5,10 +5,10 @@
 
 use std::path::Path;
 
-use airlock::config::{Config, Protocol};
-use airlock::identity::Identity;
-use airlock::policy::normalize::{self, DECIMAL, INTEGER, STRING};
-use airlock::policy::{Class, ClassCache, Dialect, Engine, Limits, Request, classify};
+use airlock::config::Config;
+use airlock::model::{Class, Command, Dialect, Identity, Protocol};
+use airlock::policy::sql::normalize::{self, DECIMAL, INTEGER, STRING};
+use airlock::policy::{ClassCache, Engine, Limits, Request, classify};
 
 struct Case {
     line: usize,
@@ -212,7 +212,7 @@ rules:
             identity: &id,
             target: "db",
             protocol: Protocol::Postgres,
-            command: &c.sql,
+            command: &Command::sql(Dialect::Postgres, &c.sql),
         });
         let expect_allow = c.class == Class::Read.as_str();
         assert_eq!(
@@ -268,6 +268,25 @@ fn cli_explain_and_check_on_demo_policy() {
     let v = run("SELECT 1; DROP TABLE customers");
     assert_eq!(v["action"], "deny");
     assert_eq!(v["classes"], serde_json::json!(["read", "ddl"]));
+    // Privilege changes are admin, never session housekeeping: denied to agents; a plain
+    // session setting stays allowed.
+    for sql in [
+        "SET ROLE postgres",
+        "RESET ROLE",
+        "SET SESSION AUTHORIZATION postgres",
+        "SET LOCAL SESSION AUTHORIZATION postgres",
+        "RESET SESSION AUTHORIZATION",
+        "RESET ALL",
+        "DISCARD ALL",
+        "SET search_path = evil, pg_catalog",
+        "SELECT set_config('role', 'postgres', false)",
+    ] {
+        let v = run(sql);
+        assert_eq!(v["action"], "deny", "{sql}: {v}");
+        assert_eq!(v["rule"], "agents-deny-rest", "{sql}: {v}");
+        assert_eq!(v["classes"], serde_json::json!(["admin"]), "{sql}: {v}");
+    }
+    assert_eq!(run("SET statement_timeout = '5s'")["action"], "allow");
     let v = run(&format!("SELECT {}1{}", "(".repeat(100), ")".repeat(100)));
     assert_eq!(v["action"], "deny");
     assert!(

@@ -558,6 +558,9 @@ fn tls_on_both_legs_with_channel_binding() {
             server_name: Some("localhost".into()),
         },
         client_tls: None,
+        roles: Vec::new(),
+        run_as: None,
+        rotate_every: None,
     };
     let params = [("user", TLS_USER.0), ("database", DATABASE)];
     let b = rt
@@ -603,6 +606,9 @@ fn md5_and_cleartext_backend_logins() {
         database: None,
         tls: UpstreamTls::default(),
         client_tls: None,
+        roles: Vec::new(),
+        run_as: None,
+        rotate_every: None,
     };
     // The password may come from a file.
     let dir = TempDir::new("airlock-pw");
@@ -646,4 +652,114 @@ fn wrong_backend_credentials_give_a_clear_error_and_a_log_line() {
             && l.contains("28P01")),
         "{log}"
     );
+}
+
+/// Resident memory of this process (the gateway runs in it), in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .expect("VmRSS")
+}
+
+/// A logged-in raw client.
+fn raw_session(proxy: &TestProxy) -> RawClient {
+    let mut c = RawClient::connect(proxy.addr);
+    c.startup(0, &[("user", "x"), ("database", DATABASE)]);
+    assert_eq!(
+        c.until_ready().last().map(|m| m.1.clone()),
+        Some(b"I".to_vec())
+    );
+    c
+}
+
+/// A header declaring a `len`-byte message of type `tag` (nothing of the body is sent).
+fn header(tag: u8, len: u32) -> Vec<u8> {
+    let mut h = vec![tag];
+    h.extend_from_slice(&len.to_be_bytes());
+    h
+}
+
+#[test]
+fn wire_limits_refuse_on_the_header_and_bound_buffers() {
+    let pg = PgServer::start(None);
+    let proxy = gateway(&pg);
+    // Warm up: allocator arenas and the runtime's threads exist before the baseline.
+    for _ in 0..3 {
+        let mut c = raw_session(&proxy);
+        c.send(&query("SELECT 1"));
+        assert_eq!(tags(&c.until_ready()), "TDCZ");
+    }
+    let before = rss_kib();
+    // An unknown message type declaring 64 MiB: refused as soon as its 5-byte header is read
+    // (nothing more is sent, so waiting for the body would hang here), 40 times over.
+    for _ in 0..40 {
+        let mut c = raw_session(&proxy);
+        c.send(&header(b'Y', 64 << 20));
+        let (tag, body) = c.read_msg();
+        assert_eq!(tag, b'E');
+        assert_eq!(error_field(&body, b'S').as_deref(), Some("FATAL"));
+        assert_eq!(error_field(&body, b'C').as_deref(), Some("08P01"));
+        let m = error_field(&body, b'M').unwrap_or_default();
+        assert!(m.contains("invalid frontend message type 89"), "{m}");
+    }
+    let grown = rss_kib().saturating_sub(before);
+    assert!(grown < 16 * 1024, "RSS grew by {grown} KiB");
+    // A Sync carrying a body, a Query over the statement limit (1 MiB): refused on the header.
+    for (h, what) in [
+        (header(b'S', 4 + 100), "Sync message of 105 bytes"),
+        (header(b'Q', 4 + (2 << 20)), "Query message of"),
+        (header(b'E', 4 + 20_000), "Execute message of"),
+    ] {
+        let mut c = raw_session(&proxy);
+        c.send(&h);
+        let (tag, body) = c.read_msg();
+        assert_eq!(tag, b'E');
+        assert_eq!(error_field(&body, b'C').as_deref(), Some("54000"));
+        let m = error_field(&body, b'M').unwrap_or_default();
+        assert!(m.contains(what) && m.contains("exceeds the limit"), "{m}");
+    }
+    // The daemon-wide budget (256 MiB): four sessions each waiting for the rest of a 64 MiB
+    // Bind hold it all; a fifth is refused at once; once they leave, the budget is free again.
+    let mut waiting: Vec<RawClient> = (0..4)
+        .map(|_| {
+            let mut c = raw_session(&proxy);
+            c.send(&header(b'B', 64 << 20));
+            c.send(b"\0\0");
+            c
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut c = raw_session(&proxy);
+    c.send(&header(b'B', 64 << 20));
+    let (tag, body) = c.read_msg();
+    assert_eq!(tag, b'E');
+    assert_eq!(
+        error_field(&body, b'C').as_deref(),
+        Some("53200"),
+        "{body:?}"
+    );
+    waiting.clear();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut c = raw_session(&proxy);
+    c.send(&header(b'B', 64 << 20));
+    c.stream
+        .set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    let r = std::io::Read::read(&mut c.stream, &mut byte);
+    assert!(
+        r.as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "a message within the freed budget waits for its body: {r:?}"
+    );
+    // Everything else still works.
+    let mut c = raw_session(&proxy);
+    c.send(&query("SELECT 7"));
+    assert_eq!(tags(&c.until_ready()), "TDCZ");
 }

@@ -24,7 +24,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=AIRLOCK_EBPF_OBJECT");
     if let Ok(prebuilt) = env::var("AIRLOCK_EBPF_OBJECT") {
         println!("cargo:rerun-if-changed={prebuilt}");
-        std::fs::copy(&prebuilt, &dest).expect("copy AIRLOCK_EBPF_OBJECT");
+        replace(std::path::Path::new(&prebuilt), &dest);
         return;
     }
     for dir in ["ebpf/programs/src", "ebpf/common/src"] {
@@ -58,6 +58,8 @@ fn main() {
         .env("CARGO_HOME", &cargo_home)
         .env("RUSTC", DEBIAN_RUSTC)
         .env("RUSTC_BOOTSTRAP", "1")
+        // BTF: the socket-storage maps are BTF-defined (the kernel requires it for them).
+        .env("RUSTFLAGS", "-C link-arg=--btf")
         .current_dir(root.join("ebpf/programs"))
         .args(["build", "--release", "--target", "bpfel-unknown-none"])
         .args(["-Z", "build-std=core"])
@@ -70,5 +72,12 @@ fn main() {
         "building the kernel programs failed (see above)"
     );
     let object = target_dir.join("bpfel-unknown-none/release/airlock");
-    std::fs::copy(&object, &dest).expect("copy the kernel object");
+    replace(&object, &dest);
+}
+
+/// Copies `from` over `to` as a new file: removing `to` first means a hard-linked copy of the
+/// target directory (another checkout's build) never sees its object overwritten in place.
+fn replace(from: &std::path::Path, to: &std::path::Path) {
+    let _ = std::fs::remove_file(to);
+    std::fs::copy(from, to).expect("copy the kernel object");
 }

@@ -2,7 +2,8 @@
 //! its fail-closed invariants must hold for any input.
 #![no_main]
 
-use airlock::policy::{Class, Dialect, Limits, classify};
+use airlock::model::{Class, Dialect};
+use airlock::policy::{Limits, classify};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,7 +16,11 @@ fuzz_target!(|data: &[u8]| {
         // The riskiest class is the maximum over the statements.
         let max = c.statement_classes.iter().copied().max();
         if let Some(m) = max {
-            assert!(c.class >= m, "{sql:?}: class {:?} < statement class {m:?}", c.class);
+            assert!(
+                c.class >= m,
+                "{sql:?}: class {:?} < statement class {m:?}",
+                c.class
+            );
         }
         assert!(!c.kinds.is_empty(), "{sql:?}: no kind");
         // Whatever did not parse or tripped a limit is unknown, never read.
@@ -27,7 +32,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(c.class, Class::Unknown, "{sql:?}");
         }
         // Any admin/escape function called makes the command at least a write.
-        if c.functions.iter().any(|f| f.starts_with("dblink") || f.starts_with("lo_")) {
+        if c.functions
+            .iter()
+            .any(|f| f.starts_with("dblink") || f.starts_with("lo_"))
+        {
             assert!(c.class >= Class::Write, "{sql:?}");
         }
     }

@@ -12,6 +12,15 @@ fuzz_target!(|data: &[u8]| {
     let mut rest = data;
     while let Ok(Some(h)) = codec::peek_header(rest) {
         assert!(h.total >= 5, "a header is five bytes");
+        // The client-side check on the header alone: a refused header is never buffered, an
+        // accepted one is within its type's cap.
+        match codec::check_frontend(h, 1 << 20) {
+            Ok(()) => {
+                let cap = codec::frontend_cap(h.tag, 1 << 20).expect("accepted types have a cap");
+                assert!(h.total <= cap);
+            }
+            Err(_) => break,
+        }
         if h.total > rest.len() {
             break;
         }

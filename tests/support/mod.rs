@@ -60,6 +60,17 @@ pub fn sh_ok(cmd: &str) {
     );
 }
 
+/// Runs `cmd`, asserts it succeeded, and returns its standard output.
+pub fn sh_out(cmd: &str) -> String {
+    let out = sh(cmd);
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Repo root (tests run with the package dir as cwd).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -14,11 +14,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use airlock::config::Config;
-use airlock::identity::Workload;
-use airlock::policy::{Decision, Request};
+use airlock::gate::Decider;
+use airlock::model::Decision;
+use airlock::model::Workload;
+use airlock::policy::Request;
 use airlock::protocol::Session;
-use airlock::protocol::postgres::{Decider, Hooks};
-use airlock::proxy::Context;
+use airlock::protocol::postgres::Hooks;
+use airlock::runtime::Context;
 
 /// PostgreSQL binaries (Debian's layout).
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -465,27 +467,31 @@ impl Decider for TestDecider {
         {
             s.push(req.command.to_string());
         }
-        if req.command.contains(DENY_MARKER) {
+        if req.command.text().contains(DENY_MARKER) {
             Decision::Deny {
                 rule: "test-deny".into(),
                 reason: "forbidden marker".into(),
             }
-        } else if req.command.contains(REVIEW_MARKER) {
+        } else if req.command.text().contains(REVIEW_MARKER) {
             Decision::Review {
                 rule: "test-review".into(),
                 approvers: vec!["dba".into()],
                 quorum: 1,
                 ttl: Duration::from_secs(60),
                 timeout: Duration::from_secs(60),
-                on_timeout: airlock::policy::OnTimeout::Deny,
+                on_timeout: airlock::model::OnTimeout::Deny,
                 escalate_to: Vec::new(),
-                mode: airlock::policy::ReviewMode::Hold,
+                mode: airlock::model::ReviewMode::Hold,
                 mask: Vec::new(),
+                run_as: None,
+                approved_run_as: None,
+                dry_run: false,
             }
         } else {
             Decision::Allow {
                 rule: "test-allow".into(),
                 mask: vec![],
+                run_as: None,
             }
         }
     }
@@ -570,6 +576,7 @@ pub fn serve_gateway(
                 }),
                 upstream,
                 started: Instant::now(),
+                drain: airlock::drain::Watch::never(),
             };
             let (ctx, hooks) = (ctx.clone(), hooks.clone());
             tokio::spawn(async move {
@@ -830,23 +837,21 @@ pub fn error_field(body: &[u8], code: u8) -> Option<String> {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct GroupsFromUser;
 
-impl airlock::protocol::postgres::ClientAuthenticator for GroupsFromUser {
+impl airlock::gate::Authenticator for GroupsFromUser {
     fn authenticate<'a>(
         &'a self,
         _ctx: &'a Context,
-        startup: &'a airlock::protocol::postgres::startup::Startup,
-        _secret: Option<&'a [u8]>,
-        workload: Option<&'a Workload>,
-    ) -> airlock::protocol::postgres::AuthFuture<'a> {
-        let user = startup.get("user").unwrap_or("");
-        let identity = airlock::identity::Identity {
+        presented: airlock::gate::Presented<'a>,
+    ) -> airlock::gate::AuthFuture<'a> {
+        let user = presented.user.unwrap_or("");
+        let identity = airlock::model::Identity {
             subject: format!("test:{user}"),
             groups: user
                 .split('+')
                 .filter(|g| !g.is_empty())
                 .map(str::to_string)
                 .collect(),
-            workload: workload.cloned(),
+            workload: presented.workload.cloned(),
             token: None,
         };
         Box::pin(async move { Ok(identity) })

@@ -10,9 +10,9 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::Instant;
 
-use airlock::config::{Config, Protocol};
-use airlock::identity::Workload;
-use airlock::policy::{Dialect, Engine, Limits, Request, classify};
+use airlock::config::Config;
+use airlock::model::{Command, Dialect, Protocol, Workload};
+use airlock::policy::{Engine, Limits, Request, classify};
 use criterion::Criterion;
 
 const OLTP: &[&str] = &[
@@ -49,11 +49,12 @@ fn benches(c: &mut Criterion) {
         },
         None,
     );
+    let first = Command::sql(Dialect::Postgres, OLTP[0]);
     let req = Request {
         identity: &identity,
         target: "demo-db",
         protocol: Protocol::Postgres,
-        command: OLTP[0],
+        command: &first,
     };
     black_box(engine.decide(&req));
     c.bench_function("decide_cached_select", |b| {
@@ -64,8 +65,9 @@ fn benches(c: &mut Criterion) {
     c.bench_function("decide_simple_varying_literals", |b| {
         b.iter(|| {
             i = (i + 1) % texts.len();
+            let command = Command::sql(Dialect::Postgres, &texts[i]);
             let req = Request {
-                command: &texts[i],
+                command: &command,
                 ..req
             };
             black_box(engine.decide(black_box(&req)))
@@ -103,11 +105,12 @@ fn latency_distribution() {
         },
         None,
     );
+    let first = Command::sql(Dialect::Postgres, OLTP[0]);
     let req = Request {
         identity: &identity,
         target: "demo-db",
         protocol: Protocol::Postgres,
-        command: OLTP[0],
+        command: &first,
     };
     black_box(engine.decide(&req));
     let samples = (0..200_000)
@@ -121,8 +124,9 @@ fn latency_distribution() {
     let texts = pgbench_select_texts();
     let samples = (0..200_000)
         .map(|i| {
+            let command = Command::sql(Dialect::Postgres, &texts[i % texts.len()]);
             let req = Request {
-                command: &texts[i % texts.len()],
+                command: &command,
                 ..req
             };
             let t = Instant::now();

@@ -15,10 +15,29 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon: kernel programs, listeners, API, metrics.
+    /// Run the daemon: kernel programs, listeners, API, metrics. If a daemon already runs
+    /// with the same state directory, this one takes its listening sockets over.
     Run {
         #[arg(long)]
         config: PathBuf,
+        /// The node address (overrides `daemon.node_address`; a DaemonSet passes the node's
+        /// IP from the downward API).
+        #[arg(long, env = "AIRLOCK_NODE_ADDRESS")]
+        node_address: Option<std::net::IpAddr>,
+    },
+    /// Zero-downtime upgrade: the running daemon starts a new one from the binary on disk,
+    /// hands it its listening sockets, and drains. Returns once the new daemon accepts.
+    Upgrade {
+        /// The daemon's configuration (for its control socket).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The control socket (default: `daemon.control_socket` of --config, else
+        /// /var/lib/airlock/airlock.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 180)]
+        timeout: u64,
     },
     /// Show attached programs, protected targets, listeners and pins.
     Status {
@@ -47,7 +66,7 @@ pub enum Command {
     },
     /// Recorded sessions (search by identity, target, time, text).
     Sessions(crate::audit::cli::SessionsArgs),
-    /// A session's transcript with timing.
+    /// A session's transcript with timing, or its terminal recordings played back.
     Replay(crate::audit::cli::ReplayArgs),
     /// The tamper-evident audit log.
     Audit {
@@ -68,12 +87,50 @@ pub enum Command {
     Approve(DecideArgs),
     /// Deny a request; a held command is refused.
     Deny(DecideArgs),
-    /// Revoke a pending request or an unused approval; a held command is aborted.
+    /// Revoke a pending request or an approval; a held command is aborted, and an SSH command
+    /// a used approval released is ended.
     Revoke(DecideArgs),
     /// Pre-approved plans.
     Plan {
         #[command(subcommand)]
         command: PlanCommand,
+    },
+    /// The credentials the gateway holds for its targets.
+    Credentials {
+        #[command(subcommand)]
+        command: CredentialsCommand,
+    },
+    /// SSH gateway tools.
+    Ssh {
+        #[command(subcommand)]
+        command: SshCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SshCommand {
+    /// Print the `@cert-authority` line clients add to known_hosts and the user CA key servers
+    /// trust (creates the CAs on first use).
+    Ca(crate::protocol::ssh::cli::CaArgs),
+}
+
+/// `airlock credentials …`
+#[derive(Debug, Subcommand)]
+pub enum CredentialsCommand {
+    /// Set a new random password for the gateway's login role on a PostgreSQL target and write
+    /// it to the target's `password_file`: new sessions use it, open sessions go on.
+    Rotate {
+        /// The target's name.
+        target: String,
+        #[arg(long)]
+        config: PathBuf,
+        /// The server's address (default: the target's `upstream`).
+        #[arg(long)]
+        upstream: Option<std::net::SocketAddr>,
+        /// Rotate from this process even when the configuration names the daemon's API
+        /// (then the rotation is not in the audit log, which the daemon writes).
+        #[arg(long)]
+        local: bool,
     },
 }
 
@@ -104,14 +161,18 @@ pub enum PlanCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain and signatures; names any change, deletion, reordering or
+    /// Check the hash chain, signatures and MACs; names any change, deletion, reordering or
     /// truncation.
     Verify(crate::audit::cli::VerifyArgs),
     /// Write the log as JSON lines (verifiable on its own with `verify --export`).
     Export(crate::audit::cli::ExportArgs),
+    /// Send the signed head off the host (a file, syslog, a URL), once or as it moves; `verify
+    /// --heads` then catches a log cut back to an older head.
+    ExportHeads(crate::audit::cli::ExportHeadsArgs),
     /// Load an export into a log directory.
     Import(crate::audit::cli::ImportArgs),
-    /// Create the Ed25519 signing key.
+    /// Create the Ed25519 signing key (`--force` on an existing log hands it over to the new
+    /// key).
     Keygen(crate::audit::cli::KeygenArgs),
 }
 
@@ -143,7 +204,7 @@ pub enum PolicyCommand {
     /// Validate a policy/config file.
     Check { file: PathBuf },
     /// Show what the policy decides for one command.
-    Explain(crate::policy::cli::ExplainArgs),
+    Explain(Box<crate::policy::cli::ExplainArgs>),
 }
 
 /// Entry point of the binary.
@@ -151,7 +212,15 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
-        Command::Run { config } => run(config),
+        Command::Run {
+            config,
+            node_address,
+        } => run(config, node_address),
+        Command::Upgrade {
+            config,
+            socket,
+            timeout,
+        } => upgrade(config, socket, timeout),
         Command::Status {
             bpffs,
             config,
@@ -166,6 +235,7 @@ pub fn main() -> ExitCode {
         Command::Audit { command } => match command {
             AuditCommand::Verify(args) => crate::audit::cli::verify(&args),
             AuditCommand::Export(args) => crate::audit::cli::export(&args),
+            AuditCommand::ExportHeads(args) => crate::audit::cli::export_heads(&args),
             AuditCommand::Import(args) => crate::audit::cli::import(&args),
             AuditCommand::Keygen(args) => crate::audit::cli::keygen(&args),
         },
@@ -176,12 +246,24 @@ pub fn main() -> ExitCode {
         Command::Requests { pending, json, api } => {
             crate::approval::cli::requests(&api, pending, json)
         }
-        Command::Approve(a) => decide(&a, crate::approval::Verdict::Approve),
-        Command::Deny(a) => decide(&a, crate::approval::Verdict::Deny),
-        Command::Revoke(a) => decide(&a, crate::approval::Verdict::Revoke),
+        Command::Approve(a) => decide(&a, crate::approval::Ruling::Approve),
+        Command::Deny(a) => decide(&a, crate::approval::Ruling::Deny),
+        Command::Revoke(a) => decide(&a, crate::approval::Ruling::Revoke),
         Command::Plan {
             command: PlanCommand::Submit { file, json, api },
         } => crate::approval::cli::plan_submit(&api, &file, json),
+        Command::Credentials {
+            command:
+                CredentialsCommand::Rotate {
+                    target,
+                    config,
+                    upstream,
+                    local,
+                },
+        } => rotate_credentials(&config, &target, upstream, local),
+        Command::Ssh {
+            command: SshCommand::Ca(args),
+        } => crate::protocol::ssh::cli::ca(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -192,7 +274,49 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn decide(a: &DecideArgs, verdict: crate::approval::Verdict) -> anyhow::Result<()> {
+fn rotate_credentials(
+    config_path: &std::path::Path,
+    target: &str,
+    upstream: Option<std::net::SocketAddr>,
+    local: bool,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let config = crate::config::Config::load(config_path)?;
+    if config.daemon.api.is_some() && !local && upstream.is_none() {
+        // The daemon rotates and records it.
+        let api = crate::approval::cli::ApiArgs {
+            api: None,
+            config: Some(config_path.to_owned()),
+            token_file: None,
+            token: None,
+        };
+        return crate::approval::cli::rotate_credentials(&api, target);
+    }
+    let t = config
+        .target(target)
+        .with_context(|| format!("no target named `{target}`"))?;
+    let pg = t
+        .postgres
+        .as_ref()
+        .with_context(|| format!("target `{target}` is not a PostgreSQL target"))?;
+    let upstream = upstream.or(t.upstream).with_context(|| {
+        format!("target `{target}` has no `upstream`; name the server with --upstream")
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let file = runtime
+        .block_on(crate::protocol::postgres::credentials::rotate(pg, upstream))
+        .with_context(|| format!("rotating the password of `{}` on {target}", pg.user))?;
+    println!(
+        "rotated the password of `{}` on {target}; new sessions read it from {}",
+        pg.user,
+        file.display()
+    );
+    Ok(())
+}
+
+fn decide(a: &DecideArgs, verdict: crate::approval::Ruling) -> anyhow::Result<()> {
     crate::approval::cli::decide(&a.api, &a.id, verdict, a.reason.as_deref())
 }
 
@@ -212,12 +336,48 @@ fn init_tracing() {
     };
 }
 
-fn run(config: PathBuf) -> anyhow::Result<()> {
+fn run(config: PathBuf, node_address: Option<std::net::IpAddr>) -> anyhow::Result<()> {
     raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(crate::proxy::run(config))
+    let overrides = crate::daemon::Overrides { node_address };
+    let stopped = runtime.block_on(crate::daemon::run(config, overrides))?;
+    // Whatever outlived the drain goes with the runtime; a session's recorder then queues its
+    // end record (`dropped`), so the log is closed only after.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    let closer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match closer.block_on(stopped.audit.close()) {
+        Ok(head) => tracing::info!(head, "audit log closed; head signed"),
+        Err(error) => tracing::error!(%error, "closing the audit log"),
+    }
+    // Only now may a successor write the log alone.
+    drop(stopped.successors);
+    tracing::info!("airlock stopped");
+    Ok(())
+}
+
+/// `airlock upgrade`: asks the running daemon to hand over to a new process.
+fn upgrade(config: Option<PathBuf>, socket: Option<PathBuf>, timeout: u64) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let socket = match (socket, config) {
+        (Some(s), _) => s,
+        (None, Some(c)) => crate::config::Config::load(&c)?.daemon.control_socket(),
+        (None, None) => crate::config::DaemonConfig::default().control_socket(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let pid = runtime
+        .block_on(crate::handover::request_upgrade(
+            &socket,
+            std::time::Duration::from_secs(timeout),
+        ))
+        .with_context(|| format!("upgrading the daemon at {}", socket.display()))?;
+    println!("upgraded: the new daemon (pid {pid}) accepts; the old one drains");
+    Ok(())
 }
 
 /// `airlock login`: resolves issuer and client id (flags first, then the config), runs the
@@ -303,7 +463,9 @@ fn status(bpffs: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let status = crate::intercept::bpf::pin_status(bpffs);
     // The daemon may live in another network namespace: read its socket table, never dial
     // the listener (that would be an unintercepted connection).
-    let daemon_alive = status.daemon_tgid.is_some_and(process_alive);
+    let daemon_alive = status
+        .daemon_tgid
+        .is_some_and(crate::handover::process_alive);
     let listen_ports = status
         .daemon_tgid
         .filter(|_| daemon_alive)
@@ -379,18 +541,6 @@ fn uninstall(bpffs: &std::path::Path) -> anyhow::Result<()> {
         bpffs.display()
     );
     Ok(())
-}
-
-/// A live (not zombie) airlock process.
-fn process_alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // "pid (comm) state ..." — comm may contain spaces, so split after the last ')'.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    pid != 0 && !matches!(state, Some("Z" | "X"))
 }
 
 /// TCP ports in LISTEN state in a process's network namespace.

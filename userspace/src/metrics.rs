@@ -1,4 +1,5 @@
-//! Prometheus metrics, served as text at `GET /metrics`.
+//! Prometheus metrics, served as text at `GET /metrics` by the web server, beside the daemon's
+//! health: `GET /healthz` (the process serves) and `GET /readyz` ([`Health`]).
 //!
 //! Every label is bounded: `target` and `rule` come from the configuration (never from a
 //! client), `protocol` from [`Protocol`], and `action`, `outcome`, `reason` from the fixed enums
@@ -8,14 +9,8 @@
 //! session ([`Metrics::target`]) and then every count is a single atomic add, with no lock, hash
 //! or allocation. The `Metrics::…(target, …)` shortcuts resolve the label set on each call and
 //! suit rare events.
-//!
-//! The endpoint is a deliberately tiny HTTP/1.1 responder on tokio (one request per
-//! connection, bounded request size and time): it serves one static path, and this avoids
-//! pulling an HTTP server stack into the daemon for it.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -24,11 +19,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
-use crate::config::Protocol;
-use crate::policy::Decision;
+use crate::model::{Action, Protocol};
 
 /// Content type of [`Metrics::encode`]'s output (OpenMetrics text, which Prometheus prefers).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -59,15 +51,6 @@ macro_rules! label_enum {
             }
         }
     };
-}
-
-label_enum! {
-    /// What policy decided for a command (`airlock_commands_total{action}`).
-    Action {
-        Allow => "allow",
-        Deny => "deny",
-        Review => "review",
-    }
 }
 
 label_enum! {
@@ -116,14 +99,14 @@ label_enum! {
     }
 }
 
-impl Action {
-    /// The metric action of a policy decision.
-    pub fn of(decision: &Decision) -> Action {
-        match decision {
-            Decision::Allow { .. } => Action::Allow,
-            Decision::Deny { .. } => Action::Deny,
-            Decision::Review { .. } => Action::Review,
-        }
+/// What policy decided for a command (`airlock_commands_total{action}`): the policy's own
+/// [`Action`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct ActionLabel(Action);
+
+impl EncodeLabelValue for ActionLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.0.as_str())
     }
 }
 
@@ -131,7 +114,7 @@ impl Action {
 struct CommandLabels {
     target: String,
     protocol: &'static str,
-    action: Action,
+    action: ActionLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -176,6 +159,25 @@ pub struct Metrics {
     denied: Vec<Counter>,
     masked: Family<RuleLabel, Counter>,
     policy_eval: Histogram,
+    /// What `/healthz` and `/readyz` answer.
+    pub health: Health,
+}
+
+/// The daemon's readiness for `/readyz`: set once it accepts on every listener, cleared when
+/// it drains or hands over to a new daemon. `/healthz` answers whenever the endpoint does.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: AtomicBool,
+}
+
+impl Health {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
 }
 
 impl Default for Metrics {
@@ -264,6 +266,7 @@ impl Metrics {
             denied,
             masked,
             policy_eval,
+            health: Health::default(),
         }
     }
 
@@ -275,7 +278,7 @@ impl Metrics {
             self.commands.get_or_create_owned(&CommandLabels {
                 target: target.to_string(),
                 protocol,
-                action: Action::ALL[i],
+                action: ActionLabel(Action::ALL[i]),
             })
         });
         let approvals = std::array::from_fn(|i| {
@@ -305,7 +308,7 @@ impl Metrics {
             .get_or_create(&CommandLabels {
                 target: target.to_string(),
                 protocol: protocol.as_str(),
-                action,
+                action: ActionLabel(action),
             })
             .inc();
     }
@@ -414,7 +417,7 @@ pub struct TargetMetrics {
 impl TargetMetrics {
     /// Counts one command.
     pub fn command(&self, action: Action) {
-        self.commands[action.index()].inc();
+        self.commands[action as usize].inc();
     }
 
     /// Counts one connection redirected to this target.
@@ -460,132 +463,16 @@ impl Drop for SessionGuard {
     }
 }
 
-/// Errors of the metrics endpoint.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("metrics endpoint: cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("metrics endpoint: accept failed: {0}")]
-    Accept(#[source] std::io::Error),
-}
-
-/// Serves `GET /metrics` on `addr` until the task is dropped.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<(), ServeError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })?;
-    tracing::info!(%addr, "metrics endpoint listening");
-    serve_listener(listener, metrics).await
-}
-
-/// Like [`serve`] on an already bound listener (tests bind port 0).
-pub async fn serve_listener(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-) -> Result<(), ServeError> {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            // Out of file descriptors and the like: back off instead of spinning.
-            Err(e) if is_transient(&e) => {
-                tracing::warn!(error = %e, "metrics endpoint: accept failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            Err(e) => return Err(ServeError::Accept(e)),
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            if let Err(e) = respond(stream, &metrics).await {
-                tracing::debug!(%peer, error = %e, "metrics request failed");
-            }
-        });
-    }
-}
-
-fn is_transient(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(
-        e.kind(),
-        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock | OutOfMemory
-    ) || matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS)
-    )
-}
-
-/// Largest request head accepted; a scrape's is a few hundred bytes.
-const MAX_REQUEST: usize = 8 * 1024;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-async fn respond(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let head = tokio::time::timeout(REQUEST_TIMEOUT, async {
-        let mut chunk = [0u8; 1024];
-        loop {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok::<_, std::io::Error>(None);
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                return Ok(Some(()));
-            }
-            if buf.len() > MAX_REQUEST {
-                return Ok(None);
-            }
-        }
-    })
-    .await;
-    let (status, content_type, body) = match head {
-        Ok(Ok(Some(()))) => route(&buf, metrics),
-        Ok(Ok(None)) => ("400 Bad Request", "text/plain", "bad request\n".to_string()),
-        Ok(Err(e)) => return Err(e),
-        Err(_) => ("408 Request Timeout", "text/plain", "timeout\n".to_string()),
-    };
-    let header = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(header.as_bytes()).await?;
-    if !buf.starts_with(b"HEAD ") {
-        stream.write_all(body.as_bytes()).await?;
-    }
-    stream.shutdown().await
-}
-
-fn route(head: &[u8], metrics: &Metrics) -> (&'static str, &'static str, String) {
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let mut parts = line.split(|&b| b == b' ');
-    let (method, target) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-    );
-    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
-    match (method, path) {
-        (b"GET" | b"HEAD", b"/metrics") => ("200 OK", CONTENT_TYPE, metrics.encode()),
-        (b"GET" | b"HEAD", _) => ("404 Not Found", "text/plain", "not found\n".into()),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "method not allowed\n".into(),
-        ),
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::HashMap;
+    use std::sync::Arc;
 
     /// Parses the text format into `series (name{labels}) -> value`, checking each line's
     /// shape on the way.
-    fn parse(text: &str) -> HashMap<String, f64> {
+    pub(crate) fn parse(text: &str) -> HashMap<String, f64> {
         let mut out = HashMap::new();
         for line in text.lines() {
             if line.starts_with('#') || line.is_empty() {
@@ -606,15 +493,21 @@ mod tests {
             DenyReason::ALL[DenyReason::Internal.index()],
             DenyReason::Internal
         );
-        let d = Decision::Deny {
+        let d = crate::model::Decision::Deny {
             rule: "r".into(),
             reason: "x".into(),
         };
-        assert_eq!(Action::of(&d).as_str(), d.action());
+        assert_eq!(d.action(), Action::Deny);
+        assert!(
+            Action::ALL
+                .iter()
+                .enumerate()
+                .all(|(i, a)| *a as usize == i)
+        );
     }
 
-    #[tokio::test]
-    async fn scrape_over_http_shows_every_metric() {
+    #[test]
+    fn encode_shows_every_metric() {
         let m = Arc::new(Metrics::new());
         let db = m.target("demo-db", Protocol::Postgres);
         db.intercepted();
@@ -635,19 +528,8 @@ mod tests {
         m.policy_eval(Duration::from_micros(40));
         drop(other);
 
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(serve_listener(listener, m.clone()));
-
-        // A real HTTP client, as Prometheus would scrape.
-        let resp = openidconnect::reqwest::get(format!("http://{addr}/metrics"))
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 200);
-        let ctype = resp.headers()["content-type"].to_str().unwrap().to_string();
-        assert_eq!(ctype, CONTENT_TYPE);
-        let body = String::from_utf8(resp.bytes().await.unwrap().to_vec()).unwrap();
-        let body = body.as_str();
+        let text = m.encode();
+        let body = text.as_str();
         assert!(body.ends_with("# EOF\n"));
 
         let v = parse(body);
@@ -714,20 +596,6 @@ mod tests {
         );
 
         drop(session);
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /nope HTTP/1.1\r\n\r\n").await.unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).await.unwrap();
-        assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
         assert!(parse(&m.encode())[&format!("airlock_sessions_active{{{t}}}")] == 0.0);
-
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"POST /metrics HTTP/1.1\r\n\r\n")
-            .await
-            .unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).await.unwrap();
-        assert!(resp.starts_with("HTTP/1.1 405"), "{resp}");
-        server.abort();
     }
 }

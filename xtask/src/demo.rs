@@ -13,6 +13,8 @@ const STATE: &str = "/tmp/airlock-demo";
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 /// The gateway's database password: only the daemon's environment and the server know it.
 const DB_PASSWORD: &str = "demo-gateway-secret";
+/// The gateway's token for the demo HTTP API: agents never see it.
+const API_TOKEN: &str = "demo-api-token";
 
 fn out(script: &str) -> String {
     Command::new("bash")
@@ -67,13 +69,90 @@ fn start_postgres() -> Result<()> {
          echo \"unix_socket_directories = '{data}'\" >> {data}/postgresql.conf
          echo 'host all all 0.0.0.0/0 scram-sha-256' >> {data}/pg_hba.conf
          nsenter --net=/run/netns/{NS} runuser -u postgres -- {PG_BIN}/pg_ctl -D {data} -l {data}/server.log -w start >/dev/null
-         PGPASSWORD={DB_PASSWORD} psql -h {data} -U postgres -X -q -c \"CREATE ROLE airlock_gw LOGIN PASSWORD '{DB_PASSWORD}'\" -c 'CREATE DATABASE demo OWNER airlock_gw'
+         PGPASSWORD={DB_PASSWORD} psql -h {data} -U postgres -X -q -c \"CREATE ROLE airlock_gw LOGIN PASSWORD '{DB_PASSWORD}'\" -c 'CREATE DATABASE demo OWNER airlock_gw' \\
+           -c 'CREATE ROLE app_readonly NOLOGIN' -c 'CREATE ROLE app_writer NOLOGIN' \\
+           -c 'GRANT app_readonly, app_writer TO airlock_gw' -c 'ALTER ROLE airlock_gw NOINHERIT'
          PGPASSWORD={DB_PASSWORD} psql -h {data} -U airlock_gw -d demo -X -q -c \"
            CREATE TABLE customers (id int PRIMARY KEY, name text, email text);
            INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com'), (2, 'Grace', 'grace@example.org');
            CREATE TABLE orders (id int PRIMARY KEY, customer int, total numeric);
-           INSERT INTO orders VALUES (10, 1, 99.50);\""
+           INSERT INTO orders VALUES (10, 1, 99.50);
+           GRANT SELECT ON customers, orders TO app_readonly;
+           GRANT SELECT, INSERT, UPDATE, DELETE ON customers, orders TO app_writer;\""
     ))
+}
+
+/// A real MariaDB 10.11 in the same test host, with the same demo data and the gateway's
+/// account (password: the same secret, held only by the daemon's environment).
+fn start_mariadb() -> Result<()> {
+    let data = format!("{STATE}/mariadb");
+    crate::sh(&format!(
+        "set -e; mkdir -p {data}; chown mysql:mysql {data}
+         mariadb-install-db --no-defaults --user=mysql --datadir={data}/data --auth-root-authentication-method=normal --skip-test-db >/dev/null
+         nsenter --net=/run/netns/{NS} mariadbd --no-defaults --user=mysql --datadir={data}/data --socket={data}/sock \
+           --pid-file={data}/mariadb.pid --bind-address=198.18.0.2 --port=3306 --skip-name-resolve --skip-log-bin \
+           --innodb-buffer-pool-size=64M --log-error={data}/error.log >/dev/null 2>&1 &
+         for i in $(seq 1 100); do mariadb-admin --no-defaults --socket={data}/sock -uroot ping >/dev/null 2>&1 && break; sleep 0.2; done
+         mariadb --no-defaults --socket={data}/sock -uroot -e \"
+           CREATE DATABASE demo;
+           CREATE USER 'airlock_gw'@'%' IDENTIFIED BY '{DB_PASSWORD}';
+           GRANT ALL ON demo.* TO 'airlock_gw'@'%';
+           CREATE TABLE demo.customers (id INT PRIMARY KEY, name VARCHAR(64), email VARCHAR(128));
+           INSERT INTO demo.customers VALUES (1, 'Ada', 'ada@example.com'), (2, 'Grace', 'grace@example.org');
+           CREATE TABLE demo.orders (id INT PRIMARY KEY, customer INT, total DECIMAL(10,2));
+           INSERT INTO demo.orders VALUES (10, 1, 99.50);\""
+    ))
+}
+
+/// The demo's HTTP API in the test host's namespace: the http tests' app on 127.0.0.1:8000
+/// behind nginx on 198.18.0.2:80. Returns both processes.
+fn start_http_api(support: &Path) -> Result<Vec<std::process::Child>> {
+    std::fs::create_dir_all(format!("{STATE}/nginx"))?;
+    std::fs::write(
+        format!("{STATE}/nginx/nginx.conf"),
+        format!(
+            "worker_processes 1; daemon off; pid {STATE}/nginx/nginx.pid; error_log {STATE}/nginx/error.log;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  client_body_temp_path {STATE}/nginx/b; proxy_temp_path {STATE}/nginx/p; fastcgi_temp_path {STATE}/nginx/f;
+  uwsgi_temp_path {STATE}/nginx/u; scgi_temp_path {STATE}/nginx/s;
+  server {{
+    listen 198.18.0.2:80;
+    location /app/ {{ proxy_pass http://127.0.0.1:8000/; proxy_http_version 1.1; proxy_buffering off; }}
+  }}
+}}
+"
+        ),
+    )?;
+    let app = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{NS}"))
+        .arg("/usr/bin/python3")
+        .arg(support.join("http_app.py"))
+        .args(["8000", "8001"])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("start the demo HTTP app")?;
+    let nginx = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{NS}"))
+        .args(["nginx", "-c", &format!("{STATE}/nginx/nginx.conf")])
+        .args(["-e", &format!("{STATE}/nginx/error.log")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start nginx")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !out(&format!(
+        "nsenter --net=/run/netns/{NS} curl -s -o /dev/null -w '%{{http_code}}' http://198.18.0.2/app/users"
+    ))
+    .contains("200")
+    {
+        if Instant::now() > deadline {
+            bail!("the demo HTTP API did not start; see {STATE}/nginx/error.log");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(vec![nginx, app])
 }
 
 fn teardown(airlock: &Path) {
@@ -88,7 +167,8 @@ fn teardown(airlock: &Path) {
         }
     }
     let _ = out(&format!(
-        "[ -f {STATE}/pg/postmaster.pid ] && runuser -u postgres -- {PG_BIN}/pg_ctl -D {STATE}/pg -m immediate stop >/dev/null 2>&1; \
+        "[ -f {STATE}/mariadb/mariadb.pid ] && kill $(cat {STATE}/mariadb/mariadb.pid) 2>/dev/null; \
+         [ -f {STATE}/pg/postmaster.pid ] && runuser -u postgres -- {PG_BIN}/pg_ctl -D {STATE}/pg -m immediate stop >/dev/null 2>&1; \
          {} uninstall --bpffs /sys/fs/bpf/airlock-demo >/dev/null 2>&1; \
          ip netns pids {NS} 2>/dev/null | xargs -r kill -9; ip netns del {NS} 2>/dev/null; ip link del al-demo0 2>/dev/null; \
          cg={root}/airlock-demo; [ -d $cg ] && {{ echo 1 > $cg/cgroup.kill; sleep 0.2; find $cg -depth -type d -exec rmdir {{}} \\; ; }}; true",
@@ -121,9 +201,14 @@ pub fn run(root: &Path) -> Result<()> {
         .context("start the demo TCP service")?;
     println!("TCP service on 198.18.0.2:7000 (pid {})", echo.id());
     start_postgres()?;
+    start_mariadb()?;
+    println!("MariaDB 10.11 on 198.18.0.2:3306, database demo, the same data");
     println!(
         "PostgreSQL on 198.18.0.2:5432, database demo; only the gateway's role has a password"
     );
+
+    let nginx = start_http_api(&support)?;
+    println!("HTTP API on 198.18.0.2:80 (nginx in front of an app; it sees the gateway's token)");
 
     step("airlock run --config policies/demo.yaml (protecting cgroup airlock-demo)");
     let cg = format!("{}/airlock-demo", cgroup_root());
@@ -144,6 +229,7 @@ pub fn run(root: &Path) -> Result<()> {
                 ),
             ])
             .env("AIRLOCK_DEMO_DB_PASSWORD", DB_PASSWORD)
+            .env("AIRLOCK_DEMO_API_TOKEN", API_TOKEN)
             .stdout(log.try_clone()?)
             .stderr(log.try_clone()?)
             .spawn()?;
@@ -230,6 +316,64 @@ pub fn run(root: &Path) -> Result<()> {
         cli(&format!("approve {request} --reason 'typo fix, checked'"))
     );
     print!("{}", held.join().unwrap_or_default());
+    let mariadb = |sql: &str| {
+        as_agent(&format!(
+            "mariadb --no-defaults -h 198.18.0.2 -P 3306 -u agent -D demo --table --force -e \"{sql}\""
+        ))
+    };
+    step("MariaDB beside it: the mariadb CLI through the same gateway, no database password");
+    println!("$ mariadb -h 198.18.0.2 -D demo -e 'SELECT id, name, email FROM customers'");
+    print!(
+        "{}",
+        mariadb("SELECT id, name, email FROM customers ORDER BY id")
+    );
+    step("MariaDB: DDL denied (ERROR 1142 naming the rule), the session goes on");
+    print!(
+        "{}",
+        mariadb("DROP TABLE customers; SELECT COUNT(*) AS still_there FROM customers")
+    );
+    step("MariaDB: a write held until a dba approves it");
+    println!(
+        "$ mariadb -e \"UPDATE customers SET name = 'Grace H.' WHERE id = 2\"   (the agent waits)"
+    );
+    let held = std::thread::spawn(move || {
+        as_agent(
+            "mariadb --no-defaults -h 198.18.0.2 -P 3306 -u agent -D demo -e \"UPDATE customers SET name = 'Grace H.' WHERE id = 2\" && echo 'UPDATE done'",
+        )
+    });
+    let mut request = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while request.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        request = out(&format!(
+            "{} requests --pending --json --config {STATE}/demo.yaml | /usr/bin/python3 -c 'import json,sys; r=json.load(sys.stdin); print(r[0][\"id\"] if r else \"\")'",
+            airlock.display()
+        ))
+        .trim()
+        .to_owned();
+    }
+    println!("$ airlock approve {request}");
+    print!("{}", cli(&format!("approve {request} --reason 'demo'")));
+    print!("{}", held.join().unwrap_or_default());
+    print!("{}", mariadb("SELECT id, name FROM customers ORDER BY id"));
+    step("HTTP through the gateway: curl with its own token, answer masked");
+    println!("$ curl -H 'Authorization: Bearer agent-own-token' http://198.18.0.2/app/users");
+    print!(
+        "{}",
+        as_agent(
+            "curl -sS -H 'Authorization: Bearer agent-own-token' http://198.18.0.2/app/users; echo"
+        )
+    );
+    println!(
+        "(the app saw the gateway's token; the agent's own was stripped and recorded as such)"
+    );
+    step("HTTP policy: DELETE is denied with a 403 naming the rule (nginx never sees it)");
+    println!("$ curl -X DELETE http://198.18.0.2/app/users/1");
+    print!(
+        "{}",
+        as_agent("curl -sS -X DELETE -w '\\nHTTP %{http_code}\\n' http://198.18.0.2/app/users/1")
+    );
+
     step("airlock policy explain: what would happen, before deploying");
     print!(
         "{}",
@@ -292,6 +436,10 @@ pub fn run(root: &Path) -> Result<()> {
     let mut echo = echo;
     let _ = echo.kill();
     let _ = echo.wait();
+    for mut p in nginx {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
     println!("demo finished; daemon logs were in {STATE}/daemon.log");
     Ok(())
 }

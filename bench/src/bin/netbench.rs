@@ -7,6 +7,10 @@
 //!   the server's byte (so a proxied connection includes the proxy's upstream connect).
 //!   Prints JSON: p50/p99 microseconds and connections per second.
 //! - `netbench throughput ADDR BYTES` — sends BYTES, waits for the count. Prints JSON MB/s.
+//! - `netbench attempts ADDR SECONDS` — connection attempts one after another for SECONDS,
+//!   each a connect, `C` and the server's byte, carrying on past failures. Prints JSON: how
+//!   many succeeded, were refused, reset or timed out, and the successes in each 100 ms
+//!   (the upgrade benchmark looks for a dip around a hand-over).
 //! - `netbench idle ADDR N tcp|pg:USER:DATABASE` — opens N connections and holds them idle
 //!   until killed. `pg` completes a PostgreSQL startup on each (StartupMessage, trust or
 //!   cleartext-password auth, up to ReadyForQuery) the way psql does before it idles. Prints
@@ -31,6 +35,7 @@ fn main() {
         "serve" => serve(arg(1).parse().unwrap_or_else(|_| usage())),
         "connect" => connect(arg(1), arg(2).parse().unwrap_or_else(|_| usage())),
         "throughput" => throughput(arg(1), arg(2).parse().unwrap_or_else(|_| usage())),
+        "attempts" => attempts(arg(1), arg(2).parse().unwrap_or_else(|_| usage())),
         "idle" => idle(arg(1), arg(2).parse().unwrap_or_else(|_| usage()), arg(3)),
         "splice-relay" => relay(arg(1), arg(2), splice_one_way),
         "copy-relay" => relay(arg(1), arg(2), copy_one_way),
@@ -40,7 +45,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: netbench serve PORT | connect ADDR N | throughput ADDR BYTES | idle ADDR N tcp|pg:USER:DB | splice-relay|copy-relay LISTEN TARGET"
+        "usage: netbench serve PORT | connect ADDR N | throughput ADDR BYTES | attempts ADDR SECONDS | idle ADDR N tcp|pg:USER:DB | splice-relay|copy-relay LISTEN TARGET"
     );
     std::process::exit(2)
 }
@@ -107,6 +112,55 @@ fn connect(addr: &str, n: usize) {
         pct(0.50),
         pct(0.99),
         n as f64 / elapsed.as_secs_f64()
+    );
+}
+
+fn attempts(addr: &str, seconds: f64) {
+    use std::io::ErrorKind;
+    let target: std::net::SocketAddr = addr.parse().unwrap_or_else(|_| usage());
+    let started = Instant::now();
+    let bins = (seconds * 10.0).ceil() as usize;
+    let mut ok_per_bin = vec![0u32; bins.max(1)];
+    let (mut ok, mut refused, mut reset, mut timeout, mut other) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut first_error: Option<String> = None;
+    while started.elapsed().as_secs_f64() < seconds {
+        let attempt = (|| -> std::io::Result<()> {
+            let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"C")?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b)
+        })();
+        match attempt {
+            Ok(()) => {
+                ok += 1;
+                let bin = (started.elapsed().as_secs_f64() * 10.0) as usize;
+                if let Some(n) = ok_per_bin.get_mut(bin) {
+                    *n += 1;
+                }
+            }
+            Err(e) => {
+                match e.kind() {
+                    ErrorKind::ConnectionRefused => refused += 1,
+                    ErrorKind::ConnectionReset
+                    | ErrorKind::UnexpectedEof
+                    | ErrorKind::BrokenPipe => reset += 1,
+                    ErrorKind::TimedOut | ErrorKind::WouldBlock => timeout += 1,
+                    _ => other += 1,
+                }
+                first_error.get_or_insert_with(|| e.to_string());
+                // A refused connect returns at once: do not spin on it.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let bins: Vec<String> = ok_per_bin.iter().map(u32::to_string).collect();
+    println!(
+        "{{\"seconds\": {elapsed:.3}, \"ok\": {ok}, \"refused\": {refused}, \"reset\": {reset}, \"timeout\": {timeout}, \"other\": {other}, \"first_error\": {}, \"ok_per_100ms\": [{}]}}",
+        first_error.map_or("null".into(), |e| format!("{e:?}")),
+        bins.join(", ")
     );
 }
 

@@ -165,6 +165,22 @@ impl Provider {
     /// namespace's loopback, e.g. where the daemon runs). `nsenter` execs node, so the PID
     /// stopped on drop is the provider's.
     pub fn start_in(pki: &Pki, key: &str, port: u16, netns: Option<&str>) -> Provider {
+        Self::start_with(pki, key, port, netns, None)
+    }
+
+    /// As [`start`](Self::start), also registering the console's authorization-code client
+    /// with `console_redirect` and serving the provider's login and consent pages.
+    pub fn start_for_console(pki: &Pki, key: &str, console_redirect: &str) -> Provider {
+        Self::start_with(pki, key, 0, None, Some(console_redirect))
+    }
+
+    fn start_with(
+        pki: &Pki,
+        key: &str,
+        port: u16,
+        netns: Option<&str>,
+        console_redirect: Option<&str>,
+    ) -> Provider {
         let dir = node_dir();
         let log = std::fs::File::create(pki.dir.join(format!("provider-{key}.log"))).unwrap();
         let mut cmd = match netns {
@@ -179,6 +195,11 @@ impl Provider {
             .arg(dir.join("provider.mjs"))
             .args(["--dir", pki.dir.to_str().unwrap(), "--key", key, "--port"])
             .arg(port.to_string())
+            .args(
+                console_redirect
+                    .map(|r| vec!["--console-redirect", r])
+                    .unwrap_or_default(),
+            )
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -12,9 +12,17 @@
 //   ci      a normal token
 //   expired a token whose exp is two minutes before its iat
 //   future  a token not valid before an hour from now
+//   bulky   a normal token padded with a `padding` claim to about 12 KiB (under the 16 KiB
+//           verifier limit, over the 10000 bytes of a startup packet)
+//   oversized  the same padded past 64 KiB (over PostgreSQL's cap for a password message)
 // and `cli`, a public device-flow client (RFC 8628) whose ID token names the reviewer.
 // POST /test/approve?user_code=…&account=… completes a pending device authorization as if the
 // account had logged in and consented in a browser.
+//
+// With --console-redirect URL it also registers `console`, a public authorization-code client
+// (PKCE required, as oidc-provider does for public clients) redirecting to URL, and turns on
+// the provider's own login and consent pages (any login name, any password), which the console
+// tests drive in a real browser.
 
 import fs from 'node:fs';
 import https from 'node:https';
@@ -35,6 +43,7 @@ function arg(name, fallback) {
 const dir = arg('dir');
 const keyName = arg('key');
 const port = Number(arg('port', '0'));
+const consoleRedirect = arg('console-redirect', '');
 
 const keyFile = path.join(dir, `${keyName}.jwk`);
 let jwk;
@@ -68,6 +77,8 @@ const provider = new Provider(issuer, {
   jwks: { keys: [jwk] },
   clients: [
     ciClient('ci'),
+    ciClient('bulky'),
+    ciClient('oversized'),
     ciClient('expired'),
     ciClient('future'),
     {
@@ -77,6 +88,13 @@ const provider = new Provider(issuer, {
       redirect_uris: [],
       token_endpoint_auth_method: 'none',
     },
+    ...(consoleRedirect ? [{
+      client_id: 'console',
+      grant_types: ['authorization_code'],
+      response_types: ['code'],
+      redirect_uris: [consoleRedirect],
+      token_endpoint_auth_method: 'none',
+    }] : []),
   ],
   cookies: { keys: ['airlock-test-cookie-key'] },
   // Put scope claims (groups) into the ID token itself, as reviewers' tokens need them.
@@ -88,10 +106,13 @@ const provider = new Provider(issuer, {
   scopes: ['openid', 'groups', 'profile', 'api'],
   findAccount: async (_ctx, id) => ({
     accountId: id,
-    claims: async () => ({ sub: id, name: id, groups: ['dba', 'reviewers'] }),
+    // `viewer…` accounts are in no approver group (the console's authorization test).
+    claims: async () => ({
+      sub: id, name: id, groups: id.startsWith('viewer') ? ['viewers'] : ['dba', 'reviewers'],
+    }),
   }),
   features: {
-    devInteractions: { enabled: false },
+    devInteractions: { enabled: Boolean(consoleRedirect) },
     clientCredentials: { enabled: true },
     deviceFlow: { enabled: true },
     resourceIndicators: {
@@ -114,6 +135,8 @@ const provider = new Provider(issuer, {
       ref: 'refs/heads/main',
       workflow: 'deploy',
       run_attempt: 1,
+      ...(token.clientId === 'bulky' ? { padding: 'p'.repeat(8800) } : {}),
+      ...(token.clientId === 'oversized' ? { padding: 'p'.repeat(50000) } : {}),
     }
     : undefined),
   formats: {
@@ -157,4 +180,9 @@ provider.use(async (ctx, next) => {
 
 server.on('request', provider.callback());
 process.stdout.write(`READY ${issuer}\n`);
+// The test reads one line and closes the pipe: anything printed later (the login pages log)
+// must go to stderr, the log file, instead of killing the provider with EPIPE.
+console.log = console.error;
+console.info = console.error;
+process.stdout.on('error', () => {});
 for (const sig of ['SIGTERM', 'SIGINT']) process.on(sig, () => process.exit(0));

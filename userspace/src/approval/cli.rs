@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow, bail};
 
-use super::model::{ApprovalRequest, Verdict};
+use super::model::{ApprovalRequest, Ruling};
 
 /// Where the API is and how to authenticate.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -166,7 +166,7 @@ pub fn requests(args: &ApiArgs, pending: bool, json: bool) -> anyhow::Result<()>
         let approvals = r
             .votes
             .iter()
-            .filter(|v| v.verdict == Verdict::Approve)
+            .filter(|v| v.verdict == Ruling::Approve)
             .count();
         let command = match r.commands.as_slice() {
             [one] => one_line(&one.text, 60),
@@ -198,7 +198,7 @@ pub fn requests(args: &ApiArgs, pending: bool, json: bool) -> anyhow::Result<()>
 pub fn decide(
     args: &ApiArgs,
     id: &str,
-    verdict: Verdict,
+    verdict: Ruling,
     reason: Option<&str>,
 ) -> anyhow::Result<()> {
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
@@ -206,9 +206,9 @@ pub fn decide(
     }
     let api = args.connect()?;
     let action = match verdict {
-        Verdict::Approve => "approve",
-        Verdict::Deny => "deny",
-        Verdict::Revoke => "revoke",
+        Ruling::Approve => "approve",
+        Ruling::Deny => "deny",
+        Ruling::Revoke => "revoke",
     };
     let body = serde_json::to_vec(&serde_json::json!({ "reason": reason }))?;
     let v = api.call(
@@ -220,7 +220,7 @@ pub fn decide(
     let approvals = r
         .votes
         .iter()
-        .filter(|v| v.verdict == Verdict::Approve)
+        .filter(|v| v.verdict == Ruling::Approve)
         .count();
     println!(
         "request {}: {} ({approvals}/{} approvals)",
@@ -256,6 +256,24 @@ pub fn plan_submit(args: &ApiArgs, file: &Path, json: bool) -> anyhow::Result<()
         r.subject,
         r.target,
         r.id
+    );
+    Ok(())
+}
+
+/// `airlock credentials rotate TARGET` through a running daemon's API: the daemon rotates
+/// and records it in the audit log.
+pub fn rotate_credentials(args: &ApiArgs, target: &str) -> anyhow::Result<()> {
+    let api = args.connect()?;
+    let v = api.call(
+        reqwest::Method::POST,
+        &format!("/v1/targets/{target}/rotate-credentials"),
+        None,
+    )?;
+    println!(
+        "rotated the gateway's password on {target} (by the daemon, recorded in the audit log); new sessions read it from {}",
+        v.get("password_file")
+            .and_then(|f| f.as_str())
+            .unwrap_or("?")
     );
     Ok(())
 }

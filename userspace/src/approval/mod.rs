@@ -14,30 +14,34 @@
 //! commands never touch it); a notification that fails approves nothing; a held command is
 //! forwarded only after its own use of an approved grant was taken in the store.
 
-pub mod api;
 pub mod cli;
-pub mod config;
 pub mod model;
 pub mod notify;
 pub mod postgres;
 pub mod sqlite;
 pub mod store;
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
+use tokio_util::task::TaskTracker;
 
-pub use config::{ApprovalsConfig, StoreKind, WebhookConfig, WebhookKind};
-pub use model::{ApprovalRequest, CommandEntry, Kind, Principal, State, Transition, Verdict};
+pub use model::{
+    ApprovalRequest, CommandEntry, DryRun, Kind, Principal, Ruling, ShownParam, State, Transition,
+    command_sha256,
+};
 pub use notify::Notifier;
 pub use store::{Store, StoreEvent};
 
-use crate::identity::Identity;
+use crate::config::approvals::{ApprovalsConfig, StoreKind};
 use crate::metrics::{ApprovalOutcome, Metrics};
-use crate::policy::{Decision, Engine, OnTimeout, Request, ReviewMode};
+use crate::model::{Command, Decision, Facts, Identity, OnTimeout, Protocol, ReviewMode};
+use crate::policy::{Engine, Request};
 
 /// Errors of the approval workflow.
 #[derive(Debug, thiserror::Error)]
@@ -71,34 +75,130 @@ pub fn now_ms() -> u64 {
 }
 
 fn random_hex(bytes: usize) -> Result<String, ApprovalError> {
-    let mut b = vec![0u8; bytes];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
-        .map_err(|_| ApprovalError::Config("no randomness".into()))?;
+    let b = crate::secrets::random(bytes).map_err(|e| ApprovalError::Config(e.to_string()))?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
-/// One command that policy sent to review, as the protocol handler hands it over.
+/// One command that policy sent to review, as the gate hands it over.
 #[derive(Debug, Clone)]
 pub struct ReviewRequest {
     pub identity: Identity,
     pub target: String,
     pub session: u64,
-    pub command: String,
+    pub protocol: Protocol,
+    pub command: Command<'static>,
+    /// What classification found in it (shown to reviewers; never re-parsed here).
+    pub facts: Arc<Facts>,
     /// Must be [`Decision::Review`].
     pub decision: Decision,
+    /// The protocol's reviewer view of the command (parameters decoded, dry run); `None`:
+    /// parameters shown by type and length only, and no dry run.
+    pub preview: Option<Arc<dyn Preview>>,
+}
+
+/// What a protocol adds to a held command for its reviewers. Called once per request, after
+/// no grant covered the command and before the request is stored and announced, so webhooks
+/// carry it too. Never on the path of a command that is not held.
+pub trait Preview: Send + Sync + std::fmt::Debug {
+    /// The command's parameters decoded and masked for display and, with `dry_run`, the
+    /// effect of running it in a transaction that is rolled back.
+    fn preview(&self, command: Command<'static>, facts: Arc<Facts>, dry_run: bool)
+    -> PreviewFuture;
+}
+
+/// What [`Preview::preview`] resolves to.
+pub type PreviewFuture = Pin<Box<dyn Future<Output = Previewed> + Send>>;
+
+/// A held command as its reviewers see it.
+#[derive(Debug, Clone, Default)]
+pub struct Previewed {
+    pub params: Vec<ShownParam>,
+    pub dry_run: Option<DryRun>,
+}
+
+/// How a review of one command ended, for the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReviewOutcome {
+    /// Approved while the command waited; it runs.
+    Approved,
+    /// An approval given earlier (a retry-mode request, a plan) covered it.
+    Granted,
+    Denied,
+    /// Nobody decided in time (after escalation, when the rule escalates).
+    TimedOut,
+    /// An approver revoked the request while the command waited.
+    Revoked,
+    /// The client went away before a decision.
+    Withdrawn,
+    /// Retry mode: refused now with the request id; the request waits for review.
+    Pending,
+    /// The store failed while the command waited.
+    Unavailable,
+}
+
+/// One review: the request as it stood when the review ended (its rule, approvers, votes
+/// with voter and reason), and how it ended. What the audit log records beside the command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Review {
+    pub request: Box<ApprovalRequest>,
+    pub outcome: ReviewOutcome,
+    /// For a grant: runs of this command it still allows after this one.
+    pub uses_left: Option<u32>,
+}
+
+/// Where a running review leaves its state, so that whoever waits on it can record it even
+/// when it stops waiting: the request once it exists (marked withdrawn until it ends), then
+/// the final review. Cheap to clone; clones share the state.
+#[derive(Debug, Clone, Default)]
+pub struct ReviewTrail(Arc<std::sync::Mutex<Option<Review>>>);
+
+impl ReviewTrail {
+    fn clear(&self) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = None;
+        }
+    }
+
+    fn set(&self, request: &ApprovalRequest, outcome: ReviewOutcome) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(Review {
+                request: Box::new(request.clone()),
+                outcome,
+                uses_left: None,
+            });
+        }
+    }
+
+    fn put(&self, review: Review) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(review);
+        }
+    }
+
+    /// The review as it ended; or, when the waiting future was dropped before a decision, the
+    /// request as it last stood, `Withdrawn`. `None` when no request was made (the store was
+    /// down, or policy sent nothing to review).
+    pub fn take(&self) -> Option<Review> {
+        self.0.lock().ok().and_then(|mut slot| slot.take())
+    }
 }
 
 /// What the protocol handler does with a reviewed command.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// Forward it: approved (or covered by a grant). `request` is the approval used.
+    /// Forward it: approved (or covered by a grant).
     Allow {
         rule: String,
         mask: Vec<String>,
-        request: String,
+        /// The approval used, with its votes.
+        review: Review,
     },
     /// Refuse it with this message.
-    Deny { message: String },
+    Deny {
+        message: String,
+        /// The review that refused it; `None` when no request could be made.
+        review: Option<Review>,
+    },
 }
 
 /// A plan: commands submitted ahead of time for a task.
@@ -115,9 +215,33 @@ pub struct PlanSubmission {
     pub task: Option<String>,
     pub commands: Vec<String>,
     /// Validity once approved, in seconds (default: the shortest TTL of the rules involved).
+    #[serde(default, deserialize_with = "integral")]
     pub ttl_seconds: Option<u64>,
     /// Runs allowed per command (default 1).
+    #[serde(default, deserialize_with = "integral")]
     pub uses: Option<u32>,
+}
+
+/// An unsigned integer, also written with a zero fraction (`5.0`), as JSON Schema's `integer`
+/// allows.
+fn integral<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let whole = n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
+            .map(|f| f as u64)
+    });
+    whole
+        .and_then(|w| T::try_from(w).ok())
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("{n} is not a whole number in range")))
 }
 
 /// The approval service: one per daemon, shared by every session and the API.
@@ -128,6 +252,9 @@ pub struct Approvals {
     metrics: Arc<Metrics>,
     instance: String,
     admin_token: String,
+    /// Withdrawals of requests whose held command went away, still being written
+    /// ([`settle`](Self::settle) waits for them before the daemon exits).
+    withdrawals: TaskTracker,
 }
 
 /// The longest plan TTL accepted.
@@ -135,33 +262,19 @@ const MAX_PLAN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Reads the admin token, creating it (mode 0600) on first start.
 pub fn load_or_create_token(path: &Path) -> Result<String, ApprovalError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let io = |e: std::io::Error| ApprovalError::Config(format!("{}: {e}", path.display()));
-    match std::fs::read_to_string(path) {
-        Ok(t) if t.trim().len() >= 32 => return Ok(t.trim().to_owned()),
-        Ok(_) => {
-            return Err(ApprovalError::Config(format!(
-                "{}: admin token shorter than 32 characters",
-                path.display()
-            )));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(e)),
+    let bytes = crate::secrets::read_or_create(path, || {
+        let token = random_hex(32).map_err(std::io::Error::other)?;
+        Ok(format!("{token}\n").into_bytes())
+    })
+    .map_err(io)?;
+    let token = String::from_utf8_lossy(&bytes).trim().to_owned();
+    if token.len() < 32 {
+        return Err(ApprovalError::Config(format!(
+            "{}: admin token shorter than 32 characters",
+            path.display()
+        )));
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let token = random_hex(32)?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io)?;
-    f.write_all(token.as_bytes()).map_err(io)?;
-    f.write_all(b"\n").map_err(io)?;
-    f.sync_all().map_err(io)?;
     Ok(token)
 }
 
@@ -171,6 +284,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Approvals {
+    /// Waits until the withdrawals of requests whose held commands went away are written (a
+    /// draining daemon calls it before it exits: a request must not stay pending for a
+    /// command that is gone).
+    pub async fn settle(&self) {
+        self.withdrawals.close();
+        self.withdrawals.wait().await;
+        self.withdrawals.reopen();
+    }
+
     /// Opens the configured store, the admin token and the webhooks.
     pub async fn open(
         cfg: &ApprovalsConfig,
@@ -206,6 +328,7 @@ impl Approvals {
             metrics,
             instance,
             admin_token,
+            withdrawals: TaskTracker::new(),
         });
         // The pending gauge follows the store, whichever instance decided.
         let weak = Arc::downgrade(&svc);
@@ -285,12 +408,12 @@ impl Approvals {
         &self,
         id: &str,
         who: &Principal,
-        verdict: Verdict,
+        verdict: Ruling,
         reason: Option<String>,
     ) -> Result<ApprovalRequest, ApprovalError> {
-        if reason.as_ref().is_some_and(|r| r.len() > 4096) {
+        if reason.as_ref().is_some_and(|r| r.chars().count() > 4096) {
             return Err(ApprovalError::Invalid(
-                "reason longer than 4096 bytes".into(),
+                "reason longer than 4096 characters".into(),
             ));
         }
         let who2 = who.clone();
@@ -318,7 +441,7 @@ impl Approvals {
         if let Some(t) = t {
             self.announce(t, &req);
         }
-        Ok(req)
+        Ok(req.with_clock(now))
     }
 
     /// Requests, newest first.
@@ -332,7 +455,7 @@ impl Approvals {
         if pending_only {
             list.retain(ApprovalRequest::is_pending);
         }
-        Ok(list)
+        Ok(list.into_iter().map(|r| r.with_clock(now)).collect())
     }
 
     /// Submits a plan: every command is checked against policy for the plan's identity and
@@ -343,13 +466,19 @@ impl Approvals {
         plan: PlanSubmission,
         who: &Principal,
         engine: &Engine,
-        protocol: crate::config::Protocol,
+        protocol: Protocol,
     ) -> Result<ApprovalRequest, ApprovalError> {
         if plan.commands.is_empty() || plan.commands.len() > 1000 {
             return Err(ApprovalError::Invalid(
                 "a plan holds 1 to 1000 commands".into(),
             ));
         }
+        let Some(dialect) = protocol.dialect() else {
+            return Err(ApprovalError::Invalid(format!(
+                "plans hold SQL commands; target {} speaks {protocol}",
+                plan.target
+            )));
+        };
         let subject = plan.subject.clone().unwrap_or_else(|| who.subject.clone());
         let identity = Identity {
             subject: subject.clone(),
@@ -366,7 +495,7 @@ impl Approvals {
                 identity: &identity,
                 target: &plan.target,
                 protocol,
-                command: text,
+                command: &Command::sql(dialect, text),
             });
             match d {
                 Decision::Deny { rule, reason } => {
@@ -433,9 +562,15 @@ impl Approvals {
                 .iter()
                 .map(|c| CommandEntry::new(c, uses))
                 .collect(),
+            protocol: Some(protocol),
             classes: Vec::new(),
             kinds: Vec::new(),
             tables: Vec::new(),
+            tables_read: Vec::new(),
+            functions: Vec::new(),
+            objects: Vec::new(),
+            notes: Vec::new(),
+            dry_run: None,
             subject,
             groups: plan.groups,
             workload: None,
@@ -460,6 +595,8 @@ impl Approvals {
             expires_ms: None,
             votes: Vec::new(),
             reason: None,
+            age_ms: None,
+            deadline_in_ms: None,
         };
         self.store.insert(&req).await?;
         self.notifier.notify("requested", &req);
@@ -509,8 +646,14 @@ impl Approvals {
 
     /// Decides a command that policy sent to review: a grant covers it, or a request is
     /// created and (hold mode) waited on, sending `notice` once the request exists. Dropping
-    /// the future withdraws a pending request.
-    pub async fn review(self: Arc<Self>, r: ReviewRequest, notice: impl FnOnce(&str)) -> Outcome {
+    /// the future withdraws a pending request. `trail` follows the review for the audit log
+    /// (see [`ReviewTrail`]).
+    pub async fn review(
+        self: Arc<Self>,
+        r: ReviewRequest,
+        notice: impl FnOnce(&str),
+        trail: &ReviewTrail,
+    ) -> Outcome {
         let Decision::Review {
             rule,
             approvers,
@@ -521,66 +664,96 @@ impl Approvals {
             escalate_to,
             mode,
             mask,
+            dry_run,
+            ..
         } = r.decision
         else {
             return Outcome::Deny {
                 message: "airlock: internal error: review without a review decision".into(),
+                review: None,
             };
         };
         let rule_name = rule.clone();
-        let unavailable = move |e: &dyn std::fmt::Display| Outcome::Deny {
+        let unavailable = move |e: &dyn std::fmt::Display, review: Option<Review>| Outcome::Deny {
             message: format!(
                 "airlock: rule \"{rule_name}\" needs approval, but the approval store is unavailable ({e}); the command was not run"
             ),
+            review,
         };
         if !self.store.is_up() {
-            return unavailable(&"not connected");
+            return unavailable(&"not connected", None);
         }
-        let sha = model::sha256_hex(&r.command);
+        let sha = model::command_sha256(&r.command);
         match self.take_grant(&r.identity.subject, &r.target, &sha).await {
             Ok(Some(g)) => {
                 self.metrics.approval_granted(&r.target);
                 tracing::info!(request = %g.id, session = r.session, target = %r.target, "command covered by an approval");
+                let review = Review {
+                    uses_left: g
+                        .commands
+                        .iter()
+                        .find(|c| c.sha256 == sha)
+                        .map(|c| c.uses_left),
+                    request: Box::new(g),
+                    outcome: ReviewOutcome::Granted,
+                };
+                trail.put(review.clone());
                 return Outcome::Allow {
                     rule,
-                    mask: if g.mask.is_empty() { mask } else { g.mask },
-                    request: g.id,
+                    mask: if review.request.mask.is_empty() {
+                        mask
+                    } else {
+                        review.request.mask.clone()
+                    },
+                    review,
                 };
             }
             Ok(None) => {}
-            Err(e) => return unavailable(&e),
+            Err(e) => return unavailable(&e, None),
         }
-        let classification = crate::policy::classify(
-            &r.command,
-            crate::policy::Dialect::Postgres,
-            &crate::policy::Limits::default(),
-        );
-        let now = now_ms();
         let id = match random_hex(6) {
             Ok(id) => id,
-            Err(e) => return unavailable(&e),
+            Err(e) => return unavailable(&e, None),
         };
+        let shown = match &r.preview {
+            Some(p) => {
+                p.preview(r.command.clone(), Arc::clone(&r.facts), dry_run)
+                    .await
+            }
+            None => Previewed {
+                params: r
+                    .command
+                    .params()
+                    .iter()
+                    .zip(1u32..)
+                    .map(|(p, n)| ShownParam::hidden(n, p))
+                    .collect(),
+                dry_run: dry_run
+                    .then(|| DryRun::skipped(format!("{} targets have no dry run", r.protocol))),
+            },
+        };
+        let now = now_ms();
         let req = ApprovalRequest {
             id: id.clone(),
             kind: Kind::Command,
             state: State::Pending,
-            commands: vec![CommandEntry::new(&r.command, 1)],
-            classes: vec![classification.class.as_str().to_owned()],
-            kinds: classification
-                .kinds
-                .iter()
-                .map(|k| (*k).to_owned())
-                .collect(),
-            tables: classification.tables_written.clone(),
+            commands: vec![CommandEntry::for_command(&r.command, shown.params, 1)],
+            protocol: Some(r.protocol),
+            classes: vec![r.facts.class.as_str().to_owned()],
+            kinds: r.facts.kinds.iter().map(|k| (*k).to_owned()).collect(),
+            tables: if r.facts.tables_written.is_empty() {
+                r.facts.objects.clone()
+            } else {
+                r.facts.tables_written.clone()
+            },
+            tables_read: r.facts.tables_read.clone(),
+            functions: r.facts.functions.clone(),
+            objects: r.facts.objects.clone(),
+            notes: r.facts.notes.clone(),
+            dry_run: shown.dry_run,
             subject: r.identity.subject.clone(),
             groups: r.identity.groups.clone(),
-            workload: r.identity.workload.as_ref().map(|w| model::WorkloadInfo {
-                pid: w.tgid,
-                uid: w.uid,
-                user: w.user.clone(),
-                comm: w.comm.clone(),
-                cgroup: w.cgroup_path.clone(),
-            }),
+            workload: r.identity.workload.clone(),
             target: r.target.clone(),
             session: Some(r.session),
             instance: self.instance.clone(),
@@ -602,20 +775,40 @@ impl Approvals {
             expires_ms: None,
             votes: Vec::new(),
             reason: None,
+            age_ms: None,
+            deadline_in_ms: None,
         };
         // Subscribed before the request exists, so no decision can slip between.
         let mut events = self.store.subscribe();
+        // A held waiter that goes away from here on (even while the insert is in flight)
+        // withdraws the request, and a reader of the trail finds it withdrawn; a waiter
+        // dropped between the insert and the wait would otherwise leave it pending for good.
+        let mut guard = Withdraw {
+            svc: (mode == ReviewMode::Hold).then(|| Arc::clone(&self)),
+            id: id.clone(),
+        };
+        if mode == ReviewMode::Hold {
+            trail.set(&req, ReviewOutcome::Withdrawn);
+        }
         if let Err(e) = self.store.insert(&req).await {
-            return unavailable(&e);
+            guard.svc = None;
+            trail.clear();
+            return unavailable(&e, None);
         }
         self.notifier.notify("requested", &req);
         tracing::info!(request = %id, session = r.session, target = %r.target, subject = %r.identity.subject, %rule, ?mode, "approval requested");
         if mode == ReviewMode::Retry {
+            trail.set(&req, ReviewOutcome::Pending);
             return Outcome::Deny {
                 message: format!(
                     "airlock: rule \"{rule}\" needs approval: request {id} is pending (approvers: {}). Once approved (airlock approve {id}), run the same command again.",
                     approvers.join(", ")
                 ),
+                review: Some(Review {
+                    request: Box::new(req),
+                    outcome: ReviewOutcome::Pending,
+                    uses_left: None,
+                }),
             };
         }
         self.metrics.approval_requested();
@@ -623,11 +816,7 @@ impl Approvals {
             "airlock: waiting for approval of request {id} (rule \"{rule}\", approvers: {}); approve with: airlock approve {id}",
             approvers.join(", ")
         ));
-        let mut guard = Withdraw {
-            svc: Some(Arc::clone(&self)),
-            id: id.clone(),
-        };
-        let outcome = self.wait(&req, &sha, &mut events, rule, mask).await;
+        let outcome = self.wait(&req, &sha, &mut events, rule, mask, trail).await;
         guard.svc = None;
         let (label, message) = match &outcome {
             Ok(o) => (o.0, None),
@@ -640,7 +829,16 @@ impl Approvals {
         );
         match outcome {
             Ok((_, o)) => o,
-            Err(_) => unavailable(&message.unwrap_or_default()),
+            Err(_) => {
+                let review = trail.take().map(|r| Review {
+                    outcome: ReviewOutcome::Unavailable,
+                    ..r
+                });
+                if let Some(r) = &review {
+                    trail.set(&r.request, ReviewOutcome::Unavailable);
+                }
+                unavailable(&message.unwrap_or_default(), review)
+            }
         }
     }
 
@@ -651,6 +849,7 @@ impl Approvals {
         events: &mut tokio::sync::broadcast::Receiver<StoreEvent>,
         rule: String,
         mask: Vec<String>,
+        trail: &ReviewTrail,
     ) -> Result<(ApprovalOutcome, Outcome), ApprovalError> {
         let id = req.id.as_str();
         loop {
@@ -690,29 +889,50 @@ impl Approvals {
                     })
                     .unwrap_or_default()
             };
-            let done = |label, message: String| Ok((label, Outcome::Deny { message }));
+            let done = |label, outcome, message: String| {
+                trail.set(&cur, outcome);
+                Ok((
+                    label,
+                    Outcome::Deny {
+                        message,
+                        review: Some(Review {
+                            request: Box::new(cur.clone()),
+                            outcome,
+                            uses_left: None,
+                        }),
+                    },
+                ))
+            };
             match (t, cur.state) {
                 (Some(Transition::Consumed), _) => {
                     tracing::info!(request = %id, "approved command released");
+                    trail.set(&cur, ReviewOutcome::Approved);
                     return Ok((
                         ApprovalOutcome::Approved,
                         Outcome::Allow {
                             rule,
                             mask,
-                            request: id.to_owned(),
+                            review: Review {
+                                request: Box::new(cur),
+                                outcome: ReviewOutcome::Approved,
+                                uses_left: None,
+                            },
                         },
                     ));
                 }
-                (_, State::Pending) => {}
+                // Votes so far, for a reader that stops waiting.
+                (_, State::Pending) => trail.set(&cur, ReviewOutcome::Withdrawn),
                 (_, State::Denied) => {
                     return done(
                         ApprovalOutcome::Denied,
+                        ReviewOutcome::Denied,
                         format!("airlock: request {id} was denied{}", last()),
                     );
                 }
                 (_, State::Revoked) => {
                     return done(
                         ApprovalOutcome::Cancelled,
+                        ReviewOutcome::Revoked,
                         format!(
                             "airlock: request {id} was revoked{}; the command was not run",
                             last()
@@ -726,6 +946,7 @@ impl Approvals {
                         } else {
                             ApprovalOutcome::TimedOut
                         },
+                        ReviewOutcome::TimedOut,
                         format!(
                             "airlock: request {id} timed out without a decision{}; the command was not run",
                             if cur.escalated {
@@ -739,6 +960,11 @@ impl Approvals {
                 (_, state) => {
                     return done(
                         ApprovalOutcome::Cancelled,
+                        if state == State::Withdrawn {
+                            ReviewOutcome::Withdrawn
+                        } else {
+                            ReviewOutcome::Denied
+                        },
                         format!(
                             "airlock: request {id} is {}; the command was not run",
                             state.as_str()
@@ -778,27 +1004,31 @@ impl Drop for Withdraw {
         let Some(svc) = self.svc.take() else { return };
         let id = std::mem::take(&mut self.id);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let now = now_ms();
-                match svc
-                    .store
-                    .update(&id, Box::new(move |r| Ok(r.withdraw(now))))
-                    .await
-                {
-                    Ok((req, Some(t))) => {
-                        svc.metrics.approval_resolved(
-                            &req.target,
-                            ApprovalOutcome::Cancelled,
-                            Duration::from_millis(now.saturating_sub(req.created_ms)),
-                        );
-                        svc.announce(t, &req);
+            let withdrawals = svc.withdrawals.clone();
+            withdrawals.spawn_on(
+                async move {
+                    let now = now_ms();
+                    match svc
+                        .store
+                        .update(&id, Box::new(move |r| Ok(r.withdraw(now))))
+                        .await
+                    {
+                        Ok((req, Some(t))) => {
+                            svc.metrics.approval_resolved(
+                                &req.target,
+                                ApprovalOutcome::Cancelled,
+                                Duration::from_millis(now.saturating_sub(req.created_ms)),
+                            );
+                            svc.announce(t, &req);
+                        }
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::warn!(request = %id, %error, "could not withdraw request")
+                        }
                     }
-                    Ok(_) => {}
-                    Err(error) => {
-                        tracing::warn!(request = %id, %error, "could not withdraw request")
-                    }
-                }
-            });
+                },
+                &rt,
+            );
         }
     }
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::ApprovalError;
-use crate::policy::{OnTimeout, ReviewMode};
+use crate::model::{Command, OnTimeout, ParamFormat, Protocol, ReviewMode, Workload};
 
 /// What a request asks to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,10 +57,14 @@ impl State {
 pub struct CommandEntry {
     /// The exact text, as the client sent it.
     pub text: String,
-    /// Lower-case hex SHA-256 of `text`.
+    /// Lower-case hex SHA-256 of the command: its text, and its parameter values when it was
+    /// bound ([`command_sha256`]); a grant covers exactly these values.
     pub sha256: String,
     /// Runs left once approved.
     pub uses_left: u32,
+    /// The values bound to its parameters, as the reviewer sees them (decoded, masked).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<ShownParam>,
 }
 
 impl CommandEntry {
@@ -70,13 +74,157 @@ impl CommandEntry {
             text: text.to_owned(),
             sha256: sha256_hex(text),
             uses_left: uses,
+            params: Vec::new(),
+        }
+    }
+
+    /// An entry for a command with its parameters shown as `params`.
+    pub fn for_command(command: &Command<'_>, params: Vec<ShownParam>, uses: u32) -> Self {
+        Self {
+            text: command.text().into_owned(),
+            sha256: command_sha256(command),
+            uses_left: uses,
+            params,
         }
     }
 }
 
-/// Lower-case hex SHA-256 of a command text.
-pub fn sha256_hex(text: &str) -> String {
-    let digest = Sha256::digest(text.as_bytes());
+/// One bound parameter as a reviewer sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShownParam {
+    /// Its position (`$1` is 1).
+    pub n: u32,
+    /// The type's name (`int4`, `text`), or `oid <n>` when unknown.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// The protocol's type id.
+    pub type_id: u32,
+    pub format: ParamFormat,
+    /// The value decoded for display, masked where a masking rule would mask it; `None` for
+    /// SQL NULL.
+    pub value: Option<String>,
+    /// How `value` is written: `text` (decoded), `hex` (a binary value this gateway cannot
+    /// decode, `\x…`), `hidden` (not shown: no decoder for this protocol).
+    pub shown_as: String,
+    /// Masking rules that changed the value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masked: Vec<String>,
+    /// The column it is compared with or written to, when the statement says
+    /// (`schema.table.column`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+}
+
+impl ShownParam {
+    /// A parameter shown without its value (a protocol that gives no decoder): type, format
+    /// and length only.
+    pub fn hidden(n: u32, p: &crate::model::Param<'_>) -> Self {
+        Self {
+            n,
+            type_name: format!("oid {}", p.type_id),
+            type_id: p.type_id,
+            format: p.format,
+            value: p.value.as_ref().map(|v| format!("<{} bytes>", v.len())),
+            shown_as: "hidden".into(),
+            masked: Vec::new(),
+            column: None,
+        }
+    }
+}
+
+/// What running a held command in a transaction that was rolled back showed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DryRun {
+    /// `done`, `skipped` (no dry run, see `reason`) or `failed`.
+    pub status: String,
+    /// Why there was no dry run, or why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Rows the statement affected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_affected: Option<u64>,
+    /// The command tag the server answered (`UPDATE 3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_tag: Option<String>,
+    /// The planner's estimate (`EXPLAIN`), one line per plan node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plan: Vec<String>,
+    /// The table the samples are from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// Column names of the samples.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<String>,
+    /// Up to `sample_limit` affected rows before and after the statement, masked for the
+    /// reviewer (`None`: NULL).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub before: Vec<Vec<Option<String>>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<Vec<Option<String>>>,
+    /// The row cap of each sample.
+    #[serde(default)]
+    pub sample_limit: u32,
+    /// More rows were affected than sampled.
+    #[serde(default)]
+    pub truncated: bool,
+    /// How long it took.
+    #[serde(default)]
+    pub took_ms: u64,
+}
+
+impl DryRun {
+    /// No dry run, and why.
+    pub fn skipped(reason: impl Into<String>) -> Self {
+        Self {
+            status: "skipped".into(),
+            reason: Some(reason.into()),
+            ..Self::default()
+        }
+    }
+
+    /// The dry run did not complete, and why.
+    pub fn failed(reason: impl Into<String>) -> Self {
+        Self {
+            status: "failed".into(),
+            reason: Some(reason.into()),
+            ..Self::default()
+        }
+    }
+}
+
+/// Lower-case hex SHA-256 of a command as approvals match it: its text alone when no
+/// parameters were bound (so plans and simple queries match by text), else the text followed
+/// by each parameter's type, format and exact bytes (NULL distinct from empty), so that an
+/// approval for one set of values never covers another.
+pub fn command_sha256(command: &Command<'_>) -> String {
+    let text = command.text();
+    let params = command.params();
+    if params.is_empty() {
+        return sha256_hex(&text);
+    }
+    let mut h = Sha256::new();
+    h.update(text.as_bytes());
+    h.update(b"\0airlock-params\0");
+    h.update((params.len() as u64).to_be_bytes());
+    for p in params {
+        h.update(p.type_id.to_be_bytes());
+        h.update([match p.format {
+            ParamFormat::Text => 0u8,
+            ParamFormat::Binary => 1,
+        }]);
+        match &p.value {
+            None => h.update([0u8]),
+            Some(v) => {
+                h.update([1u8]);
+                h.update((v.len() as u64).to_be_bytes());
+                h.update(v);
+            }
+        }
+    }
+    hex(&h.finalize())
+}
+
+fn hex(digest: &[u8]) -> String {
     let mut s = String::with_capacity(64);
     for b in digest {
         use std::fmt::Write;
@@ -85,10 +233,15 @@ pub fn sha256_hex(text: &str) -> String {
     s
 }
 
-/// What a reviewer decided.
+/// Lower-case hex SHA-256 of a command text.
+pub fn sha256_hex(text: &str) -> String {
+    hex(&Sha256::digest(text.as_bytes()))
+}
+
+/// What a reviewer decided (a vote, or an approver revoking a grant).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Verdict {
+pub enum Ruling {
     Approve,
     Deny,
     Revoke,
@@ -101,19 +254,9 @@ pub struct Vote {
     pub by: String,
     /// How they authenticated: `admin-token` or `oidc:<issuer>`.
     pub via: String,
-    pub verdict: Verdict,
+    pub verdict: Ruling,
     pub reason: Option<String>,
     pub at_ms: u64,
-}
-
-/// The caller's process, as far as the kernel told us.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkloadInfo {
-    pub pid: u32,
-    pub uid: u32,
-    pub user: Option<String>,
-    pub comm: String,
-    pub cgroup: Option<String>,
 }
 
 /// An authenticated reviewer.
@@ -146,14 +289,29 @@ pub struct ApprovalRequest {
     pub kind: Kind,
     pub state: State,
     pub commands: Vec<CommandEntry>,
+    /// The protocol of the commands (absent in requests stored before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
     /// Command classes (`write`, …), statement kinds and tables written, from classification.
     pub classes: Vec<String>,
     pub kinds: Vec<String>,
     pub tables: Vec<String>,
+    /// Tables read, functions called, other objects touched and the classifier's notes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables_read: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// The effect of the command, from a dry run rolled back (when the rule asks for one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<DryRun>,
     /// The identity the commands run as; it may never approve its own request.
     pub subject: String,
     pub groups: Vec<String>,
-    pub workload: Option<WorkloadInfo>,
+    pub workload: Option<Workload>,
     pub target: String,
     /// Session id on the instance holding the command (`None` for plans).
     pub session: Option<u64>,
@@ -184,6 +342,12 @@ pub struct ApprovalRequest {
     pub votes: Vec<Vote>,
     /// Why it ended (last reason given, or the timeout).
     pub reason: Option<String>,
+    /// Milliseconds since it was created and until its deadline (negative: passed), as of
+    /// the answer (filled by listings, never stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_in_ms: Option<i64>,
 }
 
 /// What a state change means for notifications and metrics.
@@ -221,6 +385,13 @@ impl Transition {
 }
 
 impl ApprovalRequest {
+    /// Fills the age and time-to-deadline fields as of `now`.
+    pub fn with_clock(mut self, now: u64) -> Self {
+        self.age_ms = Some(now.saturating_sub(self.created_ms));
+        self.deadline_in_ms = Some(self.deadline_ms as i64 - now as i64);
+        self
+    }
+
     /// Whether the request still waits for a decision.
     pub fn is_pending(&self) -> bool {
         self.state == State::Pending
@@ -285,18 +456,19 @@ impl ApprovalRequest {
     }
 
     /// Records `who`'s decision at `now`. Approvals count toward the quorum (one per subject);
-    /// a deny ends the request; a revoke ends a pending request or an unused grant.
+    /// a deny ends the request; a revoke ends a pending request or a grant, used or not (a
+    /// protocol that keeps something running on a grant, an SSH command, ends it then).
     pub fn decide(
         &mut self,
         who: &Principal,
-        verdict: Verdict,
+        verdict: Ruling,
         reason: Option<String>,
         now: u64,
     ) -> Result<Transition, ApprovalError> {
         self.tick(now);
         let allowed = match verdict {
-            Verdict::Approve | Verdict::Deny => self.state == State::Pending,
-            Verdict::Revoke => matches!(self.state, State::Pending | State::Approved),
+            Ruling::Approve | Ruling::Deny => self.state == State::Pending,
+            Ruling::Revoke => matches!(self.state, State::Pending | State::Approved | State::Used),
         };
         if !allowed {
             return Err(ApprovalError::Conflict {
@@ -305,11 +477,11 @@ impl ApprovalRequest {
             });
         }
         self.check_eligible(who)?;
-        if verdict == Verdict::Approve
+        if verdict == Ruling::Approve
             && self
                 .votes
                 .iter()
-                .any(|v| v.by == who.subject && v.verdict == Verdict::Approve)
+                .any(|v| v.by == who.subject && v.verdict == Ruling::Approve)
         {
             return Err(ApprovalError::AlreadyVoted);
         }
@@ -321,11 +493,11 @@ impl ApprovalRequest {
             at_ms: now,
         });
         let t = match verdict {
-            Verdict::Approve => {
+            Ruling::Approve => {
                 let approvals = self
                     .votes
                     .iter()
-                    .filter(|v| v.verdict == Verdict::Approve)
+                    .filter(|v| v.verdict == Ruling::Approve)
                     .count();
                 if approvals < self.quorum as usize {
                     return Ok(Transition::Voted);
@@ -334,11 +506,11 @@ impl ApprovalRequest {
                 self.expires_ms = Some(now.saturating_add(self.ttl_ms));
                 Transition::Approved
             }
-            Verdict::Deny => {
+            Ruling::Deny => {
                 self.state = State::Denied;
                 Transition::Denied
             }
-            Verdict::Revoke => {
+            Ruling::Revoke => {
                 self.state = State::Revoked;
                 Transition::Revoked
             }
@@ -393,9 +565,15 @@ pub(crate) mod tests {
             kind: Kind::Command,
             state: State::Pending,
             commands: vec![CommandEntry::new("UPDATE t SET a = 1", 1)],
+            protocol: Some(Protocol::Postgres),
             classes: vec!["write".into()],
             kinds: vec!["update".into()],
             tables: vec!["t".into()],
+            tables_read: vec![],
+            functions: vec![],
+            objects: vec![],
+            notes: vec![],
+            dry_run: None,
             subject: "unix:agent".into(),
             groups: vec!["agents".into()],
             workload: None,
@@ -420,6 +598,8 @@ pub(crate) mod tests {
             expires_ms: None,
             votes: vec![],
             reason: None,
+            age_ms: None,
+            deadline_in_ms: None,
         }
     }
 
@@ -437,23 +617,23 @@ pub(crate) mod tests {
         let mut r = sample();
         let a = who("alice", "dba");
         assert_eq!(
-            r.decide(&a, Verdict::Approve, None, 1).unwrap(),
+            r.decide(&a, Ruling::Approve, None, 1).unwrap(),
             Transition::Voted
         );
         assert!(matches!(
-            r.decide(&a, Verdict::Approve, None, 2),
+            r.decide(&a, Ruling::Approve, None, 2),
             Err(ApprovalError::AlreadyVoted)
         ));
         assert!(matches!(
-            r.decide(&who("eve", "dev"), Verdict::Approve, None, 2),
+            r.decide(&who("eve", "dev"), Ruling::Approve, None, 2),
             Err(ApprovalError::NotApprover { .. })
         ));
         assert!(matches!(
-            r.decide(&who("unix:agent", "dba"), Verdict::Approve, None, 2),
+            r.decide(&who("unix:agent", "dba"), Ruling::Approve, None, 2),
             Err(ApprovalError::OwnRequest)
         ));
         let t = r
-            .decide(&who("bob", "dba"), Verdict::Approve, Some("ok".into()), 3)
+            .decide(&who("bob", "dba"), Ruling::Approve, Some("ok".into()), 3)
             .unwrap();
         assert_eq!(t, Transition::Approved);
         assert_eq!(r.expires_ms, Some(1003));
@@ -468,13 +648,13 @@ pub(crate) mod tests {
     fn escalation_then_timeout() {
         let mut r = sample();
         assert!(matches!(
-            r.decide(&who("carol", "oncall"), Verdict::Approve, None, 10),
+            r.decide(&who("carol", "oncall"), Ruling::Approve, None, 10),
             Err(ApprovalError::NotApprover { .. })
         ));
         assert_eq!(r.tick(100), Some(Transition::Escalated));
         assert_eq!(r.deadline_ms, 200);
         assert_eq!(
-            r.decide(&who("carol", "oncall"), Verdict::Approve, None, 150)
+            r.decide(&who("carol", "oncall"), Ruling::Approve, None, 150)
                 .unwrap(),
             Transition::Voted
         );
@@ -486,19 +666,90 @@ pub(crate) mod tests {
     fn grant_expires_and_revoke() {
         let mut r = sample();
         r.quorum = 1;
-        r.decide(&Principal::admin(), Verdict::Approve, None, 10)
+        r.decide(&Principal::admin(), Ruling::Approve, None, 10)
             .unwrap();
         let sha = r.commands[0].sha256.clone();
         assert!(!r.consume(&sha, 2000));
         assert_eq!(r.state, State::Expired);
         let mut r = sample();
-        r.decide(&Principal::admin(), Verdict::Revoke, Some("no".into()), 5)
+        r.decide(&Principal::admin(), Ruling::Revoke, Some("no".into()), 5)
             .unwrap();
         assert_eq!(r.state, State::Revoked);
         assert!(
-            r.decide(&Principal::admin(), Verdict::Approve, None, 6)
+            r.decide(&Principal::admin(), Ruling::Approve, None, 6)
                 .is_err()
         );
+        // A used grant can still be revoked (what it opened is then closed); a denied request
+        // cannot.
+        let mut r = sample();
+        r.quorum = 1;
+        r.decide(&Principal::admin(), Ruling::Approve, None, 10)
+            .unwrap();
+        let sha = r.commands[0].sha256.clone();
+        assert!(r.consume(&sha, 11));
+        assert_eq!(r.state, State::Used);
+        r.decide(&Principal::admin(), Ruling::Revoke, None, 12)
+            .unwrap();
+        assert_eq!(r.state, State::Revoked);
+        let mut r = sample();
+        r.decide(&Principal::admin(), Ruling::Deny, None, 5)
+            .unwrap();
+        assert!(
+            r.decide(&Principal::admin(), Ruling::Revoke, None, 6)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn parameters_are_part_of_the_hash() {
+        use crate::model::{Dialect, Param};
+        use std::borrow::Cow;
+        let text = "UPDATE accounts SET balance = $1 WHERE id = $2";
+        let p = |v: Option<&'static [u8]>, format| Param {
+            type_id: 23,
+            format,
+            value: v.map(Cow::Borrowed),
+        };
+        let one = [
+            p(Some(b"5"), ParamFormat::Text),
+            p(Some(b"1"), ParamFormat::Text),
+        ];
+        let other = [
+            p(Some(b"500"), ParamFormat::Text),
+            p(Some(b"1"), ParamFormat::Text),
+        ];
+        let null = [p(None, ParamFormat::Text), p(Some(b"1"), ParamFormat::Text)];
+        let empty = [
+            p(Some(b""), ParamFormat::Text),
+            p(Some(b"1"), ParamFormat::Text),
+        ];
+        let binary = [
+            p(Some(b"5"), ParamFormat::Binary),
+            p(Some(b"1"), ParamFormat::Text),
+        ];
+        fn h(text: &str, params: &[Param<'_>]) -> String {
+            command_sha256(&Command::sql_bound(Dialect::Postgres, text, params))
+        }
+        let all = [
+            h(text, &one),
+            h(text, &other),
+            h(text, &null),
+            h(text, &empty),
+            h(text, &binary),
+        ];
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(h(text, &one), h(text, &one));
+        // Without parameters the hash is the text's (plans and simple queries match by text).
+        assert_eq!(
+            command_sha256(&Command::sql(Dialect::Postgres, text)),
+            sha256_hex(text)
+        );
+        assert_eq!(h(text, &[]), sha256_hex(text));
+        assert_ne!(h(text, &one), sha256_hex(text));
     }
 
     #[test]

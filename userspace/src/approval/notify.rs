@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use ring::hmac;
 
-use super::config::{WebhookConfig, WebhookKind};
 use super::model::ApprovalRequest;
+use crate::config::approvals::{WebhookConfig, WebhookKind};
 
 /// Header carrying `sha256=<hex HMAC-SHA256 of the body>`.
 pub const SIGNATURE_HEADER: &str = "x-airlock-signature";

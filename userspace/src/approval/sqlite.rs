@@ -264,7 +264,7 @@ impl Store for SqliteStore {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::approval::model::{Principal, Verdict};
+    use crate::approval::model::{Principal, Ruling};
 
     fn who(s: &str) -> Principal {
         Principal {
@@ -294,7 +294,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 s.update(
                     "r1",
-                    Box::new(move |r| r.decide(&who(name), Verdict::Approve, None, 10).map(Some)),
+                    Box::new(move |r| r.decide(&who(name), Ruling::Approve, None, 10).map(Some)),
                 )
                 .await
                 .unwrap()

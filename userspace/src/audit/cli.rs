@@ -1,4 +1,5 @@
-//! `airlock sessions`, `airlock replay`, `airlock audit verify | export | import | keygen`.
+//! `airlock sessions`, `airlock replay`,
+//! `airlock audit verify | export | export-heads | import | keygen`.
 //!
 //! Each function takes a parsed args struct (`clap::Args`, to embed in the command tree) and
 //! prints to stdout. Failures, including a log that does not verify, are `Err`.
@@ -8,11 +9,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use super::record::{EndReason, Event, Record};
+use super::keys::load_verify_keys;
+use super::record::SignedHead;
+use super::record::{EndReason, Event, FactsRecord, Record, ReviewRecord};
 use super::time::{format_ts, now_us, parse_time};
+use super::writer::HEAD_FILE;
 use super::{
-    SessionQuery, generate_key, load_public_key, load_session, public_key_path, search_sessions,
+    SessionQuery, VerifyOptions, generate_key, load_heads, load_public_key, load_session,
+    load_signing_key, public_key_path, search_sessions,
 };
+use crate::model::Command;
 
 /// Where the log is: `--dir`, or the `daemon.audit` section of `--config`.
 #[derive(Debug, Clone, clap::Args)]
@@ -87,6 +93,18 @@ pub struct ReplayArgs {
     /// Print the session's records as JSON lines instead of a transcript.
     #[arg(long)]
     pub json: bool,
+    /// Print the transcript even when the session has terminal recordings.
+    #[arg(long)]
+    pub transcript: bool,
+    /// Play only the recording of this command number.
+    #[arg(long)]
+    pub command: Option<u64>,
+    /// Play recordings this many times faster than they happened (default 1: real time).
+    #[arg(long, default_value_t = 1.0, conflicts_with = "instant")]
+    pub speed: f64,
+    /// Play recordings without their pauses.
+    #[arg(long)]
+    pub instant: bool,
 }
 
 /// Arguments of `airlock audit verify`.
@@ -94,14 +112,42 @@ pub struct ReplayArgs {
 pub struct VerifyArgs {
     #[command(flatten)]
     pub log: LogLocation,
-    /// Public key file (default: `<signing key>.pub` from the config).
+    /// Key file: the public key (`<signing key>.pub`), or the signing key itself, which also
+    /// authenticates the records after the signed head by their MACs. Default: the
+    /// configured signing key when readable, else its `.pub`.
     #[arg(long)]
     pub key: Option<PathBuf>,
     /// Verify this export file instead of the log directory.
     #[arg(long)]
     pub export: Option<PathBuf>,
+    /// Heads exported off the host (`airlock audit export-heads`): the log must still hold
+    /// the record each one vouches for (catches a log cut back to an older head).
+    #[arg(long)]
+    pub heads: Option<PathBuf>,
+    /// Fail unless the key vouches for every record: records after the signed head that are
+    /// not authenticated (no MAC checked) fail too.
+    #[arg(long)]
+    pub strict: bool,
     #[arg(long)]
     pub json: bool,
+}
+
+/// Arguments of `airlock audit export-heads`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExportHeadsArgs {
+    #[command(flatten)]
+    pub log: LogLocation,
+    /// Where to send the signed head: a file (one head per line, appended and synced),
+    /// `syslog` (the local syslog socket, `syslog:/path` for another), or an `http(s)://`
+    /// URL (POSTed as JSON). Repeat to send to several.
+    #[arg(long, required = true)]
+    pub to: Vec<String>,
+    /// Keep running and send the head again whenever it moved, looking this often (`30s`).
+    #[arg(long)]
+    pub follow: Option<String>,
+    /// Public key file the head must verify with (default: `<signing key>.pub`).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
 }
 
 /// Export formats.
@@ -173,8 +219,17 @@ pub fn sessions(args: &SessionsArgs) -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "{:<16} {:<27} {:>9} {:<24} {:<12} {:>5} {:>5} {:<13}",
-        "SESSION", "STARTED", "DURATION", "IDENTITY", "TARGET", "CMDS", "DENY", "END"
+        "{:<16} {:<27} {:>9} {:<24} {:<12} {:>5} {:>5} {:>8} {:<13} {:<18} TOUCHED",
+        "SESSION",
+        "STARTED",
+        "DURATION",
+        "IDENTITY",
+        "TARGET",
+        "CMDS",
+        "DENY",
+        "APPROVED",
+        "END",
+        "CLASSES"
     )?;
     for s in &found {
         let duration = s
@@ -182,9 +237,10 @@ pub fn sessions(args: &SessionsArgs) -> anyhow::Result<()> {
             .map(|e| format_duration_us(e.saturating_sub(s.started)))
             .unwrap_or_else(|| "-".into());
         let end = s.end_reason.map(reason_str).unwrap_or("(open)");
+        let classes: Vec<&str> = s.classes.iter().map(|c| c.as_str()).collect();
         writeln!(
             out,
-            "{:<16} {:<27} {:>9} {:<24} {:<12} {:>5} {:>5} {:<13}",
+            "{:<16} {:<27} {:>9} {:<24} {:<12} {:>5} {:>5} {:>8} {:<13} {:<18} {}",
             s.id,
             format_ts(s.started),
             duration,
@@ -192,7 +248,10 @@ pub fn sessions(args: &SessionsArgs) -> anyhow::Result<()> {
             s.target,
             s.commands,
             s.denied,
-            end
+            format!("{}/{}", s.approved, s.approvals),
+            end,
+            classes.join(","),
+            s.touched.join(",")
         )?;
     }
     Ok(())
@@ -277,39 +336,15 @@ pub fn render_transcript(records: &[Record], out: &mut dyn Write) -> std::io::Re
                 }
             }
             Event::Command(c) => {
-                writeln!(out, "{at} #{} > {}", c.n, c.text)?;
-                let mut line = format!(
-                    "{:>15} {} (rule {}; classes {}",
-                    "",
-                    c.action,
-                    c.rule,
-                    c.classes.join(",")
-                );
-                if let Some(k) = &c.kind {
-                    line.push_str(&format!("; {k}"));
-                }
-                line.push(')');
+                writeln!(out, "{at} #{} > {}", c.n, c.text())?;
+                let mut line = format!("{:>15} {} (rule {})", "", c.action, c.rule);
                 if let Some(r) = &c.reason {
                     line.push_str(&format!(": {r}"));
                 }
-                if let Some(a) = &c.approval {
-                    line.push_str(&format!(
-                        " approval {} {:?} by {}",
-                        a.id,
-                        a.outcome,
-                        a.approvers.join(", ")
-                    ));
-                }
                 writeln!(out, "{line}")?;
+                writeln!(out, "{:>15} {}", "", describe_facts(&c.command, &c.facts))?;
             }
-            Event::Approval(a) => writeln!(
-                out,
-                "{at} #{} approval {} {:?} by {}",
-                a.n,
-                a.approval.id,
-                a.approval.outcome,
-                a.approval.approvers.join(", ")
-            )?,
+            Event::Approval(a) => render_review(out, &at, a.n, &a.review)?,
             Event::Result(r) => {
                 let what = match (&r.error, r.rows) {
                     (Some(e), _) => format!("error: {e}"),
@@ -325,6 +360,15 @@ pub fn render_transcript(records: &[Record], out: &mut dyn Write) -> std::io::Re
                     format_duration_us(r.duration_us)
                 )?;
             }
+            Event::Recording(r) => writeln!(
+                out,
+                "{at} #{} recording {} ({} events, {} bytes{})",
+                r.n,
+                r.file,
+                r.events,
+                r.bytes,
+                if r.truncated { ", truncated" } else { "" }
+            )?,
             Event::Masking(m) => {
                 let rules: Vec<String> = m
                     .rules
@@ -352,6 +396,108 @@ pub fn render_transcript(records: &[Record], out: &mut dyn Write) -> std::io::Re
     Ok(())
 }
 
+/// One line of what classification found: class, kinds, what the command touches.
+fn describe_facts(command: &Command<'_>, f: &FactsRecord) -> String {
+    let mut parts = vec![command.kind().to_owned()];
+    let classes: Vec<&str> = f.classes.iter().map(|c| c.as_str()).collect();
+    parts.push(if classes.len() > 1 {
+        format!("{} [{}]", f.class, classes.join(","))
+    } else {
+        f.class.to_string()
+    });
+    if !f.kinds.is_empty() {
+        parts.push(f.kinds.join(","));
+    }
+    for (what, list) in [
+        ("reads", &f.tables_read),
+        ("writes", &f.tables_written),
+        ("calls", &f.functions),
+        ("runs", &f.programs),
+        ("on", &f.objects),
+    ] {
+        if !list.is_empty() {
+            parts.push(format!("{what} {}", list.join(", ")));
+        }
+    }
+    if let Some(l) = &f.limit {
+        parts.push(format!("limit: {l}"));
+    }
+    if !f.notes.is_empty() {
+        parts.push(format!("notes: {}", f.notes.join("; ")));
+    }
+    parts.join("; ")
+}
+
+/// A review: the request, each vote with voter and reason, how it ended, the grant used.
+fn render_review(out: &mut dyn Write, at: &str, n: u64, r: &ReviewRecord) -> std::io::Result<()> {
+    let mut head = format!("{at} #{n} approval {} {}", r.id, r.outcome.as_str());
+    let mut about = Vec::new();
+    if !r.rule.is_empty() {
+        about.push(format!("rule {}", r.rule));
+    }
+    if !r.groups.is_empty() {
+        about.push(format!("approvers {}", r.groups.join(", ")));
+    }
+    if r.quorum > 1 {
+        about.push(format!("quorum {}", r.quorum));
+    }
+    if !r.escalated_to.is_empty() {
+        about.push(format!("escalated to {}", r.escalated_to.join(", ")));
+    }
+    if let Some(m) = &r.mode {
+        about.push(format!("{m} mode"));
+    }
+    if r.requested_at != 0 {
+        about.push(format!("requested {}", format_ts(r.requested_at)));
+    }
+    if let Some(d) = r.decided_at {
+        about.push(format!("decided {}", format_ts(d)));
+    }
+    if !about.is_empty() {
+        head.push_str(&format!(" ({})", about.join("; ")));
+    }
+    writeln!(out, "{head}")?;
+    for v in &r.votes {
+        writeln!(
+            out,
+            "{:>15} {} by {} ({}) at {}{}",
+            "",
+            v.verdict,
+            v.by,
+            v.via,
+            format_ts(v.at),
+            v.reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        )?;
+    }
+    if !r.decided_by.is_empty() {
+        writeln!(out, "{:>15} by {}", "", r.decided_by.join(", "))?;
+    }
+    if let Some(g) = &r.grant {
+        let mut line = format!("{:>15} grant: {} approved earlier", "", g.kind);
+        if let Some(by) = &g.requested_by {
+            line.push_str(&format!(", submitted by {by}"));
+        }
+        if let Some(task) = &g.task {
+            line.push_str(&format!(" for {task:?}"));
+        }
+        line.push_str(&format!("; {} use(s) left", g.uses_left));
+        if let Some(e) = g.expires_at {
+            line.push_str(&format!(", valid until {}", format_ts(e)));
+        }
+        writeln!(out, "{line}")?;
+    }
+    // The reason it ended, unless a vote above already gave it.
+    if let Some(reason) = &r.reason
+        && !r.votes.iter().any(|v| v.reason.as_ref() == Some(reason))
+    {
+        writeln!(out, "{:>15} reason: {reason}", "")?;
+    }
+    Ok(())
+}
+
 /// `airlock replay SESSION`.
 pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
     let dir = args.log.dir()?;
@@ -364,21 +510,70 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    render_transcript(&records, &mut out)?;
+    let recordings: Vec<&super::RecordingRecord> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Recording(rec) if args.command.is_none_or(|n| n == rec.n) => Some(rec),
+            _ => None,
+        })
+        .collect();
+    if args.transcript || (recordings.is_empty() && args.command.is_none()) {
+        render_transcript(&records, &mut out)?;
+        return Ok(());
+    }
+    if recordings.is_empty() {
+        bail!(
+            "session has no recording of command {}",
+            args.command.unwrap_or(0)
+        );
+    }
+    if !(args.speed > 0.0 && args.speed.is_finite()) {
+        bail!("--speed must be a positive number");
+    }
+    let pace = if args.instant {
+        crate::recording::Pace::Instant
+    } else {
+        crate::recording::Pace::Speed(args.speed)
+    };
+    for rec in recordings {
+        // Play only what the chain vouches for.
+        if let Some(problem) = super::verify::check_recording(&dir, rec) {
+            bail!("{problem}; not played (airlock audit verify names every such change)");
+        }
+        let (_, events) = crate::recording::read(&dir.join(&rec.file))?;
+        crate::recording::play(&events, &mut out, pace)?;
+    }
     Ok(())
 }
 
-/// `airlock audit verify`: prints the report; `Err` when the log does not verify.
+/// `airlock audit verify`: prints the report; `Err` when the log does not verify (with
+/// `--strict`, also when the key does not vouch for every record).
 pub fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
     let (dir, signing_key) = args.log.resolve()?;
-    let key_path = args
-        .key
-        .clone()
-        .unwrap_or_else(|| public_key_path(&signing_key));
-    let key = load_public_key(&key_path)
+    let key_path = match &args.key {
+        Some(k) => k.clone(),
+        // The signing key when this user may read it (the daemon's host), else the public.
+        None if std::fs::File::open(&signing_key).is_ok() => signing_key.clone(),
+        None => public_key_path(&signing_key),
+    };
+    let (public, mac) = load_verify_keys(&key_path)
         .with_context(|| "verification needs the log's public key (--key FILE)")?;
+    let heads = match &args.heads {
+        Some(path) => Some((
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            load_heads(path)?,
+        )),
+        None => None,
+    };
+    let opts = VerifyOptions {
+        public: &public,
+        mac: mac.as_ref(),
+        heads: heads.as_ref().map(|(f, h)| (f.as_str(), h.as_slice())),
+    };
     let (what, report) = match &args.export {
-        Some(file) => (file.clone(), super::verify_export(file, &key)?),
+        Some(file) => (file.clone(), super::verify_export_with(file, &opts)?),
         None => {
             if !dir.is_dir() {
                 bail!(
@@ -386,9 +581,10 @@ pub fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
                     dir.display()
                 );
             }
-            (dir.clone(), super::verify(&dir, &key)?)
+            (dir.clone(), super::verify_with(&dir, &opts)?)
         }
     };
+    let passes = report.passes(args.strict);
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &report)?;
@@ -397,9 +593,19 @@ pub fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
         for issue in &report.issues {
             writeln!(out, "{issue}")?;
         }
+        let tail = match (report.unsigned_tail, mac.is_some()) {
+            (0, _) => "no unsigned records after it".to_owned(),
+            (n, true) => format!(
+                "{n} unsigned record(s) after it, {} authenticated by their MACs",
+                report.authenticated_tail
+            ),
+            (n, false) => format!(
+                "{n} unsigned record(s) after it (not authenticated: verify with the signing key to check their MACs)"
+            ),
+        };
         writeln!(
             out,
-            "{}: {} records in {} file(s), seq {}..{}, {} sessions ({} open); signed head at seq {}{}; {} unsigned record(s) after it{}",
+            "{}: {} records in {} file(s), seq {}..{}, {} sessions ({} open), format {}; signed head at seq {}{}; {tail}{}{}",
             what.display(),
             report.records,
             report.files,
@@ -407,18 +613,35 @@ pub fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
             report.last_seq.map_or("-".into(), |s| s.to_string()),
             report.sessions,
             report.open_sessions,
+            report
+                .formats
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
             report.signed_seq.map_or("-".into(), |s| s.to_string()),
             report
                 .signed_at
                 .map(|t| format!(" ({})", format_ts(t)))
                 .unwrap_or_default(),
-            report.unsigned_tail,
             report
                 .anchored_seq
                 .map(|s| format!("; retention anchor at seq {s}"))
                 .unwrap_or_default(),
+            match (&args.heads, report.heads_checked) {
+                (Some(_), n) => format!("; {n} exported head(s) checked"),
+                (None, _) => String::new(),
+            },
         )?;
-        writeln!(out, "{}", if report.ok { "OK" } else { "FAILED" })?;
+        writeln!(
+            out,
+            "{}",
+            match (report.ok, passes) {
+                (true, true) => "OK",
+                (true, false) => "FAILED (--strict: the key does not vouch for every record)",
+                _ => "FAILED",
+            }
+        )?;
     }
     if !report.ok {
         bail!(
@@ -426,7 +649,157 @@ pub fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
             report.errors().count()
         );
     }
+    if !passes {
+        bail!(
+            "--strict: {} record(s) are not vouched for by the key",
+            report
+                .unsigned_tail
+                .saturating_sub(report.authenticated_tail)
+                .max(1)
+        );
+    }
     Ok(())
+}
+
+/// Where `airlock audit export-heads` sends heads.
+enum HeadSink {
+    File(PathBuf),
+    Syslog(PathBuf),
+    Url(String),
+}
+
+impl HeadSink {
+    fn parse(s: &str) -> anyhow::Result<Self> {
+        Ok(if s == "syslog" {
+            HeadSink::Syslog(PathBuf::from("/dev/log"))
+        } else if let Some(p) = s.strip_prefix("syslog:") {
+            HeadSink::Syslog(PathBuf::from(p))
+        } else if s.starts_with("http://") || s.starts_with("https://") {
+            reqwest::Url::parse(s).with_context(|| format!("--to {s}"))?;
+            HeadSink::Url(s.to_owned())
+        } else if s.contains("://") {
+            bail!("--to {s}: only http(s) URLs, `syslog` and files are supported");
+        } else {
+            HeadSink::File(PathBuf::from(s))
+        })
+    }
+
+    fn name(&self) -> String {
+        match self {
+            HeadSink::File(p) => p.display().to_string(),
+            HeadSink::Syslog(p) => format!("syslog ({})", p.display()),
+            HeadSink::Url(u) => u.clone(),
+        }
+    }
+
+    /// Sends one head (its JSON line).
+    fn send(
+        &self,
+        line: &str,
+        http: &reqwest::Client,
+        rt: &tokio::runtime::Runtime,
+    ) -> anyhow::Result<()> {
+        match self {
+            HeadSink::File(path) => {
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| path.display().to_string())?;
+                f.write_all(format!("{line}\n").as_bytes())
+                    .and_then(|()| f.sync_data())
+                    .with_context(|| path.display().to_string())?;
+            }
+            HeadSink::Syslog(socket) => {
+                // authpriv.notice (10 * 8 + 5), RFC 3164 without a timestamp: the local
+                // daemon stamps it.
+                let msg = format!("<85>airlock-audit[{}]: head {line}", std::process::id());
+                std::os::unix::net::UnixDatagram::unbound()
+                    .and_then(|s| s.send_to(msg.as_bytes(), socket))
+                    .with_context(|| format!("syslog socket {}", socket.display()))?;
+            }
+            HeadSink::Url(url) => rt.block_on(async {
+                let resp = http
+                    .post(url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(line.to_owned())
+                    .send()
+                    .await
+                    .with_context(|| url.clone())?;
+                if !resp.status().is_success() {
+                    bail!("{url}: {}", resp.status());
+                }
+                Ok(())
+            })?,
+        }
+        Ok(())
+    }
+}
+
+/// `airlock audit export-heads`: sends the signed head off the host, once or (`--follow`)
+/// whenever it moves. Heads kept elsewhere catch what the host alone cannot: a log cut back
+/// to an older, genuinely signed head (`airlock audit verify --heads FILE`).
+pub fn export_heads(args: &ExportHeadsArgs) -> anyhow::Result<()> {
+    let dir = args.log.dir()?;
+    let key_path = match &args.key {
+        Some(k) => k.clone(),
+        None => public_key_path(&args.log.resolve()?.1),
+    };
+    let public = load_public_key(&key_path)
+        .with_context(|| "the head is checked with the log's public key (--key FILE)")?;
+    let sinks = args
+        .to
+        .iter()
+        .map(|s| HeadSink::parse(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let every = args
+        .follow
+        .as_deref()
+        .map(crate::config::audit::parse_duration)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?;
+    // Per sink, the last seq it took.
+    let mut sent: Vec<Option<u64>> = vec![None; sinks.len()];
+    loop {
+        let path = dir.join(HEAD_FILE);
+        let bytes = std::fs::read(&path).with_context(|| path.display().to_string())?;
+        let head: SignedHead = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not a signed head", path.display()))?;
+        if !head.verify(&public) {
+            bail!(
+                "{}: not signed by the log's key ({}); not exporting it",
+                path.display(),
+                key_path.display()
+            );
+        }
+        let line = serde_json::to_string(&head)?;
+        let mut failed = None;
+        for (sink, last) in sinks.iter().zip(sent.iter_mut()) {
+            if *last == Some(head.seq) {
+                continue;
+            }
+            match sink.send(&line, &http, &rt) {
+                Ok(()) => {
+                    *last = Some(head.seq);
+                    eprintln!("exported head seq {} to {}", head.seq, sink.name());
+                }
+                Err(e) if every.is_some() => {
+                    tracing::warn!(sink = %sink.name(), error = %format!("{e:#}"), "head export failed; retrying");
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        let Some(every) = every else {
+            return failed.map_or(Ok(()), Err);
+        };
+        std::thread::sleep(every);
+    }
 }
 
 /// `airlock audit export --format jsonl`.
@@ -458,11 +831,41 @@ pub fn import(args: &ImportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `airlock audit keygen`.
+/// `airlock audit keygen`. Replacing (`--force`) the configured key of an existing log hands
+/// the log over: with the daemon stopped, the old key must vouch for every record (as a
+/// start checks), then the new key signs the chain's end and the retention anchor, and the old
+/// key is kept as `<key>.old`.
 pub fn keygen(args: &KeygenArgs) -> anyhow::Result<()> {
-    let path = match &args.out {
-        Some(p) => p.clone(),
-        None => args.log.resolve()?.1,
+    let (dir, configured) = args.log.resolve()?;
+    let path = args.out.clone().unwrap_or_else(|| configured.clone());
+    let log_exists = dir.join(HEAD_FILE).exists();
+    let old = if args.force && path == configured && log_exists && path.exists() {
+        let old = load_signing_key(&path)?;
+        // Refuse before touching the key: a log the old key cannot vouch for keeps it.
+        super::recover::scan(
+            &dir,
+            &old.verifying_key(),
+            &super::record_mac_key(&old),
+            false,
+        )
+        .with_context(|| {
+            format!(
+                "the log in {} cannot be handed over to a new key",
+                dir.display()
+            )
+        })?;
+        let mut backup = path.as_os_str().to_owned();
+        backup.push(".old");
+        crate::secrets::write(
+            Path::new(&backup),
+            &std::fs::read(&path).with_context(|| path.display().to_string())?,
+            0o600,
+            true,
+        )
+        .with_context(|| PathBuf::from(&backup).display().to_string())?;
+        Some(old)
+    } else {
+        None
     };
     let public = generate_key(&path, args.force)?;
     println!(
@@ -471,5 +874,22 @@ pub fn keygen(args: &KeygenArgs) -> anyhow::Result<()> {
         super::record::to_hex(public.as_bytes()),
         public_key_path(Path::new(&path)).display()
     );
+    if let Some(old) = old {
+        let new = load_signing_key(&path)?;
+        match super::recover::hand_over(&dir, &old, &new).with_context(|| {
+            format!(
+                "handing {} over to the new key (the old key is in {}.old)",
+                dir.display(),
+                path.display()
+            )
+        })? {
+            Some(seq) => println!(
+                "{}: handed over; the new key signs the head at seq {seq} (the old key is kept in {}.old)",
+                dir.display(),
+                path.display()
+            ),
+            None => println!("{}: empty log; nothing to hand over", dir.display()),
+        }
+    }
     Ok(())
 }

@@ -13,6 +13,7 @@
 //! 00000000000000004711.jsonl   a new segment starts at each daemon start, past
 //!                              `segment_max_bytes`, and when the UTC day changes
 //! head.json                    signed head: {seq, hash of that record's line, ts, signature}
+//!                              (replaced after every sync)
 //! anchor.json                  signed retention anchor: {seq, prev} of the first kept record
 //! ```
 //!
@@ -26,15 +27,26 @@
 //! end record carries `sprev` = the session's final hash and is itself a link of the global
 //! chain: the global chain is the log of session heads.
 //!
-//! The recorder signs the global head (Ed25519) once synced, at most every `head_interval`
-//! (default 1 s), at segment rotation, on [`Recorder::flush`] and on [`Recorder::close`]. A
-//! full rewrite of the chain with recomputed hashes therefore fails the head signature, and
-//! cutting records the head covers is reported as truncation. Records written after the last
-//! signed head are reported as an unsigned tail: they chain correctly but no key vouches for
-//! them yet, so cutting them off, or appending forged ones there, is not detectable from the
-//! files alone. When a start after a crash takes such records over, its `open` record says
-//! how many (`unsigned_before`) and verify warns about it. Keep `head_interval` short and ship
-//! exports (or heads) off the host for more.
+//! The recorder signs the global head (Ed25519) after every sync that covered new records
+//! (every `batch_interval` while records are written; `head_interval` can space them out),
+//! at segment rotation, on [`Recorder::flush`] and on [`Recorder::close`]. A full rewrite of
+//! the chain with recomputed hashes therefore fails the head signature, and cutting records
+//! the head covers is reported as truncation.
+//!
+//! # Record format and MACs
+//!
+//! The `open` record names the format of the records after it ([`FORMAT`]; absent means 1).
+//! Format 2 ends every line with `"mac"`: the HMAC-SHA256 of the line without that member,
+//! keyed with [`record_mac_key`], derived from the signing key. The MAC covers `prev`, so
+//! only the holder of the key can extend the chain. Records after the signed head (at most a
+//! sync's worth, left by a crash) are therefore still vouched for: a start adopts them only
+//! when every one continues the chain and carries a valid MAC, and refuses the log otherwise
+//! (it never signs over what it cannot authenticate; `recover`). `verify` checks them when it
+//! has the signing key, and otherwise reports them as an unsigned tail (`--strict` fails).
+//! Format 1 logs verify as before and read back with their commands as SQL (or the TCP
+//! connection) they were. What the key cannot cure — the newest records cut and an older,
+//! genuinely signed head put back — is caught by heads shipped off the host
+//! (`airlock audit export-heads`, `verify --heads`; docs/decisions/audit-durability.md).
 //!
 //! # Retention
 //!
@@ -82,12 +94,13 @@
 //! a warning is logged.
 
 pub mod cli;
-mod config;
+mod coop;
 mod keys;
 mod query;
 mod record;
+mod recover;
 mod time;
-mod verify;
+pub(crate) mod verify;
 mod writer;
 
 #[cfg(test)]
@@ -95,23 +108,26 @@ mod tests;
 
 use std::path::PathBuf;
 
-pub use config::{AuditConfig, FsyncPolicy, OnFull, RetentionConfig};
 pub use keys::{
     generate_key, load_or_generate_signing_key, load_public_key, load_signing_key, public_key_path,
+    record_mac_key,
 };
 pub use query::{SessionQuery, SessionSummary, load_session, read_records, search_sessions};
 pub use record::{
-    Approval, ApprovalEvent, ApprovalOutcome, ChainHash, CommandRecord, EndReason, Event,
-    MaskCount, MaskTally, MaskingRecord, OpenEvent, Record, ResultRecord, SessionEndRecord,
-    SessionStartRecord, TlsInfo, TornTail, WorkloadRecord,
+    ApprovalEvent, ApprovalOutcome, ChainHash, CommandRecord, EndReason, Event, FORMAT,
+    FactsRecord, GrantRecord, MaskCount, MaskTally, MaskingRecord, OpenEvent, Record,
+    RecordingRecord, ResultRecord, ReviewRecord, SessionEndRecord, SessionStartRecord, TlsInfo,
+    TornTail, VoteRecord, WorkloadRecord,
 };
-pub use record::{SignedAnchor, SignedHead};
+pub use record::{SignedAnchor, SignedHead, seal};
 pub use time::{format_ts, parse_time};
 pub use verify::{
-    ExportHeader, Issue, IssueKind, Report, Severity, export, import, verify, verify_export,
+    ExportHeader, Issue, IssueKind, Report, Severity, VerifyOptions, export, import, load_heads,
+    verify, verify_export, verify_export_with, verify_with,
 };
 pub use writer::{
-    Ack, CommandEvent, CommandResult, Recorder, SessionEnd, SessionRecorder, SessionStart,
+    Ack, CommandEvent, CommandResult, RECORDINGS_DIR, Recorder, SessionEnd, SessionRecorder,
+    SessionStart, recorded_command,
 };
 
 /// Errors of the audit subsystem.

@@ -9,7 +9,11 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::AuditError;
-use super::record::{EndReason, Event, Record};
+use super::record::{ApprovalOutcome, EndReason, Event, Record};
+use crate::model::Class;
+
+/// Most tables/programs/objects a session summary lists.
+const MAX_TOUCHED: usize = 32;
 use super::writer::list_segments;
 
 /// Calls `f` with every complete, parseable record in order. Lines that do not parse are
@@ -82,6 +86,13 @@ pub struct SessionSummary {
     pub commands: u64,
     pub denied: u64,
     pub reviewed: u64,
+    /// Reviews recorded (`approval` records), and how many of them approved or granted.
+    pub approvals: u64,
+    pub approved: u64,
+    /// Classes of the commands, least risky first.
+    pub classes: Vec<Class>,
+    /// Tables, programs and objects the commands touched (the first 32).
+    pub touched: Vec<String>,
     pub masked_values: u64,
     pub end_reason: Option<EndReason>,
     pub bytes_from_client: u64,
@@ -116,6 +127,10 @@ pub fn search_sessions(dir: &Path, q: &SessionQuery) -> Result<Vec<SessionSummar
                     commands: 0,
                     denied: 0,
                     reviewed: 0,
+                    approvals: 0,
+                    approved: 0,
+                    classes: Vec::new(),
+                    touched: Vec::new(),
                     masked_values: 0,
                     end_reason: None,
                     bytes_from_client: 0,
@@ -136,9 +151,29 @@ pub fn search_sessions(dir: &Path, q: &SessionQuery) -> Result<Vec<SessionSummar
                 }
                 if let Some(n) = &needle
                     && !s.text_match
-                    && c.text.to_lowercase().contains(n.as_str())
+                    && c.text().to_lowercase().contains(n.as_str())
                 {
                     s.text_match = true;
+                }
+                for class in &c.facts.classes {
+                    if !s.classes.contains(class) {
+                        s.classes.push(*class);
+                        s.classes.sort();
+                    }
+                }
+                for t in c.facts.touched() {
+                    if s.touched.len() < MAX_TOUCHED && !s.touched.iter().any(|x| x == t) {
+                        s.touched.push(t.to_owned());
+                    }
+                }
+            }
+            Event::Approval(a) => {
+                s.approvals += 1;
+                if matches!(
+                    a.review.outcome,
+                    ApprovalOutcome::Approved | ApprovalOutcome::Grant
+                ) {
+                    s.approved += 1;
                 }
             }
             Event::Masking(m) => s.masked_values += m.rules.iter().map(|r| r.values).sum::<u64>(),

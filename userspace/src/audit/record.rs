@@ -5,8 +5,16 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ring::hmac;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
+
+use crate::model::{Class, ClassSet, Command, Dialect, Facts};
+
+/// The record format this version writes (in the `open` record). 1: the first format (no
+/// `format` field). 2: every line carries a `mac`; command records carry the protocol-neutral
+/// command and its facts; reviews are `approval` records with votes.
+pub const FORMAT: u32 = 2;
 
 /// A SHA-256 value, written as 64 lower-case hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -98,9 +106,13 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sprev: Option<ChainHash>,
     pub event: Event,
+    /// HMAC-SHA256 of the SHA-256 of this line without its `mac` member, keyed with a key
+    /// only the daemon holds (format 2; see [`seal`]). Always the line's last member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<ChainHash>,
 }
 
-/// The same shape as [`Record`], borrowed, for the writer (no clones on the hot path).
+/// The same shape as [`Record`] without its MAC, borrowed, for the writer (no clones on the hot path).
 #[derive(Serialize)]
 pub(crate) struct RecordRef<'a> {
     pub seq: u64,
@@ -125,6 +137,9 @@ pub enum Event {
     Approval(ApprovalEvent),
     Result(ResultRecord),
     Masking(MaskingRecord),
+    /// A terminal recording of command `n` (a shell or a command's output), stored beside the
+    /// log and bound to the chain by its hash.
+    Recording(RecordingRecord),
     SessionEnd(SessionEndRecord),
 }
 
@@ -132,6 +147,9 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpenEvent {
+    /// Record format of the following records ([`FORMAT`]; absent in format 1).
+    #[serde(default = "format_1")]
+    pub format: u32,
     /// airlock version that wrote the following records.
     pub version: String,
     /// The key that signs heads from here on (hex).
@@ -140,7 +158,8 @@ pub struct OpenEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub torn: Option<TornTail>,
     /// Records this start found after the last signed head (left by a crash): from here on the
-    /// new heads vouch for them, so they are named on the chain.
+    /// new heads vouch for them, so they are named on the chain. From format 2 the start
+    /// adopts them only once their MACs prove this daemon's key wrote them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsigned_before: Option<u64>,
 }
@@ -189,8 +208,8 @@ pub struct WorkloadRecord {
     pub netns_cookie: u64,
 }
 
-impl From<&crate::identity::Workload> for WorkloadRecord {
-    fn from(w: &crate::identity::Workload) -> Self {
+impl From<&crate::model::Workload> for WorkloadRecord {
+    fn from(w: &crate::model::Workload) -> Self {
         WorkloadRecord {
             pid: w.pid,
             tgid: w.tgid,
@@ -230,51 +249,308 @@ pub struct SessionStartRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ApprovalOutcome {
+    /// Enough approvers approved; the command ran.
     Approved,
     Denied,
+    /// Nobody decided in time (after escalation, when the rule escalates).
     TimedOut,
+    /// Format 1 only: the review escalated (format 2 records the groups in `escalated_to`).
     Escalated,
-    /// An earlier approval (grant with a ttl) covered this command.
+    /// An earlier approval (a retry-mode grant or a plan, within its ttl) covered this command.
     Grant,
+    /// An approver revoked the request while the command waited.
+    Revoked,
+    /// The client went away before a decision.
+    Withdrawn,
+    /// Retry mode: the command was refused with the request id, which now waits for review.
+    Pending,
+    /// The approval store failed; the command was refused.
+    Unavailable,
 }
 
-/// An approval attached to a command.
+impl ApprovalOutcome {
+    /// Lower-case name, as in the record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalOutcome::Approved => "approved",
+            ApprovalOutcome::Denied => "denied",
+            ApprovalOutcome::TimedOut => "timed_out",
+            ApprovalOutcome::Escalated => "escalated",
+            ApprovalOutcome::Grant => "grant",
+            ApprovalOutcome::Revoked => "revoked",
+            ApprovalOutcome::Withdrawn => "withdrawn",
+            ApprovalOutcome::Pending => "pending",
+            ApprovalOutcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// One reviewer's decision on a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Approval {
+pub struct VoteRecord {
+    /// Who decided: the token subject, or `admin` for the local admin token.
+    pub by: String,
+    /// How they authenticated: `admin-token` or `oidc:<issuer>`.
+    pub via: String,
+    /// `approve`, `deny` or `revoke`.
+    pub verdict: Cow<'static, str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When (µs since the epoch).
+    pub at: u64,
+}
+
+/// The standing approval a command used: a plan, or a retry-mode request approved earlier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRecord {
+    /// `command` (an earlier retry-mode request) or `plan`.
+    pub kind: Cow<'static, str>,
+    /// Runs of this command the grant still allows after this one.
+    pub uses_left: u32,
+    /// End of the grant's validity (µs since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// Who submitted the plan, and for what task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+}
+
+/// A review of one command: the request (id, rule, approver groups), every vote with the
+/// voter and reason, how it ended, and the grant it used. Written as an `approval` record
+/// right after the command it released or refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewRecord {
+    /// The approval request id (`airlock approve <id>`).
     pub id: String,
     pub outcome: ApprovalOutcome,
-    /// Who approved (or denied).
-    pub approvers: Vec<String>,
+    /// The rule that asked for review.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rule: String,
+    /// Groups whose members may approve.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// Approvals needed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub quorum: u32,
+    /// `hold` or `retry`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Cow<'static, str>>,
+    /// Groups asked once nobody decided in time (the review escalated).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub escalated_to: Vec<String>,
+    /// When the request was created, and decided (µs since the epoch).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub requested_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub votes: Vec<VoteRecord>,
+    /// The standing approval used, when the outcome is `grant`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<GrantRecord>,
+    /// Why it ended (the last reason given, the timeout, the store's error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Format 1 only: who decided (format 2 records carry `votes`).
+    #[serde(rename = "approvers", default, skip_serializing_if = "Vec::is_empty")]
+    pub decided_by: Vec<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
+fn format_1() -> u32 {
+    1
+}
+
+/// What classification found in a command, as recorded: the [`Facts`] without the parts only
+/// the policy engine needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FactsRecord {
+    /// The riskiest class over all parts.
+    pub class: Class,
+    /// Every part's class (the class included), least risky first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<Class>,
+    /// Kinds in order (SQL statement kinds, `exec`, the HTTP method, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<Cow<'static, str>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables_read: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables_written: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<String>,
+    /// Programs a command line runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub programs: Vec<String>,
+    /// What a non-SQL command touches (HTTP `host/path`, Kubernetes resources).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<String>,
+    /// Why the command is `unknown` or escalated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// The pre-parse limit the command exceeded (it was not parsed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+}
+
+impl From<&Facts> for FactsRecord {
+    fn from(f: &Facts) -> Self {
+        FactsRecord {
+            class: f.class,
+            classes: f.classes().iter().collect(),
+            kinds: f.kinds.iter().map(|k| Cow::Borrowed(*k)).collect(),
+            tables_read: f.tables_read.clone(),
+            tables_written: f.tables_written.clone(),
+            functions: f.functions.clone(),
+            programs: f.programs.clone(),
+            objects: f.objects.clone(),
+            notes: f.notes.clone(),
+            limit: f.limit.clone(),
+        }
+    }
+}
+
+impl FactsRecord {
+    /// Everything the command touches: tables read and written, programs, objects.
+    pub fn touched(&self) -> impl Iterator<Item = &str> {
+        self.tables_read
+            .iter()
+            .chain(&self.tables_written)
+            .chain(&self.programs)
+            .chain(&self.objects)
+            .map(String::as_str)
+    }
 }
 
 /// A command and what policy made of it.
+///
+/// Format 2 records the protocol-neutral [`Command`] and its [`FactsRecord`]; a format-1
+/// record (`text`, `classes`, `kind`, written only by the PostgreSQL and TCP handlers) reads
+/// back as the SQL or connect command it was.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "CommandWire")]
 pub struct CommandRecord {
     /// Number of the command in its session, from 1.
     pub n: u64,
-    pub text: String,
-    /// Classification classes (read, write, ddl, …).
-    pub classes: Vec<Cow<'static, str>>,
-    /// Statement kind (select, insert, …), when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<Cow<'static, str>>,
+    pub command: Command<'static>,
+    pub facts: FactsRecord,
     /// allow, deny or review.
     pub action: Cow<'static, str>,
     pub rule: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub approval: Option<Approval>,
 }
 
-/// A review resolved for command `n`.
+impl CommandRecord {
+    /// The command's canonical one-line text (what reviewers saw and approvals hashed).
+    pub fn text(&self) -> Cow<'_, str> {
+        self.command.text()
+    }
+}
+
+/// Both formats of a command record, as they appear on disk.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandWire {
+    n: u64,
+    #[serde(default)]
+    command: Option<Command<'static>>,
+    #[serde(default)]
+    facts: Option<FactsRecord>,
+    // Format 1.
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    classes: Vec<Cow<'static, str>>,
+    #[serde(default)]
+    kind: Option<Cow<'static, str>>,
+    action: Cow<'static, str>,
+    rule: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+impl TryFrom<CommandWire> for CommandRecord {
+    type Error = String;
+
+    fn try_from(w: CommandWire) -> Result<Self, String> {
+        let (command, facts) = match (w.command, w.facts, w.text) {
+            (Some(c), Some(f), None) => (c, f),
+            (None, None, Some(text)) => legacy_command(text, &w.classes, w.kind),
+            _ => {
+                return Err(
+                    "a command record carries `command` and `facts` (or, in format 1, `text`)"
+                        .into(),
+                );
+            }
+        };
+        Ok(CommandRecord {
+            n: w.n,
+            command,
+            facts,
+            action: w.action,
+            rule: w.rule,
+            reason: w.reason,
+        })
+    }
+}
+
+/// A format-1 command: the TCP handler's connection, or else a PostgreSQL statement (the only
+/// two handlers that wrote format 1).
+fn legacy_command(
+    text: String,
+    classes: &[Cow<'static, str>],
+    kind: Option<Cow<'static, str>>,
+) -> (Command<'static>, FactsRecord) {
+    let classes: Vec<Class> = {
+        let set: ClassSet = classes
+            .iter()
+            .map(|c| {
+                Class::ALL
+                    .into_iter()
+                    .find(|k| k.as_str() == c)
+                    .unwrap_or(Class::Unknown)
+            })
+            .collect();
+        set.iter().collect()
+    };
+    let command = if kind.as_deref() == Some("connect") && text == "<tcp connection>" {
+        Command::Connect
+    } else {
+        Command::Sql {
+            dialect: Dialect::Postgres,
+            text: Cow::Owned(text),
+            params: None,
+        }
+    };
+    let facts = FactsRecord {
+        class: classes.iter().copied().max().unwrap_or_default(),
+        classes,
+        kinds: kind.into_iter().collect(),
+        ..FactsRecord::default()
+    };
+    (command, facts)
+}
+
+/// A review of command `n` ended: [`ReviewRecord`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApprovalEvent {
     pub n: u64,
     #[serde(flatten)]
-    pub approval: Approval,
+    pub review: ReviewRecord,
 }
 
 /// The answer to command `n`.
@@ -289,6 +565,34 @@ pub struct ResultRecord {
     pub duration_us: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The protocol's status of the answer (an HTTP status code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Bytes of the request's body sent upstream (HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_bytes: Option<u64>,
+    /// What the gateway changed about the exchange, never a value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// A terminal recording kept beside the log (asciicast v2), bound to the chain by its SHA-256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingRecord {
+    /// The command it records.
+    pub n: u64,
+    /// Path relative to the log directory (`recordings/<session>/<n>.cast`).
+    pub file: String,
+    /// `asciicast-v2`.
+    pub format: String,
+    pub sha256: ChainHash,
+    pub bytes: u64,
+    /// Output, input and resize events written.
+    pub events: u64,
+    /// The recording stopped at its size limit before the command ended.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 /// How many values one masking rule replaced.
@@ -457,4 +761,68 @@ fn check_sig(key: &VerifyingKey, message: &[u8], sig_hex: &str) -> bool {
     from_hex::<64>(sig_hex)
         .map(|b| Signature::from_bytes(&b))
         .is_some_and(|sig| key.verify(message, &sig).is_ok())
+}
+
+/// What [`seal`] appends to a serialized record in place of its closing brace:
+/// `,"mac":"<64 hex>"}`.
+const MAC_MEMBER: &[u8] = b",\"mac\":\"";
+const MAC_TAIL: usize = MAC_MEMBER.len() + 64 + 2;
+
+/// Seals the record serialized in `buf[start..]` (a JSON object without a MAC): appends its
+/// `mac` member and returns the line's chain hash. The MAC is the HMAC-SHA256, under `key`, of
+/// the SHA-256 of the record without the member; it authenticates the whole line, its `prev`
+/// link included, so nobody without the key can extend the chain. One SHA-256 pass over the
+/// line serves both: the state before the closing brace yields the MAC's digest and, continued
+/// over the member, the chain hash, so the MAC costs a few blocks rather than a second pass.
+pub fn seal(key: &hmac::Key, buf: &mut Vec<u8>, start: usize) -> ChainHash {
+    let brace = buf.len() - 1;
+    let mut line = Sha256::new();
+    line.update(&buf[start..brace]);
+    let mut record = line.clone();
+    record.update(b"}");
+    let tag = hmac::sign(key, &record.finalize());
+    buf.truncate(brace);
+    let member = buf.len();
+    buf.extend_from_slice(MAC_MEMBER);
+    let at = buf.len();
+    buf.resize(at + 64, 0);
+    hex_into(tag.as_ref(), &mut buf[at..]);
+    buf.extend_from_slice(b"\"}");
+    line.update(&buf[member..]);
+    ChainHash(line.finalize().into())
+}
+
+/// What a line's MAC says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MacCheck {
+    /// The line has no `mac` member (format 1, or removed).
+    Missing,
+    /// `key` wrote this line.
+    Valid,
+    /// Not made with `key`: changed, or written by someone without it.
+    Invalid,
+}
+
+/// Checks the `mac` member at the end of `line` against `key`.
+pub(crate) fn check_mac(key: &hmac::Key, line: &[u8]) -> MacCheck {
+    let Some(member) = line.len().checked_sub(MAC_TAIL) else {
+        return MacCheck::Missing;
+    };
+    let (body, tail) = line.split_at(member);
+    let Some(hex) = tail
+        .strip_prefix(MAC_MEMBER)
+        .and_then(|t| t.strip_suffix(b"\"}"))
+    else {
+        return MacCheck::Missing;
+    };
+    let Some(tag) = std::str::from_utf8(hex).ok().and_then(from_hex::<32>) else {
+        return MacCheck::Invalid;
+    };
+    let mut record = Sha256::new();
+    record.update(body);
+    record.update(b"}");
+    match hmac::verify(key, &record.finalize(), &tag) {
+        Ok(()) => MacCheck::Valid,
+        Err(_) => MacCheck::Invalid,
+    }
 }

@@ -2,7 +2,6 @@
 //! SIGKILL.
 #![allow(clippy::unwrap_used)]
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -12,9 +11,8 @@ use std::time::Duration;
 
 use super::writer::list_segments;
 use super::*;
-use crate::config::Protocol;
-use crate::identity::{Identity, Workload};
-use crate::policy::Decision;
+use crate::config::audit::{AuditConfig, FsyncPolicy, OnFull, RetentionConfig};
+use crate::model::{Class, Command, Decision, Dialect, Facts, Identity, Protocol, Workload};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -91,6 +89,7 @@ fn allow() -> Decision {
     Decision::Allow {
         rule: "agents-read".into(),
         mask: vec!["email".into()],
+        run_as: None,
     }
 }
 
@@ -113,16 +112,7 @@ async fn session(rec: &Recorder, subject: &str, target: &str, cmds: usize) -> St
     let decision = allow();
     for i in 0..cmds {
         let text = format!("SELECT {i} FROM orders /* {subject} */");
-        let (n, ack) = s
-            .command(CommandEvent {
-                text: &text,
-                classes: vec![Cow::Borrowed("read")],
-                kind: Some(Cow::Borrowed("select")),
-                decision: &decision,
-                approval: None,
-            })
-            .await
-            .unwrap();
+        let (n, ack) = s.command(read_event(&sql(&text), &decision)).await.unwrap();
         ack.durable().await.unwrap();
         s.result(
             n,
@@ -131,6 +121,7 @@ async fn session(rec: &Recorder, subject: &str, target: &str, cmds: usize) -> St
                 bytes: 42,
                 duration: Duration::from_micros(300),
                 error: None,
+                ..CommandResult::default()
             },
         )
         .await
@@ -151,14 +142,49 @@ async fn session(rec: &Recorder, subject: &str, target: &str, cmds: usize) -> St
     id
 }
 
-/// An allowed read with no statement kind, as the gateway records one.
-fn read_event<'a>(text: &'a str, decision: &'a Decision) -> CommandEvent<'a> {
+/// What classification finds in a read of `orders`.
+static READ: std::sync::LazyLock<Facts> = std::sync::LazyLock::new(|| Facts {
+    tables_read: vec!["orders".into()],
+    ..Facts::single("select", Class::Read)
+});
+
+/// A PostgreSQL statement.
+fn sql(text: &str) -> Command<'_> {
+    Command::sql(Dialect::Postgres, text)
+}
+
+/// An allowed read, as the gateway records one.
+fn read_event<'a>(command: &'a Command<'a>, decision: &'a Decision) -> CommandEvent<'a> {
     CommandEvent {
-        text,
-        classes: vec!["read".into()],
-        kind: None,
+        command,
+        facts: &READ,
         decision,
         approval: None,
+    }
+}
+
+/// A review approved by one vote of `by`.
+fn approved_review(id: &str, by: &str, reason: &str) -> ReviewRecord {
+    ReviewRecord {
+        id: id.into(),
+        outcome: ApprovalOutcome::Approved,
+        rule: "writes-need-dba".into(),
+        groups: vec!["dba".into()],
+        quorum: 1,
+        mode: Some("hold".into()),
+        escalated_to: Vec::new(),
+        requested_at: 1_000_000,
+        decided_at: Some(2_000_000),
+        votes: vec![VoteRecord {
+            by: by.into(),
+            via: "oidc:https://idp.example".into(),
+            verdict: "approve".into(),
+            reason: Some(reason.into()),
+            at: 2_000_000,
+        }],
+        grant: None,
+        reason: Some(reason.into()),
+        decided_by: Vec::new(),
     }
 }
 
@@ -238,35 +264,28 @@ async fn records_verify_and_read_back() {
         quorum: 1,
         ttl: Duration::from_secs(60),
         timeout: Duration::from_secs(30),
-        on_timeout: crate::policy::OnTimeout::Deny,
+        on_timeout: crate::model::OnTimeout::Deny,
         escalate_to: Vec::new(),
-        mode: crate::policy::ReviewMode::Hold,
+        mode: crate::model::ReviewMode::Hold,
         mask: Vec::new(),
+        run_as: None,
+        approved_run_as: None,
+        dry_run: false,
+    };
+    let update = Facts {
+        tables_written: vec!["orders".into()],
+        ..Facts::single("update", Class::Write)
     };
     let (n, ack) = s
         .command(CommandEvent {
-            text: "UPDATE orders SET paid = true",
-            classes: vec!["write".into()],
-            kind: Some("update".into()),
+            command: &sql("UPDATE orders SET paid = true"),
+            facts: &update,
             decision: &review,
-            approval: None,
+            approval: Some(approved_review("req-1", "carol", "looks fine")),
         })
         .await
         .unwrap();
     ack.durable().await.unwrap();
-    s.approval(
-        n,
-        Approval {
-            id: "req-1".into(),
-            outcome: ApprovalOutcome::Approved,
-            approvers: vec!["carol".into()],
-        },
-    )
-    .await
-    .unwrap()
-    .durable()
-    .await
-    .unwrap();
     s.result(
         n,
         CommandResult {
@@ -274,6 +293,7 @@ async fn records_verify_and_read_back() {
             bytes: 15,
             duration: Duration::from_millis(2),
             error: None,
+            ..CommandResult::default()
         },
     )
     .await
@@ -287,9 +307,11 @@ async fn records_verify_and_read_back() {
     };
     let (n2, ack) = s
         .command(CommandEvent {
-            text: "DROP TABLE orders",
-            classes: vec!["ddl".into()],
-            kind: None,
+            command: &sql("DROP TABLE orders"),
+            facts: &Facts {
+                tables_written: vec!["orders".into()],
+                ..Facts::single("drop", Class::Ddl)
+            },
             decision: &deny,
             approval: None,
         })
@@ -411,7 +433,16 @@ async fn records_verify_and_read_back() {
         text.contains("#1 > UPDATE orders SET paid = true"),
         "{text}"
     );
-    assert!(text.contains("approval req-1 Approved by carol"), "{text}");
+    assert!(
+        text.contains("#1 approval req-1 approved (rule writes-need-dba; approvers dba;"),
+        "{text}"
+    );
+    assert!(
+        text.contains("approve by carol (oidc:https://idp.example) at ")
+            && text.contains(": looks fine"),
+        "{text}"
+    );
+    assert!(text.contains("sql; write; update; writes orders"), "{text}");
     assert!(text.contains("#2 > DROP TABLE orders"), "{text}");
     assert!(text.contains("[+"), "{text}");
 }
@@ -519,11 +550,15 @@ fn rewrite_chain(seg: &Path) -> ChainHash {
     let mut out = Vec::new();
     for line in read_lines(seg) {
         let mut rec: Record = serde_json::from_str(&line).unwrap();
-        if let Event::Command(c) = &mut rec.event {
-            c.text = c.text.replace(
-                "SELECT 2 FROM orders /* bob",
-                "SELECT 2 FROM salaries /* bob",
-            );
+        if let Event::Command(c) = &mut rec.event
+            && let Command::Sql { text, .. } = &mut c.command
+        {
+            *text = text
+                .replace(
+                    "SELECT 2 FROM orders /* bob",
+                    "SELECT 2 FROM salaries /* bob",
+                )
+                .into();
         }
         rec.prev = prev;
         if let Some(s) = &rec.session {
@@ -702,12 +737,14 @@ async fn retention_by_age_keeps_what_remains_verifiable() {
     let before = segments(&t).len();
     assert!(before >= 3, "{before}");
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    // A restart applies retention: every segment older than a second goes.
+    // A restart applies retention: every segment older than a second goes. (Segments large
+    // enough now that the fresh session fits in one.)
     let cfg = AuditConfig {
         retention: RetentionConfig {
             max_age: Some(Duration::from_secs(1)),
             max_bytes: None,
         },
+        segment_max_bytes: 1 << 20,
         ..small_segments(&t)
     };
     let rec = open(&cfg, &t);
@@ -777,13 +814,10 @@ async fn masked_values_never_reach_the_log() {
     .await
     .unwrap();
     let (n, ack) = s
-        .command(CommandEvent {
-            text: "SELECT id, email FROM customers",
-            classes: vec!["read".into()],
-            kind: Some("select".into()),
-            decision: &allow(),
-            approval: None,
-        })
+        .command(read_event(
+            &sql("SELECT id, email FROM customers"),
+            &allow(),
+        ))
         .await
         .unwrap();
     ack.durable().await.unwrap();
@@ -804,6 +838,7 @@ async fn masked_values_never_reach_the_log() {
             bytes: 120,
             duration: Duration::from_micros(500),
             error: None,
+            ..CommandResult::default()
         },
     )
     .await
@@ -976,7 +1011,7 @@ async fn disk_full_rejects_records_refuses_sessions_and_recovers() {
         if err.is_some() {
             break;
         }
-        err = match s.command(read_event(&text, &decision)).await {
+        err = match s.command(read_event(&sql(&text), &decision)).await {
             Ok((_, ack)) => ack.durable().await.err(),
             Err(e) => Some(e),
         };
@@ -989,6 +1024,9 @@ async fn disk_full_rejects_records_refuses_sessions_and_recovers() {
         rec.admit_session(),
         Err(AuditError::StorageFull(_))
     ));
+    // The dropped session's end record is written (and fails) on the writer's thread: wait
+    // for it, or verify may read its partial line before the writer cuts it back.
+    let _ = rec.flush().await;
     // The failed group was cut back: no partial line, the log still verifies.
     let r = verify(&cfg.dir.clone().unwrap(), &public(&t)).unwrap();
     assert!(r.ok && !has(&r, IssueKind::TornTail), "{:#?}", r.issues);
@@ -1028,7 +1066,10 @@ async fn a_result_lost_in_a_failed_write_fails_its_sessions_next_command() {
     a.start(start_of(&alice)).await.unwrap();
     let mut b = rec.admit_session().unwrap();
     b.start(start_of(&bob)).await.unwrap();
-    let (n, ack) = a.command(read_event("SELECT 1", &allow())).await.unwrap();
+    let (n, ack) = a
+        .command(read_event(&sql("SELECT 1"), &allow()))
+        .await
+        .unwrap();
     ack.durable().await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     // Larger than the free end of the segment's last page: its write needs a new page.
@@ -1046,12 +1087,15 @@ async fn a_result_lost_in_a_failed_write_fails_its_sessions_next_command() {
     drop(result);
     let filler = fs.fill();
     // Bob's command is awaited: the write carrying alice's result with it fails.
-    let (_, ack) = b.command(read_event("SELECT 2", &allow())).await.unwrap();
+    let (_, ack) = b
+        .command(read_event(&sql("SELECT 2"), &allow()))
+        .await
+        .unwrap();
     let err = ack.durable().await.expect_err("the disk is full");
     assert!(matches!(err, AuditError::StorageFull(_)), "{err}");
     std::fs::remove_file(&filler).unwrap();
     // Room again, but alice's result is gone: her next command must not be answered.
-    let next = match a.command(read_event("SELECT 3", &allow())).await {
+    let next = match a.command(read_event(&sql("SELECT 3"), &allow())).await {
         Ok((_, ack)) => ack.durable().await,
         Err(e) => Err(e),
     };
@@ -1138,7 +1182,7 @@ async fn inline_and_queued_appends_keep_each_sessions_order() {
             let mut acks = Vec::new();
             for c in 0..200 {
                 let text = format!("SELECT {c}");
-                let (n, ack) = s.command(read_event(&text, &decision)).await.unwrap();
+                let (n, ack) = s.command(read_event(&sql(&text), &decision)).await.unwrap();
                 acks.push(ack);
                 acks.push(s.result(n, CommandResult::default()).await.unwrap());
             }
@@ -1226,7 +1270,7 @@ async fn uncontended_batch_appends_are_buffered_inline() {
         let queued_before = rec.queued_appends();
         for i in 0..20 {
             let text = format!("SELECT 'inline-marker-{i}'");
-            let (_, ack) = s.command(read_event(&text, &allow())).await.unwrap();
+            let (_, ack) = s.command(read_event(&sql(&text), &allow())).await.unwrap();
             ack.durable().await.unwrap();
             let needle = format!("inline-marker-{i}'");
             assert_eq!(
@@ -1266,7 +1310,7 @@ async fn a_result_is_written_with_the_next_awaited_command() {
     let mut s = rec.admit_session().unwrap();
     s.start(start_of(&id)).await.unwrap();
     let (n, ack) = s
-        .command(read_event("SELECT 'first'", &allow()))
+        .command(read_event(&sql("SELECT 'first'"), &allow()))
         .await
         .unwrap();
     ack.durable().await.unwrap();
@@ -1291,7 +1335,7 @@ async fn a_result_is_written_with_the_next_awaited_command() {
         "the result waits in the buffer"
     );
     let (_, ack) = s
-        .command(read_event("SELECT 'second'", &allow()))
+        .command(read_event(&sql("SELECT 'second'"), &allow()))
         .await
         .unwrap();
     ack.durable().await.unwrap();
@@ -1331,7 +1375,7 @@ async fn inline_appends_are_synced_and_signed_without_a_flush() {
     let mut last = 0;
     for i in 0..5 {
         let text = format!("SELECT {i}");
-        let (n, ack) = s.command(read_event(&text, &allow())).await.unwrap();
+        let (n, ack) = s.command(read_event(&sql(&text), &allow())).await.unwrap();
         last = ack.durable().await.unwrap();
         // Nobody awaits the result: the writer thread writes it with its batch sync.
         drop(s.result(n, CommandResult::default()).await.unwrap());
@@ -1379,7 +1423,7 @@ async fn pipelined_records_are_acknowledged_in_order() {
     let mut acks = Vec::new();
     for i in 0..300 {
         let text = format!("SELECT {i}");
-        let (n, ack) = s.command(read_event(&text, &decision)).await.unwrap();
+        let (n, ack) = s.command(read_event(&sql(&text), &decision)).await.unwrap();
         acks.push(ack);
         // Fire and forget: the record is still written, in order.
         drop(s.result(n, CommandResult::default()).await.unwrap());
@@ -1531,6 +1575,8 @@ async fn cli_verify_fails_on_a_tampered_log() {
         },
         key: Some(public_key_path(&t.path().join("audit.key"))),
         export: None,
+        heads: None,
+        strict: false,
         json: true,
     };
     cli::verify(&args).unwrap();
@@ -1580,13 +1626,21 @@ async fn cli_functions_work_end_to_end() {
         log: log.clone(),
         session: sid,
         json: false,
+        transcript: false,
+        command: None,
+        speed: 1.0,
+        instant: false,
     })
     .unwrap();
     assert!(
         cli::replay(&cli::ReplayArgs {
             log: log.clone(),
             session: "nope".into(),
-            json: false
+            json: false,
+            transcript: false,
+            command: None,
+            speed: 1.0,
+            instant: false,
         })
         .is_err()
     );
@@ -1603,6 +1657,8 @@ async fn cli_functions_work_end_to_end() {
         log: log.clone(),
         key: key.clone(),
         export: Some(out.clone()),
+        heads: None,
+        strict: false,
         json: false,
     })
     .unwrap();
@@ -1619,6 +1675,8 @@ async fn cli_functions_work_end_to_end() {
         },
         key,
         export: None,
+        heads: None,
+        strict: false,
         json: false,
     })
     .unwrap();
@@ -1700,7 +1758,7 @@ fn crash_child() {
                 let decision = allow();
                 for i in 0.. {
                     let text = format!("SELECT {k}-{i}");
-                    let (_, ack) = s.command(read_event(&text, &decision)).await.unwrap();
+                    let (_, ack) = s.command(read_event(&sql(&text), &decision)).await.unwrap();
                     ack.durable().await.unwrap();
                     println!("ACK {text}");
                 }
@@ -1758,7 +1816,7 @@ fn crash_and_verify(fsync: &str) {
         .unwrap()
         .into_iter()
         .filter_map(|r| match r.event {
-            Event::Command(c) => Some(c.text),
+            Event::Command(c) => Some(c.text().into_owned()),
             _ => None,
         })
         .collect();
@@ -1791,4 +1849,911 @@ fn crash_with_fsync_always_keeps_every_acknowledged_record() {
 #[test]
 fn crash_with_fsync_batch_keeps_every_acknowledged_record() {
     crash_and_verify("batch");
+}
+
+/// The signing key of the test log, and the MAC key derived from it.
+fn secret(t: &TempDir) -> (ed25519_dalek::SigningKey, ring::hmac::Key) {
+    let key = load_signing_key(&t.path().join("audit.key")).unwrap();
+    let mac = record_mac_key(&key);
+    (key, mac)
+}
+
+fn check_with_mac(t: &TempDir) -> Report {
+    let (key, mac) = secret(t);
+    verify_with(
+        &t.log(),
+        &VerifyOptions {
+            public: &key.verifying_key(),
+            mac: Some(&mac),
+            heads: None,
+        },
+    )
+    .unwrap()
+}
+
+/// A record an attacker without the key appends after the last signed head: the next seq,
+/// the right prev, the shape of a real command record, and `mac` as given.
+fn forge_append(t: &TempDir, mac: Option<&str>) -> String {
+    let seg = segments(t).pop().unwrap();
+    let lines = read_lines(&seg);
+    let last = lines.last().unwrap();
+    let prev: Record = serde_json::from_str(last).unwrap();
+    let template = segments(t)
+        .iter()
+        .flat_map(|s| read_lines(s))
+        .find(|l| l.contains("\"type\":\"command\""))
+        .unwrap();
+    let mut rec: Record = serde_json::from_str(&template).unwrap();
+    rec.seq = prev.seq + 1;
+    rec.prev = ChainHash::of_line(last.as_bytes());
+    rec.session = None;
+    rec.sprev = None;
+    if let Event::Command(c) = &mut rec.event {
+        c.command = sql("GRANT ALL ON salaries TO mallory").into_owned();
+    }
+    rec.mac = None;
+    let mut line = serde_json::to_string(&rec).unwrap();
+    if let Some(m) = mac {
+        line.pop();
+        line.push_str(&format!(",\"mac\":\"{m}\"}}"));
+    }
+    let mut all = lines.clone();
+    all.push(line.clone());
+    write_lines(&seg, &all);
+    line
+}
+
+fn dir_snapshot(t: &TempDir) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(t.log())
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            let b = std::fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Issue 17, finding 3: a line with the right seq and prev appended after the last signed
+/// head. Without a MAC, and with a made-up one: `verify --strict` fails (with only the public
+/// key it is an unvouched tail; with the signing key, an unauthenticated record), and a start
+/// refuses the log without changing a byte, so no head is ever signed over it.
+#[tokio::test]
+async fn a_forged_record_after_the_head_fails_strict_verify_and_is_refused_at_start() {
+    for mac in [None, Some("ab".repeat(32))] {
+        let t = TempDir::new("forged");
+        sample_log(&t).await;
+        assert!(check(&t).passes(true));
+        forge_append(&t, mac.as_deref());
+
+        // Public key only: the chain holds, but nothing vouches for the new record.
+        let r = check(&t);
+        assert!(r.ok, "{:#?}", r.issues);
+        assert_eq!(r.unsigned_tail, 1);
+        assert!(!r.passes(true), "--strict fails: {:#?}", r.issues);
+        let tail = r
+            .issues
+            .iter()
+            .find(|i| i.kind == IssueKind::UnsignedTail)
+            .expect("an unsigned-tail warning");
+        assert!(
+            tail.severity == Severity::Warning && tail.unvouched && tail.seq == Some(25),
+            "{tail}"
+        );
+        let args = |strict, key: &str| cli::VerifyArgs {
+            log: cli::LogLocation {
+                config: None,
+                dir: Some(t.log()),
+            },
+            key: Some(t.path().join(key)),
+            export: None,
+            heads: None,
+            strict,
+            json: false,
+        };
+        cli::verify(&args(false, "audit.key.pub")).unwrap();
+        let err = cli::verify(&args(true, "audit.key.pub")).unwrap_err();
+        assert!(err.to_string().contains("--strict"), "{err}");
+
+        // With the signing key, the record's MAC is checked: an error, strict or not.
+        let r = check_with_mac(&t);
+        assert!(!r.ok);
+        let issue = r
+            .issues
+            .iter()
+            .find(|i| i.kind == IssueKind::Unauthenticated)
+            .expect("unauthenticated");
+        assert_eq!(issue.seq, Some(25), "{issue}");
+        assert!(cli::verify(&args(false, "audit.key")).is_err());
+
+        // The daemon refuses to adopt it, and leaves the log exactly as it found it.
+        let before = dir_snapshot(&t);
+        let err = Recorder::open(&config(&t), t.path()).unwrap_err();
+        match &err {
+            AuditError::Corrupt { message, .. } => assert!(
+                message.contains("seq 25")
+                    && message.contains("will not sign over")
+                    && message.contains("truncate -s"),
+                "{message}"
+            ),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(dir_snapshot(&t), before, "a refused start changes nothing");
+        // Refused again on the next try: the forged record never gets signed.
+        assert!(Recorder::open(&config(&t), t.path()).is_err());
+        let head: SignedHead =
+            serde_json::from_slice(&std::fs::read(t.log().join("head.json")).unwrap()).unwrap();
+        assert_eq!(head.seq, 24);
+    }
+}
+
+/// Records the daemon itself wrote after its last signed head (a crash, or a head lost with
+/// the page cache) carry its MACs: a start authenticates and adopts them, and says so on the
+/// chain; verify with the signing key authenticates them too.
+#[tokio::test]
+async fn records_after_an_older_head_are_adopted_when_their_macs_hold() {
+    let t = TempDir::new("adopt");
+    let rec = open(&config(&t), &t);
+    session(&rec, "alice", "demo-db", 2).await;
+    rec.flush().await.unwrap();
+    let older = std::fs::read(t.log().join("head.json")).unwrap();
+    session(&rec, "bob", "demo-db", 2).await;
+    rec.close().await.unwrap();
+    // An older, genuinely signed head: the newest records look like a crash's tail.
+    std::fs::write(t.log().join("head.json"), &older).unwrap();
+    let r = check(&t);
+    assert!(r.ok && r.unsigned_tail == 6 && !r.passes(true), "{r:#?}");
+    let r = check_with_mac(&t);
+    assert!(r.ok && r.passes(true), "{:#?}", r.issues);
+    assert_eq!(r.authenticated_tail, 6);
+
+    let rec = open(&config(&t), &t);
+    rec.close().await.unwrap();
+    let opens: Vec<_> = read_records(&t.log())
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::Open(o) => Some(o),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(opens.last().unwrap().unsigned_before, Some(6));
+    assert_eq!(opens.last().unwrap().format, FORMAT);
+    let r = check(&t);
+    assert!(r.ok && r.passes(true) && r.unsigned_tail == 0, "{r:#?}");
+}
+
+/// The signed head follows every batch sync: records appended inline are covered by a head
+/// within a few batch intervals, with the default configuration, no flush and no close.
+#[tokio::test]
+async fn the_signed_head_follows_each_batch_sync() {
+    let t = TempDir::new("head-per-sync");
+    let rec = open(
+        &AuditConfig {
+            fsync: FsyncPolicy::Batch,
+            ..config(&t)
+        },
+        &t,
+    );
+    assert_eq!(AuditConfig::default().head_interval, Duration::ZERO);
+    let id = identity("alice");
+    let mut s = rec.admit_session().unwrap();
+    s.start(start_of(&id)).await.unwrap();
+    let mut last = 0;
+    for round in 0..3 {
+        for i in 0..5 {
+            let text = format!("SELECT {round}, {i}");
+            let (_, ack) = s.command(read_event(&sql(&text), &allow())).await.unwrap();
+            last = ack.durable().await.unwrap();
+        }
+        // Well within the old 1 s head interval, and many batch intervals (10 ms).
+        let mut signed = 0;
+        for _ in 0..50 {
+            let head: SignedHead =
+                serde_json::from_slice(&std::fs::read(t.log().join("head.json")).unwrap()).unwrap();
+            signed = head.seq;
+            if signed >= last {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(signed, last, "round {round}: the head covers the last sync");
+    }
+    drop(s);
+    rec.close().await.unwrap();
+}
+
+/// The limit the key cannot cure: cut the newest records and put back an older, genuinely
+/// signed head, and the files alone verify. Heads shipped off the host catch it.
+#[test]
+fn exported_heads_catch_a_log_cut_back_to_an_older_head() {
+    let t = TempDir::new("heads");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let rec = rt.block_on(async { open(&config(&t), &t) });
+    let older = rt.block_on(async {
+        session(&rec, "alice", "demo-db", 2).await;
+        rec.flush().await.unwrap()
+    });
+    let older_head = std::fs::read(t.log().join("head.json")).unwrap();
+    let log = cli::LogLocation {
+        config: None,
+        dir: Some(t.log()),
+    };
+    let heads_file = t.path().join("shipped-heads.jsonl");
+    let export = |to: Vec<String>| {
+        cli::export_heads(&cli::ExportHeadsArgs {
+            log: log.clone(),
+            to,
+            follow: None,
+            key: Some(t.path().join("audit.key.pub")),
+        })
+    };
+    export(vec![heads_file.display().to_string()]).unwrap();
+    rt.block_on(async {
+        session(&rec, "bob", "demo-db", 3).await;
+        rec.close().await.unwrap();
+    });
+    export(vec![heads_file.display().to_string()]).unwrap();
+    let shipped = load_heads(&heads_file).unwrap();
+    assert_eq!(shipped.len(), 2);
+    assert_eq!(shipped[0].seq, older);
+    let verify_heads = |strict| {
+        cli::verify(&cli::VerifyArgs {
+            log: log.clone(),
+            key: Some(t.path().join("audit.key.pub")),
+            export: None,
+            heads: Some(heads_file.clone()),
+            strict,
+            json: false,
+        })
+    };
+    verify_heads(true).unwrap();
+
+    // The attack: everything after the older head goes, and that head comes back.
+    let seg = segments(&t).pop().unwrap();
+    let mut lines = read_lines(&seg);
+    lines.truncate(usize::try_from(older + 1).unwrap());
+    write_lines(&seg, &lines);
+    std::fs::write(t.log().join("head.json"), &older_head).unwrap();
+    let r = check_with_mac(&t);
+    assert!(
+        r.ok && r.passes(true),
+        "the files alone verify: {:#?}",
+        r.issues
+    );
+    // A start would continue it too: this is the documented limit.
+    rt.block_on(async { open(&config(&t), &t).close().await.unwrap() });
+
+    let (key, mac) = secret(&t);
+    let r = verify_with(
+        &t.log(),
+        &VerifyOptions {
+            public: &key.verifying_key(),
+            mac: Some(&mac),
+            heads: Some(("shipped-heads.jsonl", &shipped)),
+        },
+    )
+    .unwrap();
+    assert!(!r.ok);
+    assert_eq!(r.heads_checked, 2);
+    let issue = r
+        .issues
+        .iter()
+        .find(|i| i.kind == IssueKind::Truncated)
+        .expect("truncated");
+    assert_eq!(
+        (issue.file.as_deref(), issue.line, issue.seq),
+        (Some("shipped-heads.jsonl"), Some(2), Some(shipped[1].seq)),
+        "{issue}"
+    );
+    assert!(verify_heads(false).is_err());
+
+    // A head that does not come from the log's key is refused as evidence.
+    let mut forged = shipped[1].clone();
+    forged.seq = 3;
+    let r = verify_with(
+        &t.log(),
+        &VerifyOptions {
+            public: &key.verifying_key(),
+            mac: None,
+            heads: Some(("forged", std::slice::from_ref(&forged))),
+        },
+    )
+    .unwrap();
+    assert!(has(&r, IssueKind::BadSignature), "{:#?}", r.issues);
+}
+
+/// `export-heads` sends the signed head to syslog and to a URL as well as to a file.
+#[test]
+fn export_heads_reaches_syslog_and_a_url() {
+    let t = TempDir::new("heads-sinks");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(sample_log(&t));
+    let head = std::fs::read_to_string(t.log().join("head.json")).unwrap();
+    let socket = t.path().join("log.sock");
+    let syslog = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+    syslog
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // One HTTP request, answered 204; the body comes back through the channel.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/heads", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+        let mut request_line = String::new();
+        reader.read_line(&mut request_line).unwrap();
+        let mut length = 0;
+        loop {
+            let mut header = String::new();
+            reader.read_line(&mut header).unwrap();
+            if header == "\r\n" {
+                break;
+            }
+            if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        std::io::Read::read_exact(&mut reader, &mut body).unwrap();
+        std::io::Write::write_all(&mut conn, b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
+        (request_line, String::from_utf8(body).unwrap())
+    });
+    cli::export_heads(&cli::ExportHeadsArgs {
+        log: cli::LogLocation {
+            config: None,
+            dir: Some(t.log()),
+        },
+        to: vec![format!("syslog:{}", socket.display()), url],
+        follow: None,
+        key: Some(t.path().join("audit.key.pub")),
+    })
+    .unwrap();
+    let (request_line, body) = server.join().unwrap();
+    assert!(request_line.starts_with("POST /heads "), "{request_line}");
+    let posted: SignedHead = serde_json::from_str(&body).unwrap();
+    assert_eq!(posted, serde_json::from_str::<SignedHead>(&head).unwrap());
+    let mut buf = vec![0; 4096];
+    let n = syslog.recv(&mut buf).unwrap();
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        msg.starts_with("<85>airlock-audit[") && msg.contains(&format!("\"seq\":{}", posted.seq)),
+        "{msg}"
+    );
+    // A head the key does not verify is not exported.
+    let other = TempDir::new("heads-sinks-key");
+    generate_key(&other.path().join("k"), false).unwrap();
+    let err = cli::export_heads(&cli::ExportHeadsArgs {
+        log: cli::LogLocation {
+            config: None,
+            dir: Some(t.log()),
+        },
+        to: vec![t.path().join("h").display().to_string()],
+        follow: None,
+        key: Some(other.path().join("k.pub")),
+    })
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("not signed by the log's key"),
+        "{err}"
+    );
+}
+
+/// The format-1 fixture (written by the recorder before formats were named) still verifies
+/// and reads back, commands as the protocol-neutral command they were; a newer recorder
+/// continues it, and the mixed log verifies.
+#[tokio::test]
+async fn format1_log_still_verifies_and_continues() {
+    let t = TempDir::new("format1");
+    format1_fixture(&t);
+    let r = check_with_mac(&t);
+    assert!(r.ok && r.issues.is_empty(), "{:#?}", r.issues);
+    assert_eq!((r.records, r.sessions, r.formats.clone()), (20, 3, vec![1]));
+    assert!(r.passes(true));
+
+    let records = read_records(&t.log()).unwrap();
+    let commands: Vec<_> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Command(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(commands.len(), 6);
+    assert_eq!(
+        commands[0].command,
+        sql("SELECT id, email FROM customers").into_owned()
+    );
+    assert_eq!(
+        (commands[0].facts.class, commands[0].facts.kinds.clone()),
+        (Class::Read, vec!["select".into()])
+    );
+    assert_eq!(commands[3].command, Command::Connect);
+    assert_eq!(commands[3].facts.class, Class::Admin);
+    assert_eq!(commands[2].reason.as_deref(), Some("ddl is denied"));
+    let approval = records
+        .iter()
+        .find_map(|r| match &r.event {
+            Event::Approval(a) => Some(a.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        (
+            approval.n,
+            approval.review.outcome,
+            approval.review.decided_by.clone()
+        ),
+        (2, ApprovalOutcome::Approved, vec!["carol".to_owned()])
+    );
+    let (_, recs) = load_session(&t.log(), "e6b6a0fe-000001").unwrap();
+    let mut out = Vec::new();
+    cli::render_transcript(&recs, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    for needle in [
+        "#2 > UPDATE orders SET paid = true WHERE id = 7",
+        "review (rule writes-need-dba)",
+        "sql; write; update",
+        "#2 approval 5f1c2a9e0b7d approved",
+        "by carol",
+        "deny (rule no-ddl): ddl is denied",
+    ] {
+        assert!(text.contains(needle), "{needle:?} in\n{text}");
+    }
+    let found = search_sessions(
+        &t.log(),
+        &SessionQuery {
+            text: Some("tcp connection".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].classes, vec![Class::Admin]);
+
+    // A newer recorder continues the old log.
+    let rec = open(&config(&t), &t);
+    session(&rec, "carol", "demo-db", 1).await;
+    rec.close().await.unwrap();
+    let r = check_with_mac(&t);
+    assert!(r.ok && r.issues.is_empty(), "{:#?}", r.issues);
+    assert_eq!(r.formats, vec![1, FORMAT]);
+}
+
+/// `keygen --force` on the configured key of an existing log hands the log over (the old key
+/// vouches for it, the new one signs its end); a key swapped by hand is refused at start.
+#[tokio::test]
+async fn keygen_force_hands_the_log_over_and_a_swapped_key_is_refused() {
+    let t = TempDir::new("rotate");
+    sample_log(&t).await;
+    let config_file = t.path().join("airlock.yaml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "daemon:\n  state_dir: {}\n  audit:\n    dir: {}\n",
+            t.path().display(),
+            t.log().display()
+        ),
+    )
+    .unwrap();
+    let old_public = public(&t);
+    cli::keygen(&cli::KeygenArgs {
+        log: cli::LogLocation {
+            config: Some(config_file.clone()),
+            dir: None,
+        },
+        out: None,
+        force: true,
+    })
+    .unwrap();
+    assert_ne!(public(&t), old_public);
+    assert!(t.path().join("audit.key.old").exists());
+    let r = check(&t);
+    assert!(r.ok && r.passes(true), "{:#?}", r.issues);
+    let rec = open(&config(&t), &t);
+    session(&rec, "after", "demo-db", 1).await;
+    rec.close().await.unwrap();
+    let r = check_with_mac(&t);
+    assert!(r.ok && r.passes(true), "{:#?}", r.issues);
+    assert!(has(&r, IssueKind::KeyChanged));
+
+    // A key replaced without a handover cannot vouch for the log: refused, nothing written.
+    std::fs::remove_file(t.path().join("audit.key")).unwrap();
+    generate_key(&t.path().join("audit.key"), false).unwrap();
+    let before = dir_snapshot(&t);
+    match Recorder::open(&config(&t), t.path()) {
+        Err(AuditError::Corrupt { message, .. }) => {
+            assert!(
+                message.contains("not signed by this log's key"),
+                "{message}"
+            )
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(dir_snapshot(&t), before);
+}
+
+/// The head written after each sync is not synced to the disk; a power loss can leave it
+/// empty. The next start then has no head to trust and authenticates every record by its
+/// MAC instead; a record without a valid one is still refused.
+#[tokio::test]
+async fn an_unreadable_head_is_survived_by_authenticating_every_record() {
+    let t = TempDir::new("head-lost");
+    sample_log(&t).await;
+    std::fs::write(t.log().join("head.json"), b"").unwrap();
+    let r = check(&t);
+    assert!(!r.ok && has(&r, IssueKind::BadSignature), "{:#?}", r.issues);
+    let rec = open(&config(&t), &t);
+    rec.close().await.unwrap();
+    let opens: Vec<_> = read_records(&t.log())
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::Open(o) => o.unsigned_before,
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        opens,
+        vec![25],
+        "every earlier record was authenticated and adopted"
+    );
+    let r = check(&t);
+    assert!(r.ok && r.passes(true), "{:#?}", r.issues);
+
+    // Without a head, a forged record anywhere is caught by its MAC.
+    forge_append(&t, None);
+    std::fs::write(t.log().join("head.json"), b"").unwrap();
+    assert!(matches!(
+        Recorder::open(&config(&t), t.path()),
+        Err(AuditError::Corrupt { .. })
+    ));
+}
+
+/// An upgrade hand-over: the old daemon's recorder keeps recording the sessions it drains
+/// while the new one records its own, into one chain, and the new one takes the log alone
+/// once the old one has closed. Both use `fsync: batch`, so the switch has inline appends to
+/// stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_recorders_share_one_chain_during_a_hand_over() {
+    let t = TempDir::new("coop");
+    let cfg = AuditConfig {
+        fsync: FsyncPolicy::Batch,
+        ..config(&t)
+    };
+    let old = open(&cfg, &t);
+    // A session open across the hand-over, with records before and after it.
+    let id = identity("draining");
+    let mut long = old.admit_session().unwrap();
+    long.start(start_of(&id)).await.unwrap();
+    let decision = allow();
+    let before = sql("SELECT 'before'");
+    let (_, ack) = long.command(read_event(&before, &decision)).await.unwrap();
+    ack.durable().await.unwrap();
+    session(&old, "old-before", "demo-db", 3).await;
+
+    old.share().await.unwrap();
+    let new = Recorder::open_shared(&cfg, t.path()).unwrap();
+    // Both write at once for a while.
+    let writers: Vec<_> = (0..4)
+        .map(|i| {
+            let rec = if i % 2 == 0 { old.clone() } else { new.clone() };
+            tokio::spawn(async move {
+                for j in 0..5 {
+                    session(&rec, &format!("w{i}-{j}"), "demo-db", 4).await;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let after = sql("SELECT 'after'");
+    let (_, ack) = long.command(read_event(&after, &decision)).await.unwrap();
+    ack.durable().await.unwrap();
+    long.end(SessionEnd {
+        reason: EndReason::Shutdown,
+        detail: None,
+        bytes_from_client: 1,
+        bytes_to_client: 2,
+    })
+    .await
+    .unwrap();
+    old.close().await.unwrap();
+    new.unshare().await.unwrap();
+    // Alone again: inline appends and the usual signing resume.
+    session(&new, "new-after", "demo-db", 3).await;
+    new.close().await.unwrap();
+
+    let report = check(&t);
+    assert!(report.ok, "{report:?}");
+    assert!(report.issues.is_empty(), "{:?}", report.issues);
+    assert_eq!(report.open_sessions, 0, "every session has its end record");
+    // long + old-before + 20 writers' sessions + new-after.
+    assert_eq!(report.sessions, 23);
+    assert_eq!(report.unsigned_tail, 0, "the last head covers everything");
+    assert_eq!(
+        lines_with(&t, "\"type\":\"open\""),
+        2,
+        "one open record per daemon"
+    );
+}
+
+/// Copies the format-1 fixture (log and key) into `t`; the key file as the daemon demands it
+/// (git keeps it 0644).
+fn format1_fixture(t: &TempDir) {
+    use std::os::unix::fs::PermissionsExt;
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/audit/testdata/format1");
+    std::fs::create_dir_all(t.log()).unwrap();
+    for name in ["audit.key", "audit.key.pub"] {
+        std::fs::copy(fixture.join(name), t.path().join(name)).unwrap();
+    }
+    std::fs::set_permissions(
+        t.path().join("audit.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    for e in std::fs::read_dir(fixture.join("log")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), t.log().join(e.file_name())).unwrap();
+    }
+}
+
+/// An upgrade hand-over starts the successor under the shared log's lock, with records past
+/// the head that the live predecessor wrote since. From a format-1 predecessor (its head's
+/// record has no MAC) a MAC-less tail is taken as its own, and the successor's heads cover it.
+/// Behind a format-2 head, a MAC-less record is a forgery as in any start, and a MAC that
+/// does not check is refused in both: the log is left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_start_takes_only_a_format1_predecessors_macless_tail() {
+    for (format1, mac) in [
+        (true, None),
+        (true, Some("ab".repeat(32))),
+        (false, None),
+        (false, Some("ab".repeat(32))),
+    ] {
+        let t = TempDir::new("coop-tail");
+        let forged_seq = if format1 {
+            format1_fixture(&t);
+            20
+        } else {
+            sample_log(&t).await;
+            25
+        };
+        forge_append(&t, mac.as_deref());
+        // The shared start creates the lock file first; everything else stays as it was.
+        let log_files = || {
+            let mut files = dir_snapshot(&t);
+            files.retain(|(p, _)| !p.ends_with(".lock"));
+            files
+        };
+        let before = log_files();
+        let opened = Recorder::open_shared(&config(&t), t.path());
+        if format1 && mac.is_none() {
+            let new = opened.expect("a format-1 predecessor's MAC-less tail is taken");
+            new.unshare().await.unwrap();
+            session(&new, "after-hand-over", "demo-db", 2).await;
+            new.close().await.unwrap();
+            let report = check_with_mac(&t);
+            assert!(report.ok, "{:#?}", report.issues);
+            assert!(report.passes(true), "{:#?}", report.issues);
+            assert_eq!(report.unsigned_tail, 0, "the successor's head covers it");
+            continue;
+        }
+        match opened {
+            Err(AuditError::Corrupt { message, .. }) => assert!(
+                message.contains(&format!("seq {forged_seq}")) && message.contains("MAC"),
+                "format1 {format1}, mac {mac:?}: {message}"
+            ),
+            other => panic!("format1 {format1}, mac {mac:?}: expected a refusal, got {other:?}"),
+        }
+        assert!(log_files() == before, "a refused start changes nothing");
+    }
+}
+
+/// While two daemons share the log, each follows the chain's tip the other left. A line
+/// appended by someone without the key in that window is never chained onto: both writers'
+/// next group fails (sessions fail closed), the line stays the tip, and verify (with the key)
+/// and the next start name it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_forged_during_a_hand_over_is_not_followed() {
+    let t = TempDir::new("coop-forged");
+    let cfg = config(&t);
+    let old = open(&cfg, &t);
+    session(&old, "old-before", "demo-db", 2).await;
+    old.share().await.unwrap();
+    let new = Recorder::open_shared(&cfg, t.path()).unwrap();
+    session(&new, "new-before", "demo-db", 1).await;
+    session(&old, "old-draining", "demo-db", 1).await;
+    let forged = forge_append(&t, None);
+    let forged_seq = serde_json::from_str::<Record>(&forged).unwrap().seq;
+    for rec in [&new, &old] {
+        let id = identity("after-forgery");
+        let Ok(mut s) = rec.admit_session() else {
+            continue;
+        };
+        let err = s.start(start_of(&id)).await.unwrap_err();
+        assert!(err.to_string().contains("no valid MAC"), "{err}");
+    }
+    let seg = segments(&t).pop().unwrap();
+    let mut lines = read_lines(&seg);
+    assert_eq!(
+        lines.last(),
+        Some(&forged),
+        "nothing was chained onto the forged line"
+    );
+    let r = check_with_mac(&t);
+    assert!(
+        !r.ok
+            && r.issues
+                .iter()
+                .any(|i| i.kind == IssueKind::Unauthenticated && i.seq == Some(forged_seq)),
+        "{:#?}",
+        r.issues
+    );
+    assert!(matches!(
+        Recorder::open(&cfg, t.path()),
+        Err(AuditError::Corrupt { .. })
+    ));
+    // Once the forged line is cut off, both writers carry on (and stop cleanly).
+    lines.pop();
+    write_lines(&seg, &lines);
+    old.close().await.unwrap();
+    new.unshare().await.unwrap();
+    new.close().await.unwrap();
+}
+
+/// The signing key authenticates every record: a key file another user can read (or write)
+/// would let them extend (or rewrite) the chain. The daemon refuses it, and starts once the
+/// file is private again.
+#[tokio::test]
+async fn a_signing_key_others_can_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = TempDir::new("key-mode");
+    sample_log(&t).await;
+    let key = t.path().join("audit.key");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "keygen writes it private"
+    );
+    for mode in [0o644, 0o640, 0o604, 0o620] {
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+        let before = dir_snapshot(&t);
+        match Recorder::open(&config(&t), t.path()) {
+            Err(AuditError::Key { message, .. }) => assert!(
+                message.contains(&format!("mode {mode:04o}")) && message.contains("chmod 600"),
+                "{message}"
+            ),
+            other => panic!("mode {mode:o}: expected a refusal, got {other:?}"),
+        }
+        assert_eq!(dir_snapshot(&t), before);
+    }
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
+    // Private, but another user's: they could read or replace it.
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    std::os::unix::fs::chown(&key, Some(me + 1), None).unwrap();
+    match Recorder::open(&config(&t), t.path()) {
+        Err(AuditError::Key { message, .. }) => assert!(
+            message.contains(&format!("belongs to uid {}", me + 1)),
+            "{message}"
+        ),
+        other => panic!("another user's key: expected a refusal, got {other:?}"),
+    }
+    std::os::unix::fs::chown(&key, Some(me), None).unwrap();
+    open(&config(&t), &t).close().await.unwrap();
+    assert!(check(&t).passes(true));
+}
+
+/// Relatives of the forged append: the forged records in a segment file of their own (as if
+/// the log had rotated), led by a forged `open` that claims format 1 so that their missing
+/// MACs look legitimate. With the key, verify names them as unauthenticated (a log does not
+/// go back to lines without MACs behind its head), `--strict` fails without it, and a start
+/// refuses.
+#[tokio::test]
+async fn a_forged_segment_claiming_format_1_is_refused() {
+    let t = TempDir::new("forged-segment");
+    sample_log(&t).await;
+    let seg = segments(&t).pop().unwrap();
+    let lines = read_lines(&seg);
+    let last = lines.last().unwrap();
+    let tip: Record = serde_json::from_str(last).unwrap();
+    let open = Record {
+        seq: tip.seq + 1,
+        ts: tip.ts + 1,
+        prev: ChainHash::of_line(last.as_bytes()),
+        session: None,
+        sprev: None,
+        event: Event::Open(OpenEvent {
+            format: 1,
+            version: "0.0.9".into(),
+            public_key: to_hex_public(&t),
+            torn: None,
+            unsigned_before: None,
+        }),
+        mac: None,
+    };
+    // Format 1 had no `format` member.
+    let open_line = serde_json::to_string(&open)
+        .unwrap()
+        .replace(",\"format\":1", "");
+    let new_seg = t.log().join(super::writer::segment_name(open.seq));
+    write_lines(&new_seg, std::slice::from_ref(&open_line));
+    let forged = forge_append(&t, None);
+    assert!(forged.contains("GRANT ALL"));
+    assert_eq!(segments(&t).len(), 2, "{:?}", segments(&t));
+
+    let r = check(&t);
+    assert!(r.ok && !r.passes(true), "{:#?}", r.issues);
+    assert_eq!(r.unsigned_tail, 2);
+    let r = check_with_mac(&t);
+    let flagged: Vec<_> = r
+        .issues
+        .iter()
+        .filter(|i| i.kind == IssueKind::Unauthenticated)
+        .map(|i| i.seq)
+        .collect();
+    assert!(!r.ok, "{:#?}", r.issues);
+    assert_eq!(flagged, vec![Some(25), Some(26)], "{:#?}", r.issues);
+    let before = dir_snapshot(&t);
+    match Recorder::open(&config(&t), t.path()) {
+        Err(AuditError::Corrupt { message, .. }) => {
+            assert!(
+                message.contains("seq 25") && message.contains("no MAC"),
+                "{message}"
+            )
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(
+        dir_snapshot(&t) == before,
+        "a refused start changes nothing"
+    );
+}
+
+fn to_hex_public(t: &TempDir) -> String {
+    super::record::to_hex(public(t).as_bytes())
+}
+
+/// Cutting the log mid-line inside what the signed head covers looks like a crash's torn
+/// tail, but it is not one: verify reports it truncated, and a start refuses it (it would
+/// otherwise cut the fragment off and carry on).
+#[tokio::test]
+async fn a_signed_record_cut_mid_line_is_truncation_not_a_torn_tail() {
+    let t = TempDir::new("cut-mid-line");
+    sample_log(&t).await;
+    let seg = segments(&t).pop().unwrap();
+    let len = std::fs::metadata(&seg).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+    let r = check(&t);
+    assert!(
+        !r.ok && has(&r, IssueKind::Truncated) && has(&r, IssueKind::TornTail),
+        "{:#?}",
+        r.issues
+    );
+    let before = dir_snapshot(&t);
+    match Recorder::open(&config(&t), t.path()) {
+        Err(AuditError::Corrupt { message, .. }) => {
+            assert!(message.contains("cut off"), "{message}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(
+        dir_snapshot(&t) == before,
+        "a refused start changes nothing"
+    );
 }

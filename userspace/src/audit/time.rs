@@ -52,7 +52,7 @@ pub fn format_ts(us: u64) -> String {
 /// a date (`2026-11-21`, midnight UTC), or an age before `now_us` (`90m`, `12h`, `7d`).
 pub fn parse_time(s: &str, now_us: u64) -> Result<u64, String> {
     let s = s.trim();
-    if let Ok(age) = super::config::parse_duration(s) {
+    if let Ok(age) = crate::config::audit::parse_duration(s) {
         let age = u64::try_from(age.as_micros()).unwrap_or(u64::MAX);
         return Ok(now_us.saturating_sub(age));
     }

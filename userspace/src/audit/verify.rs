@@ -6,10 +6,13 @@ use std::io::{BufRead, Write};
 use std::path::Path;
 
 use ed25519_dalek::VerifyingKey;
+use ring::hmac;
 use serde::{Deserialize, Serialize};
 
 use super::AuditError;
-use super::record::{ChainHash, Event, Record, SignedAnchor, SignedHead, to_hex};
+use super::record::{
+    ChainHash, Event, FORMAT, MacCheck, Record, SignedAnchor, SignedHead, check_mac, to_hex,
+};
 use super::writer::{ANCHOR_FILE, HEAD_FILE, list_segments, segment_name, write_atomic};
 
 /// How bad an issue is: any error makes the report fail.
@@ -55,6 +58,17 @@ pub enum IssueKind {
     /// An `open` record names a different key than the one verifying (key rotation, or the
     /// wrong key file).
     KeyChanged,
+    /// A terminal recording is missing or its content does not match the hash on the chain.
+    Recording,
+    /// Records after the signed head that nothing vouches for yet: no signature covers them,
+    /// and their MACs were not checked (verify had only the public key) or they have none
+    /// (format 1). Anyone could have appended them.
+    UnsignedTail,
+    /// A record after the signed head whose MAC is missing or not made with the log's key:
+    /// changed, or appended by someone without the key.
+    Unauthenticated,
+    /// An `open` record of a format newer than this version knows.
+    UnknownFormat,
 }
 
 /// One finding, with where it is.
@@ -73,6 +87,10 @@ pub struct Issue {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
     pub message: String,
+    /// The records it names are vouched for neither by a signature nor by a MAC checked
+    /// with the key: `airlock audit verify --strict` fails on it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unvouched: bool,
 }
 
 impl fmt::Display for Issue {
@@ -120,6 +138,12 @@ pub struct Report {
     pub signed_at: Option<u64>,
     /// Records after the signed head: they chain, but no signature covers them yet.
     pub unsigned_tail: u64,
+    /// Of those, how many carry a valid MAC (checked only when verify has the signing key).
+    pub authenticated_tail: u64,
+    /// Record formats named by the `open` records seen (1 before formats were named).
+    pub formats: Vec<u32>,
+    /// Exported heads (`--heads`) checked against the log.
+    pub heads_checked: u64,
     /// First seq the retention anchor vouches for, when old segments were deleted.
     pub anchored_seq: Option<u64>,
     pub issues: Vec<Issue>,
@@ -129,6 +153,36 @@ impl Report {
     /// Issues of severity error.
     pub fn errors(&self) -> impl Iterator<Item = &Issue> {
         self.issues.iter().filter(|i| i.severity == Severity::Error)
+    }
+
+    /// Whether the log verifies; `strict` also demands that the key vouches for every record
+    /// (no unsigned, unauthenticated tail).
+    pub fn passes(&self, strict: bool) -> bool {
+        self.ok && !(strict && self.issues.iter().any(|i| i.unvouched))
+    }
+}
+
+/// What [`verify_with`] checks the log against.
+#[derive(Clone, Copy)]
+pub struct VerifyOptions<'a> {
+    /// Verifies the signed head and the retention anchor.
+    pub public: &'a VerifyingKey,
+    /// The records' MAC key ([`super::record_mac_key`] of the signing key): with it, records
+    /// after the signed head are authenticated one by one. Only the key's holder has it.
+    pub mac: Option<&'a hmac::Key>,
+    /// Heads exported off the host (`airlock audit export-heads`), with the file they came
+    /// from: the log must still hold the record each one vouches for.
+    pub heads: Option<(&'a str, &'a [SignedHead])>,
+}
+
+impl<'a> VerifyOptions<'a> {
+    /// Checks against the public key only.
+    pub fn public(public: &'a VerifyingKey) -> Self {
+        VerifyOptions {
+            public,
+            mac: None,
+            heads: None,
+        }
     }
 }
 
@@ -143,9 +197,56 @@ struct SessState {
     records: u64,
 }
 
+/// What is wrong with a recording the chain names (`None`: present and unchanged).
+pub(crate) fn check_recording(dir: &Path, r: &super::record::RecordingRecord) -> Option<String> {
+    use sha2::Digest;
+    let rel = Path::new(&r.file);
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Some(format!(
+            "recording path {} leaves the log directory",
+            r.file
+        ));
+    }
+    let path = dir.join(rel);
+    let mut f = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) => return Some(format!("recording {} of command {}: {e}", r.file, r.n)),
+    };
+    let mut hasher = sha2::Sha256::new();
+    let bytes = match std::io::copy(&mut f, &mut hasher) {
+        Ok(n) => n,
+        Err(e) => return Some(format!("recording {}: {e}", r.file)),
+    };
+    let sum = ChainHash(hasher.finalize().into());
+    if sum != r.sha256 || bytes != r.bytes {
+        return Some(format!(
+            "recording {} of command {} was changed: {bytes} bytes with SHA-256 {sum}, the chain says {} bytes with {}",
+            r.file, r.n, r.bytes, r.sha256
+        ));
+    }
+    None
+}
+
 /// Walks the chain one line at a time.
 struct Checker<'k> {
     key: &'k VerifyingKey,
+    mac: Option<&'k hmac::Key>,
+    /// Exported heads by seq, with their line in the heads file.
+    exported: HashMap<u64, Vec<(SignedHead, u64, bool)>>,
+    exported_file: String,
+    /// Format of the records being read (from the last `open` record; 0 before one).
+    format: u32,
+    /// A record of format 2 or later was read: the log never goes back to lines without a
+    /// MAC unless a head signs over them (a MAC-less record after the head, even behind an
+    /// `open` that claims format 1, was written without the key).
+    macs_seen: bool,
+    /// Records after the signed head that nothing vouched for, and the first of them.
+    unvouched: u64,
+    first_unvouched: Option<(Loc, u64)>,
     head: Option<SignedHead>,
     anchor: Option<SignedAnchor>,
     expected: Option<u64>,
@@ -153,12 +254,37 @@ struct Checker<'k> {
     sessions: HashMap<String, SessState>,
     head_found: bool,
     report: Report,
+    /// The log directory, whose recordings are checked against their hashes (not for exports,
+    /// which hold only the records).
+    dir: Option<std::path::PathBuf>,
 }
 
 impl<'k> Checker<'k> {
-    fn new(key: &'k VerifyingKey, head: Option<SignedHead>, anchor: Option<SignedAnchor>) -> Self {
+    fn new(
+        opts: &VerifyOptions<'k>,
+        head: Option<SignedHead>,
+        anchor: Option<SignedAnchor>,
+    ) -> Self {
+        let mut exported: HashMap<u64, Vec<(SignedHead, u64, bool)>> = HashMap::new();
+        let mut exported_file = String::new();
+        if let Some((file, heads)) = opts.heads {
+            exported_file = file.to_owned();
+            for (i, h) in heads.iter().enumerate() {
+                exported
+                    .entry(h.seq)
+                    .or_default()
+                    .push((h.clone(), i as u64 + 1, false));
+            }
+        }
         Checker {
-            key,
+            key: opts.public,
+            mac: opts.mac,
+            exported,
+            exported_file,
+            format: 0,
+            macs_seen: false,
+            unvouched: 0,
+            first_unvouched: None,
             head,
             anchor,
             expected: None,
@@ -166,6 +292,7 @@ impl<'k> Checker<'k> {
             sessions: HashMap::new(),
             head_found: false,
             report: Report::default(),
+            dir: None,
         }
     }
 
@@ -186,6 +313,7 @@ impl<'k> Checker<'k> {
             seq,
             session: session.map(str::to_owned),
             message,
+            unvouched: false,
         });
     }
 
@@ -313,17 +441,74 @@ impl<'k> Checker<'k> {
                 );
             }
         }
+        if let Some(exported) = self.exported.get_mut(&seq) {
+            let mut wrong = Vec::new();
+            for (h, line, found) in exported.iter_mut() {
+                *found = true;
+                if h.hash != hash {
+                    wrong.push((h.ts, *line));
+                }
+            }
+            for (ts, line) in wrong {
+                let at = Loc {
+                    file: self.exported_file.clone(),
+                    line,
+                };
+                self.error(
+                    IssueKind::HeadMismatch,
+                    &at,
+                    Some(seq),
+                    session,
+                    format!(
+                        "the head exported at {} vouches for a different record at seq {seq} ({}:{}): the log was rewritten",
+                        super::time::format_ts(ts),
+                        loc.file,
+                        loc.line
+                    ),
+                );
+            }
+        }
+        if let Event::Open(o) = &rec.event {
+            self.format = o.format;
+            if !self.report.formats.contains(&o.format) {
+                self.report.formats.push(o.format);
+            }
+            if o.format > FORMAT {
+                self.issue(
+                    Severity::Warning,
+                    IssueKind::UnknownFormat,
+                    Some(&loc),
+                    Some(seq),
+                    None,
+                    format!(
+                        "records from here on are in format {}, newer than this airlock knows ({FORMAT}); update it to read them",
+                        o.format
+                    ),
+                );
+            }
+        }
+        self.tail_record(&loc, seq, session, bytes, rec.mac.is_some());
+        self.macs_seen |= rec.mac.is_some() || self.format >= 2;
         if let Event::Open(o) = &rec.event
             && let Some(n) = o.unsigned_before.filter(|n| *n > 0)
         {
+            // From format 2 a start adopts only records whose MACs it checked.
+            let authenticated = o.format >= 2;
             self.issue(
                 Severity::Warning,
                 IssueKind::UnsignedRecovered,
                 Some(&loc),
                 Some(seq),
                 None,
-                format!("this start found {n} record(s) before it that no head had signed yet (left by a crash); only the chain, not the key, vouched for them until here"),
+                if authenticated {
+                    format!("this start found {n} record(s) before it that no head had signed yet (left by a crash); it checked their MACs before signing over them")
+                } else {
+                    format!("this start found {n} record(s) before it that no head had signed yet (left by a crash) and signed over them without authenticating them (format 1)")
+                },
             );
+            if !authenticated && let Some(i) = self.report.issues.last_mut() {
+                i.unvouched = true;
+            }
         }
         if let Event::Open(o) = &rec.event
             && o.public_key != to_hex(self.key.as_bytes())
@@ -340,6 +525,11 @@ impl<'k> Checker<'k> {
                 ),
             );
         }
+        if let (Event::Recording(r), Some(dir)) = (&rec.event, &self.dir)
+            && let Some(problem) = check_recording(dir, r)
+        {
+            self.error(IssueKind::Recording, &loc, Some(seq), session, problem);
+        }
         if let Some(sid) = session {
             self.session_record(&loc, seq, sid, &rec, hash);
         }
@@ -348,6 +538,60 @@ impl<'k> Checker<'k> {
         self.report.last_seq = Some(seq);
         self.expected = Some(seq + 1);
         self.prev = Some((hash, loc, seq));
+    }
+
+    /// A record after the signed head: authenticated by its MAC when verify has the key.
+    fn tail_record(
+        &mut self,
+        loc: &Loc,
+        seq: u64,
+        session: Option<&str>,
+        bytes: &[u8],
+        has_mac: bool,
+    ) {
+        if self.head.as_ref().is_some_and(|h| seq <= h.seq) {
+            return;
+        }
+        // Format 2 writes a MAC on every line; before the first `open` (a log retention cut)
+        // the line itself says which format it is.
+        let format = match self.format {
+            0 if has_mac => 2,
+            0 => 1,
+            f => f,
+        };
+        let Some(key) = self.mac else {
+            self.unvouched(loc, seq);
+            return;
+        };
+        match check_mac(key, bytes) {
+            MacCheck::Valid => self.report.authenticated_tail += 1,
+            MacCheck::Missing if format < 2 && !self.macs_seen => self.unvouched(loc, seq),
+            MacCheck::Missing => self.error(
+                IssueKind::Unauthenticated,
+                loc,
+                Some(seq),
+                session,
+                if format < 2 {
+                    "follows the signed head and carries no MAC, after records that had one (a log does not go back to format 1 behind its head): written by someone without the key".into()
+                } else {
+                    "follows the signed head but carries no MAC, though its format always has one: written by someone without the key".into()
+                },
+            ),
+            MacCheck::Invalid => self.error(
+                IssueKind::Unauthenticated,
+                loc,
+                Some(seq),
+                session,
+                "follows the signed head but its MAC was not made with this log's key: changed, or appended by someone without the key".into(),
+            ),
+        }
+    }
+
+    fn unvouched(&mut self, loc: &Loc, seq: u64) {
+        self.unvouched += 1;
+        if self.first_unvouched.is_none() {
+            self.first_unvouched = Some((loc.clone(), seq));
+        }
     }
 
     fn session_record(&mut self, loc: &Loc, seq: u64, sid: &str, rec: &Record, hash: ChainHash) {
@@ -505,6 +749,30 @@ impl<'k> Checker<'k> {
             ),
             None => {}
         }
+        if self.unvouched > 0
+            && let Some((loc, seq)) = self.first_unvouched.clone()
+        {
+            let why = if self.mac.is_some() {
+                "they carry no MAC (format 1)"
+            } else {
+                "their MACs can only be checked with the signing key (give --key <secret key file>, or --config on the host)"
+            };
+            self.issue(
+                Severity::Warning,
+                IssueKind::UnsignedTail,
+                Some(&loc),
+                Some(seq),
+                None,
+                format!(
+                    "{} record(s) from here on follow the signed head and nothing vouches for them yet: no signature covers them, and {why}. Anyone could have appended them",
+                    self.unvouched
+                ),
+            );
+            if let Some(i) = self.report.issues.last_mut() {
+                i.unvouched = true;
+            }
+        }
+        self.check_exported_heads();
         self.report.open_sessions = self.sessions.len() as u64;
         let ok = !self
             .report
@@ -513,6 +781,64 @@ impl<'k> Checker<'k> {
             .any(|i| i.severity == Severity::Error);
         self.report.ok = ok;
         self.report
+    }
+}
+
+impl Checker<'_> {
+    /// Every exported head must be signed by the key and vouch for a record the log still
+    /// holds (or that retention deleted behind a signed anchor).
+    fn check_exported_heads(&mut self) {
+        let mut heads: Vec<(SignedHead, u64, bool)> =
+            self.exported.drain().flat_map(|(_, v)| v).collect();
+        heads.sort_by_key(|(_, line, _)| *line);
+        let file = self.exported_file.clone();
+        for (h, line, found) in heads {
+            self.report.heads_checked += 1;
+            let loc = Loc {
+                file: file.clone(),
+                line,
+            };
+            let at = super::time::format_ts(h.ts);
+            if !h.verify(self.key) {
+                self.error(
+                    IssueKind::BadSignature,
+                    &loc,
+                    Some(h.seq),
+                    None,
+                    format!("the head exported at {at} is not signed by this log's key"),
+                );
+                continue;
+            }
+            if found {
+                continue;
+            }
+            let deleted_by_retention = self.anchor.as_ref().is_some_and(|a| h.seq < a.seq);
+            match self.report.last_seq {
+                _ if deleted_by_retention => {}
+                Some(last) if last < h.seq => self.error(
+                    IssueKind::Truncated,
+                    &loc,
+                    Some(h.seq),
+                    None,
+                    format!(
+                        "the log ends at seq {last}, but the head exported at {at} vouches for seq {}: records {}..{} were cut off (and an older head put back)",
+                        h.seq,
+                        last + 1,
+                        h.seq
+                    ),
+                ),
+                _ => self.error(
+                    IssueKind::Deleted,
+                    &loc,
+                    Some(h.seq),
+                    None,
+                    format!(
+                        "the record the head exported at {at} vouches for (seq {}) is missing",
+                        h.seq
+                    ),
+                ),
+            }
+        }
     }
 }
 
@@ -533,11 +859,18 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, Aud
 /// truncation becomes an [`Issue`] that names the file, line, seq and session. `Err` only when
 /// the directory cannot be read at all; a corrupt head or anchor file is an issue.
 pub fn verify(dir: &Path, public_key: &VerifyingKey) -> Result<Report, AuditError> {
+    verify_with(dir, &VerifyOptions::public(public_key))
+}
+
+/// [`verify`] with the records' MAC key (records after the signed head are authenticated)
+/// and heads exported off the host (a log cut back to an older head is caught).
+pub fn verify_with(dir: &Path, opts: &VerifyOptions<'_>) -> Result<Report, AuditError> {
     let mut early = Vec::new();
     let head = load_signed::<SignedHead>(&dir.join(HEAD_FILE), &mut early)?;
     let anchor = load_signed::<SignedAnchor>(&dir.join(ANCHOR_FILE), &mut early)?;
     let segs = list_segments(dir).map_err(|e| AuditError::io(dir, &e))?;
-    let mut c = Checker::new(public_key, head, anchor);
+    let mut c = Checker::new(opts, head, anchor);
+    c.dir = Some(dir.to_owned());
     c.report.issues = early;
     for (i, (first_seq, path)) in segs.iter().enumerate() {
         let name = segment_name(*first_seq);
@@ -604,6 +937,7 @@ fn load_signed<T: for<'de> Deserialize<'de>>(
                 seq: None,
                 session: None,
                 message: format!("does not parse: {message}"),
+                unvouched: false,
             });
             Ok(None)
         }
@@ -663,6 +997,11 @@ pub fn export(dir: &Path, out: &mut dyn Write) -> Result<u64, AuditError> {
 /// Verifies an export file made by [`export`] against `public_key`, with the same checks as
 /// [`verify`]. Locations name the export file and its line numbers.
 pub fn verify_export(path: &Path, public_key: &VerifyingKey) -> Result<Report, AuditError> {
+    verify_export_with(path, &VerifyOptions::public(public_key))
+}
+
+/// [`verify_export`] with the options of [`verify_with`].
+pub fn verify_export_with(path: &Path, opts: &VerifyOptions<'_>) -> Result<Report, AuditError> {
     let file = std::fs::File::open(path).map_err(|e| AuditError::io(path, &e))?;
     let name = path
         .file_name()
@@ -684,7 +1023,7 @@ pub fn verify_export(path: &Path, public_key: &VerifyingKey) -> Result<Report, A
             message: format!("unsupported export version {}", header.airlock_audit_export),
         });
     }
-    let mut c = Checker::new(public_key, header.head.clone(), header.anchor.clone());
+    let mut c = Checker::new(opts, header.head.clone(), header.anchor.clone());
     let mut line_no = 1;
     loop {
         line.clear();
@@ -775,4 +1114,20 @@ pub fn import(export_path: &Path, dir: &Path) -> Result<u64, AuditError> {
         write_atomic(&dir.join(ANCHOR_FILE), &b)?;
     }
     Ok(header.records)
+}
+
+/// Reads a file of heads written by `airlock audit export-heads`: one signed head per line
+/// (blank lines ignored).
+pub fn load_heads(path: &Path) -> Result<Vec<SignedHead>, AuditError> {
+    let text = std::fs::read_to_string(path).map_err(|e| AuditError::io(path, &e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| AuditError::Corrupt {
+                path: path.to_owned(),
+                message: format!("line {}: not a signed head: {e}", i + 1),
+            })
+        })
+        .collect()
 }

@@ -28,20 +28,24 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use tokio::sync::{mpsc, oneshot};
 
 use super::AuditError;
-use super::config::{AuditConfig, FsyncPolicy, OnFull, RetentionConfig};
+use super::coop::{self, LogLock};
 use super::keys::load_or_generate_signing_key;
+use super::keys::record_mac_key;
 use super::record::{
-    Approval, ApprovalEvent, ChainHash, CommandRecord, EndReason, Event, MaskTally, MaskingRecord,
-    OpenEvent, Record, RecordRef, ResultRecord, SessionEndRecord, SessionStartRecord, SignedAnchor,
-    SignedHead, TlsInfo, TornTail, WorkloadRecord, to_hex,
+    ApprovalEvent, ChainHash, CommandRecord, EndReason, Event, FORMAT, FactsRecord, MaskTally,
+    MaskingRecord, OpenEvent, Record, RecordRef, RecordingRecord, ResultRecord, ReviewRecord,
+    SessionEndRecord, SessionStartRecord, SignedAnchor, SignedHead, TlsInfo, WorkloadRecord, seal,
+    to_hex,
 };
 use super::time::now_us;
-use crate::config::Protocol;
-use crate::identity::{Identity, Workload};
-use crate::policy::Decision;
+use crate::config::audit::{AuditConfig, FsyncPolicy, OnFull, RetentionConfig};
+use crate::model::{Command, Decision, Facts, HttpBody, HttpRequest, Identity, Protocol, Workload};
 
 pub(crate) const HEAD_FILE: &str = "head.json";
 pub(crate) const ANCHOR_FILE: &str = "anchor.json";
+/// Subdirectory of the log directory that holds terminal recordings, one directory per
+/// session.
+pub const RECORDINGS_DIR: &str = "recordings";
 /// Most records one group write takes from the queue.
 const MAX_BATCH: usize = 1024;
 /// How often retention looks at the segments when nothing else triggers it.
@@ -80,6 +84,13 @@ pub(crate) fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> 
 
 /// Writes `bytes` to `path` atomically (temp file, fsync, rename, fsync of the directory).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AuditError> {
+    replace_file(path, bytes, true)
+}
+
+/// Replaces `path` with `bytes` atomically (temp file, rename). With `durable` the file and the
+/// directory are synced, so the new content survives a power loss; without, a process crash
+/// still leaves the old file or the new one, whole, and no sync waits on the disk.
+fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> Result<(), AuditError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(path.file_name().unwrap_or_default());
@@ -93,9 +104,11 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AuditError> 
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, path)?;
-        sync_dir(dir)
+        if durable { sync_dir(dir) } else { Ok(()) }
     })();
     r.map_err(|e| AuditError::io(path, &e))
 }
@@ -141,6 +154,9 @@ enum Msg {
     Flush(oneshot::Sender<Result<u64, AuditError>>),
     /// Like flush, then the writer stops.
     Close(oneshot::Sender<Result<u64, AuditError>>),
+    /// Like flush, then start (`true`) or stop sharing the log with another process
+    /// ([`coop`](super::coop)).
+    Share(bool, oneshot::Sender<Result<u64, AuditError>>),
 }
 
 struct Append {
@@ -163,6 +179,8 @@ struct Shared {
     /// When the last write failed (µs since the epoch), 0 when the last write succeeded.
     failed_at: AtomicU64,
     closed: AtomicBool,
+    /// Another process writes this log too (an upgrade hand-over): no inline appends.
+    coop: AtomicBool,
     run_id: u32,
     next_session: AtomicU64,
     /// Records not written because `on_full: allow` let a session run unrecorded.
@@ -202,6 +220,17 @@ impl Recorder {
     /// starts the writer thread. Needs no async runtime. With `enabled: false` nothing is
     /// opened and sessions run unrecorded.
     pub fn open(config: &AuditConfig, state_dir: &Path) -> Result<Self, AuditError> {
+        Self::open_with(config, state_dir, false)
+    }
+
+    /// As [`open`](Self::open) for a daemon taking over from one that still records the
+    /// sessions it drains: the log is shared with it ([`coop`](super::coop)) until
+    /// [`unshare`](Self::unshare).
+    pub fn open_shared(config: &AuditConfig, state_dir: &Path) -> Result<Self, AuditError> {
+        Self::open_with(config, state_dir, true)
+    }
+
+    fn open_with(config: &AuditConfig, state_dir: &Path, share: bool) -> Result<Self, AuditError> {
         if !config.enabled {
             return Ok(Self::disabled());
         }
@@ -224,7 +253,8 @@ impl Recorder {
         }
         let key = load_or_generate_signing_key(&key_path)?;
         let public = key.verifying_key();
-        let mut writer = Writer::recover(dir.clone(), &key, config)?;
+        let lock = share.then(|| LogLock::open(&dir)).transpose()?;
+        let mut writer = Writer::recover(dir.clone(), &key, config, lock)?;
         let mut run = [0u8; 4];
         run.copy_from_slice(&writer.prev.0[..4]);
         let shared = Arc::new(Shared {
@@ -234,6 +264,7 @@ impl Recorder {
             min_free: config.min_free_bytes,
             failed_at: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            coop: AtomicBool::new(share),
             // The open record's hash differs per start, so ids never repeat across runs.
             run_id: u32::from_be_bytes(run),
             next_session: AtomicU64::new(1),
@@ -379,6 +410,17 @@ impl Recorder {
         self.control(Msg::Flush).await
     }
 
+    /// Starts sharing the log with a daemon taking over from this one ([`coop`](super::coop)):
+    /// what is buffered is written and the head signed first. Returns the signed seq.
+    pub async fn share(&self) -> Result<u64, AuditError> {
+        self.control(|tx| Msg::Share(true, tx)).await
+    }
+
+    /// Stops sharing the log: the other process has exited.
+    pub async fn unshare(&self) -> Result<u64, AuditError> {
+        self.control(|tx| Msg::Share(false, tx)).await
+    }
+
     /// Flushes, signs the head and stops the writer; later appends fail with `Closed`.
     pub async fn close(&self) -> Result<u64, AuditError> {
         let r = self.control(Msg::Close).await;
@@ -390,7 +432,7 @@ impl Recorder {
 
     async fn control(
         &self,
-        make: fn(oneshot::Sender<Result<u64, AuditError>>) -> Msg,
+        make: impl FnOnce(oneshot::Sender<Result<u64, AuditError>>) -> Msg,
     ) -> Result<u64, AuditError> {
         let Some((tx, _, _)) = &self.inner else {
             return Ok(0);
@@ -460,8 +502,9 @@ impl Inner {
         let Ok(mut w) = writer.try_lock() else {
             return Inline::Queue(event);
         };
-        // Close may have run between the check above and the lock.
+        // Close (or sharing the log) may have started between the check above and the lock.
         if self.shared.closed.load(Ordering::Acquire)
+            || w.coop.is_some()
             || w.seg_len + w.buf.len() as u64 >= w.segment_max
             || ts / DAY_US != w.seg_day
         {
@@ -486,10 +529,33 @@ impl Inner {
     }
 }
 
+/// The command as the log keeps it: owned, and an HTTP request without its headers or body
+/// bytes (credentials and values travel there; the body's length and hash stay).
+pub fn recorded_command(c: &Command<'_>) -> Command<'static> {
+    match c {
+        Command::Http(h) => Command::Http(HttpRequest {
+            method: Cow::Owned(h.method.to_string()),
+            host: Cow::Owned(h.host.to_string()),
+            path: Cow::Owned(h.path.to_string()),
+            query: h.query.as_ref().map(|q| Cow::Owned(q.to_string())),
+            headers: Vec::new(),
+            body: h.body.as_ref().map(|b| match b {
+                HttpBody::Judged { len, sha256, .. } => HttpBody::Judged {
+                    bytes: Cow::Borrowed(&[]),
+                    len: *len,
+                    sha256: sha256.clone(),
+                },
+                HttpBody::OverLimit { limit } => HttpBody::OverLimit { limit: *limit },
+            }),
+        }),
+        other => other.clone().into_owned(),
+    }
+}
+
 /// What the handler knows when a session starts.
 #[derive(Debug, Clone)]
 pub struct SessionStart<'a> {
-    /// The proxy's session number ([`crate::protocol::Session::id`]).
+    /// The proxy's session number (unique per daemon run), for log correlation.
     pub proxy_session: Option<u64>,
     pub identity: &'a Identity,
     /// The caller's workload; defaults to `identity.workload`.
@@ -506,14 +572,14 @@ pub struct SessionStart<'a> {
 /// One command, as policy judged it.
 #[derive(Debug, Clone)]
 pub struct CommandEvent<'a> {
-    pub text: &'a str,
-    /// Classification classes (`read`, `write`, …).
-    pub classes: Vec<Cow<'static, str>>,
-    /// Statement kind (`select`, …), when known.
-    pub kind: Option<Cow<'static, str>>,
+    /// The protocol-neutral command (recorded without HTTP headers: credentials travel there).
+    pub command: &'a Command<'a>,
+    /// What classification found in it.
+    pub facts: &'a Facts,
     pub decision: &'a Decision,
-    /// The approval or grant that let the command through, when known at this point.
-    pub approval: Option<Approval>,
+    /// The review that released or refused it: recorded as an `approval` record right after
+    /// the command.
+    pub approval: Option<ReviewRecord>,
 }
 
 /// The answer to a command.
@@ -524,6 +590,13 @@ pub struct CommandResult {
     pub bytes: u64,
     pub duration: Duration,
     pub error: Option<String>,
+    /// The protocol's status of the answer (an HTTP status code).
+    pub status: Option<u16>,
+    /// Bytes of the request's body sent upstream (HTTP).
+    pub request_bytes: Option<u64>,
+    /// What the gateway changed about the exchange (`client credential authorization
+    /// stripped`), never a value.
+    pub notes: Vec<String>,
 }
 
 /// How a session ended.
@@ -653,26 +726,34 @@ impl SessionRecorder {
     pub async fn command(&mut self, c: CommandEvent<'_>) -> Result<(u64, Ack), AuditError> {
         self.commands += 1;
         let n = self.commands;
+        if self.inner.is_none() {
+            // Unrecorded: build nothing.
+            return Ok((n, Ack::done()));
+        }
         let reason = match c.decision {
             Decision::Deny { reason, .. } => Some(reason.clone()),
             _ => None,
         };
         let rec = CommandRecord {
             n,
-            text: c.text.to_owned(),
-            classes: c.classes,
-            kind: c.kind,
-            action: Cow::Borrowed(c.decision.action()),
+            command: recorded_command(c.command),
+            facts: FactsRecord::from(c.facts),
+            action: Cow::Borrowed(c.decision.action().as_str()),
             rule: c.decision.rule().to_owned(),
             reason,
-            approval: c.approval,
         };
-        Ok((n, self.enqueue(Event::Command(rec)).await?))
+        let ack = self.enqueue(Event::Command(rec)).await?;
+        match c.approval {
+            // Acknowledged in order: the review's acknowledgement covers the command's too.
+            Some(review) => Ok((n, self.approval(n, review).await?)),
+            None => Ok((n, ack)),
+        }
     }
 
-    /// Queues how a review of command `n` ended.
-    pub async fn approval(&mut self, n: u64, approval: Approval) -> Result<Ack, AuditError> {
-        self.enqueue(Event::Approval(ApprovalEvent { n, approval }))
+    /// Queues the review of command `n`: the request, its votes, how it ended, the grant it
+    /// used. [`command`](Self::command) does this when given the review.
+    pub async fn approval(&mut self, n: u64, review: ReviewRecord) -> Result<Ack, AuditError> {
+        self.enqueue(Event::Approval(ApprovalEvent { n, review }))
             .await
     }
 
@@ -684,8 +765,24 @@ impl SessionRecorder {
             bytes: r.bytes,
             duration_us: u64::try_from(r.duration.as_micros()).unwrap_or(u64::MAX),
             error: r.error,
+            status: r.status,
+            request_bytes: r.request_bytes,
+            notes: r.notes,
         };
         self.enqueue(Event::Result(rec)).await
+    }
+
+    /// Queues the record of a terminal recording of command `n` (its file already complete).
+    pub async fn recording(&mut self, rec: RecordingRecord) -> Result<Ack, AuditError> {
+        self.enqueue(Event::Recording(rec)).await
+    }
+
+    /// Where this session's terminal recordings go (`<log dir>/recordings/<session>`), when it
+    /// is recorded.
+    pub fn recordings_dir(&self) -> Option<PathBuf> {
+        self.inner
+            .as_ref()
+            .map(|i| i.shared.dir.join(RECORDINGS_DIR).join(&*self.id))
     }
 
     /// Queues what masking did to the answer of command `n`: rule names and counts only.
@@ -921,6 +1018,8 @@ struct SyncJob {
 /// while the previous one is being synced.
 struct Writer {
     dir: PathBuf,
+    /// Authenticates every line (format 2): derived from the signing key.
+    mac: ring::hmac::Key,
     policy: FsyncPolicy,
     batch_interval: Duration,
     segment_max: u64,
@@ -951,6 +1050,12 @@ struct Writer {
     kicked: bool,
     last_job: Instant,
     syncer: Option<std::sync::mpsc::Sender<SyncJob>>,
+    /// Set while another process writes this log too: every group write holds this lock and
+    /// follows the chain's tip first.
+    coop: Option<LogLock>,
+    /// Whether the other writer of a shared log writes MACs, so the tip it leaves must carry
+    /// a valid one (false only behind a format-1 predecessor; `recover::Found::peer_macs`).
+    peer_macs: bool,
 }
 
 /// The syncer's state; see [`Writer`].
@@ -973,85 +1078,39 @@ struct Syncer {
 impl Writer {
     /// Finds where the chain ends, cuts a torn tail off, opens a segment and writes the
     /// `open` record and a signed head.
-    fn recover(dir: PathBuf, key: &SigningKey, config: &AuditConfig) -> Result<Self, AuditError> {
-        let segs = list_segments(&dir).map_err(|e| AuditError::io(&dir, &e))?;
-        let anchor_path = dir.join(ANCHOR_FILE);
-        let anchor: Option<SignedAnchor> = match std::fs::read(&anchor_path) {
-            Ok(b) => Some(serde_json::from_slice(&b).map_err(|e| AuditError::Corrupt {
-                path: anchor_path.clone(),
-                message: e.to_string(),
-            })?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(AuditError::io(&anchor_path, &e)),
-        };
-        let mut torn = None;
-        let mut tail = None;
-        let mut reusable = None;
-        for (i, (_, path)) in segs.iter().enumerate().rev() {
-            let newest = i + 1 == segs.len();
-            let data = std::fs::read(path).map_err(|e| AuditError::io(path, &e))?;
-            let end = data.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-            if end < data.len() {
-                if newest {
-                    let name = path
-                        .file_name()
-                        .unwrap_or_default()
-                        .to_string_lossy()
-                        .into_owned();
-                    let fragment = &data[end..];
-                    tracing::warn!(segment = %name, offset = end, bytes = fragment.len(), "audit log: removing a torn last record left by a crash (never acknowledged)");
-                    torn = Some(TornTail {
-                        segment: name,
-                        offset: end as u64,
-                        bytes: fragment.len() as u64,
-                        sha256: ChainHash::of_line(fragment),
-                    });
-                    let f = OpenOptions::new()
-                        .write(true)
-                        .open(path)
-                        .map_err(|e| AuditError::io(path, &e))?;
-                    f.set_len(end as u64)
-                        .and_then(|()| f.sync_all())
-                        .map_err(|e| AuditError::io(path, &e))?;
-                } else {
-                    tracing::error!(segment = %path.display(), "audit log: partial record inside the log; run `airlock audit verify`");
-                }
+    fn recover(
+        dir: PathBuf,
+        key: &SigningKey,
+        config: &AuditConfig,
+        coop: Option<LogLock>,
+    ) -> Result<Self, AuditError> {
+        let mac = record_mac_key(key);
+        // A predecessor still writing: read the tip and start our segment under its lock.
+        let held = coop.as_ref().map(LogLock::hold).transpose()?;
+        // Read-only until it is clear the log can be continued.
+        let found = super::recover::scan(&dir, &key.verifying_key(), &mac, held.is_some())?;
+        let torn = match found.torn {
+            Some((path, torn)) => {
+                tracing::warn!(segment = %torn.segment, offset = torn.offset, bytes = torn.bytes, "audit log: removing a torn last record left by a crash (never acknowledged)");
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| AuditError::io(&path, &e))?;
+                f.set_len(torn.offset)
+                    .and_then(|()| f.sync_all())
+                    .map_err(|e| AuditError::io(&path, &e))?;
+                Some(torn)
             }
-            if end == 0 {
-                if newest {
-                    reusable = Some(path.clone());
-                }
-                continue;
-            }
-            let start = data[..end - 1]
-                .iter()
-                .rposition(|&b| b == b'\n')
-                .map_or(0, |p| p + 1);
-            let line = &data[start..end - 1];
-            let rec: Record = serde_json::from_slice(line).map_err(|e| AuditError::Corrupt {
-                path: path.clone(),
-                message: format!("last record does not parse ({e}); run `airlock audit verify`"),
-            })?;
-            tail = Some((rec.seq + 1, ChainHash::of_line(line)));
-            break;
-        }
-        let (seq, prev) = tail
-            .or(anchor.map(|a| (a.seq, a.prev)))
-            .unwrap_or((0, ChainHash::ZERO));
-        let head_path = dir.join(HEAD_FILE);
-        let signed = match std::fs::read(&head_path) {
-            Ok(b) => serde_json::from_slice::<SignedHead>(&b).ok().map(|h| h.seq),
-            Err(_) => None,
+            None => None,
         };
-        let unsigned_before = match (tail, signed) {
-            (Some((next, _)), Some(s)) if next > s + 1 => Some(next - s - 1),
-            (Some((next, _)), None) => Some(next),
-            _ => None,
-        };
+        let (seq, prev) = found.next;
+        let reusable = found.empty_newest;
+        // With a predecessor still writing, records past the head are its own, signed soon.
+        let unsigned_before = (found.adopted > 0 && held.is_none()).then_some(found.adopted);
         if let Some(n) = unsigned_before {
             tracing::warn!(
                 records = n,
-                "audit log: records after the last signed head (crash); signing them now"
+                "audit log: records after the last signed head (crash), authenticated by their MACs; signing them now"
             );
         }
         let seg_path = dir.join(segment_name(seq));
@@ -1073,6 +1132,7 @@ impl Writer {
         .map_err(|e| AuditError::io(&seg_path, &e))?;
         let mut w = Writer {
             dir,
+            mac,
             policy: config.fsync,
             batch_interval: config.batch_interval,
             segment_max: config.segment_max_bytes.max(1),
@@ -1094,8 +1154,11 @@ impl Writer {
             kicked: false,
             last_job: Instant::now(),
             syncer: None,
+            coop: None,
+            peer_macs: found.peer_macs,
         };
         let open = Event::Open(OpenEvent {
+            format: FORMAT,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             public_key: to_hex(key.verifying_key().as_bytes()),
             torn,
@@ -1107,10 +1170,12 @@ impl Writer {
             .sync_data()
             .map_err(|e| AuditError::io(&w.seg_path, &e))?;
         w.unsynced = false;
-        sign_head(&w.dir, key, w.seq - 1, w.prev)?;
-        if config.retention.is_set() {
+        sign_head(&w.dir, key, w.seq - 1, w.prev, true)?;
+        if config.retention.is_set() && held.is_none() {
             apply_retention(&w.dir, key, &config.retention, &w.seg_path, (w.seq, w.prev))?;
         }
+        drop(held);
+        w.coop = coop;
         Ok(w)
     }
 
@@ -1208,6 +1273,7 @@ impl Writer {
             self.send_job(Vec::new(), Vec::new(), false, false, false);
         }
         if self.seg_len >= self.segment_max
+            && self.coop.is_none()
             && let Err(e) = self.rotate(shared)
         {
             tracing::error!(error = %e, "audit segment rotation failed");
@@ -1255,14 +1321,26 @@ impl Writer {
     fn process(&mut self, batch: &mut Vec<Msg>, shared: &Shared) -> bool {
         if (self.seg_len > 0 || !self.buf.is_empty())
             && now_us() / DAY_US != self.seg_day
+            && self.coop.is_none()
             && let Err(e) = self.rotate(shared)
         {
             tracing::error!(error = %e, "audit segment rotation failed");
         }
+        // Sharing the log (coop): chain from where the other process left it, under the lock.
+        let held = match self.coop_follow() {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::error!(error = %e, "audit: cannot follow the shared log; records rejected");
+                shared.failed_at.store(now_us(), Ordering::Release);
+                reject(batch, &e);
+                return false;
+            }
+        };
         let mut acks = Vec::with_capacity(batch.len());
         let mut controls = Vec::new();
         let mut close = false;
         let mut queued = Vec::new();
+        let mut share = None;
         for msg in batch.drain(..) {
             match msg {
                 Msg::Append(a) => {
@@ -1277,10 +1355,16 @@ impl Writer {
                     controls.push(tx);
                     close = true;
                 }
+                Msg::Share(on, tx) => share = Some((on, tx)),
             }
         }
         let written = !self.buf.is_empty();
         let committed = self.flush(shared);
+        drop(held);
+        if let Some((on, tx)) = share {
+            self.coop_switch(on, tx, &mut controls);
+        }
+        shared.coop.store(self.coop.is_some(), Ordering::Release);
         // Still under the lock: a session's next inline append comes after these lines.
         for q in queued {
             q.fetch_sub(1, Ordering::AcqRel);
@@ -1413,7 +1497,7 @@ impl Writer {
                 message: format!("cannot encode record: {e}"),
             });
         }
-        let hash = ChainHash::of_line(&self.buf[start..]);
+        let hash = seal(&self.mac, &mut self.buf, start);
         self.buf.push(b'\n');
         self.prev = hash;
         self.seq += 1;
@@ -1486,6 +1570,98 @@ impl Writer {
     }
 }
 
+// Sharing the log with another daemon during an upgrade's hand-over ([`coop`](super::coop)).
+// Kept apart from the writer's own paths: outside a hand-over none of it runs.
+impl Writer {
+    /// While sharing: takes the cross-process lock and follows the chain's tip before a group
+    /// write (the lock is held until the returned guard drops). `None` when not sharing.
+    fn coop_follow(&mut self) -> Result<Option<coop::Held>, AuditError> {
+        let Some(lock) = &self.coop else {
+            return Ok(None);
+        };
+        let held = lock.hold()?;
+        self.follow()?;
+        Ok(Some(held))
+    }
+
+    /// Starts (`on`) or stops sharing, after a group's write: inline appends are shut out by
+    /// the writer lock the caller holds, so everything buffered so far went out under the old
+    /// mode. `tx` is answered with the group's other controls, or at once on failure.
+    fn coop_switch(
+        &mut self,
+        on: bool,
+        tx: oneshot::Sender<Result<u64, AuditError>>,
+        controls: &mut Vec<oneshot::Sender<Result<u64, AuditError>>>,
+    ) {
+        if !on {
+            self.coop = None;
+        } else if self.coop.is_none() {
+            // The successor of a hand-over is this version or newer: it writes MACs.
+            self.peer_macs = true;
+            match LogLock::open(&self.dir) {
+                Ok(lock) => self.coop = Some(lock),
+                Err(e) => {
+                    // The other process must not write beside us unlocked: it is told no.
+                    tracing::error!(error = %e, "audit: cannot share the log");
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+        }
+        controls.push(tx);
+    }
+
+    /// Under the shared log's lock: moves to the newest segment and the chain's last record,
+    /// wherever the other process left them.
+    fn follow(&mut self) -> Result<(), AuditError> {
+        let segs = list_segments(&self.dir).map_err(|e| AuditError::io(&self.dir, &e))?;
+        if let Some((_, newest)) = segs.last()
+            && *newest != self.seg_path
+        {
+            debug_assert!(self.buf.is_empty(), "lines buffered for another segment");
+            let file = OpenOptions::new()
+                .append(true)
+                .open(newest)
+                .map_err(|e| AuditError::io(newest, &e))?;
+            self.file = Arc::new(file);
+            self.seg_path = newest.clone();
+            self.seg_len = 0;
+        }
+        let len = self
+            .file
+            .metadata()
+            .map_err(|e| AuditError::io(&self.seg_path, &e))?
+            .len();
+        if len != self.seg_len {
+            let mac = self.peer_macs.then_some(&self.mac);
+            if let Some((seq, prev)) = coop::tail(&self.seg_path, len, mac)? {
+                (self.seq, self.prev) = (seq, prev);
+            }
+            self.seg_len = len;
+        }
+        Ok(())
+    }
+}
+
+/// Answers every message of a group that could not be written with `e`.
+fn reject(batch: &mut Vec<Msg>, e: &AuditError) {
+    for msg in batch.drain(..) {
+        match msg {
+            Msg::Append(a) => {
+                if let Some(ack) = a.ack {
+                    let _ = ack.send(Err(e.clone()));
+                }
+                if let Some(q) = a.queued {
+                    q.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+            Msg::Flush(tx) | Msg::Close(tx) | Msg::Share(_, tx) => {
+                let _ = tx.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
 impl Syncer {
     fn run(mut self, rx: std::sync::mpsc::Receiver<SyncJob>) {
         use std::sync::mpsc::RecvTimeoutError;
@@ -1514,7 +1690,7 @@ impl Syncer {
             }
             self.timers();
         }
-        if let Err(e) = self.sign() {
+        if let Err(e) = self.sign(true) {
             tracing::error!(error = %e, "audit head signing failed");
         }
     }
@@ -1551,15 +1727,9 @@ impl Syncer {
                 tracing::error!(error = %e, "audit fdatasync failed; records not acknowledged");
             }
         }
-        let head = if result.is_ok() && (sign_now || self.last_head.elapsed() >= self.head_interval)
-        {
-            self.sign()
-        } else {
-            Ok(self.signed)
-        };
-        if let Err(e) = &head {
-            tracing::error!(error = %e, "audit head signing failed");
-        }
+        // Records are acknowledged once synced; the head that covers them follows, so a
+        // sender never waits for the head file's write.
+        let mut controls = Vec::new();
         for job in jobs {
             for (ack, r) in job.acks {
                 let _ = ack.send(match &result {
@@ -1567,9 +1737,21 @@ impl Syncer {
                     Err(e) => Err(e.clone()),
                 });
             }
-            for c in job.controls {
-                let _ = c.send(result.clone().and(head.clone()));
-            }
+            controls.extend(job.controls);
+        }
+        // The head follows every sync (at most every `head_interval`): what a crash leaves
+        // unsigned is at most what was written since.
+        let head = if result.is_ok() && (sign_now || self.last_head.elapsed() >= self.head_interval)
+        {
+            self.sign(sign_now)
+        } else {
+            Ok(self.signed)
+        };
+        if let Err(e) = &head {
+            tracing::error!(error = %e, "audit head signing failed");
+        }
+        for c in controls {
+            let _ = c.send(result.clone().and(head.clone()));
         }
         if rotated {
             self.retention();
@@ -1580,7 +1762,7 @@ impl Syncer {
     fn timers(&mut self) {
         if self.pending.is_some()
             && self.last_head.elapsed() >= self.head_interval
-            && let Err(e) = self.sign()
+            && let Err(e) = self.sign(false)
         {
             tracing::error!(error = %e, "audit head signing failed");
         }
@@ -1589,13 +1771,24 @@ impl Syncer {
         }
     }
 
-    /// Signs the last synced record as the head. Returns the signed seq.
-    fn sign(&mut self) -> Result<u64, AuditError> {
+    /// Signs the last synced record as the head. Returns the signed seq. `durable` (flush,
+    /// close, rotation): synced to the disk. The head after each sync is not: a sync of its
+    /// own per batch cost `fsync: always` most of its throughput (the next group's sync
+    /// waited for it), and a power loss then leaves an older head, still genuine, or an
+    /// unreadable one, after which the next start authenticates the records by their MACs
+    /// (docs/decisions/audit-durability.md).
+    fn sign(&mut self, durable: bool) -> Result<u64, AuditError> {
         self.last_head = Instant::now();
         let Some((seq, hash)) = self.pending.take() else {
             return Ok(self.signed);
         };
-        if let Err(e) = sign_head(&self.dir, &self.key, seq, hash) {
+        let sign = || sign_head(&self.dir, &self.key, seq, hash, durable);
+        let signed = if self.shared.coop.load(Ordering::Acquire) {
+            coop::sign_unless_newer(&self.dir, seq, sign)
+        } else {
+            sign()
+        };
+        if let Err(e) = signed {
             self.pending = Some((seq, hash));
             return Err(e);
         }
@@ -1605,7 +1798,7 @@ impl Syncer {
 
     fn retention(&mut self) {
         self.last_retention = Instant::now();
-        if !self.retention.is_set() {
+        if !self.retention.is_set() || self.shared.coop.load(Ordering::Acquire) {
             return;
         }
         let Some((seq, hash)) = self.latest else {
@@ -1624,14 +1817,20 @@ impl Syncer {
 }
 
 /// Signs `(seq, hash)` as the head (`head.json`, atomically).
-fn sign_head(dir: &Path, key: &SigningKey, seq: u64, hash: ChainHash) -> Result<(), AuditError> {
+fn sign_head(
+    dir: &Path,
+    key: &SigningKey,
+    seq: u64,
+    hash: ChainHash,
+    durable: bool,
+) -> Result<(), AuditError> {
     let head = SignedHead::sign(key, seq, hash, now_us());
     let path = dir.join(HEAD_FILE);
     let bytes = serde_json::to_vec(&head).map_err(|e| AuditError::Io {
         path: path.clone(),
         message: e.to_string(),
     })?;
-    write_atomic(&path, &bytes)
+    replace_file(&path, &bytes, durable)
 }
 
 /// Deletes whole old segments past `max_age` / `max_bytes`, after signing an anchor for the

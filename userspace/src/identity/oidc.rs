@@ -11,7 +11,6 @@
 //! published key; `exp`, `nbf` and `iat` with a small leeway. Anything that cannot be checked
 //! (issuer unreachable and no usable cached keys) is refused: verification fails closed.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,7 +28,8 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 use tokio::sync::Mutex;
 
-use crate::policy::spec::IdentitySpec;
+use crate::config::policy::IdentitySpec;
+use crate::model::TokenClaims;
 
 /// Tokens longer than this are refused before any parsing (no provider issues them).
 const MAX_TOKEN_LEN: usize = 16 * 1024;
@@ -42,41 +42,6 @@ const DEFAULT_ALGORITHMS: &[&str] = &["RS256", "ES256"];
 const ASYMMETRIC_ALGORITHMS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
 ];
-
-/// A verified token, as policy sees it: what [`OidcVerifier::verify`] returns and what
-/// [`crate::policy::Engine::identify`] takes (the one claims type of the crate).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenClaims {
-    /// The token's `sub`.
-    pub subject: String,
-    /// The token's `iss` (exactly as configured).
-    pub issuer: String,
-    /// Name of the `IdentitySpec` that accepted the token.
-    pub identity: String,
-    /// Groups from the issuer's group claim, followed by the groups the `IdentitySpec` grants;
-    /// without duplicates.
-    pub groups: Vec<String>,
-    /// Every top-level claim whose value is a string, number or boolean, as a string (CI claims
-    /// such as `repository`, `ref`, `workflow` land here).
-    pub claims: BTreeMap<String, String>,
-    /// The token's `exp`.
-    pub expires_at: SystemTime,
-}
-
-impl TokenClaims {
-    /// The policy identity of this token's caller, with the kernel's view when the token came
-    /// over an intercepted connection.
-    /// Policy's workload matchers are not consulted here; the PostgreSQL front end uses
-    /// [`crate::policy::Engine::identify`], which adds them.
-    pub fn into_identity(self, workload: Option<super::Workload>) -> super::Identity {
-        super::Identity {
-            subject: self.subject.clone(),
-            groups: self.groups.clone(),
-            workload,
-            token: Some(self),
-        }
-    }
-}
 
 /// Why a token was refused. Each variant is a distinct, loggable reason; [`TokenError::kind`]
 /// gives a short fixed label for metrics.
@@ -781,7 +746,7 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::policy::spec::OidcSpec;
+    use crate::config::policy::OidcSpec;
 
     fn spec(issuer: &str, algs: &[&str]) -> IdentitySpec {
         IdentitySpec {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::Workload;
+use crate::model::Workload;
 
 /// Names derived from a cgroup path.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -211,6 +211,12 @@ impl WorkloadResolver {
             proc_root: PathBuf::from("/proc"),
             caches: Mutex::new(Caches::default()),
         }
+    }
+
+    /// Reads other processes under `proc_root` (the host's /proc mounted in a container).
+    pub fn with_proc_root(mut self, proc_root: PathBuf) -> Self {
+        self.proc_root = proc_root;
+        self
     }
 
     /// The cgroup v2 root in use.

@@ -1,26 +1,33 @@
 //! Loading, attaching and pinning the kernel programs; keeping their maps in step with the
 //! configuration; looking up interception records.
 //!
-//! Pins live under the daemon's bpffs directory: `links/<program>` and `maps/<MAP>`. Pinned
-//! links keep interception (and so fail-closed refusal) in force while the daemon is down.
-//! On start the daemon reuses the pinned maps, attaches fresh links and only then drops the
-//! old ones, so protection never lapses and no program is attached twice at steady state.
+//! Pins live under the daemon's bpffs directory: `links/<program>` and
+//! `maps/<MAPS_LAYOUT>/<MAP>`, all in directories the daemon made, owned by root, mode 0700.
+//! Pinned links keep interception (and so fail-closed refusal) in force while the daemon is
+//! down. On start the daemon reuses the pinned maps of the current layout (those of another
+//! layout are dropped) and adopts the pinned links: its freshly loaded programs are swapped
+//! into them in place ([`link::adopt`](super::link::adopt)), so a restart or an upgrade never
+//! detaches a hook. Only a link pinned for another cgroup (the config moved the attach point)
+//! is replaced, by attaching the new one before the old one is dropped, so protection never
+//! lapses and no program is attached twice at steady state.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use airlock_common::{
-    ConnInfo, PeerKey, Settings, TARGET_KEY_PORT_BITS, TargetKey, TargetValue, map_names,
+    ConnInfo, MAPS_LAYOUT, PeerKey, Settings, TARGET_KEY_PORT_BITS, TargetKey, TargetValue,
+    map_names,
 };
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, RingBuf};
+use aya::programs::CgroupAttachMode;
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
 use aya::{Ebpf, EbpfLoader};
 
-use super::system;
+use super::{link, system};
 
 /// The compiled kernel programs, embedded at build time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/airlock.bpf.o"));
@@ -37,8 +44,13 @@ const SOCK_ADDR_PROGRAMS: [&str; 6] = [
     "bind4",
     "bind6",
 ];
-/// The sock_ops program that re-keys records by the client's address.
+/// The sock_ops program that files, refreshes and deletes admission records.
 const SOCK_OPS_PROGRAM: &str = "record_peer";
+/// Maps defined with BTF (socket storage), whose pins aya does not place by itself.
+const BTF_MAPS: [&str; 2] = [map_names::CONN_BY_SOCKET, map_names::DAEMON_SOCKETS];
+/// How long an admission record stays good after its connection was established: the wait
+/// in the proxy's accept queue, which is microseconds unless the daemon is overloaded.
+pub const RECORD_TTL: Duration = Duration::from_secs(10);
 
 /// Errors of the interception layer.
 #[derive(Debug, thiserror::Error)]
@@ -99,11 +111,12 @@ impl TargetEntry {
     }
 }
 
-/// The daemon's identity as the kernel programs check it.
+/// Where the daemon is, as the kernel programs need it to route callers (nothing here exempts
+/// anyone: the daemon's sockets are marked one by one, see [`super::sockets`]).
 #[derive(Debug, Clone, Copy)]
 pub struct DaemonIdentity {
-    pub cgroup_id: u64,
-    pub tgid: u32,
+    /// The daemon's pid as the host sees it, for `airlock status` only.
+    pub pid: u32,
     pub netns_cookie: u64,
     pub node_v4: Option<Ipv4Addr>,
     pub node_v6: Option<Ipv6Addr>,
@@ -115,6 +128,8 @@ pub struct Interceptor {
     _links: Vec<PinnedLink>,
     targets: LpmTrie<MapData, TargetKey, TargetValue>,
     proxy_ports: HashMap<MapData, u16, u8>,
+    /// Ports of the daemon's other listeners (approvals API, metrics), guarded as proxy ports.
+    daemon_ports: Vec<u16>,
     settings: Array<MapData, Settings>,
     conns: Arc<ConnTable>,
     events: Option<RingBuf<MapData>>,
@@ -140,24 +155,59 @@ fn maps_dir(bpffs: &Path) -> PathBuf {
     bpffs.join("maps")
 }
 
+/// Where this build's maps are pinned.
+fn layout_dir(bpffs: &Path) -> PathBuf {
+    maps_dir(bpffs).join(MAPS_LAYOUT)
+}
+
+/// Unpins maps of other layouts (a daemon of another version): their key or value types may
+/// differ from this build's. Links still using them keep them alive until they are replaced.
+fn drop_other_layouts(bpffs: &Path) {
+    let Ok(entries) = std::fs::read_dir(maps_dir(bpffs)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name() == MAPS_LAYOUT {
+            continue;
+        }
+        let path = entry.path();
+        tracing::info!(path = %path.display(), "dropping maps pinned by another version");
+        let result = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(error) = result {
+            tracing::warn!(path = %path.display(), %error, "cannot remove stale map pin");
+        }
+    }
+}
+
 impl Interceptor {
     /// Loads the programs (reusing pinned maps), writes the daemon's identity, and attaches
-    /// to `cgroup`, replacing any links pinned by an earlier run.
+    /// to `cgroup`, adopting the links pinned by an earlier run.
     pub fn install(
         cgroup: &Path,
         bpffs: &Path,
         me: DaemonIdentity,
     ) -> Result<Self, InterceptError> {
         system::ensure_mounts(bpffs)?;
-        for dir in [links_dir(bpffs), maps_dir(bpffs)] {
-            std::fs::create_dir_all(&dir).map_err(|e| InterceptError::Pin {
-                path: dir.clone(),
-                message: e.to_string(),
-            })?;
+        for dir in [
+            bpffs.to_owned(),
+            links_dir(bpffs),
+            maps_dir(bpffs),
+            layout_dir(bpffs),
+        ] {
+            system::own_dir(&dir)?;
         }
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(maps_dir(bpffs))
-            .load(OBJECT)?;
+        drop_other_layouts(bpffs);
+        let pins = layout_dir(bpffs);
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&pins);
+        for name in BTF_MAPS {
+            loader.map_pin_path(name, pins.join(name));
+        }
+        let mut ebpf = loader.load(OBJECT)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -177,14 +227,17 @@ impl Interceptor {
         let proxy_ports = take_map(&mut ebpf, map_names::PROXY_PORTS)?;
         let conn_by_peer = take_map(&mut ebpf, map_names::CONN_BY_PEER)?;
         let events = take_map(&mut ebpf, map_names::EVENTS)?;
+        // The daemon's sockets must be markable before anything of it connects or binds.
+        super::sockets::set_marks(take_map(&mut ebpf, map_names::DAEMON_SOCKETS)?);
 
-        let links = attach_all(&mut ebpf, cgroup, bpffs)?;
-        tracing::info!(cgroup = %cgroup.display(), bpffs = %bpffs.display(), links = links.len(), "kernel programs attached");
+        let (links, adopted) = attach_all(&mut ebpf, cgroup, bpffs)?;
+        tracing::info!(cgroup = %cgroup.display(), bpffs = %bpffs.display(), links = links.len(), adopted, "kernel programs attached");
         Ok(Interceptor {
             _ebpf: ebpf,
             _links: links,
             targets,
             proxy_ports,
+            daemon_ports: Vec::new(),
             settings,
             conns: Arc::new(ConnTable(Mutex::new(conn_by_peer))),
             events: Some(events),
@@ -194,7 +247,15 @@ impl Interceptor {
         })
     }
 
-    /// Makes the protected-target and proxy-port maps match `entries` exactly.
+    /// Guards the ports of the daemon's other listeners (approvals API, metrics) like proxy
+    /// ports from the next [`Self::sync_targets`] on: nobody else may bind them, so nothing can
+    /// stand in for the daemon and collect, say, an admin's bearer token while it is down.
+    pub fn guard_daemon_ports(&mut self, ports: Vec<u16>) {
+        self.daemon_ports = ports;
+    }
+
+    /// Makes the protected-target map match `entries` exactly, and the guarded-port map the
+    /// entries' proxy ports and the daemon's other listener ports.
     pub fn sync_targets(&mut self, entries: &[TargetEntry]) -> Result<(), InterceptError> {
         let wanted: HashSet<(u32, [u8; 18])> = entries
             .iter()
@@ -224,7 +285,11 @@ impl Interceptor {
                 .insert(&e.key(), value, 0)
                 .map_err(map_err(map_names::TARGETS))?;
         }
-        let ports: HashSet<u16> = entries.iter().map(|e| e.proxy_port).collect();
+        let ports: HashSet<u16> = entries
+            .iter()
+            .map(|e| e.proxy_port)
+            .chain(self.daemon_ports.iter().copied())
+            .collect();
         let stale_ports: Vec<u16> = self
             .proxy_ports
             .keys()
@@ -267,8 +332,19 @@ impl Interceptor {
     }
 }
 
-/// Interception records keyed by the client's address, as the proxy sees it on accept.
+/// Admission records keyed by the connection's 4-tuple, as the proxy sees it on accept.
 pub struct ConnTable(Mutex<HashMap<MapData, PeerKey, ConnInfo>>);
+
+/// What the admission table holds for an accepted connection.
+#[derive(Debug)]
+pub enum Lookup {
+    /// The record of this connection, now taken: nobody else can take it.
+    Found(ConnInfo),
+    /// No record: the connection was not redirected to this listener by the kernel programs.
+    Missing,
+    /// A record older than [`RECORD_TTL`] (taken and discarded).
+    Expired { age: Duration },
+}
 
 impl std::fmt::Debug for ConnTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -277,17 +353,30 @@ impl std::fmt::Debug for ConnTable {
 }
 
 impl ConnTable {
-    /// Takes the record of an accepted connection by the client's address and port.
-    pub fn take(&self, peer: SocketAddr) -> Option<ConnInfo> {
+    /// Takes the record of a connection accepted from `peer` on the listener at `local`. A
+    /// record is taken at most once: only the caller whose delete succeeds gets it.
+    pub fn take(&self, peer: SocketAddr, local: SocketAddr) -> Lookup {
         let key = PeerKey {
-            addr: mapped_words(peer.ip()),
-            port: u32::from(peer.port()),
+            client_addr: mapped_words(peer.ip()),
+            proxy_addr: mapped_words(local.ip()),
+            client_port: peer.port(),
+            proxy_port: local.port(),
         };
-        let mut map = self.0.lock().ok()?;
-        let info = map.get(&key, 0).ok()?;
-        // A stale record must not be matched again by a later connection from the same port.
-        let _ = map.remove(&key);
-        Some(info)
+        let info = {
+            let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            let Ok(info) = map.get(&key, 0) else {
+                return Lookup::Missing;
+            };
+            if map.remove(&key).is_err() {
+                return Lookup::Missing;
+            }
+            info
+        };
+        let age = system::monotonic_now().saturating_sub(Duration::from_nanos(info.stamp_ns));
+        if age > RECORD_TTL {
+            return Lookup::Expired { age };
+        }
+        Lookup::Found(info)
     }
 }
 
@@ -310,15 +399,13 @@ fn key_bytes(k: &Key<TargetKey>) -> [u8; 18] {
 
 fn settings_for(me: &DaemonIdentity) -> Settings {
     Settings {
-        proxy_cgroup_id: me.cgroup_id,
         host_netns_cookie: me.netns_cookie,
-        proxy_tgid: me.tgid,
+        daemon_pid: me.pid,
         node_ip4: me
             .node_v4
             .map(|a| u32::from_ne_bytes(a.octets()))
             .unwrap_or(0),
         node_ip6: me.node_v6.map(|a| words(a.octets())).unwrap_or([0; 4]),
-        _pad: [0; 2],
     }
 }
 
@@ -346,56 +433,94 @@ fn mapped_words(ip: IpAddr) -> [u32; 4] {
 
 // bpf_link_create rejects attach flags for cgroups: BPF links are always multi-attach, so
 // `Single` (no flags) is the mode that yields several coexisting links.
+/// Returns the pinned links and how many of them were adopted in place.
 fn attach_all(
     ebpf: &mut Ebpf,
     cgroup: &Path,
     bpffs: &Path,
-) -> Result<Vec<PinnedLink>, InterceptError> {
-    let cgroup_file = std::fs::File::open(cgroup).map_err(|source| InterceptError::Cgroup {
+) -> Result<(Vec<PinnedLink>, usize), InterceptError> {
+    let cgroup_err = |source| InterceptError::Cgroup {
         path: cgroup.to_owned(),
         source,
-    })?;
-    let mut fresh: Vec<(&'static str, FdLink)> = Vec::new();
-    for name in SOCK_ADDR_PROGRAMS {
-        let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or(InterceptError::Missing(name))?
-            .try_into()
-            .map_err(prog_err(name))?;
-        prog.load().map_err(prog_err(name))?;
-        let id = prog
-            .attach(&cgroup_file, CgroupAttachMode::Single)
-            .map_err(prog_err(name))?;
-        let link = prog.take_link(id).map_err(prog_err(name))?;
-        fresh.push((name, FdLink::try_from(link).map_err(|e| link_err(name, e))?));
-    }
-    {
-        let name = SOCK_OPS_PROGRAM;
-        let prog: &mut SockOps = ebpf
-            .program_mut(name)
-            .ok_or(InterceptError::Missing(name))?
-            .try_into()
-            .map_err(prog_err(name))?;
-        prog.load().map_err(prog_err(name))?;
-        let id = prog
-            .attach(&cgroup_file, CgroupAttachMode::Single)
-            .map_err(prog_err(name))?;
-        let link = prog.take_link(id).map_err(prog_err(name))?;
-        fresh.push((name, FdLink::try_from(link).map_err(|e| link_err(name, e))?));
-    }
-    // The new links are live; now retire what an earlier run pinned, and pin ours.
+    };
+    let cgroup_file = std::fs::File::open(cgroup).map_err(cgroup_err)?;
+    let cgroup_id =
+        std::os::unix::fs::MetadataExt::ino(&cgroup_file.metadata().map_err(cgroup_err)?);
     let dir = links_dir(bpffs);
-    detach_pinned(&dir);
-    let mut pinned = Vec::with_capacity(fresh.len());
+    let mut adopted: Vec<&'static str> = Vec::new();
+    let mut fresh: Vec<(&'static str, FdLink)> = Vec::new();
+    for name in SOCK_ADDR_PROGRAMS.into_iter().chain([SOCK_OPS_PROGRAM]) {
+        let program = ebpf
+            .program_mut(name)
+            .ok_or(InterceptError::Missing(name))?;
+        let fd = match program {
+            aya::programs::Program::CgroupSockAddr(p) => {
+                p.load().map_err(prog_err(name))?;
+                p.fd().map_err(prog_err(name))?
+            }
+            aya::programs::Program::SockOps(p) => {
+                p.load().map_err(prog_err(name))?;
+                p.fd().map_err(prog_err(name))?
+            }
+            _ => return Err(InterceptError::Missing(name)),
+        };
+        match link::adopt(&dir.join(name), cgroup_id, std::os::fd::AsFd::as_fd(fd)) {
+            Ok(link::Adopted::Updated(info)) => {
+                tracing::debug!(
+                    program = name,
+                    link_id = info.link_id,
+                    "adopted the pinned link"
+                );
+                adopted.push(name);
+                continue;
+            }
+            Ok(link::Adopted::No) => {}
+            Err(e) => {
+                tracing::warn!(program = name, error = %e, "cannot adopt the pinned link; attaching a new one")
+            }
+        }
+        let link = match ebpf.program_mut(name) {
+            Some(aya::programs::Program::CgroupSockAddr(p)) => {
+                let id = p
+                    .attach(&cgroup_file, CgroupAttachMode::Single)
+                    .map_err(prog_err(name))?;
+                FdLink::try_from(p.take_link(id).map_err(prog_err(name))?)
+                    .map_err(|e| link_err(name, e))?
+            }
+            Some(aya::programs::Program::SockOps(p)) => {
+                let id = p
+                    .attach(&cgroup_file, CgroupAttachMode::Single)
+                    .map_err(prog_err(name))?;
+                FdLink::try_from(p.take_link(id).map_err(prog_err(name))?)
+                    .map_err(|e| link_err(name, e))?
+            }
+            _ => return Err(InterceptError::Missing(name)),
+        };
+        fresh.push((name, link));
+    }
+    // The new links are live; now retire what an earlier run pinned in their place (links to
+    // another cgroup, or unreadable pins), and pin ours.
+    let mut pinned = Vec::with_capacity(adopted.len() + fresh.len());
+    let adopted_count = adopted.len();
+    for name in adopted {
+        let path = dir.join(name);
+        pinned.push(
+            PinnedLink::from_pin(&path).map_err(|e| InterceptError::Pin {
+                path,
+                message: e.to_string(),
+            })?,
+        );
+    }
     for (name, link) in fresh {
         let path = dir.join(name);
+        detach_pin(&path);
         let p = link.pin(&path).map_err(|e| InterceptError::Pin {
             path,
             message: e.to_string(),
         })?;
         pinned.push(p);
     }
-    Ok(pinned)
+    Ok((pinned, adopted_count))
 }
 
 fn link_err(name: &'static str, e: aya::programs::links::LinkError) -> InterceptError {
@@ -412,19 +537,32 @@ fn detach_pinned(dir: &Path) -> Vec<String> {
         return removed;
     };
     for entry in entries.flatten() {
-        let path = entry.path();
-        match PinnedLink::from_pin(&path) {
-            Ok(link) => match link.unpin() {
-                Ok(_fd_link) => removed.push(entry.file_name().to_string_lossy().into_owned()),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot unpin link"),
-            },
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "not a pinned link; removing");
-                let _ = std::fs::remove_file(&path);
-            }
+        if detach_pin(&entry.path()) {
+            removed.push(entry.file_name().to_string_lossy().into_owned());
         }
     }
     removed
+}
+
+/// Unpins (and so detaches) the link pinned at `path`, if any; whether one was.
+fn detach_pin(path: &Path) -> bool {
+    if !path.exists() {
+        return false;
+    }
+    match PinnedLink::from_pin(path) {
+        Ok(link) => match link.unpin() {
+            Ok(_fd_link) => true,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot unpin link");
+                false
+            }
+        },
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "not a pinned link; removing");
+            let _ = std::fs::remove_file(path);
+            false
+        }
+    }
 }
 
 /// What `airlock uninstall` removed.
@@ -434,15 +572,34 @@ pub struct UninstallReport {
     pub maps: Vec<String>,
 }
 
-/// Detaches every pinned link and removes the pinned maps under `bpffs`.
+/// Detaches every pinned link and removes the pinned maps (of every layout) under `bpffs`.
 pub fn uninstall(bpffs: &Path) -> Result<UninstallReport, InterceptError> {
     let links = detach_pinned(&links_dir(bpffs));
     let mut maps = Vec::new();
     if let Ok(entries) = std::fs::read_dir(maps_dir(bpffs)) {
         for entry in entries.flatten() {
-            if std::fs::remove_file(entry.path()).is_ok() {
-                maps.push(entry.file_name().to_string_lossy().into_owned());
+            let path = entry.path();
+            let pins: Vec<PathBuf> = if path.is_dir() {
+                std::fs::read_dir(&path)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path())
+                    .collect()
+            } else {
+                vec![path.clone()]
+            };
+            for pin in pins {
+                if std::fs::remove_file(&pin).is_ok() {
+                    maps.push(
+                        pin.file_name()
+                            .unwrap_or_default()
+                            .to_string_lossy()
+                            .into_owned(),
+                    );
+                }
             }
+            let _ = std::fs::remove_dir(&path);
         }
     }
     for dir in [links_dir(bpffs), maps_dir(bpffs), bpffs.to_owned()] {
@@ -493,7 +650,7 @@ pub fn pin_status(bpffs: &Path) -> PinStatus {
         }
     }
     links.sort_by(|a, b| a.program.cmp(&b.program));
-    let maps = maps_dir(bpffs);
+    let maps = layout_dir(bpffs);
     let mut targets = Vec::new();
     let trie = MapData::from_pin(maps.join(map_names::TARGETS))
         .ok()
@@ -519,7 +676,7 @@ pub fn pin_status(bpffs: &Path) -> PinStatus {
         .ok()
         .and_then(|m| Array::<_, Settings>::try_from(aya::maps::Map::Array(m)).ok())
         .and_then(|a| a.get(&0, 0).ok())
-        .map(|s| s.proxy_tgid);
+        .map(|s| s.daemon_pid);
     PinStatus {
         bpffs: bpffs.to_owned(),
         links,

@@ -8,7 +8,54 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use super::bpf::{Interceptor, addr_from_words};
-use crate::identity::Workload;
+use crate::config::TargetConfig;
+use crate::model::Workload;
+
+/// Why a record cannot be admitted by the listener that accepted its connection.
+#[derive(Debug, thiserror::Error)]
+pub enum Mismatch {
+    #[error("the record was made for target #{record}, the listener serves #{listener}")]
+    Target { record: u32, listener: usize },
+    #[error("the record was made for proxy port {record}, the listener is on {listener}")]
+    ProxyPort { record: u16, listener: u16 },
+    #[error("original destination {0} is not one of the target's addresses and ports")]
+    Destination(SocketAddr),
+    /// An upstream socket of the daemon went unmarked (never expected): admitting it would
+    /// loop the daemon into itself.
+    #[error("the daemon's own connection was intercepted")]
+    OwnConnection,
+}
+
+/// Checks that a record belongs to the listener that accepted its connection: target
+/// `target_index` of the current configuration, listening at `local`.
+pub fn check_record(
+    info: &ConnInfo,
+    target_index: usize,
+    target: &TargetConfig,
+    local: SocketAddr,
+) -> Result<(), Mismatch> {
+    if info.tgid == std::process::id() {
+        return Err(Mismatch::OwnConnection);
+    }
+    if info.target_id as usize != target_index {
+        return Err(Mismatch::Target {
+            record: info.target_id,
+            listener: target_index,
+        });
+    }
+    if info.proxy_port != local.port() {
+        return Err(Mismatch::ProxyPort {
+            record: info.proxy_port,
+            listener: local.port(),
+        });
+    }
+    let dst = original_dst(info);
+    if !target.ports.contains(&dst.port()) || !target.addresses.iter().any(|c| c.contains(dst.ip()))
+    {
+        return Err(Mismatch::Destination(dst));
+    }
+    Ok(())
+}
 
 /// What a ring-buffer event reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,7 @@
 //! the real structure (Luhn, mod-97, octet ranges, JSON header) so near misses are left alone.
 //! See docs/decisions/masking-engine.md for why this beats a RegexSet here.
 
-use crate::policy::spec::Detector;
+use crate::config::policy::Detector;
 
 /// Number of [`Detector`] variants; indexes tables keyed by detector.
 pub(crate) const DETECTOR_COUNT: usize = 11;

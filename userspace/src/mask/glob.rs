@@ -1,18 +1,19 @@
 //! `schema.table.column` globs for column rules.
 
-use crate::policy::spec::glob_match;
+use crate::config::policy::glob_match;
 
 /// A compiled column glob: three segments, each with `*` (any run) and `?` (one character).
 /// `table.column` means `*.table.column`; a bare `column` means `*.*.column`.
 #[derive(Debug, Clone)]
-pub(crate) struct ColumnGlob {
+pub struct ColumnGlob {
     schema: String,
     table: String,
     column: String,
 }
 
 impl ColumnGlob {
-    pub(crate) fn parse(s: &str) -> Result<Self, String> {
+    /// Parses `schema.table.column`, `table.column` or `column`.
+    pub fn parse(s: &str) -> Result<Self, String> {
         let parts: Vec<&str> = s.split('.').collect();
         if parts.iter().any(|p| p.is_empty()) {
             return Err(format!("column glob {s:?} has an empty segment"));
@@ -30,10 +31,19 @@ impl ColumnGlob {
         })
     }
 
-    pub(crate) fn matches(&self, schema: &str, table: &str, column: &str) -> bool {
+    /// Whether the glob matches a column whose names are all known.
+    pub fn matches(&self, schema: &str, table: &str, column: &str) -> bool {
         glob_match(self.column.as_bytes(), column.as_bytes())
             && glob_match(self.table.as_bytes(), table.as_bytes())
             && glob_match(self.schema.as_bytes(), schema.as_bytes())
+    }
+
+    /// Whether the glob may match a column named in a statement: a schema left to the search
+    /// path (`None`) may be any schema, a whole-row reference (`column` `None`) any column.
+    pub fn may_match(&self, schema: Option<&str>, table: &str, column: Option<&str>) -> bool {
+        column.is_none_or(|c| glob_match(self.column.as_bytes(), c.as_bytes()))
+            && glob_match(self.table.as_bytes(), table.as_bytes())
+            && schema.is_none_or(|s| glob_match(self.schema.as_bytes(), s.as_bytes()))
     }
 }
 

@@ -1,37 +1,50 @@
-//! Inline masking of sensitive values in query answers.
+//! Inline masking of sensitive values in answers: one engine, three entry points.
 //!
-//! Compile the configured rules once ([`Masker::new`]); for each result set build a
-//! [`ColumnPlan`] from the resolved columns and the rules the policy decision made active
-//! ([`Masker::plan`]); then feed it values ([`ColumnPlan::mask_value`]), whole DataRow bodies
-//! ([`ColumnPlan::mask_data_row`]) or COPY OUT text data ([`ColumnPlan::mask_copy_data`]).
-//! Nothing is written and nothing allocated for a value or row that nothing matched: the caller
+//! Compile the configured rules once ([`Masker::new`]). Then, for the answer to one command,
+//! with the rules the policy decision made active:
+//!
+//! - **columns** (database results): [`Masker::plan`] builds a [`ColumnPlan`] from the result's
+//!   columns as the protocol resolved them ([`ColumnRef`]: table origin, a protocol-neutral
+//!   [`ValueKind`], the wire format); feed it values with [`ColumnPlan::mask_value`]. The
+//!   protocols' own row and COPY framing lives with them (PostgreSQL's in
+//!   `protocol/postgres/rows.rs`).
+//! - **text streams** (SSH and exec output, logs): [`Masker::text`] gives a [`TextMasker`] fed
+//!   chunk by chunk; a value split across two chunks is still masked.
+//! - **JSON documents** (HTTP and Kubernetes bodies): [`Masker::json`] gives a [`JsonMasker`]
+//!   that rewrites a document fed chunk by chunk, masking values at the rules' JSON paths whole
+//!   and every string through the detectors.
+//!
+//! Nothing is written and nothing allocated for a value that nothing matched: the caller
 //! forwards the original bytes. Raw values are never logged; callers get per-rule counts for
 //! `airlock_masked_values_total{rule}` and the audit log.
 //!
-//! Column rules mask a whole value whatever it holds. Detector rules scan text values (text
-//! format for every column whose type can hold text; binary format for text-like types) and
-//! replace the matched span, or null the whole value for the `null` style. Binary values of
-//! other types under a column rule are refused with [`MaskError::BinaryUnsupported`]: refuse
-//! rather than leak.
+//! Column (and path) rules mask a whole value whatever it holds. Detector rules scan text and
+//! replace the matched span, or null the whole value for the `null` style. A value the engine
+//! cannot replace safely (a binary value of a non-text type under a column rule) is refused
+//! with [`MaskError::BinaryUnsupported`]: refuse rather than leak.
 
-mod catalog;
+pub mod columns;
 mod detect;
 mod glob;
+pub mod json;
+mod json_lex;
 mod style;
-mod wire;
+pub mod text;
 
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 
-use crate::policy::spec::{Detector, MaskRuleSpec, MaskStyle};
+use crate::config::policy::{MaskRuleSpec, MaskStyle};
 
-pub use catalog::{CatalogCache, ColumnOrigin};
+pub use columns::{ColumnPlan, ColumnRef, ValueFormat, ValueKind};
+pub use json::{JsonMasker, JsonPath};
 pub use style::{HASH_HEX_LEN, MIN_KEY_LEN, REDACTED};
-pub use wire::{CsvOptions, escape_copy_text, unescape_copy_text, write_csv_field};
+pub use text::TextMasker;
 
 use detect::{DETECTOR_COUNT, DetectorSet, Match};
-use glob::ColumnGlob;
+
+pub use glob::ColumnGlob;
 use style::Hasher;
 
 /// Most masking rules one configuration may hold (rule sets are 64-bit masks).
@@ -50,10 +63,10 @@ pub enum MaskError {
     #[error("masking rule {0:?} is not defined in the configuration")]
     UnknownRule(String),
     #[error(
-        "column {column} (type oid {type_oid}) is masked but cannot be masked in binary format; \
+        "column {column} (type {type_id}) is masked but cannot be masked in binary format; \
          request it in text format"
     )]
-    BinaryUnsupported { column: String, type_oid: u32 },
+    BinaryUnsupported { column: String, type_id: u32 },
     #[error("unknown format code {0} (expected 0 for text or 1 for binary)")]
     FormatCode(i16),
     #[error("column index {index} is out of range (the result has {len} columns)")]
@@ -66,6 +79,8 @@ pub enum MaskError {
     MalformedCopy(&'static str),
     #[error("malformed catalog row: {0}")]
     Catalog(&'static str),
+    #[error("JSON document refused: {0}")]
+    Json(String),
 }
 
 /// Index of a masking rule in configuration order; name it with [`Masker::rule_name`].
@@ -170,125 +185,11 @@ pub struct RowOutcome {
     pub counts: MaskCounts,
 }
 
-/// Wire format of a result column (RowDescription / Bind format code).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ValueFormat {
-    Text,
-    Binary,
-}
-
-impl ValueFormat {
-    /// From a protocol format code (0 text, 1 binary).
-    pub fn from_code(code: i16) -> Result<Self, MaskError> {
-        match code {
-            0 => Ok(Self::Text),
-            1 => Ok(Self::Binary),
-            other => Err(MaskError::FormatCode(other)),
-        }
-    }
-}
-
-/// One result column as the protocol layer resolved it. For a column that comes from a table
-/// (RowDescription table OID and attribute number, looked up in [`CatalogCache`]), `schema`,
-/// `table` and `column` are the catalog names (not the alias the query gave it). For a computed
-/// column they are empty except `column`, the field name: column rules then only match through
-/// a `*.*.name` glob, and detectors still apply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ColumnRef<'a> {
-    pub schema: &'a str,
-    pub table: &'a str,
-    pub column: &'a str,
-    pub type_oid: u32,
-    pub format: ValueFormat,
-}
-
-impl<'a> ColumnRef<'a> {
-    /// A column whose origin is unknown (table OID 0 in RowDescription).
-    pub fn computed(name: &'a str, type_oid: u32, format: ValueFormat) -> Self {
-        Self {
-            schema: "",
-            table: "",
-            column: name,
-            type_oid,
-            format,
-        }
-    }
-
-    fn qualified(&self) -> String {
-        if self.table.is_empty() {
-            self.column.to_owned()
-        } else {
-            format!("{}.{}.{}", self.schema, self.table, self.column)
-        }
-    }
-}
-
-/// PostgreSQL type OIDs the masker treats specially.
-pub mod oid {
-    pub const BOOL: u32 = 16;
-    pub const BYTEA: u32 = 17;
-    pub const NAME: u32 = 19;
-    pub const INT8: u32 = 20;
-    pub const INT2: u32 = 21;
-    pub const INT4: u32 = 23;
-    pub const TEXT: u32 = 25;
-    pub const OID: u32 = 26;
-    pub const JSON: u32 = 114;
-    pub const XML: u32 = 142;
-    pub const CIDR: u32 = 650;
-    pub const FLOAT4: u32 = 700;
-    pub const FLOAT8: u32 = 701;
-    pub const UNKNOWN: u32 = 705;
-    pub const INET: u32 = 869;
-    pub const BPCHAR: u32 = 1042;
-    pub const VARCHAR: u32 = 1043;
-    pub const DATE: u32 = 1082;
-    pub const TIME: u32 = 1083;
-    pub const TIMESTAMP: u32 = 1114;
-    pub const TIMESTAMPTZ: u32 = 1184;
-    pub const INTERVAL: u32 = 1186;
-    pub const TIMETZ: u32 = 1266;
-    pub const UUID: u32 = 2950;
-    pub const JSONB: u32 = 3802;
-}
-
-/// Binary representation is the raw text bytes.
-fn binary_is_text(type_oid: u32) -> bool {
-    matches!(
-        type_oid,
-        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::UNKNOWN | oid::JSON | oid::XML
-    )
-}
-
-/// Text output of these types cannot hold anything a detector looks for (fixed formats, at
-/// most ten digits), so scanning them would only cost time.
-fn text_cannot_hold_secrets(type_oid: u32) -> bool {
-    matches!(
-        type_oid,
-        oid::BOOL
-            | oid::INT2
-            | oid::INT4
-            | oid::OID
-            | oid::FLOAT4
-            | oid::FLOAT8
-            | oid::DATE
-            | oid::TIME
-            | oid::TIMETZ
-            | oid::TIMESTAMP
-            | oid::TIMESTAMPTZ
-            | oid::INTERVAL
-            | oid::UUID
-    )
-}
-
-fn is_json(type_oid: u32) -> bool {
-    matches!(type_oid, oid::JSON | oid::JSONB)
-}
-
 #[derive(Debug)]
 struct Rule {
     name: String,
     globs: Vec<ColumnGlob>,
+    paths: Vec<JsonPath>,
     detectors: DetectorSet,
     style: MaskStyle,
     except_groups: Vec<String>,
@@ -335,8 +236,10 @@ impl Masker {
             if rules.iter().any(|r| r.name == spec.name) {
                 return Err(invalid("the name is used by another rule".into()));
             }
-            if spec.columns.is_empty() && spec.detectors.is_empty() {
-                return Err(invalid("it has neither columns nor detectors".into()));
+            if spec.columns.is_empty() && spec.detectors.is_empty() && spec.json_paths.is_empty() {
+                return Err(invalid(
+                    "it has neither columns, json_paths nor detectors".into(),
+                ));
             }
             if spec.style == MaskStyle::Hash && !hasher.is_keyed() {
                 return Err(invalid("style hash needs a masking key".into()));
@@ -347,6 +250,12 @@ impl Masker {
                 .map(|g| ColumnGlob::parse(g))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(invalid)?;
+            let paths = spec
+                .json_paths
+                .iter()
+                .map(|p| JsonPath::parse(p))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(invalid)?;
             let mut detectors = DetectorSet::default();
             for &d in &spec.detectors {
                 detectors.insert(d);
@@ -354,6 +263,7 @@ impl Masker {
             rules.push(Rule {
                 name: spec.name.clone(),
                 globs,
+                paths,
                 detectors,
                 style: spec.style,
                 except_groups: spec.except_groups.clone(),
@@ -394,28 +304,36 @@ impl Masker {
             .collect()
     }
 
-    /// Builds the plan for one result set. `active` are the rule names the policy decision
-    /// listed (an unknown name is an error: fail closed). A column takes the first active rule
-    /// (in configuration order) whose globs match it; each detector belongs to the first active
-    /// rule that lists it.
-    pub fn plan(
-        &self,
-        columns: &[ColumnRef<'_>],
-        active: &[String],
-    ) -> Result<ColumnPlan, MaskError> {
+    /// The style of a rule.
+    fn style(&self, rule: u8) -> MaskStyle {
+        self.inner.rules[usize::from(rule)].style
+    }
+
+    /// Writes the replacement of `span` in `style`.
+    fn write_style(&self, style: MaskStyle, span: &[u8], out: &mut BytesMut) {
+        match style {
+            MaskStyle::Redact | MaskStyle::Null => out.put_slice(REDACTED),
+            MaskStyle::Partial => style::write_partial(span, out),
+            MaskStyle::Hash => self.inner.hasher.write(span, out),
+        }
+    }
+
+    /// The detectors of the `active` rules, each owned by the first active rule that lists it
+    /// (an unknown name is an error: fail closed).
+    fn active(&self, active: &[String]) -> Result<Active, MaskError> {
         let rules = &self.inner.rules;
-        let mut active_set = RuleSet::default();
+        let mut set = RuleSet::default();
         for name in active {
             let idx = rules
                 .iter()
                 .position(|r| &r.name == name)
                 .ok_or_else(|| MaskError::UnknownRule(name.clone()))?;
-            active_set.insert(RuleId(idx as u8));
+            set.insert(RuleId(idx as u8));
         }
         let mut det_rule = [NO_RULE; DETECTOR_COUNT];
         let mut detectors = DetectorSet::default();
         for (idx, rule) in rules.iter().enumerate() {
-            if !active_set.contains(RuleId(idx as u8)) {
+            if !set.contains(RuleId(idx as u8)) {
                 continue;
             }
             for d in detect::ALL_DETECTORS {
@@ -425,330 +343,92 @@ impl Masker {
                 }
             }
         }
-        let mut cols = Vec::with_capacity(columns.len());
-        for col in columns {
-            cols.push(self.column_action(col, active_set, detectors, &det_rule)?);
-        }
-        let passthrough = cols.iter().all(|a| matches!(a, Action::Pass));
-        // Names and counts only: values never reach the log.
-        tracing::debug!(
-            columns = cols.len(),
-            whole = cols
-                .iter()
-                .filter(|a| matches!(a, Action::Whole { .. }))
-                .count(),
-            scanned = cols
-                .iter()
-                .filter(|a| matches!(a, Action::Scan { .. }))
-                .count(),
-            rules = active.len(),
-            "masking plan"
-        );
-        Ok(ColumnPlan {
-            masker: self.clone(),
-            cols,
+        Ok(Active {
+            rules: set,
             detectors,
             det_rule,
-            passthrough,
-            matches: Vec::new(),
-            scratch: BytesMut::new(),
-            unescaped: Vec::new(),
-            totals: MaskCounts::default(),
         })
     }
 
-    fn column_action(
+    /// Replaces every detector match in `body` (after `prefix`, copied as is) into `out`.
+    /// `json`: the value is JSON text, so a partial mask never keeps a quote or escape.
+    /// Nothing is written when nothing matched.
+    fn scan_into(
         &self,
-        col: &ColumnRef<'_>,
-        active: RuleSet,
-        detectors: DetectorSet,
-        det_rule: &[u8; DETECTOR_COUNT],
-    ) -> Result<Action, MaskError> {
-        let rules = &self.inner.rules;
-        let column_rule = rules.iter().enumerate().find(|(idx, r)| {
-            active.contains(RuleId(*idx as u8))
-                && r.globs
-                    .iter()
-                    .any(|g| g.matches(col.schema, col.table, col.column))
-        });
-        let binary = col.format == ValueFormat::Binary;
-        let unsupported = || MaskError::BinaryUnsupported {
-            column: col.qualified(),
-            type_oid: col.type_oid,
-        };
-        if let Some((idx, rule)) = column_rule {
-            let rule_id = idx as u8;
-            let json = is_json(col.type_oid);
-            if !binary {
-                return Ok(Action::Whole {
-                    rule: rule_id,
-                    skip: 0,
-                    json,
-                });
-            }
-            // NULL needs no type-specific encoding, so every binary type can be nulled.
-            if rule.style == MaskStyle::Null {
-                return Ok(Action::Whole {
-                    rule: rule_id,
-                    skip: 0,
-                    json: false,
-                });
-            }
-            return match col.type_oid {
-                oid::JSONB => Ok(Action::Whole {
-                    rule: rule_id,
-                    skip: 1,
-                    json: true,
-                }),
-                t if binary_is_text(t) || t == oid::BYTEA => Ok(Action::Whole {
-                    rule: rule_id,
-                    skip: 0,
-                    json,
-                }),
-                _ => Err(unsupported()),
-            };
-        }
-        if detectors.is_empty() {
-            return Ok(Action::Pass);
-        }
-        let json = is_json(col.type_oid);
-        if !binary {
-            if text_cannot_hold_secrets(col.type_oid) {
-                return Ok(Action::Pass);
-            }
-            return Ok(Action::Scan { skip: 0, json });
-        }
-        match col.type_oid {
-            oid::JSONB => Ok(Action::Scan {
-                skip: 1,
-                json: true,
-            }),
-            t if binary_is_text(t) || t == oid::BYTEA => Ok(Action::Scan { skip: 0, json }),
-            // A binary inet is always an address, which the ip detector would hide in text.
-            oid::INET | oid::CIDR if detectors.has(Detector::Ip) => {
-                let rule = det_rule[Detector::Ip as usize];
-                if rules[usize::from(rule)].style == MaskStyle::Null {
-                    Ok(Action::Whole {
-                        rule,
-                        skip: 0,
-                        json: false,
-                    })
-                } else {
-                    Err(unsupported())
-                }
-            }
-            _ => Ok(Action::Pass),
-        }
-    }
-}
-
-const NO_RULE: u8 = u8::MAX;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Action {
-    /// Forward as is.
-    Pass,
-    /// A column rule: replace the whole value. `skip` leading bytes are kept (the jsonb
-    /// version byte); `json` wraps the replacement as a JSON string.
-    Whole { rule: u8, skip: usize, json: bool },
-    /// Run the active detectors over the value after `skip` bytes.
-    Scan { skip: usize, json: bool },
-}
-
-/// The masking plan for one result set, with its scratch buffers. One per connection at a
-/// time; not shared across threads.
-pub struct ColumnPlan {
-    masker: Masker,
-    cols: Vec<Action>,
-    detectors: DetectorSet,
-    det_rule: [u8; DETECTOR_COUNT],
-    passthrough: bool,
-    matches: Vec<Match>,
-    scratch: BytesMut,
-    unescaped: Vec<u8>,
-    totals: MaskCounts,
-}
-
-impl std::fmt::Debug for ColumnPlan {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ColumnPlan")
-            .field("cols", &self.cols)
-            .field("detectors", &self.detectors)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ColumnPlan {
-    /// Number of columns the plan was built for.
-    pub fn len(&self) -> usize {
-        self.cols.len()
-    }
-
-    /// Whether the plan has no columns.
-    pub fn is_empty(&self) -> bool {
-        self.cols.is_empty()
-    }
-
-    /// `true` when no value of this result can change: the protocol layer may forward rows
-    /// without calling the masker at all.
-    pub fn is_passthrough(&self) -> bool {
-        self.passthrough
-    }
-
-    /// Whether column `col` is masked whole by a column rule (not `null` style) in a type
-    /// whose text the client will parse (not text-like): the protocol layer may then announce
-    /// the column as `text` in RowDescription so drivers accept the replacement string.
-    pub fn masked_as_text(&self, col: usize, type_oid: u32) -> bool {
-        match self.cols.get(col) {
-            Some(Action::Whole {
-                rule, json: false, ..
-            }) => {
-                self.masker.inner.rules[usize::from(*rule)].style != MaskStyle::Null
-                    && !binary_is_text(type_oid)
-                    && type_oid != oid::BYTEA
-            }
-            _ => false,
-        }
-    }
-
-    /// The rule name of an id (same as [`Masker::rule_name`]).
-    pub fn rule_name(&self, rule: RuleId) -> &str {
-        self.masker.rule_name(rule)
-    }
-
-    /// Counts of everything masked through this plan so far; resets them. Call at the end of
-    /// a result set to bump `airlock_masked_values_total{rule}` and record the audit counts.
-    pub fn take_counts(&mut self) -> MaskCounts {
-        std::mem::take(&mut self.totals)
-    }
-
-    /// Masks one non-NULL value of column `col` (`value` in the column's wire format). On
-    /// [`MaskOutcome::Replaced`] the new value was appended to `out`; otherwise nothing was
-    /// written.
-    pub fn mask_value(
-        &mut self,
-        col: usize,
-        value: &[u8],
-        out: &mut BytesMut,
-    ) -> Result<MaskOutcome, MaskError> {
-        let action = *self.cols.get(col).ok_or(MaskError::ColumnIndex {
-            index: col,
-            len: self.cols.len(),
-        })?;
-        let outcome = match action {
-            Action::Pass => MaskOutcome::Unchanged,
-            Action::Whole { rule, skip, json } => self.whole(rule, skip, json, value, out),
-            Action::Scan { skip, json } => self.scan(skip, json, value, out),
-        };
-        match outcome {
-            MaskOutcome::Unchanged => {}
-            MaskOutcome::Replaced { rules } => self.totals.add(rules),
-            MaskOutcome::Null { rule } => self.totals.add(RuleSet::one(rule)),
-        }
-        Ok(outcome)
-    }
-
-    fn write_style(&self, style: MaskStyle, span: &[u8], out: &mut BytesMut) {
-        match style {
-            MaskStyle::Redact | MaskStyle::Null => out.put_slice(REDACTED),
-            MaskStyle::Partial => style::write_partial(span, out),
-            MaskStyle::Hash => self.masker.inner.hasher.write(span, out),
-        }
-    }
-
-    fn whole(
-        &mut self,
-        rule: u8,
-        skip: usize,
+        active: &Active,
+        prefix: &[u8],
+        body: &[u8],
         json: bool,
-        value: &[u8],
+        matches: &mut Vec<Match>,
         out: &mut BytesMut,
     ) -> MaskOutcome {
-        let style = self.masker.inner.rules[usize::from(rule)].style;
-        if style == MaskStyle::Null {
-            return MaskOutcome::Null { rule: RuleId(rule) };
-        }
-        let skip = skip.min(value.len());
-        let (prefix, body) = value.split_at(skip);
-        out.put_slice(prefix);
-        if json {
-            let mut scratch = std::mem::take(&mut self.scratch);
-            scratch.clear();
-            self.write_style(style, body, &mut scratch);
-            style::write_json_string(&scratch, out);
-            self.scratch = scratch;
-        } else {
-            self.write_style(style, body, out);
-        }
-        MaskOutcome::Replaced {
-            rules: RuleSet::one(RuleId(rule)),
-        }
-    }
-
-    fn scan(&mut self, skip: usize, json: bool, value: &[u8], out: &mut BytesMut) -> MaskOutcome {
-        let skip = skip.min(value.len());
-        let (prefix, body) = value.split_at(skip);
-        self.matches.clear();
-        detect::scan(body, self.detectors, &mut self.matches);
-        if self.matches.is_empty() {
+        matches.clear();
+        detect::scan(body, active.detectors, matches);
+        if matches.is_empty() {
             return MaskOutcome::Unchanged;
         }
-        let rules = &self.masker.inner.rules;
-        if let Some(m) = self.matches.iter().find(|m| {
-            rules[usize::from(self.det_rule[m.detector as usize])].style == MaskStyle::Null
-        }) {
+        if let Some(m) = matches
+            .iter()
+            .find(|m| self.style(active.det_rule[m.detector as usize]) == MaskStyle::Null)
+        {
             return MaskOutcome::Null {
-                rule: RuleId(self.det_rule[m.detector as usize]),
+                rule: RuleId(active.det_rule[m.detector as usize]),
             };
         }
         out.put_slice(prefix);
+        let rules = self.replace(active, body, json, matches, out);
+        MaskOutcome::Replaced { rules }
+    }
+
+    /// Writes `body` with the spans of `matches` (found in `body`) replaced in their rules'
+    /// styles (`null` is written as redacted: a span has no NULL).
+    fn replace(
+        &self,
+        active: &Active,
+        body: &[u8],
+        json: bool,
+        matches: &mut [Match],
+        out: &mut BytesMut,
+    ) -> RuleSet {
         let mut set = RuleSet::default();
         let mut pos = 0;
         // The scanner yields ordered, disjoint spans; sort and clip anyway, so that a scanner
         // bug can only over-mask, never let matched bytes through.
-        if !self.matches.is_sorted_by_key(|m| m.start) {
-            self.matches.sort_unstable_by_key(|m| m.start);
+        if !matches.is_sorted_by_key(|m| m.start) {
+            matches.sort_unstable_by_key(|m| m.start);
         }
-        for m in &self.matches {
+        for m in matches.iter() {
             if m.end <= pos {
                 continue;
             }
-            let m = Match {
-                start: m.start.max(pos),
-                ..*m
-            };
-            let rule = self.det_rule[m.detector as usize];
-            let mut style = rules[usize::from(rule)].style;
-            let span = &body[m.start..m.end];
+            let start = m.start.max(pos);
+            let rule = active.det_rule[m.detector as usize];
+            let mut style = self.style(rule);
+            let span = &body[start..m.end];
             if json && style == MaskStyle::Partial && span.iter().any(|&b| b == b'\\' || b == b'"')
             {
                 // Keeping punctuation could break a JSON escape; hide the span whole.
                 style = MaskStyle::Redact;
             }
-            out.put_slice(&body[pos..m.start]);
+            out.put_slice(&body[pos..start]);
             self.write_style(style, span, out);
             set.insert(RuleId(rule));
             pos = m.end;
         }
         out.put_slice(&body[pos..]);
-        MaskOutcome::Replaced { rules: set }
+        set
     }
 }
 
-/// The PostgreSQL protocol loop's entry point for one DataRow: same as
-/// [`ColumnPlan::mask_data_row`]. On `Ok` with `rewritten == false` forward the original
-/// message; with `rewritten == true` send what was appended to `out` instead. On `Err` send an
-/// ErrorResponse and drop the rest of the result: never the unmasked row.
-pub fn mask_data_row(
-    plan: &mut ColumnPlan,
-    body: &[u8],
-    out: &mut BytesMut,
-) -> Result<RowOutcome, MaskError> {
-    plan.mask_data_row(body, out)
+/// The active rules of one answer, and which rule owns each detector.
+#[derive(Debug, Clone, Copy)]
+struct Active {
+    rules: RuleSet,
+    detectors: DetectorSet,
+    det_rule: [u8; DETECTOR_COUNT],
 }
 
-#[cfg(test)]
-mod tests;
+const NO_RULE: u8 = u8::MAX;
 
 #[cfg(test)]
-mod pg_tests;
+pub(crate) mod tests;

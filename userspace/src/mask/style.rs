@@ -141,21 +141,56 @@ pub(crate) fn write_partial(value: &[u8], out: &mut BytesMut) {
     }
 }
 
-/// Writes `s` as a JSON string literal, so a masked json/jsonb value stays valid JSON.
+/// Writes `s` as a JSON string literal, so a masked json/jsonb value stays valid JSON. Runs
+/// that need no escape are copied whole: this sits on the JSON masking hot path, where a byte
+/// at a time cost most of the throughput.
 pub(crate) fn write_json_string(s: &[u8], out: &mut BytesMut) {
+    const HEXD: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(s.len() + 2);
     out.put_u8(b'"');
-    for &b in s {
+    let mut start = 0;
+    for (i, &b) in s.iter().enumerate() {
+        if b != b'"' && b != b'\\' && b >= 0x20 {
+            continue;
+        }
+        out.put_slice(&s[start..i]);
+        start = i + 1;
         match b {
             b'"' => out.put_slice(b"\\\""),
             b'\\' => out.put_slice(b"\\\\"),
-            0..=0x1f => {
-                const HEXD: &[u8; 16] = b"0123456789abcdef";
-                out.put_slice(b"\\u00");
-                out.put_u8(HEXD[usize::from(b >> 4)]);
-                out.put_u8(HEXD[usize::from(b & 15)]);
-            }
-            _ => out.put_u8(b),
+            _ => out.put_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEXD[usize::from(b >> 4)],
+                HEXD[usize::from(b & 15)],
+            ]),
         }
     }
+    out.put_slice(&s[start..]);
     out.put_u8(b'"');
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_escape_quotes_backslashes_and_controls_only() {
+        let mut out = BytesMut::new();
+        write_json_string(b"plain", &mut out);
+        write_json_string(b"", &mut out);
+        write_json_string(b"a\"b\\c\n\x01\x1f \xc3\xa9", &mut out);
+        assert_eq!(
+            &out[..],
+            b"\"plain\"\"\"\"a\\\"b\\\\c\\u000a\\u0001\\u001f \xc3\xa9\""
+        );
+        // What a JSON parser reads back is the original text.
+        let raw = "a\"b\\c\n\u{1}\u{1f} é";
+        let mut one = BytesMut::new();
+        write_json_string(raw.as_bytes(), &mut one);
+        assert_eq!(serde_json::from_slice::<String>(&one).unwrap(), raw);
+    }
 }

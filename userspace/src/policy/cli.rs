@@ -6,7 +6,7 @@ use anyhow::Context as _;
 
 use super::{Engine, Request};
 use crate::config::Config;
-use crate::identity::{Identity, Workload};
+use crate::model::{Command, Dialect, Identity, Protocol, Workload};
 
 /// Arguments of `airlock policy explain`.
 #[derive(Debug, clap::Args)]
@@ -35,12 +35,104 @@ pub struct ExplainArgs {
     /// Simulate the caller's command name.
     #[arg(long)]
     pub comm: Option<String>,
-    /// The command (SQL).
-    #[arg(long)]
-    pub sql: String,
+    /// The command to judge.
+    #[command(flatten)]
+    pub command: CommandArgs,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The command `policy explain` judges: exactly one form.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct CommandArgs {
+    /// A SQL command (in the target's dialect; PostgreSQL for non-database targets).
+    #[arg(long)]
+    pub sql: Option<String>,
+    /// A command line run on a host (SSH exec).
+    #[arg(long)]
+    pub exec: Option<String>,
+    /// An interactive shell session.
+    #[arg(long)]
+    pub shell: bool,
+    /// A file operation (SFTP): OP PATH [TO] (`read /srv/x`, `write notes.txt`,
+    /// `rename /srv/a /srv/b`).
+    #[arg(long, num_args = 2..=3, value_names = ["OP", "PATH"])]
+    pub file: Option<Vec<String>>,
+    /// An HTTP request: METHOD URL (an absolute URL or a path).
+    #[arg(long, num_args = 2, value_names = ["METHOD", "URL"])]
+    pub http: Option<Vec<String>>,
+    /// A Kubernetes API request: VERB PATH (`delete /api/v1/namespaces/default/pods/web`;
+    /// exec commands as `?command=` parameters).
+    #[arg(long, num_args = 2, value_names = ["VERB", "PATH"])]
+    pub kube: Option<Vec<String>>,
+    /// A whole TCP connection.
+    #[arg(long)]
+    pub connect: bool,
+}
+
+impl CommandArgs {
+    /// The command, and the protocol it is judged for (database targets give SQL its dialect).
+    pub fn command(&self, target: Protocol) -> anyhow::Result<(Protocol, Command<'static>)> {
+        let pair = |v: &Option<Vec<String>>| -> Option<(String, String)> {
+            match v.as_deref() {
+                Some([a, b]) => Some((a.clone(), b.clone())),
+                _ => None,
+            }
+        };
+        if let Some(sql) = &self.sql {
+            let protocol = if target.dialect().is_some() {
+                target
+            } else {
+                Protocol::Postgres
+            };
+            let dialect = protocol.dialect().unwrap_or(Dialect::Postgres);
+            return Ok((
+                protocol,
+                Command::Sql {
+                    dialect,
+                    text: sql.clone().into(),
+                    params: None,
+                },
+            ));
+        }
+        if let Some(line) = &self.exec {
+            return Ok((
+                Protocol::Ssh,
+                Command::Exec {
+                    line: line.clone().into(),
+                },
+            ));
+        }
+        if self.shell {
+            return Ok((Protocol::Ssh, Command::Shell));
+        }
+        if let Some([op, path, to @ ..]) = self.file.as_deref() {
+            let op: crate::model::FileOp = op.parse().map_err(anyhow::Error::msg)?;
+            let norm = |p: &str| {
+                super::files::normalize(p)
+                    .ok_or_else(|| anyhow::anyhow!("{p}: climbs above the home directory"))
+            };
+            return Ok((
+                Protocol::Ssh,
+                Command::File {
+                    op,
+                    path: norm(path)?.into(),
+                    to: to.first().map(|t| norm(t)).transpose()?.map(Into::into),
+                },
+            ));
+        }
+        if let Some((method, url)) = pair(&self.http) {
+            let req = super::http::parse(&method, &url).map_err(anyhow::Error::msg)?;
+            return Ok((Protocol::Http, Command::Http(req)));
+        }
+        if let Some((verb, path)) = pair(&self.kube) {
+            let req = super::kube::parse(&verb, &path).map_err(anyhow::Error::msg)?;
+            return Ok((Protocol::Kube, Command::Kube(req)));
+        }
+        Ok((Protocol::Tcp, Command::Connect))
+    }
 }
 
 /// Validates a file and prints a summary.
@@ -49,8 +141,8 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     Engine::new(&config).with_context(|| format!("{}", path.display()))?;
     let shadow = config.rules.iter().filter(|r| r.shadow).count();
     let default = match config.default {
-        super::spec::DefaultAction::Deny => "deny",
-        super::spec::DefaultAction::Allow => "allow",
+        crate::config::policy::DefaultAction::Deny => "deny",
+        crate::config::policy::DefaultAction::Allow => "allow",
     };
     println!(
         "{}: ok ({} targets, {} identities, {} rules ({} shadow), default {}, {} masking rules)",
@@ -98,11 +190,12 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
             identity.groups.push(g.clone());
         }
     }
+    let (protocol, command) = args.command.command(target.protocol)?;
     let req = Request {
         identity: &identity,
         target: &args.target,
-        protocol: target.protocol,
-        command: &args.sql,
+        protocol,
+        command: &command,
     };
     let e = engine.explain(&req);
     if args.json {
@@ -110,6 +203,10 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("action:   {} (rule {})", e.action, e.rule);
+    println!(
+        "command:  {} ({} on {})",
+        command, e.command_kind, e.protocol
+    );
     if let Some(r) = &e.reason {
         println!("reason:   {r}");
     }
@@ -124,6 +221,18 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
     }
     if !e.functions.is_empty() {
         println!("calls:    {}", e.functions.join(", "));
+    }
+    if !e.programs.is_empty() {
+        println!("programs: {}", e.programs.join(", "));
+    }
+    for o in &e.objects {
+        println!("object:   {o}");
+    }
+    if let Some(r) = &e.run_as {
+        println!("run as:   {r}");
+    }
+    if let Some(r) = &e.approved_run_as {
+        println!("approved: runs as {r}");
     }
     if !e.mask.is_empty() {
         println!("mask:     {}", e.mask.join(", "));

@@ -1,115 +1,58 @@
 //! The policy engine: classify a command, then decide allow, deny or review, and what to mask.
-//! A pure library: no wire bytes here. Protocol handlers call [`Engine::decide`] (or
-//! [`Engine::evaluate`] for the classification and shadow outcomes too) once per command before
-//! the server sees it.
+//! A pure library: no wire bytes here. The gate calls [`Engine::evaluate`] once per command
+//! before the server sees it.
 //!
-//! Fail-closed throughout: SQL that does not parse or trips a pre-parse limit is `unknown`,
-//! which only a rule that names `unknown` can allow; a rule over several statements allows only
-//! when it covers every one of them; no match means the default (deny unless set); a panic
-//! anywhere in evaluation is a deny.
+//! Rules have one shared "who" part (subjects, groups, workloads, tokens, time windows,
+//! targets, protocols), matched here, and at most one per-protocol "what" part, matched by its
+//! module: [`sql`], [`exec`] (command lines; also a Kubernetes exec's argv), [`files`] (file
+//! operations by path), [`http`], [`kube`], and the filterless `shell` and `connect`. A rule for one kind of command never
+//! matches another kind.
+//!
+//! Fail-closed throughout: SQL that does not parse or trips a pre-parse limit is `unknown`, as
+//! is a command line that cannot be split and an HTTP method or Kubernetes verb not modelled;
+//! only an `sql` rule that names `unknown` can allow them. A rule over several statements or
+//! programs allows only when it covers every one of them; no match means the default (deny
+//! unless set); a panic anywhere in evaluation is a deny.
 
-pub mod cache;
-pub mod classify;
 pub mod cli;
-pub mod normalize;
-pub mod spec;
+pub mod exec;
+pub mod files;
+pub mod http;
+pub mod kube;
+pub mod sql;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::config::{Config, ConfigError, Protocol};
-use crate::identity::{Identity, Workload};
+use crate::config::policy::{
+    ComparedMasking, ComputedMasking, DefaultAction, ExecSpec, FilesSpec, Glob, HttpSpec,
+    IdentitySpec, KubeSpec, Requirement, RuleSpec, TimeWindow, WorkloadMatcher,
+};
+use crate::config::{Config, ConfigError};
+use crate::mask::ColumnGlob;
+use crate::model::lineage::{NoRelations, Relations, Source};
+use crate::model::{
+    Action, Class, ClassSet, Command, Decision, Dialect, Facts, Identity, OnTimeout, Protocol,
+    ReviewMode, TokenClaims, Workload,
+};
+use sql::lineage::ColumnRule;
 
-pub use cache::{CacheStats, ClassCache};
-pub use classify::{Class, ClassSet, Classification, Dialect, Limits, classify};
-pub use spec::Action;
-use spec::{DefaultAction, Glob, IdentitySpec, Requirement, RuleSpec, TimeWindow, WorkloadMatcher};
+pub use sql::{CacheStats, ClassCache, Limits, classify};
 
 /// Entries in a new engine's classification cache.
 pub const DEFAULT_CACHE_ENTRIES: usize = 8192;
 
-/// One command as a protocol handler hands it to policy.
+/// One command as the gate hands it to policy.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
     pub identity: &'a Identity,
     /// Target name from the config.
     pub target: &'a str,
     pub protocol: Protocol,
-    /// The command text (SQL for PostgreSQL and MySQL).
-    pub command: &'a str,
-}
-
-/// What a review does when nobody decides in time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnTimeout {
-    Deny,
-    Escalate,
-}
-
-/// How the client experiences a review.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReviewMode {
-    /// The command waits until approved, denied or timed out.
-    #[default]
-    Hold,
-    /// The command is refused now with the request id; the same command from the same
-    /// identity passes once approved (within `ttl`).
-    Retry,
-}
-
-/// The verdict for one command. Every protocol uses this one type.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Decision {
-    Allow {
-        rule: String,
-        /// Names of the masking rules that apply to the answer.
-        mask: Vec<String>,
-    },
-    Deny {
-        rule: String,
-        reason: String,
-    },
-    Review {
-        rule: String,
-        /// Groups whose members may approve.
-        approvers: Vec<String>,
-        quorum: u32,
-        /// How long an approval stays valid for the same command.
-        ttl: Duration,
-        /// How long to wait for a decision.
-        timeout: Duration,
-        on_timeout: OnTimeout,
-        /// Groups asked when `on_timeout` is `Escalate`.
-        escalate_to: Vec<String>,
-        mode: ReviewMode,
-        /// Masking rules for the answer once approved.
-        mask: Vec<String>,
-    },
-}
-
-impl Decision {
-    /// The rule that produced this decision (`default` when none matched).
-    pub fn rule(&self) -> &str {
-        match self {
-            Decision::Allow { rule, .. }
-            | Decision::Deny { rule, .. }
-            | Decision::Review { rule, .. } => rule,
-        }
-    }
-
-    /// `allow`, `deny` or `review`, as in metric labels and `policy explain --json`.
-    pub fn action(&self) -> &'static str {
-        match self {
-            Decision::Allow { .. } => "allow",
-            Decision::Deny { .. } => "deny",
-            Decision::Review { .. } => "review",
-        }
-    }
+    pub command: &'a Command<'a>,
 }
 
 /// A shadow rule that matched: what it would have done.
@@ -121,17 +64,17 @@ pub struct ShadowHit {
 
 /// A decision with what it was based on, for the audit record.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Verdict {
+pub struct Evaluation {
     pub decision: Decision,
     /// The command's classification (shared with the cache; cloning is a refcount).
-    pub classification: Arc<Classification>,
+    pub classification: Arc<Facts>,
     /// Shadow rules that matched before the deciding rule, in order.
     pub shadow: Vec<ShadowHit>,
+    /// The command was let through column masking by judging the lineage of names no rule
+    /// matches: if one of them is a view over a masked column, judging it
+    /// [through](Engine::evaluate_through) the catalog may refuse it.
+    pub views_matter: bool,
 }
-
-/// Verified token claims, as the identity layer hands them to [`Engine::identify`]. One type
-/// for the crate: the OIDC verifier's output.
-pub use crate::identity::oidc::TokenClaims;
 
 /// Errors building an engine.
 #[derive(Debug, thiserror::Error)]
@@ -154,10 +97,7 @@ struct Rule {
     workloads: Vec<WorkloadMatcher>,
     targets: Vec<String>,
     protocols: Vec<Protocol>,
-    classes: Option<ClassSet>,
-    kinds: Vec<String>,
-    tables: Vec<Glob>,
-    functions: Vec<Glob>,
+    what: What,
     time: Vec<TimeWindow>,
     /// `require: [token]`: only callers who presented a verified token.
     require_token: bool,
@@ -166,17 +106,80 @@ struct Rule {
     /// Token claim globs (`repository: "org/*"`); every one must match, so a token is needed.
     claims: Vec<(String, Glob)>,
     action: Action,
-    review: Option<spec::ReviewSpec>,
+    review: Option<crate::config::policy::ReviewSpec>,
     /// Indices into `Engine::masking`.
     mask: Vec<usize>,
     reason: Option<String>,
     shadow: bool,
+    /// PostgreSQL role the allowed or approved commands run as.
+    run_as: Option<String>,
+    /// PostgreSQL role an approved command runs as, for that command only.
+    approved_run_as: Option<String>,
+}
+
+/// The per-protocol part of a rule.
+#[derive(Debug)]
+enum What {
+    /// No "what" block: every kind of command (never an `unknown` one, unless denying).
+    Any,
+    Sql(SqlWhat),
+    Exec(ExecSpec),
+    Shell,
+    Files(FilesSpec),
+    Http(HttpSpec),
+    Kube(KubeSpec),
+    Connect,
+}
+
+impl What {
+    /// Why this rule does not cover a command of another kind.
+    fn other_kind(&self) -> &'static str {
+        match self {
+            What::Any => "kind",
+            What::Sql(_) => "kind (an sql rule)",
+            What::Exec(_) => "kind (an exec rule)",
+            What::Shell => "kind (a shell rule)",
+            What::Files(_) => "kind (a files rule)",
+            What::Http(_) => "kind (an http rule)",
+            What::Kube(_) => "kind (a kube rule)",
+            What::Connect => "kind (a connect rule)",
+        }
+    }
+}
+
+/// A rule's `sql` block, compiled.
+#[derive(Debug)]
+struct SqlWhat {
+    classes: Option<ClassSet>,
+    kinds: Vec<String>,
+    tables: Vec<Glob>,
+    functions: Vec<Glob>,
 }
 
 #[derive(Debug)]
 struct MaskEntry {
     name: String,
     except_groups: Vec<String>,
+    /// Column globs (empty: a detector or JSON-path rule, which lineage does not concern).
+    columns: Vec<ColumnGlob>,
+    computed: ComputedMasking,
+    compared: ComparedMasking,
+}
+
+impl MaskEntry {
+    fn may_mask(&self, src: &Source) -> bool {
+        self.columns
+            .iter()
+            .any(|g| g.may_match(src.schema.as_deref(), &src.table, src.column.as_deref()))
+    }
+
+    fn view(&self) -> ColumnRule<'_> {
+        ColumnRule {
+            name: &self.name,
+            computed: self.computed,
+            compared: self.compared,
+        }
+    }
 }
 
 /// The compiled policy. Build one per configuration and swap it in whole (`ArcSwap`): a bad
@@ -189,7 +192,9 @@ pub struct Engine {
     identities: Vec<IdentitySpec>,
     limits: Limits,
     cache: Arc<ClassCache>,
-    non_sql: Arc<Classification>,
+    /// Facts of the commands that carry nothing to classify.
+    shell: Arc<Facts>,
+    connect: Arc<Facts>,
 }
 
 impl Default for Engine {
@@ -202,18 +207,25 @@ impl Default for Engine {
             identities: Vec::new(),
             limits: Limits::default(),
             cache: Arc::new(ClassCache::new(DEFAULT_CACHE_ENTRIES)),
-            non_sql: Arc::new(non_sql_classification()),
+            shell: Arc::new(shell_facts()),
+            connect: Arc::new(connect_facts()),
         }
     }
 }
 
-fn non_sql_classification() -> Classification {
-    Classification {
-        kinds: vec!["tcp"],
-        statement_classes: vec![Class::Unknown],
-        class: Class::Unknown,
-        notes: vec!["not a SQL protocol: command not classified".into()],
-        ..Default::default()
+fn shell_facts() -> Facts {
+    Facts {
+        notes: vec![
+            "an interactive shell: its commands are recorded, not judged one by one".into(),
+        ],
+        ..Facts::single("shell", Class::Admin)
+    }
+}
+
+fn connect_facts() -> Facts {
+    Facts {
+        notes: vec!["an opaque TCP connection: its content is relayed, not inspected".into()],
+        ..Facts::single("connect", Class::Admin)
     }
 }
 
@@ -238,16 +250,31 @@ impl Engine {
 
     /// Builds the engine with a given cache.
     pub fn with_cache(config: &Config, cache: Arc<ClassCache>) -> Result<Engine, PolicyError> {
-        spec::validate(config)
+        crate::config::policy::validate(config)
             .map_err(|(field, message)| PolicyError::Invalid { field, message })?;
         let masking: Vec<MaskEntry> = config
             .masking
             .iter()
-            .map(|m| MaskEntry {
-                name: m.name.clone(),
-                except_groups: m.except_groups.clone(),
+            .enumerate()
+            .map(|(i, m)| {
+                let columns = m
+                    .columns
+                    .iter()
+                    .map(|g| ColumnGlob::parse(g))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|message| PolicyError::Invalid {
+                        field: format!("masking[{i}] ({}).columns", m.name),
+                        message,
+                    })?;
+                Ok(MaskEntry {
+                    name: m.name.clone(),
+                    except_groups: m.except_groups.clone(),
+                    columns,
+                    computed: m.computed,
+                    compared: m.compared,
+                })
             })
-            .collect();
+            .collect::<Result<_, PolicyError>>()?;
         let rules = config
             .rules
             .iter()
@@ -261,8 +288,15 @@ impl Engine {
             identities: config.identities.clone(),
             limits: Limits::default(),
             cache,
-            non_sql: Arc::new(non_sql_classification()),
+            shell: Arc::new(shell_facts()),
+            connect: Arc::new(connect_facts()),
         })
+    }
+
+    /// The pre-parse limits (the PostgreSQL handler caps Query and Parse messages by their
+    /// `max_bytes`).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Replaces the pre-parse limits (tests and benchmarks). Starts a fresh cache, since
@@ -278,11 +312,16 @@ impl Engine {
         self.cache.stats()
     }
 
-    /// Classifies a command as this engine would (cached).
-    pub fn classify(&self, protocol: Protocol, command: &str) -> Arc<Classification> {
-        match dialect_of(protocol) {
-            Some(d) => self.cache.classify(d, command, &self.limits),
-            None => Arc::clone(&self.non_sql),
+    /// Classifies a command as this engine would (SQL through the cache).
+    pub fn classify(&self, command: &Command<'_>) -> Arc<Facts> {
+        match command {
+            Command::Sql { dialect, text, .. } => self.cache.classify(*dialect, text, &self.limits),
+            Command::Exec { line } => Arc::new(exec::classify(line)),
+            Command::Shell => Arc::clone(&self.shell),
+            Command::File { op, path, to } => Arc::new(files::classify(*op, path, to.as_deref())),
+            Command::Connect => Arc::clone(&self.connect),
+            Command::Http(h) => Arc::new(http::classify(h)),
+            Command::Kube(k) => Arc::new(kube::classify(k)),
         }
     }
 
@@ -292,26 +331,42 @@ impl Engine {
     }
 
     /// Decides one command and returns the classification and shadow outcomes with it.
-    pub fn evaluate(&self, req: &Request<'_>) -> Verdict {
+    pub fn evaluate(&self, req: &Request<'_>) -> Evaluation {
         self.evaluate_at(req, SystemTime::now())
     }
 
+    /// [`Engine::evaluate`] with what the target's catalog says the statement's relation
+    /// names stand for: a masked column read through a view is judged as the column itself.
+    pub fn evaluate_through(&self, req: &Request<'_>, relations: &dyn Relations) -> Evaluation {
+        self.evaluate_guarded(req, SystemTime::now(), relations)
+    }
+
     /// [`Engine::evaluate`] at a given time (time windows).
-    pub fn evaluate_at(&self, req: &Request<'_>, now: SystemTime) -> Verdict {
+    pub fn evaluate_at(&self, req: &Request<'_>, now: SystemTime) -> Evaluation {
+        self.evaluate_guarded(req, now, &NoRelations)
+    }
+
+    fn evaluate_guarded(
+        &self,
+        req: &Request<'_>,
+        now: SystemTime,
+        relations: &dyn Relations,
+    ) -> Evaluation {
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.evaluate_inner(req, now, None)
+            self.evaluate_inner(req, now, None, relations)
         }));
         match run {
             Ok(v) => v,
             Err(_) => {
                 tracing::error!(target = req.target, "policy evaluation panicked; denying");
-                Verdict {
+                Evaluation {
                     decision: Decision::Deny {
                         rule: "default".into(),
                         reason: "internal error in policy evaluation".into(),
                     },
-                    classification: Arc::new(Classification::default()),
+                    classification: Arc::new(Facts::default()),
                     shadow: Vec::new(),
+                    views_matter: false,
                 }
             }
         }
@@ -322,16 +377,16 @@ impl Engine {
         req: &Request<'_>,
         now: SystemTime,
         mut trace: Option<&mut Vec<TraceStep>>,
-    ) -> Verdict {
-        let cls = self.classify(req.protocol, req.command);
-        let sql = dialect_of(req.protocol).is_some();
+        relations: &dyn Relations,
+    ) -> Evaluation {
+        let cls = self.classify(req.command);
         let now_secs = now
             .duration_since(UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
             .unwrap_or(0);
         let mut shadow = Vec::new();
         for rule in &self.rules {
-            let m = self.mismatch(rule, req, &cls, sql, now_secs);
+            let m = self.mismatch(rule, req, &cls, now_secs);
             if let Some(t) = trace.as_deref_mut() {
                 t.push(TraceStep {
                     rule: rule.name.clone(),
@@ -360,46 +415,59 @@ impl Engine {
                 continue;
             }
             let decision = self.apply(rule, req.identity, &cls);
+            let (decision, views_matter) =
+                self.keep_masking(decision, Some(rule), req, &cls, relations);
             tracing::debug!(
                 rule = %rule.name,
-                action = decision.action(),
+                action = decision.action().as_str(),
                 class = cls.class.as_str(),
                 target = req.target,
                 "policy decision"
             );
-            return Verdict {
+            return Evaluation {
                 decision,
                 classification: cls,
                 shadow,
+                views_matter,
             };
         }
-        let decision = match self.default {
-            DefaultAction::Allow if !(sql && cls.classes().contains(Class::Unknown)) => {
+        let (decision, views_matter) = match self.default {
+            DefaultAction::Allow if !cls.classes().contains(Class::Unknown) => self.keep_masking(
                 Decision::Allow {
                     rule: "default".into(),
                     mask: self.masks(None, req.identity),
-                }
-            }
-            _ => Decision::Deny {
-                rule: "default".into(),
-                reason: with_notes(
-                    format!("no rule matched ({}); default deny", describe(&cls)),
-                    &cls,
-                ),
-            },
+                    run_as: None,
+                },
+                None,
+                req,
+                &cls,
+                relations,
+            ),
+            _ => (
+                Decision::Deny {
+                    rule: "default".into(),
+                    reason: with_notes(
+                        format!("no rule matched ({}); default deny", describe(&cls)),
+                        &cls,
+                    ),
+                },
+                false,
+            ),
         };
-        Verdict {
+        Evaluation {
             decision,
             classification: cls,
             shadow,
+            views_matter,
         }
     }
 
-    fn apply(&self, rule: &Rule, identity: &Identity, cls: &Classification) -> Decision {
+    fn apply(&self, rule: &Rule, identity: &Identity, cls: &Facts) -> Decision {
         match rule.action {
             Action::Allow => Decision::Allow {
                 rule: rule.name.clone(),
                 mask: self.masks(Some(rule), identity),
+                run_as: rule.run_as.clone(),
             },
             Action::Deny => Decision::Deny {
                 rule: rule.name.clone(),
@@ -421,6 +489,9 @@ impl Engine {
                     escalate_to: r.escalate_to.clone(),
                     mode: r.mode,
                     mask: self.masks(Some(rule), identity),
+                    run_as: rule.run_as.clone(),
+                    approved_run_as: rule.approved_run_as.clone(),
+                    dry_run: r.dry_run,
                 },
                 // Validation guarantees a review block; deny if that ever fails to hold.
                 None => Decision::Deny {
@@ -428,6 +499,112 @@ impl Engine {
                     reason: "review rule without reviewers".into(),
                 },
             },
+        }
+    }
+
+    /// A SQL command that would be allowed (or reviewed) with column masking whose lineage
+    /// the masking cannot keep (a masked column computed into a result, stored, compared
+    /// against a rule's wish, or a statement that cannot be traced) is denied instead, naming
+    /// the masking rule and the column: decided here, before the server sees it.
+    fn keep_masking(
+        &self,
+        decision: Decision,
+        rule: Option<&Rule>,
+        req: &Request<'_>,
+        cls: &Facts,
+        relations: &dyn Relations,
+    ) -> (Decision, bool) {
+        if !matches!(req.command, Command::Sql { .. })
+            || !matches!(decision, Decision::Allow { .. } | Decision::Review { .. })
+        {
+            return (decision, false);
+        }
+        let lineage = &cls.lineage;
+        let exempt = |m: &MaskEntry| {
+            m.except_groups
+                .iter()
+                .any(|g| req.identity.groups.contains(g))
+        };
+        let pick = |i: usize| {
+            self.masking
+                .get(i)
+                .filter(|m| !m.columns.is_empty() && !exempt(m))
+        };
+        let all = 0..self.masking.len();
+        let indices = || -> Vec<usize> {
+            match rule {
+                Some(r) => r.mask.clone(),
+                None => all.clone().collect(),
+            }
+        };
+        // The common case costs a scan of flags, without allocating: plain columns, and
+        // comparisons that every active rule allows.
+        let plain = lineage.unknown().is_none()
+            && lineage
+                .statements
+                .iter()
+                .all(|s| s.stored.is_empty() && !s.has_computed_outputs());
+        let mut first = None;
+        let mut compared_refused = false;
+        let mut visit = |i: usize| {
+            if let Some(m) = pick(i) {
+                first.get_or_insert(m);
+                compared_refused |= m.compared == ComparedMasking::Refuse;
+            }
+        };
+        match rule {
+            Some(r) => r.mask.iter().for_each(|&i| visit(i)),
+            None => all.clone().for_each(visit),
+        }
+        let Some(first) = first else {
+            return (decision, false);
+        };
+        if plain && !compared_refused {
+            return (decision, false);
+        }
+        let active: Vec<&MaskEntry> = indices().into_iter().filter_map(pick).collect();
+        // Only the PostgreSQL answer path replaces a computed value whole; elsewhere
+        // `computed: redact` would let the value through, so it is judged as `refuse`.
+        let redacts = matches!(
+            req.command,
+            Command::Sql {
+                dialect: Dialect::Postgres,
+                ..
+            }
+        );
+        let view = |m| view_for(m, redacts);
+        // A view's column stands for the table columns it reads; one that cannot be traced
+        // counts as masked by the first active rule.
+        let rule_for = |src: &Source| {
+            let direct = active.iter().find(|m| m.may_mask(src));
+            match direct {
+                Some(m) => Some(view(m)),
+                None => match relations.expand(src) {
+                    None => None,
+                    Some(Err(())) => Some(view(first)),
+                    Some(Ok(bases)) => bases
+                        .iter()
+                        .find_map(|b| active.iter().find(|m| m.may_mask(b)))
+                        .map(|m| view(m)),
+                },
+            }
+        };
+        match sql::lineage::judge(lineage, rule_for, Some(view(first))) {
+            Ok(()) => (decision, true),
+            Err(refusal) => {
+                tracing::info!(
+                    rule = decision.rule(),
+                    masking_rule = %refusal.rule,
+                    "statement refused: its lineage defeats masking"
+                );
+                (
+                    Decision::Deny {
+                        rule: decision.rule().to_owned(),
+                        reason: refusal.to_string(),
+                    },
+                    false,
+                )
+            }
         }
     }
 
@@ -448,8 +625,7 @@ impl Engine {
         &self,
         rule: &Rule,
         req: &Request<'_>,
-        cls: &Classification,
-        sql: bool,
+        cls: &Facts,
         now_secs: i64,
     ) -> Option<Mismatch> {
         let permissive = rule.action != Action::Deny;
@@ -494,67 +670,19 @@ impl Engine {
         if !rule.time.is_empty() && !rule.time.iter().any(|t| t.contains(now_secs)) {
             return Some("time");
         }
-        let classes = cls.classes();
-        let unknown = sql && classes.contains(Class::Unknown);
-        match rule.classes {
-            None if permissive && unknown => return Some("classes (unknown must be named)"),
-            None => {}
-            Some(rc) => {
-                let ok = if permissive {
-                    classes.is_subset(rc)
-                } else {
-                    classes.intersects(rc)
-                };
-                if !ok {
-                    return Some("classes");
-                }
+        match (&rule.what, req.command) {
+            (What::Any, _) => (permissive && cls.classes().contains(Class::Unknown))
+                .then_some("kind (unknown commands must be named by a rule's what block)"),
+            (What::Sql(w), Command::Sql { .. }) => sql_mismatch(w, cls, permissive),
+            (What::Exec(spec), Command::Exec { .. }) => exec::mismatch(spec, cls, permissive),
+            (What::Shell, Command::Shell) | (What::Connect, Command::Connect) => None,
+            (What::Files(spec), Command::File { op, .. }) => {
+                files::mismatch(spec, *op, cls, permissive)
             }
+            (What::Http(spec), Command::Http(h)) => http::mismatch(spec, h, permissive),
+            (What::Kube(spec), Command::Kube(k)) => kube::mismatch(spec, k, cls, permissive),
+            (what, _) => Some(what.other_kind()),
         }
-        if !rule.kinds.is_empty() {
-            let has = |k: &&str| rule.kinds.iter().any(|rk| rk == k);
-            let ok = if permissive {
-                cls.kinds.iter().all(has)
-            } else {
-                cls.kinds.iter().any(has)
-            };
-            if !ok {
-                return Some("kinds");
-            }
-        }
-        if !rule.tables.is_empty() {
-            let ok = if permissive {
-                !unknown
-                    && cls
-                        .tables()
-                        .all(|t| rule.tables.iter().any(|g| table_matches(g, t, false)))
-            } else {
-                unknown
-                    || cls
-                        .tables()
-                        .any(|t| rule.tables.iter().any(|g| table_matches(g, t, true)))
-            };
-            if !ok {
-                return Some("tables");
-            }
-        }
-        if !rule.functions.is_empty() {
-            // A function matches by its full name or by its name without schema.
-            let m = |f: &String| {
-                let short = f.rsplit('.').next().unwrap_or(f);
-                rule.functions
-                    .iter()
-                    .any(|g| g.matches(f) || g.matches(short))
-            };
-            let ok = if permissive {
-                !unknown && cls.functions.iter().all(m)
-            } else {
-                unknown || cls.functions.iter().any(m)
-            };
-            if !ok {
-                return Some("functions");
-            }
-        }
-        None
     }
 
     /// Resolves who a caller is: the token's subject and groups if there is a token, else
@@ -611,7 +739,7 @@ impl Engine {
     /// [`Engine::explain`] at a given time.
     pub fn explain_at(&self, req: &Request<'_>, now: SystemTime) -> Explanation {
         let mut trace = Vec::new();
-        let v = self.evaluate_inner(req, now, Some(&mut trace));
+        let v = self.evaluate_inner(req, now, Some(&mut trace), &NoRelations);
         let c = &v.classification;
         let (reason, mask, review) = match &v.decision {
             Decision::Allow { mask, .. } => (None, mask.clone(), None),
@@ -640,8 +768,21 @@ impl Engine {
                 }),
             ),
         };
+        let (run_as, approved_run_as) = match &v.decision {
+            Decision::Allow { run_as, .. } => (run_as.clone(), None),
+            Decision::Review {
+                run_as,
+                approved_run_as,
+                ..
+            } => (run_as.clone(), approved_run_as.clone()),
+            Decision::Deny { .. } => (None, None),
+        };
         Explanation {
-            action: v.decision.action(),
+            action: v.decision.action().as_str(),
+            run_as,
+            approved_run_as,
+            protocol: req.protocol,
+            command_kind: req.command.kind(),
             rule: v.decision.rule().to_string(),
             reason,
             target: req.target.to_string(),
@@ -653,6 +794,8 @@ impl Engine {
             tables_read: c.tables_read.clone(),
             tables_written: c.tables_written.clone(),
             functions: c.functions.clone(),
+            programs: c.programs.clone(),
+            objects: c.objects.clone(),
             mask,
             review,
             shadow: v.shadow,
@@ -668,6 +811,10 @@ impl Engine {
 pub struct Explanation {
     /// `allow`, `deny` or `review`.
     pub action: &'static str,
+    /// The protocol the command was judged for.
+    pub protocol: Protocol,
+    /// `sql`, `exec`, `shell`, `file`, `http`, `kube` or `connect`.
+    pub command_kind: &'static str,
     pub rule: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -682,9 +829,21 @@ pub struct Explanation {
     pub tables_read: Vec<String>,
     pub tables_written: Vec<String>,
     pub functions: Vec<String>,
+    /// Programs a command line runs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub programs: Vec<String>,
+    /// What a non-SQL command touches.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<String>,
     pub mask: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub review: Option<ReviewInfo>,
+    /// The database role the command runs as (the rule's `run_as`; none: the target's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<String>,
+    /// The role an approved command runs as.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approved_run_as: Option<String>,
     pub shadow: Vec<ShadowHit>,
     /// Set when a pre-parse limit stopped classification.
     pub limit: Option<String>,
@@ -714,12 +873,12 @@ pub struct TraceStep {
     pub result: String,
 }
 
-fn describe(cls: &Classification) -> String {
+fn describe(cls: &Facts) -> String {
     let classes: Vec<&str> = cls.classes().iter().map(Class::as_str).collect();
     format!("class {}, kind {}", classes.join("+"), cls.kinds.join("+"))
 }
 
-fn with_notes(mut reason: String, cls: &Classification) -> String {
+fn with_notes(mut reason: String, cls: &Facts) -> String {
     if let Some(limit) = &cls.limit {
         reason.push_str("; not parsed: ");
         reason.push_str(limit);
@@ -730,15 +889,6 @@ fn with_notes(mut reason: String, cls: &Classification) -> String {
         reason.push_str(n);
     }
     reason
-}
-
-/// The SQL dialect of a protocol, `None` for protocols without SQL commands.
-pub fn dialect_of(protocol: Protocol) -> Option<Dialect> {
-    match protocol.as_str() {
-        "postgres" => Some(Dialect::Postgres),
-        "mysql" => Some(Dialect::Mysql),
-        _ => None,
-    }
 }
 
 fn compile_rule(
@@ -776,6 +926,32 @@ fn compile_rule(
             })
             .collect::<Result<Vec<_>, _>>()?,
     };
+    let what = if let Some(sql) = r.sql_spec() {
+        What::Sql(SqlWhat {
+            classes: if sql.classes.is_empty() {
+                None
+            } else {
+                Some(sql.classes.iter().copied().collect())
+            },
+            kinds: sql.kinds,
+            tables: sql.tables,
+            functions: sql.functions,
+        })
+    } else if let Some(e) = &r.exec {
+        What::Exec(e.clone())
+    } else if r.shell.is_some() {
+        What::Shell
+    } else if let Some(f) = &r.files {
+        What::Files(f.clone())
+    } else if let Some(h) = &r.http {
+        What::Http(h.clone())
+    } else if let Some(k) = &r.kube {
+        What::Kube(k.clone())
+    } else if r.connect.is_some() {
+        What::Connect
+    } else {
+        What::Any
+    };
     Ok(Rule {
         name: r.name.clone(),
         subjects: r.subjects.clone(),
@@ -783,14 +959,7 @@ fn compile_rule(
         workloads,
         targets: r.targets.clone(),
         protocols: r.protocols.clone(),
-        classes: if r.classes.is_empty() {
-            None
-        } else {
-            Some(r.classes.iter().copied().collect())
-        },
-        kinds: r.kinds.clone(),
-        tables: r.tables.clone(),
-        functions: r.functions.clone(),
+        what,
         time: r.time.clone(),
         require_token: r.require.contains(&Requirement::Token),
         require_workload: r.require.contains(&Requirement::Workload),
@@ -804,7 +973,72 @@ fn compile_rule(
         mask,
         reason: r.reason.clone(),
         shadow: r.shadow,
+        run_as: r.run_as.clone(),
+        approved_run_as: r.approved_run_as.clone(),
     })
+}
+
+/// Why an `sql` block does not match a classified SQL command (`None`: it matches).
+fn sql_mismatch(w: &SqlWhat, cls: &Facts, permissive: bool) -> Option<Mismatch> {
+    let classes = cls.classes();
+    let unknown = classes.contains(Class::Unknown);
+    match w.classes {
+        None if permissive && unknown => return Some("classes (unknown must be named)"),
+        None => {}
+        Some(rc) => {
+            let ok = if permissive {
+                classes.is_subset(rc)
+            } else {
+                classes.intersects(rc)
+            };
+            if !ok {
+                return Some("classes");
+            }
+        }
+    }
+    if !w.kinds.is_empty() {
+        let has = |k: &&str| w.kinds.iter().any(|rk| rk == k);
+        let ok = if permissive {
+            cls.kinds.iter().all(has)
+        } else {
+            cls.kinds.iter().any(has)
+        };
+        if !ok {
+            return Some("kinds");
+        }
+    }
+    if !w.tables.is_empty() {
+        let ok = if permissive {
+            !unknown
+                && cls
+                    .tables()
+                    .all(|t| w.tables.iter().any(|g| table_matches(g, t, false)))
+        } else {
+            unknown
+                || cls
+                    .tables()
+                    .any(|t| w.tables.iter().any(|g| table_matches(g, t, true)))
+        };
+        if !ok {
+            return Some("tables");
+        }
+    }
+    if !w.functions.is_empty() {
+        // A function matches by its full name or by its name without schema.
+        let m = |f: &String| {
+            let short = f.rsplit('.').next().unwrap_or(f);
+            w.functions.iter().any(|g| g.matches(f) || g.matches(short))
+        };
+        let ok = if permissive {
+            !unknown && cls.functions.iter().all(m)
+        } else {
+            unknown || cls.functions.iter().any(m)
+        };
+        if !ok {
+            return Some("functions");
+        }
+    }
+    None
 }
 
 /// Whether a table named in a command matches a rule's glob. A glob without a dot names a
@@ -813,12 +1047,12 @@ fn compile_rule(
 pub fn table_matches(glob: &Glob, table: &str, lenient: bool) -> bool {
     let last = |s: &str| s.rsplit('.').next().unwrap_or(s).to_string();
     if !glob.0.contains('.') {
-        return spec::glob_match(glob.0.as_bytes(), last(table).as_bytes());
+        return crate::config::policy::glob_match(glob.0.as_bytes(), last(table).as_bytes());
     }
     if table.contains('.') {
         return glob.matches(table);
     }
-    lenient && spec::glob_match(last(&glob.0).as_bytes(), table.as_bytes())
+    lenient && crate::config::policy::glob_match(last(&glob.0).as_bytes(), table.as_bytes())
 }
 
 /// Whether a workload matcher matches a caller: every field that is set must match.
@@ -826,7 +1060,7 @@ pub fn workload_matches(m: &WorkloadMatcher, w: &Workload) -> bool {
     let any_glob = |globs: &[String], s: &str| {
         globs
             .iter()
-            .any(|g| spec::glob_match(g.as_bytes(), s.as_bytes()))
+            .any(|g| crate::config::policy::glob_match(g.as_bytes(), s.as_bytes()))
     };
     if m.is_empty() {
         // An empty matcher would match every caller; validation refuses it, and here it
@@ -879,6 +1113,16 @@ pub fn pod_uid(path: &str) -> Option<String> {
         let ok = uid.len() == 36 && uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
         ok.then_some(uid)
     })
+}
+
+/// A column rule as the lineage judges it: `computed: redact` only where the protocol's
+/// answer path replaces a computed value whole (`redacts`), else `refuse`.
+fn view_for(m: &MaskEntry, redacts: bool) -> sql::lineage::ColumnRule<'_> {
+    let mut v = m.view();
+    if !redacts {
+        v.computed = ComputedMasking::Refuse;
+    }
+    v
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::*;
 use crate::config::Config;
+use crate::model::{Command, Dialect};
 
 const TARGETS: &str = "
 targets:
@@ -46,7 +47,7 @@ fn decide(e: &Engine, id: &Identity, sql: &str) -> Decision {
         identity: id,
         target: "db",
         protocol: Protocol::Postgres,
-        command: sql,
+        command: &Command::sql(Dialect::Postgres, sql),
     })
 }
 
@@ -174,7 +175,7 @@ rules:
         identity: &id,
         target: "db",
         protocol: Protocol::Postgres,
-        command: "DELETE FROM t",
+        command: &Command::sql(Dialect::Postgres, "DELETE FROM t"),
     });
     assert_eq!(v.decision.action(), "allow");
     assert_eq!(v.decision.rule(), "allow-all-parsed");
@@ -189,7 +190,7 @@ rules:
         identity: &id,
         target: "db",
         protocol: Protocol::Postgres,
-        command: "SELECT 1",
+        command: &Command::sql(Dialect::Postgres, "SELECT 1"),
     });
     assert!(v.shadow.is_empty());
 }
@@ -310,7 +311,7 @@ rules:
         identity: &ops,
         target: "raw",
         protocol: Protocol::Tcp,
-        command: "",
+        command: &Command::Connect,
     });
     assert_eq!(d.rule(), "raw-ssh");
 }
@@ -521,7 +522,7 @@ fn rules_can_require_a_token_a_workload_or_both() {
         identity: &without,
         target: "db",
         protocol: Protocol::Postgres,
-        command: "SELECT * FROM reports",
+        command: &Command::sql(Dialect::Postgres, "SELECT * FROM reports"),
     });
     assert!(x.trace[0].result.contains("no token"), "{:?}", x.trace[0]);
 }
@@ -626,7 +627,7 @@ rules:
         identity: &id,
         target: "db",
         protocol: Protocol::Postgres,
-        command: "SELECT 1",
+        command: &Command::sql(Dialect::Postgres, "SELECT 1"),
     };
     assert_eq!(
         e.evaluate_at(&req, at(mon_0800)).decision.rule(),
@@ -717,7 +718,7 @@ fn limits_are_checked_before_parsing_and_reported() {
         identity: &id,
         target: "db",
         protocol: Protocol::Postgres,
-        command: &deep,
+        command: &Command::sql(Dialect::Postgres, &deep),
     });
     assert_eq!(v.decision.action(), "deny");
     assert!(v.classification.limit.is_some());
@@ -726,7 +727,7 @@ fn limits_are_checked_before_parsing_and_reported() {
         d => panic!("{d:?}"),
     }
     let long = format!("SELECT '{}'", "x".repeat(2 << 20));
-    let c = e.classify(Protocol::Postgres, &long);
+    let c = e.classify(&Command::sql(Dialect::Postgres, &long));
     assert_eq!(c.class, Class::Unknown);
     assert!(c.limit.as_deref().unwrap_or("").contains("bytes"));
 }
@@ -789,7 +790,10 @@ fn explain_reports_trace_and_json_fields() {
         identity: &id,
         target: "db",
         protocol: Protocol::Postgres,
-        command: "WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d JOIN customers c ON true",
+        command: &Command::sql(
+            Dialect::Postgres,
+            "WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d JOIN customers c ON true",
+        ),
     });
     assert_eq!(x.action, "review");
     assert_eq!(x.rule, "write");
@@ -840,17 +844,19 @@ fn demo_policy_matches_the_design() {
     };
     let id = e.identify(&root, None);
     assert!(id.groups.contains(&"agents".to_string()), "{id:?}");
-    let req = |sql: &'static str| Request {
-        identity: &id,
-        target: "demo-db",
-        protocol: Protocol::Postgres,
-        command: sql,
+    let decide = |sql: &'static str| {
+        e.decide(&Request {
+            identity: &id,
+            target: "demo-db",
+            protocol: Protocol::Postgres,
+            command: &Command::sql(Dialect::Postgres, sql),
+        })
     };
-    match e.decide(&req("SELECT email FROM customers")) {
+    match decide("SELECT email FROM customers") {
         Decision::Allow { mask, .. } => assert_eq!(mask, vec!["customer-email"]),
         d => panic!("{d:?}"),
     }
-    match e.decide(&req("UPDATE customers SET email = 'x'")) {
+    match decide("UPDATE customers SET email = 'x'") {
         Decision::Review { approvers, .. } => assert_eq!(approvers, vec!["dba"]),
         d => panic!("{d:?}"),
     }
@@ -862,9 +868,9 @@ fn demo_policy_matches_the_design() {
         "SELEC 1",
         "SELECT 1; DROP TABLE customers",
     ] {
-        assert_eq!(e.decide(&req(sql)).action(), "deny", "{sql}");
+        assert_eq!(decide(sql).action(), "deny", "{sql}");
     }
-    assert_eq!(e.decide(&req("BEGIN")).action(), "allow");
+    assert_eq!(decide("BEGIN").action(), "allow");
     // Someone not in agents: default deny.
     let stranger = Workload {
         uid: 1234,
@@ -876,9 +882,9 @@ fn demo_policy_matches_the_design() {
         identity: &sid,
         target: "demo-db",
         protocol: Protocol::Postgres,
-        command: "SELECT 1",
+        command: &Command::sql(Dialect::Postgres, "SELECT 1"),
     });
-    assert_eq!((d.action(), d.rule()), ("deny", "default"));
+    assert_eq!((d.action().as_str(), d.rule()), ("deny", "default"));
 }
 
 #[test]
@@ -920,5 +926,136 @@ rules:
     assert_eq!(
         decide(&e, &id, "SELECT public.purge_all()").rule(),
         "no-purge"
+    );
+}
+
+#[test]
+fn a_rule_for_one_kind_of_command_never_matches_another() {
+    let e = engine(
+        "
+rules:
+  - name: sql
+    sql: {classes: [read, write, ddl, admin, unknown]}
+    action: allow
+  - name: exec
+    exec: {programs: [\"*\"], compound: true}
+    action: allow
+  - name: shell
+    shell: {}
+    action: allow
+  - name: http
+    http: {}
+    action: allow
+  - name: kube
+    kube: {verbs: [get]}
+    action: allow
+  - name: connect
+    connect: {}
+    action: allow
+",
+    );
+    let id = who("a", &[]);
+    let kube = super::kube::parse("get", "/api/v1/namespaces/d/pods/p").unwrap();
+    let http = super::http::parse("GET", "/x").unwrap();
+    let commands: Vec<(Protocol, Command<'_>, &str)> = vec![
+        (
+            Protocol::Postgres,
+            Command::sql(Dialect::Postgres, "DROP TABLE t"),
+            "sql",
+        ),
+        (
+            Protocol::Ssh,
+            Command::Exec {
+                line: "rm -rf /tmp/x".into(),
+            },
+            "exec",
+        ),
+        (Protocol::Ssh, Command::Shell, "shell"),
+        (Protocol::Http, Command::Http(http), "http"),
+        (Protocol::Kube, Command::Kube(kube), "kube"),
+        (Protocol::Tcp, Command::Connect, "connect"),
+    ];
+    for (protocol, command, rule) in &commands {
+        let x = e.explain(&Request {
+            identity: &id,
+            target: "db",
+            protocol: *protocol,
+            command,
+        });
+        assert_eq!((x.action, x.rule.as_str()), ("allow", *rule), "{command}");
+        // Every earlier rule was skipped because it is for another kind of command.
+        for step in x.trace.iter().take_while(|s| s.rule != *rule) {
+            assert!(
+                step.result.starts_with("no match: kind ("),
+                "{command}: {} said {}",
+                step.rule,
+                step.result
+            );
+        }
+    }
+    // A who-only rule matches every kind, but never allows an unknown command.
+    let any = engine("rules:\n  - name: anyone\n    action: allow\n");
+    let unsplittable = Command::Exec {
+        line: "for f in *; do rm $f; done".into(),
+    };
+    let d = any.decide(&Request {
+        identity: &id,
+        target: "db",
+        protocol: Protocol::Ssh,
+        command: &unsplittable,
+    });
+    assert_eq!((d.action(), d.rule()), (Action::Deny, "default"));
+    let d = any.decide(&Request {
+        identity: &id,
+        target: "db",
+        protocol: Protocol::Tcp,
+        command: &Command::Connect,
+    });
+    assert_eq!(d.rule(), "anyone");
+}
+
+#[test]
+fn rules_have_at_most_one_what_block() {
+    let err = parse_err(
+        "rules:\n  - name: r\n    exec: {programs: [ls]}\n    http: {}\n    action: allow\n",
+    );
+    assert!(err.contains("at most one"), "{err}");
+    let err = parse_err(
+        "rules:\n  - name: r\n    classes: [read]\n    sql: {classes: [read]}\n    action: allow\n",
+    );
+    assert!(err.contains("either in `sql:`"), "{err}");
+    let err = parse_err("rules:\n  - name: r\n    kube: {verbs: [nuke]}\n    action: allow\n");
+    assert!(err.contains("unknown verb"), "{err}");
+}
+
+#[test]
+fn computed_redact_holds_only_where_the_answer_path_redacts() {
+    let e = engine(
+        "
+rules:
+  - name: read
+    groups: [agents]
+    classes: [read]
+    action: allow
+masking:
+  - name: mail
+    columns: [\"*.customers.email\"]
+    style: redact
+    computed: redact
+",
+    );
+    let agent = who("bot", &["agents"]);
+    let sql = "SELECT upper(email) FROM customers";
+    assert!(matches!(decide(&e, &agent, sql), Decision::Allow { .. }));
+    // MySQL's answers are masked by column origin only: a computed value would pass raw.
+    let mysql = e.decide(&Request {
+        identity: &agent,
+        target: "db",
+        protocol: Protocol::Mysql,
+        command: &Command::sql(Dialect::Mysql, sql),
+    });
+    assert!(
+        matches!(&mysql, Decision::Deny { reason, .. } if reason.contains("computed: refuse")),
+        "{mysql:?}"
     );
 }

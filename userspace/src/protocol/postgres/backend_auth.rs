@@ -3,14 +3,10 @@
 //! with the credentials from the target's configuration. Clients never see these credentials.
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use bytes::{Buf, BufMut, BytesMut};
-use ring::rand::SecureRandom;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::codec::{self, FrameError, HEADER_LEN, Reader};
 use super::startup;
@@ -40,8 +36,10 @@ pub enum BackendError {
     Server { code: String, message: String },
     #[error("unsupported authentication method {0} requested by the server")]
     Unsupported(String),
+    /// The SCRAM exchange failed (postgres-protocol's client: a foreign nonce, a bad server
+    /// signature — not the real server —, a malformed message).
     #[error("SCRAM: {0}")]
-    Scram(&'static str),
+    Scram(#[source] std::io::Error),
     #[error("protocol violation by the server: {0}")]
     Protocol(String),
     #[error(transparent)]
@@ -118,12 +116,39 @@ pub fn resolve_password(pg: &PostgresTarget) -> Result<Option<String>, BackendEr
 /// Connects to `addr`, negotiates TLS as configured, logs in as the target's user with the
 /// startup `params` (user and database already set by the caller), and reads up to the first
 /// ReadyForQuery.
+///
+/// With a `password_file`, a refused password is retried once with what a rotation in
+/// progress holds (see [`credentials`](super::credentials)): the server may have taken the new
+/// password after this login read the file.
 pub async fn connect(
     pg: &PostgresTarget,
     addr: SocketAddr,
     params: &[(&str, &str)],
 ) -> Result<Backend, BackendError> {
-    let tcp = TcpStream::connect(addr)
+    let password = resolve_password(pg)?;
+    match connect_with(pg, addr, params, password.clone()).await {
+        Err(e) if e.sqlstate() == "28P01" && pg.password_file.is_some() => {
+            for candidate in super::credentials::candidates(pg) {
+                if password.as_deref() == Some(candidate.as_str()) {
+                    continue;
+                }
+                if let Ok(b) = connect_with(pg, addr, params, Some(candidate)).await {
+                    return Ok(b);
+                }
+            }
+            Err(e)
+        }
+        r => r,
+    }
+}
+
+async fn connect_with(
+    pg: &PostgresTarget,
+    addr: SocketAddr,
+    params: &[(&str, &str)],
+    password: Option<String>,
+) -> Result<Backend, BackendError> {
+    let tcp = crate::intercept::sockets::connect(addr)
         .await
         .map_err(|source| BackendError::Connect { addr, source })?;
     let _ = tcp.set_nodelay(true);
@@ -159,9 +184,8 @@ pub async fn connect(
     stream.write_all(&out).await?;
     out.clear();
 
-    let password = resolve_password(pg)?;
     let mut buf = BytesMut::with_capacity(8192);
-    let mut scram: Option<ScramClient> = None;
+    let mut scram: Option<ScramSha256> = None;
     let mut forward = BytesMut::new();
     let mut key = None;
     let mut auth = AuthMethod::None;
@@ -176,7 +200,9 @@ pub async fn connect(
                     0 => {
                         // A server that skips SASLFinal has not proven it knows the password.
                         if scram.is_some() && !scram_verified {
-                            return Err(BackendError::Scram("the server skipped SASLFinal"));
+                            return Err(BackendError::Protocol(
+                                "the server skipped SASLFinal".into(),
+                            ));
                         }
                     }
                     3 => {
@@ -212,37 +238,41 @@ pub async fn connect(
                                 .map(|c| c.to_vec()),
                             _ => None,
                         };
-                        let (mechanism, binding) =
-                            if mechanisms.contains(&"SCRAM-SHA-256-PLUS") && cert.is_some() {
-                                let cb = cert.as_deref().map(tls::server_end_point);
-                                (
-                                    "SCRAM-SHA-256-PLUS",
-                                    ChannelBinding::Required(cb.unwrap_or_default()),
-                                )
-                            } else if mechanisms.contains(&"SCRAM-SHA-256") {
-                                let b = if cert.is_some() {
-                                    ChannelBinding::SupportedNotUsed
-                                } else {
-                                    ChannelBinding::NotSupported
-                                };
-                                ("SCRAM-SHA-256", b)
+                        let (mechanism, binding) = if mechanisms.contains(&"SCRAM-SHA-256-PLUS")
+                            && cert.is_some()
+                        {
+                            let cb = cert.as_deref().map(tls::server_end_point);
+                            (
+                                "SCRAM-SHA-256-PLUS",
+                                Some(ChannelBinding::tls_server_end_point(cb.unwrap_or_default())),
+                            )
+                        } else if mechanisms.contains(&"SCRAM-SHA-256") {
+                            // Over TLS without -PLUS on offer: `y,,` lets the server
+                            // detect a downgrade; in plaintext, `n,,`.
+                            let b = if cert.is_some() {
+                                ChannelBinding::unrequested()
                             } else {
-                                return Err(BackendError::Unsupported(format!(
-                                    "SASL ({})",
-                                    mechanisms.join(", ")
-                                )));
+                                ChannelBinding::unsupported()
                             };
-                        auth = if matches!(binding, ChannelBinding::Required(_)) {
+                            ("SCRAM-SHA-256", Some(b))
+                        } else {
+                            return Err(BackendError::Unsupported(format!(
+                                "SASL ({})",
+                                mechanisms.join(", ")
+                            )));
+                        };
+                        let binding = binding.unwrap_or_else(ChannelBinding::unsupported);
+                        auth = if mechanism.ends_with("-PLUS") {
                             AuthMethod::ScramSha256Plus
                         } else {
                             AuthMethod::ScramSha256
                         };
-                        let client = ScramClient::new(pw, binding)?;
-                        let first = client.client_first();
+                        let client = ScramSha256::new(pw.as_bytes(), binding);
+                        let first = client.message();
                         codec::put_message(&mut out, b'p', |o| {
                             codec::put_cstr(o, mechanism.as_bytes());
                             o.put_i32(i32::try_from(first.len()).unwrap_or(i32::MAX));
-                            o.put_slice(first.as_bytes());
+                            o.put_slice(first);
                         });
                         scram = Some(client);
                     }
@@ -250,14 +280,14 @@ pub async fn connect(
                         let client = scram.as_mut().ok_or_else(|| {
                             BackendError::Protocol("SASLContinue without SASL".into())
                         })?;
-                        let fin = client.handle_server_first(r.rest())?;
-                        codec::put_message(&mut out, b'p', |o| o.put_slice(fin.as_bytes()));
+                        client.update(r.rest()).map_err(BackendError::Scram)?;
+                        codec::put_message(&mut out, b'p', |o| o.put_slice(client.message()));
                     }
                     12 => {
-                        let client = scram.as_ref().ok_or_else(|| {
+                        let client = scram.as_mut().ok_or_else(|| {
                             BackendError::Protocol("SASLFinal without SASL".into())
                         })?;
-                        client.verify_server_final(r.rest())?;
+                        client.finish(r.rest()).map_err(BackendError::Scram)?;
                         scram_verified = true;
                     }
                     2 => return Err(BackendError::Unsupported("Kerberos V5".into())),
@@ -365,186 +395,10 @@ fn hex(bytes: &[u8]) -> String {
         })
 }
 
-/// Channel binding state of a SCRAM exchange (the GS2 header).
-#[derive(Debug, Clone)]
-pub enum ChannelBinding {
-    /// No TLS: `n,,`.
-    NotSupported,
-    /// TLS, but the server did not offer -PLUS: `y,,` (lets the server detect a downgrade).
-    SupportedNotUsed,
-    /// `p=tls-server-end-point,,` with the certificate hash.
-    Required(Vec<u8>),
-}
-
-impl ChannelBinding {
-    fn gs2_header(&self) -> &'static str {
-        match self {
-            ChannelBinding::NotSupported => "n,,",
-            ChannelBinding::SupportedNotUsed => "y,,",
-            ChannelBinding::Required(_) => "p=tls-server-end-point,,",
-        }
-    }
-}
-
-/// A SCRAM-SHA-256 client (RFC 5802, RFC 7677).
-#[derive(Debug)]
-pub struct ScramClient {
-    password: String,
-    binding: ChannelBinding,
-    client_first_bare: String,
-    nonce: String,
-    /// Set after the server's first message.
-    auth_message: String,
-    salted: Vec<u8>,
-}
-
-fn hmac256(key: &[u8], data: &[u8]) -> ring::hmac::Tag {
-    ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), data)
-}
-
-impl ScramClient {
-    /// A client with a fresh random nonce.
-    pub fn new(password: &str, binding: ChannelBinding) -> Result<Self, BackendError> {
-        let mut raw = [0u8; 18];
-        ring::rand::SystemRandom::new()
-            .fill(&mut raw)
-            .map_err(|_| BackendError::Scram("no randomness"))?;
-        // PostgreSQL takes the user from the startup packet; the SCRAM user name stays empty.
-        Ok(Self::with_nonce(password, "", &B64.encode(raw), binding))
-    }
-
-    /// A client with a given nonce (tests use the RFC's vectors).
-    pub fn with_nonce(password: &str, user: &str, nonce: &str, binding: ChannelBinding) -> Self {
-        Self {
-            password: password.to_string(),
-            binding,
-            client_first_bare: format!("n={user},r={nonce}"),
-            nonce: nonce.to_string(),
-            auth_message: String::new(),
-            salted: Vec::new(),
-        }
-    }
-
-    /// The client-first-message.
-    pub fn client_first(&self) -> String {
-        format!("{}{}", self.binding.gs2_header(), self.client_first_bare)
-    }
-
-    /// Takes the server-first-message, returns the client-final-message.
-    pub fn handle_server_first(&mut self, msg: &[u8]) -> Result<String, BackendError> {
-        let msg = std::str::from_utf8(msg)
-            .map_err(|_| BackendError::Scram("server-first is not UTF-8"))?;
-        let (mut nonce, mut salt, mut iterations) = (None, None, None);
-        for attr in msg.split(',') {
-            match attr.split_once('=') {
-                Some(("r", v)) => nonce = Some(v),
-                Some(("s", v)) => salt = Some(v),
-                Some(("i", v)) => iterations = v.parse::<u32>().ok(),
-                _ => {}
-            }
-        }
-        let nonce = nonce.ok_or(BackendError::Scram("server-first without nonce"))?;
-        if !nonce.starts_with(&self.nonce) || nonce.len() <= self.nonce.len() {
-            return Err(BackendError::Scram(
-                "server nonce does not extend the client nonce",
-            ));
-        }
-        let salt = B64
-            .decode(salt.ok_or(BackendError::Scram("server-first without salt"))?)
-            .map_err(|_| BackendError::Scram("salt is not base64"))?;
-        let iterations = iterations
-            .and_then(NonZeroU32::new)
-            .ok_or(BackendError::Scram("invalid iteration count"))?;
-        let mut salted = [0u8; 32];
-        ring::pbkdf2::derive(
-            ring::pbkdf2::PBKDF2_HMAC_SHA256,
-            iterations,
-            &salt,
-            self.password.as_bytes(),
-            &mut salted,
-        );
-        let mut cbind = self.binding.gs2_header().as_bytes().to_vec();
-        if let ChannelBinding::Required(data) = &self.binding {
-            cbind.extend_from_slice(data);
-        }
-        let without_proof = format!("c={},r={nonce}", B64.encode(&cbind));
-        self.auth_message = format!("{},{msg},{without_proof}", self.client_first_bare);
-        let client_key = hmac256(&salted, b"Client Key");
-        let stored_key = ring::digest::digest(&ring::digest::SHA256, client_key.as_ref());
-        let signature = hmac256(stored_key.as_ref(), self.auth_message.as_bytes());
-        let proof: Vec<u8> = client_key
-            .as_ref()
-            .iter()
-            .zip(signature.as_ref())
-            .map(|(a, b)| a ^ b)
-            .collect();
-        self.salted = salted.to_vec();
-        Ok(format!("{without_proof},p={}", B64.encode(proof)))
-    }
-
-    /// Checks the server-final-message: the server proves it knows the password too.
-    pub fn verify_server_final(&self, msg: &[u8]) -> Result<(), BackendError> {
-        let msg = std::str::from_utf8(msg)
-            .map_err(|_| BackendError::Scram("server-final is not UTF-8"))?;
-        if msg.starts_with("e=") {
-            return Err(BackendError::Scram("the server reported a SCRAM error"));
-        }
-        let v = msg
-            .split(',')
-            .find_map(|a| a.strip_prefix("v="))
-            .ok_or(BackendError::Scram("server-final without signature"))?;
-        let v = B64
-            .decode(v)
-            .map_err(|_| BackendError::Scram("server signature is not base64"))?;
-        if self.salted.is_empty() {
-            return Err(BackendError::Scram("server-final before server-first"));
-        }
-        let server_key = hmac256(&self.salted, b"Server Key");
-        ring::hmac::verify(
-            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, server_key.as_ref()),
-            self.auth_message.as_bytes(),
-            &v,
-        )
-        .map_err(|_| BackendError::Scram("the server's signature is wrong (not the real server?)"))
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn scram_rfc7677_vector() {
-        let mut c = ScramClient::with_nonce(
-            "pencil",
-            "user",
-            "rOprNGfwEbeRWgbNEkqO",
-            ChannelBinding::NotSupported,
-        );
-        assert_eq!(c.client_first(), "n,,n=user,r=rOprNGfwEbeRWgbNEkqO");
-        let fin = c
-            .handle_server_first(
-                b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",
-            )
-            .unwrap();
-        assert_eq!(
-            fin,
-            "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
-        );
-        c.verify_server_final(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
-            .unwrap();
-        assert!(
-            c.verify_server_final(b"v=AAAATRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
-                .is_err()
-        );
-    }
-
-    #[test]
-    fn scram_rejects_foreign_nonce() {
-        let mut c = ScramClient::with_nonce("p", "", "abc", ChannelBinding::NotSupported);
-        assert!(c.handle_server_first(b"r=xyz123,s=QUJD,i=4096").is_err());
-    }
 
     #[test]
     fn md5_known_answer() {

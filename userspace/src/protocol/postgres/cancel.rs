@@ -8,7 +8,6 @@ use std::sync::{Mutex, OnceLock};
 use bytes::BytesMut;
 use ring::rand::SecureRandom;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::startup;
 
@@ -85,7 +84,7 @@ impl CancelRegistry {
 /// Sends the server's own CancelRequest for `t`. Like libpq, over a plain connection: the
 /// server acts on it before any authentication or TLS.
 pub async fn send_cancel(t: &CancelTarget) -> std::io::Result<()> {
-    let mut s = TcpStream::connect(t.upstream).await?;
+    let mut s = crate::intercept::sockets::connect(t.upstream).await?;
     let mut out = BytesMut::with_capacity(16);
     startup::put_cancel_request(&mut out, t.pid, &t.secret);
     s.write_all(&out).await?;

@@ -14,6 +14,89 @@ pub const MAX_MESSAGE_LEN: usize = 1 << 30;
 /// Largest startup-phase packet (startup, SSL and cancel requests); PostgreSQL uses 10000.
 pub const MAX_STARTUP_LEN: usize = 10_000;
 
+/// PostgreSQL's cap for the small frontend messages (`PQ_SMALL_MESSAGE_LIMIT`): Close,
+/// Describe, Execute, CopyFail.
+pub const SMALL_MESSAGE_LEN: usize = 10_000;
+
+/// PostgreSQL's cap for a password or SASL message during authentication
+/// (`PG_MAX_AUTH_TOKEN_LENGTH`).
+pub const MAX_AUTH_MESSAGE_LEN: usize = 65_535;
+
+/// Room a Parse needs besides its statement text: a statement name (at most 64 bytes on the
+/// server) and up to 65535 parameter type OIDs.
+const PARSE_OVERHEAD: usize = 64 + 2 + 4 * 65_535 + 2;
+
+/// The largest whole message (tag included) the client may send with `tag`, checked as soon
+/// as the 5-byte header is read, before any of the body is buffered: the server's own cap per
+/// message type (`SocketBackend` in postgres.c), with Query and Parse held to the gateway's
+/// statement limit (`statement_limit` bytes of SQL) and the messages with no body to exactly
+/// their header. `None`: not a message a client may send after startup (refused at once, as
+/// the server does: "invalid frontend message type").
+pub fn frontend_cap(tag: u8, statement_limit: usize) -> Option<usize> {
+    Some(match tag {
+        // Sync, Flush, Terminate, CopyDone: no body.
+        b'S' | b'H' | b'X' | b'c' => HEADER_LEN,
+        b'C' | b'D' | b'E' | b'f' => SMALL_MESSAGE_LEN + 1,
+        // Query: the SQL and its NUL.
+        b'Q' => HEADER_LEN + statement_limit + 1,
+        b'P' => HEADER_LEN + statement_limit + 1 + PARSE_OVERHEAD,
+        // Bind carries parameter values (bytea uploads) and CopyData rows: the server's 1 GiB,
+        // bounded in practice by the daemon-wide buffer budget (CopyData is streamed).
+        b'B' | b'd' => MAX_MESSAGE_LEN + 1,
+        // FunctionCall: refused by the gateway, framed to answer it.
+        b'F' => SMALL_MESSAGE_LEN + 1,
+        _ => return None,
+    })
+}
+
+/// Why a client's message header was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("invalid frontend message type {0}")]
+    UnknownType(u8),
+    #[error("{what} message of {len} bytes exceeds the limit of {cap} bytes")]
+    TooLong {
+        what: &'static str,
+        len: usize,
+        cap: usize,
+    },
+}
+
+/// The name of a frontend message type, for errors.
+pub fn frontend_name(tag: u8) -> &'static str {
+    match tag {
+        b'Q' => "Query",
+        b'P' => "Parse",
+        b'B' => "Bind",
+        b'E' => "Execute",
+        b'D' => "Describe",
+        b'C' => "Close",
+        b'S' => "Sync",
+        b'H' => "Flush",
+        b'X' => "Terminate",
+        b'd' => "CopyData",
+        b'c' => "CopyDone",
+        b'f' => "CopyFail",
+        b'F' => "FunctionCall",
+        b'p' => "password",
+        _ => "unknown",
+    }
+}
+
+/// Checks a client message's header against [`frontend_cap`].
+#[inline]
+pub fn check_frontend(h: Header, statement_limit: usize) -> Result<(), HeaderError> {
+    let cap = frontend_cap(h.tag, statement_limit).ok_or(HeaderError::UnknownType(h.tag))?;
+    if h.total > cap {
+        return Err(HeaderError::TooLong {
+            what: frontend_name(h.tag),
+            len: h.total,
+            cap,
+        });
+    }
+    Ok(())
+}
+
 /// A framing violation; the session ends with it.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -259,6 +342,30 @@ mod tests {
         assert!(peek_header(&out[..4]).unwrap().is_none());
         assert!(peek_header(b"Q\0\0\0\x03").is_err());
         assert!(peek_header(b"Q\x7f\xff\xff\xff").is_err());
+    }
+
+    #[test]
+    fn frontend_caps_per_type() {
+        let h = |tag: u8, total: usize| Header { tag, total };
+        assert!(check_frontend(h(b'S', 5), 1000).is_ok());
+        assert!(matches!(
+            check_frontend(h(b'S', 6), 1000),
+            Err(HeaderError::TooLong { what: "Sync", .. })
+        ));
+        assert!(check_frontend(h(b'H', 6), 1000).is_err());
+        assert!(check_frontend(h(b'Q', 5 + 1001), 1000).is_ok());
+        assert!(check_frontend(h(b'Q', 5 + 1002), 1000).is_err());
+        assert!(check_frontend(h(b'E', 10_001), 1000).is_ok());
+        assert!(check_frontend(h(b'E', 10_002), 1000).is_err());
+        assert!(check_frontend(h(b'B', 64 << 20), 1000).is_ok());
+        assert_eq!(
+            check_frontend(h(b'Y', 64 << 20), 1000),
+            Err(HeaderError::UnknownType(b'Y'))
+        );
+        // Startup-phase and backend-only types are not frontend messages after startup.
+        for tag in [b'p', b'R', b'Z', b'T', 0u8] {
+            assert!(frontend_cap(tag, 1000).is_none(), "{}", tag as char);
+        }
     }
 
     #[test]

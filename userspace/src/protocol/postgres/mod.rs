@@ -2,24 +2,36 @@
 //!
 //! To the client airlock is a PostgreSQL server: it answers the startup (declining or
 //! terminating TLS, negotiating the protocol version down to 3.0), authenticates the client
-//! with a pluggable [`ClientAuthenticator`], and hands out cancel keys of its own. To the server
+//! through the gate (a pluggable [`Authenticator`]), and hands out cancel keys of its own. To the server
 //! it is a client logging in with the target's credentials (SCRAM-SHA-256, MD5 or cleartext,
 //! over TLS when configured). Then [`session::run`] relays the session, asking policy about
-//! every Query, Parse and Execute before the server sees it.
+//! every Query, Parse and Execute before the server sees it — the gate decides, this module
+//! only frames and acts.
 //!
-//! Modules: [`codec`] (framing), [`startup`] (startup packets), [`frontend_auth`] (client
-//! identity), [`backend_auth`] (login to the server), [`tls`], [`cancel`] (key registry),
-//! [`session`] (the loop).
+//! Modules: [`codec`] (framing), [`startup`] (startup packets), [`backend_auth`] (login to the
+//! server), [`tls`], [`cancel`] (key registry), [`session`] (the loop), [`results`] and
+//! [`origin`] (answers, masking, result records).
 
 pub mod backend_auth;
 pub mod cancel;
+pub mod catalog;
 pub mod codec;
-pub mod frontend_auth;
+pub mod credentials;
+pub mod messages;
 pub mod origin;
+pub mod params;
 pub mod results;
+pub mod roles;
+pub mod rows;
 pub mod session;
 pub mod startup;
 pub mod tls;
+pub mod types;
+
+#[cfg(test)]
+mod rows_pg_tests;
+#[cfg(test)]
+mod rows_tests;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,37 +39,25 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-pub use frontend_auth::{
-    AuthError, AuthFuture, ClientAuthenticator, PolicyAuthenticator, WorkloadAuthenticator,
-};
-
 use self::backend_auth::BackendError;
 use self::cancel::{CancelRegistry, CancelTarget};
 use self::codec::HEADER_LEN;
-use self::session::{Judge, Judged};
 use self::startup::{Startup, StartupPacket};
 use self::tls::MaybeTls;
 use super::Session;
-use crate::audit::{EndReason, SessionEnd, SessionStart, TlsInfo};
-use crate::config::{PostgresTarget, Protocol, TargetConfig};
-use crate::identity::Identity;
-use crate::metrics::{Action, DenyReason, TargetMetrics};
-use crate::policy::classify::Class;
-use crate::policy::{Decision, Request};
-use crate::proxy::Context;
+use crate::audit::{EndReason, SessionStart, TlsInfo};
+use crate::config::{PostgresTarget, TargetConfig};
+use crate::gate::{self, AuthError, Authenticator, Decider, Gate, PolicyAuthenticator, Presented};
+use crate::metrics::DenyReason;
+use crate::model::Protocol;
+use crate::runtime::Context;
 
-/// Decides one command. The daemon uses the policy engine in [`Context`]; tests and benchmarks
-/// may substitute their own (allow-all, deny-by-marker) through [`Hooks`].
-pub trait Decider: Send + Sync + std::fmt::Debug {
-    fn decide(&self, req: &Request<'_>) -> Decision;
-}
-
-/// Pluggable parts of the PostgreSQL handler.
+/// Pluggable parts of the PostgreSQL handler (tests and benchmarks substitute their own).
 #[derive(Debug, Clone)]
 pub struct Hooks {
     /// `None`: the policy engine in `ctx.engine`.
     pub decider: Option<Arc<dyn Decider>>,
-    pub authenticator: Arc<dyn ClientAuthenticator>,
+    pub authenticator: Arc<dyn Authenticator>,
 }
 
 impl Default for Hooks {
@@ -119,14 +119,39 @@ fn check_options(options: &str) -> Result<(), String> {
                 "airlock: server option \"{w}\" is not allowed through the gateway"
             ));
         };
-        let name = setting.split('=').next().unwrap_or("").replace('-', "_");
+        let (name, value) = setting.split_once('=').unwrap_or((setting, ""));
+        let name = name.replace('-', "_");
         if !FORWARDED_PARAMS.contains(&name.to_ascii_lowercase().as_str()) {
             return Err(format!(
                 "airlock: setting \"{name}\" in options is not allowed through the gateway; set it with SQL"
             ));
         }
+        check_search_path(&name, value)?;
     }
     Ok(())
+}
+
+/// A `search_path` given at startup is held to the rules `SET search_path` is judged by: a
+/// path that could shadow functions policy allows is refused (with SQL it would be `admin`),
+/// and so is one listing `pg_catalog` after another schema, which would let a function there
+/// stand in for a built-in that masking's lineage trusts.
+fn check_search_path(name: &str, value: &str) -> Result<(), String> {
+    if !name.eq_ignore_ascii_case("search_path") {
+        return Ok(());
+    }
+    if crate::policy::sql::lineage::shadows_builtins(value) {
+        return Err(
+            "airlock: a search_path listing pg_catalog after another schema is not allowed through the gateway"
+                .into(),
+        );
+    }
+    let schemas = crate::policy::sql::classify::split_search_path(value);
+    match crate::policy::sql::classify::search_path_risk(&schemas) {
+        None => Ok(()),
+        Some(why) => Err(format!(
+            "airlock: {why}; a search path that could shadow functions is not allowed at startup"
+        )),
+    }
 }
 
 /// Serves one PostgreSQL client session with the policy engine and workload identity.
@@ -197,6 +222,7 @@ async fn serve_inner(
         target,
         workload,
         upstream,
+        drain,
         ..
     } = session;
     let _ = client.set_nodelay(true);
@@ -234,18 +260,37 @@ async fn serve_inner(
 
     // Who is calling.
     let auth = &hooks.authenticator;
-    let secret = if auth.wants_secret(ctx, &startup, workload.as_ref()) {
+    let mut presented = Presented {
+        workload: workload.as_ref(),
+        user: startup.get("user"),
+        secret: None,
+    };
+    let secret = if auth.wants_secret(ctx, &presented) {
         codec::put_authentication(&mut out, 3);
         client.write_all(&out).await?;
         client.flush().await?;
         out.clear();
-        Some(read_password(&mut client).await?)
+        match read_password(&mut client).await? {
+            Ok(secret) => Some(secret),
+            Err(len) => {
+                ctx.metrics.denied_connection(DenyReason::InvalidToken);
+                tracing::info!(session = id, target = %target.name, len, "client authentication failed: password message too long");
+                return Err(fatal(
+                    &mut client,
+                    "28000",
+                    &format!(
+                        "airlock: invalid token: the password message is {len} bytes, over the {} a PostgreSQL login may carry",
+                        codec::MAX_AUTH_MESSAGE_LEN
+                    ),
+                )
+                .await);
+            }
+        }
     } else {
         None
     };
-    let authenticated = auth
-        .authenticate(ctx, &startup, secret.as_deref(), workload.as_ref())
-        .await;
+    presented.secret = secret.as_deref();
+    let authenticated = auth.authenticate(ctx, presented).await;
     drop(secret);
     let identity = match authenticated {
         Ok(i) => i,
@@ -265,19 +310,6 @@ async fn serve_inner(
         }
     };
 
-    // Fail closed: no session the audit log cannot record.
-    let mut recorder = match ctx.audit.admit_session() {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(session = id, target = %target.name, error = %e, "session refused: audit log");
-            return Err(fatal(
-                &mut client,
-                "53100",
-                &format!("airlock: the audit log cannot record this session: {e}"),
-            )
-            .await);
-        }
-    };
     let tls = match &client {
         MaybeTls::Server(t) => {
             let (_, conn) = t.get_ref();
@@ -297,32 +329,34 @@ async fn serve_inner(
         }
         _ => None,
     };
-    if let Err(e) = recorder
-        .start(SessionStart {
-            proxy_session: Some(id),
-            identity: &identity,
-            workload: workload.as_ref(),
-            target: &target.name,
-            protocol: Protocol::Postgres,
-            client: client_addr,
-            original_dst: workload.as_ref().and_then(|w| w.original_dst),
-            tls,
-        })
-        .await
-    {
-        tracing::warn!(session = id, target = %target.name, error = %e, "session refused: audit log");
-        return Err(fatal(
-            &mut client,
-            "53100",
-            &format!("airlock: the audit log cannot record this session: {e}"),
-        )
-        .await);
-    }
+    // Fail closed: no session the audit log cannot record.
+    let start = SessionStart {
+        proxy_session: Some(id),
+        identity: &identity,
+        workload: workload.as_ref(),
+        target: &target.name,
+        protocol: Protocol::Postgres,
+        client: client_addr,
+        original_dst: workload.as_ref().and_then(|w| w.original_dst),
+        tls,
+    };
+    let recorder = match gate::session::open(ctx, start).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(session = id, target = %target.name, error = %e, "session refused: audit log");
+            return Err(fatal(
+                &mut client,
+                "53100",
+                &format!("airlock: the audit log cannot record this session: {e}"),
+            )
+            .await);
+        }
+    };
 
     let params = match backend_params(&startup, pg) {
         Ok(p) => p,
         Err(message) => {
-            end_session(recorder, EndReason::Denied, Some(&message), 0, 0).await;
+            gate::session::close(recorder, EndReason::Denied, Some(&message), 0, 0).await;
             return Err(fatal(&mut client, "42501", &message).await);
         }
     };
@@ -346,10 +380,35 @@ async fn serve_inner(
                 error = %e,
                 "backend login failed"
             );
-            end_session(recorder, EndReason::Error, Some(&message), 0, 0).await;
+            gate::session::close(recorder, EndReason::Error, Some(&message), 0, 0).await;
             return Err(fatal(&mut client, e.sqlstate(), &message).await);
         }
     };
+
+    let mut backend = backend;
+    // Least privilege: the session starts in the target's base role, before the client
+    // sends anything.
+    let roles = roles::Roles::new(&pg.roles, pg.run_as.as_deref());
+    if let Some(role) = roles.as_ref().and_then(roles::Roles::base) {
+        let switched = tokio::time::timeout(
+            BACKEND_TIMEOUT,
+            roles::set_at_login(&mut backend.stream, &mut backend.buffer, role),
+        )
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()));
+        match switched {
+            Ok(status) => backend.status = status,
+            Err(e) => {
+                let message = format!(
+                    "airlock: target \"{}\": the gateway could not switch to role \"{role}\": {e}",
+                    target.name
+                );
+                tracing::warn!(session = id, target = %target.name, role, error = %e, "role switch at login failed");
+                gate::session::close(recorder, EndReason::Error, Some(&message), 0, 0).await;
+                return Err(fatal(&mut client, "42501", &message).await);
+            }
+        }
+    }
 
     // Cancel keys: the client gets one we minted.
     let registration = backend.key.as_ref().and_then(|(pid, secret)| {
@@ -379,30 +438,42 @@ async fn serve_inner(
 
     let audit = results::AuditSink::new(recorder);
     let masker = ctx.masker.load_full();
-    let judge = PolicyJudge {
-        decider: hooks.decider.as_deref(),
+    let judge = Gate {
         ctx,
+        decider: hooks.decider.as_deref(),
         identity: &identity,
         target: &target.name,
+        protocol: Protocol::Postgres,
         session: id,
         metrics: &metrics,
         masker: &masker,
         recording: audit.enabled(),
+        preview: Some(Arc::new(params::Reviewer)),
     };
     let database = params
         .iter()
         .find(|(k, _)| *k == "database")
         .map(|(_, v)| v.to_string())
         .unwrap_or_default();
+    let statement_limit = ctx.engine.load().limits().max_bytes;
     let env = || session::Env {
         audit: &audit,
         masker: masker.clone(),
         metrics: &ctx.metrics,
+        buffers: ctx.buffers.clone(),
+        statement_limit,
         side: Some(origin::SideConn::new(
             pg.clone(),
             upstream,
             database.clone(),
         )),
+        views: Some(origin::SideConn::new(
+            pg.clone(),
+            upstream,
+            database.clone(),
+        )),
+        drain: &drain,
+        roles: roles.clone(),
     };
     let shared = session::Shared::new(backend.status);
     let server = backend.stream;
@@ -425,9 +496,10 @@ async fn serve_inner(
             (EndReason::ClientClosed, None)
         }
         Ok(session::Exit::ServerClosed) => (EndReason::ServerClosed, None),
+        Ok(session::Exit::Shutdown) => (EndReason::Shutdown, None),
         Err(e) => (e.end_reason(), Some(e.to_string())),
     };
-    end_session(
+    gate::session::close(
         audit.into_inner(),
         reason,
         detail.as_deref(),
@@ -440,27 +512,6 @@ async fn serve_inner(
     )
     .await;
     exit
-}
-
-/// Records the session's end (a failure is logged: the session is over either way).
-async fn end_session(
-    recorder: crate::audit::SessionRecorder,
-    reason: EndReason,
-    detail: Option<&str>,
-    bytes_from_client: u64,
-    bytes_to_client: u64,
-) {
-    if let Err(e) = recorder
-        .end(SessionEnd {
-            reason,
-            detail: detail.map(str::to_owned),
-            bytes_from_client,
-            bytes_to_client,
-        })
-        .await
-    {
-        tracing::warn!(error = %e, "audit: session end not recorded");
-    }
 }
 
 /// The startup phase: SSLRequest (TLS terminated when configured, else declined) and
@@ -532,12 +583,22 @@ where
     CW: AsyncWrite + Unpin,
     SR: AsyncRead + Unpin,
     SW: AsyncWrite + Unpin,
-    J: Judge,
+    J: gate::Judge,
 {
     match session::run(id, judge, shared, env, cr, cw, sr, sw, buffer).await {
+        Ok(session::Exit::Shutdown) => {
+            // What PostgreSQL itself sends on a fast shutdown.
+            fatal(
+                cw,
+                "57P01",
+                "terminating connection due to administrator command",
+            )
+            .await;
+            Ok(session::Exit::Shutdown)
+        }
         Ok(exit) => Ok(exit),
         Err(e @ session::SessionError::Io(_)) => Err(e.into()),
-        Err(e) => Err(fatal(cw, "08P01", &format!("airlock: {e}")).await),
+        Err(e) => Err(fatal(cw, e.sqlstate(), &format!("airlock: {e}")).await),
     }
 }
 
@@ -586,6 +647,7 @@ fn backend_params<'a>(
             check_options(v)?;
             params.push((k.as_str(), v.as_str()));
         } else if FORWARDED_PARAMS.contains(&lower.as_str()) {
+            check_search_path(&lower, v)?;
             params.push((k.as_str(), v.as_str()));
         } else {
             return Err(format!(
@@ -596,20 +658,28 @@ fn backend_params<'a>(
     Ok(params)
 }
 
-/// Reads a PasswordMessage ('p') during client authentication.
-async fn read_password<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, ServeError> {
+/// Reads a PasswordMessage ('p') during client authentication: up to the server's own cap for
+/// an authentication message (65535 bytes), so a token up to the verifier's limit arrives
+/// whole and one past it gets the verifier's clear error. `Ok(Err(len))`: longer than the cap
+/// (the body is not read).
+async fn read_password<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<Result<Vec<u8>, usize>, ServeError> {
     let mut head = [0u8; HEADER_LEN];
     r.read_exact(&mut head).await?;
     let h = codec::peek_header(&head)?.ok_or(codec::FrameError::Malformed { what: "password" })?;
-    if h.tag != b'p' || h.total > codec::MAX_STARTUP_LEN {
+    if h.tag != b'p' {
         return Err(codec::FrameError::Malformed { what: "password" }.into());
+    }
+    if h.total > HEADER_LEN + codec::MAX_AUTH_MESSAGE_LEN {
+        return Ok(Err(h.total - HEADER_LEN));
     }
     let mut body = vec![0u8; h.total - HEADER_LEN];
     r.read_exact(&mut body).await?;
     if body.last() == Some(&0) {
         body.pop();
     }
-    Ok(body)
+    Ok(Ok(body))
 }
 
 /// A CancelRequest arrived: forward it with the server's real key if the key is one we minted
@@ -621,75 +691,6 @@ async fn handle_cancel(id: u64, target: &str, pid: i32, secret: &[u8]) {
             Err(e) => tracing::warn!(session = id, %target, error = %e, "cancel request failed"),
         },
         _ => tracing::info!(session = id, %target, "cancel request with an unknown key ignored"),
-    }
-}
-
-/// Binds policy to this session's identity and target.
-#[derive(Debug)]
-struct PolicyJudge<'a> {
-    decider: Option<&'a dyn Decider>,
-    ctx: &'a Context,
-    identity: &'a Identity,
-    target: &'a str,
-    session: u64,
-    metrics: &'a TargetMetrics,
-    masker: &'a crate::mask::Masker,
-    /// Whether decisions go to the audit log.
-    recording: bool,
-}
-
-impl Judge for PolicyJudge<'_> {
-    fn judge(&self, command: &str) -> Judged {
-        let req = Request {
-            identity: self.identity,
-            target: self.target,
-            protocol: Protocol::Postgres,
-            command,
-        };
-        let started = std::time::Instant::now();
-        let engine = self.ctx.engine.load();
-        let (decision, classification) = match self.decider {
-            Some(d) => (d.decide(&req), engine.classify(Protocol::Postgres, command)),
-            None => {
-                let v = engine.evaluate(&req);
-                (v.decision, v.classification)
-            }
-        };
-        self.ctx.metrics.policy_eval(started.elapsed());
-        self.metrics.command(Action::of(&decision));
-        tracing::debug!(
-            session = self.session,
-            action = decision.action(),
-            rule = decision.rule(),
-            "decision"
-        );
-        let ddl = classification.classes().contains(Class::Ddl);
-        let record = self.recording.then(|| (decision.clone(), classification));
-        let mut verdict = if let Decision::Review { .. } = decision {
-            session::review(
-                self.ctx.approvals.get(),
-                crate::approval::ReviewRequest {
-                    identity: self.identity.clone(),
-                    target: self.target.to_owned(),
-                    session: self.session,
-                    command: command.to_owned(),
-                    decision,
-                },
-            )
-        } else {
-            session::verdict(decision)
-        };
-        // A group in a rule's except_groups sees raw values.
-        if let session::Verdict::Allow { mask, .. } = &mut verdict
-            && !mask.is_empty()
-        {
-            *mask = self.masker.applicable(mask, &self.identity.groups);
-        }
-        Judged {
-            verdict,
-            record,
-            ddl,
-        }
     }
 }
 
@@ -707,6 +708,9 @@ mod tests {
             database: None,
             tls: Default::default(),
             client_tls: None,
+            roles: Vec::new(),
+            run_as: None,
+            rotate_every: None,
         }
     }
 
@@ -740,12 +744,34 @@ mod tests {
         let mut fine = s.clone();
         fine.params.push((
             "options".into(),
-            "-c statement_timeout=5s --search-path=a\\ b -csearch_path=x".into(),
+            "-c statement_timeout=5s --search-path=public -csearch_path=public,pg_temp".into(),
         ));
         assert_eq!(backend_params(&fine, &cfg).unwrap().len(), 4);
-        for bad in ["-D /tmp", "-c role=x", "--session_authorization=x", "-c"] {
+        for bad in [
+            "-D /tmp",
+            "-c role=x",
+            "--session_authorization=x",
+            "-c",
+            "-c search_path=public,pg_catalog",
+            "--search-path=x,\\ pg_catalog",
+            "-c search_path=evil,pg_catalog",
+            "--search-path=public,pg_catalog",
+        ] {
             assert!(check_options(bad).is_err(), "{bad}");
         }
+        let mut bad = s.clone();
+        bad.params
+            .push(("search_path".into(), "\"$user\", public, pg_catalog".into()));
+        assert!(
+            backend_params(&bad, &cfg)
+                .unwrap_err()
+                .contains("pg_catalog")
+        );
+        let mut shadow = s.clone();
+        shadow
+            .params
+            .push(("search_path".into(), "\"Evil\", public".into()));
+        assert!(backend_params(&shadow, &cfg).unwrap_err().contains("Evil"));
         let mut repl = s;
         repl.params.push(("replication".into(), "database".into()));
         assert!(backend_params(&repl, &cfg).is_err());

@@ -24,10 +24,11 @@ use sqlparser::dialect::PostgreSqlDialect;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::backend_auth;
+use super::catalog::CatalogCache;
 use super::codec::{self, HEADER_LEN, Reader};
+use super::rows::CsvOptions;
 use super::tls::MaybeTls;
 use crate::config::PostgresTarget;
-use crate::mask::{CatalogCache, CsvOptions};
 
 /// One RowDescription field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,25 +288,93 @@ impl SideConn {
         }
     }
 
-    /// Loads the names of every column of `tables` into `cache`. Tables the catalog does not
-    /// know stay unloaded, so resolving their columns fails (closed).
+    /// Loads the names of every column of `tables` into `cache`, and for views their
+    /// definitions (through views on views, at most [`MAX_VIEW_DEPTH`](super::catalog::MAX_VIEW_DEPTH) deep). Tables the catalog does not know stay unloaded, so
+    /// resolving their columns fails (closed).
     pub async fn lookup(
         &mut self,
         cache: &mut CatalogCache,
         tables: &[u32],
     ) -> Result<(), LookupError> {
-        let mut out = BytesMut::new();
-        codec::put_message(&mut out, b'Q', |o| {
-            codec::put_cstr(o, CatalogCache::query(tables).as_bytes());
-        });
-        for (tag, body) in self.exchange(&out).await? {
-            if tag != b'D' {
-                continue;
+        let mut tables = tables.to_vec();
+        for _ in 0..=super::catalog::MAX_VIEW_DEPTH {
+            if !tables.is_empty() {
+                for row in self.rows(&CatalogCache::query(&tables)).await? {
+                    let row = data_row_values(&row).map_err(|e| e.to_string())?;
+                    cache.insert_row(&row).map_err(|e| e.to_string())?;
+                }
             }
-            let row = data_row_values(&body).map_err(|e| e.to_string())?;
-            cache.insert_row(&row).map_err(|e| e.to_string())?;
+            // A view's definition traces its columns, through the relations it names.
+            let undefined = cache.views_without_defs();
+            if undefined.is_empty() {
+                break;
+            }
+            for row in self.rows(&CatalogCache::defs_query(&undefined)).await? {
+                let row = data_row_values(&row).map_err(|e| e.to_string())?;
+                cache.insert_def_row(&row).map_err(|e| e.to_string())?;
+            }
+            cache.mark_defs_loaded(&undefined);
+            let names = cache.missing_def_names();
+            if !names.is_empty() {
+                self.resolve_only(cache, &names).await?;
+            }
+            let named: Vec<(u32, i16)> = names
+                .iter()
+                .flat_map(|(s, n)| cache.name_oids(s.as_deref(), n).iter().map(|&o| (o, 1)))
+                .collect();
+            tables = cache.missing_tables(named);
         }
         Ok(())
+    }
+
+    /// Resolves names to OIDs without loading the relations.
+    async fn resolve_only(
+        &mut self,
+        cache: &mut CatalogCache,
+        names: &[(Option<String>, String)],
+    ) -> Result<(), LookupError> {
+        let rows = self.rows(&CatalogCache::names_query(names)).await?;
+        let row = rows
+            .first()
+            .map(|r| data_row_values(r))
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        cache.insert_names(names, row.as_deref().unwrap_or(&[]));
+        Ok(())
+    }
+
+    /// Resolves relation names (as a statement writes them) to OIDs and loads those
+    /// relations (see [`SideConn::lookup`]).
+    pub async fn resolve(
+        &mut self,
+        cache: &mut CatalogCache,
+        names: &[(Option<String>, String)],
+    ) -> Result<(), LookupError> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        self.resolve_only(cache, names).await?;
+        let oids: Vec<(u32, i16)> = names
+            .iter()
+            .flat_map(|(s, n)| cache.name_oids(s.as_deref(), n).iter().map(|&o| (o, 1)))
+            .collect();
+        let missing = cache.missing_tables(oids);
+        self.lookup(cache, &missing).await
+    }
+
+    /// The DataRow bodies of a simple query.
+    async fn rows(&mut self, sql: &str) -> Result<Vec<Vec<u8>>, LookupError> {
+        let mut out = BytesMut::new();
+        codec::put_message(&mut out, b'Q', |o| {
+            codec::put_cstr(o, sql.as_bytes());
+        });
+        Ok(self
+            .exchange(&out)
+            .await?
+            .into_iter()
+            .filter(|(tag, _)| *tag == b'D')
+            .map(|(_, body)| body)
+            .collect())
     }
 
     /// The RowDescription of `sql` (Parse + Describe on the unnamed statement).

@@ -17,11 +17,18 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
+use super::catalog::CatalogCache;
 use super::codec::{self, ErrorFields, HEADER_LEN};
+use super::messages;
 use super::origin::{self, CopySpec, Field, SideConn};
+use super::rows;
+use super::types::{oid, value_kind};
 use crate::audit::{Ack, AuditError, CommandResult, MaskTally, SessionRecorder};
-use crate::mask::{CatalogCache, ColumnPlan, ColumnRef, MaskCounts, Masker, RuleId, ValueFormat};
+use crate::mask::{ColumnPlan, ColumnRef, MaskCounts, Masker, RuleId, ValueFormat};
 use crate::metrics::Metrics;
+use crate::model::Facts;
+use crate::model::lineage::{Flow, Source};
+use crate::policy::sql::lineage;
 use prometheus_client::metrics::counter::Counter;
 
 /// Result descriptions whose plans a session keeps for reuse.
@@ -37,15 +44,19 @@ pub struct Cmd {
     pub text: Arc<str>,
     /// Denied: its answer is our error, and it has no result record.
     pub denied: bool,
+    /// What classification found, shared with the cache: the lineage of its result columns
+    /// (which computed columns carry masked values) and, for errors, which columns it names.
+    pub facts: Arc<Facts>,
 }
 
 impl Cmd {
-    pub fn new(text: Arc<str>, mask: Vec<String>, denied: bool) -> Arc<Self> {
+    pub fn new(text: Arc<str>, mask: Vec<String>, denied: bool, facts: Arc<Facts>) -> Arc<Self> {
         Arc::new(Cmd {
             n: AtomicU64::new(0),
             mask: mask.into_boxed_slice(),
             text,
             denied,
+            facts,
         })
     }
 
@@ -62,8 +73,14 @@ pub enum Expect {
         cmd: Arc<Cmd>,
         started: Instant,
     },
-    Parse,
-    Bind,
+    /// ParseComplete; `done` is set when it comes (the server holds the statement).
+    Parse {
+        done: Arc<AtomicBool>,
+    },
+    /// BindComplete; `done` is set when it comes (the server holds the portal).
+    Bind {
+        done: Arc<AtomicBool>,
+    },
     Close,
     /// RowDescription or NoData (after ParameterDescription for a statement). `cmd` is set
     /// when the described statement or portal is masked; `injected` when the gateway sent the
@@ -81,6 +98,14 @@ pub enum Expect {
         started: Instant,
     },
     Sync,
+    /// The gateway's own role switch (see [`roles`](super::roles)): everything up to its
+    /// ReadyForQuery is for the gateway, none of it for the client.
+    Internal,
+    /// The gateway's own `SET LOCAL ROLE` inside the client's pipeline: answered up to its
+    /// second CloseComplete (`closes` counts them), or failed with the pipeline.
+    InternalInline {
+        closes: u8,
+    },
 }
 
 /// The session's audit recorder, shared by both halves.
@@ -174,14 +199,17 @@ struct PlanKey {
     desc: Box<[u8]>,
     /// The command's active masking rules.
     mask: Box<[String]>,
+    /// The classification the plan's replaced computed columns come from (the same statement
+    /// shape shares one; compared by pointer, kept alive here so that it cannot be reused).
+    facts: Arc<Facts>,
     /// The whole RowDescription message with masked columns announced as `text`, when that
     /// changes it (see [`announce_text`]).
     announce: Option<Box<[u8]>>,
 }
 
 impl PlanKey {
-    fn matches(&self, desc: &[u8], mask: &[String]) -> bool {
-        *self.desc == *desc && *self.mask == *mask
+    fn matches(&self, desc: &[u8], cmd: &Cmd) -> bool {
+        Arc::ptr_eq(&self.facts, &cmd.facts) && *self.desc == *desc && *self.mask == *cmd.mask
     }
 
     /// Forward the RowDescription, or send its rewritten form.
@@ -199,7 +227,7 @@ impl PlanKey {
 /// COPY OUT masking state.
 #[derive(Debug, Clone, Copy)]
 struct CopyOut {
-    csv: Option<crate::mask::CsvOptions>,
+    csv: Option<rows::CsvOptions>,
     /// The next CopyData is the header line.
     header: bool,
 }
@@ -228,6 +256,9 @@ pub struct Back<'a> {
     copy: Option<CopyOut>,
     /// COPY OUT statements seen in the current Query.
     copies: usize,
+    /// Statements of the current Query already complete: the next result set belongs to the
+    /// statement with this index.
+    statement: usize,
     /// After a masking failure: drop everything until ReadyForQuery.
     pub(super) suppress: bool,
     acc: Acc,
@@ -260,6 +291,7 @@ impl<'a> Back<'a> {
             rows_masked: false,
             copy: None,
             copies: 0,
+            statement: 0,
             suppress: false,
             acc: Acc::default(),
         }
@@ -294,6 +326,19 @@ impl<'a> Back<'a> {
             Some(Expect::Query { cmd, .. } | Expect::Execute { cmd, .. }) => Some(cmd.clone()),
             _ => None,
         })
+    }
+
+    /// The command a server error or notice belongs to: the one whose answer is streaming,
+    /// else the next queued one that carries a command (an error at Bind of a masked portal).
+    fn message_cmd(&self) -> Option<Arc<Cmd>> {
+        match self.expect.lock() {
+            Ok(q) => q.iter().find_map(|e| match e {
+                Expect::Query { cmd, .. } | Expect::Execute { cmd, .. } => Some(cmd.clone()),
+                Expect::Describe { cmd: Some(cmd), .. } => Some(cmd.clone()),
+                _ => None,
+            }),
+            Err(_) => None,
+        }
     }
 
     /// Handles one whole server message. `rep` receives a replacement when `Act::Replace`.
@@ -350,7 +395,7 @@ impl<'a> Back<'a> {
             if !self.rows_masked {
                 return Ok(Act::Forward);
             }
-            return match crate::mask::mask_data_row(plan, body, rep) {
+            return match rows::mask_data_row(plan, body, rep) {
                 Ok(o) if o.rewritten => Ok(Act::Replace),
                 Ok(_) => Ok(Act::Forward),
                 Err(e) => Err(Refusal(format!("masking failed: {e}"))),
@@ -377,8 +422,8 @@ impl<'a> Back<'a> {
                     return Ok(Act::Forward);
                 }
                 let r = match copy.csv {
-                    Some(o) => plan.mask_copy_csv(body, o, rep),
-                    None => plan.mask_copy_data(body, rep),
+                    Some(o) => rows::mask_copy_csv(plan, body, o, rep),
+                    None => rows::mask_copy_data(plan, body, rep),
                 };
                 match r {
                     Ok(o) if o.rewritten => Ok(Act::Replace),
@@ -400,6 +445,9 @@ impl<'a> Back<'a> {
                 }
             }
             b'C' | b'I' | b's' => {
+                if tag != b's' {
+                    self.statement += 1;
+                }
                 if tag == b'C' {
                     let rows = command_rows(body);
                     if let Some(r) = rows {
@@ -414,9 +462,26 @@ impl<'a> Back<'a> {
                 Ok(Act::Forward)
             }
             b'E' => {
-                let message = codec::parse_error(body)
-                    .map(|e| e.message.to_string())
-                    .unwrap_or_else(|_| "error".into());
+                let (message, act) = match self.message_cmd().filter(|c| c.masked()) {
+                    Some(cmd) => {
+                        let touched = self.names_masked_column(&cmd).await;
+                        let m = messages::mask(tag, body, &self.masker, &cmd, touched);
+                        let act = match m.message {
+                            Some(msg) => {
+                                rep.extend_from_slice(&msg);
+                                Act::Replace
+                            }
+                            None => Act::Forward,
+                        };
+                        (m.text, act)
+                    }
+                    None => (
+                        codec::parse_error(body)
+                            .map(|e| e.message.to_string())
+                            .unwrap_or_else(|_| "error".into()),
+                        Act::Forward,
+                    ),
+                };
                 self.end_result_set();
                 let in_query = self.head(|h| matches!(h, Some(Expect::Query { .. })));
                 if in_query {
@@ -433,12 +498,26 @@ impl<'a> Back<'a> {
                         }
                     }
                 }
-                Ok(Act::Forward)
+                Ok(act)
             }
+            b'N' => match self.message_cmd().filter(|c| c.masked()) {
+                Some(cmd) => {
+                    let touched = self.names_masked_column(&cmd).await;
+                    match messages::mask(tag, body, &self.masker, &cmd, touched).message {
+                        Some(msg) => {
+                            rep.extend_from_slice(&msg);
+                            Ok(Act::Replace)
+                        }
+                        None => Ok(Act::Forward),
+                    }
+                }
+                None => Ok(Act::Forward),
+            },
             b'Z' => {
                 self.end_result_set();
                 self.suppress = false;
                 self.copies = 0;
+                self.statement = 0;
                 while let Some(e) = self.pop() {
                     let done = matches!(e, Expect::Sync | Expect::Query { .. });
                     self.finish(e, None).await;
@@ -452,7 +531,16 @@ impl<'a> Back<'a> {
                 let injected =
                     self.head(|h| matches!(h, Some(Expect::Describe { injected: true, .. })));
 
-                self.pop();
+                // What the gateway knows the server now holds: only a confirmed Parse or Bind
+                // (one skipped after an error, or failing itself, created nothing).
+                match self.pop() {
+                    Some(Expect::Parse { done } | Expect::Bind { done })
+                        if tag == b'1' || tag == b'2' =>
+                    {
+                        done.store(true, Ordering::Release);
+                    }
+                    _ => {}
+                }
                 if tag == b'n' && injected {
                     return Ok(Act::Drop);
                 }
@@ -491,7 +579,7 @@ impl<'a> Back<'a> {
                 if !cmd.masked() {
                     return Ok(Act::Forward);
                 }
-                let (key, plan) = self.planned(body, &cmd.mask).await?;
+                let (key, plan) = self.planned(body, &cmd).await?;
                 let act = key.act(rep);
                 self.start_result_set(plan, Some(key), None);
                 Ok(act)
@@ -505,7 +593,7 @@ impl<'a> Back<'a> {
                 let Some(cmd) = cmd else {
                     return Ok(if injected { Act::Drop } else { Act::Forward });
                 };
-                let (key, plan) = self.planned(body, &cmd.mask).await?;
+                let (key, plan) = self.planned(body, &cmd).await?;
                 // An injected Describe's answer is only for us; the client's gets the columns
                 // announced the way its rows will come.
                 let act = if injected { Act::Drop } else { key.act(rep) };
@@ -523,21 +611,18 @@ impl<'a> Back<'a> {
 
     /// The plan for a RowDescription under `mask`: the cached one when the same description
     /// was planned before under the same rules, else a new one.
-    async fn planned(
-        &mut self,
-        body: &[u8],
-        mask: &[String],
-    ) -> Result<(PlanKey, ColumnPlan), Refusal> {
+    async fn planned(&mut self, body: &[u8], cmd: &Cmd) -> Result<(PlanKey, ColumnPlan), Refusal> {
         self.drop_stale_names();
-        if let Some(i) = self.plans.iter().position(|(k, _)| k.matches(body, mask)) {
+        if let Some(i) = self.plans.iter().position(|(k, _)| k.matches(body, cmd)) {
             return Ok(self.plans.remove(i));
         }
         let fields = parse_fields(body)?;
-        let plan = self.build_plan(&fields, mask).await?;
+        let plan = self.build_plan(&fields, cmd).await?;
         let announce = announce_text(&plan, &fields, body);
         let key = PlanKey {
             desc: body.into(),
-            mask: mask.into(),
+            mask: cmd.mask.clone(),
+            facts: Arc::clone(&cmd.facts),
             announce,
         };
         Ok((key, plan))
@@ -551,8 +636,12 @@ impl<'a> Back<'a> {
         self.plans.push((key, plan));
     }
 
-    /// After DDL the cached names, and every plan built from them, may be wrong.
+    /// After DDL the cached names, and every plan built from them, may be wrong. Too many
+    /// names cached (they come from the client) also start the cache over.
     fn drop_stale_names(&mut self) {
+        if self.cache.names_full() {
+            self.stale.store(true, Ordering::Release);
+        }
         if self.stale.swap(false, Ordering::AcqRel) {
             self.cache.invalidate();
             self.plans.clear();
@@ -595,7 +684,7 @@ impl<'a> Back<'a> {
         for f in &mut fields {
             f.format = 0;
         }
-        let plan = self.build_plan(&fields, &cmd.mask).await?;
+        let plan = self.build_plan(&fields, cmd).await?;
         self.start_result_set(
             plan,
             None,
@@ -608,11 +697,8 @@ impl<'a> Back<'a> {
     }
 
     /// Resolves the fields (side connection for tables not cached) and plans the masking.
-    async fn build_plan(
-        &mut self,
-        fields: &[Field],
-        mask: &[String],
-    ) -> Result<ColumnPlan, Refusal> {
+    async fn build_plan(&mut self, fields: &[Field], cmd: &Cmd) -> Result<ColumnPlan, Refusal> {
+        let mask = &cmd.mask;
         self.drop_stale_names();
         let missing = self
             .cache
@@ -625,6 +711,13 @@ impl<'a> Back<'a> {
             side.lookup(&mut self.cache, &missing)
                 .await
                 .map_err(|e| Refusal(format!("masking: {e}")))?;
+        }
+        // Computed columns are traced by name: views among the names must be seen through.
+        let lineage = &cmd.facts.lineage;
+        if fields.iter().any(|f| f.table == 0)
+            || lineage.statements.iter().any(|s| s.has_computed_outputs())
+        {
+            self.resolve_names(cmd).await?;
         }
         let mut cols = Vec::with_capacity(fields.len());
         for f in fields {
@@ -641,9 +734,144 @@ impl<'a> Back<'a> {
                 })?;
             cols.push(c);
         }
+        let replace = self.computed_masked(fields, cmd)?;
         self.masker
-            .plan(&cols, mask)
+            .plan_with(&cols, mask, &replace)
             .map_err(|e| Refusal(format!("masking: {e}")))
+    }
+
+    /// Resolves the relation names the command's lineage uses (to see views), on the
+    /// catalog connection, once per name and session.
+    async fn resolve_names(&mut self, cmd: &Cmd) -> Result<(), Refusal> {
+        if self
+            .masker
+            .column_rules(&cmd.mask)
+            .map_or(true, |r| r.is_empty())
+        {
+            return Ok(());
+        }
+        let names = self.cache.missing_names(
+            cmd.facts
+                .lineage
+                .sources()
+                .map(|s| (s.schema.as_deref(), &*s.table)),
+        );
+        if names.is_empty() {
+            return Ok(());
+        }
+        let side = self
+            .side
+            .as_mut()
+            .ok_or_else(|| Refusal("masking: no catalog connection".into()))?;
+        side.resolve(&mut self.cache, &names)
+            .await
+            .map_err(|e| Refusal(format!("masking: {e}")))
+    }
+
+    /// The first rule that masks a column among `cols` (relation OID, attribute number).
+    fn cols_rule(&self, cols: &[(u32, i16)], rules: &[RuleId]) -> Option<RuleId> {
+        cols.iter().find_map(|&(rel, att)| {
+            let c = self.cache.lookup(rel, att)?;
+            rules.iter().copied().find(|&r| {
+                self.masker
+                    .rule_may_mask(r, Some(&c.schema), &c.table, Some(&c.column))
+            })
+        })
+    }
+
+    /// A view column's rule, traced through the view's definition. A view column that
+    /// cannot be traced (a function the gateway does not know, nesting deeper than it
+    /// follows) is replaced whole by the first rule.
+    fn view_column_rule(&self, oid: u32, attnum: i16, rules: &[RuleId]) -> Option<RuleId> {
+        if !self.cache.is_view(oid) {
+            return None;
+        }
+        match self.cache.view_column(oid, attnum) {
+            // A plain reference was resolved to its table column and is masked as it.
+            Some((Flow::Plain, _)) => None,
+            Some((_, cols)) => self.cols_rule(&cols, rules),
+            None => rules.first().copied(),
+        }
+    }
+
+    /// The first active column rule that may mask a source named in a statement: by its
+    /// globs, or through the view the name resolves to.
+    fn source_rule(&self, src: &Source, rules: &[RuleId]) -> Option<RuleId> {
+        rules
+            .iter()
+            .copied()
+            .find(|&r| {
+                self.masker.rule_may_mask(
+                    r,
+                    src.schema.as_deref(),
+                    &src.table,
+                    src.column.as_deref(),
+                )
+            })
+            .or_else(|| {
+                if !self.cache.names_view(src.schema.as_deref(), &src.table) {
+                    return None;
+                }
+                match self.cache.trace(src, 0) {
+                    Some((_, cols)) => self.cols_rule(&cols, rules),
+                    None => rules.first().copied(),
+                }
+            })
+    }
+
+    /// Whether an error or notice of `cmd` may quote a masked column's value: the command
+    /// names one (directly or through a view), or cannot be traced.
+    async fn names_masked_column(&mut self, cmd: &Cmd) -> bool {
+        let Ok(rules) = self.masker.column_rules(&cmd.mask) else {
+            return true;
+        };
+        if rules.is_empty() {
+            return false;
+        }
+        if cmd.facts.lineage.unknown().is_some() {
+            return true;
+        }
+        self.drop_stale_names();
+        if self.resolve_names(cmd).await.is_err() {
+            return true;
+        }
+        cmd.facts
+            .lineage
+            .sources()
+            .any(|s| self.source_rule(s, &rules).is_some())
+    }
+
+    /// Which result columns carry a masked column's values computed into them (by their
+    /// lineage, given which ones the server reported no origin for), or from a view's column
+    /// computed from one: replaced whole.
+    fn computed_masked(&self, fields: &[Field], cmd: &Cmd) -> Result<Vec<Option<RuleId>>, Refusal> {
+        let rules = self
+            .masker
+            .column_rules(&cmd.mask)
+            .map_err(|e| Refusal(format!("masking: {e}")))?;
+        if rules.is_empty() {
+            return Ok(Vec::new());
+        }
+        let computed: Vec<bool> = fields.iter().map(|f| f.table == 0).collect();
+        // A Query's k-th result set belongs to its k-th statement; an Execute runs one.
+        let statement = self.head(|h| match h {
+            Some(Expect::Query { .. }) => self.statement,
+            _ => 0,
+        });
+        let rule_for = |src: &Source| self.source_rule(src, &rules);
+        let mut replace = lineage::redactions(
+            &cmd.facts.lineage,
+            statement,
+            &computed,
+            rule_for,
+            rules.first().copied(),
+        );
+        for (r, f) in replace.iter_mut().zip(fields) {
+            if r.is_none() && f.table != 0 {
+                *r = self.view_column_rule(f.table, f.attnum, &rules);
+            }
+        }
+        Ok(replace)
     }
 
     /// Streams the rows that follow through `plan`; `key`: it goes back to the plan cache at
@@ -708,6 +936,7 @@ impl<'a> Back<'a> {
             bytes: acc.bytes,
             duration: started.elapsed(),
             error: acc.error.or_else(|| error.map(str::to_owned)),
+            ..CommandResult::default()
         };
         let mut tally = MaskTally::default();
         for (rule, n) in acc.masked.iter() {
@@ -737,7 +966,7 @@ fn announce_text(plan: &ColumnPlan, fields: &[Field], body: &[u8]) -> Option<Box
     let mut change = fields
         .iter()
         .enumerate()
-        .filter(|(i, f)| plan.masked_as_text(*i, f.type_oid))
+        .filter(|(i, f)| plan.masked_as_text(*i, value_kind(f.type_oid)))
         .map(|(_, f)| f)
         .peekable();
     change.peek()?;
@@ -745,7 +974,7 @@ fn announce_text(plan: &ColumnPlan, fields: &[Field], body: &[u8]) -> Option<Box
     codec::put_message(&mut msg, b'T', |o| o.extend_from_slice(body));
     for f in change {
         let at = HEADER_LEN + f.type_at;
-        msg[at..at + 4].copy_from_slice(&crate::mask::oid::TEXT.to_be_bytes());
+        msg[at..at + 4].copy_from_slice(&oid::TEXT.to_be_bytes());
         // typlen -1 (varlena), typmod -1.
         msg[at + 4..at + 6].copy_from_slice(&(-1i16).to_be_bytes());
         msg[at + 6..at + 10].copy_from_slice(&(-1i32).to_be_bytes());
@@ -794,15 +1023,18 @@ mod tests {
     }
 
     use crate::audit::Recorder;
-    use crate::policy::spec::{Detector, MaskRuleSpec, MaskStyle};
+    use crate::config::policy::{Detector, MaskRuleSpec, MaskStyle};
 
     fn masker() -> Arc<Masker> {
         let rule = |name: &str, columns: &[&str], detectors: &[Detector], style| MaskRuleSpec {
             name: name.into(),
             columns: columns.iter().map(|c| c.to_string()).collect(),
+            json_paths: Vec::new(),
             detectors: detectors.to_vec(),
             style,
             except_groups: vec![],
+            computed: Default::default(),
+            compared: Default::default(),
         };
         Arc::new(
             Masker::new(
@@ -902,9 +1134,15 @@ mod tests {
         }
     }
 
+    /// One statement's classification, shared by its runs as the cache shares it.
+    fn facts() -> Arc<Facts> {
+        static FACTS: std::sync::OnceLock<Arc<Facts>> = std::sync::OnceLock::new();
+        Arc::clone(FACTS.get_or_init(|| Arc::new(Facts::default())))
+    }
+
     fn query(names: &[&str]) -> Expect {
         Expect::Query {
-            cmd: Cmd::new(Arc::from("SELECT"), mask(names), false),
+            cmd: Cmd::new(Arc::from("SELECT"), mask(names), false, facts()),
             started: Instant::now(),
         }
     }
@@ -946,11 +1184,7 @@ mod tests {
             fx.push(query(&active));
             // The date column is announced as text, from the cache as from a new plan.
             let sent = through(&mut back, &rd).await.unwrap();
-            assert_eq!(
-                type_oids(&sent),
-                [23, 25, crate::mask::oid::TEXT],
-                "{round}"
-            );
+            assert_eq!(type_oids(&sent), [23, 25, oid::TEXT], "{round}");
             let sent = through(&mut back, &row).await.unwrap();
             let text = String::from_utf8_lossy(&sent);
             assert!(!text.contains("a@example.com"), "{round}: {text}");
@@ -986,8 +1220,15 @@ mod tests {
     async fn the_clients_describe_feeds_the_execute_that_follows() {
         let fx = Fixture::new();
         let mut back = fx.back();
-        let cmd = Cmd::new(Arc::from("SELECT"), mask(&["mail"]), false);
-        fx.push(Expect::Bind);
+        let cmd = Cmd::new(
+            Arc::from("SELECT"),
+            mask(&["mail"]),
+            false,
+            Arc::new(Facts::default()),
+        );
+        fx.push(Expect::Bind {
+            done: Arc::default(),
+        });
         fx.push_fed_execute(cmd);
         through(&mut back, &msg(b'2', b"")).await.unwrap();
         let rd = row_description(&[("note", 25, 1)]);
@@ -1008,7 +1249,12 @@ mod tests {
     async fn rows_after_a_feeding_describe_without_columns_are_refused() {
         let fx = Fixture::new();
         let mut back = fx.back();
-        let cmd = Cmd::new(Arc::from("SELECT"), mask(&["mail"]), false);
+        let cmd = Cmd::new(
+            Arc::from("SELECT"),
+            mask(&["mail"]),
+            false,
+            Arc::new(Facts::default()),
+        );
         fx.push_fed_execute(cmd);
         assert!(through(&mut back, &msg(b'n', b"")).await.is_some());
         let sent = through(&mut back, &data_row(&["c@example.net"]))

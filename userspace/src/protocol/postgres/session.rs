@@ -22,10 +22,7 @@
 //! acknowledgement awaited before any answer goes back to the client, so the write overlaps
 //! the server's round trip and no client sees the effect of an unrecorded command.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -33,12 +30,15 @@ use std::time::Instant;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::catalog::{RelName, Views};
 use super::codec::{self, ErrorFields, FrameError, HEADER_LEN, Reader};
 use super::results::{Act, AuditSink, Back, Cmd, Expect};
-use crate::approval::{Approvals, Outcome, ReviewRequest};
-use crate::audit::{AuditError, CommandEvent};
-use crate::policy::Decision;
-use crate::policy::classify::{Class, Classification};
+use super::roles::{Roles, Step};
+use crate::approval::ReviewTrail;
+use crate::audit::{AuditError, CommandEvent, ReviewRecord};
+use crate::gate::{self, Hold, Judge, Judged, Verdict};
+use crate::model::{Class, Command, Decision, Dialect, Facts};
+use crate::runtime::{Budget, Lease};
 
 /// Name prefix of the statements used to make the server fail in place of a denied command.
 const SENTINEL: &str = "airlock_denied_";
@@ -66,6 +66,40 @@ pub enum SessionError {
     TooManyNamed,
     #[error("audit log: {0}")]
     Audit(#[from] AuditError),
+    #[error(transparent)]
+    Header(#[from] codec::HeaderError),
+    #[error(
+        "the gateway is buffering too much for unfinished messages; a {bytes}-byte message cannot wait"
+    )]
+    Budget { bytes: usize },
+}
+
+impl SessionError {
+    /// The SQLSTATE the client's FATAL error carries.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            SessionError::Header(codec::HeaderError::TooLong { .. }) => "54000",
+            SessionError::Budget { .. } => "53200",
+            _ => "08P01",
+        }
+    }
+}
+
+/// Leases room for an unfinished message of `total` bytes from the daemon-wide budget, unless
+/// it fits the read buffer anyway or a lease is already held for it.
+fn lease_for(
+    budget: &Arc<Budget>,
+    lease: &mut Option<Lease>,
+    total: usize,
+) -> Result<(), SessionError> {
+    if lease.is_none() && total > READ_CAPACITY {
+        *lease = Some(
+            budget
+                .lease(total)
+                .ok_or(SessionError::Budget { bytes: total })?,
+        );
+    }
+    Ok(())
 }
 
 /// How a session ended.
@@ -75,68 +109,8 @@ pub enum Exit {
     Terminate,
     ClientClosed,
     ServerClosed,
-}
-
-/// The outcome of policy for one command, as the session loop acts on it.
-#[derive(Debug)]
-pub enum Verdict {
-    Allow {
-        rule: String,
-        /// Masking rules for the answer (the masking step hooks in where DataRows pass).
-        mask: Vec<String>,
-    },
-    Deny {
-        /// The message for the client's ErrorResponse.
-        message: String,
-    },
-    /// Held until a human decides: the session waits on it (sending the client the notices it
-    /// emits) and then acts on the verdict it resolves to.
-    Hold(Hold),
-}
-
-/// A command held for approval: started with the session's notice channel, it resolves to
-/// `Allow` or `Deny`. Dropping it (the client went away) withdraws the request.
-pub struct Hold(pub Box<dyn FnOnce(Notices) -> HeldFuture + Send>);
-
-/// What a [`Hold`] becomes once started.
-pub type HeldFuture = Pin<Box<dyn Future<Output = Verdict> + Send>>;
-
-impl std::fmt::Debug for Hold {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Hold")
-    }
-}
-
-/// Turns a policy decision into a verdict. A review without an approval service (tests,
-/// tools) is refused; the session's judge sends reviews to [`review`].
-pub fn verdict(decision: Decision) -> Verdict {
-    match decision {
-        Decision::Allow { rule, mask } => Verdict::Allow { rule, mask },
-        Decision::Deny { rule, reason } => Verdict::Deny {
-            message: format!("airlock: denied by rule \"{rule}\": {reason}"),
-        },
-        Decision::Review { rule, .. } => Verdict::Deny {
-            message: format!(
-                "airlock: rule \"{rule}\" requires review, and approvals are not enabled on this gateway"
-            ),
-        },
-    }
-}
-
-/// The approval hook: a command whose rule demands review is held (or refused with a request
-/// id, in retry mode) by the approval service.
-pub fn review(approvals: Option<&Arc<Approvals>>, request: ReviewRequest) -> Verdict {
-    let Some(svc) = approvals.cloned() else {
-        return verdict(request.decision);
-    };
-    Verdict::Hold(Hold(Box::new(move |notices: Notices| {
-        Box::pin(async move {
-            match svc.review(request, |text| notices.send(text)).await {
-                Outcome::Allow { rule, mask, .. } => Verdict::Allow { rule, mask },
-                Outcome::Deny { message } => Verdict::Deny { message },
-            }
-        })
-    })))
+    /// The daemon's grace period ran out: the client is owed FATAL 57P01 (admin_shutdown).
+    Shutdown,
 }
 
 /// NoticeResponses for the client, written by the server → client half between messages.
@@ -149,9 +123,9 @@ struct NoticeQueue {
     ready: tokio::sync::Notify,
 }
 
-impl Notices {
+impl gate::Notice for Notices {
     /// Queues a NoticeResponse with `text`.
-    pub fn send(&self, text: &str) {
+    fn notice(&self, text: &str) {
         let mut msg = BytesMut::new();
         codec::put_error(
             &mut msg,
@@ -170,7 +144,9 @@ impl Notices {
         }
         self.0.ready.notify_one();
     }
+}
 
+impl Notices {
     fn take(&self) -> Option<BytesMut> {
         let mut q = self.0.queue.lock().ok()?;
         (!q.is_empty()).then(|| q.split())
@@ -197,6 +173,16 @@ pub struct Shared {
     pub bytes_to_client: AtomicU64,
     /// Notices for the client (a held command's request id).
     notices: Notices,
+    /// The gateway's own role switches whose answers are still to come.
+    internal: AtomicU64,
+    /// The first error of the gateway's role switches since the client half last looked.
+    role_error: Mutex<Option<String>>,
+    /// The client half waits for every answer (see [`wait_synced`]).
+    waiting: AtomicBool,
+    ready: tokio::sync::Notify,
+    /// Signalled after each ReadyForQuery, for a message that waits on an earlier batch's
+    /// answers.
+    answered: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -212,6 +198,11 @@ impl Shared {
     pub fn status(&self) -> u8 {
         self.status.load(Ordering::Relaxed)
     }
+
+    /// Whether the server has answered batch `batch` in full (its ReadyForQuery came).
+    fn answered(&self, batch: u64) -> bool {
+        self.ready_seen.load(Ordering::Acquire) > batch
+    }
 }
 
 #[derive(Debug)]
@@ -222,43 +213,34 @@ struct Injection {
     error: Bytes,
 }
 
-/// A verdict with what the audit record needs.
-#[derive(Debug)]
-pub struct Judged {
-    pub verdict: Verdict,
-    /// The decision and classification for the audit log (`None` when not recording).
-    pub record: Option<Record>,
-    /// The command changes the schema: cached column names are dropped.
-    pub ddl: bool,
-}
-
-/// What the audit log records about a command's judgement.
-pub type Record = (Decision, Arc<Classification>);
-
-/// Decides one command; `mod.rs` binds it to the identity, target and policy.
-pub trait Judge {
-    fn judge(&self, command: &str) -> Judged;
-}
-
 #[derive(Debug)]
 struct Stmt {
     text: Arc<str>,
+    /// Parameter types the Parse declared (0: left to the server).
+    param_types: Arc<[u32]>,
     /// Batch in which it was parsed (and decided).
     parsed_in: u64,
+    /// The server confirmed the Parse (ParseComplete). A Parse skipped after an error, or
+    /// failing itself, leaves the server's statement of that name as it was, so a Bind in a
+    /// later batch trusts this entry only once confirmed.
+    done: Arc<AtomicBool>,
     /// The Parse decision's command.
     cmd: Arc<Cmd>,
-    /// The Parse was held and approved: the approval covers one run, the first Bind of the
-    /// statement in the same or the next batch (a driver's prepare, then execute). Taken by
-    /// that Bind, so every later run is judged (and reviewed) again.
-    approved: bool,
+    /// Policy sends it to review: nothing is held at Parse (no values yet); every Bind is
+    /// judged, and held, with the values it binds, so an approval covers exactly one run with
+    /// exactly those values.
+    review: bool,
 }
 
+/// A bound portal: one run of a statement with fixed values, decided at its Bind (the
+/// server runs a portal of a write once; later Executes only fetch more rows).
 #[derive(Debug)]
 struct Portal {
-    text: Arc<str>,
-    /// Set when Parse and Bind happened in this batch: Execute reuses the Parse decision.
-    decided_in: Option<u64>,
     cmd: Arc<Cmd>,
+    /// Batch of its Bind.
+    bound_in: u64,
+    /// The server confirmed the Bind (BindComplete); see [`Stmt::done`].
+    done: Arc<AtomicBool>,
 }
 
 /// What the session needs besides policy: the audit log, masking, metrics, and the catalog
@@ -269,6 +251,18 @@ pub struct Env<'a> {
     pub metrics: &'a crate::metrics::Metrics,
     /// `None`: no masking can be resolved (a masked answer is then refused).
     pub side: Option<super::origin::SideConn>,
+    /// The client side's catalog connection, to see views before a statement runs (`None`:
+    /// a statement whose masking depends on its names being views is refused).
+    pub views: Option<super::origin::SideConn>,
+    /// The daemon-wide budget for unfinished messages.
+    pub buffers: Arc<Budget>,
+    /// Longest SQL text a Query or Parse may carry (the policy's pre-parse limit).
+    pub statement_limit: usize,
+    /// The daemon's drain signal.
+    pub drain: &'a crate::drain::Watch,
+    /// The roles commands run as, when the target lists any (the session is in its base
+    /// role already).
+    pub roles: Option<Roles>,
 }
 
 /// What to do with one client message.
@@ -280,7 +274,40 @@ enum Action {
     Terminate,
     /// Wait for the held command's verdict, then handle the message again with it.
     Hold(Hold),
+    /// Write the bytes left in the scratch buffer (the gateway's role switch) and wait until
+    /// the server answered everything, then handle the message again.
+    Wait,
+    /// Resolve these relation names on the catalog connection, then handle the message again.
+    Resolve(Vec<RelName>),
+    /// Send what came before, wait until the server has answered this batch, then handle
+    /// the message again (it refers to a statement or portal whose creation is unconfirmed).
+    Await(u64),
 }
+
+/// Why a command cannot be judged yet.
+enum Pending {
+    /// Held for approval.
+    Hold(Hold),
+    /// Its masking depends on whether these names are views.
+    Resolve(Vec<RelName>),
+}
+
+impl From<Pending> for Action {
+    fn from(p: Pending) -> Self {
+        match p {
+            Pending::Hold(h) => Action::Hold(h),
+            Pending::Resolve(n) => Action::Resolve(n),
+        }
+    }
+}
+
+/// A command judged in this read, to record before it goes upstream: with its decision,
+/// what classification found, and the review that released or refused it.
+type ToRecord = (Arc<Cmd>, Decision, Arc<Facts>, Option<ReviewRecord>);
+
+/// A held command's first judgement for the audit log (its decision, facts, the trail of its
+/// review) and its text.
+type HeldRecord = (Option<Decision>, Arc<Facts>, ReviewTrail, Arc<str>);
 
 /// The client → server half's state: what the client prepared, and discard-until-Sync.
 struct Front<'a, J: Judge> {
@@ -298,27 +325,160 @@ struct Front<'a, J: Judge> {
     batch: u64,
     next_injection: u64,
     /// Commands judged in this read, to record before they go upstream.
-    to_record: Vec<(Arc<Cmd>, Decision, Arc<Classification>)>,
+    to_record: Vec<ToRecord>,
     /// Answers owed for what this read forwards, pushed before it is written.
     expects: Vec<Expect>,
     /// The verdict a held command resolved to, used when its message is handled again.
     decided: Option<Verdict>,
     /// What the held command's first judgement said for the audit log (recorded once, with
-    /// its final verdict).
-    held: Option<(Option<Record>, bool)>,
-    /// The last [`judge_or_hold`](Self::judge_or_hold) returned a held command's resolved
-    /// verdict.
-    resolved: bool,
+    /// its final verdict and its review), and its text.
+    held: Option<HeldRecord>,
+    /// The review of the held command that just resolved, recorded with it.
+    review: Option<ReviewRecord>,
     /// The portal of the client's Describe whose expectation is the last in `expects`: a
     /// masked Execute of it right after uses that Describe's answer for its plan.
     described: Option<(Box<str>, usize)>,
+    /// What the relation names of this session's commands are (views seen through).
+    views: Views,
+    views_side: Option<super::origin::SideConn>,
+    /// The database roles commands run as (`None`: the target names none).
+    roles: Option<super::roles::Roles>,
+    /// Extended-protocol messages went to the server since the last Sync.
+    mid_batch: bool,
+    /// A command judged before a wait for the server (role switch), handled again after it.
+    parked: Option<Judged>,
+    /// The role switch sent before the parked command, to check before it goes on.
+    switched: bool,
+    /// The way back after an elevated command, once its switch there was checked.
+    elevated: Option<BytesMut>,
+    /// The way back after a statement elevated in the middle of a pipeline: sent right
+    /// behind its Execute (or in front of the Sync).
+    inline_after: Option<BytesMut>,
+}
+
+/// What the role a command runs as asks of the session.
+// The verdict moves through once per command; boxing it would allocate for every command.
+#[allow(clippy::large_enum_variant)]
+enum RoleGo {
+    /// Send the command (and then these bytes, the way back from an elevation).
+    Go(Judged, Option<BytesMut>),
+    /// Wait with [`Action::Wait`] (the scratch buffer holds a switch, or nothing).
+    Wait,
 }
 
 impl<J: Judge> Front<'_, J> {
+    /// Obeys the role a verdict runs the command as (see [`roles`](super::roles)): switches
+    /// first when needed, or refuses the command when the switch cannot be made.
+    fn obey_role(&mut self, mut judged: Judged, scratch: &mut BytesMut) -> RoleGo {
+        let Some(roles) = self.roles.as_mut() else {
+            return RoleGo::Go(judged, None);
+        };
+        let (run_as, elevate) = match &judged.verdict {
+            Verdict::Allow {
+                run_as, elevate, ..
+            } => (run_as.clone(), elevate.clone()),
+            _ => return RoleGo::Go(judged, None),
+        };
+        let synced = self.shared.ready_seen.load(Ordering::SeqCst) >= self.batch;
+        let error = if synced {
+            self.shared
+                .role_error
+                .lock()
+                .ok()
+                .and_then(|mut e| e.take())
+        } else {
+            None
+        };
+        let refuse = |judged: &mut Judged, message: String| {
+            tracing::warn!(session = self.session, %message, "role switch refused the command");
+            judged.verdict = Verdict::Deny { message };
+        };
+        if std::mem::take(&mut self.switched) {
+            let after = self.elevated.take();
+            if let Err(message) = roles.switched(error) {
+                refuse(&mut judged, message);
+                return RoleGo::Go(judged, None);
+            }
+            if after.is_some() {
+                return RoleGo::Go(judged, after);
+            }
+        } else if error.is_some() {
+            // The way back after an elevation failed: the role is set again below.
+            roles.forget();
+        }
+        let server = super::roles::Server {
+            synced,
+            status: self.shared.status(),
+            mid_batch: self.mid_batch,
+        };
+        match roles.plan(run_as.as_deref(), elevate.as_deref(), &judged.facts, server) {
+            Step::Run => RoleGo::Go(judged, None),
+            Step::Sync => {
+                self.parked = Some(judged);
+                RoleGo::Wait
+            }
+            Step::Switch(bytes) => {
+                self.internal(&bytes, scratch);
+                self.switched = true;
+                self.parked = Some(judged);
+                RoleGo::Wait
+            }
+            Step::Elevate { before, after } => {
+                self.internal(&before, scratch);
+                self.switched = true;
+                self.elevated = Some(after);
+                self.parked = Some(judged);
+                RoleGo::Wait
+            }
+            Step::Inline { before, after } => {
+                self.inline(&before, scratch);
+                self.inline_after = Some(after);
+                RoleGo::Go(judged, None)
+            }
+            Step::Refuse(message) => {
+                refuse(&mut judged, message);
+                RoleGo::Go(judged, None)
+            }
+        }
+    }
+
+    /// Queues a `SET LOCAL ROLE` inside the client's pipeline into `out`.
+    fn inline(&mut self, bytes: &[u8], out: &mut BytesMut) {
+        out.extend_from_slice(bytes);
+        self.expects.push(Expect::InternalInline { closes: 0 });
+        self.shared.internal.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The message goes out behind what the role switch put in `scratch`, if anything.
+    fn behind(scratch: &mut BytesMut, msg: &[u8]) -> Action {
+        if scratch.is_empty() {
+            Action::Forward
+        } else {
+            scratch.extend_from_slice(msg);
+            Action::Replace
+        }
+    }
+
+    /// After an allowed command: the role is unknown when it may have changed it.
+    fn ran(&mut self, facts: &Facts) {
+        if let Some(r) = self.roles.as_mut() {
+            r.ran(facts);
+        }
+    }
+
+    /// Queues the gateway's own switch (it ends with a Sync) into `out`.
+    fn internal(&mut self, bytes: &[u8], out: &mut BytesMut) {
+        out.extend_from_slice(bytes);
+        self.batch += 1;
+        self.expects.push(Expect::Internal);
+        self.shared.internal.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// The command of one decision; queued for the audit log when recording.
     fn command(&mut self, text: &str, judged: Judged) -> (Arc<Cmd>, Verdict) {
-        if judged.ddl {
+        if judged.facts.classes().contains(Class::Ddl) {
             self.shared.stale.store(true, Ordering::Release);
+            self.views.invalidate();
         }
         let mut verdict = judged.verdict;
         // The rules move to the command; the verdict's copy is not used after this.
@@ -326,11 +486,22 @@ impl<J: Judge> Front<'_, J> {
             Verdict::Allow { mask, .. } => (std::mem::take(mask), false),
             Verdict::Deny { .. } | Verdict::Hold(_) => (Vec::new(), true),
         };
-        let cmd = Cmd::new(Arc::from(text), mask, denied);
-        if let Some((decision, class)) = judged.record {
-            self.to_record.push((cmd.clone(), decision, class));
+        let cmd = Cmd::new(Arc::from(text), mask, denied, Arc::clone(&judged.facts));
+        let review = self.review.take();
+        if let Some(decision) = judged.record {
+            self.to_record
+                .push((cmd.clone(), decision, judged.facts, review));
         }
         (cmd, verdict)
+    }
+
+    /// Queues the record of a held command whose client went away (its review withdrawn).
+    fn withdraw_held(&mut self) {
+        if let Some((Some(decision), facts, trail, text)) = self.held.take() {
+            let review = trail.take().as_ref().map(gate::session::review_record);
+            let cmd = Cmd::new(text, Vec::new(), true, Arc::clone(&facts));
+            self.to_record.push((cmd, decision, facts, review));
+        }
     }
 
     /// Queues this read's command records and publishes its expected answers; call before
@@ -338,19 +509,13 @@ impl<J: Judge> Front<'_, J> {
     async fn publish(&mut self, audit: &AuditSink) -> Result<(), SessionError> {
         if !self.to_record.is_empty() {
             let mut rec = audit.recorder().await;
-            for (cmd, decision, class) in self.to_record.drain(..) {
-                let classes = class
-                    .classes()
-                    .iter()
-                    .map(|c: Class| Cow::Borrowed(c.as_str()))
-                    .collect();
+            for (cmd, decision, facts, review) in self.to_record.drain(..) {
                 let (n, ack) = rec
                     .command(CommandEvent {
-                        text: &cmd.text,
-                        classes,
-                        kind: class.kinds.first().map(|k| Cow::Borrowed(*k)),
+                        command: &Command::sql(Dialect::Postgres, &cmd.text),
+                        facts: &facts,
                         decision: &decision,
-                        approval: None,
+                        approval: review,
                     })
                     .await?;
                 cmd.n.store(n, Ordering::Release);
@@ -366,17 +531,30 @@ impl<J: Judge> Front<'_, J> {
         Ok(())
     }
 
-    /// Judges a command, or returns the hold it must wait on. After the hold resolves, the
-    /// same message is handled again and gets the resolved verdict here.
-    fn judge_or_hold(&mut self, command: &str) -> Result<Judged, Hold> {
+    /// Judges a command, or returns the hold it must wait on, or the relation names to
+    /// resolve first (when column masking let it through by names that may be views). After
+    /// either, the same message is handled again and gets the verdict here.
+    fn judge_or_hold(&mut self, command: &Command<'_>) -> Result<Judged, Pending> {
         let Judged {
             verdict,
+            facts,
             record,
-            ddl,
-        } = match self.decided.take() {
-            Some(verdict) => {
-                self.resolved = true;
-                let (record, ddl) = self.held.take().unwrap_or((None, false));
+            ..
+        } = match (self.parked.take(), self.decided.take()) {
+            (Some(parked), decided) => {
+                // Judged before a wait for the server: same verdict (a resolved hold stays
+                // resolved).
+                self.decided = decided;
+                parked
+            }
+            (None, Some(verdict)) => {
+                let (record, facts) = match self.held.take() {
+                    Some((record, facts, trail, _)) => {
+                        self.review = trail.take().as_ref().map(gate::session::review_record);
+                        (record, facts)
+                    }
+                    None => (None, Arc::new(Facts::default())),
+                };
                 // A hold never resolves to another hold; refuse rather than loop.
                 let verdict = match verdict {
                     Verdict::Hold(_) => Verdict::Deny {
@@ -386,24 +564,32 @@ impl<J: Judge> Front<'_, J> {
                 };
                 Judged {
                     verdict,
+                    facts,
                     record,
-                    ddl,
+                    views_matter: false,
                 }
             }
-            None => {
-                self.resolved = false;
-                self.judge.judge(command)
+            (None, None) => {
+                let judged = self.judge.judge_through(command, &self.views);
+                if judged.views_matter {
+                    let names = self.views.unresolved(&judged.facts.lineage);
+                    if !names.is_empty() {
+                        return Err(Pending::Resolve(names));
+                    }
+                }
+                judged
             }
         };
         match verdict {
             Verdict::Hold(h) => {
-                self.held = Some((record, ddl));
-                Err(h)
+                self.held = Some((record, facts, h.trail(), Arc::from(&*command.text())));
+                Err(Pending::Hold(h))
             }
             verdict => Ok(Judged {
                 verdict,
+                facts,
                 record,
-                ddl,
+                views_matter: false,
             }),
         }
     }
@@ -421,10 +607,15 @@ impl<J: Judge> Front<'_, J> {
         Ok(match tag {
             b'Q' => {
                 let text = Reader::new(body, "Query").cstr()?;
-                let judged = match self.judge_or_hold(text) {
+                let judged = match self.judge_or_hold(&Command::sql(Dialect::Postgres, text)) {
                     Ok(j) => j,
-                    Err(h) => return Ok(Action::Hold(h)),
+                    Err(p) => return Ok(p.into()),
                 };
+                let (judged, after) = match self.obey_role(judged, scratch) {
+                    RoleGo::Go(j, after) => (j, after),
+                    RoleGo::Wait => return Ok(Action::Wait),
+                };
+                let facts = judged.facts.clone();
                 let (cmd, verdict) = self.command(text, judged);
                 self.expects.push(Expect::Query {
                     cmd,
@@ -434,7 +625,16 @@ impl<J: Judge> Front<'_, J> {
                     Verdict::Hold(h) => Action::Hold(h),
                     Verdict::Allow { .. } => {
                         self.batch += 1;
-                        Action::Forward
+                        self.ran(&facts);
+                        match after {
+                            // The way back right behind the elevated statement.
+                            Some(after) => {
+                                scratch.extend_from_slice(msg);
+                                self.internal(&after, scratch);
+                                Action::Replace
+                            }
+                            None => Action::Forward,
+                        }
                     }
                     Verdict::Deny { message } => {
                         self.deny_simple(&message, scratch);
@@ -446,20 +646,60 @@ impl<J: Judge> Front<'_, J> {
                 let mut r = Reader::new(body, "Parse");
                 let name = r.cstr()?;
                 let text = r.cstr()?;
-                let judged = match self.judge_or_hold(text) {
-                    Ok(j) => j,
-                    Err(h) => return Ok(Action::Hold(h)),
-                };
-                let (cmd, verdict) = self.command(text, judged);
+                let param_types: Arc<[u32]> = super::params::parse_types(r.rest())?.into();
+                let (cmd, verdict, review) =
+                    match self.judge_or_hold(&Command::sql(Dialect::Postgres, text)) {
+                        Ok(judged) => {
+                            let (judged, after) = match self.obey_role(judged, scratch) {
+                                RoleGo::Go(j, after) => (j, after),
+                                RoleGo::Wait => return Ok(Action::Wait),
+                            };
+                            let facts = judged.facts.clone();
+                            let (cmd, verdict) = self.command(text, judged);
+                            if let Verdict::Allow { .. } = verdict {
+                                self.ran(&facts);
+                                if let (Some(after), Some(roles)) = (after, self.roles.as_mut()) {
+                                    // The way back goes after the pipeline's Sync.
+                                    roles.after_sync = Some(after);
+                                }
+                            }
+                            (cmd, verdict, false)
+                        }
+                        Err(Pending::Resolve(names)) => return Ok(Action::Resolve(names)),
+                        // Review waits for the values: preparing runs nothing, so the Parse
+                        // goes on and each Bind is held. The hold was never started: no
+                        // request exists, and the Bind's judgement is what is recorded.
+                        Err(Pending::Hold(_not_yet)) => {
+                            self.held = None;
+                            let cmd = Cmd::new(
+                                Arc::from(text),
+                                Vec::new(),
+                                false,
+                                Arc::new(Facts::default()),
+                            );
+                            let allow = Verdict::Allow {
+                                rule: String::new(),
+                                mask: Vec::new(),
+                                approval: None,
+                                run_as: None,
+                                elevate: None,
+                            };
+                            (cmd, allow, true)
+                        }
+                    };
                 match verdict {
                     Verdict::Hold(h) => Action::Hold(h),
                     Verdict::Allow { .. } => {
-                        self.expects.push(Expect::Parse);
+                        self.mid_batch = true;
+                        let done = Arc::new(AtomicBool::new(false));
+                        self.expects.push(Expect::Parse { done: done.clone() });
                         let stmt = Stmt {
                             text: cmd.text.clone(),
+                            param_types,
                             parsed_in: self.batch,
+                            done,
                             cmd,
-                            approved: self.resolved,
+                            review,
                         };
                         if name.is_empty() {
                             self.unnamed_stmt = Some(stmt);
@@ -471,7 +711,7 @@ impl<J: Judge> Front<'_, J> {
                             }
                             self.statements.insert(name.into(), stmt);
                         }
-                        Action::Forward
+                        Self::behind(scratch, msg)
                     }
                     Verdict::Deny { message } => {
                         self.deny_extended(&message, scratch);
@@ -484,22 +724,87 @@ impl<J: Judge> Front<'_, J> {
                 let portal = r.cstr()?;
                 let stmt_name = r.cstr()?;
                 let stmt = if stmt_name.is_empty() {
-                    self.unnamed_stmt.as_mut()
+                    self.unnamed_stmt.as_ref()
                 } else {
-                    self.statements.get_mut(stmt_name)
+                    self.statements.get(stmt_name)
                 };
-                // A statement we never saw does not exist on the server either: it will fail.
-                if let Some(stmt) = stmt {
-                    // An approved Parse covers this run when it follows at once; otherwise the
-                    // Execute is judged (and held) on its own. Without this a prepared write
-                    // would need two approvals, the first of which runs nothing.
-                    let approved =
-                        std::mem::take(&mut stmt.approved) && self.batch <= stmt.parsed_in + 1;
+                // Prepared behind the gateway's back (SQL PREPARE), or one whose Close the
+                // server may have skipped: nothing the gateway can judge. Refused.
+                let Some(stmt) = stmt else {
+                    self.deny_extended(
+                        &format!(
+                            "airlock: prepared statement \"{stmt_name}\" was not prepared through the gateway"
+                        ),
+                        scratch,
+                    );
+                    return Ok(Action::Replace);
+                };
+                // From an earlier batch: the server holds this statement only if its Parse
+                // was confirmed; until that batch is answered, wait.
+                if stmt.parsed_in != self.batch && !stmt.done.load(Ordering::Acquire) {
+                    if !self.shared.answered(stmt.parsed_in) {
+                        return Ok(Action::Await(stmt.parsed_in));
+                    }
+                    self.deny_extended(
+                        &format!(
+                            "airlock: prepared statement \"{stmt_name}\" was not created on the server (its Parse failed or was skipped); prepare it again"
+                        ),
+                        scratch,
+                    );
+                    return Ok(Action::Replace);
+                }
+                {
+                    // Parsed, decided and allowed in this very batch: that decision stands.
+                    // Otherwise (a prepared statement run again, or one policy sends to
+                    // review) this run is judged now, with the values it binds.
+                    let cmd = if !stmt.review && stmt.parsed_in == self.batch {
+                        stmt.cmd.clone()
+                    } else {
+                        let (text, types) = (stmt.text.clone(), stmt.param_types.clone());
+                        let mut values = Vec::new();
+                        super::params::bind_values(r.rest(), &types, &mut values)?;
+                        let command = Command::sql_bound(Dialect::Postgres, &text, &values);
+                        let judged = match self.judge_or_hold(&command) {
+                            Ok(j) => j,
+                            Err(p) => return Ok(p.into()),
+                        };
+                        // The role this run is judged to run as: an approved one elevated in
+                        // the pipeline (back right behind its Execute), or switched first.
+                        let judged = match self.obey_role(judged, scratch) {
+                            RoleGo::Go(j, after) => {
+                                // Elevated at the start of a pipeline: back after its Sync.
+                                if let (Some(after), Some(roles)) = (after, self.roles.as_mut()) {
+                                    roles.after_sync = Some(after);
+                                }
+                                j
+                            }
+                            RoleGo::Wait => return Ok(Action::Wait),
+                        };
+                        let facts = judged.facts.clone();
+                        match self.command(&text, judged) {
+                            (cmd, Verdict::Allow { .. }) => {
+                                self.ran(&facts);
+                                cmd
+                            }
+                            (_, Verdict::Deny { message }) => {
+                                self.deny_extended(&message, scratch);
+                                return Ok(Action::Replace);
+                            }
+                            (_, Verdict::Hold(_)) => {
+                                self.deny_extended(
+                                    "airlock: internal error: approval did not resolve",
+                                    scratch,
+                                );
+                                return Ok(Action::Replace);
+                            }
+                        }
+                    };
+                    let done = Arc::new(AtomicBool::new(false));
+                    self.expects.push(Expect::Bind { done: done.clone() });
                     let p = Portal {
-                        text: stmt.text.clone(),
-                        decided_in: (stmt.parsed_in == self.batch || approved)
-                            .then_some(self.batch),
-                        cmd: stmt.cmd.clone(),
+                        cmd,
+                        bound_in: self.batch,
+                        done,
                     };
                     if portal.is_empty() {
                         self.unnamed_portal = Some(p);
@@ -510,8 +815,9 @@ impl<J: Judge> Front<'_, J> {
                         self.portals.insert(portal.into(), p);
                     }
                 }
-                self.expects.push(Expect::Bind);
-                Action::Forward
+                self.mid_batch = true;
+                // Behind a role switch in front of it, if any.
+                Self::behind(scratch, msg)
             }
             b'D' => {
                 let mut r = Reader::new(body, "Describe");
@@ -529,6 +835,7 @@ impl<J: Judge> Front<'_, J> {
                     feeds: false,
                 });
                 self.described = (kind == b'P').then(|| (name.into(), self.expects.len() - 1));
+                self.mid_batch = true;
                 Action::Forward
             }
             b'E' => {
@@ -539,22 +846,18 @@ impl<J: Judge> Front<'_, J> {
                     self.portals.get(name)
                 };
                 let decided = match portal {
-                    // Parsed, decided and bound in this very batch: that decision stands.
-                    Some(p) if p.decided_in == Some(self.batch) => Ok(p.cmd.clone()),
-                    Some(p) => {
-                        let text = p.text.clone();
-                        let judged = match self.judge_or_hold(&text) {
-                            Ok(j) => j,
-                            Err(h) => return Ok(Action::Hold(h)),
-                        };
-                        match self.command(&text, judged) {
-                            (cmd, Verdict::Allow { .. }) => Ok(cmd),
-                            (_, Verdict::Deny { message }) => Err(message),
-                            (_, Verdict::Hold(_)) => {
-                                Err("airlock: internal error: approval did not resolve".into())
-                            }
+                    // Decided at its Bind, with its values. From an earlier batch, only once
+                    // the server confirmed that Bind: a skipped or failed one leaves the
+                    // server's portal of that name (another statement, other rules) in place.
+                    Some(p) if p.bound_in != self.batch && !p.done.load(Ordering::Acquire) => {
+                        if !self.shared.answered(p.bound_in) {
+                            return Ok(Action::Await(p.bound_in));
                         }
+                        Err(format!(
+                            "airlock: portal \"{name}\" was not created on the server (its Bind failed or was skipped)"
+                        ))
                     }
+                    Some(p) => Ok(p.cmd.clone()),
                     // Not bound through us (e.g. a cursor DECLAREd in SQL): we cannot tell what
                     // it runs, so refuse.
                     None => Err(format!(
@@ -581,14 +884,27 @@ impl<J: Judge> Front<'_, J> {
                             });
                             scratch.extend_from_slice(msg);
                         }
+                        self.mid_batch = true;
                         self.expects.push(Expect::Execute {
                             cmd,
                             started: Instant::now(),
                         });
-                        if masked {
-                            Action::Replace
-                        } else {
-                            Action::Forward
+                        // Behind a role switch in front of it, or masked: rewritten.
+                        let replaced = masked || !scratch.is_empty();
+                        if replaced && !masked {
+                            scratch.extend_from_slice(msg);
+                        }
+                        match self.inline_after.take() {
+                            // The way back from an elevation right behind the statement.
+                            Some(after) => {
+                                if !replaced {
+                                    scratch.extend_from_slice(msg);
+                                }
+                                self.inline(&after, scratch);
+                                Action::Replace
+                            }
+                            None if replaced => Action::Replace,
+                            None => Action::Forward,
                         }
                     }
                     Err(message) => {
@@ -613,20 +929,45 @@ impl<J: Judge> Front<'_, J> {
                     _ => {}
                 }
                 self.expects.push(Expect::Close);
+                self.mid_batch = true;
                 Action::Forward
             }
             b'S' => {
                 self.discarding = false;
+                self.mid_batch = false;
+                if let Some(after) = self.inline_after.take() {
+                    // An elevated statement that was never executed: back before the Sync.
+                    self.inline(&after, scratch);
+                }
                 self.batch += 1;
                 self.expects.push(Expect::Sync);
-                Action::Forward
+                if !scratch.is_empty() {
+                    scratch.extend_from_slice(msg);
+                    if let Some(after) = self.roles.as_mut().and_then(|r| r.after_sync.take()) {
+                        self.internal(&after, scratch);
+                    }
+                    return Ok(Action::Replace);
+                }
+                match self.roles.as_mut().and_then(|r| r.after_sync.take()) {
+                    Some(after) => {
+                        scratch.extend_from_slice(msg);
+                        self.internal(&after, scratch);
+                        Action::Replace
+                    }
+                    None => Action::Forward,
+                }
             }
             b'H' | b'd' | b'c' | b'f' => Action::Forward,
             b'F' => {
                 // The fastpath function call runs a function by OID, with no SQL for policy to
                 // judge: refused.
                 self.expects.push(Expect::Query {
-                    cmd: Cmd::new(Arc::from("<function call>"), Vec::new(), true),
+                    cmd: Cmd::new(
+                        Arc::from("<function call>"),
+                        Vec::new(),
+                        true,
+                        Arc::new(Facts::default()),
+                    ),
                     started: Instant::now(),
                 });
                 self.deny_simple(
@@ -667,6 +1008,35 @@ impl<J: Judge> Front<'_, J> {
     }
 
     /// Simple protocol: a DEALLOCATE of a statement that cannot exist takes the Query's place.
+    /// Resolves relation names on the client side's catalog connection; names it cannot
+    /// resolve are judged as views that cannot be traced.
+    async fn resolve(&mut self, names: Vec<RelName>) {
+        if self.views.cache.names_full() {
+            self.views.invalidate();
+        }
+        match self.views_side.as_mut() {
+            Some(side) => {
+                if let Err(e) = side.resolve(&mut self.views.cache, &names).await {
+                    tracing::warn!(
+                        session = self.session,
+                        error = %e,
+                        "resolving relation names for masking failed"
+                    );
+                }
+            }
+            None => tracing::warn!(
+                session = self.session,
+                "no catalog connection to resolve relation names for masking"
+            ),
+        }
+        // Whatever is still not known is untraceable (and never asked for again).
+        let left = self
+            .views
+            .cache
+            .missing_names(names.iter().map(|(s, n)| (s.as_deref(), n.as_str())));
+        self.views.fail(left);
+    }
+
     fn deny_simple(&mut self, message: &str, scratch: &mut BytesMut) {
         self.batch += 1;
         let id = self.register(message, self.batch);
@@ -690,6 +1060,7 @@ impl<J: Judge> Front<'_, J> {
             feeds: false,
         });
         self.discarding = true;
+        self.mid_batch = true;
     }
 
     /// When the message before this masked Execute of `portal` (Flush aside) was the client's
@@ -753,10 +1124,20 @@ where
         expects: Vec::new(),
         decided: None,
         held: None,
-        resolved: false,
+        review: None,
         described: None,
+        inline_after: None,
+        roles: env.roles,
+        mid_batch: false,
+        parked: None,
+        switched: false,
+        elevated: None,
+        views: Views::default(),
+        views_side: env.views,
     };
     let audit = env.audit;
+    let (buffers, statement_limit) = (env.buffers.clone(), env.statement_limit);
+    let drain = env.drain;
     let back = Back::new(
         &shared.expect,
         env.audit,
@@ -765,12 +1146,30 @@ where
         env.side,
         &shared.stale,
     );
-    let up = client_to_server(&mut front, audit, &mut client_read, &mut server_write);
-    let down = server_to_client(shared, back, server_read, client_write, server_buf);
+    let up = client_to_server(
+        &mut front,
+        audit,
+        (&buffers, statement_limit),
+        &mut client_read,
+        &mut server_write,
+    );
+    let down = server_to_client(
+        shared,
+        back,
+        &buffers,
+        server_read,
+        client_write,
+        server_buf,
+        drain,
+    );
     let exit = tokio::select! {
         r = up => r,
         r = down => r,
     };
+    if matches!(exit, Ok(Exit::Shutdown)) {
+        // Log the server session out properly rather than leaving it an unexpected EOF.
+        let _ = server_write.write_all(&[b'X', 0, 0, 0, 4]).await;
+    }
     let _ = server_write.shutdown().await;
     exit
 }
@@ -778,6 +1177,7 @@ where
 async fn client_to_server<R, W, J>(
     front: &mut Front<'_, J>,
     audit: &AuditSink,
+    (buffers, statement_limit): (&Arc<Budget>, usize),
     r: &mut R,
     w: &mut W,
 ) -> Result<Exit, SessionError>
@@ -792,6 +1192,8 @@ where
     // Bytes of a partly received CopyData still to forward, or of a discarded one to drop.
     let mut pass = 0usize;
     let mut skip = 0usize;
+    // Budget held for the unfinished message at the front of `buf`.
+    let mut lease: Option<Lease> = None;
     loop {
         let got = r.read_buf(&mut buf).await?;
         if got == 0 {
@@ -822,6 +1224,8 @@ where
             let Some(h) = codec::peek_header(&buf[pos..])? else {
                 break;
             };
+            // Refused on its header alone: an unknown type, or longer than its type allows.
+            codec::check_frontend(h, statement_limit)?;
             let avail = buf.len() - pos;
             if avail < h.total {
                 if h.tag == b'd' {
@@ -835,6 +1239,7 @@ where
                     }
                     pos = buf.len();
                 } else {
+                    lease_for(buffers, &mut lease, h.total)?;
                     buf.reserve(h.total - avail);
                 }
                 break;
@@ -858,15 +1263,17 @@ where
                     break;
                 }
                 Action::Hold(hold) => {
-                    // What came before the held command goes to the server now.
+                    // What came before the held command goes to the server now, recorded and
+                    // with its answers expected first.
                     out.extend_from_slice(&buf[run..pos]);
+                    front.publish(audit).await?;
                     if !out.is_empty() {
                         w.write_all(&out).await?;
                         w.flush().await?;
                         out.clear();
                     }
                     run = pos;
-                    let mut wait = (hold.0)(front.shared.notices.clone());
+                    let mut wait = hold.start(Arc::new(front.shared.notices.clone()));
                     let verdict = loop {
                         // Keep reading while held, so a client that goes away withdraws the
                         // request; what it pipelines meanwhile waits in the buffer.
@@ -874,6 +1281,9 @@ where
                             v = &mut wait => break v,
                             n = r.read_buf(&mut buf), if buf.len() < MAX_HELD_BUFFER => {
                                 if n? == 0 {
+                                    drop(wait);
+                                    front.withdraw_held();
+                                    front.publish(audit).await?;
                                     return Ok(Exit::ClientClosed);
                                 }
                             }
@@ -883,8 +1293,65 @@ where
                     // Handle the same message again, now with its verdict.
                     continue;
                 }
+                Action::Wait => {
+                    // What came before, then the gateway's switch; the command waits.
+                    out.extend_from_slice(&buf[run..pos]);
+                    out.extend_from_slice(&scratch);
+                    front.publish(audit).await?;
+                    if !out.is_empty() {
+                        w.write_all(&out).await?;
+                        w.flush().await?;
+                        out.clear();
+                    }
+                    run = pos;
+                    wait_synced(front.shared, front.batch).await;
+                    continue;
+                }
+                Action::Resolve(names) => {
+                    // What came before goes to the server first (it may define the names),
+                    // recorded and expected as usual.
+                    out.extend_from_slice(&buf[run..pos]);
+                    front.publish(audit).await?;
+                    if !out.is_empty() {
+                        w.write_all(&out).await?;
+                        w.flush().await?;
+                        out.clear();
+                    }
+                    run = pos;
+                    front.resolve(names).await;
+                    // Judge the same message again, now through its views.
+                    continue;
+                }
+                Action::Await(batch) => {
+                    out.extend_from_slice(&buf[run..pos]);
+                    front.publish(audit).await?;
+                    if !out.is_empty() {
+                        w.write_all(&out).await?;
+                        w.flush().await?;
+                        out.clear();
+                    }
+                    run = pos;
+                    loop {
+                        // Created before the check, so a ReadyForQuery between is not missed.
+                        let answered = front.shared.answered.notified();
+                        if front.shared.answered(batch) {
+                            break;
+                        }
+                        tokio::select! {
+                            () = answered => {}
+                            n = r.read_buf(&mut buf), if buf.len() < MAX_HELD_BUFFER => {
+                                if n? == 0 {
+                                    return Ok(Exit::ClientClosed);
+                                }
+                            }
+                        }
+                    }
+                    continue;
+                }
             }
             pos = end;
+            // Whole and handled: the message the lease was for (always the first) is done.
+            lease = None;
         }
         front.publish(audit).await?;
         if out.is_empty() {
@@ -912,9 +1379,11 @@ where
 async fn server_to_client<R, W>(
     shared: &Shared,
     mut back: Back<'_>,
+    buffers: &Arc<Budget>,
     mut r: R,
     w: &mut W,
     mut buf: BytesMut,
+    drain: &crate::drain::Watch,
 ) -> Result<Exit, SessionError>
 where
     R: AsyncRead + Unpin,
@@ -926,6 +1395,7 @@ where
     // Bytes of a partly received message still to forward, or to drop.
     let mut pass = 0usize;
     let mut skip = 0usize;
+    let mut lease: Option<Lease> = None;
     let audit = back.audit;
     loop {
         let mut pos = 0;
@@ -964,13 +1434,24 @@ where
                     }
                     pos = buf.len();
                 } else {
+                    lease_for(buffers, &mut lease, h.total)?;
                     buf.reserve(h.total - avail);
                 }
                 break;
             }
             let end = pos + h.total;
+            lease = None;
             back.count(h.total);
             if streamed && !back.suppress {
+                pos = end;
+                continue;
+            }
+            if shared.internal.load(Ordering::SeqCst) > 0
+                && internal_answer(shared, h.tag, &buf[pos..end])?
+            {
+                // The gateway's own role switch: the client sees none of it.
+                out.extend_from_slice(&buf[run..pos]);
+                run = end;
                 pos = end;
                 continue;
             }
@@ -980,7 +1461,11 @@ where
                 b'Z' => {
                     let status = buf[pos + HEADER_LEN];
                     shared.status.store(status, Ordering::Relaxed);
-                    let seen = shared.ready_seen.fetch_add(1, Ordering::Relaxed) + 1;
+                    let seen = shared.ready_seen.fetch_add(1, Ordering::SeqCst) + 1;
+                    if shared.waiting.load(Ordering::SeqCst) {
+                        shared.ready.notify_waiters();
+                    }
+                    shared.answered.notify_waiters();
                     if shared.pending.load(Ordering::Acquire) {
                         // Injections of finished batches were discarded by the server (an
                         // earlier error in the same batch): the client already has an error.
@@ -999,6 +1484,13 @@ where
             let msg = &buf[pos..end];
             let back_act = if h.tag == b'D' && back.rows_masked() {
                 back.on_row(msg, &mut rep)
+            } else if matches!(act, Act::Replace) {
+                // Our denial replaces the server's error: the answer side only keeps count.
+                let mut ignored = BytesMut::new();
+                match back.on_message(h.tag, msg, &mut ignored).await {
+                    Act::Drop => Act::Drop,
+                    _ => Act::Forward,
+                }
             } else {
                 back.on_message(h.tag, msg, &mut rep).await
             };
@@ -1048,11 +1540,95 @@ where
                 }
                 continue;
             }
+            // Between whole messages the client can take an error: the shutdown deadline. (A
+            // command held for approval waits in the other half, which is dropped with its
+            // wait: the request is withdrawn.)
+            () = drain.deadline(), if pass == 0 => return Ok(Exit::Shutdown),
         };
         if n == 0 {
             return Ok(Exit::ServerClosed);
         }
     }
+}
+
+/// Whether this server message answers the gateway's own role switch (at the head of the
+/// expected answers); its error is kept for the client half, its ReadyForQuery ends it.
+fn internal_answer(shared: &Shared, tag: u8, msg: &[u8]) -> Result<bool, FrameError> {
+    let Ok(mut q) = shared.expect.lock() else {
+        return Ok(false);
+    };
+    if tag == b'A' {
+        // Notifications are the client's, whenever they come.
+        return Ok(false);
+    }
+    if let Some(Expect::InternalInline { closes }) = q.front_mut() {
+        match tag {
+            b'3' => {
+                *closes += 1;
+                if *closes == 2 {
+                    q.pop_front();
+                    shared.internal.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            b'E' => {
+                // The pipeline failed at the switch: the client's statements after it are
+                // skipped by the server, and the client sees its error.
+                q.pop_front();
+                shared.internal.fetch_sub(1, Ordering::SeqCst);
+                let e = codec::parse_error(&msg[HEADER_LEN..])?;
+                tracing::warn!(code = e.code, message = e.message, "role switch failed");
+                if let Ok(mut slot) = shared.role_error.lock() {
+                    slot.get_or_insert_with(|| format!("{} ({})", e.message, e.code));
+                }
+                return Ok(false);
+            }
+            _ => {}
+        }
+        return Ok(true);
+    }
+    if !matches!(q.front(), Some(Expect::Internal)) {
+        return Ok(false);
+    }
+    match tag {
+        b'E' => {
+            let e = codec::parse_error(&msg[HEADER_LEN..])?;
+            tracing::warn!(code = e.code, message = e.message, "role switch failed");
+            if let Ok(mut slot) = shared.role_error.lock() {
+                slot.get_or_insert_with(|| format!("{} ({})", e.message, e.code));
+            }
+        }
+        b'Z' => {
+            q.pop_front();
+            shared.internal.fetch_sub(1, Ordering::SeqCst);
+            shared.status.store(msg[HEADER_LEN], Ordering::Relaxed);
+            let seen = shared.ready_seen.fetch_add(1, Ordering::SeqCst) + 1;
+            if shared.waiting.load(Ordering::SeqCst) {
+                shared.ready.notify_waiters();
+            }
+            drop(q);
+            if shared.pending.load(Ordering::Acquire) {
+                retire(shared, seen);
+            }
+        }
+        _ => {}
+    }
+    Ok(true)
+}
+
+/// Waits until the server answered everything sent (a ReadyForQuery for each of `batch`
+/// batches).
+async fn wait_synced(shared: &Shared, batch: u64) {
+    shared.waiting.store(true, Ordering::SeqCst);
+    loop {
+        let ready = shared.ready.notified();
+        tokio::pin!(ready);
+        ready.as_mut().enable();
+        if shared.ready_seen.load(Ordering::SeqCst) >= batch {
+            break;
+        }
+        ready.await;
+    }
+    shared.waiting.store(false, Ordering::SeqCst);
 }
 
 fn retire(shared: &Shared, seen: u64) {

@@ -1,0 +1,947 @@
+//! MySQL through airlock, end to end and through TRANSPARENT interception: one real MariaDB
+//! 10.11 on the `db` test host (shared by every test of this file), the real daemon protecting
+//! a test cgroup, and real unmodified clients run in that cgroup in the node namespace: the
+//! `mariadb` CLI, PyMySQL, mysql-connector-python (C extension and pure Python) and sysbench.
+//! None of them knows a database password; the gateway logs in with its own accounts.
+//!
+//! Needs root (CI runs as root) and `cargo xtask setup` (MariaDB, sysbench, the Python venv).
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+#[path = "support/mysql.rs"]
+mod my;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use my::{Certs, DATABASE, GW_ED25519, GW_NATIVE, MYSQL_PYTHON, MariaDb, PORT};
+use support::{
+    DB_ADDR, DB_ADDR_2, Daemon, TempDir, TestCgroup, Topology, airlock_bin, require_root, sh,
+    unique_id,
+};
+
+const API_PORT: u16 = 7081;
+const METRICS_PORT: u16 = 7082;
+
+/// The shared world: namespaces, cgroup, MariaDB, the daemon.
+struct World {
+    topo: Topology,
+    cg: TestCgroup,
+    dir: TempDir,
+    _db: MariaDb,
+    db_socket: PathBuf,
+    certs: Certs,
+    config: PathBuf,
+    _daemon: Daemon,
+}
+
+static WORLD: Mutex<Weak<World>> = Mutex::new(Weak::new());
+
+/// The world every test of this file shares (built by the first, torn down after the last).
+fn world() -> Arc<World> {
+    let mut w = WORLD.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(world) = w.upgrade() {
+        return world;
+    }
+    let world = Arc::new(World::new());
+    *w = Arc::downgrade(&world);
+    world
+}
+
+/// What one client run printed.
+#[derive(Debug)]
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl World {
+    fn new() -> World {
+        require_root();
+        my::require_mysql_tools();
+        let _ = airlock_bin();
+        let topo = Topology::new();
+        let cg = TestCgroup::new(&topo.id);
+        let dir = TempDir::new(&format!("my{}", topo.id));
+        let certs = Certs::generate(&dir.path("certs"));
+        let db = MariaDb::start(&topo.db, &dir.path("mariadb"), &certs);
+        db.admin(&format!(
+            "CREATE TABLE {DATABASE}.customers (id INT PRIMARY KEY, name VARCHAR(64), email VARCHAR(128), note TEXT);
+             INSERT INTO {DATABASE}.customers VALUES
+               (1, 'Ada', 'ada@example.com', 'met at the conference'),
+               (2, 'Grace', 'grace@example.org', 'write to grace.h@example.net');
+             CREATE TABLE {DATABASE}.accounts (id INT PRIMARY KEY, balance INT NOT NULL);
+             INSERT INTO {DATABASE}.accounts VALUES (1, 100), (2, 200);
+             CREATE TABLE {DATABASE}.files (line TEXT);"
+        ));
+        let root = support::cgroup2_root();
+        let rel = |child: &str| {
+            let p = cg.child(child);
+            format!("/{}", p.strip_prefix(&root).unwrap().display())
+        };
+        let (agent, ops) = (rel("agent"), rel("ops"));
+        let bpffs = PathBuf::from(format!("/sys/fs/bpf/airlock-test-{}", topo.id));
+        let yaml = format!(
+            "daemon:
+  cgroup: {cg}
+  bpffs: {bpffs}
+  listen_port_base: 15500
+  state_dir: {state}
+  api: 127.0.0.1:{API_PORT}
+  metrics: 127.0.0.1:{METRICS_PORT}
+targets:
+  - name: mariadb
+    protocol: mysql
+    addresses: [\"{DB_ADDR}/32\"]
+    ports: [{PORT}]
+    mysql:
+      user: {gw}
+      password: \"{gw_pw}\"
+      database: {DATABASE}
+  - name: mariadb-secure
+    protocol: mysql
+    addresses: [\"{DB_ADDR_2}/32\"]
+    ports: [{PORT}]
+    mysql:
+      user: {ed}
+      password_file: {pwfile}
+      database: {DATABASE}
+      client_auth: caching_sha2_password
+      tls: {{mode: verify-full, ca_file: {ca}, server_name: localhost}}
+      client_tls: {{cert_file: {cert}, key_file: {key}}}
+identities:
+  - name: corp
+    oidc: {{issuer: \"https://127.0.0.1:1\", audience: airlock}}
+    groups: [staff]
+  - name: agents
+    workload: {{cgroups: [\"{agent}\"]}}
+    groups: [agents]
+  - name: ops
+    workload: {{cgroups: [\"{ops}\"]}}
+    groups: [ops]
+rules:
+  - name: staff-read
+    groups: [staff]
+    require: [token]
+    classes: [read]
+    action: allow
+  - name: ops-all
+    groups: [ops]
+    classes: [read, session, transaction, write, ddl, dcl, admin, unknown]
+    action: allow
+    mask: []
+  - name: agents-read
+    groups: [agents]
+    classes: [read, session, transaction]
+    action: allow
+  - name: agents-write-review
+    groups: [agents]
+    classes: [read, session, transaction, write]
+    action: review
+    review: {{approvers: [dba], ttl: 1s, timeout: 60s}}
+  - name: agents-deny-rest
+    groups: [agents]
+    classes: [ddl, dcl, admin, unknown]
+    action: deny
+    reason: agents may not run DDL, DCL, admin or unparseable commands
+default: deny
+masking:
+  - name: customer-email
+    columns: [\"*.customers.email\"]
+    style: partial
+  - name: mail-in-text
+    detectors: [email]
+    style: redact
+",
+            cg = cg.path.display(),
+            bpffs = bpffs.display(),
+            state = dir.path("state").display(),
+            gw = GW_NATIVE.0,
+            gw_pw = GW_NATIVE.1,
+            ed = GW_ED25519.0,
+            pwfile = dir
+                .write("ed.password", &format!("{}\n", GW_ED25519.1))
+                .display(),
+            ca = certs.ca.display(),
+            cert = certs.cert.display(),
+            key = certs.key.display(),
+        );
+        let config = dir.write("airlock.yaml", &yaml);
+        let daemon = Daemon::start(&cg, &topo, &config, &bpffs, &dir.path("daemon.log"));
+        World {
+            db_socket: db.socket.clone(),
+            _db: db,
+            topo,
+            cg,
+            dir,
+            certs,
+            config,
+            _daemon: daemon,
+        }
+    }
+
+    /// Runs a shell command as an unmodified client in cgroup child `child` of the node
+    /// namespace (so it is intercepted).
+    fn client(&self, child: &str, cmd: &str) -> Run {
+        let out_file = self.dir.path(&format!("out-{}", unique_id()));
+        let err_file = self.dir.path(&format!("err-{}", unique_id()));
+        let script = format!("{cmd} >{} 2>{}", out_file.display(), err_file.display());
+        let status = sh(&self.cg.run_in(child, &self.topo.node, &script));
+        Run {
+            ok: status.status.success(),
+            stdout: std::fs::read_to_string(&out_file).unwrap_or_default(),
+            stderr: std::fs::read_to_string(&err_file).unwrap_or_default()
+                + &String::from_utf8_lossy(&status.stderr),
+        }
+    }
+
+    /// The `mariadb` CLI to the protected address `host`, with no password.
+    fn mariadb(&self, child: &str, host: &str, extra: &str, sql: &str) -> Run {
+        let sql = sql.replace('\'', "'\\''");
+        self.client(
+            child,
+            &format!(
+                "mariadb --no-defaults -h {host} -P {PORT} -u someone -D {DATABASE} -N -B \
+                 --connect-timeout=10 {extra} -e '{sql}'"
+            ),
+        )
+    }
+
+    /// The `mariadb` CLI reading a script from standard input (one statement per line).
+    fn mariadb_script(&self, child: &str, host: &str, extra: &str, script: &str) -> Run {
+        let path = self
+            .dir
+            .write(&format!("script-{}.sql", unique_id()), script);
+        self.client(
+            child,
+            &format!(
+                "mariadb --no-defaults -h {host} -P {PORT} -u someone -D {DATABASE} -N -B \
+                 --connect-timeout=10 {extra} < {}",
+                path.display()
+            ),
+        )
+    }
+
+    /// A Python script with PyMySQL and mysql-connector-python; `HOST` and `PORT` in its
+    /// environment.
+    fn python(&self, child: &str, host: &str, script: &str) -> Run {
+        let path = self
+            .dir
+            .write(&format!("script-{}.py", unique_id()), script);
+        self.client(
+            child,
+            &format!(
+                "env HOST={host} PORT={PORT} CA={} {MYSQL_PYTHON} {}",
+                self.certs.ca.display(),
+                path.display()
+            ),
+        )
+    }
+
+    /// Runs SQL on the server directly (not through airlock).
+    fn admin(&self, sql: &str) -> String {
+        let out = sh(&format!(
+            "mariadb --no-defaults --socket={} -uroot -N -B -e \"{sql}\"",
+            self.db_socket.display()
+        ));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The `airlock` CLI in the node namespace (where the API listens).
+    fn cli(&self, args: &str) -> Run {
+        let out = sh(&format!(
+            "{} {} {args} --config {}",
+            Topology::enter(&self.topo.node),
+            airlock_bin(),
+            self.config.display()
+        ));
+        Run {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Waits for a pending approval request whose command text contains `needle`.
+    fn wait_pending(&self, needle: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = self.cli("requests --pending --json");
+            if r.ok {
+                let list: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+                if let Some(req) = list.as_array().and_then(|a| {
+                    a.iter().find(|r| {
+                        r["commands"][0]["text"]
+                            .as_str()
+                            .is_some_and(|t| t.contains(needle))
+                    })
+                }) {
+                    return req.clone();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no pending request for {needle}: {r:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path("daemon.log")).unwrap_or_default()
+    }
+}
+
+#[test]
+fn mariadb_cli_reads_masked_ddl_denied_and_the_session_goes_on() {
+    let w = world();
+    let r = w.mariadb(
+        "agent",
+        DB_ADDR,
+        "",
+        "SELECT id, name, email, note FROM customers ORDER BY id; \
+         SELECT CURRENT_USER(); \
+         DROP TABLE customers; \
+         SELECT COUNT(*) FROM customers",
+    );
+    // The CLI stops at the first error: the denial; what came before went through, masked.
+    assert!(!r.ok, "the DROP must fail: {r:?}");
+    assert!(r.stdout.contains("1\tAda\t"), "{r:?}\n{}", w.daemon_log());
+    assert!(!r.stdout.contains("ada@example.com"), "{r:?}");
+    assert!(!r.stdout.contains("grace.h@example.net"), "{r:?}");
+    assert!(r.stdout.contains("1\tAda\t"), "{r:?}");
+    assert!(
+        r.stdout.contains(&format!("{}@%", GW_NATIVE.0)),
+        "the server sees the gateway's account: {r:?}"
+    );
+    assert!(
+        r.stderr.contains("ERROR 1142 (42000)")
+            && r.stderr.contains("denied by rule \"agents-deny-rest\""),
+        "{r:?}"
+    );
+    assert_eq!(
+        w.admin(&format!("SELECT COUNT(*) FROM {DATABASE}.customers"))
+            .trim(),
+        "2"
+    );
+    // --force goes on after the error in the same session.
+    let r = w.mariadb_script(
+        "agent",
+        DB_ADDR,
+        "--force",
+        "DROP TABLE customers;\nSELECT CONCAT('still ', COUNT(*)) FROM customers;\n",
+    );
+    assert!(
+        r.stdout.contains("still 2"),
+        "the session stays usable after a denial: {r:?}\n{}",
+        w.daemon_log()
+    );
+}
+
+/// PyMySQL (text protocol) and mysql-connector-python, C extension and pure Python, with
+/// server-side prepared statements (binary protocol): the same rows, emails masked in both
+/// protocols (the column rule on `customers.email`, the detector in free text), raw values
+/// nowhere, and other columns untouched.
+#[test]
+fn python_connectors_text_and_binary_protocol_masked() {
+    let w = world();
+    let script = r#"
+import os, pymysql, mysql.connector
+host, port = os.environ["HOST"], int(os.environ["PORT"])
+q = "SELECT id, name, email, note FROM customers WHERE id >= %s ORDER BY id"
+from pymysql.constants import CLIENT
+c = pymysql.connect(host=host, port=port, user="someone", database="app", client_flag=CLIENT.MULTI_STATEMENTS)
+cur = c.cursor()
+cur.execute(q, (1,))
+print("pymysql", cur.fetchall())
+cur.execute("SELECT 1; SELECT email FROM customers WHERE id = 2")
+print("multi-first", cur.fetchall())
+cur.nextset()
+print("multi-second", cur.fetchall())
+c.close()
+for pure in (False, True):
+    cn = mysql.connector.connect(host=host, port=port, user="someone", database="app", use_pure=pure)
+    print("cext" if not pure else "pure", "prepared" , type(cn).__name__)
+    cur = cn.cursor(prepared=True)
+    cur.execute(q, (1,))
+    rows = cur.fetchall()
+    print("binary", pure, [tuple(v.decode() if isinstance(v, (bytes, bytearray)) else v for v in r) for r in rows])
+    cur.close()
+    cur = cn.cursor()
+    cur.execute("SELECT email, note FROM customers ORDER BY id")
+    print("text", pure, cur.fetchall())
+    cur.close()
+    cn.close()
+"#;
+    let r = w.python("agent", DB_ADDR, script);
+    assert!(r.ok, "{r:?}\n{}", w.daemon_log());
+    for raw in [
+        "ada@example.com",
+        "grace@example.org",
+        "grace.h@example.net",
+    ] {
+        assert!(!r.stdout.contains(raw), "{raw} leaked: {r:?}");
+    }
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    let line = |prefix: &str| {
+        lines
+            .iter()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+    };
+    // Names, ids and free text pass; the email column is partially masked (the domain's end
+    // kept), the address inside the note redacted, in both protocols and every connector.
+    let rows = "(1, 'Ada', '***@******e.com', 'met at the conference'), \
+                (2, 'Grace', '*****@******e.org', 'write to [REDACTED]')";
+    assert_eq!(line("pymysql ("), [format!("pymysql ({rows})")], "{r:?}");
+    assert_eq!(line("multi-first"), ["multi-first ((1,),)"], "{r:?}");
+    assert_eq!(
+        line("multi-second"),
+        ["multi-second (('*****@******e.org',),)"],
+        "{r:?}"
+    );
+    for pure in ["False", "True"] {
+        assert_eq!(
+            line(&format!("binary {pure}")),
+            [format!("binary {pure} [{rows}]")],
+            "{r:?}"
+        );
+        assert_eq!(
+            line(&format!("text {pure}")),
+            [format!(
+                "text {pure} [('***@******e.com', 'met at the conference'), \
+                 ('*****@******e.org', 'write to [REDACTED]')]"
+            )],
+            "{r:?}"
+        );
+    }
+}
+
+fn balance(w: &World, id: u32) -> i64 {
+    w.admin(&format!(
+        "SELECT balance FROM {DATABASE}.accounts WHERE id = {id}"
+    ))
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+/// A write waits on the data path (the server sees nothing) until `airlock approve`; a
+/// prepared write is reviewed at its execution, with its parameters, and needs one approval.
+#[test]
+fn writes_held_until_airlock_approve_prepared_with_one_approval() {
+    let w = world();
+    let sql = "UPDATE accounts SET balance = balance + 1 WHERE id = 1";
+    let before = balance(&w, 1);
+    let held = {
+        let w = w.clone();
+        std::thread::spawn(move || w.mariadb("agent", DB_ADDR, "", sql))
+    };
+    let req = w.wait_pending(sql);
+    assert_eq!(req["rule"], "agents-write-review", "{req}");
+    assert_eq!(req["target"], "mariadb", "{req}");
+    assert_eq!(req["commands"][0]["text"], sql, "{req}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(balance(&w, 1), before, "held: the server has not seen it");
+    assert!(
+        w.daemon_log().contains(req["id"].as_str().unwrap()),
+        "the request id is in the daemon's log"
+    );
+    let id = req["id"].as_str().unwrap().to_string();
+    let a = w.cli(&format!("approve {id} --reason ticket-7"));
+    assert!(a.ok, "{a:?}");
+    let r = held.join().unwrap();
+    assert!(r.ok, "{r:?}");
+    assert_eq!(balance(&w, 1), before + 1);
+
+    // A prepared write: the prepare passes, the execution waits with its values.
+    let before = balance(&w, 2);
+    let script = r#"
+import os, mysql.connector
+cn = mysql.connector.connect(host=os.environ["HOST"], port=int(os.environ["PORT"]), user="x", database="app", use_pure=True, autocommit=True)
+cur = cn.cursor(prepared=True)
+cur.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (5, 2))
+print("rows", cur.rowcount)
+"#;
+    let held = {
+        let w = w.clone();
+        std::thread::spawn(move || w.python("agent", DB_ADDR, script))
+    };
+    let req = w.wait_pending("-- parameters:");
+    assert_eq!(
+        req["commands"][0]["text"],
+        "UPDATE accounts SET balance = balance + ? WHERE id = ? -- parameters: (5, 2)",
+        "{req}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(balance(&w, 2), before, "held: not executed");
+    let id = req["id"].as_str().unwrap().to_string();
+    assert!(w.cli(&format!("approve {id}")).ok);
+    let r = held.join().unwrap();
+    assert!(
+        r.ok && r.stdout.contains("rows 1"),
+        "{r:?}\n{}",
+        w.daemon_log()
+    );
+    assert_eq!(balance(&w, 2), before + 5);
+    // One approval: no other request was ever filed for that statement.
+    let all = w.cli("requests --json");
+    let list: serde_json::Value = serde_json::from_str(&all.stdout).unwrap();
+    let filed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["commands"][0]["text"].as_str().is_some_and(|t| {
+                t.contains("balance + ? WHERE id = ?") || t.contains("balance + %s")
+            })
+        })
+        .count();
+    assert_eq!(filed, 1, "{list}");
+}
+
+/// LOAD DATA LOCAL INFILE: denied by policy for agents; for a caller whose rules allow it, the
+/// server still refuses, because the gateway never negotiates CLIENT_LOCAL_FILES.
+#[test]
+fn load_data_local_infile_is_refused() {
+    let w = world();
+    let r = w.mariadb(
+        "agent",
+        DB_ADDR,
+        "--local-infile=1",
+        "LOAD DATA LOCAL INFILE '/etc/hostname' INTO TABLE files",
+    );
+    assert!(
+        !r.ok && r.stderr.contains("denied by rule \"agents-deny-rest\""),
+        "{r:?}"
+    );
+    let script = r#"
+import os, pymysql
+c = pymysql.connect(host=os.environ["HOST"], port=int(os.environ["PORT"]), user="x", database="app", local_infile=True)
+try:
+    c.cursor().execute("LOAD DATA LOCAL INFILE '/etc/hostname' INTO TABLE files")
+    print("loaded")
+except pymysql.err.MySQLError as e:
+    print("refused", e.args[0], e.args[1])
+"#;
+    let r = w.python("ops", DB_ADDR, script);
+    assert!(r.ok, "{r:?}");
+    assert!(
+        r.stdout.starts_with("refused 1148") || r.stdout.starts_with("refused 4166"),
+        "the server refuses local files it was never offered: {r:?}"
+    );
+    assert_eq!(
+        w.admin(&format!("SELECT COUNT(*) FROM {DATABASE}.files"))
+            .trim(),
+        "0"
+    );
+}
+
+/// KILL QUERY through the gateway, from a second connection, by the id the first session's
+/// client saw (the gateway's, mapped to the server's thread): it cancels `SELECT SLEEP(30)`;
+/// another caller cannot kill it.
+#[test]
+fn kill_query_through_the_gateway_cancels_a_running_select() {
+    let w = world();
+    let idfile = w.dir.path(&format!("thread-{}", unique_id()));
+    let script = format!(
+        r#"
+import os, time, pymysql
+c = pymysql.connect(host=os.environ["HOST"], port=int(os.environ["PORT"]), user="x", database="app")
+open("{}", "w").write(str(c.thread_id()))
+t = time.time()
+cur = c.cursor()
+try:
+    cur.execute("SELECT SLEEP(30)")
+    print("result", cur.fetchall())
+except pymysql.err.MySQLError as e:
+    print("error", e.args[0])
+print("elapsed", round(time.time() - t))
+"#,
+        idfile.display()
+    );
+    let sleeper = {
+        let w = w.clone();
+        std::thread::spawn(move || w.python("ops", DB_ADDR, &script))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        if let Ok(s) = std::fs::read_to_string(&idfile)
+            && !s.is_empty()
+        {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the sleeper did not connect");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let server_ids = w.admin("SELECT GROUP_CONCAT(ID) FROM information_schema.PROCESSLIST");
+    assert!(
+        !server_ids.split(',').any(|s| s.trim() == id),
+        "the client sees a minted id, not the server's thread id"
+    );
+    // Another caller (nobody, in the same cgroup) may not kill it.
+    let other = w.client(
+        "ops",
+        &format!(
+            "setpriv --reuid=nobody --regid=nogroup --clear-groups mariadb --no-defaults -h {DB_ADDR} -P {PORT} -u x -e 'KILL QUERY {id}'"
+        ),
+    );
+    assert!(!other.ok && other.stderr.contains("1095"), "{other:?}");
+    // The same caller may, from another cgroup and connection.
+    let kill = w.mariadb("agent", DB_ADDR, "", &format!("KILL QUERY {id}"));
+    assert!(kill.ok, "{kill:?}\n{}", w.daemon_log());
+    let r = sleeper.join().unwrap();
+    assert!(r.ok, "{r:?}");
+    let elapsed: u64 = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("elapsed "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(elapsed < 20, "SLEEP(30) was cancelled: {r:?}");
+}
+
+/// Bad packets end that session with an error, and the daemon keeps serving others.
+#[test]
+fn bad_packets_end_the_session_and_the_daemon_keeps_serving() {
+    let w = world();
+    let script = r#"
+import os, socket, struct, pymysql
+host, port = os.environ["HOST"], int(os.environ["PORT"])
+def raw(payload_after_greeting):
+    s = socket.create_connection((host, port), timeout=10)
+    head = s.recv(4)
+    n = head[0] | head[1] << 8 | head[2] << 16
+    while n > 0:
+        n -= len(s.recv(n))
+    s.sendall(payload_after_greeting)
+    data = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+def err(data):
+    if len(data) > 7 and data[4] == 0xff:
+        return "ERR %d %s" % (struct.unpack("<H", data[5:7])[0], data[13:].decode(errors="replace"))
+    return "no ERR: %r" % data[:40]
+# A header declaring 16 MiB - 1 bytes of handshake.
+print("huge", err(raw(b"\xff\xff\xff\x01" + b"x" * 100)))
+# A handshake response cut short.
+print("truncated", err(raw(b"\x0a\x00\x00\x01" + b"\x0d\xa2\x00\x00" + b"\x00" * 6)))
+# An unknown command byte after a good login.
+c = pymysql.connect(host=host, port=port, user="x", database="app")
+c._execute_command(0x99, b"")
+try:
+    c._read_packet()
+    print("unknown no error")
+except pymysql.err.MySQLError as e:
+    print("unknown", e.args[0], e.args[1])
+try:
+    c.cursor().execute("SELECT 1")
+    print("still open")
+except Exception as e:
+    print("closed", type(e).__name__)
+"#;
+    let r = w.python("agent", DB_ADDR, script);
+    assert!(r.ok, "{r:?}");
+    let line = |p: &str| {
+        r.stdout
+            .lines()
+            .find(|l| l.starts_with(p))
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(
+        line("huge").starts_with("huge ERR 1835") && line("huge").contains("limit"),
+        "{r:?}"
+    );
+    assert!(line("truncated").starts_with("truncated ERR 1835"), "{r:?}");
+    assert!(
+        line("unknown").starts_with("unknown 1047") && line("unknown").contains("0x99"),
+        "{r:?}"
+    );
+    assert!(
+        line("closed").starts_with("closed"),
+        "the session ended: {r:?}"
+    );
+    // The daemon serves the next client as before.
+    let ok = w.mariadb("agent", DB_ADDR, "", "SELECT 40 + 2");
+    assert!(ok.ok && ok.stdout.trim() == "42", "{ok:?}");
+}
+
+/// The second target: the gateway logs in with MariaDB's ed25519 over verify-full TLS, and
+/// terminates TLS towards clients. A token as password is taken only over TLS (here a
+/// malformed one, refused by the verifier before any network access); without TLS a password
+/// is refused with a clear error, and an empty one is the workload identity.
+#[test]
+fn ed25519_over_verified_tls_client_tls_and_tokens_only_over_tls() {
+    let w = world();
+    let script = r#"
+import os, pymysql
+host, port, ca = os.environ["HOST"], int(os.environ["PORT"]), os.environ["CA"]
+c = pymysql.connect(host=host, port=port, user="x", database="app", ssl={"ca": ca})
+print("client-tls", type(c._sock).__name__)
+cur = c.cursor()
+cur.execute("SELECT CURRENT_USER()")
+print("user", cur.fetchone()[0])
+cur.execute("SHOW SESSION STATUS LIKE 'Ssl_version'")
+print("upstream-tls", cur.fetchone()[1])
+cur.execute("SELECT email FROM customers WHERE id = 1")
+print("masked", cur.fetchone()[0])
+c.close()
+for label, kw in (("token-tls", {"ssl": {"ca": ca}}), ("token-plain", {})):
+    try:
+        pymysql.connect(host=host, port=port, user="x", password="not-a-jwt", database="app", **kw)
+        print(label, "accepted")
+    except pymysql.err.MySQLError as e:
+        print(label, e.args[0], e.args[1])
+"#;
+    let r = w.python("agent", DB_ADDR_2, script);
+    assert!(r.ok, "{r:?}\n{}", w.daemon_log());
+    let line = |p: &str| {
+        r.stdout
+            .lines()
+            .find(|l| l.starts_with(p))
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(line("client-tls"), "client-tls SSLSocket", "{r:?}");
+    assert_eq!(line("user"), format!("user {}@%", GW_ED25519.0), "{r:?}");
+    assert!(
+        line("upstream-tls").starts_with("upstream-tls TLSv1."),
+        "{r:?}"
+    );
+    assert_eq!(line("masked"), "masked ***@******e.com", "{r:?}");
+    assert!(
+        line("token-tls").starts_with("token-tls 1045")
+            && line("token-tls").contains("invalid token"),
+        "{r:?}"
+    );
+    assert!(
+        line("token-plain").starts_with("token-plain 1045") && line("token-plain").contains("TLS"),
+        "{r:?}"
+    );
+}
+
+/// sysbench through the gateway: OLTP read-write for a caller whose rules allow it, and
+/// read-only for agents (every statement judged, the masking plan passthrough for these
+/// tables), with prepared statements (binary protocol) and without errors.
+#[test]
+fn sysbench_read_write_and_read_only_through_the_gateway() {
+    let w = world();
+    let common = format!(
+        "--mysql-host={DB_ADDR} --mysql-port={PORT} --mysql-db=sbtest --tables=2 --table-size=2000"
+    );
+    let prep = sh(&format!(
+        "{} sysbench oltp_read_write {common} --mysql-user={} --mysql-password={} prepare",
+        Topology::enter(&w.topo.db),
+        GW_NATIVE.0,
+        GW_NATIVE.1
+    ));
+    assert!(
+        prep.status.success(),
+        "{}",
+        String::from_utf8_lossy(&prep.stderr)
+    );
+    for (child, test) in [("ops", "oltp_read_write"), ("agent", "oltp_read_only")] {
+        let r = w.client(
+            child,
+            &format!(
+                "sysbench {test} {common} --mysql-user=x --threads=4 --time=4 --db-ps-mode=auto run"
+            ),
+        );
+        assert!(r.ok, "{test}: {r:?}\n{}", w.daemon_log());
+        let tx: u64 = r
+            .stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("transactions:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        assert!(tx > 10, "{test}: {r:?}");
+        if test == "oltp_read_only" {
+            // (Read-write runs may see deadlocks, which sysbench retries and counts here.)
+            assert!(
+                r.stdout.contains("ignored errors:                      0"),
+                "{test}: {r:?}"
+            );
+        }
+    }
+}
+
+/// A value longer than one MySQL packet (16 MiB) comes through whole, and masked: the row is
+/// held, the address in it redacted, and the longer or shorter row split and numbered again.
+#[test]
+fn values_longer_than_a_packet_are_masked() {
+    let w = world();
+    let script = r#"
+import os, pymysql
+c = pymysql.connect(host=os.environ["HOST"], port=int(os.environ["PORT"]), user="x", database="app", max_allowed_packet=64 << 20)
+cur = c.cursor()
+cur.execute("SELECT CONCAT(REPEAT('x', 17000000), ' write to ada@example.com'), 42")
+v, n = cur.fetchone()
+print("len", len(v), "tail", v[-30:], "n", n)
+cur.execute("SELECT REPEAT('y', 20000000)")
+print("plain", len(cur.fetchone()[0]))
+"#;
+    let r = w.python("agent", DB_ADDR, script);
+    assert!(r.ok, "{r:?}");
+    assert!(!r.stdout.contains("ada@example.com"), "{r:?}");
+    assert!(
+        r.stdout
+            .contains("len 17000020 tail xxxxxxxxxx write to [REDACTED] n 42"),
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("plain 20000000"), "{r:?}");
+}
+
+/// When the server's sql_mode makes it read backslashes differently (NO_BACKSLASH_ESCAPES), a
+/// statement with a backslash is refused: the server would end the string where the gateway
+/// sees an escaped quote.
+#[test]
+fn backslashes_refused_when_the_server_reads_them_differently() {
+    let w = world();
+    let script = r#"
+import os, pymysql
+c = pymysql.connect(host=os.environ["HOST"], port=int(os.environ["PORT"]), user="x", database="app")
+cur = c.cursor()
+cur.execute("SELECT 'a\\\\' AS v")
+print("before", cur.fetchone()[0])
+cur.execute("SET SESSION sql_mode = 'NO_BACKSLASH_ESCAPES'")
+try:
+    cur.execute("SELECT 'a\\\\'; SELECT 1 -- '")
+    print("after accepted")
+except pymysql.err.MySQLError as e:
+    print("after", e.args[0], e.args[1])
+cur.execute("SELECT 2")
+print("still", cur.fetchone()[0])
+"#;
+    let r = w.python("ops", DB_ADDR, script);
+    assert!(r.ok, "{r:?}");
+    assert!(r.stdout.contains("before a\\"), "{r:?}");
+    assert!(
+        r.stdout.contains("after 1227") && r.stdout.contains("NO_BACKSLASH_ESCAPES"),
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("still 2"), "{r:?}");
+}
+
+/// Texts the server lexes otherwise than sqlparser are never judged by what sqlparser saw:
+/// `--` then U+00A0 (a comment to sqlparser, two minus signs and a name to the server), a NUL
+/// (the server's lexer stops there), and `@@sql_mode` (the session variable, privileged
+/// like `SET sql_mode`) changing how the rest of the same multi-statement query is lexed. The
+/// agent's table survives each one and the session goes on.
+#[test]
+fn lexer_disagreements_are_refused_not_run() {
+    let w = world();
+    let script = r#"
+import os, pymysql
+c = pymysql.connect(host=os.environ["HOST"], port=int(os.environ["PORT"]), user="x", database="app",
+                    client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS)
+cur = c.cursor()
+for name, sql in [
+    ("nbsp", "SELECT 1 --\u00a0x FROM (SELECT 2 AS `\u00a0x`) d; DROP TABLE customers"),
+    ("nul", "SELECT 1 -- x\0; DROP TABLE customers"),
+    ("sqlmode", "SET @@sql_mode = 'NO_BACKSLASH_ESCAPES'; SELECT 'a\\'; DROP TABLE customers; -- '"),
+]:
+    try:
+        cur.execute(sql)
+        while cur.nextset():
+            pass
+        print(name, "accepted")
+    except pymysql.err.MySQLError as e:
+        print(name, "refused", e.args[0])
+cur.execute("SELECT COUNT(*) FROM customers")
+print("still", cur.fetchone()[0])
+"#;
+    let r = w.python("agent", DB_ADDR, script);
+    assert!(r.ok, "{r:?}\n{}", w.daemon_log());
+    for name in ["nbsp", "nul", "sqlmode"] {
+        assert!(
+            r.stdout.contains(&format!("{name} refused 1227")),
+            "{name}: {r:?}\n{}",
+            w.daemon_log()
+        );
+    }
+    assert!(r.stdout.contains("still 2"), "{r:?}");
+    assert_eq!(
+        w.admin(&format!("SELECT COUNT(*) FROM {DATABASE}.customers"))
+            .trim(),
+        "2"
+    );
+}
+
+/// Everything a MySQL session does is recorded and counted like PostgreSQL's: the session's
+/// start names the target and protocol, each statement's record carries its decision and rule
+/// (the denied one too, though the server never saw it), the log verifies, and the Prometheus
+/// counters carry `protocol="mysql"`.
+#[test]
+fn audit_records_and_metrics_name_the_mysql_target() {
+    let w = world();
+    let r = w.mariadb(
+        "agent",
+        DB_ADDR,
+        "--force",
+        "SELECT COUNT(*) AS audit_probe_n FROM customers; DROP TABLE audit_probe_missing",
+    );
+    assert!(r.stdout.lines().any(|l| l.trim() == "2"), "{r:?}");
+    assert!(r.stderr.contains("ERROR 1142"), "{r:?}");
+    let out = w.cli("audit export --format jsonl");
+    assert!(out.ok, "{out:?}");
+    let records: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let command = |needle: &str| {
+        records
+            .iter()
+            .map(|r| &r["event"])
+            .find(|e| e["type"] == "command" && e["command"].to_string().contains(needle))
+            .unwrap_or_else(|| panic!("no command record with {needle}"))
+            .clone()
+    };
+    let read = command("audit_probe_n");
+    assert_eq!(read["action"], "allow", "{read}");
+    assert_eq!(read["rule"], "agents-read", "{read}");
+    let ddl = command("audit_probe_missing");
+    assert_eq!(ddl["action"], "deny", "{ddl}");
+    assert_eq!(ddl["rule"], "agents-deny-rest", "{ddl}");
+    assert!(
+        records.iter().any(|r| r["event"]["type"] == "session_start"
+            && r["event"]["protocol"] == "mysql"
+            && r["event"]["target"] == "mariadb"),
+        "a session start names the target and protocol"
+    );
+    let verified = w.cli("audit verify");
+    assert!(verified.ok, "{verified:?}");
+
+    let out = sh(&format!(
+        "{} curl -sf http://127.0.0.1:{METRICS_PORT}/metrics",
+        Topology::enter(&w.topo.node)
+    ));
+    let body = String::from_utf8_lossy(&out.stdout);
+    let value = |series: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{body}"))
+    };
+    let t = r#"target="mariadb",protocol="mysql""#;
+    assert!(value(&format!("airlock_commands_total{{{t},action=\"allow\"}}")) >= 1.0);
+    assert!(value(&format!("airlock_commands_total{{{t},action=\"deny\"}}")) >= 1.0);
+}

@@ -1,0 +1,864 @@
+//! The `exec` part of policy: a command line run on a host, split the way a POSIX shell would
+//! split it, so that rules judge every program it runs.
+//!
+//! Deliberately narrower than a shell: simple commands joined by `;`, `&&`, `||`, `|`, `&` or
+//! newlines, with quoting, escapes, redirections and command substitutions (`$(…)`, backquotes,
+//! whose commands become parts of their own). Anything else a shell would do with the line —
+//! control structures, subshells, here-documents, comments, environment assignments in front of
+//! a command, a program name that only expansion would tell — makes the line `unknown`, which
+//! no `allow` or `review` rule matches. A full shell grammar crate was weighed and set aside
+//! (docs/decisions/gate.md): the judgement must fail closed on what it does not model, not
+//! model everything.
+
+use crate::config::policy::{ExecSpec, Glob};
+use crate::model::{Class, Facts};
+
+/// Longest command line classified; longer ones are `unknown`.
+pub const MAX_LINE: usize = 64 * 1024;
+/// Deepest nesting of command substitutions.
+const MAX_DEPTH: usize = 8;
+/// Most parts (simple commands) in one line.
+const MAX_PARTS: usize = 256;
+
+/// Words that start a shell control structure or group: a part beginning with one of them is
+/// not a simple command.
+const RESERVED: &[&str] = &[
+    "if", "then", "else", "elif", "fi", "do", "done", "case", "esac", "while", "until", "for",
+    "in", "function", "select", "time", "!", "{", "}", "[[", "]]", "coproc",
+];
+
+/// Programs that run another program named in their arguments (`env rm -rf /`, `xargs rm`,
+/// `sudo rm`): the program they run is only known by modelling each one's options, so such a
+/// part with any argument that is not an option is `unknown`. Without this an `allow` rule
+/// listing `env` would run anything, and a `deny` rule listing `rm` would miss `env rm`.
+/// Interpreters (`sh -c`, `python -c`) are programs like any other: a rule that lists them
+/// allows what they run.
+pub const WRAPPERS: &[&str] = &[
+    "env",
+    "nice",
+    "nohup",
+    "timeout",
+    "stdbuf",
+    "setsid",
+    "ionice",
+    "xargs",
+    "sudo",
+    "doas",
+    "su",
+    "runuser",
+    "command",
+    "exec",
+    "builtin",
+    "eval",
+    "source",
+    ".",
+    "chroot",
+    "chrt",
+    "taskset",
+    "unshare",
+    "nsenter",
+    "flock",
+    "watch",
+    "busybox",
+    "strace",
+    "ltrace",
+    "time",
+    "parallel",
+    "script",
+    "setpriv",
+    "prlimit",
+    "cgexec",
+    "systemd-run",
+    "ssh",
+];
+
+/// Why a simple command whose program runs another program cannot be judged (`None`: it can).
+fn wrapped(words: &[impl AsRef<str>]) -> Option<Unsplittable> {
+    let program = base_name(words.first()?.as_ref());
+    if !WRAPPERS.contains(&program) {
+        return None;
+    }
+    words[1..]
+        .iter()
+        .any(|w| !w.as_ref().starts_with('-'))
+        .then(|| {
+            format!("`{program}` runs the program in its arguments; name that program directly")
+        })
+}
+
+/// One simple command of a line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// The words after quote removal; the first is the program.
+    pub words: Vec<String>,
+    /// Output goes to a file (`>`, `>>`, `&>`).
+    pub writes_file: bool,
+}
+
+/// A command line split into its simple commands.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Split {
+    pub parts: Vec<Part>,
+    /// Operators seen between parts (`;`, `&&`, `|`, …) and substitutions, for the notes.
+    pub operators: Vec<&'static str>,
+}
+
+/// Why a line could not be split.
+pub type Unsplittable = String;
+
+/// Splits a command line, or says why it cannot be judged.
+pub fn split(line: &str) -> Result<Split, Unsplittable> {
+    if line.len() > MAX_LINE {
+        return Err(format!("command line longer than {MAX_LINE} bytes"));
+    }
+    let mut out = Split::default();
+    Lexer {
+        chars: line.chars().collect(),
+        pos: 0,
+        depth: 0,
+    }
+    .run(&mut out)?;
+    if out.parts.is_empty() {
+        return Err("empty command".into());
+    }
+    Ok(out)
+}
+
+struct Lexer {
+    chars: Vec<char>,
+    pos: usize,
+    depth: usize,
+}
+
+/// A word being built: its text, and whether expansion decides any of it.
+#[derive(Default)]
+struct Word {
+    text: String,
+    /// Started (even if empty, e.g. `''`).
+    started: bool,
+    /// Contains `$var`, `${…}`, `$((…))` or a substitution: its value is only known at run time.
+    dynamic: bool,
+    /// Contains unquoted glob characters.
+    glob: bool,
+}
+
+/// A simple command being built.
+#[derive(Default)]
+struct Building {
+    words: Vec<Word>,
+    writes_file: bool,
+    /// The next word is a redirection target, not an argument.
+    redirect_target: bool,
+}
+
+impl Lexer {
+    fn peek(&self, ahead: usize) -> Option<char> {
+        self.chars.get(self.pos + ahead).copied()
+    }
+
+    fn run(&mut self, out: &mut Split) -> Result<(), Unsplittable> {
+        let mut cmd = Building::default();
+        let mut word = Word::default();
+        while let Some(c) = self.peek(0) {
+            match c {
+                ' ' | '\t' => {
+                    self.pos += 1;
+                    self.end_word(&mut cmd, &mut word)?;
+                }
+                '\n' | ';' => {
+                    if c == ';' && self.peek(1) == Some(';') {
+                        return Err("`;;` belongs to a case statement".into());
+                    }
+                    self.pos += 1;
+                    self.end_word(&mut cmd, &mut word)?;
+                    self.end_part(out, &mut cmd, if c == ';' { ";" } else { "newline" })?;
+                }
+                '&' => {
+                    self.pos += 1;
+                    if self.peek(0) == Some('&') {
+                        self.pos += 1;
+                        self.end_word(&mut cmd, &mut word)?;
+                        self.end_part(out, &mut cmd, "&&")?;
+                    } else if self.peek(0) == Some('>') {
+                        // `&>file`: both streams to a file.
+                        self.pos += 1;
+                        if self.peek(0) == Some('>') {
+                            self.pos += 1;
+                        }
+                        self.end_word(&mut cmd, &mut word)?;
+                        cmd.writes_file = true;
+                        cmd.redirect_target = true;
+                    } else {
+                        self.end_word(&mut cmd, &mut word)?;
+                        self.end_part(out, &mut cmd, "&")?;
+                    }
+                }
+                '|' => {
+                    self.pos += 1;
+                    let op = match self.peek(0) {
+                        Some('|') => {
+                            self.pos += 1;
+                            "||"
+                        }
+                        Some('&') => {
+                            self.pos += 1;
+                            "|"
+                        }
+                        _ => "|",
+                    };
+                    self.end_word(&mut cmd, &mut word)?;
+                    self.end_part(out, &mut cmd, op)?;
+                }
+                '>' | '<' => self.redirection(&mut cmd, &mut word)?,
+                '(' | ')' => return Err("subshells and groups are not judged".into()),
+                '#' if !word.started => return Err("comments are not judged".into()),
+                '\'' => {
+                    self.pos += 1;
+                    word.started = true;
+                    loop {
+                        match self.peek(0) {
+                            None => return Err("unterminated single quote".into()),
+                            Some('\'') => {
+                                self.pos += 1;
+                                break;
+                            }
+                            Some(ch) => {
+                                word.text.push(ch);
+                                self.pos += 1;
+                            }
+                        }
+                    }
+                }
+                '"' => {
+                    self.pos += 1;
+                    word.started = true;
+                    self.double_quoted(out, &mut word)?;
+                }
+                '\\' => {
+                    self.pos += 1;
+                    match self.peek(0) {
+                        None => return Err("a trailing backslash".into()),
+                        // Line continuation.
+                        Some('\n') => self.pos += 1,
+                        Some(ch) => {
+                            word.started = true;
+                            word.text.push(ch);
+                            self.pos += 1;
+                        }
+                    }
+                }
+                '$' => {
+                    word.started = true;
+                    self.dollar(out, &mut word)?;
+                }
+                '`' => {
+                    word.started = true;
+                    self.backquote(out, &mut word)?;
+                }
+                // `{a,b}` is brace expansion: `{rm,-f,x}` runs rm.
+                '*' | '?' | '[' | '{' => {
+                    word.started = true;
+                    word.glob = true;
+                    word.text.push(c);
+                    self.pos += 1;
+                }
+                ch => {
+                    word.started = true;
+                    word.text.push(ch);
+                    self.pos += 1;
+                }
+            }
+        }
+        self.end_word(&mut cmd, &mut word)?;
+        if !cmd.words.is_empty() || cmd.redirect_target {
+            self.end_part(out, &mut cmd, "")?;
+        } else if out
+            .operators
+            .last()
+            .is_some_and(|op| matches!(*op, "&&" | "||" | "|"))
+        {
+            return Err("a line ending in an operator".into());
+        }
+        Ok(())
+    }
+
+    fn redirection(&mut self, cmd: &mut Building, word: &mut Word) -> Result<(), Unsplittable> {
+        let c = self.peek(0).unwrap_or('>');
+        // `2>file`: the digits before the operator name a descriptor, not a word.
+        if word.started && !word.text.is_empty() && word.text.bytes().all(|b| b.is_ascii_digit()) {
+            *word = Word::default();
+        } else {
+            self.end_word(cmd, word)?;
+        }
+        self.pos += 1;
+        if c == '<' {
+            match self.peek(0) {
+                Some('<') => return Err("here-documents are not judged".into()),
+                Some('(') => return Err("process substitution is not judged".into()),
+                Some('&') | Some('>') => {
+                    self.pos += 1;
+                    if c == '<' && self.chars.get(self.pos - 1) == Some(&'>') {
+                        cmd.writes_file = true;
+                    }
+                }
+                _ => {}
+            }
+        } else {
+            match self.peek(0) {
+                Some('(') => return Err("process substitution is not judged".into()),
+                Some('>') | Some('|') => self.pos += 1,
+                Some('&') => {
+                    // `>&2`: duplicate a descriptor, no file.
+                    self.pos += 1;
+                    let mut digits = false;
+                    while self.peek(0).is_some_and(|d| d.is_ascii_digit() || d == '-') {
+                        self.pos += 1;
+                        digits = true;
+                    }
+                    if digits {
+                        return Ok(());
+                    }
+                }
+                _ => {}
+            }
+            cmd.writes_file = true;
+        }
+        cmd.redirect_target = true;
+        Ok(())
+    }
+
+    fn double_quoted(&mut self, out: &mut Split, word: &mut Word) -> Result<(), Unsplittable> {
+        loop {
+            match self.peek(0) {
+                None => return Err("unterminated double quote".into()),
+                Some('"') => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                Some('\\') => {
+                    self.pos += 1;
+                    match self.peek(0) {
+                        Some(ch @ ('$' | '`' | '"' | '\\')) => {
+                            word.text.push(ch);
+                            self.pos += 1;
+                        }
+                        Some('\n') => self.pos += 1,
+                        Some(ch) => {
+                            word.text.push('\\');
+                            word.text.push(ch);
+                            self.pos += 1;
+                        }
+                        None => return Err("unterminated double quote".into()),
+                    }
+                }
+                Some('$') => self.dollar(out, word)?,
+                Some('`') => self.backquote(out, word)?,
+                Some(ch) => {
+                    word.text.push(ch);
+                    self.pos += 1;
+                }
+            }
+        }
+    }
+
+    /// `$name`, `${…}`, `$((…))`, `$(…)`; the lexer is on the `$`.
+    fn dollar(&mut self, out: &mut Split, word: &mut Word) -> Result<(), Unsplittable> {
+        self.pos += 1;
+        match self.peek(0) {
+            Some('(') if self.peek(1) == Some('(') => {
+                // Arithmetic: no command runs, but the value is dynamic.
+                let inner = self.balanced('(', ')')?;
+                if inner.contains("$(") || inner.contains('`') {
+                    return Err("a command substitution inside arithmetic is not judged".into());
+                }
+                word.dynamic = true;
+            }
+            Some('(') => {
+                let inner = self.balanced('(', ')')?;
+                self.substitute(out, &inner, "$(…)")?;
+                word.dynamic = true;
+            }
+            Some('{') => {
+                let inner = self.balanced('{', '}')?;
+                if inner.contains("$(") || inner.contains('`') {
+                    return Err("a command substitution inside ${…} is not judged".into());
+                }
+                word.dynamic = true;
+            }
+            Some(ch) if ch.is_ascii_alphanumeric() || "_@*#?$!-".contains(ch) => {
+                word.dynamic = true;
+                self.pos += 1;
+                if ch.is_ascii_alphabetic() || ch == '_' {
+                    while self
+                        .peek(0)
+                        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+                    {
+                        self.pos += 1;
+                    }
+                }
+            }
+            Some('\'') => return Err("$'…' quoting is not judged".into()),
+            // A lone `$` is literal.
+            _ => word.text.push('$'),
+        }
+        Ok(())
+    }
+
+    fn backquote(&mut self, out: &mut Split, word: &mut Word) -> Result<(), Unsplittable> {
+        self.pos += 1;
+        let mut inner = String::new();
+        loop {
+            match self.peek(0) {
+                None => return Err("unterminated backquote".into()),
+                Some('`') => {
+                    self.pos += 1;
+                    break;
+                }
+                Some('\\') => {
+                    self.pos += 1;
+                    if let Some(ch) = self.peek(0) {
+                        if !matches!(ch, '$' | '`' | '\\') {
+                            inner.push('\\');
+                        }
+                        inner.push(ch);
+                        self.pos += 1;
+                    }
+                }
+                Some(ch) => {
+                    inner.push(ch);
+                    self.pos += 1;
+                }
+            }
+        }
+        self.substitute(out, &inner, "`…`")?;
+        word.dynamic = true;
+        Ok(())
+    }
+
+    /// The text between an opening bracket (at the lexer's position, possibly doubled) and its
+    /// match, quotes respected; the lexer moves past the closing bracket(s).
+    fn balanced(&mut self, open: char, close: char) -> Result<String, Unsplittable> {
+        let start = self.pos;
+        let mut depth = 0usize;
+        let mut quote: Option<char> = None;
+        while let Some(c) = self.peek(0) {
+            self.pos += 1;
+            match (quote, c) {
+                (Some('\''), '\'') | (Some('"'), '"') => quote = None,
+                (Some('"'), '\\') | (None, '\\') => self.pos += 1,
+                (Some(_), _) => {}
+                (None, '\'' | '"') => quote = Some(c),
+                (None, c) if c == open => depth += 1,
+                (None, c) if c == close => {
+                    depth -= 1;
+                    if depth == 0 {
+                        let inner: String = self.chars[start + 1..self.pos - 1].iter().collect();
+                        return Ok(inner);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Err(format!("unbalanced `{open}`"))
+    }
+
+    fn substitute(
+        &mut self,
+        out: &mut Split,
+        inner: &str,
+        op: &'static str,
+    ) -> Result<(), Unsplittable> {
+        if self.depth >= MAX_DEPTH {
+            return Err("command substitutions nested too deep".into());
+        }
+        let mut nested = Split::default();
+        Lexer {
+            chars: inner.chars().collect(),
+            pos: 0,
+            depth: self.depth + 1,
+        }
+        .run(&mut nested)?;
+        out.operators.push(op);
+        out.operators.extend(nested.operators);
+        for p in nested.parts {
+            push_part(out, p)?;
+        }
+        Ok(())
+    }
+
+    fn end_word(&mut self, cmd: &mut Building, word: &mut Word) -> Result<(), Unsplittable> {
+        if !word.started {
+            return Ok(());
+        }
+        let w = std::mem::take(word);
+        if cmd.redirect_target {
+            // The redirection's file: not an argument.
+            cmd.redirect_target = false;
+            return Ok(());
+        }
+        cmd.words.push(w);
+        Ok(())
+    }
+
+    fn end_part(
+        &mut self,
+        out: &mut Split,
+        cmd: &mut Building,
+        op: &'static str,
+    ) -> Result<(), Unsplittable> {
+        let b = std::mem::take(cmd);
+        if b.redirect_target {
+            return Err("a redirection without a file".into());
+        }
+        if b.words.is_empty() {
+            return match op {
+                // Blank lines separate nothing.
+                "" | "newline" => Ok(()),
+                _ => Err(format!("`{op}` without a command before it")),
+            };
+        }
+        let first = &b.words[0];
+        if first.dynamic || first.glob {
+            return Err(
+                "the program name is only known after expansion (a variable, substitution or glob)"
+                    .into(),
+            );
+        }
+        if RESERVED.contains(&first.text.as_str()) {
+            return Err(format!(
+                "`{}` starts a shell control structure, which is not judged",
+                first.text
+            ));
+        }
+        if is_assignment(&first.text) {
+            return Err(
+                "a variable assignment before a command changes how it runs (PATH, LD_PRELOAD, …)"
+                    .into(),
+            );
+        }
+        if let Some(why) = wrapped(&b.words.iter().map(|w| &w.text).collect::<Vec<_>>()) {
+            return Err(why);
+        }
+        if !op.is_empty() && op != "newline" {
+            out.operators.push(op);
+        } else if op == "newline" {
+            out.operators.push(";");
+        }
+        push_part(
+            out,
+            Part {
+                words: b.words.into_iter().map(|w| w.text).collect(),
+                writes_file: b.writes_file,
+            },
+        )
+    }
+}
+
+fn push_part(out: &mut Split, part: Part) -> Result<(), Unsplittable> {
+    if out.parts.len() >= MAX_PARTS {
+        return Err(format!("more than {MAX_PARTS} commands in one line"));
+    }
+    out.parts.push(part);
+    Ok(())
+}
+
+fn is_assignment(word: &str) -> bool {
+    let Some((name, _)) = word.split_once('=') else {
+        return false;
+    };
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The base name of a program path (`/usr/bin/rm` → `rm`).
+pub fn base_name(program: &str) -> &str {
+    program.rsplit('/').next().unwrap_or(program)
+}
+
+/// Classifies a command line: every part is `admin` (a program run on a host); a line that
+/// cannot be split is `unknown`. `programs` lists each part's program, `objects` each part's
+/// words joined by single spaces.
+pub fn classify(line: &str) -> Facts {
+    match split(line) {
+        Err(why) => Facts::unknown("exec", format!("command line not judged: {why}")),
+        Ok(s) => facts_of(&s, "exec"),
+    }
+}
+
+/// Facts of an argv run without a shell (a Kubernetes exec).
+pub fn classify_argv(argv: &[impl AsRef<str>], kind: &'static str) -> Facts {
+    if argv.is_empty() || argv[0].as_ref().is_empty() {
+        return Facts::unknown(kind, "no command".into());
+    }
+    if let Some(why) = wrapped(argv) {
+        return Facts::unknown(kind, format!("command not judged: {why}"));
+    }
+    let split = Split {
+        parts: vec![Part {
+            words: argv.iter().map(|a| a.as_ref().to_owned()).collect(),
+            writes_file: false,
+        }],
+        operators: Vec::new(),
+    };
+    facts_of(&split, kind)
+}
+
+fn facts_of(s: &Split, kind: &'static str) -> Facts {
+    let mut notes = Vec::new();
+    if s.parts.len() > 1 {
+        let mut ops: Vec<&str> = s.operators.clone();
+        ops.sort_unstable();
+        ops.dedup();
+        notes.push(format!(
+            "compound command: {} commands joined by {}",
+            s.parts.len(),
+            ops.join(" ")
+        ));
+    }
+    if s.parts.iter().any(|p| p.writes_file) {
+        notes.push("output redirected to a file".into());
+    }
+    Facts {
+        kinds: vec![kind; s.parts.len()],
+        statement_classes: vec![Class::Admin; s.parts.len()],
+        class: Class::Admin,
+        programs: s.parts.iter().map(|p| p.words[0].clone()).collect(),
+        objects: s.parts.iter().map(|p| p.words.join(" ")).collect(),
+        notes,
+        ..Facts::default()
+    }
+}
+
+/// Whether a command line has a `..` path segment in any word.
+fn climbs(line: &str) -> bool {
+    line.split([' ', '/', '=']).any(|seg| seg == "..")
+}
+
+/// Why an `exec` block does not match a classified command line (`None`: it matches).
+/// `permissive` is true for `allow` and `review` rules: every part must match, compound lines
+/// only with `compound: true`, unknown lines never. For `deny`, any part (or an unknown line)
+/// is enough.
+pub fn mismatch(spec: &ExecSpec, facts: &Facts, permissive: bool) -> Option<&'static str> {
+    let unknown = facts.class == crate::model::Class::Unknown;
+    let part_matches = |i: usize| {
+        let program = facts.programs.get(i).map(String::as_str).unwrap_or("");
+        let line = facts.objects.get(i).map(String::as_str).unwrap_or("");
+        let by_program = spec.programs.is_empty()
+            || spec
+                .programs
+                .iter()
+                .any(|g: &Glob| g.matches(program) || g.matches(base_name(program)));
+        // `*` crosses `/`: `scp -f /srv/*` would match `scp -f /srv/../etc/shadow`, so a line
+        // climbing with `..` is never allowed by a `commands` glob (a deny glob still matches).
+        let by_command = spec.commands.is_empty()
+            || (!(permissive && climbs(line)) && spec.commands.iter().any(|g| g.matches(line)));
+        by_program && by_command
+    };
+    let parts = facts.programs.len();
+    if permissive {
+        if unknown {
+            return Some("exec (the command line could not be judged)");
+        }
+        if parts > 1 && !spec.compound {
+            return Some("exec (compound command; the rule has no `compound: true`)");
+        }
+        if !(0..parts).all(part_matches) {
+            return Some("exec (a program or command is not in the rule's lists)");
+        }
+        None
+    } else {
+        if unknown || (0..parts).any(part_matches) {
+            return None;
+        }
+        Some("exec (no program or command in the rule's lists)")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn words(line: &str) -> Vec<Vec<String>> {
+        split(line)
+            .unwrap_or_else(|e| panic!("{line}: {e}"))
+            .parts
+            .into_iter()
+            .map(|p| p.words)
+            .collect()
+    }
+
+    #[test]
+    fn splits_words_with_quotes_and_escapes() {
+        assert_eq!(words("ls -la /tmp"), [["ls", "-la", "/tmp"]]);
+        assert_eq!(
+            words(r#"grep "a b" 'c d' e\ f"#),
+            [["grep", "a b", "c d", "e f"]]
+        );
+        assert_eq!(words(r#"echo "q\"uote" ''"#), [["echo", "q\"uote", ""]]);
+        assert_eq!(words("echo a\\\nb"), [["echo", "ab"]]);
+        assert_eq!(words("  true  "), [["true"]]);
+    }
+
+    #[test]
+    fn splits_compound_lines_into_parts() {
+        assert_eq!(
+            words("cd /srv && git pull; make | tee log || echo failed &"),
+            vec![
+                vec!["cd", "/srv"],
+                vec!["git", "pull"],
+                vec!["make"],
+                vec!["tee", "log"],
+                vec!["echo", "failed"],
+            ]
+        );
+        assert_eq!(words("a\nb"), [["a"], ["b"]]);
+    }
+
+    #[test]
+    fn substitutions_become_parts() {
+        let s = split("echo $(rm -rf /) `id -u` \"$(whoami)\"").unwrap();
+        let progs: Vec<&str> = s.parts.iter().map(|p| p.words[0].as_str()).collect();
+        assert_eq!(progs, ["rm", "id", "whoami", "echo"]);
+        assert!(s.operators.contains(&"$(…)") && s.operators.contains(&"`…`"));
+        // Nested.
+        let s = split("echo $(cat $(ls))").unwrap();
+        assert_eq!(s.parts.len(), 3);
+    }
+
+    #[test]
+    fn redirections_are_not_arguments() {
+        let s = split("cat /etc/passwd > /tmp/x 2>&1").unwrap();
+        assert_eq!(s.parts[0].words, ["cat", "/etc/passwd"]);
+        assert!(s.parts[0].writes_file);
+        let s = split("sort < in.txt").unwrap();
+        assert_eq!(s.parts[0].words, ["sort"]);
+        assert!(!s.parts[0].writes_file);
+        let s = split("ls 2>/dev/null").unwrap();
+        assert_eq!(s.parts[0].words, ["ls"]);
+    }
+
+    #[test]
+    fn what_is_not_modelled_is_unknown() {
+        for line in [
+            "",
+            "   ",
+            "echo 'open",
+            "echo \"open",
+            "(rm -rf /)",
+            "{ rm -rf /; }",
+            "if true; then rm x; fi",
+            "for f in *; do rm $f; done",
+            "cat <<EOF\nx\nEOF",
+            "diff <(ls a) <(ls b)",
+            "$CMD -rf /",
+            "${SHELL} -c x",
+            "$(echo rm) -rf /",
+            "r* -rf /",
+            "PATH=/tmp ls",
+            "LD_PRELOAD=/x.so ls",
+            "ls # comment",
+            "ls &&",
+            "ls |",
+            "; ls",
+            "a ;; b",
+            "echo $'\\x41'",
+            "echo >",
+            "trailing \\",
+            // A program that runs the program in its arguments.
+            "env rm -rf /",
+            "/usr/bin/env -i rm x",
+            "ls | xargs rm",
+            "sudo -u root rm x",
+            "nice -n 5 rm x",
+            "timeout 5 rm x",
+            "eval 'rm x'",
+            "echo ok; command rm x",
+            "{rm,-f,x}",
+            "ls; {rm,-rf,/srv}",
+        ] {
+            assert!(split(line).is_err(), "{line:?} should be unknown");
+            assert_eq!(classify(line).class, Class::Unknown, "{line:?}");
+        }
+        let deep = format!("{}x{}", "$(echo ".repeat(20), ")".repeat(20));
+        assert!(split(&deep).is_err());
+        assert!(split(&"a;".repeat(MAX_PARTS + 1)).is_err());
+        assert!(split(&"x".repeat(MAX_LINE + 1)).is_err());
+    }
+
+    #[test]
+    fn commands_globs_never_allow_climbing_out() {
+        let spec = ExecSpec {
+            commands: vec![Glob("scp -f /srv/*".into())],
+            ..ExecSpec::default()
+        };
+        let ok = classify("scp -f /srv/data/x.csv");
+        assert_eq!(mismatch(&spec, &ok, true), None);
+        for line in [
+            "scp -f /srv/../etc/shadow",
+            "scp -f /srv/a/../../etc/shadow",
+        ] {
+            let f = classify(line);
+            assert!(mismatch(&spec, &f, true).is_some(), "{line}");
+            assert_eq!(
+                mismatch(&spec, &f, false),
+                None,
+                "deny still matches {line}"
+            );
+        }
+    }
+
+    #[test]
+    fn wrappers_alone_are_programs_like_others() {
+        for line in ["env", "env -0", "/usr/bin/env", "nohup --version"] {
+            assert_eq!(classify(line).class, Class::Admin, "{line:?}");
+        }
+        assert_eq!(
+            classify_argv(&["env", "rm", "x"], "exec").class,
+            Class::Unknown
+        );
+        assert_eq!(classify_argv(&["env"], "exec").class, Class::Admin);
+    }
+
+    #[test]
+    fn facts_list_programs_and_commands() {
+        let f = classify("/usr/bin/git status && rm -rf /tmp/x");
+        assert_eq!(f.class, Class::Admin);
+        assert_eq!(f.programs, ["/usr/bin/git", "rm"]);
+        assert_eq!(f.objects, ["/usr/bin/git status", "rm -rf /tmp/x"]);
+        assert!(f.notes[0].contains("compound"), "{:?}", f.notes);
+    }
+
+    #[test]
+    fn rule_matching_is_all_parts_for_allow_and_any_for_deny() {
+        let spec = |programs: &[&str], compound: bool| ExecSpec {
+            programs: programs.iter().map(|p| Glob((*p).into())).collect(),
+            commands: Vec::new(),
+            compound,
+        };
+        let ls = classify("/bin/ls -la");
+        assert_eq!(mismatch(&spec(&["ls"], false), &ls, true), None);
+        let both = classify("ls; rm -rf /");
+        assert!(mismatch(&spec(&["ls", "rm"], false), &both, true).is_some());
+        assert_eq!(mismatch(&spec(&["ls", "rm"], true), &both, true), None);
+        assert!(mismatch(&spec(&["ls"], true), &both, true).is_some());
+        // Deny: any part.
+        assert_eq!(mismatch(&spec(&["rm"], false), &both, false), None);
+        assert!(mismatch(&spec(&["shutdown"], false), &both, false).is_some());
+        // Unknown: never allowed, always denied.
+        let unknown = classify("$X");
+        assert!(mismatch(&spec(&["*"], true), &unknown, true).is_some());
+        assert_eq!(mismatch(&spec(&["rm"], false), &unknown, false), None);
+        // Commands globs see the whole part.
+        let cmds = ExecSpec {
+            programs: Vec::new(),
+            commands: vec![Glob("git status*".into())],
+            compound: false,
+        };
+        assert_eq!(mismatch(&cmds, &classify("git status -s"), true), None);
+        assert!(mismatch(&cmds, &classify("git push"), true).is_some());
+    }
+}

@@ -1,0 +1,467 @@
+//! Bodies on both legs: the request body read up to the judged bound before anything goes
+//! upstream, and the answer body masked as it streams (gzip decoded first), counting bytes for
+//! the exchange's record.
+
+use std::io::Write as _;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt as _;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+
+use super::record::ExchangeRecord;
+use crate::mask::{JsonMasker, MaskCounts, MaskError, Masker, TextMasker};
+
+/// Errors a body stream ends with (the connection is then cut: nothing more of it is sent).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type on both legs.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// Compressed bytes decoded per step, so a small compressed frame cannot expand into an
+/// unbounded buffer (deflate expands at most ~1032:1: about 8 MiB per step).
+const GUNZIP_STEP: usize = 8 * 1024;
+
+/// A body with these bytes.
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// No body.
+pub fn empty() -> ProxyBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A request body as read before judging.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// The request has no body.
+    Empty,
+    /// Read whole, within the bound.
+    Judged(Bytes),
+    /// Over the bound: the bytes read so far and the rest, not read yet.
+    OverLimit { prefix: Bytes, rest: Incoming },
+}
+
+/// Reads `body` until its end or until more than `limit` bytes arrived. Trailers of a
+/// request are dropped (nothing upstream needs them, and policy does not judge them).
+pub async fn read_bounded(mut body: Incoming, limit: u64) -> Result<RequestBody, hyper::Error> {
+    if body.is_end_stream() {
+        return Ok(RequestBody::Empty);
+    }
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            buf.extend_from_slice(&data);
+            if buf.len() > limit {
+                return Ok(RequestBody::OverLimit {
+                    prefix: buf.freeze(),
+                    rest: body,
+                });
+            }
+        }
+    }
+    Ok(if buf.is_empty() {
+        RequestBody::Empty
+    } else {
+        RequestBody::Judged(buf.freeze())
+    })
+}
+
+impl RequestBody {
+    /// The body to send upstream; `sent` counts its bytes as they go.
+    pub fn into_upstream(self, sent: Arc<AtomicU64>) -> ProxyBody {
+        match self {
+            RequestBody::Empty => empty(),
+            RequestBody::Judged(b) => {
+                sent.fetch_add(b.len() as u64, Ordering::Relaxed);
+                full(b)
+            }
+            RequestBody::OverLimit { prefix, rest } => Chained {
+                prefix: Some(prefix),
+                rest,
+                sent,
+            }
+            .boxed(),
+        }
+    }
+}
+
+/// The prefix read before judging, then the rest of the client's body.
+struct Chained {
+    prefix: Option<Bytes>,
+    rest: Incoming,
+    sent: Arc<AtomicU64>,
+}
+
+impl Body for Chained {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(p) = self.prefix.take() {
+            self.sent.fetch_add(p.len() as u64, Ordering::Relaxed);
+            return Poll::Ready(Some(Ok(Frame::data(p))));
+        }
+        let frame = ready!(Pin::new(&mut self.rest).poll_frame(cx));
+        if let Some(Ok(f)) = &frame
+            && let Some(d) = f.data_ref()
+        {
+            self.sent.fetch_add(d.len() as u64, Ordering::Relaxed);
+        }
+        Poll::Ready(frame.map(|r| r.map_err(BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.rest.is_end_stream()
+    }
+}
+
+/// What happens to an answer's bytes.
+pub enum Transform {
+    /// Forwarded as they are.
+    Pass,
+    Json(Box<JsonMasker>),
+    /// One JSON document per line (a Kubernetes watch).
+    JsonLines(Box<JsonLines>),
+    Text(Box<TextMasker>),
+}
+
+/// Masks a stream of JSON documents separated by newlines, each as a document of its own.
+/// A JSON string holds no raw newline, so a newline outside a document's value ends it; a
+/// document cut by one is an error (nothing more is sent). Memory stays that of one
+/// [`JsonMasker`].
+pub struct JsonLines {
+    masker: std::sync::Arc<Masker>,
+    rules: Vec<String>,
+    current: Option<JsonMasker>,
+    counts: MaskCounts,
+}
+
+impl JsonLines {
+    /// Checks the rules once (an error: masking cannot apply them).
+    pub fn new(masker: std::sync::Arc<Masker>, rules: &[String]) -> Result<Self, MaskError> {
+        masker.json(rules)?;
+        Ok(JsonLines {
+            masker,
+            rules: rules.to_vec(),
+            current: None,
+            counts: MaskCounts::default(),
+        })
+    }
+
+    fn end_document(&mut self, out: &mut BytesMut) -> Result<(), MaskError> {
+        if let Some(mut m) = self.current.take() {
+            m.finish(out)?;
+            self.counts.merge(&m.take_counts());
+        }
+        Ok(())
+    }
+
+    fn feed(&mut self, mut chunk: &[u8], out: &mut BytesMut) -> Result<(), MaskError> {
+        while !chunk.is_empty() {
+            let (part, newline) = match memchr::memchr(b'\n', chunk) {
+                Some(i) => (&chunk[..i], Some(i)),
+                None => (chunk, None),
+            };
+            if !part.is_empty() {
+                if self.current.is_none() {
+                    self.current = Some(self.masker.json(&self.rules)?);
+                }
+                if let Some(m) = self.current.as_mut() {
+                    m.feed(part, out)?;
+                }
+            }
+            match newline {
+                Some(i) => {
+                    self.end_document(out)?;
+                    out.extend_from_slice(b"\n");
+                    chunk = &chunk[i + 1..];
+                }
+                None => break,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Transform {
+    fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), MaskError> {
+        match self {
+            Transform::Pass => out.extend_from_slice(chunk),
+            Transform::Json(m) => m.feed(chunk, out)?,
+            Transform::JsonLines(m) => m.feed(chunk, out)?,
+            Transform::Text(m) => m.feed(chunk, out),
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut BytesMut) -> Result<(), MaskError> {
+        match self {
+            Transform::Pass => {}
+            Transform::Json(m) => m.finish(out)?,
+            Transform::JsonLines(m) => m.end_document(out)?,
+            Transform::Text(m) => m.finish(out),
+        }
+        Ok(())
+    }
+
+    fn take_counts(&mut self) -> MaskCounts {
+        match self {
+            Transform::Pass => MaskCounts::default(),
+            Transform::Json(m) => m.take_counts(),
+            Transform::JsonLines(m) => std::mem::take(&mut m.counts),
+            Transform::Text(m) => m.take_counts(),
+        }
+    }
+}
+
+/// The answer on its way to the client: decoded, masked, counted; the exchange is recorded
+/// when it ends or the client goes away.
+pub struct AnswerBody {
+    inner: Incoming,
+    transform: Transform,
+    gunzip: Option<flate2::write::GzDecoder<Vec<u8>>>,
+    /// Compressed bytes not decoded yet.
+    pending: Bytes,
+    out: BytesMut,
+    done: bool,
+    record: ExchangeRecord,
+}
+
+impl AnswerBody {
+    pub fn new(
+        inner: Incoming,
+        transform: Transform,
+        gunzip: bool,
+        record: ExchangeRecord,
+    ) -> Self {
+        Self {
+            inner,
+            transform,
+            gunzip: gunzip.then(|| flate2::write::GzDecoder::new(Vec::new())),
+            pending: Bytes::new(),
+            out: BytesMut::new(),
+            done: false,
+            record,
+        }
+    }
+
+    /// Runs `input` (decoded bytes) through the transform; the output waits in `out`.
+    fn transform(&mut self, input: &[u8]) -> Result<(), BoxError> {
+        self.transform.feed(input, &mut self.out)?;
+        Ok(())
+    }
+
+    /// Decodes the next step of `pending`.
+    fn gunzip_step(&mut self) -> Result<(), BoxError> {
+        let n = self.pending.len().min(GUNZIP_STEP);
+        let step = self.pending.split_to(n);
+        let decoded = match self.gunzip.as_mut() {
+            Some(d) => {
+                d.write_all(&step)?;
+                std::mem::take(d.get_mut())
+            }
+            None => return Ok(()),
+        };
+        self.transform(&decoded)
+    }
+
+    fn finish(&mut self) -> Result<(), BoxError> {
+        if let Some(mut d) = self.gunzip.take() {
+            d.try_finish()?;
+            let rest = std::mem::take(d.get_mut());
+            self.transform(&rest)?;
+        }
+        self.transform.finish(&mut self.out)?;
+        Ok(())
+    }
+
+    fn fail(&mut self, e: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.done = true;
+        self.record.set_error(e.to_string());
+        self.record.add_counts(self.transform.take_counts());
+        Poll::Ready(Some(Err(e)))
+    }
+
+    fn emit(&mut self) -> Option<Frame<Bytes>> {
+        if self.out.is_empty() {
+            return None;
+        }
+        let data = self.out.split().freeze();
+        self.record.sent(data.len() as u64);
+        Some(Frame::data(data))
+    }
+}
+
+impl Body for AnswerBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if !this.pending.is_empty() {
+                if let Err(e) = this.gunzip_step() {
+                    return this.fail(e);
+                }
+                if let Some(f) = this.emit() {
+                    return Poll::Ready(Some(Ok(f)));
+                }
+                continue;
+            }
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        this.record.received(data.len() as u64);
+                        if this.gunzip.is_some() {
+                            this.pending = data;
+                            continue;
+                        }
+                        if let Transform::Pass = this.transform {
+                            this.record.sent(data.len() as u64);
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        if let Err(e) = this.transform(&data) {
+                            return this.fail(e);
+                        }
+                        if let Some(f) = this.emit() {
+                            return Poll::Ready(Some(Ok(f)));
+                        }
+                    }
+                    // Trailers pass unchanged.
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                Some(Err(e)) => return this.fail(e.into()),
+                None => {
+                    if let Err(e) = this.finish() {
+                        return this.fail(e);
+                    }
+                    this.done = true;
+                    this.record.add_counts(this.transform.take_counts());
+                    this.record.complete();
+                    if let Some(f) = this.emit() {
+                        return Poll::Ready(Some(Ok(f)));
+                    }
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.transform, &self.gunzip) {
+            (Transform::Pass, None) => self.inner.size_hint(),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// An answer the gateway writes itself (a denial, an error) still carries its record, so the
+/// exchange is recorded once its bytes went out.
+pub struct OwnAnswer {
+    body: Option<Bytes>,
+    record: Option<ExchangeRecord>,
+}
+
+impl OwnAnswer {
+    pub fn new(body: Bytes, record: ExchangeRecord) -> Self {
+        Self {
+            body: Some(body),
+            record: Some(record),
+        }
+    }
+}
+
+impl Body for OwnAnswer {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.body.take() {
+            Some(b) => {
+                if let Some(r) = self.record.as_mut() {
+                    r.sent(b.len() as u64);
+                    r.complete();
+                }
+                Poll::Ready(Some(Ok(Frame::data(b))))
+            }
+            None => {
+                // Written: record now rather than when hyper drops the body.
+                self.record.take();
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.body.as_ref().map_or(0, |b| b.len() as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mask::tests::{KEY, rule};
+
+    #[test]
+    fn json_lines_masks_each_watch_event_across_chunk_boundaries() {
+        let mut spec = rule(
+            "secrets",
+            &[],
+            &[],
+            crate::config::policy::MaskStyle::Redact,
+        );
+        spec.json_paths = vec!["$.object.data.*".into()];
+        let masker = std::sync::Arc::new(Masker::new(&[spec], KEY).expect("masker"));
+        let mut lines = JsonLines::new(masker, &["secrets".into()]).expect("rules");
+        let stream = b"{\"type\":\"ADDED\",\"object\":{\"data\":{\"k\":\"c2VjcmV0\"}}}\n\
+                       {\"type\":\"MODIFIED\",\"object\":{\"data\":{\"k\":\"b3RoZXI=\"}}}\n";
+        let mut out = BytesMut::new();
+        // Cut mid-document and at the newline.
+        for part in [&stream[..20], &stream[20..56], &stream[56..]] {
+            lines.feed(part, &mut out).expect("feed");
+        }
+        lines.end_document(&mut out).expect("end");
+        let text = String::from_utf8(out.to_vec()).expect("utf-8");
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON document per line"))
+            .collect();
+        assert_eq!(events.len(), 2, "{text}");
+        assert_eq!(events[0]["object"]["data"]["k"], "[REDACTED]");
+        assert_eq!(events[1]["type"], "MODIFIED");
+        assert_eq!(events[1]["object"]["data"]["k"], "[REDACTED]");
+        assert!(!text.contains("c2VjcmV0") && !text.contains("b3RoZXI="));
+    }
+}

@@ -1,0 +1,93 @@
+//! Which command a request is: the one pluggable phase of the engine. `http` targets judge
+//! method, host, path, query, headers and body ([`HttpClassifier`]); a Kubernetes target
+//! reuses the whole engine with a classifier of its own that turns URL and method into
+//! `Command::Kube`.
+
+use std::borrow::Cow;
+
+use crate::model::{Command, HttpBody, HttpRequest, Protocol};
+
+/// A request's head as the engine hands it to a classifier.
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    pub method: &'a http::Method,
+    /// Host name (or address) without the port, lower-case.
+    pub host: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a http::HeaderMap,
+}
+
+/// What the engine does differently for one request, beyond judging it: the classifier's
+/// knowledge of its protocol's answers.
+#[derive(Debug, Default)]
+pub struct Treatment {
+    /// The answer is a stream of JSON documents, one per line (a Kubernetes watch): each one
+    /// is masked as a document of its own.
+    pub json_lines: bool,
+    /// When masking applies, `Accept` is narrowed to JSON, so that the target answers in a
+    /// form masking reads (the Kubernetes API server then sends JSON, not protobuf or YAML).
+    pub negotiate_json: bool,
+}
+
+/// Turns a request into the command policy judges.
+pub trait Classify: Send + Sync + std::fmt::Debug + 'static {
+    /// The protocol commands are judged, counted and recorded as.
+    fn protocol(&self) -> Protocol;
+
+    /// The command for one request. `body` is the body as read before judging (`None`: the
+    /// request has none). An `Err` is a request this classifier cannot express: the client
+    /// gets a 400 with the message, and nothing goes upstream.
+    fn command<'a>(
+        &self,
+        head: &Head<'a>,
+        body: Option<HttpBody<'a>>,
+    ) -> Result<Command<'a>, String>;
+
+    /// How the engine treats this request's answer (default: by its content type alone).
+    fn treatment(&self, _head: &Head<'_>) -> Treatment {
+        Treatment::default()
+    }
+
+    /// The body of an answer the gateway writes itself (a refusal, an error): `body` is the
+    /// engine's JSON (`error`, `message`, and `rule`, `request` where they apply); a
+    /// protocol with an error form of its own (a Kubernetes `Status`) rewrites it.
+    fn error_body(&self, _status: http::StatusCode, body: serde_json::Value) -> serde_json::Value {
+        body
+    }
+}
+
+/// The `http` protocol's classifier: [`Command::Http`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpClassifier;
+
+impl Classify for HttpClassifier {
+    fn protocol(&self) -> Protocol {
+        Protocol::Http
+    }
+
+    fn command<'a>(
+        &self,
+        head: &Head<'a>,
+        body: Option<HttpBody<'a>>,
+    ) -> Result<Command<'a>, String> {
+        let headers = head
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    Cow::Borrowed(k.as_str()),
+                    String::from_utf8_lossy(v.as_bytes()),
+                )
+            })
+            .collect();
+        Ok(Command::Http(HttpRequest {
+            method: Cow::Borrowed(head.method.as_str()),
+            host: Cow::Borrowed(head.host),
+            path: Cow::Borrowed(head.path),
+            query: head.query.map(Cow::Borrowed),
+            headers,
+            body,
+        }))
+    }
+}

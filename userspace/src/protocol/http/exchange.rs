@@ -1,0 +1,678 @@
+//! One request through the phase pipeline: head → body → classify → judge (and hold) →
+//! record → upstream → answer → record. Each phase is a function over the request and its
+//! [`ExchangeRecord`]; nothing reaches the target before the judge phase allowed it, and what
+//! was judged is exactly what is sent.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+
+use super::body::{self, AnswerBody, OwnAnswer, ProxyBody, RequestBody, Transform};
+use super::classify::Head;
+use super::record::ExchangeRecord;
+use super::{BODY_TIMEOUT, Conn, forward, upgrade};
+use crate::approval::ReviewTrail;
+use crate::audit::CommandEvent;
+use crate::config::http::BinaryAnswers;
+use crate::gate::{self, Gate, Judge, Notice, Verdict};
+use crate::model::{Command, Decision, Facts, HttpBody, ReviewMode};
+
+/// Response header naming the approval request that released a held request.
+pub const APPROVAL_HEADER: &str = "x-airlock-approval";
+/// Response header naming a pending approval request (retry mode).
+pub const REQUEST_HEADER: &str = "x-airlock-request";
+/// Seconds a client in retry mode is told to wait before asking again.
+const RETRY_AFTER_SECS: u32 = 10;
+
+/// A held request's notices go to the daemon's log: the client has no channel before its
+/// answer (the answer carries the approval id in [`APPROVAL_HEADER`]).
+struct HttpNotice {
+    session: u64,
+    request: String,
+}
+
+impl Notice for HttpNotice {
+    fn notice(&self, text: &str) {
+        tracing::info!(session = self.session, request = %self.request, "{text}");
+    }
+}
+
+/// A held request's record if its exchange is dropped while held (the client reset the
+/// stream or left): the command, as judged, with its review withdrawn. Written by a task of
+/// its own, which keeps the session open (it holds the connection state) until it is.
+struct Withdrawal {
+    trail: ReviewTrail,
+    record: Option<(Arc<Conn>, Command<'static>, Arc<Facts>, Decision)>,
+}
+
+impl Withdrawal {
+    fn new(
+        conn: &Arc<Conn>,
+        trail: ReviewTrail,
+        command: &Command<'_>,
+        facts: &Arc<Facts>,
+        decision: Option<&Decision>,
+    ) -> Self {
+        let record = decision.filter(|_| conn.audit.recording()).map(|d| {
+            (
+                Arc::clone(conn),
+                crate::audit::recorded_command(command),
+                Arc::clone(facts),
+                d.clone(),
+            )
+        });
+        Withdrawal { trail, record }
+    }
+
+    /// The hold resolved: how its review ended; nothing is left to record on drop.
+    fn resolved(mut self) -> Option<crate::approval::Review> {
+        self.record = None;
+        self.trail.take()
+    }
+}
+
+impl Drop for Withdrawal {
+    fn drop(&mut self) {
+        let Some((conn, command, facts, decision)) = self.record.take() else {
+            return;
+        };
+        // The request was marked withdrawn on the trail when it was made.
+        let review = self.trail.take();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let event = CommandEvent {
+                command: &command,
+                facts: &facts,
+                decision: &decision,
+                approval: review.as_ref().map(gate::session::review_record),
+            };
+            if let Err(error) = conn.audit.command(event).await {
+                tracing::error!(session = conn.id, %error, "audit: a withdrawn request was not recorded");
+            }
+        });
+    }
+}
+
+/// Runs one exchange; every outcome is an answer for the client.
+pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let line = format!("{} {}", req.method(), req.uri());
+    let mut record = ExchangeRecord::new(Arc::clone(&conn), line, started);
+
+    // Phase 1: the head. Refuse what could be read two ways before anything else.
+    if let Some(why) = ambiguous(&req) {
+        tracing::warn!(session = conn.id, target = %conn.target.name, request = %record.line, why, "request refused");
+        record.notes.push(format!("refused: {why}"));
+        let mut r = json_answer(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": "bad_request", "message": why}),
+            record,
+        );
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
+    let upgrade_requested = is_upgrade(req.headers());
+    let mut req = req;
+    let client_upgrade = upgrade_requested.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, incoming) = req.into_parts();
+    let Some(host) = request_host(&parts) else {
+        return bad_request(record, "the request names no host");
+    };
+    let path = parts.uri.path().to_owned();
+    let query = parts.uri.query().map(str::to_owned);
+
+    // Phase 2: the body, up to the bound, before judging.
+    let limit = conn.http.max_body();
+    let read = match tokio::time::timeout(BODY_TIMEOUT, body::read_bounded(incoming, limit)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return bad_request(record, &format!("request body: {e}")),
+        Err(_) => {
+            return json_answer(
+                StatusCode::REQUEST_TIMEOUT,
+                &serde_json::json!({"error": "timeout", "message": "the request body did not arrive in time"}),
+                record,
+            );
+        }
+    };
+
+    // Phase 3: classify.
+    let judged_body = match &read {
+        RequestBody::Empty => None,
+        RequestBody::Judged(b) => Some(HttpBody::judged(&b[..])),
+        RequestBody::OverLimit { .. } => Some(HttpBody::OverLimit { limit }),
+    };
+    let head = Head {
+        method: &parts.method,
+        host: &host,
+        path: &path,
+        query: query.as_deref(),
+        headers: &parts.headers,
+    };
+    let treatment = conn.classifier.treatment(&head);
+    let command = match conn.classifier.command(&head, judged_body) {
+        Ok(c) => c,
+        Err(message) => return bad_request(record, &message),
+    };
+    let text = command.text().into_owned();
+
+    // Phase 4: judge, and hold.
+    let judged = Gate {
+        ctx: &conn.ctx,
+        decider: None,
+        identity: &conn.identity,
+        target: &conn.target.name,
+        protocol: conn.classifier.protocol(),
+        session: conn.id,
+        metrics: &conn.metrics,
+        masker: &conn.masker,
+        // The decision names the rule in a denial's body.
+        recording: true,
+        preview: None,
+    }
+    .judge(&command);
+    let decision = judged.record.clone();
+    let (verdict, review) = match judged.verdict {
+        Verdict::Hold(hold) => {
+            let notice = Arc::new(HttpNotice {
+                session: conn.id,
+                request: text.clone(),
+            });
+            // Dropping this future (the client reset the stream or left) withdraws the request;
+            // the guard then records the command with its withdrawn review.
+            let withdrawal = Withdrawal::new(
+                &conn,
+                hold.trail(),
+                &command,
+                &judged.facts,
+                decision.as_ref(),
+            );
+            let verdict = hold.start(notice).await;
+            (verdict, withdrawal.resolved())
+        }
+        v => (v, None),
+    };
+    let rule = decision
+        .as_ref()
+        .map_or("default", Decision::rule)
+        .to_owned();
+    let recorded_decision = match (&verdict, &decision) {
+        (Verdict::Deny { message }, Some(Decision::Review { .. })) => Decision::Deny {
+            rule: rule.clone(),
+            reason: message.clone(),
+        },
+        (_, Some(d)) => d.clone(),
+        (_, None) => Decision::Deny {
+            rule: rule.clone(),
+            reason: "no decision".into(),
+        },
+    };
+
+    // Phase 5: record the command, and the review that released or refused it, before
+    // anything goes upstream.
+    let event = CommandEvent {
+        command: &command,
+        facts: &judged.facts,
+        decision: &recorded_decision,
+        approval: review.as_ref().map(gate::session::review_record),
+    };
+    let ack = if conn.audit.recording() {
+        match conn.audit.command(event).await {
+            Ok((n, ack)) => {
+                record.set_command(n);
+                Some(ack)
+            }
+            Err(error) => {
+                tracing::error!(session = conn.id, %error, "audit log failed; request refused");
+                return json_answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &serde_json::json!({"error": "audit", "message": "the audit log cannot record this request; it was not sent"}),
+                    record,
+                );
+            }
+        }
+    } else {
+        None
+    };
+
+    drop(command);
+
+    let (mask, approval) = match verdict {
+        Verdict::Allow { mask, approval, .. } => (mask, approval),
+        Verdict::Deny { message } => {
+            return denial(&conn, record, &rule, &message, decision.as_ref());
+        }
+        // A hold resolves to allow or deny; anything else is refused.
+        Verdict::Hold(_) => {
+            return denial(
+                &conn,
+                record,
+                &rule,
+                "internal error: unresolved hold",
+                None,
+            );
+        }
+    };
+
+    // Phase 6: upstream, with the gateway's credentials.
+    let stripped = forward::strip_credentials(&mut parts.headers, &conn.credential_headers);
+    for name in &stripped {
+        record
+            .notes
+            .push(format!("client credential {name} stripped"));
+    }
+    if let Some(cred) = &conn.http.credential {
+        match forward::credential(cred) {
+            Ok((name, value)) => {
+                parts.headers.insert(name, value);
+            }
+            Err(error) => {
+                tracing::error!(session = conn.id, target = %conn.target.name, %error, "gateway credential unavailable");
+                return json_answer(
+                    StatusCode::BAD_GATEWAY,
+                    &serde_json::json!({"error": "credential", "message": error.to_string()}),
+                    record,
+                );
+            }
+        }
+    }
+    let client_version = parts.version;
+    let head_only = parts.method == Method::HEAD;
+    let port = request_port(&parts);
+    forward::strip_hop_by_hop(&mut parts.headers, upgrade_requested);
+    // The URI carries the name: Host on HTTP/1.1, `:authority` on HTTP/2 (never both).
+    parts.headers.remove(header::HOST);
+    if !mask.is_empty() {
+        // Ask for an answer masking can read; gzip is decoded if the target sends it anyway.
+        parts
+            .headers
+            .insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+        if treatment.negotiate_json && negotiate_json(&mut parts.headers) {
+            record
+                .notes
+                .push("Accept narrowed to JSON for masking".into());
+        }
+    }
+    let path_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    parts.uri = match conn.upstream.uri(&host, port, path_query) {
+        Ok(u) => u,
+        Err(e) => return bad_request(record, &e.to_string()),
+    };
+    parts.version = Version::HTTP_11;
+    let up_body = read.into_upstream(Arc::clone(&record.request_bytes));
+    let sent = conn.upstream.send(Request::from_parts(parts, up_body));
+    // The command's record is written while the target works; no answer leaves before it is.
+    let (resp, acked) = match ack {
+        Some(ack) => {
+            let (r, a) = tokio::join!(sent, ack.durable());
+            (r, a.map(drop))
+        }
+        None => (sent.await, Ok(())),
+    };
+    if let Err(error) = acked {
+        tracing::error!(session = conn.id, %error, "audit log failed; answer withheld");
+        return json_answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"error": "audit", "message": "the audit log failed; the answer was withheld"}),
+            record,
+        );
+    }
+    let mut resp = match resp {
+        Ok(r) => r,
+        Err(error) => {
+            tracing::warn!(session = conn.id, target = %conn.target.name, error = %error, "upstream request failed");
+            return json_answer(
+                StatusCode::BAD_GATEWAY,
+                &serde_json::json!({"error": "upstream", "message": format!("the target did not answer: {error}")}),
+                record,
+            );
+        }
+    };
+    record.status = resp.status().as_u16();
+
+    // Phase 7: the answer.
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            return json_answer(
+                StatusCode::BAD_GATEWAY,
+                &serde_json::json!({"error": "upstream", "message": "the target switched protocols unasked"}),
+                record,
+            );
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let (rparts, _) = resp.into_parts();
+        record.notes.push("upgraded: tunnel bytes counted".into());
+        tokio::spawn(upgrade::tunnel(client_upgrade, upstream_upgrade, record));
+        let mut answer = Response::from_parts(rparts, body::empty());
+        answer.headers_mut().remove(header::CONTENT_LENGTH);
+        return answer;
+    }
+    let (mut rparts, rbody) = resp.into_parts();
+    forward::strip_hop_by_hop(&mut rparts.headers, false);
+    rparts.version = client_version;
+    if let Some(id) = &approval
+        && let Ok(v) = HeaderValue::from_str(id)
+    {
+        rparts.headers.insert(APPROVAL_HEADER, v);
+    }
+    if mask.is_empty() || head_only || rbody.is_end_stream() {
+        return Response::from_parts(
+            rparts,
+            AnswerBody::new(rbody, Transform::Pass, false, record).boxed(),
+        );
+    }
+    let plan = match answer_plan(&conn, &rparts.headers, &mask, treatment.json_lines) {
+        Ok(p) => p,
+        Err(why) => {
+            if conn.http.binary == BinaryAnswers::Pass {
+                record.notes.push(format!("answer passed unmasked: {why}"));
+                return Response::from_parts(
+                    rparts,
+                    AnswerBody::new(rbody, Transform::Pass, false, record).boxed(),
+                );
+            }
+            record.status = StatusCode::BAD_GATEWAY.as_u16();
+            record.notes.push(format!("answer refused: {why}"));
+            return json_answer(
+                StatusCode::BAD_GATEWAY,
+                &serde_json::json!({"error": "unmaskable", "message": format!("masking applies to this answer, and {why}")}),
+                record,
+            );
+        }
+    };
+    // The length changes with masking: hyper chunks HTTP/1.1 and frames HTTP/2 instead.
+    rparts.headers.remove(header::CONTENT_LENGTH);
+    rparts.headers.remove(header::ACCEPT_RANGES);
+    if plan.gunzip {
+        rparts.headers.remove(header::CONTENT_ENCODING);
+        record.notes.push("gzip answer decoded for masking".into());
+    }
+    Response::from_parts(
+        rparts,
+        AnswerBody::new(rbody, plan.transform, plan.gunzip, record).boxed(),
+    )
+}
+
+/// How an answer under masking rules is read.
+struct AnswerPlan {
+    transform: Transform,
+    gunzip: bool,
+}
+
+/// Picks the masker by content type and decodes gzip; an `Err` says why masking cannot read
+/// the answer.
+fn answer_plan(
+    conn: &Conn,
+    headers: &HeaderMap,
+    mask: &[String],
+    json_lines: bool,
+) -> Result<AnswerPlan, String> {
+    let gunzip = match headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("") | Some("identity") => false,
+        Some("gzip") | Some("x-gzip") => true,
+        Some(other) => return Err(format!("its content encoding `{other}` is not decoded")),
+    };
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let masker_error = |e: crate::mask::MaskError| format!("its masking rules failed: {e}");
+    let json = ctype == "application/json" || ctype.ends_with("+json");
+    let transform = if json && json_lines {
+        Transform::JsonLines(Box::new(
+            body::JsonLines::new(Arc::clone(&conn.masker), mask).map_err(masker_error)?,
+        ))
+    } else if json {
+        Transform::Json(Box::new(conn.masker.json(mask).map_err(masker_error)?))
+    } else if is_text(&ctype) {
+        Transform::Text(Box::new(conn.masker.text(mask).map_err(masker_error)?))
+    } else {
+        let shown = if ctype.is_empty() { "none" } else { &ctype };
+        return Err(format!("its content type ({shown}) is not text"));
+    };
+    Ok(AnswerPlan { transform, gunzip })
+}
+
+/// Narrows `Accept` to its JSON media ranges (`application/json;as=Table;…` kept), or to
+/// `application/json` when it names none; returns whether it changed.
+fn negotiate_json(headers: &mut HeaderMap) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT) else {
+        return false;
+    };
+    let original = accept.to_str().unwrap_or("");
+    let json: Vec<&str> = original
+        .split(',')
+        .map(str::trim)
+        .filter(|range| {
+            let media = range.split(';').next().unwrap_or("").trim();
+            media.eq_ignore_ascii_case("application/json")
+        })
+        .collect();
+    let narrowed = if json.is_empty() {
+        "application/json".to_owned()
+    } else {
+        json.join(",")
+    };
+    if narrowed == original {
+        return false;
+    }
+    match HeaderValue::from_str(&narrowed) {
+        Ok(v) => {
+            headers.insert(header::ACCEPT, v);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+fn is_text(ctype: &str) -> bool {
+    ctype.starts_with("text/")
+        || ctype.ends_with("+xml")
+        || matches!(
+            ctype,
+            "application/xml"
+                | "application/javascript"
+                | "application/x-www-form-urlencoded"
+                | "application/x-ndjson"
+                | "application/yaml"
+                | "application/csv"
+        )
+}
+
+/// Why a request could be read two ways (request smuggling), if it could. hyper itself refuses
+/// duplicate or conflicting lengths and unknown transfer codings.
+fn ambiguous(req: &Request<Incoming>) -> Option<&'static str> {
+    let h = req.headers();
+    if req.version() <= Version::HTTP_11 {
+        if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+            return Some("both Content-Length and Transfer-Encoding");
+        }
+        if h.get_all(header::HOST).iter().count() > 1 {
+            return Some("more than one Host header");
+        }
+    }
+    if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+        return Some("more than one Content-Length");
+    }
+    None
+}
+
+/// The host a request is for, without the port, lower-case: the URI's authority (absolute
+/// form, HTTP/2 `:authority`), else the Host header.
+fn request_host(parts: &http::request::Parts) -> Option<String> {
+    let authority = match parts.uri.authority() {
+        Some(a) => a.clone(),
+        None => parts
+            .headers
+            .get(header::HOST)?
+            .to_str()
+            .ok()?
+            .parse::<http::uri::Authority>()
+            .ok()?,
+    };
+    let host = authority.host();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+/// The port the client named in its authority or Host header, if any.
+fn request_port(parts: &http::request::Parts) -> Option<u16> {
+    match parts.uri.authority() {
+        Some(a) => a.port_u16(),
+        None => parts
+            .headers
+            .get(header::HOST)?
+            .to_str()
+            .ok()?
+            .parse::<http::uri::Authority>()
+            .ok()?
+            .port_u16(),
+    }
+}
+
+fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
+/// An answer the gateway writes, with a JSON body.
+fn json_answer(
+    status: StatusCode,
+    body: &serde_json::Value,
+    mut record: ExchangeRecord,
+) -> Response<ProxyBody> {
+    record.status = status.as_u16();
+    let body = record.conn().classifier.error_body(status, body.clone());
+    let bytes = Bytes::from(body.to_string());
+    let mut r = Response::new(OwnAnswer::new(bytes, record).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn bad_request(record: ExchangeRecord, message: &str) -> Response<ProxyBody> {
+    json_answer(
+        StatusCode::BAD_REQUEST,
+        &serde_json::json!({"error": "bad_request", "message": message}),
+        record,
+    )
+}
+
+/// The answer to a refused request: 403 naming the rule; in retry mode, a 503 with the
+/// pending request's id and `Retry-After`.
+fn denial(
+    conn: &Conn,
+    record: ExchangeRecord,
+    rule: &str,
+    message: &str,
+    decision: Option<&Decision>,
+) -> Response<ProxyBody> {
+    tracing::info!(session = conn.id, target = %conn.target.name, request = %record.line, %rule, "request denied");
+    let retry = matches!(
+        decision,
+        Some(Decision::Review {
+            mode: ReviewMode::Retry,
+            ..
+        })
+    );
+    let pending = retry.then(|| pending_request(message)).flatten();
+    if let Some(id) = pending {
+        let mut r = json_answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"error": "approval_pending", "rule": rule, "request": id, "message": message}),
+            record,
+        );
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            r.headers_mut().insert(REQUEST_HEADER, v);
+        }
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        return r;
+    }
+    json_answer(
+        StatusCode::FORBIDDEN,
+        &serde_json::json!({"error": "denied", "rule": rule, "message": message}),
+        record,
+    )
+}
+
+/// The request id in a retry-mode refusal ("… request <id> is pending …").
+fn pending_request(message: &str) -> Option<String> {
+    let (_, rest) = message.split_once("request ")?;
+    let (id, after) = rest.split_once(' ')?;
+    after
+        .starts_with("is pending")
+        .then(|| id.to_owned())
+        .filter(|id| id.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_is_narrowed_to_its_json_ranges() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static(
+                "application/vnd.kubernetes.protobuf,application/json;as=Table;v=v1;g=meta.k8s.io,application/yaml",
+            ),
+        );
+        assert!(negotiate_json(&mut h));
+        assert_eq!(
+            h[header::ACCEPT],
+            "application/json;as=Table;v=v1;g=meta.k8s.io"
+        );
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/yaml"));
+        assert!(negotiate_json(&mut h));
+        assert_eq!(h[header::ACCEPT], "application/json");
+        assert!(!negotiate_json(&mut h), "already JSON: unchanged");
+    }
+
+    #[test]
+    fn retry_message_names_the_request() {
+        let m = "airlock: rule \"r\" needs approval: request 0a1b2c is pending (approvers: dba). Once approved (airlock approve 0a1b2c), run the same command again.";
+        assert_eq!(pending_request(m).as_deref(), Some("0a1b2c"));
+        assert_eq!(pending_request("airlock: request 0a1b2c was denied"), None);
+    }
+
+    #[test]
+    fn text_types() {
+        assert!(is_text("text/html"));
+        assert!(is_text("application/atom+xml"));
+        assert!(!is_text("application/octet-stream"));
+        assert!(!is_text("image/png"));
+    }
+}

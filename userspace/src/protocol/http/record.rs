@@ -1,0 +1,192 @@
+//! Every exchange recorded: the command record (method, URL, body hash, decision) goes to the
+//! session's audit log before the request goes upstream; the result (status, sizes, masked
+//! counts, what the gateway changed) when the answer has gone out or the client went away.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use crate::audit::{AuditError, CommandEvent, CommandResult, MaskTally, SessionRecorder};
+use crate::mask::MaskCounts;
+
+use super::Conn;
+
+/// A session's audit record, shared by the exchanges of one client connection (HTTP/2 runs
+/// them concurrently). Result records are written after their answers; the session waits for
+/// them before it closes.
+#[derive(Debug)]
+pub struct SessionAudit {
+    rec: tokio::sync::Mutex<Option<SessionRecorder>>,
+    recording: bool,
+    pub bytes_from_client: AtomicU64,
+    pub bytes_to_client: AtomicU64,
+}
+
+impl SessionAudit {
+    pub fn new(rec: SessionRecorder) -> Self {
+        Self {
+            recording: rec.is_recording(),
+            rec: tokio::sync::Mutex::new(Some(rec)),
+            bytes_from_client: AtomicU64::new(0),
+            bytes_to_client: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether records are written at all.
+    pub fn recording(&self) -> bool {
+        self.recording
+    }
+
+    /// Records a command; awaits its acknowledgement (an `Err`: refuse the request).
+    /// `approval` is set when a review released it.
+    pub async fn command(
+        &self,
+        event: CommandEvent<'_>,
+    ) -> Result<(u64, crate::audit::Ack), AuditError> {
+        let mut rec = self.rec.lock().await;
+        match rec.as_mut() {
+            Some(r) => r.command(event).await,
+            None => Err(AuditError::Closed),
+        }
+    }
+
+    async fn result(&self, n: u64, result: CommandResult, tally: &MaskTally) {
+        let mut rec = self.rec.lock().await;
+        let Some(r) = rec.as_mut() else { return };
+        let written = match r.result(n, result).await {
+            Ok(ack) => {
+                drop(ack);
+                r.masking(n, tally).await.map(drop)
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(error) = written {
+            tracing::warn!(%error, "audit: result of an http exchange not recorded");
+        }
+    }
+
+    /// The recorder, to end the session (once every exchange is recorded).
+    pub async fn take(&self) -> Option<SessionRecorder> {
+        self.rec.lock().await.take()
+    }
+}
+
+/// What one exchange did, written when it is dropped (its answer ended, failed, or the client
+/// went away).
+pub struct ExchangeRecord {
+    conn: Arc<Conn>,
+    /// The command's number in the session (`None`: not recorded).
+    n: Option<u64>,
+    /// `METHOD URL`, for the log line.
+    pub line: String,
+    pub status: u16,
+    started: Instant,
+    received: u64,
+    sent: u64,
+    pub request_bytes: Arc<AtomicU64>,
+    counts: MaskCounts,
+    pub notes: Vec<String>,
+    error: Option<String>,
+    complete: bool,
+}
+
+impl ExchangeRecord {
+    pub fn new(conn: Arc<Conn>, line: String, started: Instant) -> Self {
+        Self {
+            conn,
+            n: None,
+            line,
+            status: 0,
+            started,
+            received: 0,
+            sent: 0,
+            request_bytes: Arc::default(),
+            counts: MaskCounts::default(),
+            notes: Vec::new(),
+            error: None,
+            complete: false,
+        }
+    }
+
+    /// The command's number in the session's record.
+    pub fn set_command(&mut self, n: u64) {
+        self.n = Some(n);
+    }
+
+    /// The connection this exchange belongs to.
+    pub fn conn(&self) -> &Arc<Conn> {
+        &self.conn
+    }
+
+    pub fn received(&mut self, bytes: u64) {
+        self.received += bytes;
+    }
+
+    pub fn sent(&mut self, bytes: u64) {
+        self.sent += bytes;
+    }
+
+    pub fn add_counts(&mut self, counts: MaskCounts) {
+        self.counts.merge(&counts);
+    }
+
+    pub fn set_error(&mut self, error: String) {
+        self.error.get_or_insert(error);
+    }
+
+    /// The whole answer went out.
+    pub fn complete(&mut self) {
+        self.complete = true;
+    }
+}
+
+impl Drop for ExchangeRecord {
+    fn drop(&mut self) {
+        let request_bytes = self.request_bytes.load(Ordering::Relaxed);
+        let audit = &self.conn.audit;
+        audit
+            .bytes_from_client
+            .fetch_add(request_bytes, Ordering::Relaxed);
+        audit
+            .bytes_to_client
+            .fetch_add(self.sent, Ordering::Relaxed);
+        if !self.complete && self.error.is_none() {
+            self.error = Some("the client went away before the answer ended".into());
+        }
+        let masker = &self.conn.masker;
+        let mut tally = MaskTally::default();
+        for (rule, n) in self.counts.iter() {
+            let name = masker.rule_name(rule);
+            self.conn.ctx.metrics.masked(name, u64::from(n));
+            tally.add(name, u64::from(n));
+        }
+        tracing::info!(
+            session = self.conn.id,
+            target = %self.conn.target.name,
+            request = %self.line,
+            status = self.status,
+            request_bytes,
+            upstream_bytes = self.received,
+            client_bytes = self.sent,
+            masked = self.counts.total(),
+            error = self.error.as_deref(),
+            "http exchange"
+        );
+        let Some(n) = self.n else { return };
+        let result = CommandResult {
+            rows: None,
+            bytes: self.sent,
+            duration: self.started.elapsed(),
+            error: self.error.take(),
+            status: Some(self.status),
+            request_bytes: Some(request_bytes),
+            notes: std::mem::take(&mut self.notes),
+        };
+        let conn = Arc::clone(&self.conn);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                conn.audit.result(n, result, &tally).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The live inbox: one hub per console listens to the approval store's change notifications
+//! (which also carry decisions made on other instances sharing the store), reads each changed
+//! request once and renders its row once, and fans the result out to every connected
+//! reviewer's `GET /events` stream (server-sent events). A reviewer who falls behind gets a
+//! fresh `reset` instead of a backlog, so memory per reviewer stays bounded.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use askama::Template;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use tokio::sync::broadcast;
+
+use super::views::{InboxRow, InboxRows, RowTemplate};
+use crate::approval::{Approvals, StoreEvent};
+
+/// Events a slow reviewer may fall behind by before it gets a reset instead.
+const HUB_CAPACITY: usize = 256;
+
+/// What the hub tells every reviewer.
+#[derive(Debug, Clone)]
+pub enum HubEvent {
+    /// A pending request appeared or changed: its id and rendered row.
+    Upsert { id: String, html: Arc<str> },
+    /// A request is no longer pending.
+    Remove { id: String },
+}
+
+/// The fan-out point of inbox changes.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    tx: broadcast::Sender<HubEvent>,
+}
+
+impl Hub {
+    /// Starts the hub's task over `svc`'s store notifications.
+    pub fn start(svc: Arc<Approvals>) -> Self {
+        let (tx, _) = broadcast::channel(HUB_CAPACITY);
+        let hub = Hub { tx: tx.clone() };
+        let mut changes = svc.store().subscribe();
+        let weak = Arc::downgrade(&svc);
+        drop(svc);
+        tokio::spawn(async move {
+            loop {
+                let id = match changes.recv().await {
+                    Ok(StoreEvent::Changed(id)) => id,
+                    Ok(StoreEvent::Down(_)) => continue,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(missed = n, "console hub lagged behind the store");
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(svc) = weak.upgrade() else { return };
+                let event = match svc.store().get(&id).await {
+                    Ok(Some(mut req)) => {
+                        req.tick(crate::approval::now_ms());
+                        if req.is_pending() {
+                            match (RowTemplate {
+                                row: &InboxRow::from(&req),
+                            })
+                            .render()
+                            {
+                                Ok(html) => HubEvent::Upsert {
+                                    id,
+                                    html: html.replace('\r', "&#13;").into(),
+                                },
+                                Err(error) => {
+                                    tracing::warn!(%error, "rendering an inbox row");
+                                    continue;
+                                }
+                            }
+                        } else {
+                            HubEvent::Remove { id }
+                        }
+                    }
+                    Ok(None) => HubEvent::Remove { id },
+                    Err(error) => {
+                        tracing::debug!(%error, request = %id, "console hub: store read failed");
+                        continue;
+                    }
+                };
+                // No reviewer connected is fine.
+                let _ = tx.send(event);
+            }
+        });
+        hub
+    }
+
+    /// A new reviewer's receiver (subscribe before reading the snapshot, so nothing falls
+    /// between the two).
+    pub fn subscribe(&self) -> broadcast::Receiver<HubEvent> {
+        self.tx.subscribe()
+    }
+
+    /// Reviewers connected now.
+    pub fn listeners(&self) -> usize {
+        self.tx.receiver_count()
+    }
+}
+
+/// The rows of every pending request, oldest first, rendered. Never empty: a browser drops an
+/// event whose data is empty, and an empty inbox must still replace the rows a tab shows.
+pub async fn snapshot(svc: &Approvals) -> Result<String, String> {
+    let mut list = svc.list(true).await.map_err(|e| e.to_string())?;
+    list.reverse();
+    let rows: Vec<InboxRow> = list.iter().map(InboxRow::from).collect();
+    InboxRows { rows: &rows }
+        .render()
+        // SSE data lines end at a carriage return: keep it as a character reference.
+        .map(|html| {
+            format!(
+                "<!-- {} pending -->{}",
+                rows.len(),
+                html.replace('\r', "&#13;")
+            )
+        })
+        .map_err(|e| e.to_string())
+}
+
+async fn reset(svc: &Approvals) -> Event {
+    match snapshot(svc).await {
+        Ok(html) => Event::default().event("reset").data(html),
+        Err(e) => Event::default().event("failed").data(e.replace('\r', " ")),
+    }
+}
+
+enum Step {
+    /// Send the full list first (and again after falling behind).
+    Reset,
+    Next,
+}
+
+/// The SSE stream of one reviewer: `reset` (the rows as HTML), then `upsert` (`{id, html}`)
+/// and `remove` (`{id}`). `alive` is asked before each event: once the reviewer's session has
+/// ended (logout, expiry) the stream ends instead of sending more.
+pub fn stream<F>(
+    hub: &Hub,
+    svc: Arc<Approvals>,
+    alive: F,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>> + use<F>>
+where
+    F: Fn() -> bool + Send + Sync + 'static,
+{
+    let rx = hub.subscribe();
+    let alive = Arc::new(alive);
+    let s = futures_util::stream::unfold(
+        (rx, svc, alive, Step::Reset),
+        |(mut rx, svc, alive, step)| async move {
+            let event = match step {
+                Step::Reset => reset(&svc).await,
+                Step::Next => match rx.recv().await {
+                    Ok(HubEvent::Upsert { id, html }) => {
+                        let data = serde_json::json!({ "id": id, "html": &*html });
+                        Event::default().event("upsert").data(data.to_string())
+                    }
+                    Ok(HubEvent::Remove { id }) => {
+                        let data = serde_json::json!({ "id": id });
+                        Event::default().event("remove").data(data.to_string())
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Start over from the store rather than queue a backlog.
+                        rx = rx.resubscribe();
+                        reset(&svc).await
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            };
+            if !alive() {
+                return None;
+            }
+            Some((Ok(event), (rx, svc, alive, Step::Next)))
+        },
+    );
+    Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
