@@ -207,11 +207,13 @@ pub enum Outcome {
 pub struct PlanSubmission {
     pub target: String,
     /// The identity that will run the commands (default: the submitter).
+    #[serde(default, deserialize_with = "present")]
     pub subject: Option<String>,
     /// Its policy groups, for evaluating the commands (the grant still matches only the
     /// subject, and only commands policy sends to review can be covered).
     #[serde(default)]
     pub groups: Vec<String>,
+    #[serde(default, deserialize_with = "present")]
     pub task: Option<String>,
     pub commands: Vec<String>,
     /// Validity once approved, in seconds (default: the shortest TTL of the rules involved).
@@ -222,17 +224,26 @@ pub struct PlanSubmission {
     pub uses: Option<u32>,
 }
 
+/// An optional field that, when present, must hold a value: the API documents these as plain
+/// `string`/`integer`, so `null` is refused rather than read as "absent" (use with
+/// `#[serde(default)]`, which covers the absent case).
+pub(crate) fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
 /// An unsigned integer, also written with a zero fraction (`5.0`), as JSON Schema's `integer`
-/// allows.
+/// allows; `null` is refused like any other non-number.
 fn integral<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: TryFrom<u64>,
 {
     use serde::de::Error;
-    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
-        return Ok(None);
-    };
+    let n = serde_json::Number::deserialize(d)?;
     let whole = n.as_u64().or_else(|| {
         n.as_f64()
             .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)

@@ -140,6 +140,7 @@ fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DecisionBody {
+    #[serde(default, deserialize_with = "crate::approval::present")]
     reason: Option<String>,
 }
 
@@ -405,4 +406,31 @@ fn paths(
         "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
         "/healthz": {"get": {"summary": "The API answers", "security": [], "responses": {"200": {"description": "Up", "content": {"application/json": {"schema": {"type": "object", "properties": {"ok": {"const": true}}, "required": ["ok"]}}}}}}}
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DecisionBody;
+    use crate::approval::PlanSubmission;
+
+    /// The document types these fields as plain `string`/`integer`: `null` is refused, not
+    /// read as "absent".
+    #[test]
+    fn null_is_refused_where_the_document_says_string_or_integer() {
+        assert!(serde_json::from_str::<DecisionBody>(r#"{"reason": null}"#).is_err());
+        let ok: DecisionBody = serde_json::from_str(r#"{"reason": "ok"}"#).unwrap();
+        assert_eq!(ok.reason.as_deref(), Some("ok"));
+        assert!(serde_json::from_str::<DecisionBody>("{}").unwrap().reason.is_none());
+        for field in ["subject", "task", "ttl_seconds", "uses"] {
+            let body = format!(r#"{{"target": "db", "commands": ["SELECT 1"], "{field}": null}}"#);
+            assert!(
+                serde_json::from_str::<PlanSubmission>(&body).is_err(),
+                "{field}: null was accepted"
+            );
+        }
+        let plan: PlanSubmission =
+            serde_json::from_str(r#"{"target": "db", "commands": ["SELECT 1"], "uses": 2.0}"#)
+                .unwrap();
+        assert_eq!((plan.uses, plan.ttl_seconds, plan.task), (Some(2), None, None));
+    }
 }
