@@ -215,6 +215,24 @@ pub struct MysqlTarget {
     /// this password).
     #[serde(default)]
     pub client_auth: MysqlClientAuth,
+    /// Roles the gateway may run commands as (`run_as`, `approved_run_as` of rules): each is
+    /// granted to its login user, which itself holds no rights on the data (`SET ROLE NONE`
+    /// falls back to them). Empty: commands run with the login user's rights and rules name
+    /// no role.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// The role commands run as when their rule names none (one of `roles`); the session is
+    /// switched to it right after login. Default: the login user's own rights (`SET ROLE
+    /// NONE`).
+    #[serde(default)]
+    pub run_as: Option<String>,
+}
+
+impl MysqlTarget {
+    /// Whether the gateway may run commands as `role` on this target.
+    pub fn allows_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
 }
 
 /// The default authentication plugin offered to MySQL clients.
@@ -668,6 +686,22 @@ impl Config {
                         "set at most one of password, password_env, password_file".into(),
                     ));
                 }
+                for (j, r) in my.roles.iter().enumerate() {
+                    if !valid_role_name(r) {
+                        return Err(invalid(
+                            format!("{field}.mysql.roles[{j}]"),
+                            format!("`{r}` is not a plain role name"),
+                        ));
+                    }
+                }
+                if let Some(r) = &my.run_as
+                    && !my.allows_role(r)
+                {
+                    return Err(invalid(
+                        field.clone() + ".mysql.run_as",
+                        format!("`{r}` is not in this target's `roles`"),
+                    ));
+                }
                 if my.tls.mode == UpstreamTlsMode::VerifyFull && my.tls.ca_file.is_none() {
                     return Err(invalid(
                         field + ".mysql.tls.ca_file",
@@ -849,7 +883,7 @@ mod tests {
             ),
             (
                 rule("    run_as: admin\n"),
-                "no PostgreSQL target lists `admin`",
+                "no PostgreSQL or MySQL target lists `admin`",
             ),
             (
                 format!("{base}      run_as: other\n"),
@@ -874,6 +908,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("only `action: review`"), "{err}");
+    }
+
+    #[test]
+    fn mysql_roles_checks() {
+        let base = "targets:\n  - name: my\n    protocol: mysql\n    addresses: [\"198.18.0.2\"]\n    ports: [3306]\n    mysql:\n      user: gw\n      password_file: /pw\n      roles: [app_readonly, app_writer]\n";
+        let rule = |extra: &str| {
+            format!(
+                "{base}      run_as: app_readonly\nrules:\n  - name: r\n    classes: [write]\n    action: review\n    review: {{approvers: [dba]}}\n{extra}"
+            )
+        };
+        let c = Config::parse(
+            Path::new("x.yaml"),
+            &rule("    approved_run_as: app_writer\n"),
+        )
+        .unwrap();
+        let my = c.targets[0].mysql.as_ref().unwrap();
+        assert_eq!(my.run_as.as_deref(), Some("app_readonly"));
+        assert!(my.allows_role("app_writer") && !my.allows_role("root"));
+        for (bad, needle) in [
+            (
+                rule("    targets: [my]\n    approved_run_as: admin\n"),
+                "does not list `admin` in its `mysql.roles`",
+            ),
+            (format!("{base}      run_as: other\n"), "mysql.run_as"),
+            (
+                format!("{base}      roles: [\"x`y\"]\n")
+                    .replace("      roles: [app_readonly, app_writer]\n", ""),
+                "not a plain role name",
+            ),
+        ] {
+            let err = Config::parse(Path::new("x.yaml"), &bad)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{err}");
+        }
     }
 
     #[test]

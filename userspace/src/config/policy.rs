@@ -180,13 +180,14 @@ pub struct RuleSpec {
     /// Message for a deny.
     #[serde(default)]
     pub reason: Option<String>,
-    /// PostgreSQL: the database role the commands this rule allows (or approves) run as; one
-    /// of the target's `postgres.roles`. The server itself then refuses what the role may not
-    /// do, whatever classification concluded. Default: the target's `run_as`.
+    /// PostgreSQL and MySQL: the database role the commands this rule allows (or approves) run
+    /// as; one of the target's `postgres.roles` / `mysql.roles`. The server itself then
+    /// refuses what the role may not do, whatever classification concluded. Default: the
+    /// target's `run_as`.
     #[serde(default)]
     pub run_as: Option<String>,
-    /// PostgreSQL, `action: review` only: the role an approved command runs as, for that one
-    /// statement (then the session goes back to `run_as`).
+    /// PostgreSQL and MySQL, `action: review` only: the role an approved command runs as, for
+    /// that one statement (then the session goes back to `run_as`).
     #[serde(default)]
     pub approved_run_as: Option<String>,
     /// Record what this rule would have done, without enforcing it; evaluation continues.
@@ -754,33 +755,42 @@ pub enum MaskStyle {
 }
 
 /// A rule's role must be one the targets it applies to let the gateway use: each of its
-/// `targets` that is a PostgreSQL target, or (without `targets`) at least one PostgreSQL
+/// `targets` that is a PostgreSQL or MySQL target, or (without `targets`) at least one such
 /// target. A target that does not list the role refuses the command at run time.
 fn check_role(config: &Config, rule: &RuleSpec, role: &str) -> Result<(), String> {
-    fn pg(t: &super::TargetConfig) -> Option<&super::PostgresTarget> {
-        t.postgres
-            .as_ref()
-            .filter(|_| t.protocol == Protocol::Postgres)
+    /// The roles a database target lists, and the field they are in.
+    fn roles(t: &super::TargetConfig) -> Option<(&[String], &'static str)> {
+        match t.protocol {
+            Protocol::Postgres => t
+                .postgres
+                .as_ref()
+                .map(|p| (p.roles.as_slice(), "postgres.roles")),
+            Protocol::Mysql => t
+                .mysql
+                .as_ref()
+                .map(|m| (m.roles.as_slice(), "mysql.roles")),
+            _ => None,
+        }
     }
     if rule.targets.is_empty() {
         if config
             .targets
             .iter()
-            .filter_map(pg)
-            .any(|p| p.allows_role(role))
+            .filter_map(roles)
+            .any(|(r, _)| r.iter().any(|r| r == role))
         {
             return Ok(());
         }
         return Err(format!(
-            "no PostgreSQL target lists `{role}` in its `postgres.roles`"
+            "no PostgreSQL or MySQL target lists `{role}` in its `postgres.roles` or `mysql.roles`"
         ));
     }
     for name in &rule.targets {
-        if let Some(p) = config.target(name).and_then(pg)
-            && !p.allows_role(role)
+        if let Some((roles, field)) = config.target(name).and_then(roles)
+            && !roles.iter().any(|r| r == role)
         {
             return Err(format!(
-                "target `{name}` does not list `{role}` in its `postgres.roles`"
+                "target `{name}` does not list `{role}` in its `{field}`"
             ));
         }
     }

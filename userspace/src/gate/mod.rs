@@ -83,6 +83,8 @@ pub enum Verdict {
 pub struct Hold {
     start: Box<dyn FnOnce(Arc<dyn Notice>) -> HeldFuture + Send>,
     trail: ReviewTrail,
+    /// The roles the command runs as once approved (`run_as`, `approved_run_as`).
+    roles: (Option<String>, Option<String>),
 }
 
 /// What a [`Hold`] becomes once started.
@@ -94,7 +96,14 @@ impl Hold {
         Hold {
             start: Box::new(f),
             trail: ReviewTrail::default(),
+            roles: (None, None),
         }
+    }
+
+    /// The database roles the command runs as once approved: its rule's `run_as` and
+    /// `approved_run_as` (a MySQL statement is prepared in the role it will execute in).
+    pub fn roles(&self) -> (Option<&str>, Option<&str>) {
+        (self.roles.0.as_deref(), self.roles.1.as_deref())
     }
 
     /// Starts waiting; notices go to `notice`.
@@ -155,7 +164,9 @@ pub fn review(approvals: Option<&Arc<Approvals>>, request: ReviewRequest) -> Ver
     };
     let trail = ReviewTrail::default();
     let reviewing = trail.clone();
+    let roles = (run_as.clone(), elevate.clone());
     Verdict::Hold(Hold {
+        roles,
         start: Box::new(move |notice: Arc<dyn Notice>| {
             Box::pin(async move {
                 match svc

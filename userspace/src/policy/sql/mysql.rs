@@ -344,3 +344,34 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod role_tests {
+    use crate::model::{Class, Dialect};
+    use crate::policy::sql::classify::{Limits, classify};
+
+    #[test]
+    fn statements_that_change_the_role_are_never_session_settings() {
+        // A role the gateway set (least privilege) stays unless a rule for admin or unknown
+        // commands lets the client change it.
+        for sql in [
+            "SET ROLE app_writer",
+            "set role 'app_writer'",
+            "SET ROLE NONE",
+            "SET ROLE DEFAULT",
+            "SET ROLE `app_writer`",
+            "SET DEFAULT ROLE app_writer",
+            "SET DEFAULT ROLE NONE FOR gw",
+            "SET DEFAULT ROLE app_writer FOR 'gw'@'%'",
+            "SELECT 1; SET ROLE app_writer",
+            "/*!SET ROLE app_writer*/",
+            "SET @@role = 'x'",
+            "SET STATEMENT max_statement_time=1 FOR SET ROLE app_writer",
+            "PREPARE s FROM 'SET ROLE app_writer'",
+        ] {
+            let f = classify(sql, Dialect::Mysql, &Limits::default());
+            assert!(f.class >= Class::Dcl, "{sql}: {:?} {:?}", f.class, f.kinds);
+        }
+    }
+}

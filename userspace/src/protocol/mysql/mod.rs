@@ -12,7 +12,8 @@
 //! Modules: [`codec`] (framing), [`wire`] (handshake-phase reads), [`handshake`] (the client's
 //! login), [`backend_auth`] (the gateway's login), [`tls`], [`cancel`] (connection ids and
 //! KILL), [`params`] (execute parameters for reviewers), [`session`] (the command loop),
-//! [`results`] (answers, masking, result records).
+//! [`results`] (answers, masking, result records), [`roles`] (the database role each command
+//! runs as).
 
 pub mod backend_auth;
 pub mod cancel;
@@ -20,6 +21,7 @@ pub mod codec;
 pub mod handshake;
 pub mod params;
 pub mod results;
+pub mod roles;
 pub mod session;
 pub mod tls;
 pub mod wire;
@@ -247,6 +249,44 @@ async fn serve_inner(
             return Err(ServeError::Reported(m));
         }
     };
+    // Least privilege: the session is in the target's base role before the client's login
+    // even completes.
+    let mut backend = backend;
+    let roles = roles::Roles::new(&cfg.roles, cfg.run_as.as_deref());
+    if let Some(r) = &roles {
+        let sql = r.login_sql();
+        let switched = {
+            let mut buf = bytes::BytesMut::new();
+            let (mut rd, mut wr) = tokio::io::split(&mut backend.stream);
+            tokio::time::timeout(
+                BACKEND_TIMEOUT,
+                roles::exchange(&mut rd, &mut wr, &mut buf, &sql),
+            )
+            .await
+        };
+        let error = match switched {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {BACKEND_TIMEOUT:?}")),
+        };
+        if let Some(e) = error {
+            let m = format!(
+                "airlock: target \"{}\": the gateway could not switch to its base role (`{sql}`): {e}",
+                target.name
+            );
+            tracing::warn!(session = id, target = %target.name, %sql, error = %e, "role switch at login failed");
+            gate::session::close(recorder, EndReason::Error, Some(&m), 0, 0).await;
+            handshake::refuse(
+                &mut client,
+                &mut login.seq,
+                errno::SPECIFIC_ACCESS_DENIED,
+                "42000",
+                &m,
+            )
+            .await;
+            return Err(ServeError::Reported(m));
+        }
+    }
     Registry::global().bind(registration.id, thread_id, &identity.subject);
     if let Err(e) = handshake::finish(&mut client, &mut login, &backend.ok).await {
         gate::session::close(
@@ -300,6 +340,7 @@ async fn serve_inner(
         fast_auth: login.fast_auth,
         bytes_in: 0,
         bytes_out: 0,
+        roles,
     };
     let server = backend.stream;
     let exit = match (client, server) {

@@ -32,6 +32,7 @@ use super::cancel::{self, Registry};
 use super::codec::{self, FrameError, command as com, errno};
 use super::params;
 use super::results::{Kind, Relay, RelayError, Response};
+use super::roles::{self, Roles, Step, SwitchError};
 use crate::audit::{Ack, AuditError, CommandEvent, MaskTally, ReviewRecord, SessionRecorder};
 use crate::gate::{self, Judge, Judged, Verdict};
 use crate::model::{Class, Command, Decision, Dialect, Facts};
@@ -68,6 +69,15 @@ pub enum SessionError {
     Audit(#[from] AuditError),
     #[error("the server closed the connection mid-answer")]
     ServerGone,
+    /// The gateway could not switch roles on a connection it cannot trust any more (the way
+    /// back from an elevation, or a switch whose answer never came): the session ends rather
+    /// than go on in an unknown role.
+    #[error("the gateway's own `{sql}` failed: {source}")]
+    Role {
+        sql: String,
+        #[source]
+        source: SwitchError,
+    },
 }
 
 impl SessionError {
@@ -86,6 +96,11 @@ impl SessionError {
                 errno::OUT_OF_RESOURCES,
                 "HY000",
                 format!("airlock: the audit log cannot record this session: {self}"),
+            )),
+            SessionError::Role { .. } => Some((
+                errno::SPECIFIC_ACCESS_DENIED,
+                "HY000",
+                format!("airlock: {self}; the session ends"),
             )),
             _ => Some((errno::MALFORMED_PACKET, "08S01", format!("airlock: {self}"))),
         }
@@ -130,6 +145,19 @@ pub struct Env<'a, J: Judge> {
     /// Bytes read from the client and written to it.
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// The database roles commands run as (`None`: the target lists none). The session is
+    /// in its base role when the loop starts.
+    pub roles: Option<Roles>,
+}
+
+/// The role a verdict runs a command as.
+#[derive(Debug, Clone, Default)]
+struct Want {
+    run_as: Option<String>,
+    /// Approved for this one command.
+    elevate: Option<String>,
+    /// The command may change the role itself: unknown after it.
+    resets: bool,
 }
 
 /// One judged command on its way to the server.
@@ -187,12 +215,14 @@ struct Loop {
 
 /// What to do with one command after judging it.
 enum Plan {
-    /// Forward the command's bytes (or `rewritten`) and relay an answer of this kind.
+    /// Forward the command's bytes (or `rewritten`) and relay an answer of this kind, in the
+    /// role `role` says (`None`: whatever role the session is in).
     Forward {
         kind: Kind,
         mask: Arc<[String]>,
         rewritten: Option<Vec<u8>>,
         statement: Option<u32>,
+        role: Option<Want>,
     },
     /// Answer the client with an ERR packet (the server never sees the command).
     Refuse {
@@ -286,6 +316,18 @@ fn forward(kind: Kind) -> Plan {
         mask: Arc::from(Vec::new()),
         rewritten: None,
         statement: None,
+        role: None,
+    }
+}
+
+/// Forward in the role `want` says.
+fn forward_as(kind: Kind, want: Want) -> Plan {
+    Plan::Forward {
+        kind,
+        mask: Arc::from(Vec::new()),
+        rewritten: None,
+        statement: None,
+        role: Some(want),
     }
 }
 
@@ -361,25 +403,36 @@ impl Loop {
                     state,
                     message,
                 } => {
-                    if let Some(o) = outgoing
-                        && let Some(ack) = o.ack
-                    {
-                        ack.durable().await?;
-                    }
-                    self.cbuf.advance(total);
-                    self.out.clear();
-                    let mut seq = last_seq.wrapping_add(1);
-                    codec::put_err(&mut self.out, &mut seq, code, state, &message);
-                    cw.write_all(&self.out).await?;
-                    cw.flush().await?;
-                    env.bytes_out += self.out.len() as u64;
+                    self.refuse(
+                        env,
+                        cw,
+                        (total, last_seq),
+                        (code, state, &message),
+                        outgoing,
+                    )
+                    .await?;
                 }
                 Plan::Forward {
                     kind,
                     mask,
                     rewritten,
                     statement,
+                    role,
                 } => {
+                    let resets = role.as_ref().is_some_and(|w| w.resets);
+                    // The role first: a switch the server refused refuses the command.
+                    let back = match role {
+                        Some(want) => match self.obey_role(env, &want, sr, sw).await? {
+                            Ok(back) => back,
+                            Err(message) => {
+                                let what = (errno::SPECIFIC_ACCESS_DENIED, "42000", &*message);
+                                self.refuse(env, cw, (total, last_seq), what, outgoing)
+                                    .await?;
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
                     match &rewritten {
                         Some(p) => {
                             self.out.clear();
@@ -418,7 +471,127 @@ impl Loop {
                     self.relay_answer(env, &mut resp, &mut ack, cr, cw, sr)
                         .await?;
                     self.after(env, &mut resp, statement, outgoing).await;
+                    match back {
+                        // Before the next command is even looked at.
+                        Some(sql) => self.restore(env, sr, sw, sql).await?,
+                        None if resets => {
+                            if let Some(r) = env.roles.as_mut() {
+                                r.forget();
+                            }
+                        }
+                        None => {}
+                    }
                 }
+            }
+        }
+    }
+
+    /// Answers the command at the start of the client buffer (`total` bytes, last sequence
+    /// id `last_seq`) with an ERR packet, once its record is durable.
+    async fn refuse<CW, J>(
+        &mut self,
+        env: &mut Env<'_, J>,
+        cw: &mut CW,
+        (total, last_seq): (usize, u8),
+        (code, state, message): (u16, &str, &str),
+        outgoing: Option<Outgoing>,
+    ) -> Result<(), SessionError>
+    where
+        CW: AsyncWrite + Unpin,
+        J: Judge,
+    {
+        if let Some(o) = outgoing
+            && let Some(ack) = o.ack
+        {
+            ack.durable().await?;
+        }
+        self.cbuf.advance(total);
+        self.out.clear();
+        let mut seq = last_seq.wrapping_add(1);
+        codec::put_err(&mut self.out, &mut seq, code, state, message);
+        cw.write_all(&self.out).await?;
+        cw.flush().await?;
+        env.bytes_out += self.out.len() as u64;
+        Ok(())
+    }
+
+    /// Puts the server in the role a command runs as (see [`roles`](super::roles)), before
+    /// the command goes out. `Ok(Err(message))`: the server refused the switch; refuse the
+    /// command. `Ok(Ok(Some(sql)))`: an elevation; send `sql` once the command is answered.
+    async fn obey_role<SR, SW, J>(
+        &mut self,
+        env: &mut Env<'_, J>,
+        want: &Want,
+        sr: &mut SR,
+        sw: &mut SW,
+    ) -> Result<Result<Option<String>, String>, SessionError>
+    where
+        SR: AsyncRead + Unpin,
+        SW: AsyncWrite + Unpin,
+        J: Judge,
+    {
+        let Some(roles) = env.roles.as_mut() else {
+            return Ok(Ok(None));
+        };
+        let (sql, back) = match roles.plan(want.run_as.as_deref(), want.elevate.as_deref()) {
+            Step::Run => return Ok(Ok(None)),
+            Step::Refuse(message) => {
+                tracing::warn!(session = env.id, %message, "role: command refused");
+                return Ok(Err(message));
+            }
+            Step::Switch(sql) => (sql, None),
+            Step::Elevate { before, after } => (before, Some(after)),
+        };
+        match roles::exchange(sr, sw, &mut self.sbuf, &sql).await {
+            Ok(status) => {
+                if let Some(s) = status {
+                    env.relay.status = s;
+                }
+                tracing::debug!(session = env.id, %sql, elevated = back.is_some(), "role switched");
+                Ok(Ok(back))
+            }
+            Err(e) if e.is_refusal() => {
+                let message = match roles.switched(Err(&e)) {
+                    Err(m) => m,
+                    Ok(()) => format!("airlock: the gateway could not switch roles: {e}"),
+                };
+                tracing::warn!(session = env.id, %sql, error = %e, "role switch refused: command refused");
+                Ok(Err(message))
+            }
+            Err(source) => {
+                roles.forget();
+                Err(SessionError::Role { sql, source })
+            }
+        }
+    }
+
+    /// The way back after an elevated command: anything but the server's OK ends the session.
+    async fn restore<SR, SW, J>(
+        &mut self,
+        env: &mut Env<'_, J>,
+        sr: &mut SR,
+        sw: &mut SW,
+        sql: String,
+    ) -> Result<(), SessionError>
+    where
+        SR: AsyncRead + Unpin,
+        SW: AsyncWrite + Unpin,
+        J: Judge,
+    {
+        match roles::exchange(sr, sw, &mut self.sbuf, &sql).await {
+            Ok(status) => {
+                if let Some(s) = status {
+                    env.relay.status = s;
+                }
+                tracing::debug!(session = env.id, %sql, "role restored after the approved command");
+                Ok(())
+            }
+            Err(source) => {
+                if let Some(r) = env.roles.as_mut() {
+                    r.forget();
+                }
+                tracing::error!(session = env.id, %sql, error = %source, "role not restored after an elevated command: the session ends");
+                Err(SessionError::Role { sql, source })
             }
         }
     }
@@ -485,13 +658,16 @@ impl Loop {
             }
             com::PROCESS_INFO => self.judged(env, "SHOW PROCESSLIST", cr, Kind::Text).await,
             com::RESET_CONNECTION => {
-                let r = self
+                let mut r = self
                     .judged(env, "RESET CONNECTION", cr, Kind::Single)
                     .await?;
-                if matches!(r, Some((Plan::Forward { .. }, _))) {
-                    // The server forgets its prepared statements; so do we.
+                if let Some((Plan::Forward { role, .. }, _)) = &mut r {
+                    // The server forgets its prepared statements; so do we. It drops the role.
                     self.statements.clear();
                     self.last_prepared = None;
+                    if let Some(w) = role {
+                        w.resets = true;
+                    }
                 }
                 Ok(r)
             }
@@ -553,6 +729,7 @@ impl Loop {
                         mask: s.mask.clone(),
                         rewritten: None,
                         statement: Some(id),
+                        role: None,
                     }),
                     None => plain(unknown_statement(id)),
                 }
@@ -615,12 +792,14 @@ impl Loop {
                     .await?;
                 let mut rewritten = vec![com::QUERY];
                 rewritten.extend_from_slice(format!("KILL {what} {thread}").as_bytes());
+                // Killing one's own thread needs no privilege: whatever role the session is in.
                 Ok(Some((
                     Plan::Forward {
                         kind: Kind::Text,
                         mask: Arc::from(Vec::new()),
                         rewritten: Some(rewritten),
                         statement: None,
+                        role: None,
                     },
                     outgoing,
                 )))
@@ -707,11 +886,21 @@ impl Loop {
         };
         Ok(Some((
             match verdict {
-                Verdict::Allow { mask, .. } => Plan::Forward {
+                Verdict::Allow {
+                    mask,
+                    run_as,
+                    elevate,
+                    ..
+                } => Plan::Forward {
                     kind,
                     mask: Arc::from(mask),
                     rewritten: None,
                     statement: None,
+                    role: Some(Want {
+                        run_as,
+                        elevate,
+                        resets: Roles::resets(&facts),
+                    }),
                 },
                 Verdict::Deny { message } => {
                     tracing::info!(session = env.id, %message, "statement denied");
@@ -804,8 +993,26 @@ impl Loop {
                         message,
                     }
                 }
-                // Allowed, or held (dropping the unstarted hold files no request).
-                _ => forward(Kind::Prepare),
+                // Preparing runs nothing, and the server checks the statement's privileges
+                // then: it is prepared in the role it will execute in (once approved, for a
+                // held one).
+                Verdict::Allow { run_as, .. } => forward_as(
+                    Kind::Prepare,
+                    Want {
+                        run_as,
+                        ..Want::default()
+                    },
+                ),
+                // Held: dropping the unstarted hold files no request.
+                Verdict::Hold(hold) => {
+                    let (run_as, elevate) = hold.roles();
+                    let want = Want {
+                        run_as: run_as.map(str::to_owned),
+                        elevate: elevate.map(str::to_owned),
+                        resets: false,
+                    };
+                    forward_as(Kind::Prepare, want)
+                }
             },
             outgoing,
         ))
@@ -884,7 +1091,12 @@ impl Loop {
             return Ok(None);
         };
         let plan = match verdict {
-            Verdict::Allow { mask, .. } => {
+            Verdict::Allow {
+                mask,
+                run_as,
+                elevate,
+                ..
+            } => {
                 let mask: Arc<[String]> = Arc::from(mask);
                 if let Some(s) = self.statements.get_mut(&id) {
                     s.mask = mask.clone();
@@ -901,6 +1113,11 @@ impl Loop {
                     mask,
                     rewritten,
                     statement: Some(id),
+                    role: Some(Want {
+                        run_as,
+                        elevate,
+                        resets: Roles::resets(&facts),
+                    }),
                 }
             }
             Verdict::Deny { message } => Plan::Refuse {
@@ -952,7 +1169,7 @@ impl Loop {
             .judged(env, "RESET CONNECTION", cr, Kind::Single)
             .await?;
         Ok(r.map(|(plan, outgoing)| match plan {
-            Plan::Forward { mask, .. } => {
+            Plan::Forward { mask, role, .. } => {
                 self.statements.clear();
                 self.last_prepared = None;
                 (
@@ -965,6 +1182,8 @@ impl Loop {
                         mask,
                         rewritten: Some(vec![com::RESET_CONNECTION]),
                         statement: None,
+                        // The server's reset drops the role.
+                        role: role.map(|w| Want { resets: true, ..w }),
                     },
                     outgoing,
                 )
