@@ -210,7 +210,12 @@ pub fn decide(
         Ruling::Deny => "deny",
         Ruling::Revoke => "revoke",
     };
-    let body = serde_json::to_vec(&serde_json::json!({ "reason": reason }))?;
+    // No `reason` at all when none was given: the API refuses `null` (a string or absent).
+    let body = match reason {
+        Some(r) => serde_json::json!({ "reason": r }),
+        None => serde_json::json!({}),
+    };
+    let body = serde_json::to_vec(&body)?;
     let v = api.call(
         reqwest::Method::POST,
         &format!("/v1/requests/{id}/{action}"),
