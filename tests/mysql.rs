@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use my::{Certs, DATABASE, GW_ED25519, GW_NATIVE, MYSQL_PYTHON, MariaDb, PORT};
+use my::{Certs, DATABASE, EXTRA_PORT, GW_ED25519, GW_NATIVE, MYSQL_PYTHON, MariaDb, PORT};
 use support::{
     DB_ADDR, DB_ADDR_2, Daemon, TempDir, TestCgroup, Topology, airlock_bin, require_root, sh,
     unique_id,
@@ -25,6 +25,12 @@ use support::{
 
 const API_PORT: u16 = 7081;
 const METRICS_PORT: u16 = 7082;
+
+/// The least-privilege target's login user: no rights of its own, granted `app_readonly`
+/// (SELECT) and `app_writer` (SELECT, INSERT, UPDATE, DELETE) on the test database.
+const GW_ROLES: (&str, &str) = ("gw_roles", "roles-secret");
+/// The same for the `mariadb-roles-2` target, whose grants a test takes away mid-session.
+const GW_ROLES_2: (&str, &str) = ("gw_roles2", "roles2-secret");
 
 /// The shared world: namespaces, cgroup, MariaDB, the daemon.
 struct World {
@@ -76,7 +82,25 @@ impl World {
                (2, 'Grace', 'grace@example.org', 'write to grace.h@example.net');
              CREATE TABLE {DATABASE}.accounts (id INT PRIMARY KEY, balance INT NOT NULL);
              INSERT INTO {DATABASE}.accounts VALUES (1, 100), (2, 200);
-             CREATE TABLE {DATABASE}.files (line TEXT);"
+             CREATE TABLE {DATABASE}.files (line TEXT);
+             CREATE TABLE {DATABASE}.ledger (id INT PRIMARY KEY, body TEXT);
+             INSERT INTO {DATABASE}.ledger VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd');
+             CREATE TABLE {DATABASE}.scratch (id INT PRIMARY KEY, body TEXT);
+             INSERT INTO {DATABASE}.scratch VALUES (1, 'untouched');
+             CREATE ROLE app_readonly;
+             CREATE ROLE app_writer;
+             GRANT SELECT ON {DATABASE}.* TO app_readonly;
+             GRANT SELECT, INSERT, UPDATE, DELETE ON {DATABASE}.* TO app_writer;
+             CREATE USER '{gw}'@'%' IDENTIFIED BY '{pw}';
+             GRANT app_readonly TO '{gw}'@'%';
+             GRANT app_writer TO '{gw}'@'%';
+             CREATE USER '{gw2}'@'%' IDENTIFIED BY '{pw2}';
+             GRANT app_readonly TO '{gw2}'@'%';
+             GRANT app_writer TO '{gw2}'@'%';",
+            gw = GW_ROLES.0,
+            pw = GW_ROLES.1,
+            gw2 = GW_ROLES_2.0,
+            pw2 = GW_ROLES_2.1,
         ));
         let root = support::cgroup2_root();
         let rel = |child: &str| {
@@ -113,6 +137,26 @@ targets:
       client_auth: caching_sha2_password
       tls: {{mode: verify-full, ca_file: {ca}, server_name: localhost}}
       client_tls: {{cert_file: {cert}, key_file: {key}}}
+  - name: mariadb-roles
+    protocol: mysql
+    addresses: [\"{DB_ADDR}/32\"]
+    ports: [{EXTRA_PORT}]
+    mysql:
+      user: {roles_user}
+      password: \"{roles_pw}\"
+      database: {DATABASE}
+      roles: [app_readonly, app_writer]
+      run_as: app_readonly
+  - name: mariadb-roles-2
+    protocol: mysql
+    addresses: [\"{DB_ADDR_2}/32\"]
+    ports: [{EXTRA_PORT}]
+    mysql:
+      user: {roles_user2}
+      password: \"{roles_pw2}\"
+      database: {DATABASE}
+      roles: [app_readonly, app_writer]
+      run_as: app_readonly
 identities:
   - name: corp
     oidc: {{issuer: \"https://127.0.0.1:1\", audience: airlock}}
@@ -134,6 +178,18 @@ rules:
     classes: [read, session, transaction, write, ddl, dcl, admin, unknown]
     action: allow
     mask: []
+  - name: roles-wrongly-allowed-writes
+    groups: [agents]
+    targets: [mariadb-roles, mariadb-roles-2]
+    sql: {{kinds: [insert, update], tables: [scratch]}}
+    action: allow
+  - name: roles-ledger-updates-reviewed
+    groups: [agents]
+    targets: [mariadb-roles, mariadb-roles-2]
+    sql: {{kinds: [update], tables: [ledger]}}
+    action: review
+    review: {{approvers: [dba], ttl: 1s, timeout: 60s}}
+    approved_run_as: app_writer
   - name: agents-read
     groups: [agents]
     classes: [read, session, transaction]
@@ -162,6 +218,10 @@ masking:
             state = dir.path("state").display(),
             gw = GW_NATIVE.0,
             gw_pw = GW_NATIVE.1,
+            roles_user = GW_ROLES.0,
+            roles_pw = GW_ROLES.1,
+            roles_user2 = GW_ROLES_2.0,
+            roles_pw2 = GW_ROLES_2.1,
             ed = GW_ED25519.0,
             pwfile = dir
                 .write("ed.password", &format!("{}\n", GW_ED25519.1))
@@ -221,6 +281,28 @@ masking:
             &format!(
                 "mariadb --no-defaults -h {host} -P {PORT} -u someone -D {DATABASE} -N -B \
                  --connect-timeout=10 {extra} < {}",
+                path.display()
+            ),
+        )
+    }
+
+    /// The `mariadb` CLI to the least-privilege target (`EXTRA_PORT`), reading a script from
+    /// standard input and going on after errors (`--force`).
+    fn mariadb_roles(&self, script: &str) -> Run {
+        self.mariadb_roles_at(DB_ADDR, script)
+    }
+
+    /// [`World::mariadb_roles`] to `host` (`DB_ADDR_2`: the `mariadb-roles-2` target), never
+    /// reconnecting.
+    fn mariadb_roles_at(&self, host: &str, script: &str) -> Run {
+        let path = self
+            .dir
+            .write(&format!("script-{}.sql", unique_id()), script);
+        self.client(
+            "agent",
+            &format!(
+                "mariadb --no-defaults -h {host} -P {EXTRA_PORT} -u someone -D {DATABASE} -N -B \
+                 --connect-timeout=10 --force --skip-reconnect < {}",
                 path.display()
             ),
         )
@@ -508,6 +590,210 @@ print("rows", cur.rowcount)
         })
         .count();
     assert_eq!(filed, 1, "{list}");
+}
+
+fn ledger(w: &World, id: u32) -> String {
+    w.admin(&format!(
+        "SELECT body FROM {DATABASE}.ledger WHERE id = {id}"
+    ))
+    .trim()
+    .to_owned()
+}
+
+/// The server's own refusal of a write (not airlock's): `ERROR 1142 … command denied to user
+/// 'gw_roles'`, at `line` of the script.
+fn refused_by_server(r: &Run, line: u32, what: &str) -> bool {
+    r.stderr.contains(&format!(
+        "ERROR 1142 (42000) at line {line}: {what} command denied to user '{}'",
+        GW_ROLES.0
+    ))
+}
+
+/// Least privilege (issue 26) on MariaDB: the `mariadb-roles` target runs commands as
+/// `app_readonly`, so a write a deliberately wrong rule allows is refused by the server
+/// itself (1142 naming the gateway's user, no word from airlock), and the session goes on in
+/// the same role.
+#[test]
+fn mariadb_roles_wrongly_allowed_write_is_refused_by_the_server() {
+    let w = world();
+    let r = w.mariadb_roles(
+        "SELECT CURRENT_ROLE();\n\
+         INSERT INTO scratch VALUES (10, 'wrongly allowed');\n\
+         SELECT CONCAT('still here as ', CURRENT_ROLE());\n\
+         SELECT COUNT(*) FROM scratch WHERE id = 10;\n",
+    );
+    assert!(refused_by_server(&r, 2, "INSERT"), "{r:?}");
+    assert!(
+        !r.stderr.contains("airlock"),
+        "not airlock's refusal: {r:?}"
+    );
+    assert_eq!(
+        r.stdout.lines().collect::<Vec<_>>(),
+        ["app_readonly", "still here as app_readonly", "0"],
+        "{r:?}"
+    );
+    assert_eq!(
+        w.admin(&format!(
+            "SELECT COUNT(*) FROM {DATABASE}.scratch WHERE id = 10"
+        ))
+        .trim(),
+        "0"
+    );
+}
+
+/// An approved UPDATE whose rule has `approved_run_as: app_writer` runs as app_writer, for
+/// that statement only: the next write in the same session is refused by the server again.
+#[test]
+fn mariadb_roles_approved_update_runs_elevated_once() {
+    let w = world();
+    let held = {
+        let w = w.clone();
+        std::thread::spawn(move || {
+            w.mariadb_roles(
+                "UPDATE ledger SET body = 'approved-once' WHERE id = 1;\n\
+                 INSERT INTO scratch VALUES (11, 'after the approval');\n\
+                 SELECT CONCAT('back as ', CURRENT_ROLE());\n",
+            )
+        })
+    };
+    let req = w.wait_pending("approved-once");
+    assert_eq!(req["rule"], "roles-ledger-updates-reviewed", "{req}");
+    assert_eq!(req["target"], "mariadb-roles", "{req}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(ledger(&w, 1), "a", "held: not run");
+    let id = req["id"].as_str().unwrap().to_string();
+    let a = w.cli(&format!("approve {id}"));
+    assert!(a.ok, "{a:?}");
+    let r = held.join().unwrap();
+    assert_eq!(ledger(&w, 1), "approved-once", "{r:?}\n{}", w.daemon_log());
+    assert!(refused_by_server(&r, 2, "INSERT"), "{r:?}");
+    assert_eq!(r.stdout.trim(), "back as app_readonly", "{r:?}");
+    assert_eq!(
+        w.admin(&format!(
+            "SELECT COUNT(*) FROM {DATABASE}.scratch WHERE id = 11"
+        ))
+        .trim(),
+        "0"
+    );
+}
+
+/// Inside an explicit transaction: MariaDB has no `SET LOCAL ROLE`, so the gateway switches
+/// back right after the approved statement; the next UPDATE of the same transaction is
+/// refused by the server, and COMMIT commits the approved one.
+#[test]
+fn mariadb_roles_elevation_ends_with_the_statement_inside_a_transaction() {
+    let w = world();
+    let held = {
+        let w = w.clone();
+        std::thread::spawn(move || {
+            w.mariadb_roles(
+                "BEGIN;\n\
+                 UPDATE ledger SET body = 'approved-in-tx' WHERE id = 2;\n\
+                 UPDATE scratch SET body = 'next in tx' WHERE id = 1;\n\
+                 SELECT CONCAT('in tx as ', CURRENT_ROLE(), ' ', @@in_transaction);\n\
+                 COMMIT;\n\
+                 SELECT body FROM ledger WHERE id = 2;\n",
+            )
+        })
+    };
+    let req = w.wait_pending("approved-in-tx");
+    let id = req["id"].as_str().unwrap().to_string();
+    assert!(w.cli(&format!("approve {id}")).ok);
+    let r = held.join().unwrap();
+    assert!(refused_by_server(&r, 3, "UPDATE"), "{r:?}");
+    assert_eq!(
+        r.stdout.lines().collect::<Vec<_>>(),
+        ["in tx as app_readonly 1", "approved-in-tx"],
+        "{r:?}"
+    );
+    assert_eq!(ledger(&w, 2), "approved-in-tx", "committed");
+    assert_eq!(
+        w.admin(&format!("SELECT body FROM {DATABASE}.scratch WHERE id = 1"))
+            .trim(),
+        "untouched"
+    );
+}
+
+/// Fail closed: when the way back from an elevation fails (here the base role's grant was
+/// taken away while the command was held), the session ends; nothing more runs in it, and a
+/// new session cannot start in a role it may not use.
+#[test]
+fn mariadb_roles_failed_switch_back_ends_the_session() {
+    let w = world();
+    let held = {
+        let w = w.clone();
+        std::thread::spawn(move || {
+            w.mariadb_roles_at(
+                DB_ADDR_2,
+                "UPDATE ledger SET body = 'approved-then-stuck' WHERE id = 4;\n\
+                 SELECT CONCAT('next ran as ', CURRENT_ROLE());\n",
+            )
+        })
+    };
+    let req = w.wait_pending("approved-then-stuck");
+    assert_eq!(req["target"], "mariadb-roles-2", "{req}");
+    w.admin(&format!("REVOKE app_readonly FROM '{}'@'%'", GW_ROLES_2.0));
+    let a = w.cli(&format!("approve {}", req["id"].as_str().unwrap()));
+    assert!(a.ok, "{a:?}");
+    let r = held.join().unwrap();
+    assert_eq!(
+        ledger(&w, 4),
+        "approved-then-stuck",
+        "the approved UPDATE ran"
+    );
+    assert!(!r.stdout.contains("next ran"), "{r:?}");
+    assert!(
+        w.daemon_log()
+            .contains("role not restored after an elevated command"),
+        "{r:?}"
+    );
+    let again = w.mariadb_roles_at(DB_ADDR_2, "SELECT 'logged in';\n");
+    assert!(
+        !again.ok && again.stderr.contains("could not switch to its base role"),
+        "{again:?}"
+    );
+}
+
+/// Binary protocol: the server checks privileges when a statement is prepared, so a held
+/// statement is prepared in the role it will run as once approved (preparing runs nothing);
+/// its execution waits, runs as app_writer once approved, and the session is back in
+/// app_readonly: a wrongly allowed prepared INSERT is refused by the server at prepare.
+#[test]
+fn mariadb_roles_prepared_update_is_approved_and_elevated_once() {
+    let w = world();
+    let script = format!(
+        r#"
+import os, mysql.connector
+cn = mysql.connector.connect(host=os.environ["HOST"], port={EXTRA_PORT}, user="x", database="app", use_pure=True, autocommit=True)
+cur = cn.cursor(prepared=True)
+cur.execute("UPDATE ledger SET body = %s WHERE id = %s", ("prepared-approved", 3))
+print("rows", cur.rowcount)
+try:
+    cn.cursor(prepared=True).execute("INSERT INTO scratch VALUES (%s, %s)", (12, "after"))
+    print("inserted")
+except mysql.connector.Error as e:
+    print("refused", e.errno, e.msg)
+"#
+    );
+    let held = {
+        let w = w.clone();
+        std::thread::spawn(move || w.python("agent", DB_ADDR, &script))
+    };
+    let req = w.wait_pending("prepared-approved");
+    assert_eq!(req["rule"], "roles-ledger-updates-reviewed", "{req}");
+    let id = req["id"].as_str().unwrap().to_string();
+    assert!(w.cli(&format!("approve {id}")).ok);
+    let r = held.join().unwrap();
+    assert!(r.ok, "{r:?}\n{}", w.daemon_log());
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"rows 1"), "{r:?}");
+    assert!(
+        lines.get(1).is_some_and(|l| l.starts_with("refused 1142")
+            && l.contains(GW_ROLES.0)
+            && !l.contains("airlock")),
+        "{r:?}"
+    );
+    assert_eq!(ledger(&w, 3), "prepared-approved");
 }
 
 /// LOAD DATA LOCAL INFILE: denied by policy for agents; for a caller whose rules allow it, the

@@ -21,6 +21,9 @@ pub const GW_TLS: (&str, &str) = ("gw_tls", "tls-secret");
 /// The database the tests use.
 pub const DATABASE: &str = "app";
 pub const PORT: u16 = 3306;
+/// A second port of the same server (`extra_port`), for a target of its own on the same
+/// address.
+pub const EXTRA_PORT: u16 = 3307;
 
 /// Fails with a clear message unless the MySQL test prerequisites are installed.
 pub fn require_mysql_tools() {
@@ -176,6 +179,8 @@ impl MariaDb {
             .arg(format!("--socket={}", socket.display()))
             .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
             .arg(format!("--port={PORT}"))
+            .arg(format!("--extra-port={EXTRA_PORT}"))
+            .arg("--extra-max-connections=100")
             .arg("--bind-address=0.0.0.0")
             .arg("--skip-name-resolve")
             .arg("--skip-log-bin")

@@ -131,6 +131,9 @@ pub struct LoginRequest {
     pub max_packet: u32,
     pub database: Option<String>,
     pub attributes: Option<HashMap<String, String>>,
+    /// Log in without a default database (the session selects it after switching to a role
+    /// that may use it: the login user itself may not).
+    pub no_database: bool,
 }
 
 /// An authenticated server session, ready for commands.
@@ -179,7 +182,11 @@ pub async fn login(
     let tls_on = !matches!(stream, MaybeTls::Plain(_));
     // In MySQL the database is only the default schema (USE switches it, judged): the
     // client's choice, else the configured default.
-    let database = req.database.clone().or_else(|| cfg.database.clone());
+    let database = req
+        .database
+        .clone()
+        .or_else(|| cfg.database.clone())
+        .filter(|_| !req.no_database);
     let (stream, ok, method) = authenticate(
         stream,
         &hello,

@@ -223,6 +223,8 @@ async fn serve_inner(
         max_packet: login.max_packet,
         database: login.database.clone(),
         attributes: login.attributes.take(),
+        // With roles the login user holds no rights, not even on the database.
+        no_database: !cfg.roles.is_empty() || cfg.run_as.is_some(),
     };
     let thread_id = greeted.hello.thread_id;
     let backend = match tokio::time::timeout(
@@ -255,13 +257,18 @@ async fn serve_inner(
     let roles = roles::Roles::new(&cfg.roles, cfg.run_as.as_deref());
     if let Some(r) = &roles {
         let sql = r.login_sql();
+        let database = login.database.clone().or_else(|| cfg.database.clone());
         let switched = {
             let mut buf = bytes::BytesMut::new();
             let (mut rd, mut wr) = tokio::io::split(&mut backend.stream);
-            tokio::time::timeout(
-                BACKEND_TIMEOUT,
-                roles::exchange(&mut rd, &mut wr, &mut buf, &sql),
-            )
+            tokio::time::timeout(BACKEND_TIMEOUT, async {
+                roles::exchange(&mut rd, &mut wr, &mut buf, &sql).await?;
+                // The database the login left out, now that a role may use it.
+                if let Some(db) = &database {
+                    roles::use_database(&mut rd, &mut wr, &mut buf, db).await?;
+                }
+                Ok::<_, roles::SwitchError>(())
+            })
             .await
         };
         let error = match switched {
@@ -271,7 +278,7 @@ async fn serve_inner(
         };
         if let Some(e) = error {
             let m = format!(
-                "airlock: target \"{}\": the gateway could not switch to its base role (`{sql}`): {e}",
+                "airlock: target \"{}\": the gateway could not switch to its base role (`{sql}`) and database: {e}",
                 target.name
             );
             tracing::warn!(session = id, target = %target.name, %sql, error = %e, "role switch at login failed");

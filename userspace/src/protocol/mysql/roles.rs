@@ -76,7 +76,7 @@ pub enum SwitchError {
     Frame(#[from] FrameError),
     #[error("the server closed the connection")]
     Closed,
-    #[error("unexpected answer to SET ROLE (first byte 0x{0:02x})")]
+    #[error("unexpected answer (first byte 0x{0:02x})")]
     Unexpected(u8),
 }
 
@@ -191,16 +191,46 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut out = BytesMut::with_capacity(sql.len() + 5);
-    let mut payload = Vec::with_capacity(sql.len() + 1);
-    payload.push(com::QUERY);
-    payload.extend_from_slice(sql.as_bytes());
+    command(r, w, buf, com::QUERY, sql.as_bytes()).await
+}
+
+/// Selects the session's default database (COM_INIT_DB) once it is in a role that may use
+/// it; answered as [`exchange`].
+pub async fn use_database<R, W>(
+    r: &mut R,
+    w: &mut W,
+    buf: &mut BytesMut,
+    database: &str,
+) -> Result<Option<u16>, SwitchError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    command(r, w, buf, com::INIT_DB, database.as_bytes()).await
+}
+
+/// One command of the gateway's own whose answer is a single OK or ERR packet.
+async fn command<R, W>(
+    r: &mut R,
+    w: &mut W,
+    buf: &mut BytesMut,
+    cmd: u8,
+    body: &[u8],
+) -> Result<Option<u16>, SwitchError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut out = BytesMut::with_capacity(body.len() + 5);
+    let mut payload = Vec::with_capacity(body.len() + 1);
+    payload.push(cmd);
+    payload.extend_from_slice(body);
     let mut seq = 0;
     codec::put_packet(&mut out, &mut seq, &payload);
     w.write_all(&out).await?;
     w.flush().await?;
     let packet = loop {
-        if let Some(p) = codec::check_packet(buf, 64 * 1024, "SET ROLE answer")? {
+        if let Some(p) = codec::check_packet(buf, 64 * 1024, "answer to the gateway")? {
             break p;
         }
         if r.read_buf(buf).await? == 0 {

@@ -38,6 +38,7 @@ fn request() -> LoginRequest {
         max_packet: 1 << 24,
         database: Some("app".into()),
         attributes: None,
+        no_database: false,
     }
 }
 
