@@ -83,7 +83,8 @@ fn start_postgres() -> Result<()> {
 }
 
 /// A real MariaDB 10.11 in the same test host, with the same demo data and the gateway's
-/// account (password: the same secret, held only by the daemon's environment).
+/// account (password: the same secret, held only by the daemon's environment), which holds
+/// no rights of its own: its roles `app_readonly` and `app_writer` do (least privilege).
 fn start_mariadb() -> Result<()> {
     let data = format!("{STATE}/mariadb");
     crate::sh(&format!(
@@ -96,7 +97,10 @@ fn start_mariadb() -> Result<()> {
          mariadb --no-defaults --socket={data}/sock -uroot -e \"
            CREATE DATABASE demo;
            CREATE USER 'airlock_gw'@'%' IDENTIFIED BY '{DB_PASSWORD}';
-           GRANT ALL ON demo.* TO 'airlock_gw'@'%';
+           CREATE ROLE app_readonly; CREATE ROLE app_writer;
+           GRANT SELECT ON demo.* TO app_readonly;
+           GRANT SELECT, INSERT, UPDATE, DELETE ON demo.* TO app_writer;
+           GRANT app_readonly TO 'airlock_gw'@'%'; GRANT app_writer TO 'airlock_gw'@'%';
            CREATE TABLE demo.customers (id INT PRIMARY KEY, name VARCHAR(64), email VARCHAR(128));
            INSERT INTO demo.customers VALUES (1, 'Ada', 'ada@example.com'), (2, 'Grace', 'grace@example.org');
            CREATE TABLE demo.orders (id INT PRIMARY KEY, customer INT, total DECIMAL(10,2));
