@@ -23,13 +23,18 @@ rules:
   - name: bench-connect
     action: allow
 YAML
+# Each build keeps its own state directory: an older build refuses an audit log a newer one
+# wrote in a later format.
+for which in old new; do
+  sed "s|^  state_dir: .*|  state_dir: $WORK/state-$which|" "$WORK/tcp.yaml" > "$WORK/tcp-$which.yaml"
+done
 ROUNDS=${ROUNDS:-8}; CONNS=${CONNS:-1000}
 cpu_usec() { awk '$1 == "usage_usec" {print $2}' "$CG/cpu.stat"; }
 echo "load start: $(loadavg)"
 for r in $(seq "$ROUNDS"); do
   for which in old new; do
     if [ "$which" = old ]; then AIRLOCK=$OLD; else AIRLOCK=$NEW; fi
-    start_daemon "$WORK/tcp.yaml"
+    start_daemon "$WORK/tcp-$which.yaml"
     in_peer "$NETBENCH" connect 198.18.0.2:7000 "$CONNS" >> "$WORK/direct-$which"
     c0=$(cpu_usec)
     in_protected "$NETBENCH" connect 198.18.0.2:7000 "$CONNS" >> "$WORK/ebpf-$which"

@@ -20,13 +20,18 @@ CONFIG=${AB_CONFIG:-full}
 setup_topology
 start_postgres
 write_airlock_configs
+# Each build keeps its own state directory: an older build refuses an audit log a newer one
+# wrote in a later format.
+for which in old new; do
+  sed "s|^  state_dir: .*|  state_dir: $WORK/state-$which|" "$WORK/$CONFIG.yaml" > "$WORK/$CONFIG-$which.yaml"
+done
 echo "load start: $(loadavg)" >&2
 for r in $(seq "$ROUNDS"); do
   for wc in $WORKLOADS; do
     w=${wc%%:*}; c=${wc##*:}
     for which in old new; do
       if [ "$which" = old ]; then AIRLOCK=$OLD; else AIRLOCK=$NEW; fi
-      start_daemon "$WORK/$CONFIG.yaml"
+      start_daemon "$WORK/$CONFIG-$which.yaml"
       run_pgbench airlock-custom "$w" "$c" "$SECS" "ab-$which-$w-$c-$r" >> "$WORK/ab-$which-$w-$c"
       stop_daemon
     done
