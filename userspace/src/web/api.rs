@@ -1,7 +1,8 @@
 //! The JSON REST API (`daemon.api`, and beside the console): list, show, approve, deny,
 //! revoke, submit plans; the OpenAPI document at `GET /openapi.json`. Every `/v1` call needs
 //! `Authorization: Bearer <admin token | OIDC token>`, an OIDC token of a reader (see
-//! [`crate::config::Config::is_reader`]); decisions are attributed to the token's subject. Errors are `{"error": "…"}` with the status the document names.
+//! [`crate::config::Config::is_reader`]); decisions are attributed to the token's subject.
+//! Errors are `{"error": "…"}` with the status the document names.
 //!
 //! Answers carry `Connection: close`, as the API always did: its callers (the CLI, chat bots,
 //! scripts) make one call per connection, and some read to the end of the stream.

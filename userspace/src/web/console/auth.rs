@@ -2,7 +2,7 @@
 //! the configured issuer, then a server-side session behind a `Secure; HttpOnly;
 //! SameSite=Strict` cookie. The reviewer's groups come from the ID token through the policy's
 //! `identities` (the same verifier the CLI's tokens go through), never from the browser. The
-//! admin token is not a login: only a verified ID token makes a session.
+//! admin token is not a login: only a verified ID token of a reader makes a session.
 //!
 //! Every state-changing request carries the session's CSRF token (a hidden form field),
 //! compared in constant time; a request whose `Origin` names another site is refused too.

@@ -53,29 +53,25 @@ fn me(s: &Session) -> Me {
 }
 
 /// The session, or the way to the login; a session whose groups are no longer among the
-/// readers is ended ([`readable`]).
+/// readers is refused ([`readable`]).
 fn reviewer(c: &Console, headers: &HeaderMap, uri: &Uri) -> Result<Arc<Session>, Response> {
     let s = c
         .auth
         .session(headers)
         .ok_or_else(|| to_login(uri.path_and_query().map_or("/", |p| p.as_str())))?;
-    readable(c, headers, s)
+    readable(c, s)
 }
 
 /// Whether the session's groups are among the readers, checked against the configuration in
-/// force now: a reload that drops a group (or the rule that made it an approver) ends its
-/// members' sessions at their next request, with a 403 page and the cookie cleared.
-fn readable(c: &Console, headers: &HeaderMap, s: Arc<Session>) -> Result<Arc<Session>, Response> {
+/// force now: a reload that drops a group (or the rule that made it an approver) refuses its
+/// members' sessions from their next request on, with a 403 page. The session itself stays
+/// (until it idles out or expires), so a reload that puts the group back restores access.
+fn readable(c: &Console, s: Arc<Session>) -> Result<Arc<Session>, Response> {
     if c.ctx.config.load().is_reader(&s.principal.groups) {
         return Ok(s);
     }
-    tracing::warn!(subject = %s.principal.subject, groups = ?s.principal.groups, "console: session ended, its groups are no longer readers");
-    c.auth.logout(headers);
-    let mut response = not_reader(&s.principal.groups);
-    if let Ok(v) = auth::clear_cookie(auth::SESSION_COOKIE).parse() {
-        response.headers_mut().append(header::SET_COOKIE, v);
-    }
-    Err(response)
+    tracing::warn!(subject = %s.principal.subject, groups = ?s.principal.groups, "console: refused, the session's groups are not readers");
+    Err(not_reader(&s.principal.groups))
 }
 
 /// The 403 page of someone whose groups are not among the readers.
@@ -95,7 +91,7 @@ fn not_reader(groups: &[String]) -> Response {
 /// refusal.
 fn checked(c: &Console, headers: &HeaderMap, csrf: Option<&str>) -> Result<Arc<Session>, Response> {
     let s = posted(c, headers, csrf)?;
-    readable(c, headers, s)
+    readable(c, s)
 }
 
 /// The session, a matching CSRF token and the console's own origin, or a refusal (whoever the
@@ -152,7 +148,7 @@ pub async fn events(State(c): Shared, headers: HeaderMap) -> Response {
     let Some(s) = c.auth.session(&headers) else {
         return StatusCode::UNAUTHORIZED.into_response();
     };
-    let s = match readable(&c, &headers, s) {
+    let s = match readable(&c, s) {
         Ok(s) => s,
         Err(r) => return r,
     };
