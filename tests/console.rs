@@ -27,7 +27,8 @@ use airlock::runtime::Context;
 use airlock::web::TlsFiles;
 use support::{DATABASE, GATEWAY_USER, PgServer, TempDir, dsn, free_port, serve_gateway};
 
-/// Reads pass; writes wait for one approval from `dba`.
+/// Reads pass; writes wait for one approval from `dba`; DDL for one from `viewers` (which
+/// makes them readers by default, reviewers who may not decide writes).
 const RULES: &str = r#"
 rules:
   - name: reads
@@ -39,7 +40,14 @@ rules:
     classes: [write]
     action: review
     review: { approvers: [dba], ttl: 15m, timeout: 120s }
-default: deny
+"#;
+
+/// The rule that makes `viewers` readers; the browser scenario has it reloaded away.
+const VIEWERS_RULE: &str = r#"  - name: ddl-review
+    targets: [demo-db]
+    classes: [ddl]
+    action: review
+    review: { approvers: [viewers] }
 "#;
 
 /// Where schemathesis lives (`cargo xtask setup` makes this virtualenv).
@@ -84,6 +92,7 @@ struct Instance {
     console: String,
     ctx: Arc<Context>,
     state: TempDir,
+    config_path: PathBuf,
     rt: tokio::runtime::Runtime,
 }
 
@@ -108,13 +117,21 @@ impl Instance {
 identities:
   - name: reviewers
     oidc: {{ issuer: \"{issuer}\", audience: console, ca_file: {ca} }}
+  # The provider's client-credentials tokens (groups `agents`, `ci`): for the default
+  # audience in no reader group, for `https://bots.airlock.test` also in `dba`.
+  - name: agents
+    oidc: {{ issuer: \"{issuer}\", audience: \"https://airlock.test\", ca_file: {ca} }}
+  - name: review-bots
+    oidc: {{ issuer: \"{issuer}\", audience: \"https://bots.airlock.test\", ca_file: {ca} }}
+    groups: [dba]
 targets:
   - name: demo-db
     protocol: postgres
     addresses: [\"198.18.0.2/32\"]
     ports: [5432]
     postgres: {{ user: {user}, password: \"{password}\", database: {DATABASE} }}
-{RULES}",
+{RULES}{VIEWERS_RULE}default: deny
+",
             state = state.path().display(),
             pki = pki.dir.display(),
             ca = pki.ca.display(),
@@ -185,8 +202,19 @@ targets:
             console: console_cfg.base_url(),
             ctx,
             state,
+            config_path,
             rt,
         }
+    }
+
+    /// Rewrites the configuration file with `edit` and swaps it in, as the daemon's reload does.
+    fn reload(&self, edit: impl FnOnce(String) -> String) {
+        let yaml = edit(std::fs::read_to_string(&self.config_path).expect("read config"));
+        std::fs::write(&self.config_path, yaml).expect("write config");
+        let config = Config::load(&self.config_path).expect("reloaded config");
+        let engine = Engine::new(&config).expect("engine");
+        let _guard = self.rt.enter();
+        self.ctx.replace(config, engine).expect("reload");
     }
 
     fn token(&self) -> String {
@@ -245,18 +273,22 @@ fn reviewer_console_and_api_on_one_instance() {
     );
     let inst = Instance::start(&pg, &pki, &idp, console_port);
     reviewer_console_in_a_real_browser(&pg, &inst);
+    api_tokens_outside_the_readers_are_refused(&inst, &pki, &idp);
     openapi_document_matches_the_api(&inst);
     idp.stop();
 }
 
 /// Log in through the provider, watch held commands arrive live, approve one (the psql session
 /// completes), deny another (the client gets the reason), self-approval, a reviewer outside the
-/// approver groups and forged POSTs refused, markup in commands and reasons shown as text, the
-/// replay page plays the recorded session; plus the audit and policy pages and logout.
+/// approver groups and forged POSTs refused, a login outside the readers refused at the
+/// callback, a reload dropping a reader group refusing its logged-in reviewer everywhere (the
+/// test performs the reload when the scenario asks), markup in commands and reasons shown as
+/// text, the replay page plays the recorded session; plus the audit and policy pages and logout.
 fn reviewer_console_in_a_real_browser(pg: &PgServer, inst: &Instance) {
+    use std::io::{BufRead, Read, Write};
     let shots = std::env::var("AIRLOCK_CONSOLE_SCREENSHOTS").unwrap_or_default();
     let dir = browser_dir();
-    let out = Command::new("node")
+    let mut child = Command::new("node")
         .arg(dir.join("browser.mjs"))
         .current_dir(&dir)
         .env("CONSOLE_URL", &inst.console)
@@ -264,15 +296,43 @@ fn reviewer_console_in_a_real_browser(pg: &PgServer, inst: &Instance) {
         .env("CHROMIUM", CHROMIUM)
         .env("SCREENSHOT_DIR", &shots)
         .env("ADMIN_TOKEN", inst.token())
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap_or_else(|e| panic!("cannot run node (Node.js 18+ runs the browser tests): {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stdout}{stderr}");
+    let mut control = child.stdin.take().expect("node stdin");
+    let mut child_err = child.stderr.take().expect("node stderr");
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = child_err.read_to_string(&mut text);
+        text
+    });
+    // The scenario's steps as they happen; `RELOAD …` lines are reloads it asks for.
+    let mut stdout = String::new();
+    for line in std::io::BufReader::new(child.stdout.take().expect("node stdout")).lines() {
+        let line = line.expect("node output");
+        eprintln!("{line}");
+        if let Some(what) = line.strip_prefix("RELOAD ") {
+            match what {
+                "without-viewers" => inst.reload(|yaml| {
+                    assert!(yaml.contains(VIEWERS_RULE), "{yaml}");
+                    yaml.replace(VIEWERS_RULE, "")
+                }),
+                other => panic!("the scenario asked for an unknown reload {other:?}"),
+            }
+            writeln!(control, "reloaded").expect("answer the scenario");
+        }
+        stdout.push_str(&line);
+        stdout.push('\n');
+    }
+    drop(control);
+    let status = child.wait().expect("node exit");
+    let stderr = errors.join().expect("node stderr");
+    eprintln!("{stderr}");
     assert!(
-        out.status.success(),
-        "browser scenario failed ({}):\n{stdout}\n{stderr}",
-        out.status
+        status.success(),
+        "browser scenario failed ({status}):\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("browser scenario passed"), "{stdout}");
     // What the browser did reached the database: the approved UPDATE ran, the denied ones
@@ -305,6 +365,93 @@ fn reviewer_console_in_a_real_browser(pg: &PgServer, inst: &Instance) {
     let voters: Vec<&str> = own.votes.iter().map(|v| v.by.as_str()).collect();
     assert_eq!(voters, ["alice"], "{:?}", own.votes);
     assert_eq!(own.state, airlock::approval::State::Denied);
+}
+
+/// OIDC bearer tokens on the REST API (its own listener and the console's): one whose groups
+/// are among no reader group gets 403 on every `/v1` call, reads and writes, and changes
+/// nothing; one in a reader group (`dba`, granted by its identity entry) reads; the admin
+/// token keeps full access.
+fn api_tokens_outside_the_readers_are_refused(
+    inst: &Instance,
+    pki: &oidc_support::Pki,
+    idp: &oidc_support::Provider,
+) {
+    let svc = inst.ctx.approvals.get().expect("svc").clone();
+    let list = inst.rt.block_on(svc.list(false)).expect("requests");
+    let id = list.first().expect("the scenario left requests").id.clone();
+    let before = inst.rt.block_on(svc.get(&id)).expect("request");
+    let outsider = inst.rt.block_on(idp.client_token(pki, "ci", None));
+    let bot = inst
+        .rt
+        .block_on(idp.client_token(pki, "ci", Some("https://bots.airlock.test")));
+    let http = pki.http();
+    let call = |base: &str, method: &str, path: &str, token: &str, body: &str| {
+        inst.rt.block_on(async {
+            let url = format!("{base}{path}");
+            let req = match method {
+                "GET" => http.get(url),
+                _ => http
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body.to_owned()),
+            };
+            let resp = req.bearer_auth(token).send().await.expect("API call");
+            let status = resp.status().as_u16();
+            (status, resp.text().await.expect("API answer"))
+        })
+    };
+    let api = format!("http://{}", inst.api);
+    let plan =
+        r#"{"target": "demo-db", "commands": ["UPDATE accounts SET balance = 1 WHERE id = 1"]}"#;
+    for base in [api.as_str(), inst.console.as_str()] {
+        for (method, path, body) in [
+            ("GET", "/v1/requests".to_owned(), ""),
+            ("GET", "/v1/requests?pending=true".to_owned(), ""),
+            ("GET", format!("/v1/requests/{id}"), ""),
+            ("POST", format!("/v1/requests/{id}/approve"), "{}"),
+            ("POST", format!("/v1/requests/{id}/deny"), "{}"),
+            ("POST", format!("/v1/requests/{id}/revoke"), "{}"),
+            ("POST", "/v1/plans".to_owned(), plan),
+            (
+                "POST",
+                "/v1/targets/demo-db/rotate-credentials".to_owned(),
+                "",
+            ),
+        ] {
+            let (status, text) = call(base, method, &path, &outsider, body);
+            assert_eq!(status, 403, "{method} {base}{path}: {text}");
+            assert!(
+                text.contains(
+                    "not a reviewer of this gateway: the token's groups (agents, ci) are not among the readers"
+                ),
+                "{method} {path}: {text}"
+            );
+        }
+        let (status, text) = call(base, "GET", "/v1/requests", &bot, "");
+        assert_eq!(status, 200, "a reader's token on {base}: {text}");
+        let seen: Vec<airlock::approval::ApprovalRequest> =
+            serde_json::from_str(&text).expect("requests json");
+        assert!(seen.iter().any(|r| r.id == id), "{text}");
+        let (status, _) = call(
+            base,
+            "GET",
+            &format!("/v1/requests/{id}"),
+            &inst.token(),
+            "",
+        );
+        assert_eq!(status, 200, "the admin token on {base}");
+    }
+    // Nothing the refused token tried happened.
+    let after = inst.rt.block_on(svc.get(&id)).expect("request");
+    assert_eq!(
+        (after.state, after.votes.len()),
+        (before.state, before.votes.len())
+    );
+    assert_eq!(
+        inst.rt.block_on(svc.list(false)).expect("requests").len(),
+        list.len(),
+        "the refused token submitted a plan"
+    );
 }
 
 /// The REST API against its own OpenAPI document: every operation, generated inputs, the

@@ -4,11 +4,13 @@
 //   PSQL_DSN        the gateway, for real psql sessions
 //   CHROMIUM        the browser binary
 //   SCREENSHOT_DIR  where to write the README's screenshots (optional)
-// Prints one line per step, then `browser scenario passed`; any failure exits non-zero.
+// Prints one line per step, then `browser scenario passed`; any failure exits non-zero. A line
+// `RELOAD <what>` asks the test to reload the configuration; it answers `reloaded` on stdin.
 
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import path from 'node:path';
+import readline from 'node:readline';
 
 import { chromium } from 'playwright-core';
 
@@ -18,6 +20,15 @@ const shots = process.env.SCREENSHOT_DIR || '';
 const T = 20_000;
 
 function step(what) { console.log(`ok - ${what}`); }
+
+// The test's answers to `RELOAD` lines.
+const control = readline.createInterface({ input: process.stdin });
+const controlLines = control[Symbol.asyncIterator]();
+async function reload(what) {
+  console.log(`RELOAD ${what}`);
+  const { value, done } = await controlLines.next();
+  assert.ok(!done && value === 'reloaded', `reload ${what}: the test answered ${done ? 'nothing' : value}`);
+}
 
 // A real psql session; resolves when it exits.
 function psql(sql) {
@@ -31,13 +42,19 @@ function psql(sql) {
   return { child, done };
 }
 
-async function login(browser, account, javaScriptEnabled = true) {
+// Logs `account` in at the provider; resolves once the provider has sent the browser back to
+// the console, with the status the console's callback answered.
+async function providerLogin(browser, account, javaScriptEnabled = true) {
   const context = await browser.newContext({
     ignoreHTTPSErrors: true, javaScriptEnabled, viewport: { width: 1280, height: 760 },
   });
   const page = await context.newPage();
   page.on('requestfailed', (r) => console.log(`request failed: ${r.method()} ${r.url()} ${r.failure()?.errorText}`));
   page.on('framenavigated', (f) => { if (f === page.mainFrame()) console.log(`  at ${f.url()}`); });
+  const result = { context, page, callbackStatus: undefined };
+  page.on('response', (r) => {
+    if (r.url().startsWith(`${base}/auth/callback`)) result.callbackStatus = r.status();
+  });
   await page.goto(`${base}/`);
   // Not logged in: the console sends the browser to the provider's login page.
   await page.waitForSelector('input[name=login]', { timeout: T });
@@ -53,6 +70,11 @@ async function login(browser, account, javaScriptEnabled = true) {
     }
     await Promise.all([page.waitForNavigation({ timeout: T }), consent.first().click()]);
   }
+  return result;
+}
+
+async function login(browser, account, javaScriptEnabled = true) {
+  const { context, page } = await providerLogin(browser, account, javaScriptEnabled);
   try {
     await page.waitForURL(`${base}/`, { timeout: T });
   } catch (e) {
@@ -187,6 +209,51 @@ try {
   assert.match(await viewerPage.textContent('#error'), /only members of dba may decide/);
   assert.equal((await viewerPage.textContent('#state')).trim(), 'pending');
   step('a reviewer whose token groups are not the rule\'s approvers was refused');
+
+  // Someone the provider logs in whose groups are among no reader groups (by default every
+  // approver group of the policy: here `dba` and `viewers`) is refused at the callback, with
+  // their groups named, and gets no session.
+  const outsider = await providerLogin(browser, 'outsider');
+  await outsider.page.waitForSelector('#message', { timeout: T });
+  assert.equal(outsider.callbackStatus, 403, `the callback answered ${outsider.callbackStatus}`);
+  assert.match(await outsider.page.textContent('#message'),
+    /not a reviewer of this gateway: your groups \(contractors\) are not among the readers/);
+  assert.equal((await outsider.context.cookies(base)).filter((c) => c.name === '__Host-airlock-session').length, 0,
+    'a session cookie was set for a non-reader');
+  const outsiderInbox = await outsider.context.request.get(`${base}/`, { maxRedirects: 0 });
+  assert.equal(outsiderInbox.status(), 303, 'the refused login opened the inbox');
+  await outsider.context.close();
+  step('a login in no reader group was refused at the callback (403, "not a reviewer"), no session');
+
+  // A reload that drops the only rule making `viewers` approvers ends the viewer's access,
+  // without a new login: the open live inbox stops at its next event, every page, the stream
+  // and a POST with a valid CSRF token answer 403; alice (dba) goes on.
+  await viewer.page.waitForSelector('body[data-live=on]', { timeout: T, state: 'attached' });
+  const viewerCsrf = await viewerPage.getAttribute('input[name=csrf]', 'value');
+  await reload('without-viewers');
+  const sqlAfterReload = 'UPDATE accounts SET balance = 5 WHERE id = 1';
+  const fourth = psql(sqlAfterReload);
+  const afterReload = await rowFor(inbox, 'balance = 5');
+  await viewer.page.waitForSelector('body[data-live=reconnecting]', { timeout: T, state: 'attached' });
+  assert.equal(await viewer.page.locator('#inbox-rows tr', { hasText: 'balance = 5' }).count(), 0,
+    'a held command reached the live inbox of a reviewer no longer among the readers');
+  for (const url of ['/', `/requests/${own.id}`, '/history', '/sessions', `/sessions/x/cast`, '/audit', '/policy', '/events']) {
+    const r = await viewer.context.request.get(`${base}${url}`, { maxRedirects: 0 });
+    assert.equal(r.status(), 403, `${url} answered ${r.status()} to a reviewer no longer among the readers`);
+    if (url === '/history') assert.match(await r.text(), /your groups \(viewers\) are not among the readers/);
+  }
+  const viewerPost = await viewer.context.request.post(`${base}/requests/${afterReload.id}/decide`, {
+    form: { action: 'deny', csrf: viewerCsrf }, maxRedirects: 0,
+  });
+  assert.equal(viewerPost.status(), 403, `the dropped reviewer's POST answered ${viewerPost.status()}`);
+  await viewer.context.close();
+  const reqAfterReload = await openRequest(alice.context, afterReload.id);
+  assert.equal((await reqAfterReload.textContent('#state')).trim(), 'pending');
+  await reqAfterReload.fill('#reason', 'readers test');
+  await decide(reqAfterReload, '#deny');
+  assert.notEqual((await fourth.done).code, 0);
+  await reqAfterReload.close();
+  step('after a reload removing its approver rule, a logged-in reviewer of `viewers` was refused everywhere (403), its live stream ended');
 
   // Reading works without JavaScript: login (the callback moves on by a meta refresh), the
   // inbox and the request page are rendered by the server.
@@ -338,5 +405,6 @@ try {
 
   console.log('browser scenario passed');
 } finally {
+  control.close();
   await browser.close();
 }

@@ -106,9 +106,14 @@ const provider = new Provider(issuer, {
   scopes: ['openid', 'groups', 'profile', 'api'],
   findAccount: async (_ctx, id) => ({
     accountId: id,
-    // `viewer…` accounts are in no approver group (the console's authorization test).
+    // `viewer…` accounts are in no approver group of the console test's write rule, and
+    // `outsider…` accounts in no approver group at all (the console's authorization tests).
     claims: async () => ({
-      sub: id, name: id, groups: id.startsWith('viewer') ? ['viewers'] : ['dba', 'reviewers'],
+      sub: id,
+      name: id,
+      groups: (id.startsWith('viewer') && ['viewers'])
+        || (id.startsWith('outsider') && ['contractors'])
+        || ['dba', 'reviewers'],
     }),
   }),
   features: {

@@ -210,12 +210,7 @@ pub fn decide(
         Ruling::Deny => "deny",
         Ruling::Revoke => "revoke",
     };
-    // No `reason` at all when none was given: the API refuses `null` (a string or absent).
-    let body = match reason {
-        Some(r) => serde_json::json!({ "reason": r }),
-        None => serde_json::json!({}),
-    };
-    let body = serde_json::to_vec(&body)?;
+    let body = serde_json::to_vec(&without_nulls(serde_json::json!({ "reason": reason })))?;
     let v = api.call(
         reqwest::Method::POST,
         &format!("/v1/requests/{id}/{action}"),
@@ -236,6 +231,17 @@ pub fn decide(
     Ok(())
 }
 
+/// `object` without its `null` fields: the API refuses `null` where its document says string or
+/// integer, and an absent field is what an unset option means.
+fn without_nulls(object: serde_json::Value) -> serde_json::Value {
+    match object {
+        serde_json::Value::Object(map) => {
+            serde_json::Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect())
+        }
+        other => other,
+    }
+}
+
 /// `airlock plan submit FILE`: FILE is YAML or JSON with `target`, `commands` and optionally
 /// `subject`, `groups`, `task`, `ttl_seconds`, `uses`.
 pub fn plan_submit(args: &ApiArgs, file: &Path, json: bool) -> anyhow::Result<()> {
@@ -243,10 +249,10 @@ pub fn plan_submit(args: &ApiArgs, file: &Path, json: bool) -> anyhow::Result<()
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let plan: super::PlanSubmission =
         serde_norway::from_str(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
-    let body = serde_json::to_vec(&serde_json::json!({
+    let body = serde_json::to_vec(&without_nulls(serde_json::json!({
         "target": plan.target, "subject": plan.subject, "groups": plan.groups, "task": plan.task,
         "commands": plan.commands, "ttl_seconds": plan.ttl_seconds, "uses": plan.uses,
-    }))?;
+    })))?;
     let api = args.connect()?;
     let v = api.call(reqwest::Method::POST, "/v1/plans", Some(body))?;
     if json {

@@ -1,13 +1,14 @@
 //! `daemon.console` in the config file: the reviewer console (web pages served by the daemon,
 //! with the REST API beside them), its TLS and its OIDC login.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::policy::DurationSpec;
+use super::policy::{DurationSpec, RuleSpec};
 
 /// Settings of the reviewer console.
 #[derive(Debug, Clone, Deserialize)]
@@ -36,6 +37,11 @@ pub struct ConsoleConfig {
     /// Logins held at once; the least recently used goes first when full (default 10,000).
     #[serde(default = "default_max_sessions")]
     pub max_sessions: u64,
+    /// Groups whose members may log in to the console and read through it and the REST API
+    /// (OIDC tokens; the admin token always may). Default: every group that can decide
+    /// something under the loaded policy ([`default_readers`]), recomputed on each reload.
+    #[serde(default)]
+    pub readers: Option<Vec<String>>,
 }
 
 /// The OIDC client the console logs reviewers in as (authorization code flow with PKCE).
@@ -68,6 +74,33 @@ fn default_idle() -> DurationSpec {
 
 fn default_max_sessions() -> u64 {
     10_000
+}
+
+/// The readers when `readers` is not configured: the union of the approver groups of every
+/// enforced `review` rule, with their `escalate_to` groups (they decide once a request is
+/// escalated). Shadow rules hold nothing, so their groups do not count.
+pub fn default_readers(rules: &[RuleSpec]) -> BTreeSet<String> {
+    deciding_groups(rules).map(str::to_owned).collect()
+}
+
+/// Every group that can decide a request under `rules` (with repeats).
+fn deciding_groups(rules: &[RuleSpec]) -> impl Iterator<Item = &str> {
+    rules
+        .iter()
+        .filter(|r| !r.shadow)
+        .filter_map(|r| r.review.as_ref())
+        .flat_map(|rv| rv.approvers.iter().chain(&rv.escalate_to))
+        .map(String::as_str)
+}
+
+/// Whether any of `groups` is a reader: one of `configured` when set, else one of the
+/// [`default_readers`] of `rules`. Checked on every console and API request, so it allocates
+/// nothing.
+pub fn is_reader(configured: Option<&[String]>, rules: &[RuleSpec], groups: &[String]) -> bool {
+    match configured {
+        Some(readers) => groups.iter().any(|g| readers.contains(g)),
+        None => deciding_groups(rules).any(|d| groups.iter().any(|g| g == d)),
+    }
 }
 
 impl ConsoleConfig {

@@ -785,6 +785,28 @@ impl Config {
     pub fn target(&self, name: &str) -> Option<&TargetConfig> {
         self.targets.iter().find(|t| t.name == name)
     }
+
+    /// The groups whose members may read through the console and the REST API:
+    /// `daemon.console.readers` when set, else every group the policy makes an approver
+    /// ([`console::default_readers`]).
+    pub fn readers(&self) -> std::collections::BTreeSet<String> {
+        match self.configured_readers() {
+            Some(r) => r.iter().cloned().collect(),
+            None => console::default_readers(&self.rules),
+        }
+    }
+
+    /// Whether a holder of `groups` may read through the console and the REST API.
+    pub fn is_reader(&self, groups: &[String]) -> bool {
+        console::is_reader(self.configured_readers(), &self.rules, groups)
+    }
+
+    fn configured_readers(&self) -> Option<&[String]> {
+        self.daemon
+            .console
+            .as_ref()
+            .and_then(|c| c.readers.as_deref())
+    }
 }
 
 #[cfg(test)]
@@ -807,6 +829,67 @@ mod tests {
             .to_string();
         assert!(err.starts_with("x.yaml:3:"), "{err}");
         assert!(err.contains("protocl"), "{err}");
+    }
+
+    #[test]
+    fn default_readers_are_the_policys_deciders() {
+        let rules = "rules:
+  - name: writes
+    classes: [write]
+    action: review
+    review: {approvers: [dba, sre], on_timeout: escalate, escalate_to: [oncall]}
+  - name: ddl
+    classes: [ddl]
+    action: review
+    review: {approvers: [dba]}
+  - name: trial
+    classes: [dcl]
+    action: review
+    shadow: true
+    review: {approvers: [auditors]}
+  - name: reads
+    classes: [read]
+    groups: [analysts]
+    action: allow
+";
+        let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let c = Config::parse(Path::new("x.yaml"), rules).unwrap();
+        // Approvers and escalation groups of enforced review rules, once each; not the groups
+        // of shadow rules (they hold nothing) nor those a rule merely matches on.
+        assert_eq!(
+            c.readers().into_iter().collect::<Vec<_>>(),
+            strings(&["dba", "oncall", "sre"])
+        );
+        assert!(c.is_reader(&strings(&["analysts", "oncall"])));
+        assert!(!c.is_reader(&strings(&["analysts", "auditors"])));
+        assert!(!c.is_reader(&[]));
+        // The default follows the policy: a reload without the escalation drops `oncall`.
+        let c = Config::parse(
+            Path::new("x.yaml"),
+            &rules.replace(", on_timeout: escalate, escalate_to: [oncall]", ""),
+        )
+        .unwrap();
+        assert!(!c.is_reader(&strings(&["oncall"])));
+        // No review rule: nobody reads (only the admin token, which is not a group).
+        let c = Config::parse(Path::new("x.yaml"), "default: deny\n").unwrap();
+        assert!(c.readers().is_empty());
+        // `readers` replaces the default entirely.
+        let console = "daemon:
+  console:
+    listen: 127.0.0.1:9480
+    oidc: {issuer: \"https://idp.example\", client_id: console}
+    readers: [auditors]
+identities:
+  - name: reviewers
+    oidc: {issuer: \"https://idp.example\", audience: console}
+";
+        let c = Config::parse(Path::new("x.yaml"), &format!("{console}{rules}")).unwrap();
+        assert_eq!(
+            c.readers().into_iter().collect::<Vec<_>>(),
+            strings(&["auditors"])
+        );
+        assert!(c.is_reader(&strings(&["auditors"])));
+        assert!(!c.is_reader(&strings(&["dba"])));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The JSON REST API (`daemon.api`, and beside the console): list, show, approve, deny,
 //! revoke, submit plans; the OpenAPI document at `GET /openapi.json`. Every `/v1` call needs
-//! `Authorization: Bearer <admin token | OIDC token>`; decisions are attributed to the token's
-//! subject. Errors are `{"error": "…"}` with the status the document names.
+//! `Authorization: Bearer <admin token | OIDC token>`, an OIDC token of a reader (see
+//! [`crate::config::Config::is_reader`]); decisions are attributed to the token's subject.
+//! Errors are `{"error": "…"}` with the status the document names.
 //!
 //! Answers carry `Connection: close`, as the API always did: its callers (the CLI, chat bots,
 //! scripts) make one call per connection, and some read to the end of the stream.
@@ -88,7 +89,9 @@ struct Caller {
 }
 
 /// Resolves the bearer token before any `/v1` handler runs: approvals disabled is 503, a
-/// missing or invalid token 401.
+/// missing or invalid token 401, an OIDC token whose groups are not among the readers
+/// (`daemon.console.readers`, by default the policy's approver groups) 403. The admin token
+/// passes; deciding still needs the request's approver group ([`Approvals::decide`]).
 async fn authenticate(State(ctx): State<Arc<Context>>, mut req: Request, next: Next) -> Response {
     let Some(svc) = ctx.approvals.get().cloned() else {
         return json_error(
@@ -107,6 +110,16 @@ async fn authenticate(State(ctx): State<Arc<Context>>, mut req: Request, next: N
         .unwrap_or("")
         .to_owned();
     match svc.authenticate(&bearer, &ctx.oidc.load()).await {
+        Ok(who) if !who.admin && !ctx.config.load().is_reader(&who.groups) => {
+            tracing::warn!(subject = %who.subject, groups = ?who.groups, path = %req.uri().path(), "API: token refused, its groups are not readers");
+            json_error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "not a reviewer of this gateway: the token's groups ({}) are not among the readers",
+                    super::console::auth::groups_text(&who.groups)
+                ),
+            )
+        }
         Ok(who) => {
             req.extensions_mut().insert(Caller { svc, who });
             next.run(req).await
@@ -323,7 +336,7 @@ pub fn openapi() -> serde_json::Value {
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                "description": "The local admin token (<state_dir>/api.token) or an OIDC token from a trusted issuer whose groups include the request's approver group"}},
+                "description": "The local admin token (<state_dir>/api.token), or an OIDC token from a trusted issuer whose groups include one of the readers (daemon.console.readers; by default every approver group of the policy); deciding also needs the request's approver group"}},
             "schemas": {
                 "Error": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]},
                 "DecisionBody": {"type": "object", "properties": {"reason": {"type": "string", "maxLength": 4096}}, "additionalProperties": false},
@@ -346,18 +359,28 @@ pub fn openapi() -> serde_json::Value {
     })
 }
 
-/// `responses` with the errors every `/v1` call can answer (401 without a valid token, 503 when
-/// the store or the approval service is unavailable) and the operation's own.
+/// What every `/v1` call answers with 403.
+const NOT_READER: &str = "An OIDC token whose groups are not among the readers (daemon.console.readers; by default every approver group of the policy)";
+
+/// `responses` with the errors every `/v1` call can answer (401 without a valid token, 403 for
+/// a token of someone who is not a reader, 503 when the store or the approval service is
+/// unavailable) and the operation's own (a 403 of its own is added to the readers' one).
 fn with_errors(mut ok: serde_json::Value, own: &[(&str, &str)]) -> serde_json::Value {
     let error = |description: &str| serde_json::json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
     if let Some(map) = ok.as_object_mut() {
         map.insert("401".into(), error("No token, or not a valid one"));
+        map.insert("403".into(), error(NOT_READER));
         map.insert(
             "503".into(),
             error("Approvals are off here, or the store is unavailable"),
         );
         for (code, description) in own {
-            map.insert((*code).into(), error(description));
+            let description = if *code == "403" {
+                format!("{description}; or: {NOT_READER}")
+            } else {
+                (*description).to_owned()
+            };
+            map.insert((*code).into(), error(&description));
         }
     }
     ok

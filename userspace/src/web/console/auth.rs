@@ -2,7 +2,7 @@
 //! the configured issuer, then a server-side session behind a `Secure; HttpOnly;
 //! SameSite=Strict` cookie. The reviewer's groups come from the ID token through the policy's
 //! `identities` (the same verifier the CLI's tokens go through), never from the browser. The
-//! admin token is not a login: only a verified ID token makes a session.
+//! admin token is not a login: only a verified ID token of a reader makes a session.
 //!
 //! Every state-changing request carries the session's CSRF token (a hidden form field),
 //! compared in constant time; a request whose `Origin` names another site is refused too.
@@ -52,6 +52,18 @@ pub enum AuthError {
     IdToken(String),
     #[error("configuration: {0}")]
     Config(String),
+    /// The token is valid but its groups are not among the readers: no session is opened.
+    #[error("not a reviewer of this gateway: your groups ({}) are not among the readers", groups_text(.0))]
+    NotReader(Vec<String>),
+}
+
+/// A principal's groups for a message (`none` when it has none).
+pub fn groups_text(groups: &[String]) -> String {
+    if groups.is_empty() {
+        "none".to_owned()
+    } else {
+        groups.join(", ")
+    }
 }
 
 /// A logged-in reviewer.
@@ -240,13 +252,15 @@ impl Auth {
     /// Finishes a login from the issuer's callback: the state must be one this browser started
     /// (its login cookie), the code is exchanged with the PKCE verifier, and the ID token is
     /// checked (signature, issuer, audience, expiry, nonce) and then mapped to groups by the
-    /// policy's identities. Returns the session id (the cookie value) and where to go next.
+    /// policy's identities; a session opens only when `is_reader` accepts those groups.
+    /// Returns the session id (the cookie value) and where to go next.
     pub async fn finish(
         &self,
         state: &str,
         browser_state: Option<&str>,
         code: &str,
         verifier_oidc: &OidcVerifier,
+        is_reader: impl Fn(&[String]) -> bool,
     ) -> Result<(String, String), AuthError> {
         // One use per login, whatever the outcome.
         let pending = self.pending.remove(state).ok_or(AuthError::UnknownState)?;
@@ -283,6 +297,10 @@ impl Auth {
             admin: false,
             via: format!("console:{}", claims.issuer),
         };
+        if !is_reader(&principal.groups) {
+            tracing::warn!(subject = %principal.subject, groups = ?principal.groups, "console login refused: not a reader");
+            return Err(AuthError::NotReader(principal.groups));
+        }
         tracing::info!(subject = %principal.subject, groups = ?principal.groups, "console login");
         let id = self.open_session(principal, token_end)?;
         Ok((id, pending.next))

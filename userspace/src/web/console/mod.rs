@@ -1,7 +1,9 @@
 //! The reviewer console: server-rendered pages (readable without JavaScript), a live inbox over
 //! server-sent events, approve and deny with a reason, history, sessions with their transcript
 //! and a player, the audit log's verification, and a policy explain form. Login is OIDC
-//! ([`auth`]); every page needs a session, every POST its CSRF token.
+//! ([`auth`]) and open only to the readers (`readers`, by default the policy's approver groups);
+//! every page needs a session whose groups are readers under the configuration in force, every
+//! POST its CSRF token.
 //!
 //! Decisions go through the same [`Approvals::decide`] as the API and the CLI, so the same
 //! rules hold: no self-approval, one approval per reviewer, approver groups, quorum.

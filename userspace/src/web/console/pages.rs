@@ -52,15 +52,51 @@ fn me(s: &Session) -> Me {
     }
 }
 
-/// The session, or the way to the login.
+/// The session, or the way to the login; a session whose groups are no longer among the
+/// readers is refused ([`readable`]).
 fn reviewer(c: &Console, headers: &HeaderMap, uri: &Uri) -> Result<Arc<Session>, Response> {
-    c.auth
+    let s = c
+        .auth
         .session(headers)
-        .ok_or_else(|| to_login(uri.path_and_query().map_or("/", |p| p.as_str())))
+        .ok_or_else(|| to_login(uri.path_and_query().map_or("/", |p| p.as_str())))?;
+    readable(c, s)
 }
 
-/// For POSTs: the session, a matching CSRF token and the console's own origin, or a refusal.
+/// Whether the session's groups are among the readers, checked against the configuration in
+/// force now: a reload that drops a group (or the rule that made it an approver) refuses its
+/// members' sessions from their next request on, with a 403 page. The session itself stays
+/// (until it idles out or expires), so a reload that puts the group back restores access.
+fn readable(c: &Console, s: Arc<Session>) -> Result<Arc<Session>, Response> {
+    if c.ctx.config.load().is_reader(&s.principal.groups) {
+        return Ok(s);
+    }
+    tracing::warn!(subject = %s.principal.subject, groups = ?s.principal.groups, "console: refused, the session's groups are not readers");
+    Err(not_reader(&s.principal.groups))
+}
+
+/// The 403 page of someone whose groups are not among the readers.
+fn not_reader(groups: &[String]) -> Response {
+    page(
+        StatusCode::FORBIDDEN,
+        &views::MessagePage {
+            title: "Not a reviewer".into(),
+            text: auth::AuthError::NotReader(groups.to_vec()).to_string(),
+            link: Some(("/login".into(), "Log in as someone else".into())),
+            refresh: None,
+        },
+    )
+}
+
+/// For POSTs: the session of a reader, a matching CSRF token and the console's own origin, or a
+/// refusal.
 fn checked(c: &Console, headers: &HeaderMap, csrf: Option<&str>) -> Result<Arc<Session>, Response> {
+    let s = posted(c, headers, csrf)?;
+    readable(c, s)
+}
+
+/// The session, a matching CSRF token and the console's own origin, or a refusal (whoever the
+/// session belongs to: logging out needs no reader).
+fn posted(c: &Console, headers: &HeaderMap, csrf: Option<&str>) -> Result<Arc<Session>, Response> {
     let Some(s) = c.auth.session(headers) else {
         return Err(message(
             StatusCode::UNAUTHORIZED,
@@ -112,9 +148,17 @@ pub async fn events(State(c): Shared, headers: HeaderMap) -> Response {
     let Some(s) = c.auth.session(&headers) else {
         return StatusCode::UNAUTHORIZED.into_response();
     };
+    let s = match readable(&c, s) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
     let (hub, svc, console, end) = (&c.hub, c.svc.clone(), Arc::clone(&c), s.expires_at);
+    // The readers are asked again before each event: a reload that removes the reviewer's
+    // group ends the stream too.
     super::events::stream(hub, svc, move || {
-        auth::unix_now() < end && console.auth.is_open(&headers)
+        auth::unix_now() < end
+            && console.auth.is_open(&headers)
+            && console.ctx.config.load().is_reader(&s.principal.groups)
     })
     .into_response()
 }
@@ -734,9 +778,16 @@ pub async fn callback(
         return refused("The identity provider's answer has no code.".into());
     };
     let browser = auth::login_cookie(&headers);
+    let is_reader = |groups: &[String]| c.ctx.config.load().is_reader(groups);
     match c
         .auth
-        .finish(&state, browser.as_deref(), &code, &c.ctx.oidc.load())
+        .finish(
+            &state,
+            browser.as_deref(),
+            &code,
+            &c.ctx.oidc.load(),
+            is_reader,
+        )
         .await
     {
         Ok((id, next)) => {
@@ -762,6 +813,14 @@ pub async fn callback(
             }
             response
         }
+        Err(auth::AuthError::NotReader(groups)) => {
+            // The login cookie is spent either way.
+            let mut response = not_reader(&groups);
+            if let Ok(v) = auth::clear_cookie(auth::LOGIN_COOKIE).parse() {
+                response.headers_mut().append(header::SET_COOKIE, v);
+            }
+            response
+        }
         Err(e) => {
             tracing::warn!(error = %e, "console login refused");
             refused(e.to_string())
@@ -778,7 +837,7 @@ pub struct LogoutForm {
 /// `POST /logout`. A session that already ended needs no token: the cookie is cleared.
 pub async fn logout(State(c): Shared, headers: HeaderMap, Form(f): Form<LogoutForm>) -> Response {
     if c.auth.session(&headers).is_some() {
-        if let Err(r) = checked(&c, &headers, f.csrf.as_deref()) {
+        if let Err(r) = posted(&c, &headers, f.csrf.as_deref()) {
             return r;
         }
         c.auth.logout(&headers);
