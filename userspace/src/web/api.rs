@@ -420,7 +420,12 @@ mod tests {
         assert!(serde_json::from_str::<DecisionBody>(r#"{"reason": null}"#).is_err());
         let ok: DecisionBody = serde_json::from_str(r#"{"reason": "ok"}"#).unwrap();
         assert_eq!(ok.reason.as_deref(), Some("ok"));
-        assert!(serde_json::from_str::<DecisionBody>("{}").unwrap().reason.is_none());
+        assert!(
+            serde_json::from_str::<DecisionBody>("{}")
+                .unwrap()
+                .reason
+                .is_none()
+        );
         for field in ["subject", "task", "ttl_seconds", "uses"] {
             let body = format!(r#"{{"target": "db", "commands": ["SELECT 1"], "{field}": null}}"#);
             assert!(
@@ -431,6 +436,9 @@ mod tests {
         let plan: PlanSubmission =
             serde_json::from_str(r#"{"target": "db", "commands": ["SELECT 1"], "uses": 2.0}"#)
                 .unwrap();
-        assert_eq!((plan.uses, plan.ttl_seconds, plan.task), (Some(2), None, None));
+        assert_eq!(
+            (plan.uses, plan.ttl_seconds, plan.task),
+            (Some(2), None, None)
+        );
     }
 }
