@@ -210,7 +210,12 @@ pub fn decide(
         Ruling::Deny => "deny",
         Ruling::Revoke => "revoke",
     };
-    let body = serde_json::to_vec(&serde_json::json!({ "reason": reason }))?;
+    // An absent reason is left out: the API refuses `null` where it expects a string.
+    let mut body = serde_json::Map::new();
+    if let Some(r) = reason {
+        body.insert("reason".into(), r.into());
+    }
+    let body = serde_json::to_vec(&body)?;
     let v = api.call(
         reqwest::Method::POST,
         &format!("/v1/requests/{id}/{action}"),
@@ -238,10 +243,15 @@ pub fn plan_submit(args: &ApiArgs, file: &Path, json: bool) -> anyhow::Result<()
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let plan: super::PlanSubmission =
         serde_norway::from_str(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
-    let body = serde_json::to_vec(&serde_json::json!({
+    let mut body = serde_json::json!({
         "target": plan.target, "subject": plan.subject, "groups": plan.groups, "task": plan.task,
         "commands": plan.commands, "ttl_seconds": plan.ttl_seconds, "uses": plan.uses,
-    }))?;
+    });
+    // Unset optional fields are left out: the API refuses `null` for them.
+    if let Some(o) = body.as_object_mut() {
+        o.retain(|_, v| !v.is_null());
+    }
+    let body = serde_json::to_vec(&body)?;
     let api = args.connect()?;
     let v = api.call(reqwest::Method::POST, "/v1/plans", Some(body))?;
     if json {
