@@ -1644,7 +1644,11 @@ fn held_writes_carry_a_masked_dry_run_and_masked_parameters() {
              INSERT INTO dry_customers VALUES (1, 100, 'alice@example.com', '4111111111111111'), \
                (2, 100, 'bob@example.com', '5500000000000004'), (3, 100, NULL, NULL); \
              CREATE SEQUENCE dry_seq; \
-             ALTER TABLE dry_customers OWNER TO {gw}; ALTER SEQUENCE dry_seq OWNER TO {gw};",
+             CREATE TABLE dry_audited (id int PRIMARY KEY); INSERT INTO dry_audited VALUES (1); \
+             CREATE FUNCTION dry_note() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN OLD; END$$; \
+             CREATE TRIGGER note BEFORE DELETE ON dry_audited FOR EACH ROW EXECUTE FUNCTION dry_note(); \
+             ALTER TABLE dry_customers OWNER TO {gw}; ALTER SEQUENCE dry_seq OWNER TO {gw}; \
+             ALTER TABLE dry_audited OWNER TO {gw};",
             gw = GATEWAY_USER.0
         ),
     );
@@ -1717,6 +1721,25 @@ fn held_writes_carry_a_masked_dry_run_and_masked_parameters() {
         pg.admin_db(DATABASE, "SELECT last_value, is_called FROM dry_seq")
             .trim(),
         "1|f"
+    );
+
+    // A table with a trigger: the server says so inside the dry run's transaction; no dry
+    // run, the row still there.
+    let sql = "DELETE FROM dry_audited WHERE id = 1";
+    let client = Client::run(inst.dsn(), sql);
+    let req = inst.wait_pending(sql);
+    let dry = req.dry_run.clone().expect("a dry run entry");
+    assert_eq!(dry.status, "skipped", "{dry:?}");
+    assert_eq!(
+        dry.reason.as_deref(),
+        Some("trigger note on dry_audited may have effects outside the transaction")
+    );
+    inst.cli_ok(&["deny", &req.id, "--reason", "no"]);
+    assert!(!client.join().0);
+    assert_eq!(
+        pg.admin_db(DATABASE, "SELECT count(*) FROM dry_audited")
+            .trim(),
+        "1"
     );
 
     // Bound values: an email and a card number are masked for the reviewer (a detector; the

@@ -153,16 +153,21 @@ impl Preview for Reviewer {
 /// rules' detectors. Hex values are not scanned (their text is not the value's). A masking
 /// failure hides the value rather than show it.
 pub fn mask_shown(masker: &Masker, mask: &[String], sql: &str, params: &mut [ShownParam]) {
-    if params.is_empty() || mask.is_empty() {
+    if params.is_empty() {
         return;
     }
     let columns = param_columns(sql);
+    for p in params.iter_mut() {
+        if let Some((table, column)) = columns.get(&p.n) {
+            p.column = Some(format!("{table}.{column}"));
+        }
+    }
+    if mask.is_empty() {
+        return;
+    }
     let column_rules = masker.column_rules(mask).unwrap_or_default();
     for p in params.iter_mut() {
         let bound = columns.get(&p.n);
-        if let Some((table, column)) = bound {
-            p.column = Some(format!("{table}.{column}"));
-        }
         let Some(value) = p.value.take() else {
             continue;
         };
