@@ -1600,3 +1600,192 @@ fn held_tcp_connection_review_is_recorded_approved_or_withdrawn() {
     assert!(report.ok, "{:#?}", report.issues);
     rt.shutdown_background();
 }
+
+/// Dry runs: every write to `dry_*` tables is held with `dry_run: true`; the card column is
+/// masked by a column rule and emails and card numbers anywhere by detectors.
+const DRY_RULES: &str = r#"
+masking:
+  - name: card-column
+    columns: ["*.dry_customers.card"]
+    style: redact
+  - name: pii
+    detectors: [email, card]
+    style: redact
+rules:
+  - name: reads
+    targets: [demo-db]
+    classes: [read, session, transaction]
+    action: allow
+  - name: dry-review
+    targets: [demo-db]
+    classes: [write]
+    action: review
+    review: { approvers: [dba], timeout: 60s, dry_run: true }
+default: deny
+"#;
+
+fn dry_balance(pg: &PgServer, id: i32) -> i64 {
+    pg.admin_db(
+        DATABASE,
+        &format!("SELECT balance FROM dry_customers WHERE id = {id}"),
+    )
+    .trim()
+    .parse()
+    .expect("balance")
+}
+
+#[test]
+fn held_writes_carry_a_masked_dry_run_and_masked_parameters() {
+    let pg = PgServer::start(None);
+    pg.admin_db(
+        DATABASE,
+        &format!(
+            "CREATE TABLE dry_customers (id int PRIMARY KEY, balance int NOT NULL, email text, card text); \
+             INSERT INTO dry_customers VALUES (1, 100, 'alice@example.com', '4111111111111111'), \
+               (2, 100, 'bob@example.com', '5500000000000004'), (3, 100, NULL, NULL); \
+             CREATE SEQUENCE dry_seq; \
+             CREATE TABLE dry_audited (id int PRIMARY KEY); INSERT INTO dry_audited VALUES (1); \
+             CREATE FUNCTION dry_note() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN OLD; END$$; \
+             CREATE TRIGGER note BEFORE DELETE ON dry_audited FOR EACH ROW EXECUTE FUNCTION dry_note(); \
+             ALTER TABLE dry_customers OWNER TO {gw}; ALTER SEQUENCE dry_seq OWNER TO {gw}; \
+             ALTER TABLE dry_audited OWNER TO {gw};",
+            gw = GATEWAY_USER.0
+        ),
+    );
+    let inst = Instance::start_with(&pg, "    store: sqlite", DRY_RULES);
+
+    // An UPDATE held for review: rows affected, the plan, and the rows before and after,
+    // masked as a reader would see them; the table itself unchanged until the approval.
+    let sql = "UPDATE dry_customers SET balance = balance + 5 WHERE id <= 2";
+    let client = Client::run(inst.dsn(), sql);
+    let req = inst.wait_pending(sql);
+    let dry = req.dry_run.clone().expect("a dry run");
+    assert_eq!(dry.status, "done", "{dry:?}");
+    assert_eq!(dry.rows_affected, Some(2), "{dry:?}");
+    assert_eq!(dry.command_tag.as_deref(), Some("UPDATE 2"));
+    assert_eq!(dry.table.as_deref(), Some("public.dry_customers"));
+    assert_eq!(dry.columns, ["id", "balance", "email", "card"]);
+    assert!(
+        !dry.plan.is_empty() && dry.plan[0].contains("Update on dry_customers"),
+        "{:?}",
+        dry.plan
+    );
+    let mut before = dry.before.clone();
+    let mut after = dry.after.clone();
+    before.sort();
+    after.sort();
+    let row = |id: &str, bal: &str| {
+        vec![
+            Some(id.to_owned()),
+            Some(bal.to_owned()),
+            Some("[REDACTED]".to_owned()),
+            Some("[REDACTED]".to_owned()),
+        ]
+    };
+    assert_eq!(before, [row("1", "100"), row("2", "100")], "{dry:?}");
+    assert_eq!(after, [row("1", "105"), row("2", "105")], "{dry:?}");
+    assert!(!dry.truncated);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!((dry_balance(&pg, 1), dry_balance(&pg, 2)), (100, 100));
+    inst.cli_ok(&["approve", &req.id, "--reason", "ok"]);
+    let (ok, out, err, _) = client.join();
+    assert!(ok && out.contains("UPDATE 2"), "{out}{err}");
+    assert_eq!((dry_balance(&pg, 1), dry_balance(&pg, 2)), (105, 105));
+    // The API gives the same dry run.
+    let (status, body) = http(
+        inst.api,
+        "GET",
+        &format!("/v1/requests/{}", req.id),
+        &inst.token(),
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"rows_affected\":2") && !body.contains("alice@"),
+        "{body}"
+    );
+
+    // A statement calling nextval: no dry run, and why; the sequence untouched.
+    let sql = "UPDATE dry_customers SET balance = nextval('dry_seq') WHERE id = 3";
+    let client = Client::run(inst.dsn(), sql);
+    let req = inst.wait_pending(sql);
+    let dry = req.dry_run.clone().expect("a dry run entry");
+    assert_eq!(dry.status, "skipped");
+    assert_eq!(
+        dry.reason.as_deref(),
+        Some("calls nextval, whose effect survives a rollback")
+    );
+    inst.cli_ok(&["deny", &req.id, "--reason", "no"]);
+    assert!(!client.join().0);
+    assert_eq!(
+        pg.admin_db(DATABASE, "SELECT last_value, is_called FROM dry_seq")
+            .trim(),
+        "1|f"
+    );
+
+    // A table with a trigger: the server says so inside the dry run's transaction; no dry
+    // run, the row still there.
+    let sql = "DELETE FROM dry_audited WHERE id = 1";
+    let client = Client::run(inst.dsn(), sql);
+    let req = inst.wait_pending(sql);
+    let dry = req.dry_run.clone().expect("a dry run entry");
+    assert_eq!(dry.status, "skipped", "{dry:?}");
+    assert_eq!(
+        dry.reason.as_deref(),
+        Some("trigger note on dry_audited may have effects outside the transaction")
+    );
+    inst.cli_ok(&["deny", &req.id, "--reason", "no"]);
+    assert!(!client.join().0);
+    assert_eq!(
+        pg.admin_db(DATABASE, "SELECT count(*) FROM dry_audited")
+            .trim(),
+        "1"
+    );
+
+    // Bound values: an email and a card number are masked for the reviewer (a detector; the
+    // column rule of the column the value is written to), other values shown; the dry run
+    // runs with the values exactly as bound.
+    let dsn = inst.dsn();
+    let client = std::thread::spawn(move || {
+        support::python(
+            &dsn,
+            "import os, psycopg\n\
+             with psycopg.connect(os.environ['DSN'], autocommit=True) as c:\n\
+             \x20   cur = c.execute('UPDATE dry_customers SET email = %s, card = %s WHERE id = %s', ('carol@example.com', '4111111111111111', 3))\n\
+             \x20   print(cur.rowcount)\n",
+        )
+    });
+    let sql = "UPDATE dry_customers SET email = $1, card = $2 WHERE id = $3";
+    let req = inst.wait_pending(sql);
+    let p = &req.commands[0].params;
+    assert_eq!(p[0].value.as_deref(), Some("[REDACTED]"), "{p:?}");
+    assert_eq!(p[0].masked, ["pii"]);
+    assert_eq!(p[0].column.as_deref(), Some("dry_customers.email"));
+    assert_eq!(p[1].value.as_deref(), Some("[REDACTED]"), "{p:?}");
+    assert_eq!(p[1].masked, ["card-column"]);
+    assert_eq!(p[2].value.as_deref(), Some("3"));
+    assert!(p[2].masked.is_empty());
+    let dry = req.dry_run.clone().expect("a dry run");
+    assert_eq!(dry.status, "done", "{dry:?}");
+    assert_eq!(dry.rows_affected, Some(1));
+    assert_eq!(
+        dry.before,
+        [vec![Some("3".into()), Some("100".into()), None, None]]
+    );
+    assert_eq!(dry.after, [row("3", "100")]);
+    let listed = inst.cli_ok(&["requests", "--json"]);
+    assert!(
+        !listed.contains("carol@")
+            && !listed.contains("4111111111111111")
+            && !listed.contains("alice@"),
+        "{listed}"
+    );
+    inst.cli_ok(&["approve", &req.id, "--reason", "ok"]);
+    let (ok, out, err) = client.join().expect("python thread");
+    assert!(ok && out.trim() == "1", "{out}{err}");
+    assert_eq!(
+        pg.admin_db(DATABASE, "SELECT email FROM dry_customers WHERE id = 3")
+            .trim(),
+        "carol@example.com"
+    );
+}

@@ -100,10 +100,27 @@ pub struct ReviewRequest {
 /// no grant covered the command and before the request is stored and announced, so webhooks
 /// carry it too. Never on the path of a command that is not held.
 pub trait Preview: Send + Sync + std::fmt::Debug {
-    /// The command's parameters decoded and masked for display and, with `dry_run`, the
+    /// The command's parameters decoded and masked for display and, with `ask.dry_run`, the
     /// effect of running it in a transaction that is rolled back.
-    fn preview(&self, command: Command<'static>, facts: Arc<Facts>, dry_run: bool)
-    -> PreviewFuture;
+    fn preview(
+        &self,
+        command: Command<'static>,
+        facts: Arc<Facts>,
+        ask: PreviewAsk,
+    ) -> PreviewFuture;
+}
+
+/// What the review decision asks of a [`Preview`].
+#[derive(Debug, Clone, Default)]
+pub struct PreviewAsk {
+    /// The rule asks for a dry run.
+    pub dry_run: bool,
+    /// The masking rules the command's answer would pass through once approved: values
+    /// shown to reviewers (parameters, dry-run samples) pass through the same rules.
+    pub mask: Vec<String>,
+    /// The database role the approved command would run as (`approved_run_as`, else the
+    /// rule's `run_as`; `None`: the target's default).
+    pub run_as: Option<String>,
 }
 
 /// What [`Preview::preview`] resolves to.
@@ -676,7 +693,8 @@ impl Approvals {
             mode,
             mask,
             dry_run,
-            ..
+            run_as,
+            approved_run_as,
         } = r.decision
         else {
             return Outcome::Deny {
@@ -728,7 +746,12 @@ impl Approvals {
         };
         let shown = match &r.preview {
             Some(p) => {
-                p.preview(r.command.clone(), Arc::clone(&r.facts), dry_run)
+                let ask = PreviewAsk {
+                    dry_run,
+                    mask: mask.clone(),
+                    run_as: approved_run_as.or(run_as),
+                };
+                p.preview(r.command.clone(), Arc::clone(&r.facts), ask)
                     .await
             }
             None => Previewed {

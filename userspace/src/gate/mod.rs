@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::approval::{Approvals, Outcome, ReviewRequest, ReviewTrail};
-pub use crate::approval::{Preview, PreviewFuture, Previewed};
+pub use crate::approval::{Preview, PreviewAsk, PreviewFuture, Previewed};
 use crate::mask::Masker;
 use crate::metrics::TargetMetrics;
 use crate::model::lineage::{NoRelations, Relations};

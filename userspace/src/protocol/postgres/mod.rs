@@ -17,6 +17,7 @@ pub mod cancel;
 pub mod catalog;
 pub mod codec;
 pub mod credentials;
+pub mod dry_run;
 pub mod messages;
 pub mod origin;
 pub mod params;
@@ -438,6 +439,11 @@ async fn serve_inner(
 
     let audit = results::AuditSink::new(recorder);
     let masker = ctx.masker.load_full();
+    let database = params
+        .iter()
+        .find(|(k, _)| *k == "database")
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_default();
     let judge = Gate {
         ctx,
         decider: hooks.decider.as_deref(),
@@ -448,13 +454,15 @@ async fn serve_inner(
         metrics: &metrics,
         masker: &masker,
         recording: audit.enabled(),
-        preview: Some(Arc::new(params::Reviewer)),
+        preview: Some(Arc::new(params::Reviewer::new(
+            (*masker).clone(),
+            Some(dry_run::Upstream {
+                pg: pg.clone(),
+                addr: upstream,
+                database: database.clone(),
+            }),
+        ))),
     };
-    let database = params
-        .iter()
-        .find(|(k, _)| *k == "database")
-        .map(|(_, v)| v.to_string())
-        .unwrap_or_default();
     let statement_limit = ctx.engine.load().limits().max_bytes;
     let env = || session::Env {
         audit: &audit,

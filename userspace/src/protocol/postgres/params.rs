@@ -7,9 +7,13 @@ use std::sync::Arc;
 
 use postgres_protocol::types as pg;
 
+use bytes::BytesMut;
+
 use super::codec::{FrameError, Reader};
+use super::dry_run::{Upstream, param_columns};
 use super::types::oid;
-use crate::approval::{DryRun, Preview, PreviewFuture, Previewed, ShownParam};
+use crate::approval::{DryRun, Preview, PreviewAsk, PreviewFuture, Previewed, ShownParam};
+use crate::mask::{ColumnRef, MaskOutcome, Masker, ValueFormat, ValueKind};
 use crate::model::{Command, Facts, Param, ParamFormat};
 
 /// Most parameters a Parse may declare and a Bind may carry (the protocol's count is an
@@ -72,27 +76,142 @@ pub fn bind_values<'a>(
 }
 
 /// How a held PostgreSQL command is shown to its reviewers: each bound value decoded
-/// ([`show`]) with the type its Parse declared. The dry run is not built for PostgreSQL yet:
-/// a rule that asks for one gets a "no dry run" with the reason.
-#[derive(Debug, Default)]
-pub struct Reviewer;
+/// ([`show`]) with the type its Parse declared and masked ([`mask_shown`]), and, where the rule
+/// asks, the [dry run](super::dry_run).
+#[derive(Debug, Clone)]
+pub struct Reviewer {
+    masker: Masker,
+    /// Where a dry run connects (`None`: none is run, a rule asking for one is told so).
+    upstream: Option<Arc<Upstream>>,
+}
+
+impl Reviewer {
+    /// A reviewer masking with `masker`, running dry runs against `upstream`.
+    pub fn new(masker: Masker, upstream: Option<Upstream>) -> Self {
+        Self {
+            masker,
+            upstream: upstream.map(Arc::new),
+        }
+    }
+}
 
 impl Preview for Reviewer {
     fn preview(
         &self,
         command: Command<'static>,
-        _facts: Arc<Facts>,
-        dry_run: bool,
+        facts: Arc<Facts>,
+        ask: PreviewAsk,
     ) -> PreviewFuture {
-        let params = command
+        let text = command.text().into_owned();
+        let mut params: Vec<ShownParam> = command
             .params()
             .iter()
             .zip(1u32..)
             .map(|(p, n)| show(n, p.type_id, p))
             .collect();
-        let dry_run =
-            dry_run.then(|| DryRun::skipped("the dry run is not available for PostgreSQL yet"));
-        Box::pin(std::future::ready(Previewed { params, dry_run }))
+        mask_shown(&self.masker, &ask.mask, &text, &mut params);
+        if !ask.dry_run {
+            return Box::pin(std::future::ready(Previewed {
+                params,
+                dry_run: None,
+            }));
+        }
+        let Some(upstream) = self.upstream.clone() else {
+            return Box::pin(std::future::ready(Previewed {
+                params,
+                dry_run: Some(DryRun::skipped(
+                    "this gateway has no connection to run the dry run on",
+                )),
+            }));
+        };
+        let masker = self.masker.clone();
+        Box::pin(async move {
+            // The role the approved statement would run as; else the one the session starts in.
+            let role = ask.run_as.clone().or_else(|| upstream.pg.run_as.clone());
+            let dry = super::dry_run::run(super::dry_run::Job {
+                upstream: &upstream,
+                sql: &text,
+                facts: &facts,
+                params: command.params(),
+                role: role.as_deref(),
+                masker: &masker,
+                mask: &ask.mask,
+            })
+            .await;
+            Previewed {
+                params,
+                dry_run: Some(dry),
+            }
+        })
+    }
+}
+
+/// Masks the values shown to reviewers as the answer's `mask` rules would mask them: a value
+/// bound to a column a column rule covers (`SET col = $1`, `col = $2`, `INSERT (col) VALUES
+/// ($1)`, see [`param_columns`]) is replaced whole (`[REDACTED]`, whatever the rule's style:
+/// a partial value of a secret still tells), and every other text value goes through the
+/// rules' detectors. Hex values are not scanned (their text is not the value's). A masking
+/// failure hides the value rather than show it.
+pub fn mask_shown(masker: &Masker, mask: &[String], sql: &str, params: &mut [ShownParam]) {
+    if params.is_empty() {
+        return;
+    }
+    let columns = param_columns(sql);
+    for p in params.iter_mut() {
+        if let Some((table, column)) = columns.get(&p.n) {
+            p.column = Some(format!("{table}.{column}"));
+        }
+    }
+    if mask.is_empty() {
+        return;
+    }
+    let column_rules = masker.column_rules(mask).unwrap_or_default();
+    for p in params.iter_mut() {
+        let bound = columns.get(&p.n);
+        let Some(value) = p.value.take() else {
+            continue;
+        };
+        if let Some((table, column)) = bound {
+            let (schema, table) = match table.rsplit_once('.') {
+                Some((s, t)) => (Some(s.trim_matches('"')), t.trim_matches('"')),
+                None => (None, table.trim_matches('"')),
+            };
+            if let Some(rule) = column_rules
+                .iter()
+                .find(|r| masker.rule_may_mask(**r, schema, table, Some(column)))
+            {
+                p.value = Some(String::from_utf8_lossy(crate::mask::REDACTED).into_owned());
+                p.masked.push(masker.rule_name(*rule).to_owned());
+                continue;
+            }
+        }
+        if p.shown_as != "text" {
+            p.value = Some(value);
+            continue;
+        }
+        let col = ColumnRef::computed("", ValueKind::Text, p.type_id, ValueFormat::Text);
+        let mut out = BytesMut::new();
+        let masked = masker.plan(&[col], mask).and_then(|mut plan| {
+            let o = plan.mask_value(0, value.as_bytes(), &mut out)?;
+            Ok((o, plan))
+        });
+        p.value = match masked {
+            Ok((MaskOutcome::Unchanged, _)) => Some(value),
+            Ok((MaskOutcome::Replaced { rules }, plan)) => {
+                p.masked
+                    .extend(rules.iter().map(|r| plan.rule_name(r).to_owned()));
+                Some(String::from_utf8_lossy(&out).into_owned())
+            }
+            Ok((MaskOutcome::Null { rule }, plan)) => {
+                p.masked.push(plan.rule_name(rule).to_owned());
+                Some(String::from_utf8_lossy(crate::mask::REDACTED).into_owned())
+            }
+            Err(e) => {
+                tracing::warn!(param = p.n, error = %e, "parameter not shown: masking failed");
+                p.masked.push("error".into());
+                Some(String::from_utf8_lossy(crate::mask::REDACTED).into_owned())
+            }
+        };
     }
 }
 
@@ -134,7 +253,7 @@ const NUMERIC: u32 = 1700;
 /// One parameter for a reviewer: text values as they are (UTF-8, lossily), binary values of
 /// the common types decoded, anything else as `\x…` hex. `type_oid` is the parameter's type as
 /// the server resolved it (the Parse's, or the statement's description when that left it to
-/// the server). Not masked yet.
+/// the server). Not masked: see [`mask_shown`].
 pub fn show(n: u32, type_oid: u32, p: &Param<'_>) -> ShownParam {
     let (value, shown_as) = match (&p.value, p.format) {
         (None, _) => (None, "text"),
