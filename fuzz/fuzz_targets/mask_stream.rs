@@ -49,8 +49,9 @@ fuzz_target!(|data: &[u8]| {
         .try_for_each(|c| j.feed(c, &mut out))
         .and_then(|()| j.finish(&mut out));
     if ok.is_ok() && !rest.is_empty() {
+        // Syntax only: RFC 8259 numbers have no range, so `Value` (f64) would refuse `1E999`.
         assert!(
-            serde_json::from_slice::<serde_json::Value>(&out).is_ok(),
+            serde_json::from_slice::<serde::de::IgnoredAny>(&out).is_ok(),
             "accepted, but the output is not JSON"
         );
     }

@@ -578,6 +578,21 @@ mod tests {
     }
 
     #[test]
+    fn numbers_beyond_f64_are_json_and_pass_as_written() {
+        // RFC 8259 puts no limit on a number's range; the masker copies it as sent and masks
+        // it under a path like any other value.
+        let mut m = masker().json(&all()).unwrap();
+        let mut out = BytesMut::new();
+        m.feed(br#"{"n": 1118E1182, "password": -9e99999}"#, &mut out)
+            .unwrap();
+        m.finish(&mut out).unwrap();
+        let s = String::from_utf8_lossy(&out).into_owned();
+        assert!(s.starts_with(r#"{"n":1118E1182,"password":""#), "{s}");
+        assert!(!s.contains("9e99999"), "{s}");
+        serde_json::from_slice::<serde::de::IgnoredAny>(&out).expect("JSON syntax");
+    }
+
+    #[test]
     fn bad_documents_are_refused() {
         let mk = masker();
         for bad in [&b"{\"a\": }"[..], b"[1, 2", b"{\"a\" 1}", b"{", b"1 2"] {
