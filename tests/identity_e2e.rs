@@ -446,6 +446,36 @@ default: deny
         "{ddl:?}"
     );
 
+    // A 12 KiB token (under the verifier's 16 KiB limit, far over the 8 KiB a naive reader
+    // would buffer) logs in whole.
+    let bulky = provider.client_token_in(&pki, "bulky", None, &node);
+    assert!(
+        bulky.len() > 12 * 1024 && bulky.len() < 16 * 1024,
+        "{}",
+        bulky.len()
+    );
+    let r = env.psql(
+        "clients",
+        "nobody",
+        Some(&bulky),
+        "SELECT title FROM reports",
+    );
+    assert!(
+        r.ok && r.stdout.trim() == "q3-revenue",
+        "a 12 KiB token must log in: {r:?}"
+    );
+    // Past PostgreSQL's cap for a password message: a clear error, not a closed socket.
+    let oversized = provider.client_token_in(&pki, "oversized", None, &node);
+    assert!(oversized.len() > 65535, "{}", oversized.len());
+    let r = env.psql("clients", "nobody", Some(&oversized), "SELECT 1");
+    assert!(
+        !r.ok
+            && r.stderr.contains("FATAL")
+            && r.stderr
+                .contains("airlock: invalid token: the password message is"),
+        "{r:?}"
+    );
+
     // Expired: refused at login, with the reason.
     let expired = provider.client_token_in(&pki, "expired", None, &node);
     let r = env.psql("clients", "nobody", Some(&expired), "SELECT 1");
@@ -506,19 +536,19 @@ default: deny
         "{log}"
     );
 
-    let (m, text) = env.scrape_after_intercepts(5.0);
+    let (m, text) = env.scrape_after_intercepts(7.0);
     assert_every_design_metric(&text);
     assert_eq!(
         m.get(r#"airlock_denied_connections_total{reason="invalid_token"}"#)
             .copied(),
-        Some(4.0),
+        Some(5.0),
         "{text}"
     );
     let intercepted = m
         .get(r#"airlock_intercepted_connections_total{target="demo-db"}"#)
         .copied()
         .unwrap_or(0.0);
-    assert!(intercepted >= 5.0, "{text}");
+    assert!(intercepted >= 7.0, "{text}");
     provider.stop();
 }
 
