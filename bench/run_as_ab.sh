@@ -6,7 +6,7 @@
 # daemon's CPU per transaction, with the load average, and writes results/run-as-ab-$DATE.json.
 #
 #   ROUNDS=5 BENCH_SECONDS=20 AB_WORKLOADS="select-simple:8 select-prepared:8" bench/run_as_ab.sh
-# (after `cargo build --release -p airlock -p airlock-bench`; run as root.) Not yet run.
+# (after `cargo build --release -p airlock -p airlock-bench`; run as root.)
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 trap 'lib_cleanup' EXIT
@@ -31,7 +31,9 @@ echo "load start: $(loadavg)" >&2
 for r in $(seq "$ROUNDS"); do
   for wc in $WORKLOADS; do
     w=${wc%%:*}; c=${wc##*:}
-    for which in a b; do
+    # Alternate which arm goes first, so a drift within a round hits both alike.
+    order="a b"; [ $((r % 2)) -eq 0 ] && order="b a"
+    for which in $order; do
       if [ "$which" = a ]; then cfg=full; else cfg=full-runas; fi
       start_daemon "$WORK/$cfg.yaml"
       run_pgbench airlock-custom "$w" "$c" "$SECS" "runas-$which-$w-$c-$r" >> "$WORK/runas-$which-$w-$c"
