@@ -23,41 +23,4 @@ cp "$WORK/full.yaml" "$WORK/full-plain.yaml"
 RULES_EXTRA=$(held_writes true) write_airlock_configs
 cp "$WORK/full.yaml" "$WORK/full-dryrun.yaml"
 grep -q "dry_run: true" "$WORK/full-dryrun.yaml" || { echo "B has no dry-run rule" >&2; exit 1; }
-echo "load start: $(loadavg)" >&2
-for r in $(seq "$ROUNDS"); do
-  for wc in $WORKLOADS; do
-    w=${wc%%:*}; c=${wc##*:}
-    # Alternate which arm goes first, so a drift within a round hits both alike.
-    order="a b"; [ $((r % 2)) -eq 0 ] && order="b a"
-    for which in $order; do
-      if [ "$which" = a ]; then cfg=full-plain; else cfg=full-dryrun; fi
-      start_daemon "$WORK/$cfg.yaml"
-      run_pgbench airlock-custom "$w" "$c" "$SECS" "dryrun-$which-$w-$c-$r" >> "$WORK/dryrun-$which-$w-$c"
-      stop_daemon
-    done
-  done
-  echo "round $r load $(loadavg)" >&2
-done
-echo "load end: $(loadavg)" >&2
-python3 - "$WORK" "$RESULTS/dry-run-ab-$DATE.json" $WORKLOADS <<'PY'
-import json, statistics, sys
-work, out, workloads = sys.argv[1], sys.argv[2], sys.argv[3:]
-med = statistics.median
-rows = []
-for wc in workloads:
-    w, c = wc.split(":")
-    a = [json.loads(l) for l in open(f"{work}/dryrun-a-{w}-{c}") if l.strip()]
-    b = [json.loads(l) for l in open(f"{work}/dryrun-b-{w}-{c}") if l.strip()]
-    tps = [y["tps"] / x["tps"] for x, y in zip(a, b)]
-    cpu = [y["proxy_cpu_us_per_tx"] / x["proxy_cpu_us_per_tx"] for x, y in zip(a, b)]
-    row = {"workload": w, "clients": int(c),
-           "a_tps": [x["tps"] for x in a], "b_tps": [y["tps"] for y in b],
-           "tps_ratio_per_round": [round(x, 3) for x in tps], "tps_ratio_median": round(med(tps), 3),
-           "cpu_ratio_per_round": [round(x, 3) for x in cpu], "cpu_ratio_median": round(med(cpu), 3),
-           "load": [y["loadavg"] for y in b]}
-    rows.append(row)
-    print(f"{w} -c {c}: dry-run rule/plain TPS per round {row['tps_ratio_per_round']} median "
-          f"{row['tps_ratio_median']}; proxy CPU per tx {row['cpu_ratio_per_round']} median "
-          f"{row['cpu_ratio_median']}")
-json.dump({"runs": rows}, open(out, "w"), indent=1)
-PY
+ab_configs dry-run "$WORK/full-plain.yaml" "$WORK/full-dryrun.yaml" "dry_run true/false"

@@ -317,3 +317,48 @@ run_pgbench() {
     --load "$load" --tree-cpu-us "$cpu" --proxy-cpu-us "$pcpu" --proxy-rss-kb "${rss:-0}"
 }
 
+
+# ab_configs NAME CONFIG_A CONFIG_B LABEL: one daemon build, two configurations, pgbench
+# through each in interleaved rounds ($ROUNDS, $BENCH_SECONDS, $WORKLOADS), the arm that goes
+# first alternating so a drift within a round hits both alike. Prints per workload the median
+# B/A ratio of TPS and of the daemon's CPU per transaction, and writes results/NAME-ab-$DATE.json.
+ab_configs() {
+  local name=$1 cfg_a=$2 cfg_b=$3 label=$4 r wc w c order which cfg
+  echo "load start: $(loadavg)" >&2
+  for r in $(seq "$ROUNDS"); do
+    for wc in $WORKLOADS; do
+      w=${wc%%:*}; c=${wc##*:}
+      order="a b"; [ $((r % 2)) -eq 0 ] && order="b a"
+      for which in $order; do
+        if [ "$which" = a ]; then cfg=$cfg_a; else cfg=$cfg_b; fi
+        start_daemon "$cfg"
+        run_pgbench airlock-custom "$w" "$c" "$SECS" "$name-$which-$w-$c-$r" >> "$WORK/$name-$which-$w-$c"
+        stop_daemon
+      done
+    done
+    echo "round $r load $(loadavg)" >&2
+  done
+  echo "load end: $(loadavg)" >&2
+  python3 - "$WORK" "$RESULTS/$name-ab-$DATE.json" "$name" "$label" $WORKLOADS <<'PY'
+import json, statistics, sys
+work, out, name, label, workloads = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+med = statistics.median
+rows = []
+for wc in workloads:
+    w, c = wc.split(":")
+    a = [json.loads(l) for l in open(f"{work}/{name}-a-{w}-{c}") if l.strip()]
+    b = [json.loads(l) for l in open(f"{work}/{name}-b-{w}-{c}") if l.strip()]
+    tps = [y["tps"] / x["tps"] for x, y in zip(a, b)]
+    cpu = [y["proxy_cpu_us_per_tx"] / x["proxy_cpu_us_per_tx"] for x, y in zip(a, b)]
+    row = {"workload": w, "clients": int(c),
+           "a_tps": [x["tps"] for x in a], "b_tps": [y["tps"] for y in b],
+           "tps_ratio_per_round": [round(x, 3) for x in tps], "tps_ratio_median": round(med(tps), 3),
+           "cpu_ratio_per_round": [round(x, 3) for x in cpu], "cpu_ratio_median": round(med(cpu), 3),
+           "load": [y["loadavg"] for y in b]}
+    rows.append(row)
+    print(f"{w} -c {c}: {label} TPS per round {row['tps_ratio_per_round']} median "
+          f"{row['tps_ratio_median']}; proxy CPU per tx {row['cpu_ratio_per_round']} median "
+          f"{row['cpu_ratio_median']}")
+json.dump({"runs": rows}, open(out, "w"), indent=1)
+PY
+}
