@@ -1687,6 +1687,27 @@ fn held_writes_carry_a_masked_dry_run_and_masked_parameters() {
     assert!(!dry.truncated);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!((dry_balance(&pg, 1), dry_balance(&pg, 2)), (100, 100));
+    // The CLI shows the same effect: a column in the list, and the samples in full.
+    let listed = inst.cli_ok(&["requests", "--pending"]);
+    assert!(
+        listed.lines().next().is_some_and(|h| h.contains("DRY RUN"))
+            && listed
+                .lines()
+                .any(|l| l.starts_with(&req.id) && l.contains("2 rows")),
+        "{listed}"
+    );
+    let shown = inst.cli_ok(&["requests", &req.id]);
+    for want in [
+        "dry run: 2 rows affected in public.dry_customers, rolled back",
+        "server answered: UPDATE 2",
+        "id | balance | email      | card",
+        "1  | 100     | [REDACTED] | [REDACTED]",
+        "1  | 105     | [REDACTED] | [REDACTED]",
+        "rule      dry-review",
+    ] {
+        assert!(shown.contains(want), "{want:?} missing from\n{shown}");
+    }
+    assert!(!shown.contains("alice@"), "{shown}");
     inst.cli_ok(&["approve", &req.id, "--reason", "ok"]);
     let (ok, out, err, _) = client.join();
     assert!(ok && out.contains("UPDATE 2"), "{out}{err}");
@@ -1773,6 +1794,20 @@ fn held_writes_carry_a_masked_dry_run_and_masked_parameters() {
         [vec![Some("3".into()), Some("100".into()), None, None]]
     );
     assert_eq!(dry.after, [row("3", "100")]);
+    let shown = inst.cli_ok(&["requests", &req.id]);
+    for want in [
+        "$1 unspecified = '[REDACTED]'  (→ dry_customers.email)  [masked: pii]",
+        "$3 int2 = '3'  (→ dry_customers.id)",
+        "[masked: card-column]",
+        "dry run: 1 row affected",
+        "3  | 100     | NULL  | NULL",
+    ] {
+        assert!(shown.contains(want), "{want:?} missing from\n{shown}");
+    }
+    assert!(
+        !shown.contains("carol@") && !shown.contains("4111111111111111"),
+        "{shown}"
+    );
     let listed = inst.cli_ok(&["requests", "--json"]);
     assert!(
         !listed.contains("carol@")

@@ -39,7 +39,7 @@ rules:
     targets: [demo-db]
     classes: [write]
     action: review
-    review: { approvers: [dba], ttl: 15m, timeout: 120s }
+    review: { approvers: [dba], ttl: 15m, timeout: 120s, dry_run: true }
 "#;
 
 /// The rule that makes `viewers` readers; the browser scenario has it reloaded away.
@@ -579,6 +579,11 @@ fn pending_request(i: usize) -> airlock::approval::ApprovalRequest {
         classes: vec!["write".into()],
         kinds: vec!["update".into()],
         tables: vec!["accounts".into()],
+        tables_read: Vec::new(),
+        functions: Vec::new(),
+        objects: Vec::new(),
+        notes: Vec::new(),
+        dry_run: None,
         subject: format!("unix:agent{}", i % 17),
         groups: vec!["agents".into()],
         workload: None,
@@ -603,6 +608,8 @@ fn pending_request(i: usize) -> airlock::approval::ApprovalRequest {
         expires_ms: None,
         votes: Vec::new(),
         reason: None,
+        age_ms: None,
+        deadline_in_ms: None,
     }
 }
 

@@ -155,6 +155,12 @@ try {
   assert.equal((await req.textContent('#command')).trim(), sqlApprove);
   assert.equal((await req.textContent('#subject')).trim(), 'unix:root');
   assert.match(await req.textContent('#quorum'), /0 of 1/);
+  // The effect, from a dry run the gateway rolled back: one row, 100 before and 42 after.
+  assert.match(await req.textContent('#dry-run-summary'), /^dry run: 1 row affected in public\.accounts, rolled back/);
+  const cells = (table) => req.$$eval(`${table} tbody td`, (tds) => tds.map((t) => t.textContent));
+  assert.deepEqual(await cells('#dry-run-before'), ['1', '100']);
+  assert.deepEqual(await cells('#dry-run-after'), ['1', '42']);
+  step('the request page shows the UPDATE\'s effect from a dry run rolled back (1 row, balance 100 before, 42 after)');
   if (shots) await req.screenshot({ path: path.join(shots, 'console-request.png'), fullPage: true });
   await req.fill('#reason', 'checked the ticket');
   await decide(req, '#approve');

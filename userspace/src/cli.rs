@@ -73,8 +73,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// List approval requests.
+    /// List approval requests, or show one with its whole review context (parameters,
+    /// identity and workload, rule, objects, dry run).
     Requests {
+        /// Show this request in full.
+        id: Option<String>,
         /// Only requests still waiting for a decision.
         #[arg(long)]
         pending: bool,
@@ -243,9 +246,18 @@ pub fn main() -> ExitCode {
             PolicyCommand::Check { file } => crate::policy::cli::check(&file),
             PolicyCommand::Explain(args) => crate::policy::cli::explain(&args),
         },
-        Command::Requests { pending, json, api } => {
-            crate::approval::cli::requests(&api, pending, json)
-        }
+        Command::Requests {
+            id: Some(id),
+            json,
+            api,
+            ..
+        } => crate::approval::cli::show(&api, &id, json),
+        Command::Requests {
+            id: None,
+            pending,
+            json,
+            api,
+        } => crate::approval::cli::requests(&api, pending, json),
         Command::Approve(a) => decide(&a, crate::approval::Ruling::Approve),
         Command::Deny(a) => decide(&a, crate::approval::Ruling::Deny),
         Command::Revoke(a) => decide(&a, crate::approval::Ruling::Revoke),

@@ -159,8 +159,8 @@ pub fn requests(args: &ApiArgs, pending: bool, json: bool) -> anyhow::Result<()>
         return Ok(());
     }
     println!(
-        "{:<12} {:<9} {:<6} {:<16} {:<12} {:<5} {:<14} COMMAND",
-        "ID", "STATE", "AGE", "SUBJECT", "TARGET", "VOTES", "APPROVERS"
+        "{:<12} {:<9} {:<6} {:<16} {:<12} {:<5} {:<14} {:<8} COMMAND",
+        "ID", "STATE", "AGE", "SUBJECT", "TARGET", "VOTES", "APPROVERS", "DRY RUN"
     );
     for r in list {
         let approvals = r
@@ -180,7 +180,7 @@ pub fn requests(args: &ApiArgs, pending: bool, json: bool) -> anyhow::Result<()>
             ),
         };
         println!(
-            "{:<12} {:<9} {:<6} {:<16} {:<12} {:<5} {:<14} {}",
+            "{:<12} {:<9} {:<6} {:<16} {:<12} {:<5} {:<14} {:<8} {}",
             r.id,
             r.state.as_str(),
             age(r.created_ms),
@@ -188,9 +188,32 @@ pub fn requests(args: &ApiArgs, pending: bool, json: bool) -> anyhow::Result<()>
             one_line(&r.target, 12),
             format!("{approvals}/{}", r.quorum),
             r.eligible_groups().cloned().collect::<Vec<_>>().join(","),
+            super::text::dry_run_short(r.dry_run.as_ref()),
             command
         );
     }
+    Ok(())
+}
+
+/// Request ids go into URL paths: letters, digits and `-` only.
+fn check_id(id: &str) -> anyhow::Result<()> {
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        bail!("{id:?} is not a request id");
+    }
+    Ok(())
+}
+
+/// `airlock requests ID [--json]`: one request with its whole review context.
+pub fn show(args: &ApiArgs, id: &str, json: bool) -> anyhow::Result<()> {
+    check_id(id)?;
+    let api = args.connect()?;
+    let v = api.call(reqwest::Method::GET, &format!("/v1/requests/{id}"), None)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let r: ApprovalRequest = serde_json::from_value(v)?;
+    print!("{}", super::text::describe(&r, super::now_ms()));
     Ok(())
 }
 
@@ -201,9 +224,7 @@ pub fn decide(
     verdict: Ruling,
     reason: Option<&str>,
 ) -> anyhow::Result<()> {
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-        bail!("{id:?} is not a request id");
-    }
+    check_id(id)?;
     let api = args.connect()?;
     let action = match verdict {
         Ruling::Approve => "approve",

@@ -8,7 +8,8 @@
 //! - This module: [`Approvals`], the service protocol handlers call ([`Approvals::review`]),
 //!   and the decisions the API makes ([`Approvals::decide`], [`Approvals::submit_plan`]).
 //! - [`api`]: the JSON REST API with its OpenAPI document; [`notify`]: webhooks;
-//!   [`cli`]: `airlock requests|approve|deny|revoke|plan`.
+//!   [`cli`]: `airlock requests|approve|deny|revoke|plan`; [`text`]: the review context as
+//!   plain text (CLI and chat).
 //!
 //! Fail-closed: a store that cannot be reached refuses every command needing review (allowed
 //! commands never touch it); a notification that fails approves nothing; a held command is
@@ -20,6 +21,7 @@ pub mod notify;
 pub mod postgres;
 pub mod sqlite;
 pub mod store;
+pub mod text;
 
 use std::future::Future;
 use std::path::Path;

@@ -64,20 +64,29 @@ pub fn generic_body(event: &str, req: &ApprovalRequest, sent_ms: u64) -> Vec<u8>
     .unwrap_or_default()
 }
 
-/// The Slack incoming-webhook body for `event` about `req`.
+/// The Slack incoming-webhook body for `event` about `req`: the command, its parameters and
+/// the dry run as the reviewer sees them (masked when the request was made), bounded in size.
 pub fn slack_body(event: &str, req: &ApprovalRequest) -> Vec<u8> {
-    let commands: Vec<&str> = req.commands.iter().map(|c| c.text.as_str()).collect();
-    let mut shown = commands.join("\n");
-    if shown.len() > 2000 {
-        let mut cut = 2000;
-        while !shown.is_char_boundary(cut) {
-            cut -= 1;
+    use super::text;
+    let mut shown = String::new();
+    for c in &req.commands {
+        shown.push_str(&c.text);
+        shown.push('\n');
+        for p in &c.params {
+            shown.push_str("  ");
+            shown.push_str(&text::param_line(p));
+            shown.push('\n');
         }
-        shown.truncate(cut);
-        shown.push('…');
     }
+    let effect = match &req.dry_run {
+        Some(d) => format!(
+            "\n```{}```",
+            bounded(text::dry_run_text(d), 1500).replace("```", "'''")
+        ),
+        None => String::new(),
+    };
     let text = format!(
-        "*airlock* {event}: request `{}` by `{}` on `{}` (rule `{}`, approvers: {})\n```{}```\nApprove: `airlock approve {}` · Deny: `airlock deny {}`",
+        "*airlock* {event}: request `{}` by `{}` on `{}` (rule `{}`, approvers: {})\n```{}```{}\nApprove: `airlock approve {}` · Deny: `airlock deny {}` · Details: `airlock requests {}`",
         req.id,
         req.subject,
         req.target,
@@ -86,11 +95,26 @@ pub fn slack_body(event: &str, req: &ApprovalRequest) -> Vec<u8> {
             .cloned()
             .collect::<Vec<_>>()
             .join(", "),
-        shown.replace("```", "'''"),
+        bounded(shown, 2000).replace("```", "'''"),
+        effect,
+        req.id,
         req.id,
         req.id
     );
     serde_json::to_vec(&serde_json::json!({ "text": text })).unwrap_or_default()
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, marked when cut.
+fn bounded(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
 }
 
 impl Notifier {
@@ -180,6 +204,7 @@ async fn deliver(client: &reqwest::Client, hook: &Hook, event: &str, id: &str, b
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -188,6 +213,30 @@ mod tests {
         assert_eq!(
             sign(b"Jefe", b"what do ya want for nothing?"),
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn slack_shows_parameters_and_the_dry_run() {
+        let req = crate::approval::text::tests::held_write();
+        let body: serde_json::Value =
+            serde_json::from_slice(&slack_body("requested", &req)).unwrap();
+        let text = body["text"].as_str().unwrap();
+        assert!(text.contains("$1 text = '[REDACTED]'"), "{text}");
+        assert!(text.contains("$2 int4 = '7'"), "{text}");
+        assert!(
+            text.contains("dry run: 2 rows affected in public.accounts"),
+            "{text}"
+        );
+        assert!(text.contains("before (first 1 rows):"), "{text}");
+        assert!(text.contains("`airlock requests r1`"), "{text}");
+        // The generic body carries the request whole, dry run included.
+        let body: serde_json::Value =
+            serde_json::from_slice(&generic_body("requested", &req, 1)).unwrap();
+        assert_eq!(body["request"]["dry_run"]["rows_affected"], 2);
+        assert_eq!(
+            body["request"]["commands"][0]["params"][0]["value"],
+            "[REDACTED]"
         );
     }
 }

@@ -159,6 +159,51 @@ pub struct VoteView {
     pub at: String,
 }
 
+/// A dry run as the request page shows it (values already masked for reviewers).
+#[derive(Debug, Clone)]
+pub struct DryRunView {
+    /// `done`, `skipped` or `failed`.
+    pub status: String,
+    /// One line: rows affected, or why there was no dry run.
+    pub summary: String,
+    pub command_tag: Option<String>,
+    pub plan: String,
+    pub columns: Vec<String>,
+    /// Sample rows, `NULL` written out.
+    pub before: Vec<Vec<String>>,
+    pub after: Vec<Vec<String>>,
+    /// `(first N rows)` when more rows were affected than sampled.
+    pub cap: String,
+}
+
+impl From<&crate::approval::DryRun> for DryRunView {
+    fn from(d: &crate::approval::DryRun) -> Self {
+        let rows = |rows: &[Vec<Option<String>>]| -> Vec<Vec<String>> {
+            rows.iter()
+                .map(|r| {
+                    r.iter()
+                        .map(|v| v.clone().unwrap_or_else(|| "NULL".into()))
+                        .collect()
+                })
+                .collect()
+        };
+        DryRunView {
+            status: d.status.clone(),
+            summary: crate::approval::text::dry_run_summary(d),
+            command_tag: d.command_tag.clone(),
+            plan: d.plan.join("\n"),
+            columns: d.columns.clone(),
+            before: rows(&d.before),
+            after: rows(&d.after),
+            cap: if d.truncated {
+                format!(" (first {} rows)", d.sample_limit)
+            } else {
+                String::new()
+            },
+        }
+    }
+}
+
 /// Everything the request page shows.
 #[derive(Debug, Clone)]
 pub struct RequestView {
@@ -181,8 +226,13 @@ pub struct RequestView {
     pub classes: String,
     pub kinds: String,
     pub objects: String,
+    pub reads: String,
+    pub functions: String,
+    pub notes: Vec<String>,
     pub rule: String,
     pub mask: Vec<String>,
+    /// The effect of the command, from a dry run rolled back.
+    pub dry_run: Option<DryRunView>,
     pub approvers: String,
     pub escalate_to: Vec<String>,
     pub approvals: usize,
@@ -242,6 +292,10 @@ impl RequestView {
             classes: list(&r.classes),
             kinds: list(&r.kinds),
             objects: list(&r.tables),
+            reads: list(&r.tables_read),
+            functions: list(&r.functions),
+            notes: r.notes.clone(),
+            dry_run: r.dry_run.as_ref().map(DryRunView::from),
             rule: r.rule.clone(),
             mask: r.mask.clone(),
             approvers: list(&r.approvers),
@@ -482,5 +536,47 @@ mod tests {
         assert_eq!(human(185_000), "3m 5s");
         assert_eq!(human(2 * 3_600_000 + 600_000), "2h 10m");
         assert_eq!(human(76 * 3_600_000), "3d 4h");
+    }
+
+    /// The request page shows the parameters and the dry run as reviewers see them, escaped.
+    #[test]
+    fn the_request_page_shows_parameters_and_the_dry_run() {
+        let mut r = crate::approval::text::tests::held_write();
+        if let Some(d) = r.dry_run.as_mut() {
+            d.after[0][1] = Some("<b>x</b>".into());
+        }
+        let page = RequestPage {
+            nav: "inbox",
+            me: Me {
+                subject: "alice".into(),
+                groups: "dba".into(),
+                csrf: "c".into(),
+            },
+            r: RequestView::new(&r, &crate::approval::Principal::admin()),
+            notice: None,
+            error: None,
+        };
+        let html = page.render().expect("render");
+        for want in [
+            "<td>$1</td><td>text</td><td class=\"value\">[REDACTED]</td><td>public.t.email</td><td>pii</td>",
+            "<td>$2</td><td>int4</td><td class=\"value\">7</td>",
+            "id=\"dry-run-summary\">dry run: 2 rows affected in public.accounts",
+            "<code>UPDATE 2</code>",
+            "<h3>Before (first 1 rows)</h3>",
+            "<tr><td>22</td><td>NULL</td></tr>",
+            "<td>&#60;b&#62;x&#60;/b&#62;</td>",
+            "<dt>Note</dt><dd>no WHERE on a joined table</dd>",
+        ] {
+            assert!(html.contains(want), "{want:?} missing from\n{html}");
+        }
+        r.dry_run = Some(crate::approval::DryRun::skipped("calls nextval"));
+        let html = RequestPage {
+            r: RequestView::new(&r, &crate::approval::Principal::admin()),
+            ..page
+        }
+        .render()
+        .expect("render");
+        assert!(html.contains(">no dry run: calls nextval"), "{html}");
+        assert!(!html.contains("dry-run-before"), "{html}");
     }
 }
