@@ -33,6 +33,8 @@ fn shared_pg() -> Arc<PgServer> {
     for sql in [
         "CREATE ROLE app_readonly NOLOGIN".to_string(),
         "CREATE ROLE app_writer NOLOGIN".to_string(),
+        // Listed by a target but never granted to the gateway: switching to it fails.
+        "CREATE ROLE app_ghost NOLOGIN".to_string(),
         format!("GRANT app_readonly, app_writer TO {gw}"),
         format!("ALTER ROLE {gw} NOINHERIT"),
     ] {
@@ -217,6 +219,49 @@ fn wrongly_allowed_write_is_refused_by_the_server_and_the_session_goes_on() {
             .trim(),
         "0"
     );
+}
+
+/// A role switch the server refuses (the rule's `run_as` names a role the gateway was never
+/// granted) refuses the command, and the audit log records a denial by that rule with the
+/// server's reason, never an allowed command; the session goes on in its base role.
+#[test]
+fn refused_role_switch_is_recorded_as_a_denial() {
+    let pg = shared_pg();
+    let login = format!(
+        "      user: {}\n      password: \"{}\"\n      roles: [app_readonly, app_writer, app_ghost]\n      run_as: app_readonly\n",
+        GATEWAY_USER.0, GATEWAY_USER.1
+    );
+    let rules = format!(
+        "rules:\n  - name: ghost-deletes\n    sql: {{ kinds: [delete], tables: [ledger] }}\n    action: allow\n    run_as: app_ghost\n{}",
+        RULES.trim_start_matches("\nrules:\n")
+    );
+    let inst = Instance::start_with(&pg, &login, &rules);
+    let (_, out, err) = psql(
+        &dsn(inst.proxy, ""),
+        &["-v", "ON_ERROR_STOP=0"],
+        Some("DELETE FROM ledger WHERE id = 424242;\nSELECT 'still here', current_user;\n"),
+    );
+    assert!(err.contains("app_ghost"), "{err}");
+    assert_eq!(out.trim(), "still here|app_readonly", "{out}{err}");
+    let rt = inst.rt.as_ref().expect("runtime");
+    let dir = inst._state.path().join("audit");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let record = loop {
+        rt.block_on(inst.ctx.audit.flush()).expect("flush");
+        let found = airlock::audit::read_records(&dir)
+            .expect("records")
+            .iter()
+            .map(|r| serde_json::to_value(&r.event).expect("json"))
+            .find(|e| e["type"] == "command" && e["command"].to_string().contains("424242"));
+        if let Some(r) = found {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no command record");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(record["action"], "deny", "{record}");
+    assert_eq!(record["rule"], "ghost-deletes", "{record}");
+    assert!(record.to_string().contains("app_ghost"), "{record}");
 }
 
 #[test]

@@ -87,8 +87,11 @@ impl World {
              INSERT INTO {DATABASE}.ledger VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd');
              CREATE TABLE {DATABASE}.scratch (id INT PRIMARY KEY, body TEXT);
              INSERT INTO {DATABASE}.scratch VALUES (1, 'untouched');
+             CREATE TABLE {DATABASE}.ghost_probe (id INT PRIMARY KEY);
              CREATE ROLE app_readonly;
              CREATE ROLE app_writer;
+             CREATE ROLE app_ghost;
+             GRANT SELECT, DELETE ON {DATABASE}.ghost_probe TO app_ghost;
              GRANT SELECT ON {DATABASE}.* TO app_readonly;
              GRANT SELECT, INSERT, UPDATE, DELETE ON {DATABASE}.* TO app_writer;
              CREATE USER '{gw}'@'%' IDENTIFIED BY '{pw}';
@@ -145,7 +148,7 @@ targets:
       user: {roles_user}
       password: \"{roles_pw}\"
       database: {DATABASE}
-      roles: [app_readonly, app_writer]
+      roles: [app_readonly, app_writer, app_ghost]
       run_as: app_readonly
   - name: mariadb-roles-2
     protocol: mysql
@@ -190,6 +193,12 @@ rules:
     action: review
     review: {{approvers: [dba], ttl: 1s, timeout: 60s}}
     approved_run_as: app_writer
+  - name: roles-ghost-deletes
+    groups: [agents]
+    targets: [mariadb-roles]
+    sql: {{kinds: [delete], tables: [ghost_probe]}}
+    action: allow
+    run_as: app_ghost
   - name: agents-read
     groups: [agents]
     classes: [read, session, transaction]
@@ -638,6 +647,42 @@ fn mariadb_roles_wrongly_allowed_write_is_refused_by_the_server() {
         ))
         .trim(),
         "0"
+    );
+}
+
+/// A role switch the server refuses (the rule's `run_as` names a role the gateway's user was
+/// never granted) refuses the command, and the audit log records it as denied by that rule
+/// with the server's reason, never as allowed; the session goes on in its base role.
+#[test]
+fn mariadb_roles_refused_switch_is_recorded_as_a_denial() {
+    let w = world();
+    let r = w.mariadb_roles(
+        "DELETE FROM ghost_probe WHERE id = 424242;\n\
+         SELECT CONCAT('still here as ', CURRENT_ROLE());\n",
+    );
+    assert!(
+        r.stderr.contains("ERROR") && r.stderr.contains("airlock"),
+        "refused by the gateway: {r:?}"
+    );
+    assert_eq!(
+        r.stdout.lines().collect::<Vec<_>>(),
+        ["still here as app_readonly"],
+        "{r:?}"
+    );
+    let out = w.cli("audit export --format jsonl");
+    assert!(out.ok, "{out:?}");
+    let record = out
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|r| r["event"].clone())
+        .find(|e| e["type"] == "command" && e["command"].to_string().contains("424242"))
+        .unwrap_or_else(|| panic!("no command record: {}", out.stdout));
+    assert_eq!(record["action"], "deny", "{record}");
+    assert_eq!(record["rule"], "roles-ghost-deletes", "{record}");
+    assert!(
+        record.to_string().contains("app_ghost"),
+        "the reason names the role: {record}"
     );
 }
 

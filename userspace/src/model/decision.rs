@@ -96,6 +96,17 @@ impl Decision {
         }
     }
 
+    /// The decision as it stands when the gateway itself refused a command policy let
+    /// through (the server refused the role it must run as): a denial by the same rule.
+    pub fn refused(self, reason: String) -> Decision {
+        match self {
+            Decision::Allow { rule, .. } | Decision::Review { rule, .. } => {
+                Decision::Deny { rule, reason }
+            }
+            deny @ Decision::Deny { .. } => deny,
+        }
+    }
+
     /// What kind of decision this is.
     pub fn action(&self) -> Action {
         match self {

@@ -160,10 +160,31 @@ struct Want {
     resets: bool,
 }
 
-/// One judged command on its way to the server.
-struct Outgoing {
-    n: u64,
-    ack: Option<Ack>,
+/// One judged command's audit record on its way to the server.
+enum Outgoing {
+    /// Queued: its number, and the acknowledgement the answer waits for.
+    Queued { n: u64, ack: Option<Ack> },
+    /// Not queued yet: a command policy let through whose role switch may still refuse it
+    /// (then it is recorded as a denial with the server's reason, never as allowed).
+    Deferred(Box<ToRecord>),
+}
+
+/// A command record waiting for its role switch.
+struct ToRecord {
+    text: String,
+    decision: Decision,
+    facts: Arc<crate::model::Facts>,
+    review: Option<ReviewRecord>,
+}
+
+impl Outgoing {
+    /// The acknowledgement of a queued record.
+    fn take_ack(&mut self) -> Option<Ack> {
+        match self {
+            Outgoing::Queued { ack, .. } => ack.take(),
+            Outgoing::Deferred(_) => None,
+        }
+    }
 }
 
 /// Runs the command loop until one side ends the session.
@@ -388,7 +409,7 @@ impl Loop {
             let total = packet.total;
             let last_seq = packet.last_seq;
             let plan = self.plan(env, &payload, cr).await?;
-            let Some((plan, mut outgoing)) = plan else {
+            let Some((plan, outgoing)) = plan else {
                 return Ok(Exit::ClientClosed);
             };
             match plan {
@@ -433,6 +454,7 @@ impl Loop {
                         },
                         None => None,
                     };
+                    let mut outgoing = self.queue(env, outgoing, None).await?;
                     match &rewritten {
                         Some(p) => {
                             self.out.clear();
@@ -464,7 +486,7 @@ impl Loop {
                     {
                         resp = resp.with_columns(s.columns.clone());
                     }
-                    let mut ack = outgoing.as_mut().and_then(|o| o.ack.take());
+                    let mut ack = outgoing.as_mut().and_then(Outgoing::take_ack);
                     if kind == Kind::Fetch {
                         env.relay.start_fetch(&mut resp, &mut self.out);
                     }
@@ -500,9 +522,8 @@ impl Loop {
         CW: AsyncWrite + Unpin,
         J: Judge,
     {
-        if let Some(o) = outgoing
-            && let Some(ack) = o.ack
-        {
+        let outgoing = self.queue(env, outgoing, Some(message)).await?;
+        if let Some(Outgoing::Queued { ack: Some(ack), .. }) = outgoing {
             ack.durable().await?;
         }
         self.cbuf.advance(total);
@@ -837,7 +858,54 @@ impl Loop {
                 approval,
             })
             .await?;
-        Ok(Some(Outgoing { n, ack: Some(ack) }))
+        Ok(Some(Outgoing::Queued { n, ack: Some(ack) }))
+    }
+
+    /// Records a command policy let through: at once, or, when the session switches roles,
+    /// once the switch is made (see [`Outgoing::Deferred`]).
+    async fn record_allowed<J: Judge>(
+        &mut self,
+        env: &mut Env<'_, J>,
+        text: &str,
+        decision: Decision,
+        facts: &Arc<crate::model::Facts>,
+        review: Option<ReviewRecord>,
+    ) -> Result<Option<Outgoing>, SessionError> {
+        if env.roles.is_none() || !env.recorder.is_recording() {
+            return self.record(env, text, &decision, facts, review).await;
+        }
+        Ok(Some(Outgoing::Deferred(Box::new(ToRecord {
+            text: text.to_owned(),
+            decision,
+            facts: Arc::clone(facts),
+            review,
+        }))))
+    }
+
+    /// Queues a deferred record: as decided, or as a denial when the gateway refused the
+    /// command after all (`refused`: the message the client gets).
+    async fn queue<J: Judge>(
+        &mut self,
+        env: &mut Env<'_, J>,
+        outgoing: Option<Outgoing>,
+        refused: Option<&str>,
+    ) -> Result<Option<Outgoing>, SessionError> {
+        match outgoing {
+            Some(Outgoing::Deferred(r)) => {
+                let ToRecord {
+                    text,
+                    decision,
+                    facts,
+                    review,
+                } = *r;
+                let decision = match refused {
+                    Some(message) => decision.refused(message.to_owned()),
+                    None => decision,
+                };
+                self.record(env, &text, &decision, &facts, review).await
+            }
+            other => Ok(other),
+        }
     }
 
     /// Waits for a held command's verdict, reading ahead from the client meanwhile. `None`:
@@ -960,6 +1028,10 @@ impl Loop {
             v => v,
         };
         let outgoing = match record {
+            Some(decision) if matches!(verdict, Verdict::Allow { .. }) => {
+                self.record_allowed(env, text, decision, &facts, review)
+                    .await?
+            }
             Some(decision) => self.record(env, text, &decision, &facts, review).await?,
             None => None,
         };
@@ -979,8 +1051,12 @@ impl Loop {
             record,
             ..
         } = env.judge.judge(&Command::sql(Dialect::Mysql, text));
-        let outgoing = match &record {
-            Some(decision) => self.record(env, text, decision, &facts, None).await?,
+        let outgoing = match record {
+            Some(decision) if !matches!(verdict, Verdict::Deny { .. }) => {
+                self.record_allowed(env, text, decision, &facts, None)
+                    .await?
+            }
+            Some(decision) => self.record(env, text, &decision, &facts, None).await?,
             None => None,
         };
         Ok((
@@ -1291,20 +1367,20 @@ impl Loop {
         {
             s.columns = resp.take_columns();
         }
-        let Some(o) = outgoing else {
+        let Some(Outgoing::Queued { n, .. }) = outgoing else {
             return;
         };
         let record = resp.totals.record(resp.started);
-        match env.recorder.result(o.n, record).await {
+        match env.recorder.result(n, record).await {
             Ok(ack) => drop(ack),
             Err(e) => tracing::warn!(error = %e, "audit: result record not queued"),
         }
         if !resp.totals.masked.is_empty() {
             let mut tally = MaskTally::default();
-            for (rule, n) in resp.totals.masked.iter() {
-                tally.add(env.relay.rule_name(rule), u64::from(n));
+            for (rule, count) in resp.totals.masked.iter() {
+                tally.add(env.relay.rule_name(rule), u64::from(count));
             }
-            if let Err(e) = env.recorder.masking(o.n, &tally).await {
+            if let Err(e) = env.recorder.masking(n, &tally).await {
                 tracing::warn!(error = %e, "audit: masking record not queued");
             }
         }

@@ -102,7 +102,7 @@ pub enum Expect {
     /// ReadyForQuery is for the gateway, none of it for the client.
     Internal,
     /// The gateway's own `SET LOCAL ROLE` inside the client's pipeline: answered up to its
-    /// second CloseComplete (`closes` counts them), or failed with the pipeline.
+    /// last CloseComplete (`closes` counts them), or failed with the pipeline.
     InternalInline {
         closes: u8,
     },

@@ -273,15 +273,25 @@ pub fn switch(role: Option<&str>, local: bool) -> BytesMut {
     out
 }
 
-/// A `SET LOCAL ROLE` inside the client's pipeline (no Sync): answered by ParseComplete,
-/// BindComplete, CommandComplete and two CloseCompletes (and a warning outside a
-/// transaction block).
+/// How many CloseCompletes answer one switch's messages (see [`statements`]).
+pub const CLOSES: u8 = 3;
+
+/// A `SET LOCAL ROLE` inside the client's pipeline (no Sync): answered by a CloseComplete,
+/// ParseComplete, BindComplete, CommandComplete and two more CloseCompletes (and a warning
+/// outside a transaction block).
 pub fn inline(role: Option<&str>) -> BytesMut {
     statements(&switch_sql(role, true))
 }
 
+/// Close, Parse, Bind, Execute, Close portal, Close statement. The first Close (not an
+/// error when nothing has the name) clears a statement left by a switch the server refused:
+/// its error skipped the closing messages up to the Sync.
 fn statements(sql: &str) -> BytesMut {
     let mut out = BytesMut::new();
+    codec::put_message(&mut out, b'C', |o| {
+        o.put_u8(b'S');
+        codec::put_cstr(o, STATEMENT);
+    });
     codec::put_message(&mut out, b'P', |o| {
         codec::put_cstr(o, STATEMENT);
         codec::put_cstr(o, sql.as_bytes());

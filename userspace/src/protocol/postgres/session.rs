@@ -389,8 +389,10 @@ impl<J: Judge> Front<'_, J> {
         } else {
             None
         };
+        // The record says what happened: a denial by the rule, with the server's reason.
         let refuse = |judged: &mut Judged, message: String| {
             tracing::warn!(session = self.session, %message, "role switch refused the command");
+            judged.record = judged.record.take().map(|d| d.refused(message.clone()));
             judged.verdict = Verdict::Deny { message };
         };
         if std::mem::take(&mut self.switched) {
@@ -1565,7 +1567,7 @@ fn internal_answer(shared: &Shared, tag: u8, msg: &[u8]) -> Result<bool, FrameEr
         match tag {
             b'3' => {
                 *closes += 1;
-                if *closes == 2 {
+                if *closes == super::roles::CLOSES {
                     q.pop_front();
                     shared.internal.fetch_sub(1, Ordering::SeqCst);
                 }
