@@ -142,11 +142,16 @@ impl Roles {
                 ));
             }
         }
-        let desired: Role = run_as.map(str::to_owned).or_else(|| self.base.clone());
+        // The common case first, without allocating: the role in effect is the one wanted.
+        let wanted = run_as.or(self.base.as_deref());
         let settled = !self.unverified && self.local.is_none() && self.after_sync.is_none();
-        if settled && elevate.is_none() && self.session.as_ref() == Some(&desired) {
+        if settled
+            && elevate.is_none()
+            && self.session.as_ref().is_some_and(|s| s.as_deref() == wanted)
+        {
             return Step::Run;
         }
+        let desired: Role = wanted.map(str::to_owned);
         if let Some(e) = elevate
             && server.mid_batch
             && self.after_sync.is_none()
@@ -207,8 +212,8 @@ impl Roles {
                 after: switch(desired.as_deref(), local),
             };
         }
-        let effective = self.local.clone().or_else(|| self.session.clone());
-        if effective.as_ref() == Some(&desired) {
+        let effective = self.local.as_ref().or(self.session.as_ref());
+        if effective == Some(&desired) {
             return Step::Run;
         }
         self.set(local, desired.clone());

@@ -373,12 +373,9 @@ impl<J: Judge> Front<'_, J> {
         let Some(roles) = self.roles.as_mut() else {
             return RoleGo::Go(judged, None);
         };
-        let (run_as, elevate) = match &judged.verdict {
-            Verdict::Allow {
-                run_as, elevate, ..
-            } => (run_as.clone(), elevate.clone()),
-            _ => return RoleGo::Go(judged, None),
-        };
+        if !matches!(judged.verdict, Verdict::Allow { .. }) {
+            return RoleGo::Go(judged, None);
+        }
         let synced = self.shared.ready_seen.load(Ordering::SeqCst) >= self.batch;
         let error = if synced {
             self.shared
@@ -413,7 +410,15 @@ impl<J: Judge> Front<'_, J> {
             status: self.shared.status(),
             mid_batch: self.mid_batch,
         };
-        match roles.plan(run_as.as_deref(), elevate.as_deref(), &judged.facts, server) {
+        // Borrowed, not cloned: this runs for every allowed command.
+        let (run_as, elevate) = match &judged.verdict {
+            Verdict::Allow {
+                run_as, elevate, ..
+            } => (run_as.as_deref(), elevate.as_deref()),
+            _ => (None, None),
+        };
+        let step = roles.plan(run_as, elevate, &judged.facts, server);
+        match step {
             Step::Run => RoleGo::Go(judged, None),
             Step::Sync => {
                 self.parked = Some(judged);
