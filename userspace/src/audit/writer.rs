@@ -117,6 +117,26 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// How long a measurement of the free space stands. Admitting a session checks it; a
+/// statvfs per connection showed in connect latency, and a write that finds the disk full
+/// fails closed by itself (`failed_at`).
+const FREE_SPACE_TTL_US: u64 = 100_000;
+
+impl Shared {
+    /// Bytes free under the log, measured at most every [`FREE_SPACE_TTL_US`].
+    fn free_bytes(&self) -> std::io::Result<u64> {
+        let now = now_us();
+        let at = self.free_at.load(Ordering::Acquire);
+        if at != 0 && now.saturating_sub(at) < FREE_SPACE_TTL_US {
+            return Ok(self.free.load(Ordering::Relaxed));
+        }
+        let free = free_bytes(&self.dir)?;
+        self.free.store(free, Ordering::Relaxed);
+        self.free_at.store(now, Ordering::Release);
+        Ok(free)
+    }
+}
+
 /// Bytes available to unprivileged writers on the file system holding `dir`.
 fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
@@ -176,6 +196,11 @@ struct Shared {
     public: VerifyingKey,
     on_full: OnFull,
     min_free: u64,
+    /// The last measurement of the free space, and when it was taken (µs since the epoch, 0:
+    /// never): admission checks it for every session, a statvfs at most every
+    /// [`FREE_SPACE_TTL_US`].
+    free: AtomicU64,
+    free_at: AtomicU64,
     /// When the last write failed (µs since the epoch), 0 when the last write succeeded.
     failed_at: AtomicU64,
     closed: AtomicBool,
@@ -262,6 +287,8 @@ impl Recorder {
             public,
             on_full: config.on_full,
             min_free: config.min_free_bytes,
+            free: AtomicU64::new(0),
+            free_at: AtomicU64::new(0),
             failed_at: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             coop: AtomicBool::new(share),
@@ -348,7 +375,7 @@ impl Recorder {
         let problem = if failed_at != 0 && now_us().saturating_sub(failed_at) < FAILURE_HOLDOFF_US {
             Some("the last write to the audit log failed".to_owned())
         } else {
-            match free_bytes(&shared.dir) {
+            match shared.free_bytes() {
                 Ok(free) if free < shared.min_free => Some(format!(
                     "{free} bytes free under {}, less than min_free_bytes {}",
                     shared.dir.display(),

@@ -26,6 +26,12 @@ pub enum Mismatch {
     OwnConnection,
 }
 
+/// This process's id, read once (getpid is a system call, and this runs per connection).
+fn own_pid() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}
+
 /// Checks that a record belongs to the listener that accepted its connection: target
 /// `target_index` of the current configuration, listening at `local`.
 pub fn check_record(
@@ -34,7 +40,7 @@ pub fn check_record(
     target: &TargetConfig,
     local: SocketAddr,
 ) -> Result<(), Mismatch> {
-    if info.tgid == std::process::id() {
+    if info.tgid == own_pid() {
         return Err(Mismatch::OwnConnection);
     }
     if info.target_id as usize != target_index {

@@ -96,31 +96,48 @@ pub async fn serve(session: Session, ctx: Arc<Context>) {
         }
         v => (Ok(v), None),
     };
-    if let Some(decision) = &judged.record {
-        let recorded = recorder
-            .command(CommandEvent {
-                command: &Command::Connect,
-                facts: &judged.facts,
-                decision,
-                approval: review.as_ref().map(gate::session::review_record),
-            })
-            .await;
-        let acked = match recorded {
-            Ok((_, ack)) => ack.durable().await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        if let Err(error) = acked {
-            tracing::error!(session = id, %error, "audit log failed; connection closed");
-            gate::session::close(
-                recorder,
-                EndReason::AuditFailure,
-                Some(&error.to_string()),
-                0,
-                0,
-            )
-            .await;
-            return;
+    let recorded = match &judged.record {
+        Some(decision) => Some(
+            recorder
+                .command(CommandEvent {
+                    command: &Command::Connect,
+                    facts: &judged.facts,
+                    decision,
+                    approval: review.as_ref().map(gate::session::review_record),
+                })
+                .await,
+        ),
+        None => None,
+    };
+    let durable = async {
+        match recorded {
+            Some(Ok((_, ack))) => ack.durable().await.map(|_| ()),
+            Some(Err(e)) => Err(e),
+            None => Ok(()),
         }
+    };
+    // An allowed connection's upstream is dialled while the log makes its record durable:
+    // the two waits overlap (connect latency). Nothing is relayed, not even the client's
+    // first byte, before the record is durable; a log that fails closes both sides.
+    let (acked, dialled) = if matches!(verdict, Ok(Verdict::Allow { .. })) {
+        // The dial first: it sends the SYN and yields, then the log's write runs.
+        let (dialled, acked) =
+            tokio::join!(crate::intercept::sockets::connect(upstream), durable);
+        (acked, Some(dialled))
+    } else {
+        (durable.await, None)
+    };
+    if let Err(error) = acked {
+        tracing::error!(session = id, %error, "audit log failed; connection closed");
+        gate::session::close(
+            recorder,
+            EndReason::AuditFailure,
+            Some(&error.to_string()),
+            0,
+            0,
+        )
+        .await;
+        return;
     }
     let verdict = match verdict {
         Ok(v) => v,
@@ -137,7 +154,14 @@ pub async fn serve(session: Session, ctx: Arc<Context>) {
         gate::session::close(recorder, EndReason::Denied, Some(message), 0, 0).await;
         return;
     }
-    let upstream_conn = match crate::intercept::sockets::connect(upstream).await {
+    let Some(dialled) = dialled else {
+        // Fail closed: a hold resolves to allow or deny, never to another hold.
+        tracing::error!(session = id, target = %target.name, "a held connection did not resolve; closed");
+        gate::session::close(recorder, EndReason::Denied, Some("approval did not resolve"), 0, 0)
+            .await;
+        return;
+    };
+    let upstream_conn = match dialled {
         Ok(s) => s,
         Err(error) => {
             tracing::warn!(session = id, target = %target.name, %upstream, %error, "upstream connect failed");
