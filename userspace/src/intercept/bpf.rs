@@ -14,7 +14,7 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_common::{
@@ -225,7 +225,8 @@ impl Interceptor {
 
         let targets = take_map(&mut ebpf, map_names::TARGETS)?;
         let proxy_ports = take_map(&mut ebpf, map_names::PROXY_PORTS)?;
-        let conn_by_peer = take_map(&mut ebpf, map_names::CONN_BY_PEER)?;
+        let conn_by_peer: HashMap<MapData, PeerKey, ConnInfo> =
+            take_map(&mut ebpf, map_names::CONN_BY_PEER)?;
         let events = take_map(&mut ebpf, map_names::EVENTS)?;
         // The daemon's sockets must be markable before anything of it connects or binds.
         super::sockets::set_marks(take_map(&mut ebpf, map_names::DAEMON_SOCKETS)?);
@@ -239,7 +240,7 @@ impl Interceptor {
             proxy_ports,
             daemon_ports: Vec::new(),
             settings,
-            conns: Arc::new(ConnTable(Mutex::new(conn_by_peer))),
+            conns: Arc::new(ConnTable(conn_by_peer)),
             events: Some(events),
             logger,
             cgroup: cgroup.to_owned(),
@@ -333,7 +334,7 @@ impl Interceptor {
 }
 
 /// Admission records keyed by the connection's 4-tuple, as the proxy sees it on accept.
-pub struct ConnTable(Mutex<HashMap<MapData, PeerKey, ConnInfo>>);
+pub struct ConnTable(HashMap<MapData, PeerKey, ConnInfo>);
 
 /// What the admission table holds for an accepted connection.
 #[derive(Debug)]
@@ -362,15 +363,13 @@ impl ConnTable {
             client_port: peer.port(),
             proxy_port: local.port(),
         };
-        let info = {
-            let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-            let Ok(info) = map.get(&key, 0) else {
-                return Lookup::Missing;
-            };
-            if map.remove(&key).is_err() {
+        let info = match lookup_and_delete(&self.0, &key) {
+            Ok(Some(info)) => info,
+            Ok(None) => return Lookup::Missing,
+            Err(error) => {
+                tracing::warn!(%error, "interception record lookup failed");
                 return Lookup::Missing;
             }
-            info
         };
         let age = system::monotonic_now().saturating_sub(Duration::from_nanos(info.stamp_ns));
         if age > RECORD_TTL {
@@ -378,6 +377,57 @@ impl ConnTable {
         }
         Lookup::Found(info)
     }
+}
+
+/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (kernel 5.14+ for hash maps): reads and removes `key`'s
+/// value in one system call, atomically, so two accepts can never both take a record. aya's
+/// `HashMap` offers a lookup and a delete only (two calls, and a lock around them to make
+/// the pair atomic).
+fn lookup_and_delete(
+    map: &HashMap<MapData, PeerKey, ConnInfo>,
+    key: &PeerKey,
+) -> std::io::Result<Option<ConnInfo>> {
+    use std::os::fd::{AsFd, AsRawFd};
+    /// The `bpf_attr` of the map element commands.
+    #[repr(C, align(8))]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    let mut value = std::mem::MaybeUninit::<ConnInfo>::uninit();
+    let map_data: &MapData = aya::maps::IterableMap::map(map);
+    let attr = ElemAttr {
+        map_fd: map_data.fd().as_fd().as_raw_fd() as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` is a valid bpf_attr for this command; `key` points to a PeerKey and
+    // `value` to writable memory of the map's value size (ConnInfo, checked by the map's
+    // typed handle at load); the kernel reads and writes only those.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            std::ptr::from_ref(&attr),
+            std::mem::size_of::<ElemAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ENOENT) {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    // SAFETY: the call succeeded, so the kernel wrote the whole value.
+    Ok(Some(unsafe { value.assume_init() }))
 }
 
 /// Takes a map out of the loaded object as its typed handle.
