@@ -473,7 +473,7 @@ fn rotation_under_pgbench_fails_no_transaction_and_retires_the_old_password() {
     std::thread::sleep(Duration::from_secs(2));
     let config = inst.ctx.config.load();
     let rt = inst.rt.as_ref().expect("runtime");
-    let rotated = rt.block_on(airlock::protocol::postgres::credentials::rotate_recorded(
+    let rotated = rt.block_on(airlock::protocol::credentials::rotate_recorded(
         &inst.ctx,
         &config.targets[0],
         pg.addr(),

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use my::{Certs, DATABASE, EXTRA_PORT, GW_ED25519, GW_NATIVE, MYSQL_PYTHON, MariaDb, PORT};
 use support::{
     DB_ADDR, DB_ADDR_2, Daemon, TempDir, TestCgroup, Topology, airlock_bin, require_root, sh,
-    unique_id,
+    sh_ok, unique_id,
 };
 
 const API_PORT: u16 = 7081;
@@ -31,6 +31,11 @@ const METRICS_PORT: u16 = 7082;
 const GW_ROLES: (&str, &str) = ("gw_roles", "roles-secret");
 /// The same for the `mariadb-roles-2` target, whose grants a test takes away mid-session.
 const GW_ROLES_2: (&str, &str) = ("gw_roles2", "roles2-secret");
+/// The `mariadb-rotate` target's login user (native password, read from a `password_file`),
+/// whose password the rotation test changes; and the address of the database host that
+/// target protects (only it: the other targets use the other address and port pairs).
+const GW_ROTATE: (&str, &str) = ("gw_rot", "rot-secret-0");
+const ROTATE_ADDR: &str = "198.18.0.4";
 
 /// The shared world: namespaces, cgroup, MariaDB, the daemon.
 struct World {
@@ -74,6 +79,10 @@ impl World {
         let cg = TestCgroup::new(&topo.id);
         let dir = TempDir::new(&format!("my{}", topo.id));
         let certs = Certs::generate(&dir.path("certs"));
+        sh_ok(&format!(
+            "ip -n {} addr add {ROTATE_ADDR}/24 dev a{}d1",
+            topo.db, topo.id
+        ));
         let db = MariaDb::start(&topo.db, &dir.path("mariadb"), &certs);
         db.admin(&format!(
             "CREATE TABLE {DATABASE}.customers (id INT PRIMARY KEY, name VARCHAR(64), email VARCHAR(128), note TEXT);
@@ -99,7 +108,11 @@ impl World {
              GRANT app_writer TO '{gw}'@'%';
              CREATE USER '{gw2}'@'%' IDENTIFIED BY '{pw2}';
              GRANT app_readonly TO '{gw2}'@'%';
-             GRANT app_writer TO '{gw2}'@'%';",
+             GRANT app_writer TO '{gw2}'@'%';
+             CREATE USER '{rot}'@'%' IDENTIFIED BY '{rot_pw}';
+             GRANT SELECT ON {DATABASE}.customers TO '{rot}'@'%';",
+            rot = GW_ROTATE.0,
+            rot_pw = GW_ROTATE.1,
             gw = GW_ROLES.0,
             pw = GW_ROLES.1,
             gw2 = GW_ROLES_2.0,
@@ -160,6 +173,15 @@ targets:
       database: {DATABASE}
       roles: [app_readonly, app_writer]
       run_as: app_readonly
+  - name: mariadb-rotate
+    protocol: mysql
+    addresses: [\"{ROTATE_ADDR}/32\"]
+    ports: [{PORT}]
+    upstream: \"{ROTATE_ADDR}:{PORT}\"
+    mysql:
+      user: {rot}
+      password_file: {rot_file}
+      database: {DATABASE}
 identities:
   - name: corp
     oidc: {{issuer: \"https://127.0.0.1:1\", audience: airlock}}
@@ -232,6 +254,10 @@ masking:
             roles_user2 = GW_ROLES_2.0,
             roles_pw2 = GW_ROLES_2.1,
             ed = GW_ED25519.0,
+            rot = GW_ROTATE.0,
+            rot_file = dir
+                .write("rot.password", &format!("{}\n", GW_ROTATE.1))
+                .display(),
             pwfile = dir
                 .write("ed.password", &format!("{}\n", GW_ED25519.1))
                 .display(),
@@ -1275,4 +1301,149 @@ fn audit_records_and_metrics_name_the_mysql_target() {
     let t = r#"target="mariadb",protocol="mysql""#;
     assert!(value(&format!("airlock_commands_total{{{t},action=\"allow\"}}")) >= 1.0);
     assert!(value(&format!("airlock_commands_total{{{t},action=\"deny\"}}")) >= 1.0);
+}
+
+/// Whether `password` logs in as the rotated user, straight to MariaDB (not through airlock).
+fn rotated_user_logs_in(w: &World, password: &str) -> bool {
+    sh(&format!(
+        "{} mariadb --no-defaults -h {ROTATE_ADDR} -P {PORT} -u {} -p{password} -N -B \
+         --connect-timeout=10 -e 'SELECT CURRENT_USER()'",
+        Topology::enter(&w.topo.db),
+        GW_ROTATE.0
+    ))
+    .status
+    .success()
+}
+
+/// `airlock credentials rotate` on a MariaDB target (through the daemon's API, so recorded)
+/// while PyMySQL clients log in again and again and others keep their sessions: no login and
+/// no query fails, the password file holds a new password (mode 0600), the server takes only
+/// that one, and the audit log has the change without the secret.
+#[test]
+fn rotation_under_load_fails_no_login_and_retires_the_old_password() {
+    let w = world();
+    let file = w.dir.path("rot.password");
+    assert!(rotated_user_logs_in(&w, GW_ROTATE.1), "the first password");
+    let load = r#"
+import os, threading, time, pymysql
+host, port = os.environ["HOST"], int(os.environ["PORT"])
+stop = time.time() + 8
+done, failed, lock = [0], [], threading.Lock()
+def connect():
+    return pymysql.connect(host=host, port=port, user="someone", database="app", connect_timeout=10)
+def query(c):
+    with c.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM customers")
+        assert cur.fetchall()[0][0] == 2
+def fresh():
+    while time.time() < stop:
+        try:
+            c = connect()
+            query(c)
+            c.close()
+            with lock: done[0] += 1
+        except Exception as e:
+            with lock: failed.append("fresh: " + repr(e))
+def kept():
+    try:
+        c = connect()
+        while time.time() < stop:
+            query(c)
+            with lock: done[0] += 1
+            time.sleep(0.01)
+        c.close()
+    except Exception as e:
+        with lock: failed.append("kept: " + repr(e))
+threads = [threading.Thread(target=fresh) for _ in range(3)] + [threading.Thread(target=kept) for _ in range(2)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(f"done={done[0]} failed={len(failed)}")
+for f in failed[:5]: print(f)
+"#;
+    let loader = {
+        let w = Arc::clone(&w);
+        std::thread::spawn(move || w.python("ops", ROTATE_ADDR, load))
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let mut passwords = Vec::new();
+    for _ in 0..2 {
+        let r = w.cli("credentials rotate mariadb-rotate");
+        assert!(
+            r.ok && r.stdout.contains("recorded in the audit log"),
+            "{r:?}\n{}",
+            w.daemon_log()
+        );
+        passwords.push(std::fs::read_to_string(&file).unwrap());
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let r = loader.join().unwrap();
+    eprintln!("load: {}", r.stdout.trim());
+    assert!(r.ok, "{r:?}");
+    let done: u64 = r
+        .stdout
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("done="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        r.stdout.contains("failed=0") && done > 50,
+        "{r:?}\n{}",
+        w.daemon_log()
+    );
+
+    let new = passwords[1].trim_end();
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim_end(), new);
+    assert!(
+        new.len() >= 32 && new != passwords[0].trim_end(),
+        "{passwords:?}"
+    );
+    assert!(!w.dir.path("rot.password.rotating").exists());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(
+        !rotated_user_logs_in(&w, GW_ROTATE.1),
+        "the first password still logs in"
+    );
+    assert!(
+        !rotated_user_logs_in(&w, passwords[0].trim_end()),
+        "the second password still logs in"
+    );
+    assert!(
+        rotated_user_logs_in(&w, new),
+        "the new password does not log in"
+    );
+
+    let out = w.cli("audit export --format jsonl");
+    assert!(out.ok, "{out:?}");
+    for p in &passwords {
+        assert!(
+            !out.stdout.contains(p.trim_end()),
+            "a password in the audit log"
+        );
+    }
+    let records: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let sessions: Vec<&serde_json::Value> = records
+        .iter()
+        .map(|r| &r["event"])
+        .filter(|e| {
+            e["type"] == "session_start"
+                && e["target"] == "mariadb-rotate"
+                && e["protocol"] == "mysql"
+                && e.to_string().contains("airlock:credential-rotation")
+        })
+        .collect();
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    let changes = records
+        .iter()
+        .map(|r| &r["event"])
+        .filter(|e| {
+            e["type"] == "command" && e["command"].to_string().contains("SET PASSWORD = '…'")
+        })
+        .count();
+    assert_eq!(changes, 2, "{}", out.stdout);
 }

@@ -120,8 +120,9 @@ pub enum SshCommand {
 /// `airlock credentials …`
 #[derive(Debug, Subcommand)]
 pub enum CredentialsCommand {
-    /// Set a new random password for the gateway's login role on a PostgreSQL target and write
-    /// it to the target's `password_file`: new sessions use it, open sessions go on.
+    /// Set a new random password for the gateway's login on a database target (PostgreSQL,
+    /// MariaDB/MySQL) and write it to the target's `password_file`: new sessions use it, open
+    /// sessions go on.
     Rotate {
         /// The target's name.
         target: String,
@@ -307,22 +308,23 @@ fn rotate_credentials(
     let t = config
         .target(target)
         .with_context(|| format!("no target named `{target}`"))?;
-    let pg = t
-        .postgres
-        .as_ref()
-        .with_context(|| format!("target `{target}` is not a PostgreSQL target"))?;
+    let account = crate::protocol::credentials::Account::of(t).with_context(|| {
+        format!(
+            "target `{target}` is not a database target (PostgreSQL, MariaDB/MySQL) with a login"
+        )
+    })?;
     let upstream = upstream.or(t.upstream).with_context(|| {
         format!("target `{target}` has no `upstream`; name the server with --upstream")
     })?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let user = account.user();
     let file = runtime
-        .block_on(crate::protocol::postgres::credentials::rotate(pg, upstream))
-        .with_context(|| format!("rotating the password of `{}` on {target}", pg.user))?;
+        .block_on(crate::protocol::credentials::rotate(account, upstream))
+        .with_context(|| format!("rotating the password of `{user}` on {target}"))?;
     println!(
-        "rotated the password of `{}` on {target}; new sessions read it from {}",
-        pg.user,
+        "rotated the password of `{user}` on {target}; new sessions read it from {}",
         file.display()
     );
     Ok(())

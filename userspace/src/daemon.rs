@@ -254,7 +254,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<S
         .context("opening the approval store")?;
         let _ = ctx.approvals.set(approvals);
     }
-    tokio::spawn(crate::protocol::postgres::credentials::schedule(
+    tokio::spawn(crate::protocol::credentials::schedule(
         Arc::clone(&ctx),
         drain.watch(),
     ));

@@ -197,7 +197,8 @@ pub struct MysqlTarget {
     /// Name of an environment variable of the daemon holding the password.
     #[serde(default)]
     pub password_env: Option<String>,
-    /// File holding the password (trailing newline ignored); read at each connection.
+    /// File holding the password (trailing newline ignored); read at each connection, so a
+    /// rotated password takes effect without a restart.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
     /// Default database for clients that name none (a client's own choice wins: in MySQL the
@@ -226,6 +227,11 @@ pub struct MysqlTarget {
     /// NONE`).
     #[serde(default)]
     pub run_as: Option<String>,
+    /// Rotate the login user's password on this schedule (`24h`): needs `password_file` (the
+    /// new password is written back to it) and the target's `upstream`. `airlock credentials
+    /// rotate` does it on demand.
+    #[serde(default)]
+    pub rotate_every: Option<policy::DurationSpec>,
 }
 
 impl MysqlTarget {
@@ -466,6 +472,28 @@ impl fmt::Display for Cidr {
 }
 
 /// Checks an `ssh` block: an error is `(field, message)`.
+/// A database target's `rotate_every`: the new password is written back to the
+/// `password_file`, on the server at `upstream`, at most once a minute.
+fn validate_rotation(
+    every: Option<policy::DurationSpec>,
+    has_file: bool,
+    upstream: Option<SocketAddr>,
+) -> Result<(), String> {
+    let Some(every) = every else {
+        return Ok(());
+    };
+    if !has_file || upstream.is_none() {
+        return Err(
+            "needs `password_file` (the new password is written back to it) and the target's `upstream`"
+                .into(),
+        );
+    }
+    if every.0 < std::time::Duration::from_secs(60) {
+        return Err("at least 1m".into());
+    }
+    Ok(())
+}
+
 fn validate_ssh(ssh: &SshTarget) -> Result<(), (String, String)> {
     let err = |f: &str, m: String| Err((f.to_owned(), m));
     if ssh.user.is_empty() {
@@ -647,20 +675,8 @@ impl Config {
                         format!("`{r}` is not in this target's `roles`"),
                     ));
                 }
-                if let Some(every) = pg.rotate_every {
-                    if pg.password_file.is_none() || t.upstream.is_none() {
-                        return Err(invalid(
-                            field.clone() + ".postgres.rotate_every",
-                            "needs `password_file` (the new password is written back to it) and the target's `upstream`".into(),
-                        ));
-                    }
-                    if every.0 < std::time::Duration::from_secs(60) {
-                        return Err(invalid(
-                            field.clone() + ".postgres.rotate_every",
-                            "at least 1m".into(),
-                        ));
-                    }
-                }
+                validate_rotation(pg.rotate_every, pg.password_file.is_some(), t.upstream)
+                    .map_err(|m| invalid(field.clone() + ".postgres.rotate_every", m))?;
                 if pg.tls.mode == UpstreamTlsMode::VerifyFull && pg.tls.ca_file.is_none() {
                     return Err(invalid(
                         field + ".postgres.tls.ca_file",
@@ -702,6 +718,8 @@ impl Config {
                         format!("`{r}` is not in this target's `roles`"),
                     ));
                 }
+                validate_rotation(my.rotate_every, my.password_file.is_some(), t.upstream)
+                    .map_err(|m| invalid(field.clone() + ".mysql.rotate_every", m))?;
                 if my.tls.mode == UpstreamTlsMode::VerifyFull && my.tls.ca_file.is_none() {
                     return Err(invalid(
                         field + ".mysql.tls.ca_file",
@@ -1020,12 +1038,30 @@ identities:
                     .replace("      roles: [app_readonly, app_writer]\n", ""),
                 "not a plain role name",
             ),
+            (
+                format!("{base}      rotate_every: 1h\n"),
+                "mysql.rotate_every: needs `password_file`",
+            ),
+            (
+                format!("{base}      rotate_every: 30s\n").replace(
+                    "    mysql:\n",
+                    "    upstream: \"198.18.0.2:3306\"\n    mysql:\n",
+                ),
+                "mysql.rotate_every: at least 1m",
+            ),
         ] {
             let err = Config::parse(Path::new("x.yaml"), &bad)
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(needle), "{err}");
         }
+        let ok = format!("{base}      rotate_every: 1h\n").replace(
+            "    mysql:\n",
+            "    upstream: \"198.18.0.2:3306\"\n    mysql:\n",
+        );
+        let c = Config::parse(Path::new("x.yaml"), &ok).unwrap();
+        let every = c.targets[0].mysql.as_ref().unwrap().rotate_every.unwrap();
+        assert_eq!(every.0, std::time::Duration::from_secs(3600));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Protocol handlers: each takes an intercepted client connection, frames its commands, asks
 //! policy about each one, and relays the rest.
 
+pub mod credentials;
 pub mod http;
 pub mod kube;
 pub mod mysql;

@@ -253,8 +253,8 @@ async fn plan_submit(
     }
 }
 
-/// Rotates a PostgreSQL target's password in the daemon, recorded in the audit log (admin
-/// token only).
+/// Rotates a database target's password (PostgreSQL, MariaDB/MySQL) in the daemon, recorded
+/// in the audit log (admin token only).
 async fn rotate_credentials(
     State(ctx): State<Arc<Context>>,
     axum::Extension(c): axum::Extension<Caller>,
@@ -270,13 +270,21 @@ async fn rotate_credentials(
     let Some(target) = config.target(&name) else {
         return json_error(StatusCode::NOT_FOUND, format!("no target named {name:?}"));
     };
+    if crate::protocol::credentials::Account::of(target).is_none() {
+        return json_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "target {name:?} is not a database target (PostgreSQL, MariaDB/MySQL) with a login"
+            ),
+        );
+    }
     let Some(upstream) = target.upstream else {
         return json_error(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("target {name:?} has no `upstream` to rotate on"),
         );
     };
-    match crate::protocol::postgres::credentials::rotate_recorded(&ctx, target, upstream).await {
+    match crate::protocol::credentials::rotate_recorded(&ctx, target, upstream).await {
         Ok(file) => json(
             StatusCode::OK,
             &serde_json::json!({ "target": name, "password_file": file.display().to_string() }),
@@ -411,11 +419,11 @@ fn paths(
         "/v1/requests/{id}/deny": {"post": decision("Deny (ends the request; a held command is refused)")},
         "/v1/requests/{id}/revoke": {"post": decision("Revoke a pending request or an unused approval (a held command is aborted)")},
         "/v1/targets/{name}/rotate-credentials": {"post": {
-            "summary": "Rotate a PostgreSQL target's password in the daemon (admin token only; recorded in the audit log, never the secret)",
+            "summary": "Rotate the gateway's password on a database target (PostgreSQL, MariaDB/MySQL) in the daemon and write it to the target's password_file (admin token only; recorded in the audit log, never the secret)",
             "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
             "responses": with_errors(
                 serde_json::json!({"200": {"description": "Rotated", "content": {"application/json": {"schema": {"type": "object"}}}}}),
-                &[("403", "Not the admin token"), ("404", "No such target"), ("422", "The target has no upstream"), ("500", "The rotation failed; the message says which password works")],
+                &[("403", "Not the admin token"), ("404", "No such target"), ("422", "Not a database target, or the target has no upstream"), ("500", "The rotation failed; the message says which password works")],
             )
         }},
         "/v1/plans": {"post": {

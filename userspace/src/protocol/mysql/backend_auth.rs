@@ -148,17 +148,53 @@ pub struct Backend {
 }
 
 /// Logs in to a greeted server with the target's credentials.
+///
+/// With a `password_file`, a password the server refuses (error 1045) is retried once with
+/// what a rotation in progress holds (see [`credentials`](crate::protocol::credentials)), on a
+/// new connection (the refusal closed this one): the server may have taken the new password
+/// after this login read the file. The returned [`Backend`] carries the greeting of the
+/// connection that logged in.
 pub async fn login(
     greeted: Greeted,
     cfg: &MysqlTarget,
     req: &LoginRequest,
+) -> Result<Backend, BackendError> {
+    let addr = greeted.addr;
+    let password = resolve_password(cfg)?;
+    match login_with(greeted, cfg, req, &password).await {
+        Err(e @ BackendError::Server { code: 1045, .. }) => {
+            let Some(file) = &cfg.password_file else {
+                return Err(e);
+            };
+            for candidate in crate::protocol::credentials::candidates(file) {
+                if candidate.as_bytes() == password.as_slice() {
+                    continue;
+                }
+                let Ok(greeted) = connect(addr).await else {
+                    break;
+                };
+                if let Ok(b) = login_with(greeted, cfg, req, candidate.as_bytes()).await {
+                    tracing::info!(user = %cfg.user, "logged in with the password of a rotation in progress");
+                    return Ok(b);
+                }
+            }
+            Err(e)
+        }
+        r => r,
+    }
+}
+
+async fn login_with(
+    greeted: Greeted,
+    cfg: &MysqlTarget,
+    req: &LoginRequest,
+    password: &[u8],
 ) -> Result<Backend, BackendError> {
     let Greeted {
         stream,
         hello,
         addr,
     } = greeted;
-    let password = resolve_password(cfg)?;
     let mut caps = req.capabilities & hello.capabilities;
     caps.insert(
         CapabilityFlags::CLIENT_PROTOCOL_41
@@ -194,7 +230,7 @@ pub async fn login(
         req,
         cfg.user.as_bytes(),
         database.as_deref(),
-        &password,
+        password,
         tls_on,
         seq,
     )

@@ -18,6 +18,7 @@
 pub mod backend_auth;
 pub mod cancel;
 pub mod codec;
+pub mod credentials;
 pub mod handshake;
 pub mod params;
 pub mod results;
@@ -226,7 +227,6 @@ async fn serve_inner(
         // With roles the login user holds no rights, not even on the database.
         no_database: !cfg.roles.is_empty() || cfg.run_as.is_some(),
     };
-    let thread_id = greeted.hello.thread_id;
     let backend = match tokio::time::timeout(
         BACKEND_TIMEOUT,
         backend_auth::login(greeted, cfg, &request),
@@ -294,7 +294,9 @@ async fn serve_inner(
             return Err(ServeError::Reported(m));
         }
     }
-    Registry::global().bind(registration.id, thread_id, &identity.subject);
+    // The server thread of the connection that logged in (a login retried during a password
+    // rotation is on a new connection).
+    Registry::global().bind(registration.id, backend.hello.thread_id, &identity.subject);
     if let Err(e) = handshake::finish(&mut client, &mut login, &backend.ok).await {
         gate::session::close(
             recorder,

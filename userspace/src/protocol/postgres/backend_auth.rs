@@ -118,8 +118,8 @@ pub fn resolve_password(pg: &PostgresTarget) -> Result<Option<String>, BackendEr
 /// ReadyForQuery.
 ///
 /// With a `password_file`, a refused password is retried once with what a rotation in
-/// progress holds (see [`credentials`](super::credentials)): the server may have taken the new
-/// password after this login read the file.
+/// progress holds (see [`credentials`](crate::protocol::credentials)): the server may have
+/// taken the new password after this login read the file.
 pub async fn connect(
     pg: &PostgresTarget,
     addr: SocketAddr,
@@ -127,8 +127,11 @@ pub async fn connect(
 ) -> Result<Backend, BackendError> {
     let password = resolve_password(pg)?;
     match connect_with(pg, addr, params, password.clone()).await {
-        Err(e) if e.sqlstate() == "28P01" && pg.password_file.is_some() => {
-            for candidate in super::credentials::candidates(pg) {
+        Err(e) if e.sqlstate() == "28P01" => {
+            let Some(file) = &pg.password_file else {
+                return Err(e);
+            };
+            for candidate in crate::protocol::credentials::candidates(file) {
                 if password.as_deref() == Some(candidate.as_str()) {
                     continue;
                 }
