@@ -602,7 +602,7 @@ fn pending_request(i: usize) -> airlock::approval::ApprovalRequest {
         on_timeout: airlock::model::OnTimeout::Deny,
         mode: airlock::model::ReviewMode::Hold,
         mask: Vec::new(),
-        created_ms: now - (1000 - i as u64) * 1000,
+        created_ms: now - 1000u64.saturating_sub(i as u64) * 1000,
         deadline_ms: now + 3_600_000,
         decided_ms: None,
         expires_ms: None,
@@ -804,6 +804,13 @@ fn bench_sse_reviewers_pgbench() {
             .join(" ")
     };
     let (mut without, mut with) = (Vec::new(), Vec::new());
+    // The reviewers' browsers, played by HTTP clients on a runtime of their own (reviewers
+    // are not on the gateway's host; here they share its two cores, but not its workers).
+    let browsers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("reviewers' runtime");
     println!("load start: {}", load());
     for r in 0..rounds {
         without.push(pgbench("without"));
@@ -811,7 +818,7 @@ fn bench_sse_reviewers_pgbench() {
         let mut tasks = Vec::new();
         for cookie in &cookies {
             let (cookie, received) = (cookie.clone(), received.clone());
-            tasks.push(b.inst.rt.spawn(async move {
+            tasks.push(browsers.spawn(async move {
                 let client = openidconnect::reqwest::Client::new();
                 let Ok(mut resp) = client
                     .get(format!("http://{addr}/events"))
@@ -819,8 +826,12 @@ fn bench_sse_reviewers_pgbench() {
                     .send()
                     .await
                 else {
+                    eprintln!("reviewer stream: request failed");
                     return;
                 };
+                if resp.status() != 200 {
+                    eprintln!("reviewer stream: HTTP {}", resp.status());
+                }
                 while let Ok(Some(chunk)) = resp.chunk().await {
                     received.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 }
