@@ -71,14 +71,17 @@ fn start_postgres() -> Result<()> {
          nsenter --net=/run/netns/{NS} runuser -u postgres -- {PG_BIN}/pg_ctl -D {data} -l {data}/server.log -w start >/dev/null
          PGPASSWORD={DB_PASSWORD} psql -h {data} -U postgres -X -q -c \"CREATE ROLE airlock_gw LOGIN PASSWORD '{DB_PASSWORD}'\" -c 'CREATE DATABASE demo OWNER airlock_gw' \\
            -c 'CREATE ROLE app_readonly NOLOGIN' -c 'CREATE ROLE app_writer NOLOGIN' \\
-           -c 'GRANT app_readonly, app_writer TO airlock_gw' -c 'ALTER ROLE airlock_gw NOINHERIT'
+           -c 'GRANT app_readonly, app_writer TO airlock_gw'
          PGPASSWORD={DB_PASSWORD} psql -h {data} -U airlock_gw -d demo -X -q -c \"
            CREATE TABLE customers (id int PRIMARY KEY, name text, email text);
            INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com'), (2, 'Grace', 'grace@example.org');
            CREATE TABLE orders (id int PRIMARY KEY, customer int, total numeric);
            INSERT INTO orders VALUES (10, 1, 99.50);
            GRANT SELECT ON customers, orders TO app_readonly;
-           GRANT SELECT, INSERT, UPDATE, DELETE ON customers, orders TO app_writer;\""
+           GRANT SELECT, INSERT, UPDATE, DELETE ON customers, orders TO app_writer;\"
+         # NOINHERIT only once the schema exists: as owner of the database, airlock_gw creates
+         # its tables through pg_database_owner's rights on schema public, which it inherits.
+         PGPASSWORD={DB_PASSWORD} psql -h {data} -U postgres -X -q -c 'ALTER ROLE airlock_gw NOINHERIT'"
     ))
 }
 
