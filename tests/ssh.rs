@@ -1337,3 +1337,272 @@ fn bad_input_ends_that_session_and_others_are_served() {
         "the daemon is running"
     );
 }
+
+/// One arm of the benchmark: how a client reaches the server.
+#[cfg(feature = "bench-harness")]
+#[derive(Clone, Copy, PartialEq)]
+enum Arm {
+    /// Outside the protected cgroup: straight to sshd, trusting its own host key, logging in
+    /// with a key certified by the same user CA the server trusts.
+    Direct,
+    /// In the clients' cgroup: redirected into the gateway, as every test above.
+    Airlock,
+}
+
+#[cfg(feature = "bench-harness")]
+impl Arm {
+    fn name(self) -> &'static str {
+        match self {
+            Arm::Direct => "direct",
+            Arm::Airlock => "airlock",
+        }
+    }
+}
+
+#[cfg(feature = "bench-harness")]
+fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[cfg(feature = "bench-harness")]
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(feature = "bench-harness")]
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+#[cfg(feature = "bench-harness")]
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    percentile(&s, 0.5)
+}
+
+/// `ssh host true` connection time and large-file throughput (scp get, sftp get, sftp put),
+/// direct vs through the gateway, interleaved A/B rounds with alternating order; driven by
+/// bench/ssh.sh. SSH_BENCH_MIB (file size, default 1024), SSH_BENCH_ROUNDS (default 3),
+/// SSH_BENCH_CONNECTS (connections per arm and round, default 10).
+#[cfg(feature = "bench-harness")]
+#[test]
+fn bench_ssh_connect_and_copy() {
+    let env = env();
+    let mib = env_num("SSH_BENCH_MIB", 1024);
+    let rounds = env_num("SSH_BENCH_ROUNDS", 3);
+    let connects = env_num("SSH_BENCH_CONNECTS", 10);
+    println!(
+        "load start {}; file {mib} MiB, {rounds} rounds, {connects} connections per arm and round",
+        loadavg()
+    );
+
+    // The direct arm's trust: the server's own host key, and a client key certified by the
+    // gateway's user CA (the only login the server accepts) for root.
+    let host_pub = std::fs::read_to_string(env.dir.path("ssh_host_ed25519_key.pub")).unwrap();
+    let direct_kh = env
+        .dir
+        .write("direct_known_hosts", &format!("{DB_ADDR} {host_pub}"));
+    let key = env.dir.path("bench_client_key");
+    sh_ok(&format!(
+        "ssh-keygen -q -t ed25519 -N '' -f {key} && ssh-keygen -q -s {ca} -I bench-direct -n root -V +1h {key}.pub",
+        key = key.display(),
+        ca = env.state.join("ssh/user_ca").display()
+    ));
+    let direct_opts = format!(
+        "-F /dev/null -o UserKnownHostsFile={} -o GlobalKnownHostsFile=/dev/null \
+         -o StrictHostKeyChecking=yes -o BatchMode=yes -o IdentityFile={} \
+         -o CertificateFile={}-cert.pub -o IdentitiesOnly=yes -o ConnectTimeout=20",
+        direct_kh.display(),
+        key.display(),
+        key.display()
+    );
+    let opts = |arm: Arm| match arm {
+        Arm::Direct => direct_opts.clone(),
+        Arm::Airlock => env.ssh_opts(),
+    };
+    // Runs `cmd` as `arm`'s client; the time is taken inside the client's shell, so both arms
+    // pay the same wrapper costs outside it.
+    let timed = |arm: Arm, cmd: &str| -> (f64, Run) {
+        let n = unique_id();
+        let (out, err, t) = (
+            env.dir.path(&format!("b{n}.out")),
+            env.dir.path(&format!("b{n}.err")),
+            env.dir.path(&format!("b{n}.ns")),
+        );
+        let script = format!(
+            "cd {dir} && s=$(date +%s%N); {{ {cmd}; }} < /dev/null > {out} 2> {err}; rc=$?; \
+             e=$(date +%s%N); echo $((e - s)) > {t}; exit $rc",
+            dir = env.dir.0.display(),
+            out = out.display(),
+            err = err.display(),
+            t = t.display()
+        );
+        let wrapped = match arm {
+            Arm::Direct => format!(
+                "{} sh -c {}",
+                Topology::enter(&env.topo.node),
+                shell_quote(&script)
+            ),
+            Arm::Airlock => env.in_client(&script),
+        };
+        let status = sh(&wrapped);
+        let ns: f64 = std::fs::read_to_string(&t)
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .unwrap_or(f64::NAN);
+        let run = Run {
+            code: status.status.code(),
+            stdout: std::fs::read_to_string(&out).unwrap_or_default(),
+            stderr: std::fs::read_to_string(&err).unwrap_or_default()
+                + &String::from_utf8_lossy(&status.stderr),
+        };
+        let _ = std::fs::remove_file(&out);
+        (ns / 1e6, run)
+    };
+
+    // Each arm reaches the server by its own path: its trust fits only that path.
+    for arm in [Arm::Direct, Arm::Airlock] {
+        let (_, r) = timed(arm, &format!("ssh -v {} root@{DB_ADDR} true", opts(arm)));
+        assert!(r.ok(), "{}: {r:?}", arm.name());
+        let cert = r
+            .stderr
+            .contains("Server host certificate: ssh-ed25519-cert-v01@openssh.com");
+        assert_eq!(
+            cert,
+            arm == Arm::Airlock,
+            "{} saw the wrong host: {r:?}",
+            arm.name()
+        );
+    }
+
+    let big = env.srv.join("bench.bin");
+    sh_ok(&format!(
+        "head -c {}M /dev/urandom > {}",
+        mib,
+        big.display()
+    ));
+    let size = std::fs::metadata(&big).unwrap().len();
+    let local = env.dir.path("bench-upload.bin");
+    std::fs::copy(&big, &local).unwrap();
+    let got = env.dir.path("bench-got.bin");
+    let up = env.srv.join("rw/bench-up.bin");
+    let transfers: [(&str, String, &Path); 3] = [
+        (
+            "scp-get",
+            format!(
+                "scp {{opts}} root@{DB_ADDR}:{} {}",
+                big.display(),
+                got.display()
+            ),
+            &got,
+        ),
+        (
+            "sftp-get",
+            format!(
+                "echo 'get {} {}' | sftp {{opts}} -b - root@{DB_ADDR}",
+                big.display(),
+                got.display()
+            ),
+            &got,
+        ),
+        (
+            "sftp-put",
+            format!(
+                "echo 'put {} {}' | sftp {{opts}} -b - root@{DB_ADDR}",
+                local.display(),
+                up.display()
+            ),
+            &up,
+        ),
+    ];
+
+    let mut connect: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut mibps: Vec<[Vec<f64>; 2]> = transfers.iter().map(|_| [vec![], vec![]]).collect();
+    for round in 0..rounds {
+        let order = if round % 2 == 0 {
+            [Arm::Direct, Arm::Airlock]
+        } else {
+            [Arm::Airlock, Arm::Direct]
+        };
+        let load_before = loadavg();
+        let mut line = String::new();
+        for _ in 0..connects {
+            for arm in order {
+                let (ms, r) = timed(arm, &format!("ssh {} root@{DB_ADDR} true", opts(arm)));
+                assert!(r.ok(), "{}: {r:?}", arm.name());
+                connect[arm as usize].push(ms);
+            }
+        }
+        for (i, (name, cmd, dest)) in transfers.iter().enumerate() {
+            for arm in order {
+                let cmd = cmd.replace("{opts}", &opts(arm));
+                let (ms, r) = timed(arm, &cmd);
+                assert!(r.ok(), "{name} {}: {r:?}", arm.name());
+                let len = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
+                assert_eq!(len, size, "{name} {}: the whole file arrived", arm.name());
+                std::fs::remove_file(dest).unwrap();
+                let rate = size as f64 / (1024.0 * 1024.0) / (ms / 1000.0);
+                mibps[i][arm as usize].push(rate);
+                line.push_str(&format!(" {name} {} {rate:.1} MiB/s;", arm.name()));
+            }
+        }
+        let last = |arm: Arm| {
+            let v = &connect[arm as usize];
+            median(&v[v.len() - connects..])
+        };
+        println!(
+            "round {} order {}-first load {} -> {}; connect p50 direct {:.1} ms airlock {:.1} ms;{line}",
+            round + 1,
+            order[0].name(),
+            load_before,
+            loadavg(),
+            last(Arm::Direct),
+            last(Arm::Airlock),
+        );
+    }
+
+    let pct = |arm: Arm, p: f64| {
+        let mut s = connect[arm as usize].clone();
+        s.sort_by(f64::total_cmp);
+        percentile(&s, p)
+    };
+    let added = pct(Arm::Airlock, 0.5) - pct(Arm::Direct, 0.5);
+    println!(
+        "summary connect (ssh true, n={} per arm): direct p50 {:.1} ms p90 {:.1} ms; airlock p50 {:.1} ms p90 {:.1} ms; added p50 {added:.1} ms (budget <= 20 ms: {})",
+        connect[0].len(),
+        pct(Arm::Direct, 0.5),
+        pct(Arm::Direct, 0.9),
+        pct(Arm::Airlock, 0.5),
+        pct(Arm::Airlock, 0.9),
+        if added <= 20.0 { "met" } else { "MISSED" }
+    );
+    for (i, (name, _, _)) in transfers.iter().enumerate() {
+        let (d, a) = (median(&mibps[i][0]), median(&mibps[i][1]));
+        let ratio = a / d;
+        println!(
+            "summary {name} ({mib} MiB, median of {rounds}): direct {d:.1} MiB/s airlock {a:.1} MiB/s ratio {ratio:.2}{}",
+            if *name == "sftp-get" || *name == "sftp-put" {
+                format!(
+                    " (budget >= 0.8: {})",
+                    if ratio >= 0.8 { "met" } else { "MISSED" }
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    println!("load end {}", loadavg());
+    let _ = std::fs::remove_file(&big);
+    let _ = std::fs::remove_file(&local);
+}

@@ -71,14 +71,17 @@ fn start_postgres() -> Result<()> {
          nsenter --net=/run/netns/{NS} runuser -u postgres -- {PG_BIN}/pg_ctl -D {data} -l {data}/server.log -w start >/dev/null
          PGPASSWORD={DB_PASSWORD} psql -h {data} -U postgres -X -q -c \"CREATE ROLE airlock_gw LOGIN PASSWORD '{DB_PASSWORD}'\" -c 'CREATE DATABASE demo OWNER airlock_gw' \\
            -c 'CREATE ROLE app_readonly NOLOGIN' -c 'CREATE ROLE app_writer NOLOGIN' \\
-           -c 'GRANT app_readonly, app_writer TO airlock_gw' -c 'ALTER ROLE airlock_gw NOINHERIT'
+           -c 'GRANT app_readonly, app_writer TO airlock_gw'
          PGPASSWORD={DB_PASSWORD} psql -h {data} -U airlock_gw -d demo -X -q -c \"
            CREATE TABLE customers (id int PRIMARY KEY, name text, email text);
            INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com'), (2, 'Grace', 'grace@example.org');
            CREATE TABLE orders (id int PRIMARY KEY, customer int, total numeric);
            INSERT INTO orders VALUES (10, 1, 99.50);
            GRANT SELECT ON customers, orders TO app_readonly;
-           GRANT SELECT, INSERT, UPDATE, DELETE ON customers, orders TO app_writer;\""
+           GRANT SELECT, INSERT, UPDATE, DELETE ON customers, orders TO app_writer;\"
+         # NOINHERIT only once the schema exists: as owner of the database, airlock_gw creates
+         # its tables through pg_database_owner's rights on schema public, which it inherits.
+         PGPASSWORD={DB_PASSWORD} psql -h {data} -U postgres -X -q -c 'ALTER ROLE airlock_gw NOINHERIT'"
     ))
 }
 
@@ -159,6 +162,87 @@ http {{
     Ok(vec![nginx, app])
 }
 
+/// The demo's OpenSSH server in the test host's namespace (198.18.0.2:22), trusting only the
+/// gateway's user CA for logins. Its host key is generated here and pinned in the daemon's copy
+/// of the demo policy (`policies/demo.yaml` carries a placeholder), written to `{STATE}/demo.yaml`.
+fn start_sshd(root: &Path, airlock: &Path) -> Result<()> {
+    let dir = format!("{STATE}/sshd");
+    std::fs::create_dir_all(format!("{STATE}/srv"))?;
+    std::fs::write(
+        format!("{STATE}/srv/motd.txt"),
+        "hello from the demo host\n",
+    )?;
+    crate::sh(&format!(
+        "set -e; mkdir -p {dir} /run/sshd; chmod 755 /run/sshd
+         ssh-keygen -q -t ed25519 -N '' -C demo-ssh-host-key -f {dir}/ssh_host_ed25519_key"
+    ))?;
+    let host_key = std::fs::read_to_string(format!("{dir}/ssh_host_ed25519_key.pub"))?;
+    let host_key = host_key
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let policy = std::fs::read_to_string(root.join("policies/demo.yaml"))?;
+    let placeholder = policy
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("host_keys: [\"")
+                .and_then(|k| k.strip_suffix("\"]"))
+        })
+        .context("policies/demo.yaml: the demo-ssh target's host_keys line")?
+        .to_owned();
+    std::fs::write(
+        format!("{STATE}/demo.yaml"),
+        policy.replace(&placeholder, &host_key),
+    )?;
+    // The gateway's user CA (created on first use); sshd trusts certificates it signs.
+    crate::sh(&format!(
+        "set -e; {} ssh ca --config {STATE}/demo.yaml --user-ca > {dir}/user_ca.pub",
+        airlock.display()
+    ))?;
+    std::fs::write(
+        format!("{dir}/sshd_config"),
+        format!(
+            "ListenAddress 198.18.0.2:22
+HostKey {dir}/ssh_host_ed25519_key
+PidFile {dir}/sshd.pid
+UsePAM no
+StrictModes no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+AuthorizedKeysFile none
+TrustedUserCAKeys {dir}/user_ca.pub
+PermitRootLogin prohibit-password
+AllowTcpForwarding no
+X11Forwarding no
+Subsystem sftp /usr/lib/openssh/sftp-server
+"
+        ),
+    )?;
+    // sshd listens before it detaches: once this returns, it accepts connections.
+    crate::sh(&format!(
+        "nsenter --net=/run/netns/{NS} /usr/sbin/sshd -f {dir}/sshd_config -E {dir}/sshd.log"
+    ))
+}
+
+/// The id of the oldest pending approval request, waiting up to 20 s for one to appear.
+fn pending_request(airlock: &Path) -> String {
+    let mut request = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while request.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        request = out(&format!(
+            "{} requests --pending --json --config {STATE}/demo.yaml | /usr/bin/python3 -c 'import json,sys; r=json.load(sys.stdin); print(r[0][\"id\"] if r else \"\")'",
+            airlock.display()
+        ))
+        .trim()
+        .to_owned();
+    }
+    request
+}
+
 fn teardown(airlock: &Path) {
     // A daemon left by an interrupted demo: stop it by its recorded pid.
     if let Some(pid) = std::fs::read_to_string(format!("{STATE}/daemon.pid"))
@@ -172,6 +256,7 @@ fn teardown(airlock: &Path) {
     }
     let _ = out(&format!(
         "[ -f {STATE}/mariadb/mariadb.pid ] && kill $(cat {STATE}/mariadb/mariadb.pid) 2>/dev/null; \
+         [ -f {STATE}/sshd/sshd.pid ] && kill $(cat {STATE}/sshd/sshd.pid) 2>/dev/null; \
          [ -f {STATE}/pg/postmaster.pid ] && runuser -u postgres -- {PG_BIN}/pg_ctl -D {STATE}/pg -m immediate stop >/dev/null 2>&1; \
          {} uninstall --bpffs /sys/fs/bpf/airlock-demo >/dev/null 2>&1; \
          ip netns pids {NS} 2>/dev/null | xargs -r kill -9; ip netns del {NS} 2>/dev/null; ip link del al-demo0 2>/dev/null; \
@@ -213,14 +298,13 @@ pub fn run(root: &Path) -> Result<()> {
 
     let nginx = start_http_api(&support)?;
     println!("HTTP API on 198.18.0.2:80 (nginx in front of an app; it sees the gateway's token)");
+    start_sshd(root, &airlock)?;
+    println!("OpenSSH on 198.18.0.2:22; it accepts only certificates from the gateway's user CA");
 
     step("airlock run --config policies/demo.yaml (protecting cgroup airlock-demo)");
     let cg = format!("{}/airlock-demo", cgroup_root());
     crate::sh(&format!("mkdir -p {cg}/daemon {cg}/agent"))?;
-    std::fs::copy(
-        root.join("policies/demo.yaml"),
-        format!("{STATE}/demo.yaml"),
-    )?;
+    // {STATE}/demo.yaml: policies/demo.yaml with the demo sshd's host key (start_sshd).
     let log = std::fs::File::create(format!("{STATE}/daemon.log"))?;
     // Waits for the `nth` "airlock running" line: the log is shared by both runs.
     let start_daemon = |nth: usize| -> Result<std::process::Child> {
@@ -301,17 +385,7 @@ pub fn run(root: &Path) -> Result<()> {
             airlock.display()
         ))
     };
-    let mut request = String::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while request.is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-        request = out(&format!(
-            "{} requests --pending --json --config {STATE}/demo.yaml | /usr/bin/python3 -c 'import json,sys; r=json.load(sys.stdin); print(r[0][\"id\"] if r else \"\")'",
-            airlock.display()
-        ))
-        .trim()
-        .to_owned();
-    }
+    let request = pending_request(&airlock);
     println!("$ airlock requests --pending");
     print!("{}", cli("requests --pending"));
     println!("$ airlock approve {request} --reason 'typo fix, checked'");
@@ -345,17 +419,7 @@ pub fn run(root: &Path) -> Result<()> {
             "mariadb --no-defaults -h 198.18.0.2 -P 3306 -u agent -D demo -e \"UPDATE customers SET name = 'Grace H.' WHERE id = 2\" && echo 'UPDATE done'",
         )
     });
-    let mut request = String::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while request.is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-        request = out(&format!(
-            "{} requests --pending --json --config {STATE}/demo.yaml | /usr/bin/python3 -c 'import json,sys; r=json.load(sys.stdin); print(r[0][\"id\"] if r else \"\")'",
-            airlock.display()
-        ))
-        .trim()
-        .to_owned();
-    }
+    let request = pending_request(&airlock);
     println!("$ airlock approve {request}");
     print!("{}", cli(&format!("approve {request} --reason 'demo'")));
     print!("{}", held.join().unwrap_or_default());
@@ -377,6 +441,47 @@ pub fn run(root: &Path) -> Result<()> {
         "{}",
         as_agent("curl -sS -X DELETE -w '\\nHTTP %{http_code}\\n' http://198.18.0.2/app/users/1")
     );
+
+    let ssh_opts = format!(
+        "-F /dev/null -o UserKnownHostsFile={STATE}/known_hosts -o GlobalKnownHostsFile=/dev/null \
+         -o StrictHostKeyChecking=yes -o BatchMode=yes -o IdentitiesOnly=yes -o IdentityFile=/dev/null"
+    );
+    let ssh = |remote: &str| as_agent(&format!("ssh {ssh_opts} root@198.18.0.2 {remote}"));
+    step("SSH through the gateway: no key, the host trusted through one @cert-authority line");
+    println!("$ airlock ssh ca --known-hosts >> ~/.ssh/known_hosts");
+    let known_hosts = cli("ssh ca --known-hosts");
+    std::fs::write(format!("{STATE}/known_hosts"), &known_hosts)?;
+    print!("{known_hosts}");
+    println!("$ ssh -o StrictHostKeyChecking=yes root@198.18.0.2 uptime");
+    print!("{}", ssh("uptime"));
+    println!("$ ssh root@198.18.0.2 ls {STATE}/srv");
+    print!("{}", ssh(&format!("ls {STATE}/srv")));
+    println!("(sshd saw the gateway's per-session certificate; the agent held no key)");
+    step("SSH policy: rm -rf is denied (exit 1, the rule's reason); the server never runs it");
+    println!("$ ssh root@198.18.0.2 rm -rf {STATE}/srv");
+    print!(
+        "{}",
+        as_agent(&format!(
+            "ssh {ssh_opts} root@198.18.0.2 rm -rf {STATE}/srv; echo \"exit $?\""
+        ))
+    );
+    print!("{}", ssh(&format!("ls {STATE}/srv")));
+    step("SSH: a change is held until a reviewer approves it");
+    println!("$ ssh root@198.18.0.2 touch {STATE}/srv/deployed.flag   (the agent waits)");
+    let held = {
+        let cmd = format!(
+            "ssh {ssh_opts} root@198.18.0.2 touch {STATE}/srv/deployed.flag && echo 'touch done'"
+        );
+        std::thread::spawn(move || as_agent(&cmd))
+    };
+    let request = pending_request(&airlock);
+    println!("$ airlock approve {request} --reason 'deploy marker'");
+    print!(
+        "{}",
+        cli(&format!("approve {request} --reason 'deploy marker'"))
+    );
+    print!("{}", held.join().unwrap_or_default());
+    print!("{}", ssh(&format!("ls {STATE}/srv")));
 
     step("airlock policy explain: what would happen, before deploying");
     print!(
