@@ -121,8 +121,7 @@ pub async fn serve(session: Session, ctx: Arc<Context>) {
     // first byte, before the record is durable; a log that fails closes both sides.
     let (acked, dialled) = if matches!(verdict, Ok(Verdict::Allow { .. })) {
         // The dial first: it sends the SYN and yields, then the log's write runs.
-        let (dialled, acked) =
-            tokio::join!(crate::intercept::sockets::connect(upstream), durable);
+        let (dialled, acked) = tokio::join!(crate::intercept::sockets::connect(upstream), durable);
         (acked, Some(dialled))
     } else {
         (durable.await, None)
@@ -157,8 +156,14 @@ pub async fn serve(session: Session, ctx: Arc<Context>) {
     let Some(dialled) = dialled else {
         // Fail closed: a hold resolves to allow or deny, never to another hold.
         tracing::error!(session = id, target = %target.name, "a held connection did not resolve; closed");
-        gate::session::close(recorder, EndReason::Denied, Some("approval did not resolve"), 0, 0)
-            .await;
+        gate::session::close(
+            recorder,
+            EndReason::Denied,
+            Some("approval did not resolve"),
+            0,
+            0,
+        )
+        .await;
         return;
     };
     let upstream_conn = match dialled {

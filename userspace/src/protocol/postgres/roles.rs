@@ -147,7 +147,10 @@ impl Roles {
         let settled = !self.unverified && self.local.is_none() && self.after_sync.is_none();
         if settled
             && elevate.is_none()
-            && self.session.as_ref().is_some_and(|s| s.as_deref() == wanted)
+            && self
+                .session
+                .as_ref()
+                .is_some_and(|s| s.as_deref() == wanted)
         {
             return Step::Run;
         }
