@@ -11,10 +11,7 @@
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 trap 'lib_cleanup' EXIT
-ROUNDS=${ROUNDS:-5}; SECS=${BENCH_SECONDS:-20}
-WORKLOADS=${AB_WORKLOADS:-select-simple:8 select-prepared:8}
-setup_topology
-start_postgres
+ab_start
 held_writes() {
   printf '  - name: bench-held-writes\n    targets: [bench-db]\n    classes: [write]\n    action: review\n    review: { approvers: [dba], timeout: 60s, dry_run: %s }' "$1"
 }

@@ -318,19 +318,30 @@ run_pgbench() {
 }
 
 
-# ab_configs NAME CONFIG_A CONFIG_B LABEL: one daemon build, two configurations, pgbench
-# through each in interleaved rounds ($ROUNDS, $BENCH_SECONDS, $WORKLOADS), the arm that goes
-# first alternating so a drift within a round hits both alike. Prints per workload the median
-# B/A ratio of TPS and of the daemon's CPU per transaction, and writes results/NAME-ab-$DATE.json.
+# The start every pgbench A/B script shares: ROUNDS, SECS (BENCH_SECONDS) and WORKLOADS
+# (AB_WORKLOADS) with their defaults, the topology and PostgreSQL.
+ab_start() {
+  ROUNDS=${ROUNDS:-5}; SECS=${BENCH_SECONDS:-20}
+  WORKLOADS=${AB_WORKLOADS:-select-simple:8 select-prepared:8}
+  setup_topology
+  start_postgres
+}
+
+# ab_configs NAME CONFIG_A CONFIG_B LABEL: two arms, each a daemon build and a configuration
+# (the build is $AB_BIN_A / $AB_BIN_B, by default $AIRLOCK for both), pgbench through each in
+# interleaved rounds ($ROUNDS, $SECS, $WORKLOADS), the arm that goes first alternating so a
+# drift within a round hits both alike. Prints per workload the median B/A ratio of TPS and of
+# the daemon's CPU per transaction, and writes results/NAME-ab-$DATE.json.
 ab_configs() {
   local name=$1 cfg_a=$2 cfg_b=$3 label=$4 r wc w c order which cfg
+  local bin=$AIRLOCK bin_a=${AB_BIN_A:-$AIRLOCK} bin_b=${AB_BIN_B:-$AIRLOCK}
   echo "load start: $(loadavg)" >&2
   for r in $(seq "$ROUNDS"); do
     for wc in $WORKLOADS; do
       w=${wc%%:*}; c=${wc##*:}
       order="a b"; [ $((r % 2)) -eq 0 ] && order="b a"
       for which in $order; do
-        if [ "$which" = a ]; then cfg=$cfg_a; else cfg=$cfg_b; fi
+        if [ "$which" = a ]; then cfg=$cfg_a AIRLOCK=$bin_a; else cfg=$cfg_b AIRLOCK=$bin_b; fi
         start_daemon "$cfg"
         run_pgbench airlock-custom "$w" "$c" "$SECS" "$name-$which-$w-$c-$r" >> "$WORK/$name-$which-$w-$c"
         stop_daemon
@@ -338,6 +349,7 @@ ab_configs() {
     done
     echo "round $r load $(loadavg)" >&2
   done
+  AIRLOCK=$bin
   echo "load end: $(loadavg)" >&2
   python3 - "$WORK" "$RESULTS/$name-ab-$DATE.json" "$name" "$label" $WORKLOADS <<'PY'
 import json, statistics, sys

@@ -10,10 +10,7 @@
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 trap 'lib_cleanup' EXIT
-ROUNDS=${ROUNDS:-5}; SECS=${BENCH_SECONDS:-20}
-WORKLOADS=${AB_WORKLOADS:-select-simple:8 select-prepared:8}
-setup_topology
-start_postgres
+ab_start
 pg_admin "CREATE ROLE bench_readonly NOLOGIN"
 pg_admin "GRANT bench_readonly TO $PG_USER"
 pg_admin "ALTER ROLE $PG_USER NOINHERIT"
