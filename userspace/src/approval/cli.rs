@@ -163,11 +163,7 @@ pub fn requests(args: &ApiArgs, pending: bool, json: bool) -> anyhow::Result<()>
         "ID", "STATE", "AGE", "SUBJECT", "TARGET", "VOTES", "APPROVERS", "DRY RUN"
     );
     for r in list {
-        let approvals = r
-            .votes
-            .iter()
-            .filter(|v| v.verdict == Ruling::Approve)
-            .count();
+        let approvals = r.approvals();
         let command = match r.commands.as_slice() {
             [one] => one_line(&one.text, 60),
             many => format!(
@@ -238,11 +234,7 @@ pub fn decide(
         Some(body),
     )?;
     let r: ApprovalRequest = serde_json::from_value(v)?;
-    let approvals = r
-        .votes
-        .iter()
-        .filter(|v| v.verdict == Ruling::Approve)
-        .count();
+    let approvals = r.approvals();
     println!(
         "request {}: {} ({approvals}/{} approvals)",
         r.id,

@@ -392,6 +392,14 @@ impl ApprovalRequest {
         self
     }
 
+    /// Approving votes so far (toward the quorum).
+    pub fn approvals(&self) -> usize {
+        self.votes
+            .iter()
+            .filter(|v| v.verdict == Ruling::Approve)
+            .count()
+    }
+
     /// Whether the request still waits for a decision.
     pub fn is_pending(&self) -> bool {
         self.state == State::Pending
@@ -494,12 +502,7 @@ impl ApprovalRequest {
         });
         let t = match verdict {
             Ruling::Approve => {
-                let approvals = self
-                    .votes
-                    .iter()
-                    .filter(|v| v.verdict == Ruling::Approve)
-                    .count();
-                if approvals < self.quorum as usize {
+                if self.approvals() < self.quorum as usize {
                     return Ok(Transition::Voted);
                 }
                 self.state = State::Approved;

@@ -28,6 +28,20 @@ pub fn dry_run_summary(d: &DryRun) -> String {
     }
 }
 
+/// A sample cell as shown: the value, or `NULL`.
+pub fn cell(v: &Option<String>) -> String {
+    v.clone().unwrap_or_else(|| "NULL".into())
+}
+
+/// ` (first N rows)` when more rows were affected than each sample holds, else empty.
+pub fn sample_cap(d: &DryRun) -> String {
+    if d.truncated {
+        format!(" (first {} rows)", d.sample_limit)
+    } else {
+        String::new()
+    }
+}
+
 /// A short form for table columns: `2 rows`, `none`, `failed`.
 pub fn dry_run_short(d: Option<&DryRun>) -> String {
     match d {
@@ -61,7 +75,6 @@ pub fn param_line(p: &ShownParam) -> String {
 
 /// The sample rows as an aligned table under their column names (NULL for SQL NULL).
 pub fn sample_table(columns: &[String], rows: &[Vec<Option<String>>]) -> String {
-    let cell = |v: &Option<String>| v.clone().unwrap_or_else(|| "NULL".into());
     let mut widths: Vec<usize> = columns.iter().map(|c| c.chars().count()).collect();
     for row in rows {
         for (i, v) in row.iter().enumerate() {
@@ -108,11 +121,7 @@ pub fn dry_run_text(d: &DryRun) -> String {
             let _ = writeln!(out, "  {l}");
         }
     }
-    let cap = if d.truncated {
-        format!(" (first {} rows)", d.sample_limit)
-    } else {
-        String::new()
-    };
+    let cap = sample_cap(d);
     for (label, rows) in [("before", &d.before), ("after", &d.after)] {
         if rows.is_empty() {
             let _ = writeln!(out, "{label}: no rows");
@@ -174,14 +183,10 @@ pub fn describe(r: &ApprovalRequest, now_ms: u64) -> String {
             let _ = writeln!(out, "{label:<9} {}", v.join(", "));
         }
     }
-    let approvals = r
-        .votes
-        .iter()
-        .filter(|v| v.verdict == super::Ruling::Approve)
-        .count();
     let _ = writeln!(
         out,
-        "review    {approvals}/{} from {}{}",
+        "review    {}/{} from {}{}",
+        r.approvals(),
         r.quorum,
         r.approvers.join(", "),
         if r.escalate_to.is_empty() {

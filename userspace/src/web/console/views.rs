@@ -59,13 +59,6 @@ fn short(text: &str) -> String {
     s
 }
 
-fn approvals(r: &ApprovalRequest) -> usize {
-    r.votes
-        .iter()
-        .filter(|v| v.verdict == Ruling::Approve)
-        .count()
-}
-
 /// One row of the inbox.
 #[derive(Debug, Clone)]
 pub struct InboxRow {
@@ -108,7 +101,7 @@ impl From<&ApprovalRequest> for InboxRow {
             groups: list(&r.groups),
             target: r.target.clone(),
             rule: r.rule.clone(),
-            approvals: approvals(r),
+            approvals: r.approvals(),
             quorum: r.quorum,
             escalated: r.escalated,
             created_ms: r.created_ms,
@@ -178,28 +171,21 @@ pub struct DryRunView {
 
 impl From<&crate::approval::DryRun> for DryRunView {
     fn from(d: &crate::approval::DryRun) -> Self {
+        use crate::approval::text;
         let rows = |rows: &[Vec<Option<String>>]| -> Vec<Vec<String>> {
             rows.iter()
-                .map(|r| {
-                    r.iter()
-                        .map(|v| v.clone().unwrap_or_else(|| "NULL".into()))
-                        .collect()
-                })
+                .map(|r| r.iter().map(text::cell).collect())
                 .collect()
         };
         DryRunView {
             status: d.status.clone(),
-            summary: crate::approval::text::dry_run_summary(d),
+            summary: text::dry_run_summary(d),
             command_tag: d.command_tag.clone(),
             plan: d.plan.join("\n"),
             columns: d.columns.clone(),
             before: rows(&d.before),
             after: rows(&d.after),
-            cap: if d.truncated {
-                format!(" (first {} rows)", d.sample_limit)
-            } else {
-                String::new()
-            },
+            cap: text::sample_cap(d),
         }
     }
 }
@@ -300,7 +286,7 @@ impl RequestView {
             mask: r.mask.clone(),
             approvers: list(&r.approvers),
             escalate_to: r.escalate_to.clone(),
-            approvals: approvals(r),
+            approvals: r.approvals(),
             quorum: r.quorum,
             mode: match r.mode {
                 crate::model::ReviewMode::Hold => "hold (the command waits)",
