@@ -640,6 +640,39 @@ fn held_exec_runs_only_after_approval_with_its_stdin_intact() {
         env.server_commands()
             .contains(&format!("exec tee {}", out.display()))
     );
+    // The audit record carries the review whole: its rule, quorum and the reviewer's vote.
+    let review = recorded_review(&env, &format!("tee {}", out.display()), &id);
+    assert_eq!(review["outcome"], "approved", "{review}");
+    assert!(
+        !review["rule"].as_str().unwrap_or("").is_empty(),
+        "{review}"
+    );
+    assert_eq!(review["quorum"], 1, "{review}");
+    let votes = review["votes"].as_array().cloned().unwrap_or_default();
+    assert_eq!(votes.len(), 1, "{review}");
+    assert_eq!(votes[0]["verdict"], "approve", "{review}");
+    assert_eq!(votes[0]["reason"], "reviewed", "{review}");
+    assert!(
+        !votes[0]["by"].as_str().unwrap_or("").is_empty(),
+        "{review}"
+    );
+}
+
+/// The review `id` as the audit log recorded it in the session of the command containing `text`.
+fn recorded_review(env: &Env, text: &str, id: &str) -> serde_json::Value {
+    let found = env.cli(&["sessions", "--text", text, "--json"]);
+    assert!(found.ok(), "{found:?}");
+    let sessions: serde_json::Value = serde_json::from_str(&found.stdout).unwrap();
+    let session = sessions[0]["id"].as_str().unwrap().to_owned();
+    let replay = env.cli(&["replay", &session, "--json"]);
+    assert!(replay.ok(), "{replay:?}");
+    replay
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|rec| rec["event"].clone())
+        .find(|event| event["type"] == "approval" && event["id"] == id)
+        .unwrap_or_else(|| panic!("no review {id} recorded: {}", replay.stdout))
 }
 
 #[test]

@@ -26,10 +26,10 @@ use tokio::sync::mpsc;
 use super::Shared;
 use super::sftp::{self, Action, Framer, Handles};
 use crate::audit::{
-    ApprovalOutcome, ChainHash, CommandEvent, CommandResult, MaskTally, RECORDINGS_DIR,
-    RecordingRecord, ReviewRecord,
+    ChainHash, CommandEvent, CommandResult, MaskTally, RECORDINGS_DIR, RecordingRecord,
+    ReviewRecord,
 };
-use crate::gate::{HeldFuture, Judge, Judged, Notice, Verdict};
+use crate::gate::{self, HeldFuture, Judge, Judged, Notice, Verdict};
 use crate::mask::{MaskCounts, TextMasker};
 use crate::model::{Command, Decision, Facts};
 use crate::recording::{CastWriter, Header, Summary};
@@ -386,53 +386,27 @@ impl ChannelTask {
         let text = command.text();
         let (verdict, record, approval) = match verdict {
             Verdict::Hold(hold) => {
+                // How the review ends (its votes, or the request withdrawn) goes in the record.
+                let trail = hold.trail();
                 let notice = Arc::new(StderrNotice {
                     client: Arc::clone(&self.client),
                     eol: self.eol(),
                 });
-                match self.wait_held(hold.start(notice)).await {
-                    Some(Verdict::Allow {
-                        rule,
-                        mask,
-                        approval,
-                        run_as,
-                        elevate,
-                    }) => (
-                        Verdict::Allow {
-                            rule,
-                            mask,
-                            approval: approval.clone(),
-                            run_as,
-                            elevate,
-                        },
-                        record,
-                        approval.map(|id| ReviewRecord {
-                            id,
-                            outcome: ApprovalOutcome::Approved,
-                            rule: String::new(),
-                            groups: Vec::new(),
-                            quorum: 0,
-                            mode: Some("hold".into()),
-                            escalated_to: Vec::new(),
-                            requested_at: 0,
-                            decided_at: None,
-                            votes: Vec::new(),
-                            grant: None,
-                            reason: None,
-                            decided_by: Vec::new(),
-                        }),
-                    ),
+                let resolved = self.wait_held(hold.start(notice)).await;
+                let review = trail.take().as_ref().map(gate::session::review_record);
+                match resolved {
+                    Some(v @ Verdict::Allow { .. }) => (v, record, review),
                     Some(Verdict::Deny { message }) => {
                         let record = record.map(|d| Decision::Deny {
                             rule: d.rule().to_owned(),
                             reason: message.clone(),
                         });
-                        (Verdict::Deny { message }, record, None)
+                        (Verdict::Deny { message }, record, review)
                     }
                     Some(Verdict::Hold(_)) => {
                         let message =
                             "airlock: internal error: approval did not resolve".to_owned();
-                        (Verdict::Deny { message }, record, None)
+                        (Verdict::Deny { message }, record, review)
                     }
                     None => {
                         tracing::info!(session = self.shared.id, command = %text, "client left while its command was held");
@@ -441,7 +415,7 @@ impl ChannelTask {
                                 rule: d.rule().to_owned(),
                                 reason: "the client left before approval".into(),
                             };
-                            let _ = self.record(command, &facts, &d, None).await;
+                            let _ = self.record(command, &facts, &d, review).await;
                         }
                         return Err(Ended::ClientLeft);
                     }
