@@ -35,7 +35,7 @@ mod rows_pg_tests;
 mod rows_tests;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -224,7 +224,7 @@ async fn serve_inner(
         workload,
         upstream,
         drain,
-        ..
+        started,
     } = session;
     let _ = client.set_nodelay(true);
     let client_addr = client.peer_addr().ok();
@@ -234,13 +234,17 @@ async fn serve_inner(
 
     // A client that never finishes its startup must not hold a session forever (PostgreSQL's
     // authentication_timeout is a minute too).
-    let (mut client, startup) =
-        match tokio::time::timeout(STARTUP_TIMEOUT, negotiate(id, &target, client)).await {
-            Ok(Ok(Some(c))) => c,
-            Ok(Ok(None)) => return Ok(session::Exit::ClientClosed),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(ServeError::Timeout("client startup")),
-        };
+    let (mut client, startup) = match tokio::time::timeout(
+        STARTUP_TIMEOUT,
+        negotiate(id, &target, client, started),
+    )
+    .await
+    {
+        Ok(Ok(Some(c))) => c,
+        Ok(Ok(None)) => return Ok(session::Exit::ClientClosed),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(ServeError::Timeout("client startup")),
+    };
 
     let Some(pg) = target.postgres.as_ref() else {
         return Err(fatal(
@@ -529,6 +533,7 @@ async fn negotiate(
     id: u64,
     target: &TargetConfig,
     mut client: MaybeTls,
+    accepted: Instant,
 ) -> Result<Option<(MaybeTls, Startup)>, ServeError> {
     // Startup phase: TLS and GSS requests come before the StartupMessage, a cancel instead.
     loop {
@@ -566,7 +571,7 @@ async fn negotiate(
             }
             Some(StartupPacket::GssEncRequest) => client.write_all(b"N").await?,
             Some(StartupPacket::Cancel { pid, secret }) => {
-                handle_cancel(id, &target.name, pid, &secret).await;
+                handle_cancel(id, &target.name, pid, &secret, accepted).await;
                 return Ok(None);
             }
             Some(StartupPacket::Startup(s)) => return Ok(Some((client, s))),
@@ -692,10 +697,15 @@ async fn read_password<R: AsyncRead + Unpin>(
 
 /// A CancelRequest arrived: forward it with the server's real key if the key is one we minted
 /// for a session of this target. Nothing is ever answered, as with PostgreSQL.
-async fn handle_cancel(id: u64, target: &str, pid: i32, secret: &[u8]) {
+async fn handle_cancel(id: u64, target: &str, pid: i32, secret: &[u8], accepted: Instant) {
     match CancelRegistry::global().lookup(pid, secret) {
         Some(t) if t.target == target => match cancel::send_cancel(&t).await {
-            Ok(()) => tracing::info!(session = id, %target, "cancel request forwarded"),
+            Ok(()) => tracing::info!(
+                session = id,
+                %target,
+                since_accept_us = accepted.elapsed().as_micros() as u64,
+                "cancel request forwarded"
+            ),
             Err(e) => tracing::warn!(session = id, %target, error = %e, "cancel request failed"),
         },
         _ => tracing::info!(session = id, %target, "cancel request with an unknown key ignored"),
