@@ -128,7 +128,7 @@ impl Instance {
         std::fs::write(&config_path, &yaml).expect("write config");
         let config = Config::load(&config_path).expect("config");
         let engine = Engine::new(&config).expect("engine");
-        let target_cfg = Arc::new(config.targets[0].clone());
+        let target_cfg = Arc::clone(&config.targets[0]);
         let approvals_cfg = config.daemon.approvals.clone();
         let state_dir = config.daemon.state_dir.clone();
         // The real audit log, so reviews can be replayed.
@@ -1416,7 +1416,7 @@ fn held_tcp_connection_review_is_recorded_approved_or_withdrawn() {
     std::fs::write(&config_path, &yaml).expect("write config");
     let config = Config::load(&config_path).expect("config");
     let engine = Engine::new(&config).expect("engine");
-    let target = Arc::new(config.targets[0].clone());
+    let target = Arc::clone(&config.targets[0]);
     let audit = airlock::audit::Recorder::open(&config.daemon.audit, &config.daemon.state_dir)
         .expect("audit log");
     let approvals_cfg = config.daemon.approvals.clone();

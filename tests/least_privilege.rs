@@ -105,7 +105,7 @@ impl Instance {
         );
         let config = Config::parse(std::path::Path::new("test.yaml"), &yaml).expect("config");
         let engine = Engine::new(&config).expect("engine");
-        let target = Arc::new(config.targets[0].clone());
+        let target = Arc::clone(&config.targets[0]);
         let approvals_cfg = config.daemon.approvals.clone();
         let state_dir = config.daemon.state_dir.clone();
         let rt = tokio::runtime::Builder::new_multi_thread()

@@ -522,7 +522,7 @@ impl TestProxy {
             "targets:\n  - name: demo-db\n    protocol: postgres\n    addresses: [\"198.18.0.2/32\"]\n    ports: [5432]\n    postgres:\n{postgres_yaml}"
         );
         let config = Config::parse(Path::new("test.yaml"), &yaml).expect("test config");
-        let target = Arc::new(config.targets[0].clone());
+        let target = Arc::clone(&config.targets[0]);
         let ctx = Arc::new(
             Context::new(config, airlock::policy::Engine::default()).expect("test context"),
         );
@@ -875,7 +875,7 @@ pub struct GatewayProxy {
 impl GatewayProxy {
     pub fn start(upstream: SocketAddr, config_yaml: &str) -> Self {
         let config = Config::parse(Path::new("test.yaml"), config_yaml).expect("test config");
-        let target = Arc::new(config.targets[0].clone());
+        let target = Arc::clone(&config.targets[0]);
         let engine = airlock::policy::Engine::new(&config).expect("policy engine");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -16,7 +16,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinHandle;
 
 use crate::audit::Recorder;
-use crate::config::{Config, TargetConfig};
+use crate::config::Config;
 use crate::drain::{Drain, Outcome, Watch};
 use crate::handover::{self, Sockets};
 use crate::identity::workload::WorkloadResolver;
@@ -744,7 +744,8 @@ fn admit(
     } = accepted;
     let config = ctx.config.load();
     let index = config.targets.iter().position(|t| t.name == target_name)?;
-    let target: Arc<TargetConfig> = Arc::new(config.targets[index].clone());
+    // Shared with the configuration: a session holds its target without copying it.
+    let target = Arc::clone(&config.targets[index]);
     let (workload, original_dst) = match record {
         Lookup::Found(info) => {
             if let Err(error) = events::check_record(&info, index, &target, local) {

@@ -6,6 +6,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer};
 
@@ -51,7 +52,7 @@ pub struct Config {
     #[serde(default)]
     pub daemon: DaemonConfig,
     #[serde(default)]
-    pub targets: Vec<TargetConfig>,
+    pub targets: Vec<Arc<TargetConfig>>,
     /// Identity sources (OIDC issuers, workload matchers) and the groups they map to.
     #[serde(default)]
     pub identities: Vec<IdentitySpec>,
@@ -801,7 +802,7 @@ impl Config {
 
     /// Looks a target up by name.
     pub fn target(&self, name: &str) -> Option<&TargetConfig> {
-        self.targets.iter().find(|t| t.name == name)
+        self.targets.iter().find(|t| t.name == name).map(|t| &**t)
     }
 
     /// The groups whose members may read through the console and the REST API:

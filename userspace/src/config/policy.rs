@@ -776,7 +776,7 @@ fn check_role(config: &Config, rule: &RuleSpec, role: &str) -> Result<(), String
         if config
             .targets
             .iter()
-            .filter_map(roles)
+            .filter_map(|t| roles(t))
             .any(|(r, _)| r.iter().any(|r| r == role))
         {
             return Ok(());

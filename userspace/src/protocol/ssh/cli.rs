@@ -46,7 +46,7 @@ pub fn ca(args: &CaArgs) -> anyhow::Result<()> {
             .iter()
             .flat_map(|c| c.targets.iter())
             .filter(|t| t.protocol == Protocol::Ssh)
-            .flat_map(Authority::host_principals)
+            .flat_map(|t| Authority::host_principals(t))
             .collect();
         names.sort();
         names.dedup();
