@@ -143,7 +143,7 @@ targets:
         std::fs::write(&config_path, &yaml).expect("write config");
         let config = Config::load(&config_path).expect("config");
         let engine = Engine::new(&config).expect("engine");
-        let target_cfg = Arc::new(config.targets[0].clone());
+        let target_cfg = Arc::clone(&config.targets[0]);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -672,10 +672,62 @@ fn bench_inbox_render() {
     );
 }
 
+/// The name of the reviewers' client threads in the SSE benchmark.
+#[cfg(feature = "bench-harness")]
+const REVIEWER_THREADS: &str = "reviewers";
+
+/// Clock ticks per second of /proc's CPU times.
+#[cfg(feature = "bench-harness")]
+fn clock_ticks() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        let out = Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .expect("getconf");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("CLK_TCK")
+    })
+}
+
+/// User and system CPU of a /proc `stat` line, in microseconds.
+#[cfg(feature = "bench-harness")]
+fn stat_cpu_us(stat: &str) -> u64 {
+    // After the command name (which may hold spaces): utime and stime, fields 14 and 15.
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    (f[11] + f[12]) * 1_000_000 / clock_ticks()
+}
+
+/// This process's CPU so far, microseconds.
+#[cfg(feature = "bench-harness")]
+fn process_cpu_us() -> u64 {
+    stat_cpu_us(&std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat"))
+}
+
+/// CPU so far of this process's threads named `name`, microseconds.
+#[cfg(feature = "bench-harness")]
+fn threads_cpu_us(name: &str) -> u64 {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(Result::ok)
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .map(|s| stat_cpu_us(&s))
+        .sum()
+}
+
 /// `bench/console.sh`: pgbench -S (8 clients, simple protocol) through the gateway, in
 /// interleaved rounds without and with 100 reviewers connected to the live inbox while an
 /// approval request is created and decided every 50 ms (each change is rendered once and
-/// sent to every reviewer). Prints TPS per round and the median with/without ratio.
+/// sent to every reviewer), the arm that goes first alternating. Prints per round the TPS and
+/// the gateway's CPU per transaction (this process less the reviewers' client threads), and
+/// the median with/without ratios.
 #[test]
 #[cfg(feature = "bench-harness")]
 fn bench_sse_reviewers_pgbench() {
@@ -804,18 +856,20 @@ fn bench_sse_reviewers_pgbench() {
             .join(" ")
     };
     let (mut without, mut with) = (Vec::new(), Vec::new());
+    // The gateway's CPU per transaction in each arm: this process's CPU (the gateway, its
+    // console and the approval churn; pgbench and PostgreSQL are other processes) less the
+    // reviewers' clients' threads, which only share the machine.
+    let (mut cpu_without, mut cpu_with) = (Vec::new(), Vec::new());
+    let mut reviewers_cpu = Vec::new();
     // The reviewers' browsers, played by HTTP clients on a runtime of their own (reviewers
     // are not on the gateway's host; here they share its two cores, but not its workers).
     let browsers = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .thread_name(REVIEWER_THREADS)
         .enable_all()
         .build()
         .expect("reviewers' runtime");
-    println!("load start: {}", load());
-    for r in 0..rounds {
-        without.push(pgbench("without"));
-        // 100 reviewers with the inbox open.
-        let mut tasks = Vec::new();
+    let connect = |tasks: &mut Vec<tokio::task::JoinHandle<()>>| {
         for cookie in &cookies {
             let (cookie, received) = (cookie.clone(), received.clone());
             tasks.push(browsers.spawn(async move {
@@ -838,24 +892,57 @@ fn bench_sse_reviewers_pgbench() {
             }));
         }
         std::thread::sleep(std::time::Duration::from_secs(1));
-        let listeners = b.console.hub.listeners();
-        let before = received.load(std::sync::atomic::Ordering::Relaxed);
-        with.push(pgbench("with"));
-        let streamed = received.load(std::sync::atomic::Ordering::Relaxed) - before;
-        tasks.iter().for_each(|t| t.abort());
+    };
+    println!("load start: {}", load());
+    for r in 0..rounds {
+        // The arm that goes first alternates, so a drift within a round hits both alike.
+        let order = if r % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        let mut line = String::new();
+        for reviewing in order {
+            let mut tasks = Vec::new();
+            if reviewing {
+                connect(&mut tasks);
+            }
+            let listeners = b.console.hub.listeners();
+            let before = received.load(std::sync::atomic::Ordering::Relaxed);
+            let (own0, theirs0) = (process_cpu_us(), threads_cpu_us(REVIEWER_THREADS));
+            let tps = pgbench(if reviewing { "with" } else { "without" });
+            let theirs = threads_cpu_us(REVIEWER_THREADS) - theirs0;
+            let gateway = (process_cpu_us() - own0).saturating_sub(theirs);
+            let per_tx = gateway as f64 / (tps * secs as f64);
+            let share = theirs as f64 / secs as f64 / 1e4;
+            let streamed = received.load(std::sync::atomic::Ordering::Relaxed) - before;
+            tasks.iter().for_each(|t| t.abort());
+            if reviewing {
+                assert!(
+                    listeners >= reviewers,
+                    "only {listeners} reviewers connected"
+                );
+                assert!(streamed > 0, "the reviewers received nothing");
+                with.push(tps);
+                cpu_with.push(per_tx);
+                reviewers_cpu.push(share);
+                line += &format!(
+                    "with {listeners} reviewers {tps:.0} TPS, gateway {per_tx:.1} µs CPU per transaction, their clients {share:.1}% of a core, {streamed} bytes streamed to them; "
+                );
+            } else {
+                without.push(tps);
+                cpu_without.push(per_tx);
+                line +=
+                    &format!("without {tps:.0} TPS, gateway {per_tx:.1} µs CPU per transaction; ");
+            }
+        }
         println!(
-            "round {}: without {:.0} TPS, with {listeners} reviewers {:.0} TPS ({:.3}); {streamed} bytes streamed to them; load {}",
+            "round {}: {line}TPS with/without {:.3}, gateway CPU per transaction with/without {:.3}; load {}",
             r + 1,
-            without[r],
-            with[r],
             with[r] / without[r],
+            cpu_with[r] / cpu_without[r],
             load()
         );
-        assert!(
-            listeners >= reviewers,
-            "only {listeners} reviewers connected"
-        );
-        assert!(streamed > 0, "the reviewers received nothing");
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let med = |v: &[f64]| {
@@ -864,15 +951,27 @@ fn bench_sse_reviewers_pgbench() {
         v[v.len() / 2]
     };
     let ratios: Vec<f64> = with.iter().zip(&without).map(|(w, o)| w / o).collect();
-    println!(
-        "pgbench -S -c 8 simple, {reviewers} reviewers on the live inbox: median with/without TPS {:.3} (per round {:?}); medians {:.0} / {:.0} TPS; load end {}",
-        med(&ratios),
-        ratios
-            .iter()
+    let cpu_ratios: Vec<f64> = cpu_with
+        .iter()
+        .zip(&cpu_without)
+        .map(|(w, o)| w / o)
+        .collect();
+    let rounded = |v: &[f64]| {
+        v.iter()
             .map(|r| (r * 1000.0).round() / 1000.0)
-            .collect::<Vec<_>>(),
+            .collect::<Vec<_>>()
+    };
+    println!(
+        "pgbench -S -c 8 simple, {reviewers} reviewers on the live inbox: median with/without TPS {:.3} (per round {:?}); medians {:.0} / {:.0} TPS; gateway CPU per transaction with/without median {:.3} (per round {:?}; {:.1} / {:.1} µs); the reviewers' clients used a median {:.1}% of a core; load end {}",
+        med(&ratios),
+        rounded(&ratios),
         med(&with),
         med(&without),
+        med(&cpu_ratios),
+        rounded(&cpu_ratios),
+        med(&cpu_with),
+        med(&cpu_without),
+        med(&reviewers_cpu),
         load()
     );
 }

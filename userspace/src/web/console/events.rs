@@ -1,7 +1,8 @@
 //! The live inbox: one hub per console listens to the approval store's change notifications
 //! (which also carry decisions made on other instances sharing the store), reads each changed
-//! request once and renders its row once, and fans the result out to every connected
-//! reviewer's `GET /events` stream (server-sent events). A reviewer who falls behind gets a
+//! request once, renders its row and encodes the event's data once, and fans the result out
+//! to every connected reviewer's `GET /events` stream (server-sent events): a reviewer's
+//! stream only copies the encoded text into its connection. A reviewer who falls behind gets a
 //! fresh `reset` instead of a backlog, so memory per reviewer stays bounded.
 
 use std::convert::Infallible;
@@ -19,13 +20,32 @@ use crate::approval::{Approvals, StoreEvent};
 /// Events a slow reviewer may fall behind by before it gets a reset instead.
 const HUB_CAPACITY: usize = 256;
 
-/// What the hub tells every reviewer.
+/// What the hub tells every reviewer: the event's name and its data, already encoded.
 #[derive(Debug, Clone)]
-pub enum HubEvent {
-    /// A pending request appeared or changed: its id and rendered row.
-    Upsert { id: String, html: Arc<str> },
-    /// A request is no longer pending.
-    Remove { id: String },
+pub struct HubEvent {
+    /// `upsert` (a pending request appeared or changed: `{id, html}` with its rendered row)
+    /// or `remove` (a request is no longer pending: `{id}`).
+    pub name: &'static str,
+    /// The event's JSON data, shared by every reviewer's stream.
+    pub data: Arc<str>,
+}
+
+impl HubEvent {
+    fn upsert(id: &str, html: &str) -> Self {
+        let data = serde_json::json!({ "id": id, "html": html }).to_string();
+        HubEvent {
+            name: "upsert",
+            data: data.into(),
+        }
+    }
+
+    fn remove(id: &str) -> Self {
+        let data = serde_json::json!({ "id": id }).to_string();
+        HubEvent {
+            name: "remove",
+            data: data.into(),
+        }
+    }
 }
 
 /// The fan-out point of inbox changes.
@@ -63,20 +83,17 @@ impl Hub {
                             })
                             .render()
                             {
-                                Ok(html) => HubEvent::Upsert {
-                                    id,
-                                    html: html.replace('\r', "&#13;").into(),
-                                },
+                                Ok(html) => HubEvent::upsert(&id, &html.replace('\r', "&#13;")),
                                 Err(error) => {
                                     tracing::warn!(%error, "rendering an inbox row");
                                     continue;
                                 }
                             }
                         } else {
-                            HubEvent::Remove { id }
+                            HubEvent::remove(&id)
                         }
                     }
-                    Ok(None) => HubEvent::Remove { id },
+                    Ok(None) => HubEvent::remove(&id),
                     Err(error) => {
                         tracing::debug!(%error, request = %id, "console hub: store read failed");
                         continue;
@@ -152,14 +169,7 @@ where
             let event = match step {
                 Step::Reset => reset(&svc).await,
                 Step::Next => match rx.recv().await {
-                    Ok(HubEvent::Upsert { id, html }) => {
-                        let data = serde_json::json!({ "id": id, "html": &*html });
-                        Event::default().event("upsert").data(data.to_string())
-                    }
-                    Ok(HubEvent::Remove { id }) => {
-                        let data = serde_json::json!({ "id": id });
-                        Event::default().event("remove").data(data.to_string())
-                    }
+                    Ok(HubEvent { name, data }) => Event::default().event(name).data(&*data),
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Start over from the store rather than queue a backlog.
                         rx = rx.resubscribe();
