@@ -5,8 +5,10 @@
 #    300 ms;
 #  - SSE: pgbench -S (8 clients, simple protocol) through the PostgreSQL gateway in interleaved
 #    rounds without and with REVIEWERS (100) reviewers connected to the live inbox while an
-#    approval request is created and decided every 50 ms; median with/without TPS ratio, load
-#    average per round.
+#    approval request is created and decided every 50 ms, the arm that goes first alternating;
+#    median with/without ratios of TPS and of the gateway's CPU per transaction (the test
+#    process less the reviewers' client threads, which here share the two cores), the clients'
+#    share of a core, load average per round.
 # Real PostgreSQL 15 on loopback, real pgbench; run as root.
 #
 #   bench/console.sh                       # dev profile
