@@ -35,7 +35,9 @@ cancel_run() {
     sleep 1
   fi
   $runner /usr/bin/python3 "$ROOT/bench/cancel.py" "$host" "$port" "$MONITOR" "$CANCELS" || rc=$?
-  [ -z "$load_pid" ] || { kill "$load_pid" 2>/dev/null; wait "$load_pid" 2>/dev/null || true; }
+  # $runner is a function, so the background job is a subshell whose child is pgbench:
+  # stop the child too (killing the subshell alone left pgbench running, and the loads piled up).
+  [ -z "$load_pid" ] || { pkill -P "$load_pid" 2>/dev/null; kill "$load_pid" 2>/dev/null; wait "$load_pid" 2>/dev/null || true; }
   return $rc
 }
 load0=$(loadavg); echo "load start: $load0" >&2

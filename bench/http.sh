@@ -89,6 +89,8 @@ masking:
 YAML
 start_daemon "$WORK/http.yaml" BENCH_HTTP_TOKEN=bench-token
 for _ in $(seq 50); do in_peer curl -sf -o /dev/null http://198.18.0.2/small && [ -n "$(listener_pid 8080)" ] && break; sleep 0.1; done
+# $! above is the subshell of the in_peer function, not haproxy: read its CPU from the listener.
+HTTP_HAPROXY=$(listener_pid 8080)
 # Sanity: through airlock the answer is masked.
 in_protected curl -sS http://198.18.0.2/small | grep -q REDACTED || { echo "http: airlock did not mask /small" >&2; exit 1; }
 
