@@ -561,6 +561,24 @@ fn denied_exec_exits_1_with_the_rule_message_and_never_reaches_the_server() {
         "the server never saw it:\n{}",
         env.server_commands()
     );
+    // A redirection makes an allowed program (`echo`, `cat`) a file writer: the allow rule
+    // does not cover it, since its `writes` names no file. `2>/dev/null` writes nothing.
+    let before = std::fs::read(&victim).unwrap();
+    let line = format!("echo overwritten > {}", victim.display());
+    let r = env.ssh(&shell_quote(&line), None);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(
+        r.stderr.contains("airlock: denied by rule \"default\""),
+        "{r:?}"
+    );
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        before,
+        "the file is unchanged"
+    );
+    assert!(!env.server_commands().contains("overwritten"));
+    let r = env.ssh(&shell_quote("ls /nonexistent-dir 2>/dev/null"), None);
+    assert_eq!(r.code, Some(2), "allowed: ls's own exit status: {r:?}");
 }
 
 #[test]

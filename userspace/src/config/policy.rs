@@ -94,8 +94,8 @@ impl WorkloadMatcher {
 /// How a filter over a multi-part command matches depends on the action, so that a rule never
 /// lets through more than it names: for `allow` and `review`, **every** statement class and
 /// kind, every table touched, every program of a command line, must be in the rule's lists
-/// (an `allow` for `read` does not cover `SELECT 1; DROP TABLE t`); for `deny`, **any** one is
-/// enough. Commands classified `unknown` match an `allow`/`review` rule only when its `sql`
+/// (an `allow` for `read` does not cover `SELECT 1; DROP TABLE t`, and an `allow` for tables
+/// does not cover a command that touches none); for `deny`, **any** one is enough. Commands classified `unknown` match an `allow`/`review` rule only when its `sql`
 /// classes list `unknown`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -207,7 +207,9 @@ pub struct SqlSpec {
     pub kinds: Vec<String>,
     /// Table globs: `customers` matches that table in any schema, `public.*` every table in
     /// `public`. An unqualified table in a command matches a schema-qualified glob only for
-    /// `deny` rules (the search path could put it anywhere).
+    /// `deny` rules (the search path could put it anywhere). For `allow` and `review`, a
+    /// command must touch at least one table, every one of them listed: `SET ROLE`, `CREATE
+    /// ROLE` or `SELECT pg_read_file(…)` are on no table, so a `tables` rule never covers them.
     #[serde(default)]
     pub tables: Vec<Glob>,
     /// Function globs (`lower`, `pg_catalog.*`, `json_*`). A user-defined function called
@@ -247,6 +249,13 @@ pub struct ExecSpec {
     /// Default false: only single commands.
     #[serde(default)]
     pub compound: bool,
+    /// Files a line may redirect output to (`>`, `>>`, `&>`; globs, `*` crosses `/`). For
+    /// `allow`/`review`, a line that writes a file by redirection is covered only when every
+    /// such file matches (never one named at run time, `> $HOME/x`, or one climbing with
+    /// `..`); default none. `/dev/null` is not a file written. For `deny`, set, the rule
+    /// matches only lines that write a matching file.
+    #[serde(default)]
+    pub writes: Vec<Glob>,
 }
 
 /// The `files` block: operations on a host's files (an SFTP request each), by operation and

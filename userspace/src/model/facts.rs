@@ -122,6 +122,9 @@ pub struct Facts {
     /// `group/resource[/subresource]` with its namespace and name.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub objects: Vec<String>,
+    /// Files a command line writes by redirecting output (`> file`), as written.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files_written: Vec<String>,
     /// Why the command is `unknown` or escalated, for the decision and the audit record.
     pub notes: Vec<String>,
     /// Set when a pre-parse limit was exceeded (the command was not parsed).

@@ -91,8 +91,9 @@ fn wrapped(words: &[impl AsRef<str>]) -> Option<Unsplittable> {
 pub struct Part {
     /// The words after quote removal; the first is the program.
     pub words: Vec<String>,
-    /// Output goes to a file (`>`, `>>`, `&>`).
-    pub writes_file: bool,
+    /// Files output is redirected to (`>`, `>>`, `&>`, `<>`), as written; `/dev/null` is left
+    /// out (it writes nothing).
+    pub writes: Vec<String>,
 }
 
 /// A command line split into its simple commands.
@@ -146,9 +147,11 @@ struct Word {
 #[derive(Default)]
 struct Building {
     words: Vec<Word>,
-    writes_file: bool,
+    writes: Vec<String>,
     /// The next word is a redirection target, not an argument.
     redirect_target: bool,
+    /// That redirection writes its file.
+    redirect_writes: bool,
 }
 
 impl Lexer {
@@ -186,7 +189,7 @@ impl Lexer {
                             self.pos += 1;
                         }
                         self.end_word(&mut cmd, &mut word)?;
-                        cmd.writes_file = true;
+                        cmd.redirect_writes = true;
                         cmd.redirect_target = true;
                     } else {
                         self.end_word(&mut cmd, &mut word)?;
@@ -298,7 +301,7 @@ impl Lexer {
                 Some('&') | Some('>') => {
                     self.pos += 1;
                     if c == '<' && self.chars.get(self.pos - 1) == Some(&'>') {
-                        cmd.writes_file = true;
+                        cmd.redirect_writes = true;
                     }
                 }
                 _ => {}
@@ -321,7 +324,7 @@ impl Lexer {
                 }
                 _ => {}
             }
-            cmd.writes_file = true;
+            cmd.redirect_writes = true;
         }
         cmd.redirect_target = true;
         Ok(())
@@ -492,8 +495,17 @@ impl Lexer {
         }
         let w = std::mem::take(word);
         if cmd.redirect_target {
-            // The redirection's file: not an argument.
+            // The redirection's file: not an argument, but a file the line writes.
             cmd.redirect_target = false;
+            if std::mem::take(&mut cmd.redirect_writes) && w.text != "/dev/null" {
+                // A target only known at run time (`> $HOME/x`; its text holds only the
+                // literal parts) is marked with a leading `$`: no rule covers it (`writable`).
+                let mut text = w.text;
+                if w.dynamic {
+                    text.insert(0, '$');
+                }
+                cmd.writes.push(text);
+            }
             return Ok(());
         }
         cmd.words.push(w);
@@ -548,7 +560,7 @@ impl Lexer {
             out,
             Part {
                 words: b.words.into_iter().map(|w| w.text).collect(),
-                writes_file: b.writes_file,
+                writes: b.writes,
             },
         )
     }
@@ -599,7 +611,7 @@ pub fn classify_argv(argv: &[impl AsRef<str>], kind: &'static str) -> Facts {
     let split = Split {
         parts: vec![Part {
             words: argv.iter().map(|a| a.as_ref().to_owned()).collect(),
-            writes_file: false,
+            writes: Vec::new(),
         }],
         operators: Vec::new(),
     };
@@ -618,8 +630,12 @@ fn facts_of(s: &Split, kind: &'static str) -> Facts {
             ops.join(" ")
         ));
     }
-    if s.parts.iter().any(|p| p.writes_file) {
-        notes.push("output redirected to a file".into());
+    let files_written: Vec<String> = s.parts.iter().flat_map(|p| p.writes.clone()).collect();
+    if !files_written.is_empty() {
+        notes.push(format!(
+            "output redirected to a file: {}",
+            files_written.join(", ")
+        ));
     }
     Facts {
         kinds: vec![kind; s.parts.len()],
@@ -627,9 +643,17 @@ fn facts_of(s: &Split, kind: &'static str) -> Facts {
         class: Class::Admin,
         programs: s.parts.iter().map(|p| p.words[0].clone()).collect(),
         objects: s.parts.iter().map(|p| p.words.join(" ")).collect(),
+        files_written,
         notes,
         ..Facts::default()
     }
+}
+
+/// Whether an `allow`/`review` rule lets a line write `file` by redirection: a `writes` glob
+/// matches it, and it is known before the line runs (no `$`, no backquote) and does not climb
+/// with `..`.
+fn writable(spec: &ExecSpec, file: &str) -> bool {
+    !file.contains(['$', '`']) && !climbs(file) && spec.writes.iter().any(|g| g.matches(file))
 }
 
 /// Whether a command line has a `..` path segment in any word.
@@ -668,9 +692,19 @@ pub fn mismatch(spec: &ExecSpec, facts: &Facts, permissive: bool) -> Option<&'st
         if !(0..parts).all(part_matches) {
             return Some("exec (a program or command is not in the rule's lists)");
         }
+        // A redirection makes any program a file writer (`cat key > ~/.ssh/authorized_keys`):
+        // covered only where the rule names the file.
+        if !facts.files_written.iter().all(|f| writable(spec, f)) {
+            return Some("exec (output redirected to a file the rule's `writes` does not list)");
+        }
         None
     } else {
-        if unknown || (0..parts).any(part_matches) {
+        let writes = spec.writes.is_empty()
+            || facts
+                .files_written
+                .iter()
+                .any(|f| spec.writes.iter().any(|g| g.matches(f)));
+        if writes && (unknown || (0..parts).any(part_matches)) {
             return None;
         }
         Some("exec (no program or command in the rule's lists)")
@@ -733,12 +767,64 @@ mod tests {
     fn redirections_are_not_arguments() {
         let s = split("cat /etc/passwd > /tmp/x 2>&1").unwrap();
         assert_eq!(s.parts[0].words, ["cat", "/etc/passwd"]);
-        assert!(s.parts[0].writes_file);
+        assert_eq!(s.parts[0].writes, ["/tmp/x"]);
         let s = split("sort < in.txt").unwrap();
         assert_eq!(s.parts[0].words, ["sort"]);
-        assert!(!s.parts[0].writes_file);
-        let s = split("ls 2>/dev/null").unwrap();
+        assert!(s.parts[0].writes.is_empty());
+        let s = split("ls 2>/dev/null >/dev/null").unwrap();
         assert_eq!(s.parts[0].words, ["ls"]);
+        assert!(s.parts[0].writes.is_empty(), "/dev/null writes nothing");
+        let s = split("ls >>a 2>b &>c <>d > \"$HOME/e\"").unwrap();
+        assert_eq!(s.parts[0].words, ["ls"]);
+        assert_eq!(s.parts[0].writes[..4], ["a", "b", "c", "d"]);
+        assert!(
+            s.parts[0].writes[4].starts_with('$'),
+            "known at run time only"
+        );
+    }
+
+    /// A redirection turns any program into a file writer: an `allow` rule covers it only
+    /// for the files its `writes` names, known before the line runs.
+    #[test]
+    fn allow_rules_cover_redirections_only_to_files_they_name() {
+        let spec = |writes: &[&str]| ExecSpec {
+            programs: vec![Glob("ls".into()), Glob("cat".into())],
+            commands: Vec::new(),
+            compound: false,
+            writes: writes.iter().map(|w| Glob((*w).into())).collect(),
+        };
+        let judge = |spec: &ExecSpec, line: &str, permissive: bool| {
+            mismatch(spec, &classify(line), permissive)
+        };
+        let none = spec(&[]);
+        assert_eq!(judge(&none, "ls /srv", true), None);
+        assert_eq!(judge(&none, "ls /srv 2>/dev/null", true), None);
+        for line in [
+            "ls > /etc/passwd",
+            "cat key >> /root/.ssh/authorized_keys",
+            "ls &> /tmp/out",
+            "ls 2> /tmp/err",
+        ] {
+            assert!(judge(&none, line, true).is_some(), "{line}");
+        }
+        let tmp = spec(&["/tmp/*"]);
+        assert_eq!(judge(&tmp, "ls > /tmp/out", true), None);
+        for line in [
+            "ls > /etc/passwd",
+            "ls > /tmp/../etc/passwd",
+            "ls > \"$HOME/x\"",
+            "ls > /tmp/$(id -u)",
+        ] {
+            assert!(judge(&tmp, line, true).is_some(), "{line}");
+        }
+        // Deny: with `writes`, only lines writing a matching file.
+        let deny_etc = ExecSpec {
+            programs: Vec::new(),
+            ..spec(&["/etc/*"])
+        };
+        assert_eq!(judge(&deny_etc, "ls > /etc/passwd", false), None);
+        assert!(judge(&deny_etc, "ls > /tmp/x", false).is_some());
+        assert!(judge(&deny_etc, "ls /etc", false).is_some());
     }
 
     #[test]
@@ -838,6 +924,7 @@ mod tests {
             programs: programs.iter().map(|p| Glob((*p).into())).collect(),
             commands: Vec::new(),
             compound,
+            writes: Vec::new(),
         };
         let ls = classify("/bin/ls -la");
         assert_eq!(mismatch(&spec(&["ls"], false), &ls, true), None);
@@ -857,6 +944,7 @@ mod tests {
             programs: Vec::new(),
             commands: vec![Glob("git status*".into())],
             compound: false,
+            writes: Vec::new(),
         };
         assert_eq!(mismatch(&cmds, &classify("git status -s"), true), None);
         assert!(mismatch(&cmds, &classify("git push"), true).is_some());

@@ -1009,7 +1009,11 @@ fn sql_mismatch(w: &SqlWhat, cls: &Facts, permissive: bool) -> Option<Mismatch> 
     }
     if !w.tables.is_empty() {
         let ok = if permissive {
+            // A command that touches no table is not "on" the listed tables: without this, a
+            // rule allowing `tables: [orders]` also allowed `CREATE ROLE … SUPERUSER`, `COPY
+            // (SELECT 1) TO PROGRAM …` or `SET ROLE`, vacuously.
             !unknown
+                && cls.tables().next().is_some()
                 && cls
                     .tables()
                     .all(|t| w.tables.iter().any(|g| table_matches(g, t, false)))

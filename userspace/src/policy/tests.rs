@@ -229,6 +229,39 @@ masking:
 }
 
 #[test]
+fn a_tables_rule_never_allows_commands_on_no_table() {
+    // An allow rule naming tables and no classes: everything on `orders`, nothing else.
+    let e = engine(
+        "
+rules:
+  - name: orders-only
+    sql: { tables: [public.orders] }
+    action: allow
+",
+    );
+    let id = who("a", &[]);
+    for ok in [
+        "SELECT * FROM public.orders",
+        "DELETE FROM public.orders WHERE id = 1",
+    ] {
+        assert_eq!(decide(&e, &id, ok).rule(), "orders-only", "{ok}");
+    }
+    for sql in [
+        "SELECT 1",
+        "SET ROLE postgres",
+        "CREATE ROLE x SUPERUSER",
+        "COPY (SELECT 1) TO PROGRAM 'id'",
+        "SELECT pg_read_file('/etc/passwd')",
+        "SELECT set_config('role', 'postgres', false)",
+        "SELECT pg_terminate_backend(1)",
+    ] {
+        let d = decide(&e, &id, sql);
+        assert_eq!(d.rule(), "default", "{sql}");
+        assert_eq!(d.action(), "deny", "{sql}");
+    }
+}
+
+#[test]
 fn tables_all_for_allow_any_for_deny() {
     let e = engine(
         "
