@@ -818,6 +818,7 @@ impl Engine {
             objects: c.objects.clone(),
             mask,
             review,
+            record_bodies: v.record_bodies,
             shadow: v.shadow,
             limit: c.limit.clone(),
             notes: c.notes.clone(),
@@ -858,6 +859,10 @@ pub struct Explanation {
     pub mask: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub review: Option<ReviewInfo>,
+    /// The exchange's bodies go to the audit record, masked with these rules (the rule's
+    /// `record_bodies`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record_bodies: Option<Vec<String>>,
     /// The database role the command runs as (the rule's `run_as`; none: the target's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_as: Option<String>,

@@ -1111,6 +1111,15 @@ masking:
         Some(vec!["cards".to_string()])
     );
     assert_eq!(eval("GET", &[]).record_bodies, None, "not asked: no bodies");
+    // `policy explain` says so.
+    let put = super::http::parse("PUT", "/x").expect("request");
+    let x = e.explain(&Request {
+        identity: &who("a", &[]),
+        target: "db",
+        protocol: Protocol::Http,
+        command: &Command::Http(put),
+    });
+    assert_eq!(x.record_bodies, Some(vec!["cards".to_string()]));
 }
 
 #[test]
