@@ -384,6 +384,17 @@ rules:
     targets: [api]
     http: {{ methods: [POST], paths: ["/app/echo*"] }}
     action: allow
+  - name: gzip-recorded
+    targets: [api]
+    http: {{ methods: [GET], paths: ["/app/gzip"], query: ["recorded=*"] }}
+    action: allow
+    record_bodies: true
+  - name: gzip-recorded-unmasked
+    targets: [api]
+    http: {{ methods: [GET], paths: ["/app/gzip"], query: ["passed=*"] }}
+    action: allow
+    mask: []
+    record_bodies: true
   - name: reads
     targets: [api]
     http: {{ methods: [GET, HEAD] }}
@@ -934,12 +945,12 @@ fn bodies_are_recorded_masked_only_when_a_rule_asks() {
 
     // The result record of the exchange a rule decided on this path.
     let result_of = |rule: &str, path: &str| {
-        let cmd = env.wait_record(&format!("the POST {path}"), |r| {
+        let cmd = env.wait_record(&format!("the request for {path}"), |r| {
             r["event"]["type"] == "command"
                 && r["event"]["rule"] == rule
                 && r["event"]["command"]["path"] == path
         });
-        env.wait_record(&format!("the result of POST {path}"), |r| {
+        env.wait_record(&format!("the result for {path}"), |r| {
             r["session"] == cmd["session"]
                 && r["event"]["type"] == "result"
                 && r["event"]["n"] == cmd["event"]["n"]
@@ -993,9 +1004,34 @@ fn bodies_are_recorded_masked_only_when_a_rule_asks() {
     assert!(rec["event"].get("request_body").is_none(), "{rec}");
     assert!(rec["event"].get("answer_body").is_none(), "{rec}");
 
+    // A gzip answer decoded for the client's masking is recorded decoded, and masked; one
+    // passed through undecoded (no masking applies to the client's answer) is not recorded,
+    // and the record says why.
+    let out = env.client_ok(&format!(
+        "curl -sS --compressed 'http://{DB_ADDR}/app/gzip?recorded=1'"
+    ));
+    assert!(out.contains(r#""email":"[REDACTED]""#), "{out}");
+    let rec = result_of("gzip-recorded", "/app/gzip");
+    let answer = rec["event"]["answer_body"]["text"].as_str().unwrap_or("");
+    assert!(
+        answer.contains("[REDACTED]") && answer.contains(r#""n":1"#),
+        "{rec}"
+    );
+    env.client_ok(&format!(
+        "curl -sS -o /dev/null 'http://{DB_ADDR}/app/gzip?passed=1'"
+    ));
+    let rec = result_of("gzip-recorded-unmasked", "/app/gzip");
+    assert!(rec["event"].get("answer_body").is_none(), "{rec}");
+    assert!(
+        rec["event"]["notes"]
+            .to_string()
+            .contains("answer body not recorded: it is gzip-coded and passed through undecoded"),
+        "{rec}"
+    );
+
     // No raw value in any record.
     let all = serde_json::to_string(&env.audit_records()).unwrap_or_default();
-    for raw in [email, card, contact] {
+    for raw in [email, card, contact, "dave@example.com"] {
         assert!(!all.contains(raw), "{raw} in the audit log");
     }
 }
