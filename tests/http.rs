@@ -375,10 +375,26 @@ rules:
     http: {{ methods: [POST], paths: ["/app/tickets*"] }}
     action: review
     review: {{ approvers: [ops], timeout: 120s, mode: retry }}
+  - name: profiles-recorded
+    targets: [api]
+    http: {{ methods: [POST], paths: ["/app/profile*"] }}
+    action: allow
+    record_bodies: true
   - name: echo-writes
     targets: [api]
     http: {{ methods: [POST], paths: ["/app/echo*"] }}
     action: allow
+  - name: gzip-recorded
+    targets: [api]
+    http: {{ methods: [GET], paths: ["/app/gzip"], query: ["recorded=*"] }}
+    action: allow
+    record_bodies: true
+  - name: gzip-recorded-unmasked
+    targets: [api]
+    http: {{ methods: [GET], paths: ["/app/gzip"], query: ["passed=*"] }}
+    action: allow
+    mask: []
+    record_bodies: true
   - name: reads
     targets: [api]
     http: {{ methods: [GET, HEAD] }}
@@ -912,4 +928,110 @@ print("flood", sent, "closed" if closed else "open")
         "[REDACTED]",
         "others are still served"
     );
+}
+
+#[test]
+fn bodies_are_recorded_masked_only_when_a_rule_asks() {
+    let env = env();
+    let email = "zoe.recorded@example.com";
+    let card = "4111111111111111";
+    // The app's answer carries this one; the client sees it masked.
+    let contact = "erin@example.com";
+    let body = format!(r#"{{"name":"zoe","email":"{email}","card":"{card}"}}"#);
+    let out = env.client_ok(&format!(
+        "curl -sS -H 'content-type: application/json' -d '{body}' http://{DB_ADDR}/app/profile"
+    ));
+    assert_eq!(json(&out)["contact"], "[REDACTED]", "{out}");
+
+    // The result record of the exchange a rule decided on this path.
+    let result_of = |rule: &str, path: &str| {
+        let cmd = env.wait_record(&format!("the request for {path}"), |r| {
+            r["event"]["type"] == "command"
+                && r["event"]["rule"] == rule
+                && r["event"]["command"]["path"] == path
+        });
+        env.wait_record(&format!("the result for {path}"), |r| {
+            r["session"] == cmd["session"]
+                && r["event"]["type"] == "result"
+                && r["event"]["n"] == cmd["event"]["n"]
+        })
+    };
+    let rec = result_of("profiles-recorded", "/app/profile");
+    let ev = &rec["event"];
+    let request = &ev["request_body"];
+    let text = request["text"].as_str().unwrap_or("");
+    assert!(text.contains(r#""name":"zoe""#), "{rec}");
+    assert!(text.contains("[REDACTED]"), "{rec}");
+    assert!(!text.contains(email) && !text.contains(card), "{rec}");
+    assert_eq!(request["bytes"], body.len(), "{rec}");
+    assert!(request.get("truncated").is_none(), "{rec}");
+    let answer = ev["answer_body"]["text"].as_str().unwrap_or("");
+    assert!(
+        answer.contains("saved") && answer.contains("[REDACTED]"),
+        "{rec}"
+    );
+    assert!(
+        !answer.contains(contact) && !answer.contains(email),
+        "{rec}"
+    );
+    assert!(
+        ev["answer_body"]["bytes"].as_u64().unwrap_or(0) > 0,
+        "{rec}"
+    );
+
+    // A body that is not text is not recorded, and the record says why; the answer still is.
+    env.dir.write("profile.bin", &format!("raw {email}"));
+    env.client_ok(&format!(
+        "curl -sS -o /dev/null -H 'content-type: application/octet-stream' --data-binary @{} http://{DB_ADDR}/app/profile-bin",
+        env.dir.path("profile.bin").display()
+    ));
+    let rec = result_of("profiles-recorded", "/app/profile-bin");
+    assert!(rec["event"].get("request_body").is_none(), "{rec}");
+    assert!(
+        rec["event"]["notes"].to_string().contains(
+            "request body not recorded: its content type (application/octet-stream) is not text"
+        ),
+        "{rec}"
+    );
+    assert!(rec["event"]["answer_body"]["text"].is_string(), "{rec}");
+
+    // A rule without `record_bodies`: metadata only.
+    env.client_ok(&format!(
+        "curl -sS -o /dev/null -H 'content-type: application/json' -d '{body}' http://{DB_ADDR}/app/echo-plain"
+    ));
+    let rec = result_of("echo-writes", "/app/echo-plain");
+    assert_eq!(rec["event"]["status"], 200, "{rec}");
+    assert!(rec["event"].get("request_body").is_none(), "{rec}");
+    assert!(rec["event"].get("answer_body").is_none(), "{rec}");
+
+    // A gzip answer decoded for the client's masking is recorded decoded, and masked; one
+    // passed through undecoded (no masking applies to the client's answer) is not recorded,
+    // and the record says why.
+    let out = env.client_ok(&format!(
+        "curl -sS --compressed 'http://{DB_ADDR}/app/gzip?recorded=1'"
+    ));
+    assert!(out.contains(r#""email":"[REDACTED]""#), "{out}");
+    let rec = result_of("gzip-recorded", "/app/gzip");
+    let answer = rec["event"]["answer_body"]["text"].as_str().unwrap_or("");
+    assert!(
+        answer.contains("[REDACTED]") && answer.contains(r#""n":1"#),
+        "{rec}"
+    );
+    env.client_ok(&format!(
+        "curl -sS -o /dev/null 'http://{DB_ADDR}/app/gzip?passed=1'"
+    ));
+    let rec = result_of("gzip-recorded-unmasked", "/app/gzip");
+    assert!(rec["event"].get("answer_body").is_none(), "{rec}");
+    assert!(
+        rec["event"]["notes"]
+            .to_string()
+            .contains("answer body not recorded: it is gzip-coded and passed through undecoded"),
+        "{rec}"
+    );
+
+    // No raw value in any record.
+    let all = serde_json::to_string(&env.audit_records()).unwrap_or_default();
+    for raw in [email, card, contact, "dave@example.com"] {
+        assert!(!all.contains(raw), "{raw} in the audit log");
+    }
 }

@@ -122,6 +122,12 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self._body()
         self._count()
+        if self.path.startswith("/profile"):
+            # Echoes the body (no credential): the bodies test records this answer.
+            return self._json({
+                "saved": body.decode("utf-8", "replace"),
+                "contact": "erin@example.com",
+            })
         self._json({
             "method": "POST",
             "path": self.path,

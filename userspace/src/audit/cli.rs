@@ -20,6 +20,9 @@ use super::{
 };
 use crate::model::Command;
 
+/// Characters of a recorded body `audit` shows in a session's listing.
+const BODY_SHOWN: usize = 200;
+
 /// Where the log is: `--dir`, or the `daemon.audit` section of `--config`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogLocation {
@@ -359,6 +362,24 @@ pub fn render_transcript(records: &[Record], out: &mut dyn Write) -> std::io::Re
                     r.bytes,
                     format_duration_us(r.duration_us)
                 )?;
+                for (which, body) in [("request", &r.request_body), ("answer", &r.answer_body)] {
+                    if let Some(b) = body {
+                        // Quoted and escaped: a recorded body may hold terminal control bytes.
+                        let shown: String = b.text.chars().take(BODY_SHOWN).collect();
+                        writeln!(
+                            out,
+                            "{:>15} {which} body, {} bytes{}: {shown:?}{}",
+                            "",
+                            b.bytes,
+                            if b.truncated { ", truncated" } else { "" },
+                            if b.text.chars().nth(BODY_SHOWN).is_some() {
+                                "…"
+                            } else {
+                                ""
+                            }
+                        )?;
+                    }
+                }
             }
             Event::Recording(r) => writeln!(
                 out,

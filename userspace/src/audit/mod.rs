@@ -114,7 +114,7 @@ pub use keys::{
 };
 pub use query::{SessionQuery, SessionSummary, load_session, read_records, search_sessions};
 pub use record::{
-    ApprovalEvent, ApprovalOutcome, ChainHash, CommandRecord, EndReason, Event, FORMAT,
+    ApprovalEvent, ApprovalOutcome, BodyRecord, ChainHash, CommandRecord, EndReason, Event, FORMAT,
     FactsRecord, GrantRecord, MaskCount, MaskTally, MaskingRecord, OpenEvent, Record,
     RecordingRecord, ResultRecord, ReviewRecord, SessionEndRecord, SessionStartRecord, TlsInfo,
     TornTail, VoteRecord, WorkloadRecord,

@@ -574,6 +574,26 @@ pub struct ResultRecord {
     /// What the gateway changed about the exchange, never a value.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The request's body, masked, when the deciding rule has `record_bodies` (HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<BodyRecord>,
+    /// The answer's body, masked, when the deciding rule has `record_bodies` (HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_body: Option<BodyRecord>,
+}
+
+/// A body of an exchange as recorded for a rule's `record_bodies`: its text after masking,
+/// never before, up to a cap.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BodyRecord {
+    /// The masked text (bytes that are not UTF-8 replaced).
+    pub text: String,
+    /// The body went on past `text`: the cap was reached, or the body was cut short.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// Bytes of the body before masking (after gzip decoding), as far as it was read.
+    pub bytes: u64,
 }
 
 /// A terminal recording kept beside the log (asciicast v2), bound to the chain by its SHA-256.

@@ -2757,3 +2757,92 @@ async fn a_signed_record_cut_mid_line_is_truncation_not_a_torn_tail() {
         "a refused start changes nothing"
     );
 }
+
+#[tokio::test]
+async fn recorded_bodies_verify_read_back_and_show_escaped() {
+    let t = TempDir::new("bodies");
+    let rec = open(&config(&t), &t);
+    let id = identity("alice");
+    let mut s = rec.admit_session().unwrap();
+    s.start(SessionStart {
+        proxy_session: Some(1),
+        identity: &id,
+        workload: None,
+        target: "api",
+        protocol: Protocol::Http,
+        client: None,
+        original_dst: None,
+        tls: None,
+    })
+    .await
+    .unwrap();
+    let decision = allow();
+    let (n, ack) = s
+        .command(read_event(&sql("SELECT 1"), &decision))
+        .await
+        .unwrap();
+    ack.durable().await.unwrap();
+    let request = BodyRecord {
+        text: r#"{"email":"[REDACTED]"}"#.into(),
+        truncated: false,
+        bytes: 27,
+    };
+    let answer = BodyRecord {
+        text: "ok\u{1b}[2J".into(),
+        truncated: true,
+        bytes: 1 << 20,
+    };
+    s.result(
+        n,
+        CommandResult {
+            bytes: 9,
+            status: Some(200),
+            request_body: Some(request.clone()),
+            answer_body: Some(answer.clone()),
+            ..CommandResult::default()
+        },
+    )
+    .await
+    .unwrap()
+    .durable()
+    .await
+    .unwrap();
+    let sid = s.id().to_owned();
+    s.end(SessionEnd {
+        reason: EndReason::ClientClosed,
+        detail: None,
+        bytes_from_client: 27,
+        bytes_to_client: 9,
+    })
+    .await
+    .unwrap();
+    rec.close().await.unwrap();
+    assert!(check(&t).ok, "{:?}", check(&t).issues);
+
+    let (_, recs) = load_session(&t.log(), &sid).unwrap();
+    let result = recs
+        .iter()
+        .find_map(|r| match &r.event {
+            Event::Result(r) => Some(r.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(result.request_body, Some(request));
+    assert_eq!(result.answer_body, Some(answer));
+    let mut out = Vec::new();
+    cli::render_transcript(&recs, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains(r#"request body, 27 bytes: "{\"email\":\"[REDACTED]\"}""#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"answer body, 1048576 bytes, truncated: "ok\u{1b}[2J""#),
+        "control bytes escaped: {text}"
+    );
+
+    // A result written before bodies existed still parses.
+    let old: ResultRecord =
+        serde_json::from_str(r#"{"n":1,"bytes":3,"duration_us":5,"status":200}"#).unwrap();
+    assert_eq!((old.request_body, old.answer_body), (None, None));
+}

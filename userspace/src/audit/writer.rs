@@ -32,10 +32,10 @@ use super::coop::{self, LogLock};
 use super::keys::load_or_generate_signing_key;
 use super::keys::record_mac_key;
 use super::record::{
-    ApprovalEvent, ChainHash, CommandRecord, EndReason, Event, FORMAT, FactsRecord, MaskTally,
-    MaskingRecord, OpenEvent, Record, RecordRef, RecordingRecord, ResultRecord, ReviewRecord,
-    SessionEndRecord, SessionStartRecord, SignedAnchor, SignedHead, TlsInfo, WorkloadRecord, seal,
-    to_hex,
+    ApprovalEvent, BodyRecord, ChainHash, CommandRecord, EndReason, Event, FORMAT, FactsRecord,
+    MaskTally, MaskingRecord, OpenEvent, Record, RecordRef, RecordingRecord, ResultRecord,
+    ReviewRecord, SessionEndRecord, SessionStartRecord, SignedAnchor, SignedHead, TlsInfo,
+    WorkloadRecord, seal, to_hex,
 };
 use super::time::now_us;
 use crate::config::audit::{AuditConfig, FsyncPolicy, OnFull, RetentionConfig};
@@ -624,6 +624,10 @@ pub struct CommandResult {
     /// What the gateway changed about the exchange (`client credential authorization
     /// stripped`), never a value.
     pub notes: Vec<String>,
+    /// The request's body, already masked (a rule's `record_bodies`).
+    pub request_body: Option<BodyRecord>,
+    /// The answer's body, already masked (a rule's `record_bodies`).
+    pub answer_body: Option<BodyRecord>,
 }
 
 /// How a session ended.
@@ -795,6 +799,8 @@ impl SessionRecorder {
             status: r.status,
             request_bytes: r.request_bytes,
             notes: r.notes,
+            request_body: r.request_body,
+            answer_body: r.answer_body,
         };
         self.enqueue(Event::Result(rec)).await
     }

@@ -193,6 +193,12 @@ pub struct RuleSpec {
     /// Record what this rule would have done, without enforcing it; evaluation continues.
     #[serde(default)]
     pub shadow: bool,
+    /// HTTP and Kubernetes: record the request and answer bodies of the exchanges this rule
+    /// decides in the audit log, masked first with the rule's `mask` list (every masking rule
+    /// when unset; `except_groups` do not apply: audit readers are not the caller) and capped
+    /// in size. Off by default: exchanges are recorded without bodies.
+    #[serde(default)]
+    pub record_bodies: bool,
 }
 
 /// The `sql` block of a rule (also written at the rule's top level).
@@ -994,6 +1000,12 @@ pub fn validate(config: &Config) -> Result<(), (String, String)> {
                 }
             }
             _ => {}
+        }
+        if r.record_bodies && r.http.is_none() && r.kube.is_none() {
+            return err(
+                f("record_bodies"),
+                "only a rule with an `http:` or `kube:` block records bodies",
+            );
         }
         if r.action == Action::Deny && r.mask.is_some() {
             return err(f("mask"), "a `deny` rule has no answer to mask");

@@ -199,6 +199,11 @@ pub struct Judged {
     /// Column masking let the command through by the names it uses: judge it again
     /// [through](Judge::judge_through) the catalog before it runs, in case one is a view.
     pub views_matter: bool,
+    /// The deciding rule asks for the exchange's bodies in the audit record: the masking rules
+    /// to apply to them first (every one the rule names: audit readers are not the caller).
+    /// `None` when it does not, for a custom [`Decider`], and when the session is not
+    /// recorded.
+    pub record_bodies: Option<Vec<String>>,
 }
 
 /// Decides commands for one session.
@@ -242,13 +247,19 @@ impl Judge for Gate<'_> {
         };
         let started = std::time::Instant::now();
         let engine = self.ctx.engine.load();
-        let (decision, facts, views_matter) = match self.decider {
-            Some(d) => (d.decide(&req), engine.classify(command), false),
+        let (decision, facts, views_matter, record_bodies) = match self.decider {
+            Some(d) => (d.decide(&req), engine.classify(command), false, None),
             None => {
                 let v = engine.evaluate_through(&req, relations);
-                (v.decision, v.classification, v.views_matter)
+                (
+                    v.decision,
+                    v.classification,
+                    v.views_matter,
+                    v.record_bodies,
+                )
             }
         };
+        let record_bodies = record_bodies.filter(|_| self.recording);
         self.ctx.metrics.policy_eval(started.elapsed());
         self.metrics.command(decision.action());
         tracing::debug!(
@@ -286,6 +297,7 @@ impl Judge for Gate<'_> {
             facts,
             record,
             views_matter,
+            record_bodies,
         }
     }
 }

@@ -237,6 +237,9 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
     if !e.mask.is_empty() {
         println!("mask:     {}", e.mask.join(", "));
     }
+    if let Some(rules) = &e.record_bodies {
+        println!("bodies:   recorded, masked with [{}]", rules.join(", "));
+    }
     if let Some(r) = &e.review {
         println!(
             "review:   approvers {} quorum {} timeout {}s then {:?}, mode {:?}",

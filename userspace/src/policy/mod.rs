@@ -74,6 +74,11 @@ pub struct Evaluation {
     /// matches: if one of them is a view over a masked column, judging it
     /// [through](Engine::evaluate_through) the catalog may refuse it.
     pub views_matter: bool,
+    /// The deciding rule asks for the exchange's bodies to be recorded (`record_bodies`):
+    /// the masking rules to apply to them first. Its `mask` list (or every masking rule),
+    /// not reduced by `except_groups`: the audit log's readers are not the caller. `None`
+    /// when the rule does not ask (or no rule decided).
+    pub record_bodies: Option<Vec<String>>,
 }
 
 /// Errors building an engine.
@@ -115,6 +120,8 @@ struct Rule {
     run_as: Option<String>,
     /// PostgreSQL role an approved command runs as, for that command only.
     approved_run_as: Option<String>,
+    /// HTTP and Kubernetes: record the exchange's bodies, masked with `mask`.
+    record_bodies: bool,
 }
 
 /// The per-protocol part of a rule.
@@ -367,6 +374,7 @@ impl Engine {
                     classification: Arc::new(Facts::default()),
                     shadow: Vec::new(),
                     views_matter: false,
+                    record_bodies: None,
                 }
             }
         }
@@ -424,11 +432,13 @@ impl Engine {
                 target = req.target,
                 "policy decision"
             );
+            let record_bodies = rule.record_bodies.then(|| self.mask_names(rule));
             return Evaluation {
                 decision,
                 classification: cls,
                 shadow,
                 views_matter,
+                record_bodies,
             };
         }
         let (decision, views_matter) = match self.default {
@@ -459,6 +469,7 @@ impl Engine {
             classification: cls,
             shadow,
             views_matter,
+            record_bodies: None,
         }
     }
 
@@ -617,6 +628,15 @@ impl Engine {
             None => Box::new(self.masking.iter()),
         };
         list.filter(|m| !exempt(m))
+            .map(|m| m.name.clone())
+            .collect()
+    }
+
+    /// A rule's masking rules by name, every one of them (no caller is exempt).
+    fn mask_names(&self, rule: &Rule) -> Vec<String> {
+        rule.mask
+            .iter()
+            .filter_map(|i| self.masking.get(*i))
             .map(|m| m.name.clone())
             .collect()
     }
@@ -798,6 +818,7 @@ impl Engine {
             objects: c.objects.clone(),
             mask,
             review,
+            record_bodies: v.record_bodies,
             shadow: v.shadow,
             limit: c.limit.clone(),
             notes: c.notes.clone(),
@@ -838,6 +859,10 @@ pub struct Explanation {
     pub mask: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub review: Option<ReviewInfo>,
+    /// The exchange's bodies go to the audit record, masked with these rules (the rule's
+    /// `record_bodies`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record_bodies: Option<Vec<String>>,
     /// The database role the command runs as (the rule's `run_as`; none: the target's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_as: Option<String>,
@@ -975,6 +1000,7 @@ fn compile_rule(
         shadow: r.shadow,
         run_as: r.run_as.clone(),
         approved_run_as: r.approved_run_as.clone(),
+        record_bodies: r.record_bodies,
     })
 }
 

@@ -1092,3 +1092,103 @@ masking:
         "{mysql:?}"
     );
 }
+
+#[test]
+fn record_bodies_carries_the_rules_masks_without_except_groups() {
+    let e = engine(
+        "
+rules:
+  - name: recorded
+    http: {methods: [POST]}
+    action: allow
+    record_bodies: true
+  - name: recorded-narrow
+    http: {methods: [PUT]}
+    action: allow
+    mask: [cards]
+    record_bodies: true
+  - name: plain
+    http: {}
+    action: allow
+masking:
+  - name: email
+    detectors: [email]
+    style: redact
+    except_groups: [dba]
+  - name: cards
+    detectors: [card]
+    style: redact
+",
+    );
+    let eval = |method: &str, groups: &[&str]| {
+        let http = super::http::parse(method, "/x").expect("request");
+        e.evaluate(&Request {
+            identity: &who("a", groups),
+            target: "db",
+            protocol: Protocol::Http,
+            command: &Command::Http(http),
+        })
+    };
+    // A caller exempt from `email` sees raw emails; the audit record still masks them.
+    let v = eval("POST", &["dba"]);
+    match &v.decision {
+        Decision::Allow { mask, .. } => assert_eq!(mask, &vec!["cards"]),
+        d => panic!("{d:?}"),
+    }
+    assert_eq!(
+        v.record_bodies,
+        Some(vec!["email".to_string(), "cards".to_string()])
+    );
+    assert_eq!(
+        eval("PUT", &[]).record_bodies,
+        Some(vec!["cards".to_string()])
+    );
+    assert_eq!(eval("GET", &[]).record_bodies, None, "not asked: no bodies");
+    // `policy explain` says so.
+    let put = super::http::parse("PUT", "/x").expect("request");
+    let x = e.explain(&Request {
+        identity: &who("a", &[]),
+        target: "db",
+        protocol: Protocol::Http,
+        command: &Command::Http(put),
+    });
+    assert_eq!(x.record_bodies, Some(vec!["cards".to_string()]));
+}
+
+#[test]
+fn record_bodies_only_on_http_and_kube_rules() {
+    let err = parse_err(
+        "
+rules:
+  - name: r
+    classes: [read]
+    action: allow
+    record_bodies: true
+",
+    );
+    assert!(
+        err.contains("record_bodies") && err.contains("http"),
+        "{err}"
+    );
+    let e = engine(
+        "
+rules:
+  - name: k
+    kube: {verbs: [get]}
+    action: allow
+    record_bodies: true
+",
+    );
+    let kube = super::kube::parse("get", "/api/v1/namespaces/d/pods/p").expect("request");
+    let v = e.evaluate(&Request {
+        identity: &who("a", &[]),
+        target: "db",
+        protocol: Protocol::Kube,
+        command: &Command::Kube(kube),
+    });
+    assert_eq!(
+        v.record_bodies,
+        Some(Vec::new()),
+        "no masking rules: none to apply"
+    );
+}

@@ -15,6 +15,7 @@ use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 
 use super::record::ExchangeRecord;
+use crate::audit::BodyRecord;
 use crate::mask::{JsonMasker, MaskCounts, MaskError, Masker, TextMasker};
 
 /// Errors a body stream ends with (the connection is then cut: nothing more of it is sent).
@@ -26,6 +27,104 @@ pub type ProxyBody = BoxBody<Bytes, BoxError>;
 /// Compressed bytes decoded per step, so a small compressed frame cannot expand into an
 /// unbounded buffer (deflate expands at most ~1032:1: about 8 MiB per step).
 const GUNZIP_STEP: usize = 8 * 1024;
+
+/// Masked text of a body recorded for a rule's `record_bodies` stops at this many bytes.
+pub const RECORDED_BODY_MAX: usize = 64 * 1024;
+
+/// Bytes masked per step while capturing, so that a body far over the cap is not masked whole
+/// once the cap is reached.
+const CAPTURE_STEP: usize = 16 * 1024;
+
+/// A body on its way to the audit log (a rule's `record_bodies`): its bytes go through a
+/// masker of its own, never the client's (whose rules a caller's `except_groups` may have
+/// reduced), and only the masked output is kept, up to a cap. Once the cap is reached the
+/// masker is dropped and the rest is only counted, so memory stays bounded.
+pub struct Capture {
+    /// `None` once the cap is reached or masking failed.
+    masker: Option<Transform>,
+    out: BytesMut,
+    cap: usize,
+    /// Bytes fed, before masking.
+    bytes: u64,
+    truncated: bool,
+    failed: Option<String>,
+}
+
+impl Capture {
+    /// A capture through `masker` (never [`Transform::Pass`]: an unmasked body is not
+    /// recorded) keeping up to `cap` bytes of masked text.
+    pub fn new(masker: Transform, cap: usize) -> Self {
+        Capture {
+            masker: Some(masker),
+            out: BytesMut::new(),
+            cap,
+            bytes: 0,
+            truncated: false,
+            failed: None,
+        }
+    }
+
+    /// Masks the next bytes of the body into the record, until the cap.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        self.bytes += chunk.len() as u64;
+        for step in chunk.chunks(CAPTURE_STEP) {
+            let Some(masker) = self.masker.as_mut() else {
+                return;
+            };
+            if let Err(e) = masker.feed(step, &mut self.out) {
+                self.fail(e);
+                return;
+            }
+            self.cap_output();
+        }
+    }
+
+    /// The body ended whole: the masker releases what it held back.
+    pub fn finish(mut self) -> Result<BodyRecord, String> {
+        if let Some(mut masker) = self.masker.take()
+            && let Err(e) = masker.finish(&mut self.out)
+        {
+            self.fail(e);
+        }
+        self.cap_output();
+        self.record()
+    }
+
+    /// The body was cut short (or not read to its end): what the masker released so far,
+    /// marked truncated. What it held back (perhaps part of a value a detector would have
+    /// matched whole) is not recorded.
+    pub fn cut(mut self) -> Result<BodyRecord, String> {
+        self.masker = None;
+        self.truncated = true;
+        self.record()
+    }
+
+    fn fail(&mut self, e: MaskError) {
+        self.masker = None;
+        self.failed = Some(format!("its masking failed: {e}"));
+    }
+
+    fn cap_output(&mut self) {
+        if self.out.len() > self.cap {
+            self.out.truncate(self.cap);
+            self.truncated = true;
+            self.masker = None;
+        }
+    }
+
+    fn record(self) -> Result<BodyRecord, String> {
+        // Fail closed: output of a masker that failed is not recorded, though what it released
+        // was masked.
+        if let Some(why) = self.failed {
+            return Err(why);
+        }
+        Ok(BodyRecord {
+            text: String::from_utf8_lossy(&self.out).into_owned(),
+            truncated: self.truncated,
+            bytes: self.bytes,
+        })
+    }
+}
 
 /// A body with these bytes.
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
@@ -262,6 +361,7 @@ impl AnswerBody {
 
     /// Runs `input` (decoded bytes) through the transform; the output waits in `out`.
     fn transform(&mut self, input: &[u8]) -> Result<(), BoxError> {
+        self.record.capture(input);
         self.transform.feed(input, &mut self.out)?;
         Ok(())
     }
@@ -338,6 +438,7 @@ impl Body for AnswerBody {
                             continue;
                         }
                         if let Transform::Pass = this.transform {
+                            this.record.capture(&data);
                             this.record.sent(data.len() as u64);
                             return Poll::Ready(Some(Ok(Frame::data(data))));
                         }
@@ -358,6 +459,7 @@ impl Body for AnswerBody {
                     }
                     this.done = true;
                     this.record.add_counts(this.transform.take_counts());
+                    this.record.answer_ended();
                     this.record.complete();
                     if let Some(f) = this.emit() {
                         return Poll::Ready(Some(Ok(f)));
@@ -463,5 +565,94 @@ mod tests {
         assert_eq!(events[1]["type"], "MODIFIED");
         assert_eq!(events[1]["object"]["data"]["k"], "[REDACTED]");
         assert!(!text.contains("c2VjcmV0") && !text.contains("b3RoZXI="));
+    }
+
+    fn pii() -> Masker {
+        use crate::config::policy::{Detector, MaskStyle};
+        let spec = rule(
+            "pii",
+            &[],
+            &[Detector::Email, Detector::Card],
+            MaskStyle::Redact,
+        );
+        Masker::new(&[spec], KEY).expect("masker")
+    }
+
+    fn text_capture(cap: usize) -> Capture {
+        let masker = pii().text(&["pii".into()]).expect("rules");
+        Capture::new(Transform::Text(Box::new(masker)), cap)
+    }
+
+    #[test]
+    fn a_captured_body_is_masked_whole() {
+        let mut c = text_capture(RECORDED_BODY_MAX);
+        let body = b"contact carol@example.com, card 4111111111111111\n";
+        // Cut inside the email and the card number.
+        for part in body.chunks(7) {
+            c.feed(part);
+        }
+        let rec = c.finish().expect("recorded");
+        assert_eq!(rec.text, "contact [REDACTED], card [REDACTED]\n");
+        assert!(!rec.truncated);
+        assert_eq!(rec.bytes, body.len() as u64);
+    }
+
+    #[test]
+    fn a_capture_stops_at_its_cap_and_counts_the_rest() {
+        let line = b"user carol@example.com paid with 4111111111111111 today\n";
+        let mut c = text_capture(RECORDED_BODY_MAX);
+        let mut total = 0u64;
+        // About 1 MiB in frames of whole lines; the cap may cut a value anywhere.
+        let frame = line.repeat(140);
+        for _ in 0..128 {
+            c.feed(&frame);
+            total += frame.len() as u64;
+            assert!(
+                c.out.len() <= RECORDED_BODY_MAX,
+                "output stays within the cap"
+            );
+        }
+        assert!(c.masker.is_none(), "the masker is dropped at the cap");
+        let rec = c.finish().expect("recorded");
+        assert!(rec.truncated);
+        assert_eq!(rec.text.len(), RECORDED_BODY_MAX);
+        assert_eq!(rec.bytes, total, "every byte counted");
+        assert!(rec.text.contains("[REDACTED]"));
+        assert!(!rec.text.contains("carol@") && !rec.text.contains("41111111"));
+    }
+
+    #[test]
+    fn a_cut_body_records_only_what_masking_released() {
+        // A body cut short ends inside an email: the masker still holds it; nothing of it is
+        // recorded.
+        let mut c = text_capture(RECORDED_BODY_MAX);
+        c.feed(b"first line\nsecond contact carol@exam");
+        let rec = c.cut().expect("recorded");
+        assert!(rec.truncated);
+        assert!(!rec.text.contains("carol"), "{}", rec.text);
+        assert_eq!(rec.bytes, 36);
+
+        // A small cap reached with bytes held back: truncated at the cap, masked.
+        let mut c = text_capture(16);
+        c.feed(&b"carol@example.com ".repeat(2000));
+        let rec = c.finish().expect("recorded");
+        assert!(rec.truncated);
+        assert_eq!(rec.text, "[REDACTED] [REDA");
+    }
+
+    #[test]
+    fn a_json_capture_masks_and_fails_closed() {
+        let masker = pii().json(&["pii".into()]).expect("rules");
+        let mut c = Capture::new(Transform::Json(Box::new(masker)), RECORDED_BODY_MAX);
+        c.feed(br#"{"email":"carol@example.com","#);
+        c.feed(br#""n":1}"#);
+        let rec = c.finish().expect("recorded");
+        assert_eq!(rec.text, r#"{"email":"[REDACTED]","n":1}"#);
+
+        // A document masking fails on (here: it ends inside a value) is not recorded at all.
+        let masker = pii().json(&["pii".into()]).expect("rules");
+        let mut c = Capture::new(Transform::Json(Box::new(masker)), RECORDED_BODY_MAX);
+        c.feed(br#"{"email":"carol@example.com","n":[1,"#);
+        assert!(c.finish().is_err());
     }
 }

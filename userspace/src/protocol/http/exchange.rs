@@ -13,12 +13,12 @@ use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
-use super::body::{self, AnswerBody, OwnAnswer, ProxyBody, RequestBody, Transform};
+use super::body::{self, AnswerBody, Capture, OwnAnswer, ProxyBody, RequestBody, Transform};
 use super::classify::Head;
 use super::record::ExchangeRecord;
 use super::{BODY_TIMEOUT, Conn, forward, upgrade};
 use crate::approval::ReviewTrail;
-use crate::audit::CommandEvent;
+use crate::audit::{BodyRecord, CommandEvent};
 use crate::config::http::BinaryAnswers;
 use crate::gate::{self, Gate, Judge, Notice, Verdict};
 use crate::model::{Command, Decision, Facts, HttpBody, ReviewMode};
@@ -245,6 +245,17 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
 
     drop(command);
 
+    // The bodies go to the audit record only when the deciding rule asks, masked first.
+    let record_bodies = judged.record_bodies.filter(|_| ack.is_some());
+    if let Some(rules) = &record_bodies {
+        match request_body_record(&conn, &parts.headers, &read, rules) {
+            Ok(body) => record.request_body = body,
+            Err(why) => record
+                .notes
+                .push(format!("request body not recorded: {why}")),
+        }
+    }
+
     let (mask, approval) = match verdict {
         Verdict::Allow { mask, approval, .. } => (mask, approval),
         Verdict::Deny { message } => {
@@ -366,7 +377,21 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
     {
         rparts.headers.insert(APPROVAL_HEADER, v);
     }
-    if mask.is_empty() || head_only || rbody.is_end_stream() {
+    let has_body = !head_only && !rbody.is_end_stream();
+    // Captures the answer for the audit record; `decoded`: the client's masking decodes gzip.
+    let capture = |record: &mut ExchangeRecord, headers: &HeaderMap, decoded: bool| {
+        let Some(rules) = record_bodies.as_deref().filter(|_| has_body) else {
+            return;
+        };
+        match answer_capture(&conn, headers, rules, treatment.json_lines, decoded) {
+            Ok(c) => record.capture_answer(c),
+            Err(why) => record
+                .notes
+                .push(format!("answer body not recorded: {why}")),
+        }
+    };
+    if mask.is_empty() || !has_body {
+        capture(&mut record, &rparts.headers, false);
         return Response::from_parts(
             rparts,
             AnswerBody::new(rbody, Transform::Pass, false, record).boxed(),
@@ -377,6 +402,7 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
         Err(why) => {
             if conn.http.binary == BinaryAnswers::Pass {
                 record.notes.push(format!("answer passed unmasked: {why}"));
+                capture(&mut record, &rparts.headers, false);
                 return Response::from_parts(
                     rparts,
                     AnswerBody::new(rbody, Transform::Pass, false, record).boxed(),
@@ -391,6 +417,7 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
             );
         }
     };
+    capture(&mut record, &rparts.headers, plan.gunzip);
     // The length changes with masking: hyper chunks HTTP/1.1 and frames HTTP/2 instead.
     rparts.headers.remove(header::CONTENT_LENGTH);
     rparts.headers.remove(header::ACCEPT_RANGES);
@@ -418,15 +445,33 @@ fn answer_plan(
     mask: &[String],
     json_lines: bool,
 ) -> Result<AnswerPlan, String> {
-    let gunzip = match headers
+    let gunzip = gzip_coded(headers)?;
+    let transform = body_masker(conn, headers, mask, json_lines)?;
+    Ok(AnswerPlan { transform, gunzip })
+}
+
+/// Whether a body is gzip-coded (`Ok(false)`: not coded); an `Err` names a coding the gateway
+/// does not decode.
+fn gzip_coded(headers: &HeaderMap) -> Result<bool, String> {
+    match headers
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
         .as_deref()
     {
-        None | Some("") | Some("identity") => false,
-        Some("gzip") | Some("x-gzip") => true,
-        Some(other) => return Err(format!("its content encoding `{other}` is not decoded")),
-    };
+        None | Some("") | Some("identity") => Ok(false),
+        Some("gzip") | Some("x-gzip") => Ok(true),
+        Some(other) => Err(format!("its content encoding `{other}` is not decoded")),
+    }
+}
+
+/// A masker for a body by its content type (JSON, JSON lines, text) under `rules`; an `Err`
+/// says why there is none.
+fn body_masker(
+    conn: &Conn,
+    headers: &HeaderMap,
+    rules: &[String],
+    json_lines: bool,
+) -> Result<Transform, String> {
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -438,19 +483,65 @@ fn answer_plan(
         .to_ascii_lowercase();
     let masker_error = |e: crate::mask::MaskError| format!("its masking rules failed: {e}");
     let json = ctype == "application/json" || ctype.ends_with("+json");
-    let transform = if json && json_lines {
+    Ok(if json && json_lines {
         Transform::JsonLines(Box::new(
-            body::JsonLines::new(Arc::clone(&conn.masker), mask).map_err(masker_error)?,
+            body::JsonLines::new(Arc::clone(&conn.masker), rules).map_err(masker_error)?,
         ))
     } else if json {
-        Transform::Json(Box::new(conn.masker.json(mask).map_err(masker_error)?))
+        Transform::Json(Box::new(conn.masker.json(rules).map_err(masker_error)?))
     } else if is_text(&ctype) {
-        Transform::Text(Box::new(conn.masker.text(mask).map_err(masker_error)?))
+        Transform::Text(Box::new(conn.masker.text(rules).map_err(masker_error)?))
     } else {
         let shown = if ctype.is_empty() { "none" } else { &ctype };
         return Err(format!("its content type ({shown}) is not text"));
+    })
+}
+
+/// The request's body for the audit record (a rule's `record_bodies`), masked with `rules`;
+/// an `Err` says why it is not recorded.
+fn request_body_record(
+    conn: &Conn,
+    headers: &HeaderMap,
+    read: &RequestBody,
+    rules: &[String],
+) -> Result<Option<BodyRecord>, String> {
+    let (bytes, whole) = match read {
+        RequestBody::Empty => return Ok(None),
+        RequestBody::Judged(b) => (b, true),
+        RequestBody::OverLimit { prefix, .. } => (prefix, false),
     };
-    Ok(AnswerPlan { transform, gunzip })
+    if gzip_coded(headers)? {
+        return Err("it is gzip-coded".into());
+    }
+    let mut capture = Capture::new(
+        body_masker(conn, headers, rules, false)?,
+        body::RECORDED_BODY_MAX,
+    );
+    capture.feed(bytes);
+    // Over the bound, only the prefix read before judging is recorded.
+    if whole {
+        capture.finish()
+    } else {
+        capture.cut()
+    }
+    .map(Some)
+}
+
+/// The answer's capture for the audit record (a rule's `record_bodies`), masked with `rules`;
+/// `decoded`: the answer's gzip is decoded for the client's masking. An `Err` says why it is
+/// not recorded.
+fn answer_capture(
+    conn: &Conn,
+    headers: &HeaderMap,
+    rules: &[String],
+    json_lines: bool,
+    decoded: bool,
+) -> Result<Capture, String> {
+    if gzip_coded(headers)? && !decoded {
+        return Err("it is gzip-coded and passed through undecoded".into());
+    }
+    let masker = body_masker(conn, headers, rules, json_lines)?;
+    Ok(Capture::new(masker, body::RECORDED_BODY_MAX))
 }
 
 /// Narrows `Accept` to its JSON media ranges (`application/json;as=Table;…` kept), or to

@@ -6,10 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use crate::audit::{AuditError, CommandEvent, CommandResult, MaskTally, SessionRecorder};
+use crate::audit::{
+    AuditError, BodyRecord, CommandEvent, CommandResult, MaskTally, SessionRecorder,
+};
 use crate::mask::MaskCounts;
 
 use super::Conn;
+use super::body::Capture;
 
 /// A session's audit record, shared by the exchanges of one client connection (HTTP/2 runs
 /// them concurrently). Result records are written after their answers; the session waits for
@@ -88,6 +91,11 @@ pub struct ExchangeRecord {
     pub notes: Vec<String>,
     error: Option<String>,
     complete: bool,
+    /// The request's body, masked (a rule's `record_bodies`).
+    pub request_body: Option<BodyRecord>,
+    /// The answer's body being captured (a rule's `record_bodies`).
+    answer_capture: Option<Capture>,
+    answer_body: Option<BodyRecord>,
 }
 
 impl ExchangeRecord {
@@ -105,6 +113,9 @@ impl ExchangeRecord {
             notes: Vec::new(),
             error: None,
             complete: false,
+            request_body: None,
+            answer_capture: None,
+            answer_body: None,
         }
     }
 
@@ -132,6 +143,33 @@ impl ExchangeRecord {
 
     pub fn set_error(&mut self, error: String) {
         self.error.get_or_insert(error);
+    }
+
+    /// Records the answer's body through `capture` as it streams.
+    pub fn capture_answer(&mut self, capture: Capture) {
+        self.answer_capture = Some(capture);
+    }
+
+    /// The answer's next decoded bytes, for its capture.
+    pub fn capture(&mut self, bytes: &[u8]) {
+        if let Some(c) = self.answer_capture.as_mut() {
+            c.feed(bytes);
+        }
+    }
+
+    /// The answer's body ended whole: its capture is complete.
+    pub fn answer_ended(&mut self) {
+        if let Some(c) = self.answer_capture.take() {
+            self.answer_body = self.recorded(c.finish());
+        }
+    }
+
+    /// A captured body, or a note saying why it is not recorded.
+    fn recorded(&mut self, body: Result<BodyRecord, String>) -> Option<BodyRecord> {
+        body.map_err(|why| {
+            self.notes.push(format!("answer body not recorded: {why}"));
+        })
+        .ok()
     }
 
     /// The whole answer went out.
@@ -173,6 +211,10 @@ impl Drop for ExchangeRecord {
             "http exchange"
         );
         let Some(n) = self.n else { return };
+        // An answer that did not end (an error, the client left): what was captured of it.
+        if let Some(c) = self.answer_capture.take() {
+            self.answer_body = self.recorded(c.cut());
+        }
         let result = CommandResult {
             rows: None,
             bytes: self.sent,
@@ -181,6 +223,8 @@ impl Drop for ExchangeRecord {
             status: Some(self.status),
             request_bytes: Some(request_bytes),
             notes: std::mem::take(&mut self.notes),
+            request_body: self.request_body.take(),
+            answer_body: self.answer_body.take(),
         };
         let conn = Arc::clone(&self.conn);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {

@@ -574,6 +574,7 @@ impl<J: Judge> Front<'_, J> {
                     facts,
                     record,
                     views_matter: false,
+                    record_bodies: None,
                 }
             }
             (None, None) => {
@@ -597,6 +598,7 @@ impl<J: Judge> Front<'_, J> {
                 facts,
                 record,
                 views_matter: false,
+                record_bodies: None,
             }),
         }
     }
