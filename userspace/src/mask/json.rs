@@ -272,13 +272,13 @@ impl JsonMasker {
         let mut run = 0;
         loop {
             match self.lexer.next(&input[used..], ending) {
-                Ok(Lexed::Token(token, consumed)) => {
+                Ok(Lexed::Token(token, at, consumed)) => {
                     let end = used + consumed;
                     if self.skipping.is_some() {
                         self.skip(token);
                         run = end;
                     } else {
-                        let start = end - token.written_len();
+                        let start = used + at;
                         // Between tokens: at most one separator, unless whitespace is there.
                         let gap = &input[used..start];
                         if gap.len() > 1 || gap.first().is_some_and(|&c| is_ws(c)) {

@@ -30,23 +30,12 @@ pub(super) enum Token<'a> {
     Null,
 }
 
-impl Token<'_> {
-    /// How many bytes of the input the token itself spans.
-    pub(super) fn written_len(&self) -> usize {
-        match self {
-            Token::Key { quoted, .. } | Token::String { quoted, .. } => quoted.len(),
-            Token::Number(n) => n.len(),
-            Token::True | Token::Null => 4,
-            Token::False => 5,
-            Token::StartObject | Token::EndObject | Token::StartArray | Token::EndArray => 1,
-        }
-    }
-}
-
-/// What one call to [`Lexer::next`] found; `usize` is the bytes of the input consumed.
+/// What one call to [`Lexer::next`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Lexed<'a> {
-    Token(Token<'a>, usize),
+    /// A token, where it starts in the input (after whitespace and separators), and the bytes
+    /// of the input consumed.
+    Token(Token<'a>, usize, usize),
     /// The input ends inside a token (or is all whitespace): feed the rest again with more.
     More(usize),
 }
@@ -163,7 +152,7 @@ impl Lexer {
                             end,
                         }) => {
                             self.expect = Expect::Colon;
-                            Ok(Lexed::Token(Token::Key { quoted, escaped }, end))
+                            Ok(Lexed::Token(Token::Key { quoted, escaped }, i, end))
                         }
                         None => Ok(Lexed::More(i)),
                     };
@@ -176,7 +165,7 @@ impl Lexer {
     fn close<'a>(&mut self, token: Token<'a>, at: usize) -> Lexed<'a> {
         self.stack.pop();
         self.after_value();
-        Lexed::Token(token, at + 1)
+        Lexed::Token(token, at, at + 1)
     }
 
     fn after_value(&mut self) {
@@ -211,7 +200,7 @@ impl Lexer {
                 } else {
                     Token::StartArray
                 };
-                return Ok(Lexed::Token(t, i + 1));
+                return Ok(Lexed::Token(t, i, i + 1));
             }
             b'"' => match self.string(input, i, ending)? {
                 Some(Str {
@@ -253,7 +242,7 @@ impl Lexer {
             _ => return Err(format!("expected a value, found {}", show(b))),
         };
         self.after_value();
-        Ok(Lexed::Token(token.0, token.1))
+        Ok(Lexed::Token(token.0, i, token.1))
     }
 
     /// The string whose opening quote is at `start`: its bytes with the quotes, whether it has
@@ -462,7 +451,7 @@ mod tests {
             let mut used = 0;
             loop {
                 match lx.next(&pending[used..], n == last)? {
-                    Lexed::Token(t, c) => {
+                    Lexed::Token(t, _, c) => {
                         out.push(format!("{t:?}"));
                         used += c;
                     }
