@@ -135,8 +135,6 @@ impl JsonPath {
 #[derive(Debug)]
 struct Frame {
     object: bool,
-    /// Nothing written in it yet (no comma before the next member).
-    first: bool,
 }
 
 /// Masks one JSON document. Feed it chunks in order; call [`finish`](Self::finish) at the end.
@@ -259,6 +257,11 @@ impl JsonMasker {
 
     /// Runs the parser over `input` until it needs more bytes (or, `ending`, to the end of the
     /// document); returns how many bytes of `input` it consumed.
+    ///
+    /// The output is the input without insignificant whitespace, with masked values replaced,
+    /// so unchanged tokens are not copied one by one: `input[run..used]` (tokens and the
+    /// separators between them, no whitespace) is owed to `out` and copied in one piece when
+    /// a value is replaced, whitespace is met, or the input ends.
     fn drain(
         &mut self,
         input: &[u8],
@@ -266,14 +269,38 @@ impl JsonMasker {
         out: &mut BytesMut,
     ) -> Result<usize, MaskError> {
         let mut used = 0;
+        let mut run = 0;
         loop {
             match self.lexer.next(&input[used..], ending) {
-                Ok(Lexed::Token(token, consumed)) => {
-                    used += consumed;
-                    self.on_token(token, out)?;
+                Ok(Lexed::Token(token, at, consumed)) => {
+                    let end = used + consumed;
+                    if self.skipping.is_some() {
+                        self.skip(token);
+                        run = end;
+                    } else {
+                        let start = used + at;
+                        // Between tokens: at most one separator, unless whitespace is there.
+                        let gap = &input[used..start];
+                        if gap.len() > 1 || gap.first().is_some_and(|&c| is_ws(c)) {
+                            out.put_slice(&input[run..used]);
+                            put_without_ws(gap, out);
+                            run = start;
+                        }
+                        if self.on_token(token, &input[run..start], out)? {
+                            run = end;
+                        }
+                    }
+                    used = end;
                     self.complete = self.lexer.done();
                 }
-                Ok(Lexed::More(consumed)) => return Ok(used + consumed),
+                Ok(Lexed::More(consumed)) => {
+                    out.put_slice(&input[run..used]);
+                    if self.skipping.is_none() {
+                        // Separators read before the cut; inside a masked container, none.
+                        put_without_ws(&input[used..used + consumed], out);
+                    }
+                    return Ok(used + consumed);
+                }
                 Err(e) => return Err(MaskError::Json(e)),
             }
         }
@@ -287,49 +314,45 @@ impl JsonMasker {
             .map(|(r, _)| *r)
     }
 
-    /// Writes the separator before a value in an array (objects write theirs before the key),
-    /// and moves the array's index.
-    fn value_start(&mut self, out: &mut BytesMut) {
-        if let Some(f) = self.frames.last_mut()
+    /// Moves an array's index before one of its values.
+    fn value_start(&mut self) {
+        if let Some(f) = self.frames.last()
             && !f.object
+            && let Some(Step::Index(i)) = self.steps.last_mut()
         {
-            if !f.first {
-                out.put_u8(b',');
-            }
-            f.first = false;
-            if let Some(Step::Index(i)) = self.steps.last_mut() {
-                *i = i.wrapping_add(1);
-            }
+            *i = i.wrapping_add(1);
         }
     }
 
-    fn on_token(&mut self, token: Token<'_>, out: &mut BytesMut) -> Result<(), MaskError> {
-        if let Some(depth) = self.skipping {
-            match token {
-                Token::StartObject | Token::StartArray => self.frames.push(Frame {
-                    object: false,
-                    first: true,
-                }),
-                Token::EndObject | Token::EndArray => {
-                    self.frames.pop();
-                    if self.frames.len() == depth {
-                        self.skipping = None;
-                    }
+    /// A token inside a container masked whole: only its nesting matters.
+    fn skip(&mut self, token: Token<'_>) {
+        match token {
+            Token::StartObject | Token::StartArray => self.frames.push(Frame { object: false }),
+            Token::EndObject | Token::EndArray => {
+                self.frames.pop();
+                if Some(self.frames.len()) == self.skipping {
+                    self.skipping = None;
                 }
-                _ => {}
             }
-            return Ok(());
+            _ => {}
         }
+    }
+
+    /// Judges one token. Unchanged, it writes nothing (the caller copies it with its run) and
+    /// returns `false`; replaced, it writes `before` (the run owed so far) and then the
+    /// replacement, and returns `true`.
+    fn on_token(
+        &mut self,
+        token: Token<'_>,
+        before: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<bool, MaskError> {
         match token {
             Token::Key { quoted, escaped } => {
-                if let Some(f) = self.frames.last_mut() {
-                    if !f.first {
-                        out.put_u8(b',');
-                    }
-                    f.first = false;
+                // Without path rules the key's text is never read.
+                if self.paths.is_empty() {
+                    return Ok(false);
                 }
-                out.put_slice(quoted);
-                out.put_u8(b':');
                 if let Some(Step::Key(last)) = self.steps.last_mut() {
                     let raw = &quoted[1..quoted.len() - 1];
                     if escaped {
@@ -339,44 +362,36 @@ impl JsonMasker {
                         last.extend_from_slice(raw);
                     }
                 }
+                Ok(false)
             }
             Token::StartObject | Token::StartArray => {
-                self.value_start(out);
+                self.value_start();
                 let object = matches!(token, Token::StartObject);
                 if let Some(rule) = self.path_rule() {
                     // The whole container is the masked value.
+                    out.put_slice(before);
                     self.write_masked(rule, b"", out);
                     self.skipping = Some(self.frames.len());
-                    self.frames.push(Frame {
-                        object,
-                        first: true,
-                    });
-                    return Ok(());
+                    self.frames.push(Frame { object });
+                    return Ok(true);
                 }
-                out.put_u8(if object { b'{' } else { b'[' });
-                self.frames.push(Frame {
-                    object,
-                    first: true,
-                });
+                self.frames.push(Frame { object });
                 self.steps.push(if object {
                     Step::Key(Vec::new())
                 } else {
                     // Incremented to 0 by the first value.
                     Step::Index(u64::MAX)
                 });
+                Ok(false)
             }
             Token::EndObject | Token::EndArray => {
                 self.frames.pop();
                 self.steps.pop();
-                out.put_u8(if matches!(token, Token::EndObject) {
-                    b'}'
-                } else {
-                    b']'
-                });
+                Ok(false)
             }
             Token::String { quoted, escaped } => {
                 let raw = &quoted[1..quoted.len() - 1];
-                self.value_start(out);
+                self.value_start();
                 let rule = self.path_rule();
                 // An error ends the document, so the buffer lost with it does not matter.
                 let mut text = std::mem::take(&mut self.unescaped);
@@ -386,33 +401,45 @@ impl JsonMasker {
                 } else {
                     raw
                 };
-                match rule {
-                    Some(rule) => self.write_masked(rule, value, out),
-                    None => self.write_scanned(value, Some(quoted), out),
-                }
+                let replaced = match rule {
+                    Some(rule) => {
+                        out.put_slice(before);
+                        self.write_masked(rule, value, out);
+                        true
+                    }
+                    None => self.write_scanned(value, before, out),
+                };
                 self.unescaped = text;
+                Ok(replaced)
             }
             Token::Number(number) => {
-                self.value_start(out);
-                match self.path_rule() {
-                    Some(rule) => self.write_masked(rule, number, out),
-                    None => self.write_scanned(number, None, out),
-                }
+                self.value_start();
+                Ok(match self.path_rule() {
+                    Some(rule) => {
+                        out.put_slice(before);
+                        self.write_masked(rule, number, out);
+                        true
+                    }
+                    None => self.write_scanned(number, before, out),
+                })
             }
             Token::True | Token::False | Token::Null => {
-                self.value_start(out);
+                self.value_start();
                 let literal: &[u8] = match token {
                     Token::True => b"true",
                     Token::False => b"false",
                     _ => b"null",
                 };
                 match self.path_rule() {
-                    Some(rule) => self.write_masked(rule, literal, out),
-                    None => out.put_slice(literal),
+                    Some(rule) => {
+                        out.put_slice(before);
+                        self.write_masked(rule, literal, out);
+                        Ok(true)
+                    }
+                    None => Ok(false),
                 }
             }
         }
-        Ok(())
     }
 
     /// A value under a path rule: the rule's style over its text, as a JSON string (`null`
@@ -429,9 +456,10 @@ impl JsonMasker {
         super::style::write_json_string(&self.scratch, out);
     }
 
-    /// A string's text (`quoted`: as written) or a number through the detectors; unchanged,
-    /// it is copied out as written; a number with a match becomes a masked string.
-    fn write_scanned(&mut self, value: &[u8], quoted: Option<&[u8]>, out: &mut BytesMut) {
+    /// A string's text or a number through the detectors. Unchanged, nothing is written and
+    /// `false` returned (the caller copies it as written); otherwise `before` and the masked
+    /// value (a JSON string, or `null`) are written.
+    fn write_scanned(&mut self, value: &[u8], before: &[u8], out: &mut BytesMut) -> bool {
         self.scratch.clear();
         let mut matches = std::mem::take(&mut self.matches);
         let outcome = self.masker.scan_into(
@@ -444,15 +472,31 @@ impl JsonMasker {
         );
         self.matches = matches;
         match outcome {
-            MaskOutcome::Unchanged => out.put_slice(quoted.unwrap_or(value)),
+            MaskOutcome::Unchanged => return false,
             MaskOutcome::Replaced { rules } => {
                 self.totals.add(rules);
+                out.put_slice(before);
                 super::style::write_json_string(&self.scratch, out);
             }
             MaskOutcome::Null { rule } => {
                 self.totals.add(RuleSet::one(rule));
+                out.put_slice(before);
                 out.put_slice(b"null");
             }
+        }
+        true
+    }
+}
+
+fn is_ws(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// The separators among `gap` (bytes between two tokens), without the whitespace.
+fn put_without_ws(gap: &[u8], out: &mut BytesMut) {
+    for &c in gap {
+        if !is_ws(c) {
+            out.put_u8(c);
         }
     }
 }
@@ -556,6 +600,91 @@ mod tests {
         }
         let bytes: Vec<&[u8]> = doc.chunks(1).collect();
         assert_eq!(mask(&bytes).0, whole);
+    }
+
+    /// `doc` without the whitespace outside strings: what the masker writes when nothing in
+    /// it is masked.
+    fn squeeze(doc: &[u8]) -> Vec<u8> {
+        let (mut out, mut in_str, mut esc) = (Vec::new(), false, false);
+        for &c in doc {
+            if in_str {
+                if esc {
+                    esc = false;
+                } else if c == b'\\' {
+                    esc = true;
+                } else if c == b'"' {
+                    in_str = false;
+                }
+            } else if c == b'"' {
+                in_str = true;
+            } else if is_ws(c) {
+                continue;
+            }
+            out.push(c);
+        }
+        out
+    }
+
+    fn mask_bytes(active: &[String], chunks: &[&[u8]]) -> Vec<u8> {
+        let mut m = masker().json(active).unwrap();
+        let mut out = BytesMut::new();
+        for c in chunks {
+            m.feed(c, &mut out).unwrap();
+        }
+        m.finish(&mut out).unwrap();
+        out.to_vec()
+    }
+
+    #[test]
+    fn unchanged_spans_are_copied_as_written_in_any_chunking() {
+        // Only the detectors are active and nothing here matches them.
+        let doc = " {\"a\\\"b\" : [ 1 , -0.5e+3 ,\"x\\\\y\\u00e9 long enough\",true,false , null,{ },[]] ,\n\
+                   \"Zoë Müller, naïve café ☕ 😀\":\t\"\" ,\"s\":\"plain text\",\"e\":{\"k\":[[],{}]}} \n";
+        let doc = doc.as_bytes();
+        let active = vec!["cards".to_owned()];
+        let want = squeeze(doc);
+        for step in 1..=doc.len() {
+            let chunks: Vec<&[u8]> = doc.chunks(step).collect();
+            assert_eq!(
+                mask_bytes(&active, &chunks),
+                want,
+                "{}",
+                String::from_utf8_lossy(&want)
+            );
+        }
+        for split in 0..=doc.len() {
+            let got = mask_bytes(&active, &[&doc[..split], &doc[split..]]);
+            assert_eq!(got, want, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn masked_values_and_containers_between_unchanged_runs() {
+        // Whitespace around masked values and inside masked containers; values that span
+        // chunks; the bytes written must not depend on where the chunks were cut.
+        let doc = br#" { "password" : "hunter2" , "n" : [ 1, {"password": [1, "a b", {"c": 2}] } , 3 ],
+            "config": {"t" : 1}, "note": "mail ada@example.com now", "ok": true, "password": null } "#;
+        let whole = mask_bytes(&all(), &[&doc[..]]);
+        let s = String::from_utf8_lossy(&whole).into_owned();
+        assert!(s.starts_with(r#"{"password":""#), "{s}");
+        assert!(s.contains(r#"","n":[1,{"password":""#), "{s}");
+        assert!(s.contains(r#""},3],"config":{"t":""#), "{s}");
+        assert!(s.contains(r#""},"note":""#), "{s}");
+        assert!(s.contains(r#"","ok":true,"password":""#), "{s}");
+        assert!(s.ends_with(r#""}"#), "{s}");
+        assert!(
+            !s.contains("hunter2") && !s.contains("ada@") && !s.contains("a b"),
+            "{s}"
+        );
+        serde_json::from_slice::<serde::de::IgnoredAny>(&whole).expect("JSON syntax");
+        for split in 0..=doc.len() {
+            let got = mask_bytes(&all(), &[&doc[..split], &doc[split..]]);
+            assert_eq!(got, whole, "split at {split}");
+        }
+        for step in 1..8 {
+            let chunks: Vec<&[u8]> = doc.chunks(step).collect();
+            assert_eq!(mask_bytes(&all(), &chunks), whole, "step {step}");
+        }
     }
 
     #[test]

@@ -7,10 +7,11 @@
 //! from a parser that is fed arbitrary chunks. actson (a byte at a time) reached 70–80 MiB/s
 //! and json-event-parser's low-level parser ~115 MiB/s, most of it in the parser
 //! (docs/decisions/http-engine.md); the streaming JSON crates that remain pull from a reader.
-//! Here strings are found with `memchr2` and checked with the standard library's UTF-8
-//! validation, so unchanged text costs a scan and a copy.
+//! Here a string's end, escapes, control characters and non-ASCII bytes are found in one pass
+//! eight bytes at a time; only strings holding non-ASCII bytes go through the standard
+//! library's UTF-8 validation, so unchanged text costs a scan and a copy.
 
-use memchr::{memchr, memchr2};
+use memchr::memchr;
 
 /// One token. Strings and keys are their bytes as written, quotes included (so an unchanged
 /// one is copied out in one piece); `escaped` says whether [`unescape`] is needed to read
@@ -29,10 +30,12 @@ pub(super) enum Token<'a> {
     Null,
 }
 
-/// What one call to [`Lexer::next`] found; `usize` is the bytes of the input consumed.
+/// What one call to [`Lexer::next`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Lexed<'a> {
-    Token(Token<'a>, usize),
+    /// A token, where it starts in the input (after whitespace and separators), and the bytes
+    /// of the input consumed.
+    Token(Token<'a>, usize, usize),
     /// The input ends inside a token (or is all whitespace): feed the rest again with more.
     More(usize),
 }
@@ -72,6 +75,8 @@ pub(super) struct Lexer {
     /// scanned (never inside an escape), and whether they held an escape.
     resume: usize,
     resume_escaped: bool,
+    /// Whether they held a byte ≥ 0x80 (the string's UTF-8 is then checked when it ends).
+    resume_non_ascii: bool,
     /// Where escaped strings are resolved to check them.
     check: Vec<u8>,
 }
@@ -84,6 +89,7 @@ impl Lexer {
             expect: Expect::Value,
             resume: 0,
             resume_escaped: false,
+            resume_non_ascii: false,
             check: Vec::new(),
         }
     }
@@ -95,6 +101,9 @@ impl Lexer {
 
     /// The next token of `input`. `ending`: no more bytes will come, so a number or literal
     /// at the end is complete and anything unfinished is an error.
+    // Inlined into the masker's loop: one call per token, whose result would otherwise go
+    // through memory.
+    #[inline]
     pub(super) fn next<'a>(&mut self, input: &'a [u8], ending: bool) -> Result<Lexed<'a>, String> {
         let mut i = 0;
         loop {
@@ -143,7 +152,7 @@ impl Lexer {
                             end,
                         }) => {
                             self.expect = Expect::Colon;
-                            Ok(Lexed::Token(Token::Key { quoted, escaped }, end))
+                            Ok(Lexed::Token(Token::Key { quoted, escaped }, i, end))
                         }
                         None => Ok(Lexed::More(i)),
                     };
@@ -156,7 +165,7 @@ impl Lexer {
     fn close<'a>(&mut self, token: Token<'a>, at: usize) -> Lexed<'a> {
         self.stack.pop();
         self.after_value();
-        Lexed::Token(token, at + 1)
+        Lexed::Token(token, at, at + 1)
     }
 
     fn after_value(&mut self) {
@@ -191,7 +200,7 @@ impl Lexer {
                 } else {
                     Token::StartArray
                 };
-                return Ok(Lexed::Token(t, i + 1));
+                return Ok(Lexed::Token(t, i, i + 1));
             }
             b'"' => match self.string(input, i, ending)? {
                 Some(Str {
@@ -233,7 +242,7 @@ impl Lexer {
             _ => return Err(format!("expected a value, found {}", show(b))),
         };
         self.after_value();
-        Ok(Lexed::Token(token.0, token.1))
+        Ok(Lexed::Token(token.0, i, token.1))
     }
 
     /// The string whose opening quote is at `start`: its bytes with the quotes, whether it has
@@ -247,31 +256,39 @@ impl Lexer {
         let body = start + 1;
         let mut k = body + self.resume;
         let mut escaped = self.resume_escaped;
+        let mut non_ascii = self.resume_non_ascii;
         let close = loop {
-            match memchr2(b'"', b'\\', input.get(k..).unwrap_or_default()) {
-                Some(off) if input[k + off] == b'"' => break k + off,
-                Some(off) if k + off + 1 < input.len() => {
+            match string_stop(input, k, !non_ascii) {
+                Some(p) if input[p] == b'"' => break p,
+                Some(p) if input[p] == b'\\' && p + 1 < input.len() => {
                     escaped = true;
-                    k += off + 2;
+                    k = p + 2;
+                }
+                Some(p) if input[p] < 0x20 => {
+                    return Err(format!("control character 0x{:02x} in a string", input[p]));
+                }
+                Some(p) if input[p] >= 0x80 => {
+                    // Checked whole at the end; stop looking for such bytes.
+                    non_ascii = true;
+                    k = p + 1;
                 }
                 found => {
                     if ending {
                         return Err("the document ended inside a string".into());
                     }
                     // Resume before a trailing backslash, whose escape is not complete.
-                    self.resume = found.map_or(input.len(), |off| k + off) - body;
+                    self.resume = found.unwrap_or(input.len()) - body;
                     self.resume_escaped = escaped;
+                    self.resume_non_ascii = non_ascii;
                     return Ok(None);
                 }
             }
         };
         self.resume = 0;
         self.resume_escaped = false;
+        self.resume_non_ascii = false;
         let raw = &input[body..close];
-        if let Some(c) = raw.iter().find(|&&c| c < 0x20) {
-            return Err(format!("control character 0x{c:02x} in a string"));
-        }
-        if std::str::from_utf8(raw).is_err() {
+        if non_ascii && std::str::from_utf8(raw).is_err() {
             return Err("a string that is not UTF-8".into());
         }
         if escaped {
@@ -284,6 +301,36 @@ impl Lexer {
             end: close + 1,
         }))
     }
+}
+
+/// The first byte of `s` at or after `k` that a string's scan must look at: `"`, `\\`, a
+/// control character, or (`high`) a byte ≥ 0x80. Eight bytes at a time: strings are mostly
+/// short, where `memchr2` plus separate control and UTF-8 passes cost more than one SWAR pass.
+#[inline]
+fn string_stop(s: &[u8], mut k: usize, high: bool) -> Option<usize> {
+    const L: u64 = 0x0101_0101_0101_0101;
+    const H: u64 = L * 0x80;
+    let hi = if high { H } else { 0 };
+    while let Some(w) = s.get(k..).and_then(|r| r.first_chunk::<8>()) {
+        let x = u64::from_le_bytes(*w);
+        let q = x ^ (L * u64::from(b'"'));
+        let b = x ^ (L * u64::from(b'\\'));
+        // "haszero"/"hasless" from Bit Twiddling Hacks: a borrow can only flag lanes above a
+        // true hit, so the lowest flagged lane is exact.
+        let m = ((q.wrapping_sub(L) & !q)
+            | (b.wrapping_sub(L) & !b)
+            | (x.wrapping_sub(L * 0x20) & !x)
+            | (x & hi))
+            & H;
+        if m != 0 {
+            return Some(k + (m.trailing_zeros() / 8) as usize);
+        }
+        k += 8;
+    }
+    let tail = s.get(k..).unwrap_or_default();
+    tail.iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20 || (high && c >= 0x80))
+        .map(|off| k + off)
 }
 
 /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
@@ -404,7 +451,7 @@ mod tests {
             let mut used = 0;
             loop {
                 match lx.next(&pending[used..], n == last)? {
-                    Lexed::Token(t, c) => {
+                    Lexed::Token(t, _, c) => {
                         out.push(format!("{t:?}"));
                         used += c;
                     }
@@ -438,6 +485,48 @@ mod tests {
     }
 
     #[test]
+    fn long_strings_lex_the_same_whatever_the_chunking() {
+        // Strings longer than the eight-byte scan, with escapes, multi-byte UTF-8 (cut by
+        // chunk boundaries in every place) and a quote escaped right at a word's edge.
+        let doc = "[\"0123456\\\"89abcdef\\\\\", \"Zoë Müller naïve café ☕ 😀 and more\", \
+                   \"abcdefgh\\u00e9ijklmnop\\ud83d\\ude00qrstuvwx\", \"\", \"abcdefg\\n\"]";
+        let whole = lex(doc.as_bytes(), doc.len()).unwrap();
+        assert_eq!(whole.len(), 7, "{whole:?}");
+        for step in 1..doc.len() {
+            assert_eq!(lex(doc.as_bytes(), step).unwrap(), whole, "step {step}");
+        }
+    }
+
+    #[test]
+    fn the_string_scan_stops_where_a_byte_loop_does() {
+        let naive = |s: &[u8], k: usize, high: bool| {
+            (k..s.len()).find(|&i| {
+                let c = s[i];
+                c == b'"' || c == b'\\' || c < 0x20 || (high && c >= 0x80)
+            })
+        };
+        let mut buf = [b'a'; 24];
+        for c1 in 0..=255u8 {
+            for c2 in [0u8, 0x1f, 0x20, b'"', b'\\', b'a', 0x7f, 0x80, 0xc3, 0xff] {
+                for p in 0..buf.len() - 1 {
+                    buf.fill(b'a');
+                    buf[p] = c1;
+                    buf[p + 1] = c2;
+                    for k in [0, 1, 7, 8, 9, p, p + 1] {
+                        for high in [false, true] {
+                            assert_eq!(
+                                string_stop(&buf, k, high),
+                                naive(&buf, k, high),
+                                "{c1:#x} {c2:#x} at {p} from {k} high {high}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn invalid_documents_are_errors_in_any_chunking() {
         for bad in [
             &b""[..],
@@ -461,6 +550,10 @@ mod tests {
             b"\"a\x01b\"",
             b"\"\xff\"",
             b"\"\\x\"",
+            b"\"abcdefghijklmn\x01opq\"",
+            b"\"abcdefghij\xc3\xa9klmn\xffo\"",
+            b"\"abcdefghij\xe2\x98\"",
+            b"\"abcdefghijklmn\\q\"",
             b"\"\\u12\"",
             b"\"\\ud800\"",
             b"\"\\udc00\"",

@@ -102,6 +102,14 @@ impl ServerHello {
                 "the server refused the connection: {e}"
             )));
         }
+        // mysql_common reads the second scramble's length as `len as i8 - 8`, which overflows
+        // (a panic where overflow checks are on) for a length byte of 0x80–0x87; servers send
+        // 21. Found by the mysql_wire fuzz target.
+        if auth_data_len(payload).is_some_and(|n| n > 127) {
+            return Err(HandshakeError::Malformed(
+                "server greeting (auth data length)",
+            ));
+        }
         let h: HandshakePacket<'_> = ParseBuf(payload)
             .parse(())
             .map_err(|_| HandshakeError::Malformed("server greeting"))?;
@@ -429,10 +437,53 @@ pub async fn finish<S: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// The greeting's auth-plugin-data length byte: after the protocol version, the
+/// NUL-terminated server version, and 20 bytes (connection id, first scramble, filler,
+/// capabilities, collation, status, more capabilities).
+fn auth_data_len(payload: &[u8]) -> Option<u8> {
+    let version_end = payload.get(1..)?.iter().position(|&b| b == 0)? + 1;
+    payload.get(version_end + 1 + 20).copied()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_greeting_with_an_auth_data_length_over_127_is_malformed_not_a_panic() {
+        // The mysql_wire fuzz target's crash input (length byte 0x84).
+        let mut g = vec![0x0a];
+        g.extend_from_slice(b"5.5.5-10.11.6-MariaDB\0");
+        g.extend_from_slice(&[1, 0, 0, 0]); // connection id
+        g.extend_from_slice(b"scrambl1"); // first scramble
+        g.push(0); // filler
+        g.extend_from_slice(&[0xff, 0xf7]); // capabilities (secure connection set)
+        g.push(8); // collation
+        g.extend_from_slice(&[2, 0]); // status
+        g.extend_from_slice(&[0xff, 0x81]); // more capabilities (plugin auth set)
+        assert_eq!(auth_data_len(&g), None, "cut before the length byte");
+        g.push(0x84); // auth data length
+        g.extend_from_slice(&[0; 10]);
+        g.extend_from_slice(b"scramble2part\0mysql_native_password\0");
+        assert_eq!(auth_data_len(&g), Some(0x84));
+        assert!(matches!(
+            ServerHello::parse(&g),
+            Err(HandshakeError::Malformed(_))
+        ));
+        // The fuzz target's crash input itself (payload of its first packet).
+        let crash = [
+            0x8c, 0x2e, 0x7e, 0x00, 0x5d, 0x5d, 0x5d, 0x35, 0x2e, 0x2d, 0x84, 0x84, 0x84, 0x84,
+            0x84, 0x84, 0x84, 0x84, 0x84, 0x84, 0xc9, 0x84, 0x84, 0x84, 0x84, 0x84, 0x84, 0x84,
+            0x84, 0x84, 0x84, 0x84, 0x84, 0x84, 0x84, 0x84, 0x84, 0x84, 0x84, 0x35, 0x30, 0x2e,
+            0x31, 0x31, 0xda,
+        ];
+        assert!(ServerHello::parse(&crash).is_err());
+        // A well-formed length still parses.
+        let n = g.len() - 10 - 14 - 22 - 1;
+        g[n] = 21;
+        assert!(ServerHello::parse(&g).is_ok());
+    }
 
     fn hello(caps: CapabilityFlags) -> ServerHello {
         ServerHello {
