@@ -14,7 +14,7 @@
 use bytes::{BufMut, BytesMut};
 
 use super::detect::Match;
-use super::json_lex::{Lexed, Lexer, Token, unescape};
+use super::json_lex::{Lexed, Lexer, Token, is_ws, unescape};
 use super::{Active, MaskCounts, MaskError, MaskOutcome, Masker, RuleId, RuleSet};
 use crate::config::policy::MaskStyle;
 
@@ -486,10 +486,6 @@ impl JsonMasker {
         }
         true
     }
-}
-
-fn is_ws(c: u8) -> bool {
-    matches!(c, b' ' | b'\t' | b'\n' | b'\r')
 }
 
 /// The separators among `gap` (bytes between two tokens), without the whitespace.

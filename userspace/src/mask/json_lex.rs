@@ -107,7 +107,7 @@ impl Lexer {
     pub(super) fn next<'a>(&mut self, input: &'a [u8], ending: bool) -> Result<Lexed<'a>, String> {
         let mut i = 0;
         loop {
-            while i < input.len() && matches!(input[i], b' ' | b'\t' | b'\n' | b'\r') {
+            while i < input.len() && is_ws(input[i]) {
                 i += 1;
             }
             let Some(&b) = input.get(i) else {
@@ -331,6 +331,12 @@ fn string_stop(s: &[u8], mut k: usize, high: bool) -> Option<usize> {
     tail.iter()
         .position(|&c| c == b'"' || c == b'\\' || c < 0x20 || (high && c >= 0x80))
         .map(|off| k + off)
+}
+
+/// JSON's insignificant whitespace (RFC 8259).
+#[inline]
+pub(super) fn is_ws(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r')
 }
 
 /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`

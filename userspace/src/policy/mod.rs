@@ -432,7 +432,10 @@ impl Engine {
                 target = req.target,
                 "policy decision"
             );
-            let record_bodies = rule.record_bodies.then(|| self.mask_names(rule));
+            // Every one of the rule's masking rules: no caller is exempt from the audit log's.
+            let record_bodies = rule
+                .record_bodies
+                .then(|| self.rule_masks(rule).map(|m| m.name.clone()).collect());
             return Evaluation {
                 decision,
                 classification: cls,
@@ -624,7 +627,7 @@ impl Engine {
     fn masks(&self, rule: Option<&Rule>, identity: &Identity) -> Vec<String> {
         let exempt = |m: &MaskEntry| m.except_groups.iter().any(|g| identity.groups.contains(g));
         let list: Box<dyn Iterator<Item = &MaskEntry>> = match rule {
-            Some(r) => Box::new(r.mask.iter().filter_map(|i| self.masking.get(*i))),
+            Some(r) => Box::new(self.rule_masks(r)),
             None => Box::new(self.masking.iter()),
         };
         list.filter(|m| !exempt(m))
@@ -632,13 +635,9 @@ impl Engine {
             .collect()
     }
 
-    /// A rule's masking rules by name, every one of them (no caller is exempt).
-    fn mask_names(&self, rule: &Rule) -> Vec<String> {
-        rule.mask
-            .iter()
-            .filter_map(|i| self.masking.get(*i))
-            .map(|m| m.name.clone())
-            .collect()
+    /// A rule's masking rules (its list, or all of them when it names none).
+    fn rule_masks<'a>(&'a self, rule: &'a Rule) -> impl Iterator<Item = &'a MaskEntry> {
+        rule.mask.iter().filter_map(|i| self.masking.get(*i))
     }
 
     fn mismatch(

@@ -459,7 +459,6 @@ impl Body for AnswerBody {
                     }
                     this.done = true;
                     this.record.add_counts(this.transform.take_counts());
-                    this.record.answer_ended();
                     this.record.complete();
                     if let Some(f) = this.emit() {
                         return Poll::Ready(Some(Ok(f)));

@@ -383,12 +383,13 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
         let Some(rules) = record_bodies.as_deref().filter(|_| has_body) else {
             return;
         };
-        match answer_capture(&conn, headers, rules, treatment.json_lines, decoded) {
-            Ok(c) => record.capture_answer(c),
-            Err(why) => record
-                .notes
-                .push(format!("answer body not recorded: {why}")),
-        }
+        record.capture_answer(answer_capture(
+            &conn,
+            headers,
+            rules,
+            treatment.json_lines,
+            decoded,
+        ));
     };
     if mask.is_empty() || !has_body {
         capture(&mut record, &rparts.headers, false);

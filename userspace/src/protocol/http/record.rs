@@ -145,9 +145,10 @@ impl ExchangeRecord {
         self.error.get_or_insert(error);
     }
 
-    /// Records the answer's body through `capture` as it streams.
-    pub fn capture_answer(&mut self, capture: Capture) {
-        self.answer_capture = Some(capture);
+    /// Records the answer's body through `capture` as it streams (an `Err` says why it is not
+    /// recorded, in a note).
+    pub fn capture_answer(&mut self, capture: Result<Capture, String>) {
+        self.answer_capture = capture.map_err(|why| self.not_recorded(&why)).ok();
     }
 
     /// The answer's next decoded bytes, for its capture.
@@ -157,24 +158,21 @@ impl ExchangeRecord {
         }
     }
 
-    /// The answer's body ended whole: its capture is complete.
-    pub fn answer_ended(&mut self) {
+    /// A captured body, or a note saying why it is not recorded.
+    fn recorded(&mut self, body: Result<BodyRecord, String>) -> Option<BodyRecord> {
+        body.map_err(|why| self.not_recorded(&why)).ok()
+    }
+
+    fn not_recorded(&mut self, why: &str) {
+        self.notes.push(format!("answer body not recorded: {why}"));
+    }
+
+    /// The whole answer went out: its capture, if any, is complete.
+    pub fn complete(&mut self) {
+        self.complete = true;
         if let Some(c) = self.answer_capture.take() {
             self.answer_body = self.recorded(c.finish());
         }
-    }
-
-    /// A captured body, or a note saying why it is not recorded.
-    fn recorded(&mut self, body: Result<BodyRecord, String>) -> Option<BodyRecord> {
-        body.map_err(|why| {
-            self.notes.push(format!("answer body not recorded: {why}"));
-        })
-        .ok()
-    }
-
-    /// The whole answer went out.
-    pub fn complete(&mut self) {
-        self.complete = true;
     }
 }
 
