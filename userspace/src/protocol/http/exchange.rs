@@ -14,7 +14,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
 use super::body::{self, AnswerBody, Capture, OwnAnswer, ProxyBody, RequestBody, Transform};
-use super::classify::Head;
+use super::classify::{Head, Terminal};
 use super::record::ExchangeRecord;
 use super::{BODY_TIMEOUT, Conn, forward, upgrade};
 use crate::approval::ReviewTrail;
@@ -22,6 +22,7 @@ use crate::audit::{BodyRecord, CommandEvent};
 use crate::config::http::BinaryAnswers;
 use crate::gate::{self, Gate, Judge, Notice, Verdict};
 use crate::model::{Command, Decision, Facts, HttpBody, ReviewMode};
+use crate::recording::{self, Header, MaskedCast};
 
 /// Response header naming the approval request that released a held request.
 pub const APPROVAL_HEADER: &str = "x-airlock-approval";
@@ -361,10 +362,34 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
                 record,
             );
         };
+        let recorded = match terminal_recording(&conn, treatment.terminal.as_ref(), &resp, &record)
+        {
+            Ok(r) => r,
+            Err(why) => {
+                tracing::error!(session = conn.id, target = %conn.target.name, request = %record.line, why, "upgrade refused");
+                return json_answer(
+                    StatusCode::BAD_GATEWAY,
+                    &serde_json::json!({"error": "recording", "message": why}),
+                    record,
+                );
+            }
+        };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let (rparts, _) = resp.into_parts();
-        record.notes.push("upgraded: tunnel bytes counted".into());
-        tokio::spawn(upgrade::tunnel(client_upgrade, upstream_upgrade, record));
+        record.notes.push(
+            if recorded.is_some() {
+                "upgraded: terminal stream recorded"
+            } else {
+                "upgraded: tunnel bytes counted"
+            }
+            .into(),
+        );
+        tokio::spawn(upgrade::tunnel(
+            client_upgrade,
+            upstream_upgrade,
+            record,
+            recorded,
+        ));
         let mut answer = Response::from_parts(rparts, body::empty());
         answer.headers_mut().remove(header::CONTENT_LENGTH);
         return answer;
@@ -642,6 +667,41 @@ fn request_port(parts: &http::request::Parts) -> Option<u16> {
             .parse::<http::uri::Authority>()
             .ok()?
             .port_u16(),
+    }
+}
+
+/// The recording of a terminal stream the target switched to, when the session is recorded:
+/// its decoder and file. An `Err` refuses the upgrade (fail closed: a stream that must be
+/// recorded is never relayed unrecorded).
+fn terminal_recording(
+    conn: &Conn,
+    terminal: Option<&Terminal>,
+    answer: &Response<Incoming>,
+    record: &ExchangeRecord,
+) -> Result<Option<upgrade::Recorded>, String> {
+    let (Some(terminal), Some(n), Some(dir)) =
+        (terminal, record.command(), conn.audit.recordings_dir())
+    else {
+        return Ok(None);
+    };
+    let Some(decoder) = conn.classifier.stream_decoder(answer.headers()) else {
+        let to = answer
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("?");
+        return Err(format!(
+            "the target switched to {to}, a stream the gateway cannot record; refused"
+        ));
+    };
+    let title = format!("{}: {}", conn.target.name, terminal.title);
+    let header = Header::new(80, 24, Some(title), None);
+    let path = dir.join(format!("{n}.cast"));
+    match MaskedCast::create(&path, &header, recording::LIMIT, &conn.masker) {
+        Ok(cast) => Ok(Some(upgrade::Recorded { decoder, cast })),
+        Err(e) => Err(format!(
+            "the session recording could not be created ({e}); the stream was not opened"
+        )),
     }
 }
 

@@ -6,10 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use std::path::{Path, PathBuf};
+
 use crate::audit::{
-    AuditError, BodyRecord, CommandEvent, CommandResult, MaskTally, SessionRecorder,
+    AuditError, BodyRecord, ChainHash, CommandEvent, CommandResult, MaskTally, RECORDINGS_DIR,
+    RecordingRecord, SessionRecorder,
 };
 use crate::mask::MaskCounts;
+use crate::recording::Summary;
 
 use super::Conn;
 use super::body::Capture;
@@ -21,6 +25,10 @@ use super::body::Capture;
 pub struct SessionAudit {
     rec: tokio::sync::Mutex<Option<SessionRecorder>>,
     recording: bool,
+    /// `<log dir>/recordings/<session>` when the session is recorded (terminal streams).
+    recordings: Option<PathBuf>,
+    /// The audit session id (`recordings/<it>/…` in recording records).
+    audit_id: String,
     pub bytes_from_client: AtomicU64,
     pub bytes_to_client: AtomicU64,
 }
@@ -29,6 +37,8 @@ impl SessionAudit {
     pub fn new(rec: SessionRecorder) -> Self {
         Self {
             recording: rec.is_recording(),
+            recordings: rec.recordings_dir(),
+            audit_id: rec.id().to_owned(),
             rec: tokio::sync::Mutex::new(Some(rec)),
             bytes_from_client: AtomicU64::new(0),
             bytes_to_client: AtomicU64::new(0),
@@ -38,6 +48,11 @@ impl SessionAudit {
     /// Whether records are written at all.
     pub fn recording(&self) -> bool {
         self.recording
+    }
+
+    /// Where the session's terminal recordings go (`None`: the session is not recorded).
+    pub fn recordings_dir(&self) -> Option<&Path> {
+        self.recordings.as_deref()
     }
 
     /// Records a command; awaits its acknowledgement (an `Err`: refuse the request).
@@ -53,16 +68,37 @@ impl SessionAudit {
         }
     }
 
-    async fn result(&self, n: u64, result: CommandResult, tally: &MaskTally) {
+    async fn result(
+        &self,
+        n: u64,
+        result: CommandResult,
+        tally: &MaskTally,
+        recording: Option<Summary>,
+    ) {
         let mut rec = self.rec.lock().await;
         let Some(r) = rec.as_mut() else { return };
-        let written = match r.result(n, result).await {
+        let mut written = match r.result(n, result).await {
             Ok(ack) => {
                 drop(ack);
                 r.masking(n, tally).await.map(drop)
             }
             Err(e) => Err(e),
         };
+        if let (Ok(()), Some(s)) = (&written, recording) {
+            let record = RecordingRecord {
+                n,
+                file: format!("{RECORDINGS_DIR}/{}/{n}.cast", self.audit_id),
+                format: "asciicast-v2".into(),
+                sha256: ChainHash(s.sha256),
+                bytes: s.bytes,
+                events: s.events,
+                truncated: s.truncated,
+            };
+            written = match r.recording(record).await {
+                Ok(ack) => ack.durable().await.map(drop),
+                Err(e) => Err(e),
+            };
+        }
         if let Err(error) = written {
             tracing::warn!(%error, "audit: result of an http exchange not recorded");
         }
@@ -96,6 +132,8 @@ pub struct ExchangeRecord {
     /// The answer's body being captured (a rule's `record_bodies`).
     answer_capture: Option<Capture>,
     answer_body: Option<BodyRecord>,
+    /// The terminal recording of an upgraded stream.
+    recording: Option<Summary>,
 }
 
 impl ExchangeRecord {
@@ -116,12 +154,23 @@ impl ExchangeRecord {
             request_body: None,
             answer_capture: None,
             answer_body: None,
+            recording: None,
         }
     }
 
     /// The command's number in the session's record.
     pub fn set_command(&mut self, n: u64) {
         self.n = Some(n);
+    }
+
+    /// The command's number in the session's record (`None`: not recorded).
+    pub fn command(&self) -> Option<u64> {
+        self.n
+    }
+
+    /// The exchange's terminal stream was recorded to this file.
+    pub fn set_recording(&mut self, summary: Summary) {
+        self.recording = Some(summary);
     }
 
     /// The connection this exchange belongs to.
@@ -225,9 +274,10 @@ impl Drop for ExchangeRecord {
             answer_body: self.answer_body.take(),
         };
         let conn = Arc::clone(&self.conn);
+        let recording = self.recording.take();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                conn.audit.result(n, result, &tally).await;
+                conn.audit.result(n, result, &tally, recording).await;
             });
         }
     }

@@ -1,14 +1,80 @@
-//! Upgrades (WebSocket and others): after the target's 101, both sides' upgraded streams are
-//! joined and their bytes counted for the exchange's record. The tunnel's content is not
-//! judged: the upgrade request itself was.
+//! Upgrades (WebSocket, SPDY and others): after the target's 101, both sides' upgraded streams
+//! are joined and their bytes counted for the exchange's record. The request itself was judged;
+//! a terminal stream (Kubernetes exec and attach) is also read as it passes, by the
+//! classifier's [`StreamDecoder`], and recorded as asciicast with its output and input masked.
+
+use std::sync::Mutex;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::classify::{FramingError, StreamDecoder, StreamEvent};
 use super::record::ExchangeRecord;
+use crate::recording::MaskedCast;
 
-/// Joins the client's and the target's upgraded streams until either side ends.
-pub async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, mut record: ExchangeRecord) {
+/// Bytes read from either side before they are relayed.
+const CHUNK: usize = 64 * 1024;
+
+/// A terminal stream's recording: the decoder of its framing and the file it writes.
+pub struct Recorded {
+    pub decoder: Box<dyn StreamDecoder>,
+    pub cast: MaskedCast,
+}
+
+/// What the recording of a tunnel ended with.
+struct Tap {
+    decoder: Box<dyn StreamDecoder>,
+    /// `None` once writing it failed (it stops there, as an SSH recording does).
+    cast: Option<MaskedCast>,
+    exit: Option<Result<(), String>>,
+    failed: Option<String>,
+}
+
+impl Tap {
+    fn feed(&mut self, from_client: bool, bytes: &[u8]) -> Result<(), FramingError> {
+        let Tap {
+            decoder,
+            cast,
+            exit,
+            failed,
+        } = self;
+        let mut on_event = |event: StreamEvent<'_>| {
+            if let StreamEvent::Exit(e) = event {
+                *exit = Some(e);
+                return;
+            }
+            let Some(c) = cast.as_mut().filter(|c| !c.is_truncated()) else {
+                return;
+            };
+            let written = match event {
+                StreamEvent::Input(b) => c.input(b),
+                StreamEvent::Output(b) => c.output(b),
+                StreamEvent::Resize { cols, rows } => c.resize(cols, rows),
+                StreamEvent::Exit(_) => Ok(()),
+            };
+            if let Err(e) = written {
+                tracing::warn!(error = %e, "terminal recording failed; it stops here");
+                *failed = Some(format!("recording failed: {e}"));
+                *cast = None;
+            }
+        };
+        if from_client {
+            decoder.client(bytes, &mut on_event)
+        } else {
+            decoder.upstream(bytes, &mut on_event)
+        }
+    }
+}
+
+/// Joins the client's and the target's upgraded streams until both sides end (or either
+/// fails), recording a terminal stream when `recorded` is given.
+pub async fn tunnel(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    mut record: ExchangeRecord,
+    recorded: Option<Recorded>,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {
@@ -16,9 +82,38 @@ pub async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, mut record: Exchange
             return;
         }
     };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+    let tap = recorded.map(|r| {
+        Mutex::new(Tap {
+            decoder: r.decoder,
+            cast: Some(r.cast),
+            exit: None,
+            failed: None,
+        })
+    });
+    let (client_rd, client_wr) = tokio::io::split(TokioIo::new(client));
+    let (up_rd, up_wr) = tokio::io::split(TokioIo::new(upstream));
+    let joined = tokio::try_join!(
+        pump(client_rd, up_wr, true, tap.as_ref()),
+        pump(up_rd, client_wr, false, tap.as_ref()),
+    );
+    if let Some(tap) = tap {
+        let tap = tap.into_inner().unwrap_or_else(|p| p.into_inner());
+        if let Some(why) = tap.failed {
+            record.notes.push(why);
+        }
+        if let Some(cast) = tap.cast {
+            let (summary, counts) = cast.finish();
+            record.add_counts(counts);
+            match summary {
+                Ok(s) => record.set_recording(s),
+                Err(e) => record.notes.push(format!("recording not completed: {e}")),
+            }
+        }
+        if let Some(Err(why)) = tap.exit {
+            record.set_error(why);
+        }
+    }
+    match joined {
         Ok((up, down)) => {
             record
                 .request_bytes
@@ -28,5 +123,32 @@ pub async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, mut record: Exchange
             record.complete();
         }
         Err(e) => record.set_error(format!("tunnel: {e}")),
+    }
+}
+
+/// Relays one direction, each chunk read by the tap before it goes on.
+async fn pump(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    from_client: bool,
+    tap: Option<&Mutex<Tap>>,
+) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            to.shutdown().await?;
+            return Ok(total);
+        }
+        if let Some(tap) = tap {
+            let mut tap = tap.lock().unwrap_or_else(|p| p.into_inner());
+            // A stream the gateway cannot read is cut before the unread bytes go on: what it
+            // carries must be recorded.
+            tap.feed(from_client, &buf[..n])
+                .map_err(std::io::Error::other)?;
+        }
+        to.write_all(&buf[..n]).await?;
+        total += n as u64;
     }
 }

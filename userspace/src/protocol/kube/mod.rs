@@ -6,13 +6,15 @@
 //! rules' JSON paths), upgrades (exec, attach, port-forward) tunnelled after the request was
 //! judged. What the gateway answers itself is a Kubernetes `Status`, which kubectl prints.
 
+pub mod stream;
+
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::{Method, StatusCode};
 
 use super::Session;
-use super::http::classify::Treatment;
+use super::http::classify::{StreamDecoder, Terminal, Treatment};
 use super::http::{Classify, Head};
 use crate::model::{Command, HttpBody, KubeRequest, Protocol};
 use crate::policy::kube::{ApiPath, apply_query, is_true, parse_path};
@@ -41,10 +43,22 @@ impl Classify for KubeClassifier {
     }
 
     fn treatment(&self, head: &Head<'_>) -> Treatment {
+        // Exec and attach streams are recorded, titled with the command as judged.
+        let terminal = request(head)
+            .ok()
+            .filter(|r| matches!(&*r.verb, "exec" | "attach"))
+            .map(|r| Terminal {
+                title: Command::Kube(r).text().into_owned(),
+            });
         Treatment {
             json_lines: is_watch(head),
             negotiate_json: true,
+            terminal,
         }
+    }
+
+    fn stream_decoder(&self, answer: &http::HeaderMap) -> Option<Box<dyn StreamDecoder>> {
+        stream::decoder(answer)
     }
 
     fn error_body(&self, status: StatusCode, body: serde_json::Value) -> serde_json::Value {

@@ -32,7 +32,7 @@ use crate::audit::{
 use crate::gate::{self, HeldFuture, Judge, Judged, Notice, Verdict};
 use crate::mask::{MaskCounts, TextMasker};
 use crate::model::{Command, Decision, Facts};
-use crate::recording::{CastWriter, Header, Summary};
+use crate::recording::{Header, MaskedCast};
 
 /// Client input kept while a command is held; past it the client waits (backpressure).
 const HELD_INPUT_LIMIT: usize = 8 * 1024 * 1024;
@@ -54,9 +54,6 @@ pub fn env_passes(name: &str, value: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_.-@:".contains(&b))
 }
-
-/// Largest terminal recording per channel; it stops there (and says so).
-pub const RECORDING_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// A client's pty request, replayed to the server once the command is allowed.
 #[derive(Debug, Clone)]
@@ -94,53 +91,7 @@ pub enum Input {
 
 type ClientTx = Arc<ChannelWriteHalf<russh::server::Msg>>;
 type UpstreamTx = Arc<ChannelWriteHalf<russh::client::Msg>>;
-type Cast = Arc<Mutex<Option<Recording>>>;
-
-/// A command's terminal recording: output and keystrokes pass every masking rule's detectors
-/// before they are written, so secrets on the screen never reach the file.
-struct Recording {
-    writer: CastWriter,
-    output: TextMasker,
-    input: TextMasker,
-    buf: BytesMut,
-}
-
-impl Recording {
-    fn output(&mut self, data: &[u8]) -> std::io::Result<()> {
-        self.buf.clear();
-        self.output.feed(data, &mut self.buf);
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        self.writer.output(&self.buf)
-    }
-
-    fn input(&mut self, data: &[u8]) -> std::io::Result<()> {
-        self.buf.clear();
-        self.input.feed(data, &mut self.buf);
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        self.writer.input(&self.buf)
-    }
-
-    fn resize(&mut self, cols: u32, rows: u32) -> std::io::Result<()> {
-        self.writer.resize(cols, rows)
-    }
-
-    /// Releases what the maskers hold, completes the file; returns it and what was masked.
-    fn finish(mut self) -> (std::io::Result<Summary>, MaskCounts) {
-        let mut out = BytesMut::new();
-        self.output.finish(&mut out);
-        let written = self.writer.output(&out);
-        out.clear();
-        self.input.finish(&mut out);
-        let written = written.and_then(|()| self.writer.input(&out));
-        let mut counts = self.output.take_counts();
-        counts.merge(&self.input.take_counts());
-        (written.and_then(|()| self.writer.finish()), counts)
-    }
-}
+type Cast = Arc<Mutex<Option<MaskedCast>>>;
 
 /// Why a channel stops before its command finished.
 #[derive(Debug)]
@@ -521,20 +472,12 @@ impl ChannelTask {
             };
             let header = Header::new(cols, rows, Some(title), term);
             // Every rule's detectors mask the recording, whoever the caller is.
-            let all: Vec<String> = self.shared.masker.rule_names().map(str::to_owned).collect();
-            let created =
-                CastWriter::create(&dir.join(format!("{n}.cast")), &header, RECORDING_LIMIT)
-                    .and_then(|writer| {
-                        let masker = |m: Result<TextMasker, crate::mask::MaskError>| {
-                            m.map_err(|e| std::io::Error::other(e.to_string()))
-                        };
-                        Ok(Recording {
-                            writer,
-                            output: masker(self.shared.masker.text(&all))?,
-                            input: masker(self.shared.masker.text(&all))?,
-                            buf: BytesMut::new(),
-                        })
-                    });
+            let created = MaskedCast::create(
+                &dir.join(format!("{n}.cast")),
+                &header,
+                crate::recording::LIMIT,
+                &self.shared.masker,
+            );
             match created {
                 Ok(r) => {
                     if let Ok(mut c) = cast.lock() {
@@ -866,7 +809,7 @@ impl ChannelTask {
     async fn finish(&self, n: u64, started: Instant, end: PumpEnd, cast: &Cast) {
         let recording = cast.lock().ok().and_then(|mut c| c.take());
         let mut masked = end.masked;
-        let summary = match recording.map(Recording::finish) {
+        let summary = match recording.map(MaskedCast::finish) {
             None => None,
             Some((Ok(s), counts)) => {
                 masked.merge(&counts);
