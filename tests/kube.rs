@@ -33,6 +33,8 @@ const POD_PORT: u16 = 8080;
 const KUBE_PYTHON: &str = "/opt/airlock-kube/bin/python3";
 /// The gateway's credential for the cluster; clients never see it.
 const GATEWAY_TOKEN: &str = "gw-kube-token-5d2a";
+/// The CN of the gateway's client certificate for the cluster.
+const GATEWAY_CERT_CN: &str = "airlock-gateway";
 /// The token in the client's own kubeconfig.
 const CLIENT_TOKEN: &str = "client-own-kube-token";
 /// The name the test API server's certificate carries (checked by the gateway's upstream leg).
@@ -122,13 +124,33 @@ impl Env {
             d("api.pem"),
             d("ext.cnf")
         ));
+        // The gateway's own client certificate for the cluster (clients never hold it).
+        dir.write(
+            "client-ext.cnf",
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+        );
+        openssl(&format!(
+            "req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN={GATEWAY_CERT_CN} \
+             -keyout {} -out {}",
+            d("gateway-client.key"),
+            d("gateway-client.csr")
+        ));
+        openssl(&format!(
+            "x509 -req -days 2 -in {} -CA {} -CAkey {} -CAcreateserial -out {} -extfile {}",
+            d("gateway-client.csr"),
+            d("cluster-ca.pem"),
+            d("cluster-ca.key"),
+            d("gateway-client.pem"),
+            d("client-ext.cnf")
+        ));
         let mut api = Proc::spawn_sh(
             &format!(
-                "exec {} {PYTHON} {} {DB_ADDR} {} {} {CONTROL_PORT}",
+                "exec {} {PYTHON} {} {DB_ADDR} {} {} {CONTROL_PORT} {}",
                 Topology::enter(&topo.db),
                 support_file("kube_api.py").display(),
                 d("api.pem"),
                 d("api.key"),
+                d("cluster-ca.pem"),
             ),
             &dir.path("api.log"),
         );
@@ -223,8 +245,25 @@ current-context: test
         self.dir.path("state/audit")
     }
 
-    /// The session id and path of the recording whose text contains `needle`.
+    /// The session id and path of the recording whose text contains `needle` (written when
+    /// the stream has ended at the gateway, which may be just after the client exits).
     fn recording_with(&self, needle: &str) -> (String, PathBuf) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(found) = self.find_recording(needle) {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no recording under {} holds {needle:?}: {}",
+                self.audit_dir().display(),
+                self.daemon_log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn find_recording(&self, needle: &str) -> Option<(String, PathBuf)> {
         let recordings = self.audit_dir().join("recordings");
         for session in std::fs::read_dir(&recordings)
             .into_iter()
@@ -238,18 +277,14 @@ current-context: test
             {
                 let text = std::fs::read_to_string(cast.path()).unwrap_or_default();
                 if text.contains(needle) {
-                    return (
+                    return Some((
                         session.file_name().to_string_lossy().into_owned(),
                         cast.path(),
-                    );
+                    ));
                 }
             }
         }
-        panic!(
-            "no recording under {} holds {needle:?}: {}",
-            recordings.display(),
-            self.daemon_log_tail()
-        );
+        None
     }
 
     fn kubectl(&self, args: &str) -> (bool, String, String) {
@@ -351,6 +386,8 @@ targets:
         default_name: "{DB_ADDR}"
         ca_file: {cluster_ca}
         server_name: {API_NAME}
+        client_cert_file: {client_cert}
+        client_key_file: {client_key}
       credential: {{ kind: bearer, file: {token} }}
 rules:
   - name: no-impersonation
@@ -407,6 +444,8 @@ masking:
         state = dir.path("state").display(),
         cluster_ca = dir.path("cluster-ca.pem").display(),
         token = dir.path("gateway.token").display(),
+        client_cert = dir.path("gateway-client.pem").display(),
+        client_key = dir.path("gateway-client.key").display(),
     )
 }
 
@@ -447,6 +486,12 @@ fn secrets_are_masked_and_only_the_gateways_token_reaches_the_server() {
         "only the gateway's token reached the server: {auth:?}"
     );
     assert!(!seen.to_string().contains(CLIENT_TOKEN));
+    // The gateway's client certificate authenticated every request it forwarded.
+    let certs = seen["certs"].as_array().expect("certs list");
+    assert!(
+        !certs.is_empty() && certs.iter().all(|c| c == GATEWAY_CERT_CN),
+        "the server saw the gateway's client certificate: {certs:?}"
+    );
 }
 
 /// Waits for a pending request held by `rule`.

@@ -29,7 +29,10 @@ HTTPS on ADDR:443 with CERT/KEY (HTTP/1.1 only); a plain control port on 127.0.0
   does on an upgrade failure); {"websocket": true} serves it again. The env var
   KUBE_WEBSOCKET=0 starts the server with WebSocket refused.
 
-usage: kube_api.py ADDR CERT KEY CONTROL
+usage: kube_api.py ADDR CERT KEY CONTROL [CLIENT_CA]
+
+With CLIENT_CA, client certificates are verified when presented and their CN listed in
+/seen `certs`.
 """
 
 import json
@@ -44,7 +47,7 @@ from urllib.parse import parse_qs, urlsplit
 import kube_exec
 
 LOCK = threading.Lock()
-SEEN = {"requests": [], "auth": []}
+SEEN = {"requests": [], "auth": [], "certs": []}
 RV = [1000]
 CONFIG = {"websocket": os.environ.get("KUBE_WEBSOCKET", "1") not in ("0", "false", "no")}
 
@@ -198,6 +201,10 @@ class Handler(BaseHTTPRequestHandler):
             SEEN["requests"].append(f"{method} {url.path}")
             if self.headers.get("Authorization"):
                 SEEN["auth"].append(self.headers.get("Authorization"))
+            peer = self.connection.getpeercert() if hasattr(self.connection, "getpeercert") else None
+            if peer:
+                cn = [v for rdn in peer.get("subject", ()) for (k, v) in rdn if k == "commonName"]
+                SEEN["certs"].append(cn[0] if cn else "?")
             for k in self.headers.keys():
                 if k.lower().startswith("impersonate-"):
                     SEEN["requests"].append(f"IMPERSONATE {k}")
@@ -445,10 +452,16 @@ class Control(BaseHTTPRequestHandler):
 
 def main():
     addr, cert, key, control = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    client_ca = sys.argv[5] if len(sys.argv) > 5 else None
     # SIGTERM exits cleanly: running commands are killed, a default pod root removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
+    if client_ca:
+        # Client certificates are checked against CLIENT_CA when presented (as an API server
+        # with --client-ca-file does); each request's certificate CN is listed in /seen.
+        ctx.load_verify_locations(client_ca)
+        ctx.verify_mode = ssl.CERT_OPTIONAL
     ctx.set_alpn_protocols(["http/1.1"])
     api = ThreadingHTTPServer((addr, 443), Handler)
     api.socket = ctx.wrap_socket(api.socket, server_side=True)

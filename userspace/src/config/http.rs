@@ -67,6 +67,14 @@ pub struct HttpTls {
     /// with SNI, else `default_name`).
     #[serde(default)]
     pub server_name: Option<String>,
+    /// The gateway's client certificate for the target (PEM chain, leaf first): a Kubernetes
+    /// cluster credential, or any server that authenticates clients by certificate. Clients
+    /// never hold it; their own TLS ends at the gateway.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// The key of `client_cert_file` (PEM).
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
 }
 
 /// A credential the gateway holds for a target. The secret comes from an environment variable
@@ -185,6 +193,14 @@ pub fn validate(h: &HttpTarget) -> Result<(), (String, String)> {
             "tls".into(),
             "cert_file and key_file go together (or neither: airlock's CA mints certificates)"
                 .into(),
+        ));
+    }
+    if let Some(tls) = &h.tls
+        && tls.client_cert_file.is_some() != tls.client_key_file.is_some()
+    {
+        return Err((
+            "tls".into(),
+            "client_cert_file and client_key_file go together".into(),
         ));
     }
     if let Some(c) = &h.credential {

@@ -231,8 +231,15 @@ impl TargetTls {
         }
         let client = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let client = match (&tls.client_cert_file, &tls.client_key_file) {
+            (Some(cert), Some(key)) => {
+                let chain = read_certs(cert)?;
+                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, e))?;
+                client.with_client_auth_cert(chain, key)?
+            }
+            _ => client.with_no_client_auth(),
+        };
         Ok(TargetTls {
             server: Arc::new(server),
             client,

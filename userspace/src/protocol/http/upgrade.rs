@@ -4,6 +4,7 @@
 //! classifier's [`StreamDecoder`], and recorded as asciicast with its output and input masked.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -92,12 +93,20 @@ pub async fn tunnel(
     });
     let (client_rd, client_wr) = tokio::io::split(TokioIo::new(client));
     let (up_rd, up_wr) = tokio::io::split(TokioIo::new(upstream));
+    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
     let joined = tokio::try_join!(
-        pump(client_rd, up_wr, true, tap.as_ref()),
-        pump(up_rd, client_wr, false, tap.as_ref()),
+        pump(client_rd, up_wr, true, tap.as_ref(), &up),
+        pump(up_rd, client_wr, false, tap.as_ref(), &down),
     );
+    // Counted as they went, whether the tunnel ended cleanly or not.
+    let (up, down) = (up.into_inner(), down.into_inner());
+    record.request_bytes.fetch_add(up, Ordering::Relaxed);
+    record.received(down);
+    record.sent(down);
+    let mut ended = false;
     if let Some(tap) = tap {
         let tap = tap.into_inner().unwrap_or_else(|p| p.into_inner());
+        ended = tap.exit.is_some();
         if let Some(why) = tap.failed {
             record.notes.push(why);
         }
@@ -114,14 +123,10 @@ pub async fn tunnel(
         }
     }
     match joined {
-        Ok((up, down)) => {
-            record
-                .request_bytes
-                .fetch_add(up, std::sync::atomic::Ordering::Relaxed);
-            record.received(down);
-            record.sent(down);
-            record.complete();
-        }
+        Ok(((), ())) => record.complete(),
+        // A client that drops the connection once the program has ended (kubectl resets it
+        // after the error channel's Status) ended nothing early.
+        Err(_) if ended => record.complete(),
         Err(e) => record.set_error(format!("tunnel: {e}")),
     }
 }
@@ -132,14 +137,13 @@ async fn pump(
     mut to: impl AsyncWrite + Unpin,
     from_client: bool,
     tap: Option<&Mutex<Tap>>,
-) -> std::io::Result<u64> {
+    total: &AtomicU64,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; CHUNK];
-    let mut total = 0u64;
     loop {
         let n = from.read(&mut buf).await?;
         if n == 0 {
-            to.shutdown().await?;
-            return Ok(total);
+            return to.shutdown().await;
         }
         if let Some(tap) = tap {
             let mut tap = tap.lock().unwrap_or_else(|p| p.into_inner());
@@ -149,6 +153,6 @@ async fn pump(
                 .map_err(std::io::Error::other)?;
         }
         to.write_all(&buf[..n]).await?;
-        total += n as u64;
+        total.fetch_add(n as u64, Ordering::Relaxed);
     }
 }

@@ -576,10 +576,10 @@ impl SpdyStreams {
             &mut self.upstream
         };
         match std::mem::take(&mut dir.frame) {
-            SpdyFrame::Data { stream, fin: true } => {
-                if !from_client && self.streams.get(&stream) == Some(&Channel::Error) {
-                    self.messages.error_end(out);
-                }
+            SpdyFrame::Data { stream, fin: true }
+                if !from_client && self.streams.get(&stream) == Some(&Channel::Error) =>
+            {
+                self.messages.error_end(out);
             }
             SpdyFrame::Control { kind, payload } => self.header_frame(kind, &payload)?,
             _ => {}
