@@ -11,6 +11,8 @@
 //!
 //! The servers and the daemon are shared by the tests of this file that run at the same time.
 
+#[path = "support/oidc/mod.rs"]
+mod oidc_support;
 mod support;
 
 use std::path::PathBuf;
@@ -35,6 +37,8 @@ const KUBE_PYTHON: &str = "/opt/airlock-kube/bin/python3";
 const GATEWAY_TOKEN: &str = "gw-kube-token-5d2a";
 /// The CN of the gateway's client certificate for the cluster.
 const GATEWAY_CERT_CN: &str = "airlock-gateway";
+/// The audience the OIDC provider's tokens carry (tests/support/oidc/provider.mjs).
+const OIDC_AUDIENCE: &str = "https://airlock.test";
 /// The token in the client's own kubeconfig.
 const CLIENT_TOKEN: &str = "client-own-kube-token";
 /// The name the test API server's certificate carries (checked by the gateway's upstream leg).
@@ -47,6 +51,8 @@ struct Env {
     _api: Proc,
     _echo: Proc,
     daemon: Daemon,
+    /// The OIDC provider of an environment whose callers may carry tokens.
+    oidc: Option<(oidc_support::Provider, oidc_support::Pki)>,
 }
 
 /// Held by the tests that run exec streams: one of them refuses WebSocket on the test server
@@ -76,6 +82,12 @@ fn openssl(args: &str) {
 
 impl Env {
     fn new() -> Self {
+        Self::with_oidc(false)
+    }
+
+    /// An environment of its own; with `oidc`, an OIDC provider on the node is trusted and a
+    /// rule matches token claims, so a bearer token in a kubeconfig names its caller.
+    fn with_oidc(oidc: bool) -> Self {
         require_root();
         let version = sh(&format!("{KUBECTL} version --client"));
         assert!(
@@ -168,7 +180,33 @@ impl Env {
 
         std::fs::write(dir.path("gateway.token"), format!("{GATEWAY_TOKEN}\n")).expect("token");
         let bpffs = PathBuf::from(format!("/sys/fs/bpf/airlock-test-{}", topo.id));
-        let config = dir.write("airlock.yaml", &config(&cg, &bpffs, &dir));
+        let mut yaml = config(&cg, &bpffs, &dir);
+        let oidc = oidc.then(|| {
+            let pki = oidc_support::Pki::new(&format!("kube-{}", topo.id));
+            // Where the daemon runs: its 127.0.0.1 is the node's loopback.
+            let provider = oidc_support::Provider::start_in(&pki, "k1", 0, Some(&topo.node));
+            yaml = yaml.replacen(
+                "rules:\n",
+                &format!(
+                    "identities:
+  - name: ci
+    oidc: {{issuer: \"{}\", audience: \"{OIDC_AUDIENCE}\", ca_file: {}}}
+rules:
+  - name: token-reads
+    targets: [cluster]
+    require: [token]
+    claims: {{repository: \"acme/*\"}}
+    kube: {{ verbs: [get, list, watch], resources: [pods] }}
+    action: allow
+",
+                    provider.issuer,
+                    pki.ca.display()
+                ),
+                1,
+            );
+            (provider, pki)
+        });
+        let config = dir.write("airlock.yaml", &yaml);
         let daemon = Daemon::start(&cg, &topo, &config, &bpffs, &dir.path("daemon.log"));
         // The client's kubeconfig: airlock's CA (minted at daemon start) and its own token.
         dir.write(
@@ -200,12 +238,39 @@ current-context: test
             _api: api,
             _echo: echo,
             daemon,
+            oidc,
         }
     }
 
     /// kubectl with the test kubeconfig, as an unmodified client in the test cgroup.
     fn kubectl_cmd(&self, args: &str) -> String {
         self.kubectl_bin_cmd(KUBECTL, args)
+    }
+
+    /// kubectl 1.37 with `--token` instead of the kubeconfig's own token.
+    fn kubectl_with_token(&self, token: &str, args: &str) -> (bool, String, String) {
+        self.kubectl(&format!("--token={token} {args}"))
+    }
+
+    /// The command records of the audit log that mention `text`, as JSON.
+    fn command_records(&self, text: &str) -> Vec<serde_json::Value> {
+        let mut found = Vec::new();
+        let files = sh_out(&format!(
+            "find {} -name '*.jsonl*' -type f",
+            self.audit_dir().display()
+        ));
+        for file in files.lines() {
+            let data = std::fs::read_to_string(file).unwrap_or_default();
+            for line in data.lines() {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                if v["event"]["type"] == "command" && line.contains(text) {
+                    found.push(v["event"].clone());
+                }
+            }
+        }
+        found
     }
 
     /// A given kubectl (`bin`) with the test kubeconfig, in the test cgroup.
@@ -903,4 +968,63 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn an_oidc_token_in_the_kubeconfig_identifies_the_caller() {
+    let env = Env::with_oidc(true);
+    let (provider, pki) = env.oidc.as_ref().expect("an OIDC environment");
+    let token = provider.client_token_in(pki, "ci", None, &env.topo.node);
+    // A valid token: its caller (claims repository acme/app) may list pods.
+    let (ok, out, err) = env.kubectl_with_token(&token, "get pods");
+    assert!(
+        ok && out.contains("web"),
+        "{out}\n{err}\n{}",
+        env.daemon_log_tail()
+    );
+    // A token that does not verify is refused (401), never judged as the workload.
+    let refused = |err: &str| {
+        err.contains("You must be logged in to the server")
+            && err.contains("the bearer token was not accepted")
+    };
+    let (ok, _, err) = env.kubectl_with_token("not-a-jwt", "get pods");
+    assert!(!ok && refused(&err), "{err}");
+    // A signature byte changed (a whole base64 digit inside it, not the last one's padding bits).
+    let mut forged = token.clone().into_bytes();
+    let i = forged.len() - 10;
+    forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    let (ok, _, err) = env.kubectl_with_token(&forged, "get pods");
+    assert!(!ok && refused(&err), "{err}");
+    // The token names the caller in the audit log; only the gateway's token reached the server.
+    let wait = Instant::now() + Duration::from_secs(10);
+    let records = loop {
+        let r = env.command_records("\"caller\"");
+        if r.iter().any(|c| !c["caller"].is_null()) || Instant::now() > wait {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let by_token: Vec<&serde_json::Value> =
+        records.iter().filter(|c| !c["caller"].is_null()).collect();
+    assert!(!by_token.is_empty(), "{records:?}");
+    assert!(
+        by_token
+            .iter()
+            .all(|c| c["caller"]["issuer"] == provider.issuer.as_str()
+                && c["caller"]["subject"] == "ci"),
+        "{by_token:?}"
+    );
+    // The pod list was allowed by the rule on the token's claims.
+    assert!(
+        by_token
+            .iter()
+            .any(|c| c["command"]["verb"] == "list" && c["rule"] == "token-reads"),
+        "{by_token:?}"
+    );
+    let seen = env.seen();
+    assert!(
+        !seen.to_string().contains(&token[token.len() - 20..]),
+        "the client's token never reaches the server"
+    );
 }

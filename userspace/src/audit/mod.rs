@@ -114,10 +114,10 @@ pub use keys::{
 };
 pub use query::{SessionQuery, SessionSummary, load_session, read_records, search_sessions};
 pub use record::{
-    ApprovalEvent, ApprovalOutcome, BodyRecord, ChainHash, CommandRecord, EndReason, Event, FORMAT,
-    FactsRecord, GrantRecord, MaskCount, MaskTally, MaskingRecord, OpenEvent, Record,
-    RecordingRecord, ResultRecord, ReviewRecord, SessionEndRecord, SessionStartRecord, TlsInfo,
-    TornTail, VoteRecord, WorkloadRecord,
+    ApprovalEvent, ApprovalOutcome, BodyRecord, CallerRecord, ChainHash, CommandRecord, EndReason,
+    Event, FORMAT, FactsRecord, GrantRecord, MaskCount, MaskTally, MaskingRecord, OpenEvent,
+    Record, RecordingRecord, ResultRecord, ReviewRecord, SessionEndRecord, SessionStartRecord,
+    TlsInfo, TornTail, VoteRecord, WorkloadRecord,
 };
 pub use record::{SignedAnchor, SignedHead, seal};
 pub use time::{format_ts, parse_time};

@@ -452,6 +452,20 @@ pub struct CommandRecord {
     pub rule: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Who sent this command, when not the session's caller: an HTTP or Kubernetes request
+    /// authenticated by its own bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<CallerRecord>,
+}
+
+/// The caller of one command, identified by a token it carried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerRecord {
+    pub subject: String,
+    pub groups: Vec<String>,
+    /// The token's issuer.
+    pub issuer: String,
 }
 
 impl CommandRecord {
@@ -481,6 +495,8 @@ struct CommandWire {
     rule: String,
     #[serde(default)]
     reason: Option<String>,
+    #[serde(default)]
+    caller: Option<CallerRecord>,
 }
 
 impl TryFrom<CommandWire> for CommandRecord {
@@ -504,6 +520,7 @@ impl TryFrom<CommandWire> for CommandRecord {
             action: w.action,
             rule: w.rule,
             reason: w.reason,
+            caller: w.caller,
         })
     }
 }

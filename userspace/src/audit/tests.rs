@@ -160,6 +160,7 @@ fn read_event<'a>(command: &'a Command<'a>, decision: &'a Decision) -> CommandEv
         facts: &READ,
         decision,
         approval: None,
+        caller: None,
     }
 }
 
@@ -282,6 +283,7 @@ async fn records_verify_and_read_back() {
             facts: &update,
             decision: &review,
             approval: Some(approved_review("req-1", "carol", "looks fine")),
+            caller: None,
         })
         .await
         .unwrap();
@@ -314,6 +316,7 @@ async fn records_verify_and_read_back() {
             },
             decision: &deny,
             approval: None,
+            caller: None,
         })
         .await
         .unwrap();

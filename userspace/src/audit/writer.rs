@@ -32,10 +32,10 @@ use super::coop::{self, LogLock};
 use super::keys::load_or_generate_signing_key;
 use super::keys::record_mac_key;
 use super::record::{
-    ApprovalEvent, BodyRecord, ChainHash, CommandRecord, EndReason, Event, FORMAT, FactsRecord,
-    MaskTally, MaskingRecord, OpenEvent, Record, RecordRef, RecordingRecord, ResultRecord,
-    ReviewRecord, SessionEndRecord, SessionStartRecord, SignedAnchor, SignedHead, TlsInfo,
-    WorkloadRecord, seal, to_hex,
+    ApprovalEvent, BodyRecord, CallerRecord, ChainHash, CommandRecord, EndReason, Event, FORMAT,
+    FactsRecord, MaskTally, MaskingRecord, OpenEvent, Record, RecordRef, RecordingRecord,
+    ResultRecord, ReviewRecord, SessionEndRecord, SessionStartRecord, SignedAnchor, SignedHead,
+    TlsInfo, WorkloadRecord, seal, to_hex,
 };
 use super::time::now_us;
 use crate::config::audit::{AuditConfig, FsyncPolicy, OnFull, RetentionConfig};
@@ -607,6 +607,8 @@ pub struct CommandEvent<'a> {
     /// The review that released or refused it: recorded as an `approval` record right after
     /// the command.
     pub approval: Option<ReviewRecord>,
+    /// Who sent it, when a token it carried identified a caller other than the session's.
+    pub caller: Option<&'a Identity>,
 }
 
 /// The answer to a command.
@@ -772,6 +774,13 @@ impl SessionRecorder {
             action: Cow::Borrowed(c.decision.action().as_str()),
             rule: c.decision.rule().to_owned(),
             reason,
+            caller: c.caller.and_then(|i| {
+                i.token.as_ref().map(|t| CallerRecord {
+                    subject: i.subject.clone(),
+                    groups: i.groups.clone(),
+                    issuer: t.issuer.clone(),
+                })
+            }),
         };
         let ack = self.enqueue(Event::Command(rec)).await?;
         match c.approval {

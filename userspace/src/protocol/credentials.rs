@@ -282,6 +282,7 @@ pub async fn rotate_recorded(
             facts: &crate::model::Facts::single(kind, class),
             decision: &decision,
             approval: None,
+            caller: None,
         })
         .await?;
     if let Err(e) = ack.durable().await {

@@ -104,6 +104,7 @@ pub async fn serve(session: Session, ctx: Arc<Context>) {
                     facts: &judged.facts,
                     decision,
                     approval: review.as_ref().map(gate::session::review_record),
+                    caller: None,
                 })
                 .await,
         ),

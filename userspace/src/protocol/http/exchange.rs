@@ -20,8 +20,9 @@ use super::{BODY_TIMEOUT, Conn, forward, upgrade};
 use crate::approval::ReviewTrail;
 use crate::audit::{BodyRecord, CommandEvent};
 use crate::config::http::BinaryAnswers;
-use crate::gate::{self, Gate, Judge, Notice, Verdict};
-use crate::model::{Command, Decision, Facts, HttpBody, ReviewMode};
+use crate::gate::{self, Authenticator as _, Gate, Judge, Notice, Verdict};
+use crate::metrics::DenyReason;
+use crate::model::{Command, Decision, Facts, HttpBody, Identity, ReviewMode};
 use crate::recording::{self, Header, MaskedCast};
 
 /// Response header naming the approval request that released a held request.
@@ -49,7 +50,13 @@ impl Notice for HttpNotice {
 /// its own, which keeps the session open (it holds the connection state) until it is.
 struct Withdrawal {
     trail: ReviewTrail,
-    record: Option<(Arc<Conn>, Command<'static>, Arc<Facts>, Decision)>,
+    record: Option<(
+        Arc<Conn>,
+        Command<'static>,
+        Arc<Facts>,
+        Decision,
+        Option<Arc<Identity>>,
+    )>,
 }
 
 impl Withdrawal {
@@ -59,6 +66,7 @@ impl Withdrawal {
         command: &Command<'_>,
         facts: &Arc<Facts>,
         decision: Option<&Decision>,
+        caller: Option<&Arc<Identity>>,
     ) -> Self {
         let record = decision.filter(|_| conn.audit.recording()).map(|d| {
             (
@@ -66,6 +74,7 @@ impl Withdrawal {
                 crate::audit::recorded_command(command),
                 Arc::clone(facts),
                 d.clone(),
+                caller.cloned(),
             )
         });
         Withdrawal { trail, record }
@@ -80,7 +89,7 @@ impl Withdrawal {
 
 impl Drop for Withdrawal {
     fn drop(&mut self) {
-        let Some((conn, command, facts, decision)) = self.record.take() else {
+        let Some((conn, command, facts, decision, caller)) = self.record.take() else {
             return;
         };
         // The request was marked withdrawn on the trail when it was made.
@@ -94,6 +103,7 @@ impl Drop for Withdrawal {
                 facts: &facts,
                 decision: &decision,
                 approval: review.as_ref().map(gate::session::review_record),
+                caller: caller.as_deref(),
             };
             if let Err(error) = conn.audit.command(event).await {
                 tracing::error!(session = conn.id, %error, "audit: a withdrawn request was not recorded");
@@ -158,6 +168,22 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
         query: query.as_deref(),
         headers: &parts.headers,
     };
+    // The caller: the connection's, or the one a bearer token of this request names.
+    let caller = match token_caller(&conn, &parts.headers).await {
+        Ok(c) => c,
+        Err(why) => {
+            tracing::warn!(session = conn.id, target = %conn.target.name, request = %record.line, why, "request refused: token");
+            conn.ctx
+                .metrics
+                .denied_connection(DenyReason::Unauthenticated);
+            return json_answer(
+                StatusCode::UNAUTHORIZED,
+                &serde_json::json!({"error": "unauthenticated", "message": format!("airlock: {why}")}),
+                record,
+            );
+        }
+    };
+    let identity: &Identity = caller.as_deref().unwrap_or(&conn.identity);
     let treatment = conn.classifier.treatment(&head);
     let command = match conn.classifier.command(&head, judged_body) {
         Ok(c) => c,
@@ -169,7 +195,7 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
     let judged = Gate {
         ctx: &conn.ctx,
         decider: None,
-        identity: &conn.identity,
+        identity,
         target: &conn.target.name,
         protocol: conn.classifier.protocol(),
         session: conn.id,
@@ -195,6 +221,7 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
                 &command,
                 &judged.facts,
                 decision.as_ref(),
+                caller.as_ref(),
             );
             let verdict = hold.start(notice).await;
             (verdict, withdrawal.resolved())
@@ -224,6 +251,7 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
         facts: &judged.facts,
         decision: &recorded_decision,
         approval: review.as_ref().map(gate::session::review_record),
+        caller: caller.as_deref(),
     };
     let ack = if conn.audit.recording() {
         match conn.audit.command(event).await {
@@ -668,6 +696,52 @@ fn request_port(parts: &http::request::Parts) -> Option<u16> {
             .ok()?
             .port_u16(),
     }
+}
+
+/// The caller a request's own bearer token names, where policy can use one (an OIDC issuer is
+/// trusted and some rule requires a token or matches claims; see
+/// [`PolicyAuthenticator`](crate::gate::PolicyAuthenticator)). `None`: the connection's caller
+/// (no token, or tokens are not used). A token that fails verification is an `Err`: the
+/// request is refused, never judged as the workload (fail closed). The connection keeps the
+/// last token it verified until that token expires.
+async fn token_caller(conn: &Conn, headers: &HeaderMap) -> Result<Option<Arc<Identity>>, String> {
+    let authenticator = gate::PolicyAuthenticator;
+    if !authenticator.wants_secret(&conn.ctx, &gate::Presented::default()) {
+        return Ok(None);
+    }
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .ok_or("the Authorization header is not a bearer token")?;
+    let mut cached = conn.token_caller.lock().await;
+    if let Some((t, id)) = cached.as_ref()
+        && t == token
+        && id
+            .token
+            .as_ref()
+            .is_some_and(|c| c.expires_at > std::time::SystemTime::now())
+    {
+        return Ok(Some(Arc::clone(id)));
+    }
+    let presented = gate::Presented {
+        workload: conn.identity.workload.as_ref(),
+        user: None,
+        secret: Some(token.as_bytes()),
+    };
+    let identity = Arc::new(
+        authenticator
+            .authenticate(&conn.ctx, presented)
+            .await
+            .map_err(|e| format!("the bearer token was not accepted: {e}"))?,
+    );
+    *cached = Some((token.to_owned(), Arc::clone(&identity)));
+    Ok(Some(identity))
 }
 
 /// The recording of a terminal stream the target switched to, when the session is recorded:

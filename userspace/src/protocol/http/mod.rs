@@ -76,6 +76,8 @@ pub struct Conn {
     pub classifier: Arc<dyn Classify>,
     /// The client's credential headers on this target.
     pub credential_headers: Vec<http::HeaderName>,
+    /// The last bearer token a request of this connection was identified by, and its caller.
+    pub token_caller: tokio::sync::Mutex<Option<(String, Arc<Identity>)>>,
     /// Dropped with the last exchange: the session waits for it before it closes.
     _inflight: tokio::sync::mpsc::Sender<()>,
 }
@@ -290,6 +292,7 @@ impl Start {
         let conn = Arc::new(Conn {
             masker: ctx.masker.load_full(),
             credential_headers: forward::credential_headers(&cfg),
+            token_caller: tokio::sync::Mutex::new(None),
             ctx: Arc::clone(&ctx),
             id,
             target: Arc::clone(&target),

@@ -856,6 +856,7 @@ impl Loop {
                 facts,
                 decision,
                 approval,
+                caller: None,
             })
             .await?;
         Ok(Some(Outgoing::Queued { n, ack: Some(ack) }))

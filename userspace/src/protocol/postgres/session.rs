@@ -523,6 +523,7 @@ impl<J: Judge> Front<'_, J> {
                         facts: &facts,
                         decision: &decision,
                         approval: review,
+                        caller: None,
                     })
                     .await?;
                 cmd.n.store(n, Ordering::Release);

@@ -301,6 +301,7 @@ impl ChannelTask {
                 facts,
                 decision,
                 approval,
+                caller: None,
             })
             .await
         };
