@@ -491,17 +491,25 @@ rules:
     targets: [cluster]
     kube: {{ verbs: [get], resources: [pods], subresources: [log] }}
     action: allow
+  # Secret values by path (the path rules would mask a ConfigMap's `data` too: they apply
+  # only to Secrets); everything else through the detectors.
+  - name: secret-reads
+    targets: [cluster]
+    kube: {{ verbs: [get, list, watch], resources: [secrets] }}
+    action: allow
+    mask: [secret-values, pii]
   - name: reads
     targets: [cluster]
     kube: {{ verbs: [get, list, watch] }}
     action: allow
+    mask: [pii]
 default: deny
 masking:
   - name: secret-values
     json_paths: ["$.data.*", "$.stringData.*", "$.items[*].data.*", "$.items[*].stringData.*", "$.object.data.*", "$.object.stringData.*"]
     style: redact
   - name: pii
-    detectors: [email]
+    detectors: [email, aws_key]
     style: redact
 "#,
         cg = cg.path.display(),
@@ -1026,5 +1034,28 @@ fn an_oidc_token_in_the_kubeconfig_identifies_the_caller() {
     assert!(
         !seen.to_string().contains(&token[token.len() - 20..]),
         "the client's token never reaches the server"
+    );
+}
+
+#[test]
+fn configmap_values_and_pod_env_pass_the_detectors() {
+    let env = env();
+    let out = env.kubectl_ok("get configmap app -o yaml");
+    assert!(
+        out.contains("support: '[REDACTED]'") || out.contains("support: \"[REDACTED]\""),
+        "{out}"
+    );
+    assert!(out.contains("mode: production"), "other values pass: {out}");
+    assert!(!out.contains("oncall@example.com"), "{out}");
+    let out = env.kubectl_ok("get pod web -o json");
+    assert!(
+        !out.contains("owner-of-web@example.com") && !out.contains("AKIAIOSFODNN7EXAMPLE"),
+        "pod env masked: {out}"
+    );
+    assert!(out.contains("AWS_ACCESS_KEY_ID"), "names pass: {out}");
+    let out = env.kubectl_ok("get pods -o yaml");
+    assert!(
+        !out.contains("@example.com") && !out.contains("AKIA"),
+        "lists too: {out}"
     );
 }

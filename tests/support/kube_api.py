@@ -68,7 +68,10 @@ def pod(ns, name):
             "resourceVersion": next_rv(),
             "creationTimestamp": "2026-12-01T00:00:00Z",
         },
-        "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+        "spec": {"containers": [{"name": "app", "image": "busybox", "env": [
+            {"name": "OWNER", "value": f"owner-of-{name}@example.com"},
+            {"name": "AWS_ACCESS_KEY_ID", "value": "AKIAIOSFODNN7EXAMPLE"},
+        ]}]},
         "status": {"phase": "Running"},
     }
 
@@ -104,7 +107,18 @@ STORE = {
     },
 }
 
-KINDS = {"pods": "Pod", "secrets": "Secret"}
+STORE["configmaps"] = {
+    ("default", "app"): {
+        "kind": "ConfigMap",
+        "apiVersion": "v1",
+        "metadata": {"name": "app", "namespace": "default", "uid": "uid-cm-default-app",
+                     "resourceVersion": next_rv(),
+                     "creationTimestamp": "2026-12-01T00:00:00Z"},
+        "data": {"support": "oncall@example.com", "mode": "production"},
+    }
+}
+
+KINDS = {"pods": "Pod", "secrets": "Secret", "configmaps": "ConfigMap"}
 
 API_RESOURCES = {
     "kind": "APIResourceList",
@@ -135,6 +149,15 @@ API_RESOURCES = {
             "kind": "Secret",
             "verbs": ["create", "delete", "deletecollection", "get", "list", "patch",
                       "update", "watch"],
+        },
+        {
+            "name": "configmaps",
+            "singularName": "configmap",
+            "namespaced": True,
+            "kind": "ConfigMap",
+            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch",
+                      "update", "watch"],
+            "shortNames": ["cm"],
         },
         {
             "name": "namespaces",
