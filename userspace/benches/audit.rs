@@ -89,6 +89,7 @@ async fn run(rec: &Recorder, sessions: u64, iters: u64, pipelined: bool) -> Dura
                             facts: &facts,
                             decision: &decision,
                             approval: None,
+                            caller: None,
                         })
                         .await
                         .unwrap();

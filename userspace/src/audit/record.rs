@@ -455,7 +455,7 @@ pub struct CommandRecord {
     /// Who sent this command, when not the session's caller: an HTTP or Kubernetes request
     /// authenticated by its own bearer token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub caller: Option<CallerRecord>,
+    pub caller: Option<Box<CallerRecord>>,
 }
 
 /// The caller of one command, identified by a token it carried.
@@ -496,7 +496,7 @@ struct CommandWire {
     #[serde(default)]
     reason: Option<String>,
     #[serde(default)]
-    caller: Option<CallerRecord>,
+    caller: Option<Box<CallerRecord>>,
 }
 
 impl TryFrom<CommandWire> for CommandRecord {

@@ -775,10 +775,12 @@ impl SessionRecorder {
             rule: c.decision.rule().to_owned(),
             reason,
             caller: c.caller.and_then(|i| {
-                i.token.as_ref().map(|t| CallerRecord {
-                    subject: i.subject.clone(),
-                    groups: i.groups.clone(),
-                    issuer: t.issuer.clone(),
+                i.token.as_ref().map(|t| {
+                    Box::new(CallerRecord {
+                        subject: i.subject.clone(),
+                        groups: i.groups.clone(),
+                        issuer: t.issuer.clone(),
+                    })
                 })
             }),
         };

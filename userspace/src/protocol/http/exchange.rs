@@ -50,13 +50,16 @@ impl Notice for HttpNotice {
 /// its own, which keeps the session open (it holds the connection state) until it is.
 struct Withdrawal {
     trail: ReviewTrail,
-    record: Option<(
-        Arc<Conn>,
-        Command<'static>,
-        Arc<Facts>,
-        Decision,
-        Option<Arc<Identity>>,
-    )>,
+    record: Option<Withdrawn>,
+}
+
+/// What a withdrawn request's command record says.
+struct Withdrawn {
+    conn: Arc<Conn>,
+    command: Command<'static>,
+    facts: Arc<Facts>,
+    decision: Decision,
+    caller: Option<Arc<Identity>>,
 }
 
 impl Withdrawal {
@@ -68,15 +71,15 @@ impl Withdrawal {
         decision: Option<&Decision>,
         caller: Option<&Arc<Identity>>,
     ) -> Self {
-        let record = decision.filter(|_| conn.audit.recording()).map(|d| {
-            (
-                Arc::clone(conn),
-                crate::audit::recorded_command(command),
-                Arc::clone(facts),
-                d.clone(),
-                caller.cloned(),
-            )
-        });
+        let record = decision
+            .filter(|_| conn.audit.recording())
+            .map(|d| Withdrawn {
+                conn: Arc::clone(conn),
+                command: crate::audit::recorded_command(command),
+                facts: Arc::clone(facts),
+                decision: d.clone(),
+                caller: caller.cloned(),
+            });
         Withdrawal { trail, record }
     }
 
@@ -89,7 +92,14 @@ impl Withdrawal {
 
 impl Drop for Withdrawal {
     fn drop(&mut self) {
-        let Some((conn, command, facts, decision, caller)) = self.record.take() else {
+        let Some(Withdrawn {
+            conn,
+            command,
+            facts,
+            decision,
+            caller,
+        }) = self.record.take()
+        else {
             return;
         };
         // The request was marked withdrawn on the trail when it was made.
