@@ -473,6 +473,10 @@ rules:
     targets: [cluster]
     kube: {{ verbs: [exec], subresources: [exec], exec: {{ programs: [sh] }} }}
     action: allow
+  - name: attach-to-web
+    targets: [cluster]
+    kube: {{ verbs: [attach], subresources: [attach], names: [web] }}
+    action: allow
   - name: port-forward-to-web
     targets: [cluster]
     kube: {{ verbs: [portforward], subresources: [portforward], names: [web] }}
@@ -1058,4 +1062,34 @@ fn configmap_values_and_pod_env_pass_the_detectors() {
         !out.contains("@example.com") && !out.contains("AKIA"),
         "lists too: {out}"
     );
+}
+
+#[test]
+fn an_attach_is_judged_relayed_and_recorded() {
+    let env = env();
+    let _streams = exec_streams();
+    let marker = format!("attached-{}", unique_id());
+    // stdin to the pod's main process (a shell): a line, then its end.
+    let script = env.dir.write(
+        &format!("attach-{marker}.sh"),
+        &format!("echo 'echo {marker}-$((6*7))'; sleep 2; echo exit\n"),
+    );
+    let out = sh(&format!(
+        "sh {} | timeout 30 sh -c {}",
+        script.display(),
+        shell_quote(&env.kubectl_cmd("attach -i web -c app"))
+    ));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("{marker}-42")),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        env.daemon_log_tail()
+    );
+    let (_, cast) = env.recording_with(&format!("{marker}-42"));
+    let text = std::fs::read_to_string(&cast).unwrap();
+    assert!(text.contains("attach pods/attach default/web"), "{text}");
+    // Another pod's attach meets the default: refused before any upgrade.
+    let (ok, _, err) = env.kubectl("attach -i y -c app < /dev/null");
+    assert!(!ok && err.contains("denied"), "{err}");
 }
