@@ -37,6 +37,8 @@ const KUBE_PYTHON: &str = "/opt/airlock-kube/bin/python3";
 const GATEWAY_TOKEN: &str = "gw-kube-token-5d2a";
 /// The CN of the gateway's client certificate for the cluster.
 const GATEWAY_CERT_CN: &str = "airlock-gateway";
+/// The daemon's limit per exec recording (small, for the test that meets it).
+const RECORDING_MAX: u64 = 1 << 20;
 /// The audience the OIDC provider's tokens carry (tests/support/oidc/provider.mjs).
 const OIDC_AUDIENCE: &str = "https://airlock.test";
 /// The token in the client's own kubeconfig.
@@ -441,6 +443,7 @@ fn config(cg: &TestCgroup, bpffs: &std::path::Path, dir: &TempDir) -> String {
   listen_port_base: {PROXY_PORT}
   state_dir: {state}
   api: 127.0.0.1:{API_PORT}
+  audit: {{ recording_max_bytes: {RECORDING_MAX} }}
 targets:
   - name: cluster
     protocol: kube
@@ -472,6 +475,10 @@ rules:
   - name: shells-in-pods
     targets: [cluster]
     kube: {{ verbs: [exec], subresources: [exec], exec: {{ programs: [sh] }} }}
+    action: allow
+  - name: copying-in-pods
+    targets: [cluster]
+    kube: {{ verbs: [exec], subresources: [exec], exec: {{ programs: [dd] }} }}
     action: allow
   - name: attach-to-web
     targets: [cluster]
@@ -1092,4 +1099,37 @@ fn an_attach_is_judged_relayed_and_recorded() {
     // Another pod's attach meets the default: refused before any upgrade.
     let (ok, _, err) = env.kubectl("attach -i y -c app < /dev/null");
     assert!(!ok && err.contains("denied"), "{err}");
+}
+
+#[test]
+fn a_stream_is_cut_when_its_recording_is_full() {
+    let env = env();
+    let _streams = exec_streams();
+    // Three times the recording limit of stdin (text, so masking reads all of it).
+    let input = env.dir.write(
+        "big-stdin.txt",
+        &"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n".repeat(48 * 1024),
+    );
+    let out = sh(&format!(
+        "{} | wc -c",
+        env.kubectl_cmd(&format!(
+            "exec -i web -- dd status=none < {}",
+            input.display()
+        ))
+    ));
+    let relayed: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(u64::MAX);
+    assert!(
+        relayed < 3 * RECORDING_MAX,
+        "the stream was cut before all of it went through: {relayed} bytes came back"
+    );
+    // The exchange's record says why (written once the tunnel has ended at the gateway).
+    wait_until("the cut stream's record", Duration::from_secs(10), || {
+        env.daemon
+            .proc
+            .log_text()
+            .contains("the recording reached its limit of 1048576 bytes; the stream was cut")
+    });
 }

@@ -21,12 +21,10 @@ fuzz_target!(|data: &[u8]| {
     let mut from_client = true;
     let mut events = 0usize;
     for chunk in rest.chunks(step) {
-        let r = if from_client {
-            decoder.client(chunk, &mut |_| events += 1)
-        } else {
-            decoder.upstream(chunk, &mut |_| events += 1)
-        };
-        if r.is_err() {
+        if decoder
+            .feed(from_client, chunk, &mut |_| events += 1)
+            .is_err()
+        {
             return;
         }
         from_client = !from_client;

@@ -19,9 +19,6 @@ use sha2::{Digest, Sha256};
 
 use crate::mask::{MaskCounts, Masker, TextMasker};
 
-/// Largest terminal recording of one command; it stops there (and says so).
-pub const LIMIT: u64 = 64 * 1024 * 1024;
-
 /// The asciicast v2 header line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Header {

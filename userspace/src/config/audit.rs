@@ -19,6 +19,7 @@ use serde::{Deserialize, Deserializer};
 ///     retention: { max_age: 90d, max_bytes: 10737418240 }
 ///     min_free_bytes: 67108864
 ///     on_full: refuse                    # refuse (default, fail closed) | allow
+///     recording_max_bytes: 67108864      # per terminal recording (SSH, Kubernetes exec)
 /// ```
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -48,6 +49,9 @@ pub struct AuditConfig {
     /// Bounded queue between sessions and the writer (records); a full queue makes senders
     /// wait.
     pub queue_capacity: usize,
+    /// Largest terminal recording of one command. An SSH recording stops there and says so; a
+    /// Kubernetes exec or attach stream is cut there (nothing it carries goes unrecorded).
+    pub recording_max_bytes: u64,
 }
 
 impl Default for AuditConfig {
@@ -64,6 +68,7 @@ impl Default for AuditConfig {
             min_free_bytes: 64 << 20,
             on_full: OnFull::Refuse,
             queue_capacity: 4096,
+            recording_max_bytes: 64 << 20,
         }
     }
 }

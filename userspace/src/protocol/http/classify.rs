@@ -33,11 +33,15 @@ pub struct Treatment {
     pub terminal: Option<Terminal>,
 }
 
-/// A terminal stream to record: what the recording is called.
+/// A terminal stream to record: what the recording is called, and what it may be.
 #[derive(Debug, Clone)]
 pub struct Terminal {
     /// The recording's title (the command, or what was attached to).
     pub title: String,
+    /// The WebSocket subprotocols the classifier's decoder reads: a client's offer is narrowed
+    /// to them (and its extensions dropped) before the request goes upstream, so that the
+    /// target cannot switch to a stream the gateway cannot record.
+    pub websocket_protocols: &'static [&'static str],
 }
 
 /// One thing a terminal stream carried, in order.
@@ -56,25 +60,21 @@ pub enum StreamEvent<'a> {
 
 /// Why a stream's framing cannot be read: the tunnel is cut (what it carries must be recorded).
 #[derive(Debug, thiserror::Error)]
-#[error("{side} stream framing: {why}")]
+#[error("{} stream framing: {why}", if *.from_client { "client" } else { "target" })]
 pub struct FramingError {
-    /// `client` or `target`.
-    pub side: &'static str,
+    /// Whose bytes they were.
+    pub from_client: bool,
+    /// What in them could not be read.
     pub why: String,
 }
 
 /// Reads an upgraded connection's framing as its bytes pass, never changing them, and reports
 /// the terminal events it completes. Memory stays bounded whatever either side sends.
 pub trait StreamDecoder: Send {
-    /// The client's next bytes.
-    fn client(
+    /// The next bytes from the client (`from_client`) or the target, in order.
+    fn feed(
         &mut self,
-        bytes: &[u8],
-        out: &mut dyn FnMut(StreamEvent<'_>),
-    ) -> Result<(), FramingError>;
-    /// The target's next bytes.
-    fn upstream(
-        &mut self,
+        from_client: bool,
         bytes: &[u8],
         out: &mut dyn FnMut(StreamEvent<'_>),
     ) -> Result<(), FramingError>;

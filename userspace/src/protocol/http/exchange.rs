@@ -16,14 +16,14 @@ use hyper::body::Incoming;
 use super::body::{self, AnswerBody, Capture, OwnAnswer, ProxyBody, RequestBody, Transform};
 use super::classify::{Head, Terminal};
 use super::record::ExchangeRecord;
-use super::{BODY_TIMEOUT, Conn, forward, upgrade};
+use super::{BODY_TIMEOUT, Conn, TokenCaller, forward, upgrade};
 use crate::approval::ReviewTrail;
 use crate::audit::{BodyRecord, CommandEvent};
 use crate::config::http::BinaryAnswers;
 use crate::gate::{self, Authenticator as _, Gate, Judge, Notice, Verdict};
 use crate::metrics::DenyReason;
 use crate::model::{Command, Decision, Facts, HttpBody, Identity, ReviewMode};
-use crate::recording::{self, Header, MaskedCast};
+use crate::recording::{Header, MaskedCast};
 
 /// Response header naming the approval request that released a held request.
 pub const APPROVAL_HEADER: &str = "x-airlock-approval";
@@ -338,6 +338,9 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
     let head_only = parts.method == Method::HEAD;
     let port = request_port(&parts);
     forward::strip_hop_by_hop(&mut parts.headers, upgrade_requested);
+    if upgrade_requested && let Some(terminal) = &treatment.terminal {
+        narrow_websocket_offer(&mut parts.headers, terminal.websocket_protocols);
+    }
     // The URI carries the name: Host on HTTP/1.1, `:authority` on HTTP/2 (never both).
     parts.headers.remove(header::HOST);
     if !mask.is_empty() {
@@ -729,16 +732,25 @@ async fn token_caller(conn: &Conn, headers: &HeaderMap) -> Result<Option<Arc<Ide
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim())
         .ok_or("the Authorization header is not a bearer token")?;
-    let mut cached = conn.token_caller.lock().await;
-    if let Some((t, id)) = cached.as_ref()
-        && t == token
-        && id
+    // The policy the identity was made under: a reload (another issuer, other groups) makes
+    // the token be verified again.
+    let verifier = conn.ctx.oidc.load_full();
+    let engine = conn.ctx.engine.load_full();
+    let now = std::time::SystemTime::now();
+    if let Ok(cached) = conn.token_caller.lock()
+        && let Some(c) = cached.as_ref()
+        && c.token == token
+        && Arc::ptr_eq(&c.verifier, &verifier)
+        && Arc::ptr_eq(&c.engine, &engine)
+        && c.identity
             .token
             .as_ref()
-            .is_some_and(|c| c.expires_at > std::time::SystemTime::now())
+            .is_some_and(|t| t.expires_at > now)
     {
-        return Ok(Some(Arc::clone(id)));
+        return Ok(Some(Arc::clone(&c.identity)));
     }
+    // Verified without the lock held: another request of the connection need not wait for a
+    // key fetch.
     let presented = gate::Presented {
         workload: conn.identity.workload.as_ref(),
         user: None,
@@ -750,7 +762,14 @@ async fn token_caller(conn: &Conn, headers: &HeaderMap) -> Result<Option<Arc<Ide
             .await
             .map_err(|e| format!("the bearer token was not accepted: {e}"))?,
     );
-    *cached = Some((token.to_owned(), Arc::clone(&identity)));
+    if let Ok(mut cached) = conn.token_caller.lock() {
+        *cached = Some(TokenCaller {
+            token: token.to_owned(),
+            identity: Arc::clone(&identity),
+            verifier,
+            engine,
+        });
+    }
     Ok(Some(identity))
 }
 
@@ -781,11 +800,38 @@ fn terminal_recording(
     let title = format!("{}: {}", conn.target.name, terminal.title);
     let header = Header::new(80, 24, Some(title), None);
     let path = dir.join(format!("{n}.cast"));
-    match MaskedCast::create(&path, &header, recording::LIMIT, &conn.masker) {
-        Ok(cast) => Ok(Some(upgrade::Recorded { decoder, cast })),
+    let limit = conn.ctx.config.load().daemon.audit.recording_max_bytes;
+    match MaskedCast::create(&path, &header, limit, &conn.masker) {
+        Ok(cast) => Ok(Some(upgrade::Recorded {
+            decoder,
+            cast,
+            limit,
+        })),
         Err(e) => Err(format!(
             "the session recording could not be created ({e}); the stream was not opened"
         )),
+    }
+}
+
+/// A terminal stream's WebSocket offer cut down to what its decoder reads: the subprotocols
+/// in `readable` (the client's order kept) and no extensions (compression would hide the
+/// frames). The target then switches to one the gateway records, or refuses.
+fn narrow_websocket_offer(headers: &mut HeaderMap, readable: &[&str]) {
+    headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+    let offered: Vec<String> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| readable.contains(p))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
+    if !offered.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&offered.join(", "))
+    {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
     }
 }
 

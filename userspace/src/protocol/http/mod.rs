@@ -76,10 +76,22 @@ pub struct Conn {
     pub classifier: Arc<dyn Classify>,
     /// The client's credential headers on this target.
     pub credential_headers: Vec<http::HeaderName>,
-    /// The last bearer token a request of this connection was identified by, and its caller.
-    pub token_caller: tokio::sync::Mutex<Option<(String, Arc<Identity>)>>,
+    /// The last bearer token a request of this connection was identified by.
+    pub token_caller: std::sync::Mutex<Option<TokenCaller>>,
     /// Dropped with the last exchange: the session waits for it before it closes.
     _inflight: tokio::sync::mpsc::Sender<()>,
+}
+
+/// A bearer token a connection verified, its caller, and the policy it was verified under.
+pub struct TokenCaller {
+    /// The token as the request carried it.
+    pub token: String,
+    /// Who it names.
+    pub identity: Arc<Identity>,
+    /// The verifier that accepted it.
+    pub verifier: Arc<crate::identity::oidc::OidcVerifier>,
+    /// The policy that made the identity (its groups).
+    pub engine: Arc<crate::policy::Engine>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -292,7 +304,7 @@ impl Start {
         let conn = Arc::new(Conn {
             masker: ctx.masker.load_full(),
             credential_headers: forward::credential_headers(&cfg),
-            token_caller: tokio::sync::Mutex::new(None),
+            token_caller: std::sync::Mutex::new(None),
             ctx: Arc::clone(&ctx),
             id,
             target: Arc::clone(&target),

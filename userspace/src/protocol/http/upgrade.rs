@@ -2,6 +2,8 @@
 //! are joined and their bytes counted for the exchange's record. The request itself was judged;
 //! a terminal stream (Kubernetes exec and attach) is also read as it passes, by the
 //! classifier's [`StreamDecoder`], and recorded as asciicast with its output and input masked.
+//! Such a stream never goes on unrecorded: one whose framing cannot be read, or whose
+//! recording fails or reaches its limit, is cut there.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,26 +21,44 @@ const CHUNK: usize = 64 * 1024;
 
 /// A terminal stream's recording: the decoder of its framing and the file it writes.
 pub struct Recorded {
+    /// Reads the stream's framing into terminal events.
     pub decoder: Box<dyn StreamDecoder>,
+    /// Where the events go, masked.
     pub cast: MaskedCast,
+    /// The file's size limit: the stream is cut when it is reached.
+    pub limit: u64,
+}
+
+/// Why a recorded stream is cut.
+#[derive(Debug, thiserror::Error)]
+enum TapError {
+    #[error(transparent)]
+    Framing(#[from] FramingError),
+    /// What passes from here on could not be recorded (the file is full, or writing failed):
+    /// the stream ends rather than go on unrecorded.
+    #[error("the recording {0}; the stream was cut")]
+    Recording(String),
 }
 
 /// What the recording of a tunnel ended with.
 struct Tap {
     decoder: Box<dyn StreamDecoder>,
-    /// `None` once writing it failed (it stops there, as an SSH recording does).
+    /// `None` once writing it failed.
     cast: Option<MaskedCast>,
     exit: Option<Result<(), String>>,
     failed: Option<String>,
+    limit: u64,
 }
 
 impl Tap {
-    fn feed(&mut self, from_client: bool, bytes: &[u8]) -> Result<(), FramingError> {
+    /// Records what `bytes` carry; an `Err` cuts the stream before they go on.
+    fn feed(&mut self, from_client: bool, bytes: &[u8]) -> Result<(), TapError> {
         let Tap {
             decoder,
             cast,
             exit,
             failed,
+            ..
         } = self;
         let mut on_event = |event: StreamEvent<'_>| {
             if let StreamEvent::Exit(e) = event {
@@ -55,16 +75,22 @@ impl Tap {
                 StreamEvent::Exit(_) => Ok(()),
             };
             if let Err(e) = written {
-                tracing::warn!(error = %e, "terminal recording failed; it stops here");
-                *failed = Some(format!("recording failed: {e}"));
+                tracing::warn!(error = %e, "terminal recording failed; the stream is cut");
+                *failed = Some(format!("failed: {e}"));
                 *cast = None;
             }
         };
-        if from_client {
-            decoder.client(bytes, &mut on_event)
-        } else {
-            decoder.upstream(bytes, &mut on_event)
+        decoder.feed(from_client, bytes, &mut on_event)?;
+        if let Some(why) = failed {
+            return Err(TapError::Recording(why.clone()));
         }
+        if self.cast.as_ref().is_some_and(MaskedCast::is_truncated) {
+            return Err(TapError::Recording(format!(
+                "reached its limit of {} bytes",
+                self.limit
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -89,6 +115,7 @@ pub async fn tunnel(
             cast: Some(r.cast),
             exit: None,
             failed: None,
+            limit: r.limit,
         })
     });
     let (client_rd, client_wr) = tokio::io::split(TokioIo::new(client));
@@ -108,7 +135,7 @@ pub async fn tunnel(
         let tap = tap.into_inner().unwrap_or_else(|p| p.into_inner());
         ended = tap.exit.is_some();
         if let Some(why) = tap.failed {
-            record.notes.push(why);
+            record.notes.push(format!("recording {why}"));
         }
         if let Some(cast) = tap.cast {
             let (summary, counts) = cast.finish();

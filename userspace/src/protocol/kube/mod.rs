@@ -49,6 +49,7 @@ impl Classify for KubeClassifier {
             .filter(|r| matches!(&*r.verb, "exec" | "attach"))
             .map(|r| Terminal {
                 title: Command::Kube(r).text().into_owned(),
+                websocket_protocols: &stream::CHANNEL_PROTOCOLS,
             });
         Treatment {
             json_lines: is_watch(head),

@@ -22,8 +22,9 @@ pub const MAX_MESSAGE: usize = 64 * 1024;
 /// Largest decompressed SPDY header block.
 const MAX_HEADERS: usize = 64 * 1024;
 
-/// The WebSocket subprotocols of the binary channel framing (one channel byte per message).
-const CHANNEL_PROTOCOLS: [&str; 5] = [
+/// The WebSocket subprotocols of the binary channel framing (one channel byte per message):
+/// what an exec or attach offer is narrowed to.
+pub const CHANNEL_PROTOCOLS: [&str; 5] = [
     "v5.channel.k8s.io",
     "v4.channel.k8s.io",
     "v3.channel.k8s.io",
@@ -202,13 +203,11 @@ struct WsDirection {
     remaining: u64,
     mask: Option<[u8; 4]>,
     mask_at: usize,
-    /// The current frame is a data frame (binary or its continuation), final or not.
+    /// The current frame is a data frame (a whole binary message).
     data: bool,
     fin: bool,
     /// The channel of the message being read (`None`: its first byte is still to come).
     channel: Option<Channel>,
-    /// Inside a fragmented data message.
-    in_message: bool,
 }
 
 /// Decodes the channel framing over WebSocket, both directions.
@@ -221,7 +220,7 @@ pub struct WebSocketChannels {
 }
 
 impl WebSocketChannels {
-    fn feed(
+    fn read(
         &mut self,
         from_client: bool,
         mut bytes: &[u8],
@@ -329,6 +328,11 @@ fn start_frame(dir: &mut WsDirection, from_client: bool) -> Result<(), String> {
             at += 8;
             let mut b = [0u8; 8];
             b.copy_from_slice(&head[2..10]);
+            // RFC 6455: the most significant bit is 0. Go's x/net reader (the API server's)
+            // drops it, so a length with it set would be read two ways.
+            if b[0] & 0x80 != 0 {
+                return Err("a 64-bit frame length with its top bit set".into());
+            }
             u64::from_be_bytes(b)
         }
         n => u64::from(n),
@@ -339,14 +343,15 @@ fn start_frame(dir: &mut WsDirection, from_client: bool) -> Result<(), String> {
     dir.fin = b0 & 0x80 != 0;
     dir.have = 0;
     dir.data = match opcode {
-        0 if dir.in_message => true,
-        0 => return Err("a continuation frame outside a message".into()),
-        2 if !dir.in_message => {
+        // The API server's WebSocket reader (Go's x/net) takes every frame as a message of its
+        // own, with a channel byte first: a fragmented message would be read two ways, and
+        // Kubernetes clients never send one.
+        0 => return Err("a fragmented message (continuation frame)".into()),
+        2 if !dir.fin => return Err("a fragmented message (a binary frame without FIN)".into()),
+        2 => {
             dir.channel = None;
-            dir.in_message = true;
             true
         }
-        2 => return Err("a new message inside a fragmented one".into()),
         1 => return Err("a text message on a binary channel protocol".into()),
         8..=10 if len > 125 || !dir.fin => return Err("a malformed control frame".into()),
         8..=10 => false,
@@ -363,7 +368,6 @@ fn end_frame(dir: &mut WsDirection, messages: &mut Messages, out: &mut dyn FnMut
     if !(dir.data && dir.fin) {
         return;
     }
-    dir.in_message = false;
     match dir.channel.take() {
         Some(Channel::Resize) => messages.resize_end(out),
         Some(Channel::Error) => messages.error_end(out),
@@ -372,26 +376,14 @@ fn end_frame(dir: &mut WsDirection, messages: &mut Messages, out: &mut dyn FnMut
 }
 
 impl StreamDecoder for WebSocketChannels {
-    fn client(
+    fn feed(
         &mut self,
+        from_client: bool,
         bytes: &[u8],
         out: &mut dyn FnMut(StreamEvent<'_>),
     ) -> Result<(), FramingError> {
-        self.feed(true, bytes, out).map_err(|why| FramingError {
-            side: "client",
-            why,
-        })
-    }
-
-    fn upstream(
-        &mut self,
-        bytes: &[u8],
-        out: &mut dyn FnMut(StreamEvent<'_>),
-    ) -> Result<(), FramingError> {
-        self.feed(false, bytes, out).map_err(|why| FramingError {
-            side: "target",
-            why,
-        })
+        self.read(from_client, bytes, out)
+            .map_err(|why| FramingError { from_client, why })
     }
 }
 
@@ -460,6 +452,14 @@ impl Default for SpdyStreams {
 }
 
 impl SpdyStreams {
+    fn dir(&mut self, from_client: bool) -> &mut SpdyDirection {
+        if from_client {
+            &mut self.client
+        } else {
+            &mut self.upstream
+        }
+    }
+
     /// A decoder for a connection that just switched to SPDY/3.1.
     pub fn new() -> Self {
         // A raw inflater primed with the dictionary as a stored block: back references into
@@ -484,18 +484,14 @@ impl SpdyStreams {
         }
     }
 
-    fn feed(
+    fn read(
         &mut self,
         from_client: bool,
         mut bytes: &[u8],
         out: &mut dyn FnMut(StreamEvent<'_>),
     ) -> Result<(), String> {
         while !bytes.is_empty() {
-            let dir = if from_client {
-                &mut self.client
-            } else {
-                &mut self.upstream
-            };
+            let dir = self.dir(from_client);
             if matches!(dir.frame, SpdyFrame::None) {
                 let take = (8 - dir.have).min(bytes.len());
                 dir.head[dir.have..dir.have + take].copy_from_slice(&bytes[..take]);
@@ -542,22 +538,18 @@ impl SpdyStreams {
             let (chunk, rest) = bytes.split_at(take);
             bytes = rest;
             dir.remaining -= take;
-            match &mut dir.frame {
-                SpdyFrame::Data { stream, .. } => {
-                    let channel = self.streams.get(stream).copied();
-                    if let Some(channel) = channel {
-                        self.messages.data(from_client, channel, chunk, out)?;
-                    }
+            let data_stream = match &mut dir.frame {
+                SpdyFrame::Data { stream, .. } => Some(*stream),
+                SpdyFrame::Control { payload, .. } => {
+                    payload.extend_from_slice(chunk);
+                    None
                 }
-                SpdyFrame::Control { payload, .. } => payload.extend_from_slice(chunk),
-                SpdyFrame::Skip | SpdyFrame::None => {}
-            }
-            let dir = if from_client {
-                &mut self.client
-            } else {
-                &mut self.upstream
+                SpdyFrame::Skip | SpdyFrame::None => None,
             };
-            if dir.remaining == 0 {
+            if let Some(channel) = data_stream.and_then(|s| self.streams.get(&s).copied()) {
+                self.messages.data(from_client, channel, chunk, out)?;
+            }
+            if self.dir(from_client).remaining == 0 {
                 self.end_frame(from_client, out)?;
             }
         }
@@ -570,12 +562,7 @@ impl SpdyStreams {
         from_client: bool,
         out: &mut dyn FnMut(StreamEvent<'_>),
     ) -> Result<(), String> {
-        let dir = if from_client {
-            &mut self.client
-        } else {
-            &mut self.upstream
-        };
-        match std::mem::take(&mut dir.frame) {
+        match std::mem::take(&mut self.dir(from_client).frame) {
             SpdyFrame::Data { stream, fin: true }
                 if !from_client && self.streams.get(&stream) == Some(&Channel::Error) =>
             {
@@ -655,49 +642,51 @@ fn stream_id(payload: &[u8]) -> u32 {
 }
 
 /// The `streamtype` of a SPDY/3 header block (count, then length-prefixed names and values).
+/// The block must be read to its last byte, as Go's framer reads it: it keeps what a block
+/// leaves over for the next, so leftover bytes would make the two readers disagree. A value is
+/// NUL-separated pieces, of which Go's `Header.Get` returns the first.
 fn stream_type(block: &[u8]) -> Result<Channel, String> {
     let mut at = 0usize;
-    let u32_at = |at: &mut usize| -> Result<usize, String> {
-        let b = block.get(*at..*at + 4).ok_or("a truncated header block")?;
-        *at += 4;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    let take = |at: &mut usize, n: usize| -> Result<&[u8], String> {
+        let end = at
+            .checked_add(n)
+            .filter(|&e| e <= block.len())
+            .ok_or("a truncated header block")?;
+        let piece = &block[*at..end];
+        *at = end;
+        Ok(piece)
     };
-    let count = u32_at(&mut at)?;
+    let len = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+    let count = len(take(&mut at, 4)?);
+    let mut channel = None;
     for _ in 0..count {
-        let n = u32_at(&mut at)?;
-        let name = block.get(at..at + n).ok_or("a truncated header name")?;
-        at += n;
-        let n = u32_at(&mut at)?;
-        let value = block.get(at..at + n).ok_or("a truncated header value")?;
-        at += n;
-        if name == b"streamtype" {
-            return Ok(Channel::from_stream_type(value));
+        let n = len(take(&mut at, 4)?);
+        let name = take(&mut at, n)?;
+        let n = len(take(&mut at, 4)?);
+        let value = take(&mut at, n)?;
+        if name.eq_ignore_ascii_case(b"streamtype") {
+            if channel.is_some() {
+                return Err("two streamtype headers".into());
+            }
+            let first = value.split(|&b| b == 0).next().unwrap_or_default();
+            channel = Some(Channel::from_stream_type(first));
         }
     }
-    Ok(Channel::Other)
+    if at != block.len() {
+        return Err("bytes after a header block's last header".into());
+    }
+    Ok(channel.unwrap_or(Channel::Other))
 }
 
 impl StreamDecoder for SpdyStreams {
-    fn client(
+    fn feed(
         &mut self,
+        from_client: bool,
         bytes: &[u8],
         out: &mut dyn FnMut(StreamEvent<'_>),
     ) -> Result<(), FramingError> {
-        self.feed(true, bytes, out).map_err(|why| FramingError {
-            side: "client",
-            why,
-        })
-    }
-
-    fn upstream(
-        &mut self,
-        bytes: &[u8],
-        out: &mut dyn FnMut(StreamEvent<'_>),
-    ) -> Result<(), FramingError> {
-        self.feed(false, bytes, out).map_err(|why| FramingError {
-            side: "target",
-            why,
-        })
+        self.read(from_client, bytes, out)
+            .map_err(|why| FramingError { from_client, why })
     }
 }
 
@@ -728,10 +717,10 @@ mod tests {
             StreamEvent::Exit(r) => seen.exits.push(r),
         };
         for chunk in client.chunks(step) {
-            decoder.client(chunk, &mut on)?;
+            decoder.feed(true, chunk, &mut on)?;
         }
         for chunk in server.chunks(step) {
-            decoder.upstream(chunk, &mut on)?;
+            decoder.feed(false, chunk, &mut on)?;
         }
         Ok(seen)
     }
@@ -762,9 +751,9 @@ mod tests {
 
     fn ws_exchange() -> (Vec<u8>, Vec<u8>) {
         let k = Some([0x12, 0x34, 0x56, 0x78]);
-        let mut client = ws_frame(false, 2, b"\x00echo ", k);
-        client.extend(ws_frame(true, 9, b"ping", k)); // a control frame between fragments
-        client.extend(ws_frame(true, 0, b"hi\n", k));
+        let mut client = ws_frame(true, 2, b"\x00echo ", k);
+        client.extend(ws_frame(true, 9, b"ping", k)); // a control frame between messages
+        client.extend(ws_frame(true, 2, b"\x00hi\n", k));
         client.extend(ws_frame(true, 2, b"\x04{\"Width\":100,\"Height\":30}", k));
         client.extend(ws_frame(true, 2, b"\xff\x00", k)); // v5: stdin closed
         let big = vec![b'x'; 70_000];
@@ -823,31 +812,34 @@ mod tests {
     #[test]
     fn websocket_framing_it_cannot_read_is_an_error() {
         let k = Some([1, 2, 3, 4]);
-        let cases: [(Vec<u8>, bool); 6] = [
+        // A 64-bit length with its top bit set: Go's reader drops the bit.
+        let mut huge = vec![0x82, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 5];
+        huge.extend_from_slice(&[1, 2, 3, 4]);
+        let cases: [(Vec<u8>, bool); 8] = [
             (ws_frame(true, 2, b"\x00ls", None), true), // unmasked client frame
             (ws_frame(true, 2, b"\x01ok", k), false),   // masked server frame
             (ws_frame(true, 1, b"\x00ls", k), true),    // text message
-            (ws_frame(true, 0, b"ls", k), true),        // continuation out of a message
+            (ws_frame(true, 0, b"ls", k), true),        // continuation frame
+            (ws_frame(false, 2, b"\x05", k), true),     // a fragment: the server reads it whole
             (vec![0xc2, 0x80, 0, 0, 0, 0], true),       // reserved bit (compression)
             (ws_frame(false, 9, b"p", k), true),        // fragmented control frame
+            (huge, true),
         ];
         for (frame, from_client) in cases {
             let mut d = WebSocketChannels::default();
-            let r = if from_client {
-                d.client(&frame, &mut |_| {})
-            } else {
-                d.upstream(&frame, &mut |_| {})
-            };
-            assert!(r.is_err(), "{frame:?}");
+            assert!(
+                d.feed(from_client, &frame, &mut |_| {}).is_err(),
+                "{frame:?}"
+            );
         }
-        // An error message without end stays bounded.
+        // An error message is bounded however long its frame says it is.
         let mut d = WebSocketChannels::default();
-        let head = ws_frame(false, 2, &[3u8; 1000], None);
-        let mut r = Ok(());
+        let mut frame = vec![0x82, 127];
+        frame.extend_from_slice(&(1u64 << 40).to_be_bytes());
+        frame.push(3);
+        let mut r = d.feed(false, &frame, &mut |_| {});
         for _ in 0..100 {
-            r = r.and(d.upstream(&head, &mut |_| {}));
-            let more = ws_frame(false, 0, &[b'x'; 1000], None);
-            r = r.and(d.upstream(&more, &mut |_| {}));
+            r = r.and(d.feed(false, &[b'x'; 1000], &mut |_| {}));
         }
         assert!(r.is_err());
     }
@@ -872,15 +864,57 @@ mod tests {
     fn spdy_framing_it_cannot_read_is_an_error() {
         // A header frame over the bound, another version, a block that is not deflate.
         let big = [0x80, 0x03, 0x00, 0x01, 0x00, 0x01, 0x00, 0x01];
-        assert!(SpdyStreams::new().client(&big, &mut |_| {}).is_err());
+        assert!(SpdyStreams::new().feed(true, &big, &mut |_| {}).is_err());
         let v2 = [0x80, 0x02, 0x00, 0x06, 0x00, 0x00, 0x00, 0x04, 0, 0, 0, 1];
-        assert!(SpdyStreams::new().client(&v2, &mut |_| {}).is_err());
+        assert!(SpdyStreams::new().feed(true, &v2, &mut |_| {}).is_err());
         let mut junk = vec![0x80, 0x03, 0x00, 0x01, 0x00, 0x00, 0x00, 20];
         junk.extend_from_slice(&[
             0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0x78, 0xbb, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
             0xff,
         ]);
-        assert!(SpdyStreams::new().client(&junk, &mut |_| {}).is_err());
+        assert!(SpdyStreams::new().feed(true, &junk, &mut |_| {}).is_err());
+    }
+
+    /// A header block's entries, as SPDY/3 lays them out (before compression).
+    fn block(headers: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut b = (headers.len() as u32).to_be_bytes().to_vec();
+        for (k, v) in headers {
+            b.extend_from_slice(&(k.len() as u32).to_be_bytes());
+            b.extend_from_slice(k);
+            b.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            b.extend_from_slice(v);
+        }
+        b
+    }
+
+    #[test]
+    fn spdy_stream_types_are_read_as_go_reads_them() {
+        // A value's first NUL-separated piece is the one Go's Header.Get returns.
+        assert_eq!(
+            stream_type(&block(&[(b"streamtype", b"stdin\0x")])),
+            Ok(Channel::Stdin)
+        );
+        assert_eq!(
+            stream_type(&block(&[(b"StreamType", b"resize")])),
+            Ok(Channel::Resize)
+        );
+        assert_eq!(stream_type(&block(&[(b"port", b"80")])), Ok(Channel::Other));
+        // Leftover bytes (Go would read them as the next block's start), two types, a
+        // length past the end: errors.
+        let mut leftover = block(&[(b"streamtype", b"error")]);
+        leftover.extend_from_slice(&[0, 0, 0, 1]);
+        assert!(stream_type(&leftover).is_err());
+        assert!(
+            stream_type(&block(&[
+                (b"streamtype", b"error"),
+                (b"streamtype", b"stdin")
+            ]))
+            .is_err()
+        );
+        let mut cut = block(&[(b"streamtype", b"stdout")]);
+        cut.truncate(cut.len() - 2);
+        assert!(stream_type(&cut).is_err());
+        assert!(stream_type(&[0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff]).is_err());
     }
 
     #[test]

@@ -476,7 +476,13 @@ impl ChannelTask {
             let created = MaskedCast::create(
                 &dir.join(format!("{n}.cast")),
                 &header,
-                crate::recording::LIMIT,
+                self.shared
+                    .ctx
+                    .config
+                    .load()
+                    .daemon
+                    .audit
+                    .recording_max_bytes,
                 &self.shared.masker,
             );
             match created {
