@@ -1,8 +1,8 @@
 """A test Kubernetes API server for tests/kube.rs (no real kube-apiserver can be installed on
 the test machines). It answers, as the real one does on the wire, the paths the tests drive:
-discovery (/version, /api, /api/v1, /apis), pods and secrets in namespaces (get, list with a
-metadata.name field selector, watch as a stream of the current objects' ADDED events, delete,
-a pod's log as text) and `Status` errors (404 NotFound, 405 for what it does not implement).
+discovery (/version, /api, /api/v1, /apis), namespaces (get, list), pods, secrets and
+configmaps in namespaces (get, list with a metadata.name field selector, watch as a stream of
+the current objects' ADDED events, delete, a pod's log as text) and `Status` errors (404 NotFound, 405 for what it does not implement).
 Aggregated discovery and Table answers are not served: clients fall back to the legacy
 documents and default columns, as they do against an API server without them. Protobuf is
 not served.
@@ -73,6 +73,17 @@ def pod(ns, name):
             {"name": "AWS_ACCESS_KEY_ID", "value": "AKIAIOSFODNN7EXAMPLE"},
         ]}]},
         "status": {"phase": "Running"},
+    }
+
+
+def namespace(name):
+    return {
+        "kind": "Namespace",
+        "apiVersion": "v1",
+        "metadata": {"name": name, "uid": f"uid-ns-{name}", "resourceVersion": "1",
+                     "creationTimestamp": "2026-12-01T00:00:00Z"},
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"},
     }
 
 
@@ -379,6 +390,18 @@ class Handler(BaseHTTPRequestHandler):
         if method == "GET" and path == "/apis":
             return 200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": []}
         parts = path.strip("/").split("/")
+        if method == "GET" and parts[:3] == ["api", "v1", "namespaces"] and len(parts) <= 4:
+            # Namespaces (cluster-scoped): the ones the stored objects live in, and kube-system.
+            names = sorted({n for store in STORE.values() for (n, _) in store} | {"kube-system"})
+            items = [namespace(n) for n in names]
+            if len(parts) == 4:
+                found = [o for o in items if o["metadata"]["name"] == parts[3]]
+                if not found:
+                    return status(404, "NotFound", f'namespaces "{parts[3]}" not found',
+                                  {"name": parts[3], "kind": "namespaces"})
+                return 200, found[0]
+            return 200, {"kind": "NamespaceList", "apiVersion": "v1",
+                         "metadata": {"resourceVersion": str(RV[0])}, "items": items}
         if parts[:2] == ["api", "v1"] and len(parts) >= 5 and parts[2] == "namespaces":
             ns, resource, rest = parts[3], parts[4], parts[5:]
             if resource in STORE:
