@@ -180,6 +180,9 @@ async fn pump(
                 .map_err(std::io::Error::other)?;
         }
         to.write_all(&buf[..n]).await?;
+        // A TLS writer may keep what it took until flushed: the last chunk of a stream would
+        // wait there for a write that never comes.
+        to.flush().await?;
         total.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
