@@ -557,7 +557,10 @@ fn secrets_are_masked_and_only_the_gateways_token_reaches_the_server() {
     // The test server sends no Table: kubectl prints its default columns.
     assert!(out.contains("web"), "{out}");
     let out = env.kubectl_ok("get namespaces");
-    assert!(out.contains("default") && out.contains("kube-system"), "{out}");
+    assert!(
+        out.contains("default") && out.contains("kube-system"),
+        "{out}"
+    );
     let (ok, _, err) = env.kubectl("get namespace nowhere");
     assert!(!ok && err.contains("not found"), "{err}");
 
