@@ -331,27 +331,11 @@ current-context: test
     }
 
     fn find_recording(&self, needle: &str) -> Option<(String, PathBuf)> {
-        let recordings = self.audit_dir().join("recordings");
-        for session in std::fs::read_dir(&recordings)
+        let cast = casts_containing(&self.audit_dir().join("recordings"), needle)
             .into_iter()
-            .flatten()
-            .flatten()
-        {
-            for cast in std::fs::read_dir(session.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let text = std::fs::read_to_string(cast.path()).unwrap_or_default();
-                if text.contains(needle) {
-                    return Some((
-                        session.file_name().to_string_lossy().into_owned(),
-                        cast.path(),
-                    ));
-                }
-            }
-        }
-        None
+            .next()?;
+        let session = cast.parent()?.file_name()?.to_string_lossy().into_owned();
+        Some((session, cast))
     }
 
     fn kubectl(&self, args: &str) -> (bool, String, String) {
@@ -982,18 +966,6 @@ fn port_forward_is_judged_then_tunnelled() {
     // Another pod's port-forward meets the default: refused, nothing reaches the server.
     let (ok, _, err) = env.kubectl(&format!("port-forward pod/y {}:{POD_PORT}", local + 1));
     assert!(!ok && err.contains("denied"), "{err}");
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

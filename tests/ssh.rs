@@ -18,11 +18,11 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::{
-    DB_ADDR, Daemon, PYTHON, Proc, TempDir, TestCgroup, Topology, airlock_bin, require_root, sh,
-    sh_ok, support_file, unique_id,
+    DB_ADDR, Daemon, PYTHON, Proc, TempDir, TestCgroup, Topology, airlock_bin, casts_containing,
+    require_root, sh, sh_ok, shell_quote, support_file, unique_id, wait_until,
 };
 
 const API_PORT: u16 = 7071;
@@ -421,17 +421,6 @@ fn denied_in_sessions_with(env: &Env, text: &str) -> u64 {
         .sum()
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
-}
-
 #[test]
 fn allowed_exec_runs_and_its_output_arrives() {
     let env = env();
@@ -486,27 +475,6 @@ fn exec_output_is_masked_live_where_the_rule_says_so() {
         || casts_containing(&recordings, "1,[REDACTED]").len() >= 2,
     );
     assert!(casts_containing(&recordings, "alice@example.com").is_empty());
-}
-
-/// Recordings whose text contains `needle`.
-fn casts_containing(recordings: &Path, needle: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for session in std::fs::read_dir(recordings)
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        for cast in std::fs::read_dir(session.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if std::fs::read_to_string(cast.path()).is_ok_and(|t| t.contains(needle)) {
-                out.push(cast.path());
-            }
-        }
-    }
-    out
 }
 
 #[test]
@@ -849,10 +817,6 @@ fn tmux_shell(env: &Env, socket: &str, keys: &[&str]) -> String {
         capture().contains("Connection to")
     });
     capture()
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 #[test]

@@ -350,3 +350,33 @@ impl Drop for Daemon {
             .output();
     }
 }
+
+/// Polls `f` every 100 ms until it holds; fails the test after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// `s` as one single-quoted shell word.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Terminal recordings (`<recordings>/<session>/<n>.cast`) whose text contains `needle`.
+pub fn casts_containing(recordings: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for session in fs::read_dir(recordings).into_iter().flatten().flatten() {
+        for cast in fs::read_dir(session.path()).into_iter().flatten().flatten() {
+            if fs::read_to_string(cast.path()).is_ok_and(|t| t.contains(needle)) {
+                out.push(cast.path());
+            }
+        }
+    }
+    out
+}
