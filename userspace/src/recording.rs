@@ -288,6 +288,11 @@ impl MaskedCast {
         self.writer.truncated
     }
 
+    /// The file's size limit.
+    pub fn limit(&self) -> u64 {
+        self.writer.limit
+    }
+
     /// Records terminal output.
     pub fn output(&mut self, data: &[u8]) -> io::Result<()> {
         self.buf.clear();

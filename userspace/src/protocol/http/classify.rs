@@ -33,11 +33,9 @@ pub struct Treatment {
     pub terminal: Option<Terminal>,
 }
 
-/// A terminal stream to record: what the recording is called, and what it may be.
+/// A terminal stream to record (titled with the command's text): what it may be.
 #[derive(Debug, Clone)]
 pub struct Terminal {
-    /// The recording's title (the command, or what was attached to).
-    pub title: String,
     /// The WebSocket subprotocols the classifier's decoder reads: a client's offer is narrowed
     /// to them (and its extensions dropped) before the request goes upstream, so that the
     /// target cannot switch to a stream the gateway cannot record.
@@ -94,8 +92,9 @@ pub trait Classify: Send + Sync + std::fmt::Debug + 'static {
         body: Option<HttpBody<'a>>,
     ) -> Result<Command<'a>, String>;
 
-    /// How the engine treats this request's answer (default: by its content type alone).
-    fn treatment(&self, _head: &Head<'_>) -> Treatment {
+    /// How the engine treats this request's answer (default: by its content type alone);
+    /// `command` is what [`command`](Self::command) made of it.
+    fn treatment(&self, _head: &Head<'_>, _command: &Command<'_>) -> Treatment {
         Treatment::default()
     }
 

@@ -194,11 +194,11 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
         }
     };
     let identity: &Identity = caller.as_deref().unwrap_or(&conn.identity);
-    let treatment = conn.classifier.treatment(&head);
     let command = match conn.classifier.command(&head, judged_body) {
         Ok(c) => c,
         Err(message) => return bad_request(record, &message),
     };
+    let treatment = conn.classifier.treatment(&head, &command);
     let text = command.text().into_owned();
 
     // Phase 4: judge, and hold.
@@ -403,8 +403,8 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
                 record,
             );
         };
-        let recorded = match terminal_recording(&conn, treatment.terminal.as_ref(), &resp, &record)
-        {
+        let terminal = treatment.terminal.as_ref();
+        let recorded = match terminal_recording(&conn, terminal, &text, &resp, &record) {
             Ok(r) => r,
             Err(why) => {
                 tracing::error!(session = conn.id, target = %conn.target.name, request = %record.line, why, "upgrade refused");
@@ -774,16 +774,16 @@ async fn token_caller(conn: &Conn, headers: &HeaderMap) -> Result<Option<Arc<Ide
 }
 
 /// The recording of a terminal stream the target switched to, when the session is recorded:
-/// its decoder and file. An `Err` refuses the upgrade (fail closed: a stream that must be
+/// its decoder and file, titled with the target and the command's text. An `Err` refuses the upgrade (fail closed: a stream that must be
 /// recorded is never relayed unrecorded).
 fn terminal_recording(
     conn: &Conn,
     terminal: Option<&Terminal>,
+    command: &str,
     answer: &Response<Incoming>,
     record: &ExchangeRecord,
 ) -> Result<Option<upgrade::Recorded>, String> {
-    let (Some(terminal), Some(n), Some(dir)) =
-        (terminal, record.command(), conn.audit.recordings_dir())
+    let (Some(_), Some(n), Some(dir)) = (terminal, record.command(), conn.audit.recordings_dir())
     else {
         return Ok(None);
     };
@@ -797,16 +797,12 @@ fn terminal_recording(
             "the target switched to {to}, a stream the gateway cannot record; refused"
         ));
     };
-    let title = format!("{}: {}", conn.target.name, terminal.title);
+    let title = format!("{}: {command}", conn.target.name);
     let header = Header::new(80, 24, Some(title), None);
     let path = dir.join(format!("{n}.cast"));
     let limit = conn.ctx.config.load().daemon.audit.recording_max_bytes;
     match MaskedCast::create(&path, &header, limit, &conn.masker) {
-        Ok(cast) => Ok(Some(upgrade::Recorded {
-            decoder,
-            cast,
-            limit,
-        })),
+        Ok(cast) => Ok(Some(upgrade::Recorded { decoder, cast })),
         Err(e) => Err(format!(
             "the session recording could not be created ({e}); the stream was not opened"
         )),

@@ -23,10 +23,8 @@ const CHUNK: usize = 64 * 1024;
 pub struct Recorded {
     /// Reads the stream's framing into terminal events.
     pub decoder: Box<dyn StreamDecoder>,
-    /// Where the events go, masked.
+    /// Where the events go, masked; the stream is cut when it reaches its limit.
     pub cast: MaskedCast,
-    /// The file's size limit: the stream is cut when it is reached.
-    pub limit: u64,
 }
 
 /// Why a recorded stream is cut.
@@ -47,7 +45,6 @@ struct Tap {
     cast: Option<MaskedCast>,
     exit: Option<Result<(), String>>,
     failed: Option<String>,
-    limit: u64,
 }
 
 impl Tap {
@@ -58,7 +55,6 @@ impl Tap {
             cast,
             exit,
             failed,
-            ..
         } = self;
         let mut on_event = |event: StreamEvent<'_>| {
             if let StreamEvent::Exit(e) = event {
@@ -84,10 +80,10 @@ impl Tap {
         if let Some(why) = failed {
             return Err(TapError::Recording(why.clone()));
         }
-        if self.cast.as_ref().is_some_and(MaskedCast::is_truncated) {
+        if let Some(c) = self.cast.as_ref().filter(|c| c.is_truncated()) {
             return Err(TapError::Recording(format!(
                 "reached its limit of {} bytes",
-                self.limit
+                c.limit()
             )));
         }
         Ok(())
@@ -115,7 +111,6 @@ pub async fn tunnel(
             cast: Some(r.cast),
             exit: None,
             failed: None,
-            limit: r.limit,
         })
     });
     let (client_rd, client_wr) = tokio::io::split(TokioIo::new(client));

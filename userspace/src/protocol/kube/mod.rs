@@ -42,13 +42,10 @@ impl Classify for KubeClassifier {
         Ok(Command::Kube(request(head)?))
     }
 
-    fn treatment(&self, head: &Head<'_>) -> Treatment {
-        // Exec and attach streams are recorded, titled with the command as judged.
-        let terminal = request(head)
-            .ok()
-            .filter(|r| matches!(&*r.verb, "exec" | "attach"))
-            .map(|r| Terminal {
-                title: Command::Kube(r).text().into_owned(),
+    fn treatment(&self, head: &Head<'_>, command: &Command<'_>) -> Treatment {
+        // Exec and attach streams are recorded.
+        let terminal = matches!(command, Command::Kube(r) if matches!(&*r.verb, "exec" | "attach"))
+            .then_some(Terminal {
                 websocket_protocols: &stream::CHANNEL_PROTOCOLS,
             });
         Treatment {

@@ -52,6 +52,29 @@ pub fn decoder(answer: &HeaderMap) -> Option<Box<dyn StreamDecoder>> {
     }
 }
 
+/// A protocol's framing, read one direction's bytes at a time; an `Err` says what could not be
+/// read. Every such reader is a [`StreamDecoder`].
+trait Framing: Send {
+    fn read(
+        &mut self,
+        from_client: bool,
+        bytes: &[u8],
+        out: &mut dyn FnMut(StreamEvent<'_>),
+    ) -> Result<(), String>;
+}
+
+impl<F: Framing> StreamDecoder for F {
+    fn feed(
+        &mut self,
+        from_client: bool,
+        bytes: &[u8],
+        out: &mut dyn FnMut(StreamEvent<'_>),
+    ) -> Result<(), FramingError> {
+        self.read(from_client, bytes, out)
+            .map_err(|why| FramingError { from_client, why })
+    }
+}
+
 /// What a channel (WebSocket) or stream (SPDY) carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Channel {
@@ -219,7 +242,7 @@ pub struct WebSocketChannels {
     scratch: Vec<u8>,
 }
 
-impl WebSocketChannels {
+impl Framing for WebSocketChannels {
     fn read(
         &mut self,
         from_client: bool,
@@ -375,18 +398,6 @@ fn end_frame(dir: &mut WsDirection, messages: &mut Messages, out: &mut dyn FnMut
     }
 }
 
-impl StreamDecoder for WebSocketChannels {
-    fn feed(
-        &mut self,
-        from_client: bool,
-        bytes: &[u8],
-        out: &mut dyn FnMut(StreamEvent<'_>),
-    ) -> Result<(), FramingError> {
-        self.read(from_client, bytes, out)
-            .map_err(|why| FramingError { from_client, why })
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // SPDY/3.1 streams
 
@@ -482,78 +493,6 @@ impl SpdyStreams {
             messages: Messages::default(),
             headers: Vec::new(),
         }
-    }
-
-    fn read(
-        &mut self,
-        from_client: bool,
-        mut bytes: &[u8],
-        out: &mut dyn FnMut(StreamEvent<'_>),
-    ) -> Result<(), String> {
-        while !bytes.is_empty() {
-            let dir = self.dir(from_client);
-            if matches!(dir.frame, SpdyFrame::None) {
-                let take = (8 - dir.have).min(bytes.len());
-                dir.head[dir.have..dir.have + take].copy_from_slice(&bytes[..take]);
-                dir.have += take;
-                bytes = &bytes[take..];
-                if dir.have < 8 {
-                    continue;
-                }
-                dir.have = 0;
-                let h = dir.head;
-                let len = u32::from_be_bytes([0, h[5], h[6], h[7]]) as usize;
-                let flags = h[4];
-                dir.remaining = len;
-                dir.frame = if h[0] & 0x80 == 0 {
-                    let stream = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
-                    SpdyFrame::Data {
-                        stream,
-                        fin: flags & FLAG_FIN != 0,
-                    }
-                } else {
-                    let version = u16::from_be_bytes([h[0] & 0x7f, h[1]]);
-                    if version != 3 {
-                        return Err(format!("SPDY version {version}"));
-                    }
-                    let kind = u16::from_be_bytes([h[2], h[3]]);
-                    if from_client && matches!(kind, SYN_STREAM | SYN_REPLY | HEADERS) {
-                        if len > MAX_CONTROL {
-                            return Err(format!("a header frame over {MAX_CONTROL} bytes"));
-                        }
-                        SpdyFrame::Control {
-                            kind,
-                            payload: Vec::with_capacity(len),
-                        }
-                    } else {
-                        SpdyFrame::Skip
-                    }
-                };
-                if len == 0 {
-                    self.end_frame(from_client, out)?;
-                }
-                continue;
-            }
-            let take = dir.remaining.min(bytes.len());
-            let (chunk, rest) = bytes.split_at(take);
-            bytes = rest;
-            dir.remaining -= take;
-            let data_stream = match &mut dir.frame {
-                SpdyFrame::Data { stream, .. } => Some(*stream),
-                SpdyFrame::Control { payload, .. } => {
-                    payload.extend_from_slice(chunk);
-                    None
-                }
-                SpdyFrame::Skip | SpdyFrame::None => None,
-            };
-            if let Some(channel) = data_stream.and_then(|s| self.streams.get(&s).copied()) {
-                self.messages.data(from_client, channel, chunk, out)?;
-            }
-            if self.dir(from_client).remaining == 0 {
-                self.end_frame(from_client, out)?;
-            }
-        }
-        Ok(())
     }
 
     /// A whole frame has passed.
@@ -678,15 +617,77 @@ fn stream_type(block: &[u8]) -> Result<Channel, String> {
     Ok(channel.unwrap_or(Channel::Other))
 }
 
-impl StreamDecoder for SpdyStreams {
-    fn feed(
+impl Framing for SpdyStreams {
+    fn read(
         &mut self,
         from_client: bool,
-        bytes: &[u8],
+        mut bytes: &[u8],
         out: &mut dyn FnMut(StreamEvent<'_>),
-    ) -> Result<(), FramingError> {
-        self.read(from_client, bytes, out)
-            .map_err(|why| FramingError { from_client, why })
+    ) -> Result<(), String> {
+        while !bytes.is_empty() {
+            let dir = self.dir(from_client);
+            if matches!(dir.frame, SpdyFrame::None) {
+                let take = (8 - dir.have).min(bytes.len());
+                dir.head[dir.have..dir.have + take].copy_from_slice(&bytes[..take]);
+                dir.have += take;
+                bytes = &bytes[take..];
+                if dir.have < 8 {
+                    continue;
+                }
+                dir.have = 0;
+                let h = dir.head;
+                let len = u32::from_be_bytes([0, h[5], h[6], h[7]]) as usize;
+                let flags = h[4];
+                dir.remaining = len;
+                dir.frame = if h[0] & 0x80 == 0 {
+                    let stream = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+                    SpdyFrame::Data {
+                        stream,
+                        fin: flags & FLAG_FIN != 0,
+                    }
+                } else {
+                    let version = u16::from_be_bytes([h[0] & 0x7f, h[1]]);
+                    if version != 3 {
+                        return Err(format!("SPDY version {version}"));
+                    }
+                    let kind = u16::from_be_bytes([h[2], h[3]]);
+                    if from_client && matches!(kind, SYN_STREAM | SYN_REPLY | HEADERS) {
+                        if len > MAX_CONTROL {
+                            return Err(format!("a header frame over {MAX_CONTROL} bytes"));
+                        }
+                        SpdyFrame::Control {
+                            kind,
+                            payload: Vec::with_capacity(len),
+                        }
+                    } else {
+                        SpdyFrame::Skip
+                    }
+                };
+                if len == 0 {
+                    self.end_frame(from_client, out)?;
+                }
+                continue;
+            }
+            let take = dir.remaining.min(bytes.len());
+            let (chunk, rest) = bytes.split_at(take);
+            bytes = rest;
+            dir.remaining -= take;
+            let data_stream = match &mut dir.frame {
+                SpdyFrame::Data { stream, .. } => Some(*stream),
+                SpdyFrame::Control { payload, .. } => {
+                    payload.extend_from_slice(chunk);
+                    None
+                }
+                SpdyFrame::Skip | SpdyFrame::None => None,
+            };
+            if let Some(channel) = data_stream.and_then(|s| self.streams.get(&s).copied()) {
+                self.messages.data(from_client, channel, chunk, out)?;
+            }
+            if self.dir(from_client).remaining == 0 {
+                self.end_frame(from_client, out)?;
+            }
+        }
+        Ok(())
     }
 }
 
