@@ -6,7 +6,7 @@
 # of the protected cgroup (daemon and client), which a busy machine disturbs less than
 # latency. Prints medians and per-round new/old ratios with the load average.
 #
-#   AIRLOCK_OLD=/tmp/main/airlock ROUNDS=8 CONNS=1000 bench/interception_ab.sh
+#   AIRLOCK_OLD=/tmp/main/airlock ROUNDS=8 CONNS=1000 [AUDIT=off] bench/interception_ab.sh
 # (after `cargo build --release -p airlock -p airlock-bench`; run as root.)
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -16,6 +16,8 @@ OLD=${AIRLOCK_OLD:?set AIRLOCK_OLD to the daemon binary to compare against}
 trap 'AIRLOCK=$NEW; lib_cleanup' EXIT
 setup_topology
 start_netbench_server
+# AUDIT=off compares the interception path alone (no audit log in either build).
+[ "${AUDIT:-on}" = off ] && DAEMON_EXTRA="  audit: { enabled: false }"
 { daemon_section; echo "targets:"; tcp_targets; cat <<YAML; } > "$WORK/tcp.yaml"
 rules:
   # Every connection to the benchmark service is allowed (a rule with no what block, so

@@ -2583,7 +2583,14 @@ async fn a_record_forged_during_a_hand_over_is_not_followed() {
         let Ok(mut s) = rec.admit_session() else {
             continue;
         };
-        let err = s.start(start_of(&id)).await.unwrap_err();
+        // The start is taken; the first command, awaited before it goes upstream, fails.
+        s.start(start_of(&id)).await.unwrap();
+        let decision = allow();
+        let (_, ack) = s
+            .command(read_event(&sql("SELECT 1 FROM orders"), &decision))
+            .await
+            .unwrap();
+        let err = ack.durable().await.unwrap_err();
         assert!(err.to_string().contains("no valid MAC"), "{err}");
     }
     let seg = segments(&t).pop().unwrap();

@@ -729,7 +729,10 @@ impl SessionRecorder {
         }
     }
 
-    /// Records the session's start and waits until it is acknowledged. Call once, first.
+    /// Records the session's start. Call once, first. It is not waited for: the session's
+    /// first command, awaited before it goes upstream, writes it too (records of a session
+    /// reach the file in order), and otherwise the batch sync does. An `Err` is a record that
+    /// could not be taken (queue closed, unencodable): refuse the session.
     pub async fn start(&mut self, s: SessionStart<'_>) -> Result<(), AuditError> {
         let workload = s.workload.or(s.identity.workload.as_ref());
         let rec = SessionStartRecord {
@@ -743,11 +746,8 @@ impl SessionRecorder {
             original_dst: s.original_dst.or(workload.and_then(|w| w.original_dst)),
             tls: s.tls,
         };
-        self.enqueue(Event::SessionStart(rec))
-            .await?
-            .durable()
-            .await
-            .map(drop)
+        let ack = self.enqueue(Event::SessionStart(rec)).await?;
+        ack.settled().await
     }
 
     /// Queues a command and its decision; returns its number in the session (for
@@ -854,12 +854,14 @@ impl SessionRecorder {
         })
     }
 
-    /// Records the session's end and waits until it is acknowledged. Its final hash joins
-    /// the global chain with this record.
+    /// Records the session's end; its final hash joins the global chain with this record.
+    /// Not waited for: nothing of the session is left to protect, so the record goes to the
+    /// file with the next awaited record of any session, or at the batch sync (a connection
+    /// that only opens and closes costs one write, not three).
     pub async fn end(mut self, e: SessionEnd) -> Result<(), AuditError> {
         self.ended = true;
         let event = self.end_event(e);
-        self.enqueue(event).await?.durable().await.map(drop)
+        self.enqueue(event).await?.settled().await
     }
 }
 
@@ -967,6 +969,15 @@ impl Ack {
             AckState::Queued(_) => false,
             AckState::Buffered { batch, .. } => matches!(batch.0.get(), Some(Ok(()))),
             AckState::Settled(r) => r.is_ok(),
+        }
+    }
+
+    /// Lets the record go without waiting for its write; returns an outcome known already
+    /// (a record that could not be encoded), as [`durable`](Self::durable) would.
+    async fn settled(self) -> Result<(), AuditError> {
+        match self.state {
+            AckState::Settled(_) => self.durable().await.map(drop),
+            AckState::Done | AckState::Queued(_) | AckState::Buffered { .. } => Ok(()),
         }
     }
 
