@@ -13,6 +13,7 @@
 #
 #   bench/console.sh                       # dev profile
 #   PROFILE=--release ROUNDS=7 BENCH_SECONDS=15 bench/console.sh
+#   REVIEWERS=0 PROFILE=--release bench/console.sh   # both arms alike: the harness's noise
 #
 # Writes bench/results/console-<date>.txt.
 set -euo pipefail

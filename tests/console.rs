@@ -922,7 +922,11 @@ fn bench_sse_reviewers_pgbench() {
                     listeners >= reviewers,
                     "only {listeners} reviewers connected"
                 );
-                assert!(streamed > 0, "the reviewers received nothing");
+                // REVIEWERS=0 runs the two arms alike: the harness's own noise.
+                assert!(
+                    streamed > 0 || reviewers == 0,
+                    "the reviewers received nothing"
+                );
                 with.push(tps);
                 cpu_with.push(per_tx);
                 reviewers_cpu.push(share);

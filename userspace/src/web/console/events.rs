@@ -1,59 +1,59 @@
 //! The live inbox: one hub per console listens to the approval store's change notifications
 //! (which also carry decisions made on other instances sharing the store), reads each changed
-//! request once, renders its row and encodes the event's data once, and fans the result out
-//! to every connected reviewer's `GET /events` stream (server-sent events): a reviewer's
-//! stream only copies the encoded text into its connection, the changes of 100 ms in one
-//! write. A reviewer who falls behind gets a fresh `reset` instead of a backlog, so memory per
-//! reviewer stays bounded.
+//! request once, renders its row, and sends the changes in batches at most every [`GATHER`],
+//! each encoded once as server-sent-event text. Every connected reviewer's `GET /events` stream writes that
+//! shared batch as it is: per reviewer, one wake-up and one write per batch, whatever the rate
+//! of changes. A reviewer who falls behind gets a fresh `reset` instead of a backlog, so memory
+//! per reviewer stays bounded.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use askama::Template;
-use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::Stream;
+use axum::body::{Body, Bytes};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use bytes::BytesMut;
 use tokio::sync::broadcast;
+use tokio::time::Instant;
 
 use super::views::{InboxRow, InboxRows, RowTemplate};
 use crate::approval::{Approvals, StoreEvent};
 
-/// Events a slow reviewer may fall behind by before it gets a reset instead.
-const HUB_CAPACITY: usize = 256;
+/// Batches a slow reviewer may fall behind by before it gets a reset instead.
+const HUB_CAPACITY: usize = 64;
 
-/// What the hub tells every reviewer: the event's name and its data, already encoded.
-#[derive(Debug, Clone)]
-pub struct HubEvent {
-    /// `upsert` (a pending request appeared or changed: `{id, html}` with its rendered row)
-    /// or `remove` (a request is no longer pending: `{id}`).
-    pub name: &'static str,
-    /// The event's JSON data, shared by every reviewer's stream.
-    pub data: Arc<str>,
+/// Batches go out at most this often: each costs every reviewer a wake-up and a write, and a
+/// busy inbox changes many times a second. A change after a quiet spell goes out at once; in a
+/// busy one it shows within this time.
+const GATHER: Duration = Duration::from_millis(500);
+
+/// A batch this large goes out before its time is up (memory stays bounded in a burst).
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// How often an idle stream sends a comment, so proxies and browsers keep it open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Appends one server-sent event (`event:` and one `data:` line per line of `data`).
+fn encode_event(out: &mut BytesMut, name: &str, data: &str) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\n");
+    for line in data.split('\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\n");
+    }
+    out.extend_from_slice(b"\n");
 }
 
-impl HubEvent {
-    fn upsert(id: &str, html: &str) -> Self {
-        let data = serde_json::json!({ "id": id, "html": html }).to_string();
-        HubEvent {
-            name: "upsert",
-            data: data.into(),
-        }
-    }
-
-    fn remove(id: &str) -> Self {
-        let data = serde_json::json!({ "id": id }).to_string();
-        HubEvent {
-            name: "remove",
-            data: data.into(),
-        }
-    }
-}
-
-/// The fan-out point of inbox changes.
+/// The fan-out point of inbox changes: batches of encoded `upsert` (`{id, html}`: a pending
+/// request appeared or changed, with its rendered row) and `remove` (`{id}`: a request is no
+/// longer pending) events.
 #[derive(Debug, Clone)]
 pub struct Hub {
-    tx: broadcast::Sender<HubEvent>,
+    tx: broadcast::Sender<Bytes>,
 }
 
 impl Hub {
@@ -65,8 +65,26 @@ impl Hub {
         let weak = Arc::downgrade(&svc);
         drop(svc);
         tokio::spawn(async move {
+            let mut batch = BytesMut::new();
+            // When the batch being gathered goes out (`None`: nothing gathered).
+            let mut due: Option<Instant> = None;
+            let now = Instant::now();
+            let mut last_sent = now.checked_sub(GATHER).unwrap_or(now);
             loop {
-                let id = match changes.recv().await {
+                let change = match due {
+                    Some(at) => tokio::select! {
+                        c = changes.recv() => c,
+                        () = tokio::time::sleep_until(at) => {
+                            due = None;
+                            last_sent = Instant::now();
+                            // No reviewer connected is fine.
+                            let _ = tx.send(batch.split().freeze());
+                            continue;
+                        }
+                    },
+                    None => changes.recv().await,
+                };
+                let id = match change {
                     Ok(StoreEvent::Changed(id)) => id,
                     Ok(StoreEvent::Down(_)) => continue,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -76,33 +94,18 @@ impl Hub {
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
                 let Some(svc) = weak.upgrade() else { return };
-                let event = match svc.store().get(&id).await {
-                    Ok(Some(mut req)) => {
-                        req.tick(crate::approval::now_ms());
-                        if req.is_pending() {
-                            match (RowTemplate {
-                                row: &InboxRow::from(&req),
-                            })
-                            .render()
-                            {
-                                Ok(html) => HubEvent::upsert(&id, &html.replace('\r', "&#13;")),
-                                Err(error) => {
-                                    tracing::warn!(%error, "rendering an inbox row");
-                                    continue;
-                                }
-                            }
-                        } else {
-                            HubEvent::remove(&id)
-                        }
-                    }
-                    Ok(None) => HubEvent::remove(&id),
-                    Err(error) => {
-                        tracing::debug!(%error, request = %id, "console hub: store read failed");
-                        continue;
-                    }
-                };
-                // No reviewer connected is fine.
-                let _ = tx.send(event);
+                if !encode_change(&svc, &id, &mut batch).await {
+                    continue;
+                }
+                if batch.len() >= MAX_BATCH_BYTES {
+                    due = None;
+                    last_sent = Instant::now();
+                    let _ = tx.send(batch.split().freeze());
+                } else if due.is_none() {
+                    // The first change after a quiet spell goes out at once; in a busy spell
+                    // changes wait for the next batch.
+                    due = Some(Instant::now().max(last_sent + GATHER));
+                }
             }
         });
         hub
@@ -110,13 +113,53 @@ impl Hub {
 
     /// A new reviewer's receiver (subscribe before reading the snapshot, so nothing falls
     /// between the two).
-    pub fn subscribe(&self) -> broadcast::Receiver<HubEvent> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Bytes> {
         self.tx.subscribe()
     }
 
     /// Reviewers connected now.
     pub fn listeners(&self) -> usize {
         self.tx.receiver_count()
+    }
+}
+
+/// Reads request `id` and appends its event to `batch`; `false` when there is nothing to send
+/// (the store read or the rendering failed: logged).
+async fn encode_change(svc: &Approvals, id: &str, batch: &mut BytesMut) -> bool {
+    match svc.store().get(id).await {
+        Ok(Some(mut req)) => {
+            req.tick(crate::approval::now_ms());
+            if !req.is_pending() {
+                let data = serde_json::json!({ "id": id }).to_string();
+                encode_event(batch, "remove", &data);
+                return true;
+            }
+            match (RowTemplate {
+                row: &InboxRow::from(&req),
+            })
+            .render()
+            {
+                Ok(html) => {
+                    let html = html.replace('\r', "&#13;");
+                    let data = serde_json::json!({ "id": id, "html": html }).to_string();
+                    encode_event(batch, "upsert", &data);
+                    true
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "rendering an inbox row");
+                    false
+                }
+            }
+        }
+        Ok(None) => {
+            let data = serde_json::json!({ "id": id }).to_string();
+            encode_event(batch, "remove", &data);
+            true
+        }
+        Err(error) => {
+            tracing::debug!(%error, request = %id, "console hub: store read failed");
+            false
+        }
     }
 }
 
@@ -139,88 +182,74 @@ pub async fn snapshot(svc: &Approvals) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-async fn reset(svc: &Approvals) -> Event {
+async fn reset(svc: &Approvals) -> Bytes {
+    let mut out = BytesMut::new();
     match snapshot(svc).await {
-        Ok(html) => Event::default().event("reset").data(html),
-        Err(e) => Event::default().event("failed").data(e.replace('\r', " ")),
+        Ok(html) => encode_event(&mut out, "reset", &html),
+        Err(e) => encode_event(&mut out, "failed", &e.replace('\r', " ")),
     }
+    out.freeze()
 }
 
-enum Step {
-    /// Send the full list first (and again after falling behind).
-    Reset,
-    Next,
-}
-
-/// How long a reviewer's stream gathers changes before it writes them: each write to each
-/// reviewer costs a send and a wake-up, a busy inbox changes many times a second, and a
-/// change still shows well within a second.
-const GATHER: Duration = Duration::from_millis(100);
-
-/// The next event of a reviewer's stream, with the changes that arrived within [`GATHER`] of
-/// it queued behind it (written together). `None`: the hub is gone.
-async fn next_batch(
-    rx: &mut broadcast::Receiver<HubEvent>,
-    svc: &Approvals,
-    queued: &mut VecDeque<Event>,
-) -> Option<Event> {
-    let encode = |HubEvent { name, data }: HubEvent| Event::default().event(name).data(&*data);
-    let first = match rx.recv().await {
-        Ok(event) => encode(event),
-        Err(broadcast::error::RecvError::Lagged(_)) => {
+/// What a reviewer's stream writes next; `None` ends it (the hub is gone).
+async fn next_write(rx: &mut broadcast::Receiver<Bytes>, svc: &Approvals) -> Option<Bytes> {
+    match tokio::time::timeout(KEEP_ALIVE, rx.recv()).await {
+        Err(_) => Some(Bytes::from_static(b":\n\n")),
+        Ok(Ok(batch)) => Some(batch),
+        Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
             // Start over from the store rather than queue a backlog.
             *rx = rx.resubscribe();
-            return Some(reset(svc).await);
+            Some(reset(svc).await)
         }
-        Err(broadcast::error::RecvError::Closed) => return None,
-    };
-    tokio::time::sleep(GATHER).await;
-    loop {
-        match rx.try_recv() {
-            Ok(event) => queued.push_back(encode(event)),
-            Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                queued.clear();
-                *rx = rx.resubscribe();
-                return Some(reset(svc).await);
-            }
-            // Closed: the next receive ends the stream.
-            Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed) => {
-                return Some(first);
-            }
-        }
+        Ok(Err(broadcast::error::RecvError::Closed)) => None,
     }
 }
 
-/// The SSE stream of one reviewer: `reset` (the rows as HTML), then `upsert` (`{id, html}`)
-/// and `remove` (`{id}`), gathered over [`GATHER`] into one write. `alive` is asked before
-/// each write: once the reviewer's session has ended (logout, expiry) the stream ends instead
-/// of sending more.
-pub fn stream<F>(
-    hub: &Hub,
-    svc: Arc<Approvals>,
-    alive: F,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>> + use<F>>
+/// The SSE stream of one reviewer: `reset` (the rows as HTML), then the hub's batches of
+/// `upsert` and `remove` events. `alive` is asked before each write: once the reviewer's
+/// session has ended (logout, expiry) the stream ends instead of sending more.
+pub fn stream<F>(hub: &Hub, svc: Arc<Approvals>, alive: F) -> Response
 where
     F: Fn() -> bool + Send + Sync + 'static,
 {
     let rx = hub.subscribe();
-    let alive = Arc::new(alive);
     let s = futures_util::stream::unfold(
-        (rx, svc, alive, Step::Reset, VecDeque::new()),
-        |(mut rx, svc, alive, step, mut queued)| async move {
-            // The rest of a batch goes out right behind its first event, in the same write.
-            if let Some(event) = queued.pop_front() {
-                return Some((Ok(event), (rx, svc, alive, Step::Next, queued)));
-            }
-            let event = match step {
-                Step::Reset => reset(&svc).await,
-                Step::Next => next_batch(&mut rx, &svc, &mut queued).await?,
+        (rx, svc, alive, true),
+        |(mut rx, svc, alive, first)| async move {
+            let bytes = if first {
+                reset(&svc).await
+            } else {
+                next_write(&mut rx, &svc).await?
             };
             if !alive() {
                 return None;
             }
-            Some((Ok(event), (rx, svc, alive, Step::Next, queued)))
+            Some((Ok::<_, Infallible>(bytes), (rx, svc, alive, false)))
         },
     );
-    Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(s),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_has_a_data_line_per_line_and_ends_with_a_blank_line() {
+        let mut out = BytesMut::new();
+        encode_event(&mut out, "reset", "<tr>\n<td>a</td>\n</tr>");
+        encode_event(&mut out, "remove", r#"{"id":"r1"}"#);
+        assert_eq!(
+            &out[..],
+            b"event: reset\ndata: <tr>\ndata: <td>a</td>\ndata: </tr>\n\n\
+              event: remove\ndata: {\"id\":\"r1\"}\n\n"
+        );
+    }
 }
