@@ -193,6 +193,11 @@ impl Env {
         };
         let bpffs = PathBuf::from(format!("/sys/fs/bpf/airlock-test-{}", topo.id));
         let srv_s = srv.display();
+        // AES-CTR left out (`clients_get_only_the_configured_ciphers`); the benchmark may
+        // offer another list (SSH_BENCH_CIPHERS, comma-separated).
+        let ciphers = std::env::var("SSH_BENCH_CIPHERS").unwrap_or_else(|_| {
+            "chacha20-poly1305@openssh.com, aes256-gcm@openssh.com, aes128-gcm@openssh.com".into()
+        });
         let yaml = format!(
             "daemon:
   cgroup: {cg}
@@ -209,6 +214,7 @@ targets:
       user: root
       host_keys: [\"{host_pub}\"]
       names: [web.test]
+      ciphers: [{ciphers}]
 identities:
   - name: test-clients
     workload: {{cgroups: [\"{clients_cgroup}\"]}}
@@ -1269,6 +1275,28 @@ fn host_trust_is_the_cert_authority_line_and_nothing_else() {
         None,
     );
     assert_ne!(r.code, Some(0), "{r:?}");
+}
+
+/// The target offers its clients only the ciphers its config lists: ChaCha20-Poly1305
+/// (OpenSSH's first choice) and AES-GCM here, not AES-CTR.
+#[test]
+fn clients_get_only_the_configured_ciphers() {
+    let env = env();
+    for (cipher, offered) in [
+        ("chacha20-poly1305@openssh.com", true),
+        ("aes256-gcm@openssh.com", true),
+        ("aes128-gcm@openssh.com", true),
+        ("aes128-ctr", false),
+    ] {
+        let r = env.client(
+            &format!("ssh {} -c {cipher} root@{DB_ADDR} true", env.ssh_opts()),
+            None,
+        );
+        assert_eq!(r.ok(), offered, "{cipher}: {r:?}");
+        if !offered {
+            assert!(r.stderr.contains("no matching cipher"), "{cipher}: {r:?}");
+        }
+    }
 }
 
 #[test]

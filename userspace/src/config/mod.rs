@@ -293,7 +293,25 @@ pub struct SshTarget {
     /// Most channels (shells, commands, file transfers) one client connection may have open.
     #[serde(default = "default_ssh_max_channels")]
     pub max_channels: usize,
+    /// Ciphers offered to clients, from [`SSH_CIPHERS`] (default: all of them). A client takes
+    /// the first of its own list that is offered, so OpenSSH uses ChaCha20-Poly1305 unless it
+    /// is left out; `[aes256-gcm@openssh.com, aes128-gcm@openssh.com]` makes bulk transfers
+    /// cheaper for the gateway (AES-GCM runs on AES-NI), for clients that speak AES-GCM
+    /// (OpenSSH 6.2+, Paramiko 3.5+, asyncssh).
+    #[serde(default)]
+    pub ciphers: Vec<String>,
 }
+
+/// The ciphers an SSH target may offer its clients (the AEAD and CTR modes; never `none` or
+/// CBC).
+pub const SSH_CIPHERS: &[&str] = &[
+    "chacha20-poly1305@openssh.com",
+    "aes256-gcm@openssh.com",
+    "aes128-gcm@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+];
 
 fn default_ssh_cert_ttl() -> policy::DurationSpec {
     policy::DurationSpec(std::time::Duration::from_secs(300))
@@ -533,6 +551,16 @@ fn validate_ssh(ssh: &SshTarget) -> Result<(), (String, String)> {
     }
     if ssh.max_channels == 0 {
         return err("max_channels", "must be at least 1".into());
+    }
+    if let Some(c) = ssh
+        .ciphers
+        .iter()
+        .find(|c| !SSH_CIPHERS.contains(&c.as_str()))
+    {
+        return err(
+            "ciphers",
+            format!("`{c}` is not one of {}", SSH_CIPHERS.join(", ")),
+        );
     }
     if ssh
         .names
@@ -848,6 +876,34 @@ mod tests {
             .to_string();
         assert!(err.starts_with("x.yaml:3:"), "{err}");
         assert!(err.contains("protocl"), "{err}");
+    }
+
+    #[test]
+    fn ssh_ciphers_are_checked_against_the_offerable_ones() {
+        let target = |ciphers: &str| {
+            format!(
+                "targets:\n  - name: web\n    protocol: ssh\n    addresses: [\"198.18.0.2/32\"]\n    ports: [22]\n    ssh:\n      user: root\n      host_ca: \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\"\n      ciphers: [{ciphers}]\n"
+            )
+        };
+        let c = Config::parse(
+            Path::new("x.yaml"),
+            &target("aes256-gcm@openssh.com, aes128-gcm@openssh.com"),
+        )
+        .unwrap();
+        let ssh = c.targets[0].ssh.as_ref().unwrap();
+        assert_eq!(
+            ssh.ciphers,
+            ["aes256-gcm@openssh.com", "aes128-gcm@openssh.com"]
+        );
+        for bad in ["none", "aes128-cbc", "3des-cbc", "chacha20"] {
+            let err = Config::parse(Path::new("x.yaml"), &target(bad))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("ssh.ciphers") && err.contains(&format!("`{bad}` is not one of")),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

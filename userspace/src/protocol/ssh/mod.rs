@@ -151,7 +151,19 @@ impl Shared {
 /// The server configuration for one connection: the host identity for this target.
 fn server_config(target: &TargetConfig, authority: &Authority) -> Result<server::Config, SshError> {
     let host = authority.host_identity(target)?;
+    let mut preferred = russh::Preferred::default();
+    let ciphers = target.ssh.as_ref().map_or(&[][..], |s| &s.ciphers[..]);
+    if !ciphers.is_empty() {
+        // Validated at load: every name is one russh knows.
+        preferred.cipher = std::borrow::Cow::Owned(
+            ciphers
+                .iter()
+                .filter_map(|c| russh::cipher::Name::try_from(c.as_str()).ok())
+                .collect(),
+        );
+    }
     Ok(server::Config {
+        preferred,
         server_id: russh::SshId::Standard(std::borrow::Cow::Borrowed("SSH-2.0-airlock")),
         methods: MethodSet::from(
             &[

@@ -142,8 +142,21 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-/// The client configuration: the server's window and packet sizes as OpenSSH uses them, and
-/// certificate host key algorithms when a host CA is pinned.
+/// Ciphers towards the server, fastest first: here the gateway chooses (the client side's
+/// choice is the client's). ring's AES-GCM runs on AES-NI and carry-less multiply, several
+/// times the speed of its ChaCha20-Poly1305 (whose Poly1305 is portable C): on a bulk sftp
+/// transfer the two ciphers were over half the gateway's CPU with ChaCha20 on both legs.
+const UPSTREAM_CIPHERS: &[russh::cipher::Name] = &[
+    russh::cipher::AES_256_GCM,
+    russh::cipher::AES_128_GCM,
+    russh::cipher::CHACHA20_POLY1305,
+    russh::cipher::AES_256_CTR,
+    russh::cipher::AES_192_CTR,
+    russh::cipher::AES_128_CTR,
+];
+
+/// The client configuration: the server's window and packet sizes as OpenSSH uses them, AES-GCM
+/// first, and certificate host key algorithms when a host CA is pinned.
 fn config(trust: &HostTrust) -> client::Config {
     let mut c = client::Config {
         window_size: super::WINDOW_SIZE,
@@ -154,6 +167,7 @@ fn config(trust: &HostTrust) -> client::Config {
         keepalive_interval: Some(Duration::from_secs(60)),
         ..Default::default()
     };
+    c.preferred.cipher = std::borrow::Cow::Borrowed(UPSTREAM_CIPHERS);
     if let HostTrust::Ca { .. } = trust {
         c.preferred.host_key_certificates = std::borrow::Cow::Owned(vec![
             Algorithm::Ed25519,
