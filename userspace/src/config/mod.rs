@@ -293,9 +293,9 @@ pub struct SshTarget {
     /// Most channels (shells, commands, file transfers) one client connection may have open.
     #[serde(default = "default_ssh_max_channels")]
     pub max_channels: usize,
-    /// Ciphers offered to clients, from [`SSH_CIPHERS`] (default: all of them). A client takes
-    /// the first of its own list that is offered, so OpenSSH uses ChaCha20-Poly1305 unless it
-    /// is left out; `[aes256-gcm@openssh.com, aes128-gcm@openssh.com]` makes bulk transfers
+    /// Ciphers offered to clients, from [`SSH_CIPHERS`] (default: all of them, in that
+    /// order). A client takes the first of its own list that is offered, so OpenSSH uses
+    /// ChaCha20-Poly1305 unless it is left out; `[aes256-gcm@openssh.com, aes128-gcm@openssh.com]` makes bulk transfers
     /// cheaper for the gateway (AES-GCM runs on AES-NI), for clients that speak AES-GCM
     /// (OpenSSH 6.2+, Paramiko 3.5+, asyncssh).
     #[serde(default)]
@@ -895,6 +895,10 @@ mod tests {
             ssh.ciphers,
             ["aes256-gcm@openssh.com", "aes128-gcm@openssh.com"]
         );
+        // Every offerable name is one the SSH library implements (none is dropped silently).
+        for name in SSH_CIPHERS {
+            assert!(russh::cipher::Name::try_from(*name).is_ok(), "{name}");
+        }
         for bad in ["none", "aes128-cbc", "3des-cbc", "chacha20"] {
             let err = Config::parse(Path::new("x.yaml"), &target(bad))
                 .unwrap_err()

@@ -152,16 +152,19 @@ impl Shared {
 fn server_config(target: &TargetConfig, authority: &Authority) -> Result<server::Config, SshError> {
     let host = authority.host_identity(target)?;
     let mut preferred = russh::Preferred::default();
-    let ciphers = target.ssh.as_ref().map_or(&[][..], |s| &s.ciphers[..]);
-    if !ciphers.is_empty() {
-        // Validated at load: every name is one russh knows.
-        preferred.cipher = std::borrow::Cow::Owned(
-            ciphers
-                .iter()
-                .filter_map(|c| russh::cipher::Name::try_from(c.as_str()).ok())
-                .collect(),
-        );
-    }
+    let listed = target.ssh.as_ref().map_or(&[][..], |s| &s.ciphers[..]);
+    let ciphers: Vec<&str> = if listed.is_empty() {
+        crate::config::SSH_CIPHERS.to_vec()
+    } else {
+        listed.iter().map(String::as_str).collect()
+    };
+    // Validated at load: every name is one russh knows.
+    preferred.cipher = std::borrow::Cow::Owned(
+        ciphers
+            .into_iter()
+            .filter_map(|c| russh::cipher::Name::try_from(c).ok())
+            .collect(),
+    );
     Ok(server::Config {
         preferred,
         server_id: russh::SshId::Standard(std::borrow::Cow::Borrowed("SSH-2.0-airlock")),

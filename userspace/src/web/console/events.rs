@@ -1,9 +1,9 @@
 //! The live inbox: one hub per console listens to the approval store's change notifications
 //! (which also carry decisions made on other instances sharing the store), reads each changed
 //! request once, renders its row, and sends the changes in batches at most every [`GATHER`],
-//! each encoded once as server-sent-event text. Every connected reviewer's `GET /events` stream writes that
-//! shared batch as it is: per reviewer, one wake-up and one write per batch, whatever the rate
-//! of changes. A reviewer who falls behind gets a fresh `reset` instead of a backlog, so memory
+//! each encoded once as server-sent-event text. Every connected reviewer's `GET /events`
+//! stream writes that shared batch as it is: per reviewer, one wake-up and one write per
+//! batch, whatever the rate of changes. A reviewer who falls behind gets a fresh `reset` instead of a backlog, so memory
 //! per reviewer stays bounded.
 
 use std::convert::Infallible;
@@ -126,38 +126,35 @@ impl Hub {
 /// Reads request `id` and appends its event to `batch`; `false` when there is nothing to send
 /// (the store read or the rendering failed: logged).
 async fn encode_change(svc: &Approvals, id: &str, batch: &mut BytesMut) -> bool {
-    match svc.store().get(id).await {
+    let pending = match svc.store().get(id).await {
         Ok(Some(mut req)) => {
             req.tick(crate::approval::now_ms());
-            if !req.is_pending() {
-                let data = serde_json::json!({ "id": id }).to_string();
-                encode_event(batch, "remove", &data);
-                return true;
-            }
-            match (RowTemplate {
-                row: &InboxRow::from(&req),
-            })
-            .render()
-            {
-                Ok(html) => {
-                    let html = html.replace('\r', "&#13;");
-                    let data = serde_json::json!({ "id": id, "html": html }).to_string();
-                    encode_event(batch, "upsert", &data);
-                    true
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "rendering an inbox row");
-                    false
-                }
-            }
+            req.is_pending().then_some(req)
         }
-        Ok(None) => {
-            let data = serde_json::json!({ "id": id }).to_string();
-            encode_event(batch, "remove", &data);
+        Ok(None) => None,
+        Err(error) => {
+            tracing::debug!(%error, request = %id, "console hub: store read failed");
+            return false;
+        }
+    };
+    let Some(req) = pending else {
+        let data = serde_json::json!({ "id": id }).to_string();
+        encode_event(batch, "remove", &data);
+        return true;
+    };
+    match (RowTemplate {
+        row: &InboxRow::from(&req),
+    })
+    .render()
+    {
+        Ok(html) => {
+            let html = html.replace('\r', "&#13;");
+            let data = serde_json::json!({ "id": id, "html": html }).to_string();
+            encode_event(batch, "upsert", &data);
             true
         }
         Err(error) => {
-            tracing::debug!(%error, request = %id, "console hub: store read failed");
+            tracing::warn!(%error, "rendering an inbox row");
             false
         }
     }
