@@ -2576,6 +2576,10 @@ async fn a_record_forged_during_a_hand_over_is_not_followed() {
     let new = Recorder::open_shared(&cfg, t.path()).unwrap();
     session(&new, "new-before", "demo-db", 1).await;
     session(&old, "old-draining", "demo-db", 1).await;
+    // Session ends are not waited for: have both written before the file is rewritten with
+    // the forged line (the rewrite would race a concurrent append).
+    new.flush().await.unwrap();
+    old.flush().await.unwrap();
     let forged = forge_append(&t, None);
     let forged_seq = serde_json::from_str::<Record>(&forged).unwrap().seq;
     for rec in [&new, &old] {
