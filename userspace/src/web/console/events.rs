@@ -72,8 +72,9 @@ impl Hub {
             let mut last_sent = now.checked_sub(GATHER).unwrap_or(now);
             loop {
                 let change = match due {
+                    // A batch that is due goes out before more changes are taken in.
                     Some(at) => tokio::select! {
-                        c = changes.recv() => c,
+                        biased;
                         () = tokio::time::sleep_until(at) => {
                             due = None;
                             last_sent = Instant::now();
@@ -81,6 +82,7 @@ impl Hub {
                             let _ = tx.send(batch.split().freeze());
                             continue;
                         }
+                        c = changes.recv() => c,
                     },
                     None => changes.recv().await,
                 };
@@ -98,9 +100,8 @@ impl Hub {
                     continue;
                 }
                 if batch.len() >= MAX_BATCH_BYTES {
-                    due = None;
-                    last_sent = Instant::now();
-                    let _ = tx.send(batch.split().freeze());
+                    // Due now: the next turn sends it.
+                    due = Some(Instant::now());
                 } else if due.is_none() {
                     // The first change after a quiet spell goes out at once; in a busy spell
                     // changes wait for the next batch.
