@@ -89,6 +89,8 @@ impl World {
              INSERT INTO {DATABASE}.customers VALUES
                (1, 'Ada', 'ada@example.com', 'met at the conference'),
                (2, 'Grace', 'grace@example.org', 'write to grace.h@example.net');
+             CREATE VIEW {DATABASE}.customer_contacts AS SELECT id, email FROM {DATABASE}.customers;
+             CREATE VIEW {DATABASE}.contacts_again AS SELECT * FROM {DATABASE}.customer_contacts;
              CREATE TABLE {DATABASE}.accounts (id INT PRIMARY KEY, balance INT NOT NULL);
              INSERT INTO {DATABASE}.accounts VALUES (1, 100), (2, 200);
              CREATE TABLE {DATABASE}.files (line TEXT);
@@ -462,6 +464,69 @@ fn mariadb_cli_reads_masked_ddl_denied_and_the_session_goes_on() {
         "the session stays usable after a denial: {r:?}\n{}",
         w.daemon_log()
     );
+}
+
+/// MariaDB names a view's, subquery's or CTE's alias as a column's origin, not the table's:
+/// a masked column read through one is refused (the column rule would not recognise it in
+/// the answer), in the text and the binary protocol; the view's other columns pass.
+#[test]
+fn masked_columns_through_views_subqueries_and_ctes_are_refused() {
+    let w = world();
+    let refused = [
+        "SELECT id, email FROM customer_contacts ORDER BY id",
+        "SELECT email FROM contacts_again",
+        "SELECT c.* FROM customer_contacts c",
+        "SELECT e.email FROM (SELECT email FROM customers) e",
+        "SELECT * FROM (SELECT id, email FROM customers) e",
+        "WITH c AS (SELECT email FROM customers) SELECT email FROM c",
+    ];
+    let mut script = String::new();
+    for (i, sql) in refused.iter().enumerate() {
+        script.push_str(&format!("SELECT 'before {i}';\n{sql};\n"));
+    }
+    script.push_str("SELECT CONCAT('ids ', MIN(id), ',', MAX(id)) FROM contacts_again;\n");
+    let r = w.mariadb_script("agent", DB_ADDR, "--force", &script);
+    for i in 0..refused.len() {
+        assert!(r.stdout.contains(&format!("before {i}")), "{r:?}");
+    }
+    let denials = r.stderr.matches("through a subquery, CTE or view").count();
+    assert_eq!(denials, refused.len(), "{r:?}\n{}", w.daemon_log());
+    assert!(
+        r.stderr.contains("masking rule \"customer-email\""),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains("ids 1,2"),
+        "the view's other columns pass: {r:?}"
+    );
+    for raw in ["ada@example.com", "grace@example.org", "example."] {
+        assert!(!r.stdout.contains(raw), "{raw} leaked: {r:?}");
+    }
+    // The binary protocol: refused at prepare, and the connection goes on.
+    let r = w.python(
+        "agent",
+        DB_ADDR,
+        r#"
+import os, mysql.connector
+host, port = os.environ["HOST"], int(os.environ["PORT"])
+c = mysql.connector.connect(host=host, port=port, user="someone", database="app", use_pure=True)
+cur = c.cursor(prepared=True)
+try:
+    cur.execute("SELECT email FROM customer_contacts WHERE id = %s", (1,))
+    print("ran", cur.fetchall())
+except mysql.connector.Error as e:
+    print("refused", e.errno, e.msg)
+cur.execute("SELECT id FROM customer_contacts WHERE id = %s", (2,))
+print("ids", cur.fetchall())
+"#,
+    );
+    assert!(
+        r.stdout.contains("refused 1142") && r.stdout.contains("CTE or view"),
+        "{r:?}\n{}",
+        w.daemon_log()
+    );
+    assert!(r.stdout.contains("ids [(2,)]"), "{r:?}");
+    assert!(!r.stdout.contains("example."), "{r:?}");
 }
 
 /// PyMySQL (text protocol) and mysql-connector-python, C extension and pure Python, with

@@ -198,6 +198,8 @@ pub struct Judged {
     pub record: Option<Decision>,
     /// Column masking let the command through by the names it uses: judge it again
     /// [through](Judge::judge_through) the catalog before it runs, in case one is a view.
+    /// For MySQL, whose answers name a view rather than the table column it reads, this is
+    /// set for plain column references too.
     pub views_matter: bool,
     /// The deciding rule asks for the exchange's bodies in the audit record: the masking rules
     /// to apply to them first (every one the rule names: audit readers are not the caller).

@@ -50,6 +50,10 @@ pub struct ValueLineage {
     pub flow: Flow,
     /// Sorted, unique.
     pub sources: Vec<Source>,
+    /// Read through a subquery, CTE or `VALUES` list. PostgreSQL still reports a plain
+    /// reference's table column as its origin; MySQL and MariaDB report the derived table's
+    /// alias, which no column rule names.
+    pub derived: bool,
 }
 
 /// One result column, or a run of them whose number the statement does not say.
@@ -119,6 +123,11 @@ impl StatementLineage {
     /// Whether any output is more than a plain column reference.
     pub fn has_computed_outputs(&self) -> bool {
         self.outputs.iter().any(|o| o.lineage().flow != Flow::Plain)
+    }
+
+    /// Whether any output is read through a subquery, CTE or `VALUES` list.
+    pub fn has_derived_outputs(&self) -> bool {
+        self.outputs.iter().any(|o| o.lineage().derived)
     }
 }
 

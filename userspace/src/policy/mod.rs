@@ -33,7 +33,7 @@ use crate::config::policy::{
 };
 use crate::config::{Config, ConfigError};
 use crate::mask::ColumnGlob;
-use crate::model::lineage::{NoRelations, Relations, Source};
+use crate::model::lineage::{NoRelations, Relations, Source, ValueLineage};
 use crate::model::{
     Action, Class, ClassSet, Command, Decision, Dialect, Facts, Identity, OnTimeout, Protocol,
     ReviewMode, TokenClaims, Workload,
@@ -72,7 +72,8 @@ pub struct Evaluation {
     pub shadow: Vec<ShadowHit>,
     /// The command was let through column masking by judging the lineage of names no rule
     /// matches: if one of them is a view over a masked column, judging it
-    /// [through](Engine::evaluate_through) the catalog may refuse it.
+    /// [through](Engine::evaluate_through) the catalog may refuse it. For MySQL also set
+    /// for plain column references (its answers name the view, not the table column).
     pub views_matter: bool,
     /// The deciding rule asks for the exchange's bodies to be recorded (`record_bodies`):
     /// the masking rules to apply to them first. Its `mask` list (or every masking rule),
@@ -551,13 +552,36 @@ impl Engine {
                 None => all.clone().collect(),
             }
         };
+        // Only the PostgreSQL answer path replaces a computed value whole; elsewhere
+        // `computed: redact` would let the value through, so it is judged as `refuse`. And
+        // only PostgreSQL reports a table column as the origin of a value read through a
+        // subquery or CTE; MySQL names the alias, which no column rule matches.
+        let postgres = matches!(
+            req.command,
+            Command::Sql {
+                dialect: Dialect::Postgres,
+                ..
+            }
+        );
+        // A plain reference MySQL will not report as the table column: read through a
+        // subquery, CTE or view (one with the column, or one that cannot be traced).
+        let hidden = |l: &ValueLineage| {
+            !postgres
+                && (l.derived
+                    || l.sources.iter().any(|s| match relations.expand(s) {
+                        None => false,
+                        Some(Ok(bases)) => !bases.is_empty(),
+                        Some(Err(())) => true,
+                    }))
+        };
         // The common case costs a scan of flags, without allocating: plain columns, and
         // comparisons that every active rule allows.
         let plain = lineage.unknown().is_none()
-            && lineage
-                .statements
-                .iter()
-                .all(|s| s.stored.is_empty() && !s.has_computed_outputs());
+            && lineage.statements.iter().all(|s| {
+                s.stored.is_empty()
+                    && !s.has_computed_outputs()
+                    && !s.outputs.iter().any(|o| hidden(o.lineage()))
+            });
         let mut first = None;
         let mut compared_refused = false;
         let mut visit = |i: usize| {
@@ -574,19 +598,11 @@ impl Engine {
             return (decision, false);
         };
         if plain && !compared_refused {
-            return (decision, false);
+            // MySQL names a view, not its table, as a column's origin: any name may be one.
+            return (decision, !postgres);
         }
         let active: Vec<&MaskEntry> = indices().into_iter().filter_map(pick).collect();
-        // Only the PostgreSQL answer path replaces a computed value whole; elsewhere
-        // `computed: redact` would let the value through, so it is judged as `refuse`.
-        let redacts = matches!(
-            req.command,
-            Command::Sql {
-                dialect: Dialect::Postgres,
-                ..
-            }
-        );
-        let view = |m| view_for(m, redacts);
+        let view = |m| view_for(m, postgres);
         // A view's column stands for the table columns it reads; one that cannot be traced
         // counts as masked by the first active rule.
         let rule_for = |src: &Source| {
@@ -603,7 +619,7 @@ impl Engine {
                 },
             }
         };
-        match sql::lineage::judge(lineage, rule_for, Some(view(first))) {
+        match sql::lineage::judge(lineage, rule_for, Some(view(first)), hidden) {
             Ok(()) => (decision, true),
             Err(refusal) => {
                 tracing::info!(

@@ -79,11 +79,15 @@ impl std::fmt::Display for Refusal {
 /// first active column rule that may mask a source; `any_rule` is the first active column
 /// rule at all (the one named when the lineage cannot be determined). `Ok` means the server
 /// may run it: plain references are masked as the columns themselves, computed values that
-/// rules let through are replaced whole ([`redactions`]).
+/// rules let through are replaced whole ([`redactions`]). `hidden` tells a plain reference
+/// whose origin the server will not report as the table column (MySQL and MariaDB name a
+/// subquery's, CTE's or view's alias instead): one that a rule may mask is refused, as no
+/// rule would recognise it in the answer.
 pub fn judge<'a>(
     lineage: &Lineage,
     rule_for: impl Fn(&Source) -> Option<ColumnRule<'a>>,
     any_rule: Option<ColumnRule<'a>>,
+    hidden: impl Fn(&ValueLineage) -> bool,
 ) -> Result<(), Refusal> {
     let Some(first) = any_rule else {
         return Ok(());
@@ -101,7 +105,7 @@ pub fn judge<'a>(
     for stmt in &lineage.statements {
         for (i, out) in stmt.outputs.iter().enumerate() {
             let l = out.lineage();
-            if l.flow == Flow::Plain {
+            if l.flow == Flow::Plain && !hidden(l) {
                 continue;
             }
             let Some((src, rule)) = l.sources.iter().find_map(|s| rule_for(s).map(|r| (s, r)))
@@ -112,6 +116,17 @@ pub fn judge<'a>(
                 Output::One { name: Some(n), .. } => format!("result column {} (\"{n}\")", i + 1),
                 _ => format!("result column {}", i + 1),
             };
+            if l.flow == Flow::Plain {
+                return Err(Refusal {
+                    rule: rule.name.to_owned(),
+                    column: Some(src.to_string()),
+                    why: format!(
+                        "reaches {what} through a subquery, CTE or view, which the server \
+                         names instead of the column, so it cannot be masked; select the \
+                         column from its table"
+                    ),
+                });
+            }
             if l.flow == Flow::Composite {
                 return Err(Refusal {
                     rule: rule.name.to_owned(),
@@ -261,6 +276,8 @@ pub fn redactions<R: Copy>(
 struct Lin {
     flow: Flow,
     sources: BTreeSet<Source>,
+    /// Read through a derived relation (see [`ValueLineage::derived`]).
+    derived: bool,
 }
 
 impl Lin {
@@ -269,6 +286,7 @@ impl Lin {
         Lin {
             flow: Flow::Computed,
             sources: BTreeSet::new(),
+            derived: false,
         }
     }
 
@@ -276,12 +294,14 @@ impl Lin {
         Lin {
             flow: Flow::Plain,
             sources: BTreeSet::from([source]),
+            derived: false,
         }
     }
 
     /// Adds another candidate or input: sources unite, the riskier flow wins.
     fn absorb(&mut self, other: Lin) {
         self.flow = self.flow.max(other.flow);
+        self.derived |= other.derived;
         if self.sources.is_empty() {
             self.sources = other.sources;
         } else {
@@ -311,6 +331,7 @@ impl Lin {
         ValueLineage {
             flow: self.flow,
             sources: self.sources.into_iter().collect(),
+            derived: self.derived,
         }
     }
 }
@@ -336,10 +357,12 @@ struct Rel {
 enum RelKind {
     /// A table (or view) of the database: its columns are unknown here, each a plain column.
     /// `renamed`: a column alias list renamed some of them, so a name says nothing.
+    /// `derived`: reached through a subquery or CTE (`SELECT * FROM (SELECT * FROM t) d`).
     Table {
         schema: Option<String>,
         table: String,
         renamed: bool,
+        derived: bool,
     },
     /// A subquery, CTE or `VALUES` list with its columns.
     Derived(Vec<Col>),
@@ -419,11 +442,16 @@ fn find_in(rel: &Rel, col: &str) -> Option<Hit> {
             schema,
             table,
             renamed,
-        } => Some(Hit::Maybe(Lin::plain(Source {
-            schema: schema.as_deref().map(Into::into),
-            table: table.as_str().into(),
-            column: (!renamed).then(|| col.into()),
-        }))),
+            derived,
+        } => {
+            let mut lin = Lin::plain(Source {
+                schema: schema.as_deref().map(Into::into),
+                table: table.as_str().into(),
+                column: (!renamed).then(|| col.into()),
+            });
+            lin.derived = *derived;
+            Some(Hit::Maybe(lin))
+        }
         RelKind::Opaque(lin) => Some(Hit::Maybe(lin.clone().computed())),
         RelKind::Derived(cols) => find_in_cols(cols, col),
     }
@@ -460,12 +488,20 @@ fn find_in_cols(cols: &[Col], col: &str) -> Option<Hit> {
 /// Every column of a relation, as one value (a whole-row reference).
 fn whole_row(rel: &Rel) -> Lin {
     match &rel.kind {
-        RelKind::Table { schema, table, .. } => Lin::plain(Source {
-            schema: schema.as_deref().map(Into::into),
-            table: table.as_str().into(),
-            column: None,
-        })
-        .composite(),
+        RelKind::Table {
+            schema,
+            table,
+            derived,
+            ..
+        } => {
+            let mut lin = Lin::plain(Source {
+                schema: schema.as_deref().map(Into::into),
+                table: table.as_str().into(),
+                column: None,
+            });
+            lin.derived = *derived;
+            lin.composite()
+        }
         RelKind::Opaque(lin) => lin.clone().composite(),
         RelKind::Derived(cols) => cols_lin(cols).composite(),
     }
@@ -494,6 +530,40 @@ fn cols_lin(cols: &[Col]) -> Lin {
     l
 }
 
+/// The columns of a subquery or CTE as a query over it reads them: each one marked as read
+/// through a derived relation.
+fn through(cols: Vec<Col>) -> Vec<Col> {
+    cols.into_iter()
+        .map(|c| match c {
+            Col::One { name, mut lin } => {
+                lin.derived = true;
+                Col::One { name, lin }
+            }
+            Col::Star(Rel { name, kind }) => Col::Star(Rel {
+                name,
+                kind: match kind {
+                    RelKind::Table {
+                        schema,
+                        table,
+                        renamed,
+                        ..
+                    } => RelKind::Table {
+                        schema,
+                        table,
+                        renamed,
+                        derived: true,
+                    },
+                    RelKind::Derived(inner) => RelKind::Derived(through(inner)),
+                    RelKind::Opaque(mut lin) => {
+                        lin.derived = true;
+                        RelKind::Opaque(lin)
+                    }
+                },
+            }),
+        })
+        .collect()
+}
+
 /// The columns of `rel` as `*` expands them.
 fn expand(rel: &Rel) -> Vec<Col> {
     match &rel.kind {
@@ -520,12 +590,18 @@ fn rename(cols: Vec<Col>, alias: Option<&TableAlias>) -> Vec<Col> {
             Col::Star(rel) => {
                 lost = true;
                 let rel = match rel.kind {
-                    RelKind::Table { schema, table, .. } => Rel {
+                    RelKind::Table {
+                        schema,
+                        table,
+                        derived,
+                        ..
+                    } => Rel {
                         name: rel.name,
                         kind: RelKind::Table {
                             schema,
                             table,
                             renamed: true,
+                            derived,
                         },
                     },
                     RelKind::Derived(inner) => Rel {
@@ -1607,7 +1683,7 @@ impl Analyzer {
                 if t.schema_name.is_none()
                     && let Some(cols) = scope.cte(&table)
                 {
-                    cols.clone()
+                    through(cols.clone())
                 } else {
                     vec![Col::Star(Rel {
                         name: table.clone(),
@@ -1615,6 +1691,7 @@ impl Analyzer {
                             schema: t.schema_name.as_ref().map(|s| s.to_lowercase()),
                             table,
                             renamed: false,
+                            derived: false,
                         },
                     })]
                 }
@@ -1950,7 +2027,7 @@ impl Analyzer {
                 {
                     let rel = Rel {
                         name: alias_name(alias).unwrap_or_else(|| ident(id)),
-                        kind: RelKind::Derived(rename(cols.clone(), alias.as_ref())),
+                        kind: RelKind::Derived(through(rename(cols.clone(), alias.as_ref()))),
                     };
                     return (vec![rel], Vec::new());
                 }
@@ -1982,7 +2059,7 @@ impl Analyzer {
                 let cols = self.query(subquery, scope);
                 let rel = Rel {
                     name: alias_name(alias).unwrap_or_default(),
-                    kind: RelKind::Derived(rename(cols, alias.as_ref())),
+                    kind: RelKind::Derived(through(rename(cols, alias.as_ref()))),
                 };
                 (vec![rel], Vec::new())
             }
@@ -2035,7 +2112,7 @@ impl Analyzer {
                     let cols: Vec<Col> = rels.iter().flat_map(expand).collect();
                     rels.push(Rel {
                         name: ident(&a.name),
-                        kind: RelKind::Derived(rename(cols, Some(a))),
+                        kind: RelKind::Derived(through(rename(cols, Some(a)))),
                     });
                 }
                 (rels, merged)
@@ -2599,6 +2676,7 @@ fn table_rel(name: &ObjectName, alias: Option<String>) -> Option<Rel> {
             schema,
             table,
             renamed: false,
+            derived: false,
         },
     })
 }

@@ -13,7 +13,7 @@
 //! login), [`backend_auth`] (the gateway's login), [`tls`], [`cancel`] (connection ids and
 //! KILL), [`params`] (execute parameters for reviewers), [`session`] (the command loop),
 //! [`results`] (answers, masking, result records), [`roles`] (the database role each command
-//! runs as).
+//! runs as), [`views`] (which relation names are views, for masking).
 
 pub mod backend_auth;
 pub mod cancel;
@@ -25,6 +25,7 @@ pub mod results;
 pub mod roles;
 pub mod session;
 pub mod tls;
+pub mod views;
 pub mod wire;
 
 use std::sync::Arc;

@@ -211,6 +211,11 @@ pub struct Fed {
 }
 
 impl<'a> Relay<'a> {
+    /// Whether the server connection has CLIENT_DEPRECATE_EOF (result sets end with an OK).
+    pub fn deprecate_eof(&self) -> bool {
+        self.deprecate_eof
+    }
+
     pub fn new(masker: Arc<Masker>, metrics: &'a Metrics, deprecate_eof: bool) -> Self {
         Self {
             masker,

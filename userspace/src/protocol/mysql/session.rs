@@ -33,6 +33,7 @@ use super::codec::{self, FrameError, command as com, errno};
 use super::params;
 use super::results::{Kind, Relay, RelayError, Response};
 use super::roles::{self, Roles, Step, SwitchError};
+use super::views::{LookupError, Views};
 use crate::audit::{Ack, AuditError, CommandEvent, MaskTally, ReviewRecord, SessionRecorder};
 use crate::gate::{self, Judge, Judged, Verdict};
 use crate::model::{Class, Command, Decision, Dialect, Facts};
@@ -69,6 +70,9 @@ pub enum SessionError {
     Audit(#[from] AuditError),
     #[error("the server closed the connection mid-answer")]
     ServerGone,
+    /// The gateway's own catalog lookup left the server connection in an unknown state.
+    #[error("looking up views for masking: {0}")]
+    Views(#[source] LookupError),
     /// The gateway could not switch roles on a connection it cannot trust any more (the way
     /// back from an elevation, or a switch whose answer never came): the session ends rather
     /// than go on in an unknown role.
@@ -209,6 +213,7 @@ where
         statements: HashMap::new(),
         last_prepared: None,
         pending_prepare: None,
+        views: Views::default(),
     };
     let r = loop_.serve(env, &mut cr, cw, &mut sr, sw).await;
     if let Err(e) = &r
@@ -230,6 +235,8 @@ struct Loop {
     out: BytesMut,
     statements: HashMap<u32, Statement>,
     last_prepared: Option<u32>,
+    /// The relation names the session's statements used, and which are views.
+    views: Views,
     /// The text of the COM_STMT_PREPARE being answered.
     pending_prepare: Option<Arc<str>>,
 }
@@ -265,6 +272,15 @@ fn quote_ident(name: &[u8]) -> String {
 
 /// The ERR code of a policy refusal: statements on tables get 1142 ("command denied"), the
 /// rest 1227 ("access denied; you need privileges").
+/// Whether a statement may create, change or drop views (after it, what the session knows of
+/// its relation names may be wrong).
+fn rewrites_catalog(facts: &crate::model::Facts) -> bool {
+    facts
+        .statement_classes
+        .iter()
+        .any(|c| matches!(c, Class::Ddl | Class::Admin | Class::Unknown))
+}
+
 fn denial_code(facts: &crate::model::Facts) -> u16 {
     match facts.class {
         Class::Read | Class::Write | Class::Ddl | Class::Transaction | Class::Session => {
@@ -408,7 +424,7 @@ impl Loop {
             let payload = packet.payload(&self.cbuf).into_owned();
             let total = packet.total;
             let last_seq = packet.last_seq;
-            let plan = self.plan(env, &payload, cr).await?;
+            let plan = self.plan(env, &payload, cr, sr, sw).await?;
             let Some((plan, outgoing)) = plan else {
                 return Ok(Exit::ClientClosed);
             };
@@ -619,14 +635,18 @@ impl Loop {
 
     /// Judges one command and says what to do with it. `None`: the client left while it was
     /// held.
-    async fn plan<CR, J>(
+    async fn plan<CR, SR, SW, J>(
         &mut self,
         env: &mut Env<'_, J>,
         payload: &[u8],
         cr: &mut CR,
+        sr: &mut SR,
+        sw: &mut SW,
     ) -> Result<Option<(Plan, Option<Outgoing>)>, SessionError>
     where
         CR: AsyncRead + Unpin,
+        SR: AsyncRead + Unpin,
+        SW: AsyncWrite + Unpin,
         J: Judge,
     {
         let (&cmd, body) = payload.split_first().ok_or(SessionError::Empty)?;
@@ -652,7 +672,8 @@ impl Loop {
                 {
                     return Ok(Some(plan));
                 }
-                self.judged(env, text, cr, Kind::Text).await
+                let judged = self.judge_sql(env, text, sr, sw).await?;
+                self.judged_with(env, text, judged, cr, Kind::Text).await
             }
             com::PROCESS_KILL => {
                 let id = statement_id(body)?;
@@ -704,7 +725,8 @@ impl Loop {
                 if let Some(p) = lexing_refusal(env.relay.status, text) {
                     return plain(p);
                 }
-                let r = self.judged_prepare(env, text).await?;
+                let judged = self.judge_sql(env, text, sr, sw).await?;
+                let r = self.judged_prepare(env, text, judged).await?;
                 if matches!(r.0, Plan::Forward { .. }) {
                     self.pending_prepare = Some(Arc::from(text));
                 }
@@ -949,7 +971,71 @@ impl Loop {
         CR: AsyncRead + Unpin,
         J: Judge,
     {
-        let judged = env.judge.judge(&Command::sql(Dialect::Mysql, text));
+        let judged = env
+            .judge
+            .judge_through(&Command::sql(Dialect::Mysql, text), &self.views);
+        self.judged_with(env, text, judged, cr, kind).await
+    }
+
+    /// Judges SQL through the views it reads: when column masking depends on what its
+    /// relation names stand for, the names the session has not seen are looked up on the
+    /// server connection first (it is idle between commands) and the statement is judged
+    /// again. A lookup the server refuses leaves its names untraceable (masked columns are
+    /// then refused); one that breaks the connection ends the session.
+    async fn judge_sql<SR, SW, J>(
+        &mut self,
+        env: &mut Env<'_, J>,
+        text: &str,
+        sr: &mut SR,
+        sw: &mut SW,
+    ) -> Result<Judged, SessionError>
+    where
+        SR: AsyncRead + Unpin,
+        SW: AsyncWrite + Unpin,
+        J: Judge,
+    {
+        let command = Command::sql(Dialect::Mysql, text);
+        let judged = env.judge.judge_through(&command, &self.views);
+        if !judged.views_matter {
+            return Ok(judged);
+        }
+        let names = self.views.unresolved(&judged.facts.lineage);
+        if names.is_empty() {
+            return Ok(judged);
+        }
+        // An unstarted hold files no request.
+        drop(judged);
+        let deprecate_eof = env.relay.deprecate_eof();
+        match self
+            .views
+            .resolve(sr, sw, &mut self.sbuf, deprecate_eof, names)
+            .await
+        {
+            Ok(()) => {}
+            Err(e @ LookupError::Refused { .. }) => {
+                tracing::warn!(session = env.id, error = %e, "looking up views for masking failed");
+            }
+            Err(e) => return Err(SessionError::Views(e)),
+        }
+        Ok(env.judge.judge_through(&command, &self.views))
+    }
+
+    /// [`Loop::judged`] with the verdict given.
+    async fn judged_with<CR, J>(
+        &mut self,
+        env: &mut Env<'_, J>,
+        text: &str,
+        judged: Judged,
+        cr: &mut CR,
+        kind: Kind,
+    ) -> Result<Option<(Plan, Option<Outgoing>)>, SessionError>
+    where
+        CR: AsyncRead + Unpin,
+        J: Judge,
+    {
+        if rewrites_catalog(&judged.facts) && !matches!(judged.verdict, Verdict::Deny { .. }) {
+            self.views.invalidate();
+        }
         let Some((verdict, outgoing, facts)) = self.settle(env, text, judged, cr).await? else {
             return Ok(None);
         };
@@ -1001,7 +1087,7 @@ impl Loop {
         CR: AsyncRead + Unpin,
         J: Judge,
     {
-        // `views_matter` is not consulted: MySQL has no catalog lookup of views (yet).
+        // `views_matter` was seen to before: the statement was judged through its views.
         let Judged {
             verdict,
             facts,
@@ -1045,13 +1131,14 @@ impl Loop {
         &mut self,
         env: &mut Env<'_, J>,
         text: &str,
+        judged: Judged,
     ) -> Result<(Plan, Option<Outgoing>), SessionError> {
         let Judged {
             verdict,
             facts,
             record,
             ..
-        } = env.judge.judge(&Command::sql(Dialect::Mysql, text));
+        } = judged;
         let outgoing = match record {
             Some(decision) if !matches!(verdict, Verdict::Deny { .. }) => {
                 self.record_allowed(env, text, decision, &facts, None)
@@ -1133,7 +1220,9 @@ impl Loop {
             }
         }
         let text = stmt.text.clone();
-        let mut judged = env.judge.judge(&Command::sql(Dialect::Mysql, &text));
+        let mut judged = env
+            .judge
+            .judge_through(&Command::sql(Dialect::Mysql, &text), &self.views);
         let mut shown: Cow<'_, str> = Cow::Borrowed(&text);
         if matches!(judged.verdict, Verdict::Hold(_)) {
             // The reviewer approves this execution: the statement with its values.
@@ -1161,7 +1250,9 @@ impl Loop {
             };
             let annotated = params::annotate(&text, &rendered);
             drop(judged);
-            judged = env.judge.judge(&Command::sql(Dialect::Mysql, &annotated));
+            judged = env
+                .judge
+                .judge_through(&Command::sql(Dialect::Mysql, &annotated), &self.views);
             shown = Cow::Owned(annotated);
         }
         let Some((verdict, outgoing, facts)) = self.settle(env, &shown, judged, cr).await? else {
