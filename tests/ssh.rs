@@ -943,6 +943,60 @@ fn interactive_shell_is_recorded_and_replay_reproduces_its_screen() {
     assert!(env.server_commands().contains("shell\n"));
 }
 
+/// A shell without a terminal (`ssh -T host` with commands piped in) has its input recorded
+/// like a typed one; and once a shell's recording reaches `audit.recording_max_bytes` (here
+/// through a flood of output), the next input ends the shell instead of running unrecorded.
+#[test]
+fn piped_shell_input_is_recorded_and_nothing_runs_past_the_recording_limit() {
+    let env = env();
+    let marker = format!("piped-{}", unique_id());
+    let ssh = format!("ssh -T {} root@{DB_ADDR}", env.ssh_opts());
+    let r = env.client(&ssh, Some(&format!("echo {marker}-$((6*7))\nexit\n")));
+    assert!(r.stdout.contains(&format!("{marker}-42")), "{r:?}");
+    let recordings = env.audit_dir().join("recordings");
+    let typed = |needle: &str| {
+        let mut found = false;
+        for session in std::fs::read_dir(&recordings).unwrap().flatten() {
+            for cast in std::fs::read_dir(session.path()).unwrap().flatten() {
+                let text = std::fs::read_to_string(cast.path()).unwrap_or_default();
+                found |= text.lines().skip(1).any(|l| {
+                    let e: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+                    e[1] == "i" && e[2].as_str().is_some_and(|t| t.contains(needle))
+                });
+            }
+        }
+        found
+    };
+    assert!(
+        typed(&format!("echo {marker}-")),
+        "the piped command is in the recording"
+    );
+
+    // 70 MB of output passes the 64 MiB recording limit; the command piped in after it
+    // would have run unrecorded, so the shell ends first.
+    let ran = env.dir.path(&format!("{marker}-ran"));
+    let feed = env.dir.write(
+        &format!("{marker}-feed.sh"),
+        &format!(
+            "echo 'yes aaaaaaaa | head -c 70000000; echo; echo flooded'\n\
+             sleep 8\n\
+             echo 'touch {}'\n\
+             sleep 2\n",
+            ran.display()
+        ),
+    );
+    let r = env.client(&format!("{{ sh {} | {ssh}; }}", feed.display()), None);
+    assert!(r.stdout.contains("flooded"), "{}", &r.stderr);
+    assert!(
+        r.stderr
+            .contains("the shell was ended: its recording reached audit.recording_max_bytes"),
+        "{}\n{}",
+        r.stderr,
+        env.daemon_log()
+    );
+    assert!(!ran.exists(), "input past the recording limit ran");
+}
+
 #[test]
 fn sftp_get_works_and_put_is_refused_under_a_read_only_rule() {
     let env = env();

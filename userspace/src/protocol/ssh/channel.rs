@@ -17,7 +17,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use russh::{ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Pty, Sig};
@@ -579,14 +579,15 @@ impl ChannelTask {
                 stop: Box::pin(stop_signal(Arc::clone(&self.shared), approval)),
             },
         ));
-        let interactive = matches!(mode, Mode::Shell) && self.pty.is_some();
+        // A shell's input is its commands, with a terminal or without one.
+        let shell = matches!(mode, Mode::Shell);
         let mut sftp_in = handles.map(|h| SftpIn {
             framer: Framer::default(),
             handles: h,
             inject: inject.unwrap_or_else(|| mpsc::channel(1).0),
         });
         let relayed = self
-            .relay(&up_write, &cast, interactive, sftp_in.as_mut(), pump)
+            .relay(&up_write, &cast, shell, sftp_in.as_mut(), pump)
             .await;
         let end = match relayed {
             Ok(end) => end,
@@ -617,7 +618,7 @@ impl ChannelTask {
         &mut self,
         up: &UpstreamTx,
         cast: &Cast,
-        interactive: bool,
+        shell: bool,
         mut sftp: Option<&mut SftpIn>,
         pump: tokio::task::JoinHandle<PumpEnd>,
     ) -> Result<PumpEnd, (Ended, PumpEnd)> {
@@ -627,12 +628,9 @@ impl ChannelTask {
         let held: Vec<Bytes> = self.held.drain(..).collect();
         self.held_bytes = 0;
         for b in held {
-            if let Err(e) = self
-                .forward(up, cast, interactive, sftp.as_deref_mut(), b)
-                .await
-            {
+            if let Err(e) = self.forward(up, cast, shell, sftp.as_deref_mut(), b).await {
                 let _ = up.close().await;
-                return Err((e, joined((&mut pump).await)));
+                return Err((e, after_close(&mut pump).await));
             }
         }
         if std::mem::take(&mut self.held_eof) {
@@ -645,10 +643,10 @@ impl ChannelTask {
                     let step = match input {
                         None | Some(Input::Close) => {
                             let _ = up.close().await;
-                            return Ok(joined((&mut pump).await));
+                            return Ok(after_close(&mut pump).await);
                         }
                         Some(Input::Data(b)) => {
-                            self.forward(up, cast, interactive, sftp.as_deref_mut(), b).await
+                            self.forward(up, cast, shell, sftp.as_deref_mut(), b).await
                         }
                         Some(Input::Eof) => up.eof().await.map_err(upstream),
                         Some(Input::WindowChange { cols, rows, pix_width, pix_height }) => {
@@ -666,7 +664,7 @@ impl ChannelTask {
                     };
                     if let Err(e) = step {
                         let _ = up.close().await;
-                        return Err((e, joined((&mut pump).await)));
+                        return Err((e, after_close(&mut pump).await));
                     }
                 }
             }
@@ -674,21 +672,36 @@ impl ChannelTask {
     }
 
     /// Sends one piece of client input to the server (through the SFTP filter on an `sftp`
-    /// channel), recording keystrokes of an interactive shell.
+    /// channel), recording a shell's input first. A shell whose recording failed or reached
+    /// its limit is ended before the input goes on: nothing typed or piped into a shell runs
+    /// unrecorded (a command's output past the limit is still relayed, unrecorded).
     async fn forward(
         &mut self,
         up: &UpstreamTx,
         cast: &Cast,
-        interactive: bool,
+        shell: bool,
         sftp: Option<&mut SftpIn>,
         data: Bytes,
     ) -> Result<(), Ended> {
-        if interactive
+        if shell
             && let Ok(mut c) = cast.lock()
             && let Some(w) = c.as_mut()
-            && let Err(e) = w.input(&data)
         {
-            tracing::warn!(session = self.shared.id, error = %e, "ssh recording failed");
+            let unrecorded = match w.input(&data) {
+                Err(e) => Some(format!("its recording failed ({e})")),
+                Ok(()) if w.is_truncated() => Some(format!(
+                    "its recording reached audit.recording_max_bytes ({} bytes)",
+                    w.limit()
+                )),
+                Ok(()) => None,
+            };
+            if let Some(why) = unrecorded {
+                tracing::warn!(session = self.shared.id, %why, "ssh shell ended: input would run unrecorded");
+                return Err(Ended::Protocol(format!(
+                    "airlock: the shell was ended: {why}, and what is typed into a shell must be \
+                     recorded"
+                )));
+            }
         }
         match sftp {
             None => up.data_bytes(data).await.map_err(upstream),
@@ -1048,6 +1061,24 @@ async fn next_injected(rx: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> 
 
 /// Relays the server's side of a channel to the client: output (recorded, and framed into
 /// whole packets on an `sftp` channel), exit status or signal, EOF, close.
+/// How long the pump may take to end once the gateway closed the server's channel.
+const PUMP_GRACE: Duration = Duration::from_secs(1);
+
+/// The pump's end after the gateway closed the server's channel. The server's answering
+/// close normally ends it; one that does not come within [`PUMP_GRACE`] (a server still
+/// sending, a close russh does not deliver) must not keep the channel's task, and the
+/// client, waiting: the pump is stopped and its counts are lost.
+async fn after_close(pump: &mut std::pin::Pin<&mut tokio::task::JoinHandle<PumpEnd>>) -> PumpEnd {
+    match tokio::time::timeout(PUMP_GRACE, pump.as_mut()).await {
+        Ok(r) => r.unwrap_or_default(),
+        Err(_) => {
+            tracing::debug!("ssh channel: the server's side did not end after its close; stopped");
+            pump.abort();
+            PumpEnd::default()
+        }
+    }
+}
+
 async fn pump(mut up: ChannelReadHalf, mut p: Pump) -> PumpEnd {
     let mut end = PumpEnd::default();
     let mut framer = p.handles.as_ref().map(|_| Framer::default());
