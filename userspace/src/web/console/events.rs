@@ -59,9 +59,14 @@ pub struct Hub {
 impl Hub {
     /// Starts the hub's task over `svc`'s store notifications.
     pub fn start(svc: Arc<Approvals>) -> Self {
+        let changes = svc.store().subscribe();
+        Self::start_with(svc, changes)
+    }
+
+    /// [`Hub::start`] over the notifications `changes` delivers.
+    fn start_with(svc: Arc<Approvals>, mut changes: broadcast::Receiver<StoreEvent>) -> Self {
         let (tx, _) = broadcast::channel(HUB_CAPACITY);
         let hub = Hub { tx: tx.clone() };
-        let mut changes = svc.store().subscribe();
         let weak = Arc::downgrade(&svc);
         drop(svc);
         tokio::spawn(async move {
@@ -90,7 +95,13 @@ impl Hub {
                     Ok(StoreEvent::Changed(id)) => id,
                     Ok(StoreEvent::Down(_)) => continue,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
+                        // Changes were missed: every reviewer gets the whole inbox again, in
+                        // place of whatever was gathered (the reset supersedes it).
                         tracing::debug!(missed = n, "console hub lagged behind the store");
+                        let Some(svc) = weak.upgrade() else { return };
+                        batch.clear();
+                        batch.extend_from_slice(&reset(&svc).await);
+                        due = Some(Instant::now());
                         continue;
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
@@ -236,8 +247,43 @@ where
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::approval::Notifier;
+    use crate::approval::sqlite::SqliteStore;
+    use crate::metrics::Metrics;
+
+    /// A hub that falls behind the store's notifications sends every reviewer a `reset`
+    /// (the whole inbox), not a stream that silently misses changes.
+    #[tokio::test]
+    async fn a_hub_that_missed_changes_sends_a_reset() {
+        let dir = std::env::temp_dir().join(format!("airlock-hub-lag-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = SqliteStore::open(&dir.join("approvals.db")).unwrap();
+        let svc = Approvals::with_store(
+            Arc::new(store),
+            Notifier::new(&[]).unwrap(),
+            Arc::new(Metrics::new()),
+            "test".into(),
+            "t".repeat(40),
+        );
+        let (tx, changes) = broadcast::channel(2);
+        for i in 0..5 {
+            tx.send(StoreEvent::Changed(format!("r{i}"))).unwrap();
+        }
+        let hub = Hub::start_with(Arc::clone(&svc), changes);
+        let mut rx = hub.subscribe();
+        let batch = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&batch);
+        assert!(text.starts_with("event: reset\n"), "{text}");
+        assert!(text.contains("0 pending"), "{text}");
+        drop(tx);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn an_event_has_a_data_line_per_line_and_ends_with_a_blank_line() {
