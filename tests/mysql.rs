@@ -91,6 +91,8 @@ impl World {
                (2, 'Grace', 'grace@example.org', 'write to grace.h@example.net');
              CREATE VIEW {DATABASE}.customer_contacts AS SELECT id, email FROM {DATABASE}.customers;
              CREATE VIEW {DATABASE}.contacts_again AS SELECT * FROM {DATABASE}.customer_contacts;
+             CREATE TABLE {DATABASE}.staff (id INT PRIMARY KEY, badge VARCHAR(32));
+             INSERT INTO {DATABASE}.staff VALUES (1, 'K7-alpha-19'), (2, 'Q3-delta-44');
              CREATE TABLE {DATABASE}.accounts (id INT PRIMARY KEY, balance INT NOT NULL);
              INSERT INTO {DATABASE}.accounts VALUES (1, 100), (2, 200);
              CREATE TABLE {DATABASE}.files (line TEXT);
@@ -244,6 +246,9 @@ masking:
     style: partial
   - name: mail-in-text
     detectors: [email]
+    style: redact
+  - name: staff-badge
+    columns: [\"*.staff.badge\"]
     style: redact
 ",
             cg = cg.path.display(),
@@ -527,6 +532,44 @@ print("ids", cur.fetchall())
     );
     assert!(r.stdout.contains("ids [(2,)]"), "{r:?}");
     assert!(!r.stdout.contains("example."), "{r:?}");
+}
+
+/// The server's messages quote values: the warnings and errors of a statement that names a
+/// masked column reach the client with their quoted values cut (no detector would know a
+/// badge code), the session goes on, and the audit record holds the cut message too.
+#[test]
+fn warnings_and_errors_about_masked_columns_lose_their_quoted_values() {
+    let w = world();
+    let r = w.mariadb_script(
+        "agent",
+        DB_ADDR,
+        "--force",
+        "SELECT CONCAT('rows ', COUNT(*)) FROM staff WHERE badge = 5;\n\
+         SHOW WARNINGS;\n\
+         SELECT id FROM staff WHERE badge REGEXP '(';\n\
+         SELECT CONCAT('ids ', MIN(id), ',', MAX(id)) FROM staff;\n",
+    );
+    assert!(r.stdout.contains("rows 0"), "{r:?}");
+    assert!(
+        r.stdout
+            .contains("Truncated incorrect DECIMAL value: '[REDACTED]'"),
+        "{r:?}\n{}",
+        w.daemon_log()
+    );
+    assert!(r.stderr.contains("ERROR 1139"), "{r:?}");
+    assert!(r.stdout.contains("ids 1,2"), "the session goes on: {r:?}");
+    for raw in ["K7-alpha", "Q3-delta"] {
+        assert!(
+            !r.stdout.contains(raw) && !r.stderr.contains(raw),
+            "{raw}: {r:?}"
+        );
+    }
+    let log = w.cli("audit export --format jsonl");
+    assert!(
+        log.stdout.contains("Regex error '[REDACTED]") && !log.stdout.contains("K7-alpha"),
+        "{}",
+        log.stdout
+    );
 }
 
 /// PyMySQL (text protocol) and mysql-connector-python, C extension and pure Python, with

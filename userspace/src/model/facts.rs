@@ -262,6 +262,7 @@ pub const SQL_KINDS: &[&str] = &[
     "set_transaction",
     "show",
     "show_processlist",
+    "show_warnings",
     "table",
     "too_complex",
     "too_long",

@@ -949,6 +949,14 @@ fn statement_shape(stmt: &Statement, acc: &mut Acc) -> (&'static str, Class) {
             ("explain", Read)
         }
         Statement::ExplainTable { .. } => ("describe", Read),
+        // MySQL's diagnostics: their messages quote values of earlier statements.
+        Statement::ShowVariable { variable }
+            if variable.first().is_some_and(|v| {
+                v.value.eq_ignore_ascii_case("warnings") || v.value.eq_ignore_ascii_case("errors")
+            }) =>
+        {
+            ("show_warnings", Read)
+        }
         Statement::ShowVariable { .. }
         | Statement::ShowVariables { .. }
         | Statement::ShowStatus { .. }

@@ -12,6 +12,7 @@
 //! gateway. Plans are cached per session by the column definitions' bytes and the command's
 //! rules, so a repeated query builds none.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,9 +26,11 @@ use prometheus_client::metrics::counter::Counter;
 use super::codec::{self, FrameError, HEADER_LEN, MAX_PAYLOAD, errno, status};
 use crate::audit::CommandResult;
 use crate::mask::{
-    ColumnPlan, ColumnRef, MaskCounts, MaskOutcome, Masker, RuleId, ValueFormat, ValueKind,
+    ColumnPlan, ColumnRef, MaskCounts, MaskOutcome, Masker, REDACTED, RuleId, ValueFormat,
+    ValueKind,
 };
 use crate::metrics::Metrics;
+use crate::model::lineage::{Lineage, Relations, Source};
 
 /// Largest logical packet held whole: a masked row, a column definition, an OK. MySQL's own
 /// `max_allowed_packet` cannot exceed 1 GiB either.
@@ -117,6 +120,12 @@ pub struct Response {
     pub cursor: bool,
     pub totals: Totals,
     pub started: Instant,
+    /// The command names a column an active column rule may mask (or cannot be traced): the
+    /// server's messages about it may quote the column's values.
+    touched: bool,
+    /// The command shows the session's warnings or errors (`SHOW WARNINGS`) after a
+    /// command that touched a masked column: their messages are cut like an error's.
+    warnings: bool,
 }
 
 impl Response {
@@ -142,7 +151,17 @@ impl Response {
             cursor: false,
             totals: Totals::default(),
             started: Instant::now(),
+            touched: false,
+            warnings: false,
         }
+    }
+
+    /// What the server's messages in this answer may quote: `touched`, the command names a
+    /// masked column; `warnings`, it lists warnings that an earlier such command raised.
+    pub fn quoting(mut self, touched: bool, warnings: bool) -> Self {
+        self.touched = touched;
+        self.warnings = warnings;
+        self
     }
 
     /// Whether the whole answer went through.
@@ -369,7 +388,42 @@ impl<'a> Relay<'a> {
             self.advance(resp, &payload)?;
             return Ok(self.replace(out, resp, None));
         }
+        if first == Some(0xff)
+            && !resp.mask.is_empty()
+            && matches!(resp.state, State::Start | State::Rows)
+        {
+            // The server's error, masked before the client and the record see it.
+            self.advance(resp, &payload)?;
+            if let Some(e) = codec::parse_err(&payload) {
+                let text = mask_message(&self.masker, &resp.mask, resp.touched, &e.message);
+                if let Cow::Owned(text) = text {
+                    codec::put_err(out, &mut resp.seq, e.code, &e.state, &text);
+                    return Ok(Act::Replaced);
+                }
+            }
+            return Ok(Act::Forward);
+        }
         match resp.state {
+            State::Rows
+                if resp.warnings && first.is_some_and(|b| !self.ends_rows(b, payload.len())) =>
+            {
+                if resp.kind != Kind::Text {
+                    return Ok(self.refuse(
+                        resp,
+                        out,
+                        "warnings that may quote a masked column are shown to a query only \
+                         (SHOW WARNINGS, not prepared)",
+                    ));
+                }
+                resp.totals.rows += 1;
+                match mask_warning_row(&self.masker, &resp.mask, &payload) {
+                    Some(row) => {
+                        resp.totals.bytes += (row.len() + HEADER_LEN) as u64;
+                        Ok(self.replace(out, resp, Some(&row)))
+                    }
+                    None => Ok(self.refuse(resp, out, "a malformed warning row was withheld")),
+                }
+            }
             State::Rows if first.is_some_and(|b| !self.ends_rows(b, payload.len())) => {
                 resp.totals.rows += 1;
                 let Some(idx) = resp.plan else {
@@ -609,9 +663,45 @@ impl<'a> Relay<'a> {
 
     fn error(&mut self, resp: &mut Response, payload: &[u8]) {
         let message = codec::parse_err(payload)
-            .map(|e| format!("{} ({})", e.message, e.code))
+            .map(|e| {
+                let text = if resp.mask.is_empty() {
+                    Cow::Borrowed(e.message.as_str())
+                } else {
+                    mask_message(&self.masker, &resp.mask, resp.touched, &e.message)
+                };
+                format!("{text} ({})", e.code)
+            })
             .unwrap_or_else(|| "error".into());
         resp.totals.error.get_or_insert(message);
+    }
+
+    /// Whether a command with `lineage`, run under masking rules `mask`, names a column an
+    /// active column rule may mask (directly or through a view `relations` knows), or cannot
+    /// be traced: then the server's messages about it may quote that column's values.
+    pub fn touches(&self, mask: &[String], lineage: &Lineage, relations: &dyn Relations) -> bool {
+        let Ok(rules) = self.masker.column_rules(mask) else {
+            return true;
+        };
+        if rules.is_empty() {
+            return false;
+        }
+        if lineage.unknown().is_some() {
+            return true;
+        }
+        let masked = |s: &Source| {
+            rules.iter().any(|&r| {
+                self.masker
+                    .rule_may_mask(r, s.schema.as_deref(), &s.table, s.column.as_deref())
+            })
+        };
+        lineage.sources().any(|s| {
+            masked(s)
+                || match relations.expand(s) {
+                    None => false,
+                    Some(Ok(bases)) => bases.iter().any(masked),
+                    Some(Err(())) => true,
+                }
+        })
     }
 
     /// Counts the finished result set's masked values into metrics and the totals.
@@ -996,6 +1086,96 @@ impl Totals {
 #[allow(dead_code)]
 fn _assert_limits() {
     const _: () = assert!(MAX_HELD_PACKET > MAX_PAYLOAD);
+}
+
+/// [`REDACTED`] as text.
+const REDACTED_STR: &str = match std::str::from_utf8(REDACTED) {
+    Ok(s) => s,
+    Err(_) => "[REDACTED]",
+};
+
+/// A server message (an ERR packet's, a warning's) as the client and the audit log may see
+/// it under masking rules `mask`. When the command touched a masked column, quoted text is
+/// cut: MySQL quotes the values it complains about (`Truncated incorrect DECIMAL value:
+/// 'ada@…'`), and a value can hold the quote itself, so the cut runs to the last quote of the
+/// kind (an unclosed one, to the end); names quoted beside it go too.
+/// Then the active detectors run over what is left.
+fn mask_message<'a>(
+    masker: &Masker,
+    mask: &[String],
+    touched: bool,
+    text: &'a str,
+) -> Cow<'a, str> {
+    let mut out: Cow<'a, str> = Cow::Borrowed(text);
+    if touched && text.contains(['\'', '"']) {
+        let mut cut = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(i) = rest.find(['\'', '"']) {
+            let q = &rest[i..=i];
+            cut.push_str(&rest[..=i]);
+            // To the last quote of the kind: a value may hold the quote itself.
+            match rest[i + 1..].rfind(q) {
+                Some(len) => {
+                    cut.push_str(REDACTED_STR);
+                    cut.push_str(q);
+                    rest = &rest[i + 1 + len + 1..];
+                }
+                None => {
+                    cut.push_str(REDACTED_STR);
+                    rest = "";
+                }
+            }
+        }
+        cut.push_str(rest);
+        out = Cow::Owned(cut);
+    }
+    if let Ok(mut tm) = masker.text(mask)
+        && !tm.is_passthrough()
+    {
+        let mut buf = BytesMut::with_capacity(out.len());
+        tm.feed(out.as_bytes(), &mut buf);
+        tm.finish(&mut buf);
+        if buf[..] != *out.as_bytes() {
+            out = Cow::Owned(String::from_utf8_lossy(&buf).into_owned());
+        }
+    }
+    out
+}
+
+/// A text-protocol row of `SHOW WARNINGS` / `SHOW ERRORS` (level, code, message) with its
+/// message cut as an error's; `None` when it does not read as one.
+fn mask_warning_row(masker: &Masker, mask: &[String], payload: &[u8]) -> Option<Vec<u8>> {
+    let mut fields: Vec<Option<&[u8]>> = Vec::with_capacity(3);
+    let mut pos = 0;
+    while pos < payload.len() {
+        if payload[pos] == 0xfb {
+            fields.push(None);
+            pos += 1;
+        } else {
+            let (v, n) = codec::read_lenenc_bytes(&payload[pos..])?;
+            fields.push(Some(v));
+            pos += n;
+        }
+    }
+    if fields.len() != 3 {
+        return None;
+    }
+    let message = fields[2].map(|m| {
+        let text = String::from_utf8_lossy(m);
+        mask_message(masker, mask, true, &text).into_owned()
+    });
+    let mut row = Vec::with_capacity(payload.len() + 16);
+    for f in &fields[..2] {
+        match f {
+            Some(v) => codec::put_lenenc_bytes(&mut row, v),
+            None => row.push(0xfb),
+        }
+    }
+    match message {
+        Some(m) => codec::put_lenenc_bytes(&mut row, m.as_bytes()),
+        None => row.push(0xfb),
+    }
+    Some(row)
 }
 
 #[cfg(test)]

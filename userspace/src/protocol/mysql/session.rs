@@ -214,6 +214,7 @@ where
         last_prepared: None,
         pending_prepare: None,
         views: Views::default(),
+        quoted: false,
     };
     let r = loop_.serve(env, &mut cr, cw, &mut sr, sw).await;
     if let Err(e) = &r
@@ -237,6 +238,9 @@ struct Loop {
     last_prepared: Option<u32>,
     /// The relation names the session's statements used, and which are views.
     views: Views,
+    /// A command that touched a masked column ran: the server's warnings may quote its
+    /// values.
+    quoted: bool,
     /// The text of the COM_STMT_PREPARE being answered.
     pending_prepare: Option<Arc<str>>,
 }
@@ -251,6 +255,7 @@ enum Plan {
         rewritten: Option<Vec<u8>>,
         statement: Option<u32>,
         role: Option<Want>,
+        quotes: Quotes,
     },
     /// Answer the client with an ERR packet (the server never sees the command).
     Refuse {
@@ -263,6 +268,15 @@ enum Plan {
     Drop,
     /// COM_QUIT.
     Quit,
+}
+
+/// What the server's messages about a command may quote.
+#[derive(Debug, Clone, Copy, Default)]
+struct Quotes {
+    /// The command names a column an active column rule may mask, or cannot be traced.
+    touched: bool,
+    /// The command lists the session's warnings or errors (`SHOW WARNINGS`).
+    shows_warnings: bool,
 }
 
 /// A statement name quoted as a MySQL identifier.
@@ -354,6 +368,7 @@ fn forward(kind: Kind) -> Plan {
         rewritten: None,
         statement: None,
         role: None,
+        quotes: Quotes::default(),
     }
 }
 
@@ -365,6 +380,7 @@ fn forward_as(kind: Kind, want: Want) -> Plan {
         rewritten: None,
         statement: None,
         role: Some(want),
+        quotes: Quotes::default(),
     }
 }
 
@@ -455,6 +471,7 @@ impl Loop {
                     rewritten,
                     statement,
                     role,
+                    quotes,
                 } => {
                     let resets = role.as_ref().is_some_and(|w| w.resets);
                     // The role first: a switch the server refused refuses the command.
@@ -496,7 +513,12 @@ impl Loop {
                         self.out.clear();
                         kind
                     };
-                    let mut resp = Response::new(kind, mask, last);
+                    // Warnings may quote values of any earlier command that touched a
+                    // masked column (the server keeps them past commands that raise none).
+                    let warnings = quotes.shows_warnings && self.quoted;
+                    self.quoted |= quotes.touched;
+                    let mut resp =
+                        Response::new(kind, mask, last).quoting(quotes.touched, warnings);
                     if kind == Kind::Fetch
                         && let Some(s) = statement.and_then(|id| self.statements.get(&id))
                     {
@@ -773,6 +795,7 @@ impl Loop {
                         rewritten: None,
                         statement: Some(id),
                         role: None,
+                        quotes: Quotes::default(),
                     }),
                     None => plain(unknown_statement(id)),
                 }
@@ -843,6 +866,7 @@ impl Loop {
                         rewritten: Some(rewritten),
                         statement: None,
                         role: None,
+                        quotes: Quotes::default(),
                     },
                     outgoing,
                 )))
@@ -1048,6 +1072,10 @@ impl Loop {
                     ..
                 } => Plan::Forward {
                     kind,
+                    quotes: Quotes {
+                        touched: env.relay.touches(&mask, &facts.lineage, &self.views),
+                        shows_warnings: facts.kinds.contains(&"show_warnings"),
+                    },
                     mask: Arc::from(mask),
                     rewritten: None,
                     statement: None,
@@ -1278,6 +1306,10 @@ impl Loop {
                 });
                 Plan::Forward {
                     kind: Kind::Binary,
+                    quotes: Quotes {
+                        touched: env.relay.touches(&mask, &facts.lineage, &self.views),
+                        shows_warnings: facts.kinds.contains(&"show_warnings"),
+                    },
                     mask,
                     rewritten,
                     statement: Some(id),
@@ -1352,6 +1384,7 @@ impl Loop {
                         statement: None,
                         // The server's reset drops the role.
                         role: role.map(|w| Want { resets: true, ..w }),
+                        quotes: Quotes::default(),
                     },
                     outgoing,
                 )

@@ -364,3 +364,54 @@ fn a_local_infile_request_ends_the_session() {
     let mut out = BytesMut::new();
     assert!(r.feed(&mut resp, &mut buf, &mut out).is_err());
 }
+
+#[test]
+fn server_messages_lose_quoted_values_when_the_command_touched_a_masked_column() {
+    let m = masker();
+    let active = mask(&["email-col", "mail"]);
+    let cut = |touched, text| mask_message(&m, &active, touched, text).into_owned();
+    assert_eq!(
+        cut(true, "Truncated incorrect DECIMAL value: 'K7-alpha-19'"),
+        "Truncated incorrect DECIMAL value: '[REDACTED]'"
+    );
+    assert_eq!(
+        cut(
+            true,
+            "Incorrect datetime value: 'x' for column `app`.`customers`.`email` at row 1"
+        ),
+        "Incorrect datetime value: '[REDACTED]' for column `app`.`customers`.`email` at row 1"
+    );
+    // A quote inside the value: cut to the last quote (the key's name goes too).
+    assert_eq!(
+        cut(true, "Duplicate entry 'it's here' for key 'PRIMARY'"),
+        "Duplicate entry '[REDACTED]'"
+    );
+    assert_eq!(
+        cut(true, "Regex error 'unclosed"),
+        "Regex error '[REDACTED]"
+    );
+    // Not touched: the message stays, but the detectors still run.
+    assert_eq!(
+        cut(false, "Duplicate entry 'K7' for key 'PRIMARY'"),
+        "Duplicate entry 'K7' for key 'PRIMARY'"
+    );
+    assert_eq!(
+        cut(false, "Duplicate entry 'ada@example.com' for key 'email'"),
+        "Duplicate entry '[REDACTED]' for key 'email'"
+    );
+    let row = text_row(&[
+        Some(b"Warning"),
+        Some(b"1292"),
+        Some(b"Truncated incorrect DECIMAL value: 'K7-alpha-19'"),
+    ]);
+    let masked = mask_warning_row(&m, &active, &row).unwrap();
+    assert_eq!(
+        masked,
+        text_row(&[
+            Some(b"Warning"),
+            Some(b"1292"),
+            Some(b"Truncated incorrect DECIMAL value: '[REDACTED]'"),
+        ])
+    );
+    assert!(mask_warning_row(&m, &active, &text_row(&[Some(b"x")])).is_none());
+}
