@@ -284,8 +284,6 @@ fn quote_ident(name: &[u8]) -> String {
     format!("`{}`", String::from_utf8_lossy(name).replace('`', "``"))
 }
 
-/// The ERR code of a policy refusal: statements on tables get 1142 ("command denied"), the
-/// rest 1227 ("access denied; you need privileges").
 /// Whether a statement may create, change or drop views (after it, what the session knows of
 /// its relation names may be wrong).
 fn rewrites_catalog(facts: &crate::model::Facts) -> bool {
@@ -295,6 +293,8 @@ fn rewrites_catalog(facts: &crate::model::Facts) -> bool {
         .any(|c| matches!(c, Class::Ddl | Class::Admin | Class::Unknown))
 }
 
+/// The ERR code of a policy refusal: statements on tables get 1142 ("command denied"), the
+/// rest 1227 ("access denied; you need privileges").
 fn denial_code(facts: &crate::model::Facts) -> u16 {
     match facts.class {
         Class::Read | Class::Write | Class::Ddl | Class::Transaction | Class::Session => {
