@@ -131,6 +131,8 @@ struct Statement {
     long_data: bool,
     /// Masking rules of its last execute (for the fetches of a cursor).
     mask: Arc<[String]>,
+    /// Its last execute touched a masked column (the fetches' errors are cut too).
+    touched: bool,
     /// Column definitions of its cursor, for masked fetches.
     columns: Vec<Vec<u8>>,
 }
@@ -795,7 +797,10 @@ impl Loop {
                         rewritten: None,
                         statement: Some(id),
                         role: None,
-                        quotes: Quotes::default(),
+                        quotes: Quotes {
+                            touched: s.touched,
+                            shows_warnings: false,
+                        },
                     }),
                     None => plain(unknown_statement(id)),
                 }
@@ -1294,8 +1299,10 @@ impl Loop {
                 ..
             } => {
                 let mask: Arc<[String]> = Arc::from(mask);
+                let touched = env.relay.touches(&mask, &facts.lineage, &self.views);
                 if let Some(s) = self.statements.get_mut(&id) {
                     s.mask = mask.clone();
+                    s.touched = touched;
                     s.long_data = false;
                 }
                 let rewritten = (header.statement != id).then(|| {
@@ -1307,7 +1314,7 @@ impl Loop {
                 Plan::Forward {
                     kind: Kind::Binary,
                     quotes: Quotes {
-                        touched: env.relay.touches(&mask, &facts.lineage, &self.views),
+                        touched,
                         shows_warnings: facts.kinds.contains(&"show_warnings"),
                     },
                     mask,
@@ -1475,6 +1482,7 @@ impl Loop {
                         types: None,
                         long_data: false,
                         mask: Arc::from(Vec::new()),
+                        touched: false,
                         columns: Vec::new(),
                     },
                 );
