@@ -23,6 +23,9 @@ pub mod sqlite;
 pub mod store;
 pub mod text;
 
+#[cfg(test)]
+pub(crate) mod scratch;
+
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;

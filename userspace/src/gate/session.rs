@@ -108,35 +108,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::approval::sqlite::SqliteStore;
-    use crate::approval::{Approvals, Notifier, Principal, ReviewRequest, Ruling, State};
+    use crate::approval::scratch::service;
+    use crate::approval::{Approvals, Principal, ReviewRequest, Ruling, State};
     use crate::gate::{LogNotice, Verdict};
-    use crate::metrics::Metrics;
     use crate::model::{Class, Command, Decision, Dialect, Facts, Identity, OnTimeout};
-
-    /// An approval service over a SQLite store in a temp directory (removed on drop).
-    struct Service(Arc<Approvals>, std::path::PathBuf);
-
-    impl Drop for Service {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.1);
-        }
-    }
-
-    fn service(tag: &str) -> Service {
-        let dir =
-            std::env::temp_dir().join(format!("airlock-gate-review-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = SqliteStore::open(&dir.join("approvals.db")).unwrap();
-        let svc = Approvals::with_store(
-            Arc::new(store),
-            Notifier::new(&[]).unwrap(),
-            Arc::new(Metrics::new()),
-            "test".into(),
-            "t".repeat(40),
-        );
-        Service(svc, dir)
-    }
 
     fn request(text: &str, quorum: u32, mode: ReviewMode) -> ReviewRequest {
         ReviewRequest {

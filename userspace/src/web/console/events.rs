@@ -250,29 +250,19 @@ where
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::approval::Notifier;
-    use crate::approval::sqlite::SqliteStore;
-    use crate::metrics::Metrics;
+    use crate::approval::scratch::service;
 
     /// A hub that falls behind the store's notifications sends every reviewer a `reset`
     /// (the whole inbox), not a stream that silently misses changes.
     #[tokio::test]
     async fn a_hub_that_missed_changes_sends_a_reset() {
-        let dir = std::env::temp_dir().join(format!("airlock-hub-lag-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = SqliteStore::open(&dir.join("approvals.db")).unwrap();
-        let svc = Approvals::with_store(
-            Arc::new(store),
-            Notifier::new(&[]).unwrap(),
-            Arc::new(Metrics::new()),
-            "test".into(),
-            "t".repeat(40),
-        );
+        let scratch = service("hub-lag");
+        let svc = &scratch.0;
         let (tx, changes) = broadcast::channel(2);
         for i in 0..5 {
             tx.send(StoreEvent::Changed(format!("r{i}"))).unwrap();
         }
-        let hub = Hub::start_with(Arc::clone(&svc), changes);
+        let hub = Hub::start_with(Arc::clone(svc), changes);
         let mut rx = hub.subscribe();
         let batch = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
@@ -282,7 +272,6 @@ mod tests {
         assert!(text.starts_with("event: reset\n"), "{text}");
         assert!(text.contains("0 pending"), "{text}");
         drop(tx);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
