@@ -39,7 +39,7 @@ use crate::config::policy::{MaskRuleSpec, MaskStyle};
 
 pub use columns::{ColumnPlan, ColumnRef, ValueFormat, ValueKind};
 pub use json::{JsonMasker, JsonPath};
-pub use style::{HASH_HEX_LEN, MIN_KEY_LEN, REDACTED};
+pub use style::{HASH_HEX_LEN, MIN_KEY_LEN, REDACTED, REDACTED_TEXT};
 pub use text::TextMasker;
 
 use detect::{DETECTOR_COUNT, DetectorSet, Match};

@@ -5,7 +5,9 @@ use bytes::{BufMut, BytesMut};
 use super::MaskError;
 
 /// What full redaction writes in place of a value or span.
-pub const REDACTED: &[u8] = b"[REDACTED]";
+pub const REDACTED_TEXT: &str = "[REDACTED]";
+/// [`REDACTED_TEXT`] as bytes.
+pub const REDACTED: &[u8] = REDACTED_TEXT.as_bytes();
 
 /// Hex characters of the keyed hash written by the hash style (64 bits of HMAC-SHA256).
 pub const HASH_HEX_LEN: usize = 16;

@@ -55,6 +55,20 @@ impl Masker {
             totals: MaskCounts::default(),
         })
     }
+
+    /// One whole text value (a server message) through the `active` rules' detectors: the
+    /// masked value, or `None` when no detector is active or none matched (or a rule name is
+    /// unknown: then nothing here can mask it, and the caller's own cut stands).
+    pub fn detect_in(&self, active: &[String], value: &[u8]) -> Option<BytesMut> {
+        let mut tm = self.text(active).ok()?;
+        if tm.is_passthrough() {
+            return None;
+        }
+        let mut out = BytesMut::with_capacity(value.len());
+        tm.feed(value, &mut out);
+        tm.finish(&mut out);
+        (out[..] != *value).then_some(out)
+    }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

@@ -26,7 +26,7 @@ use prometheus_client::metrics::counter::Counter;
 use super::codec::{self, FrameError, HEADER_LEN, MAX_PAYLOAD, errno, status};
 use crate::audit::CommandResult;
 use crate::mask::{
-    ColumnPlan, ColumnRef, MaskCounts, MaskOutcome, Masker, REDACTED, RuleId, ValueFormat,
+    ColumnPlan, ColumnRef, MaskCounts, MaskOutcome, Masker, REDACTED_TEXT, RuleId, ValueFormat,
     ValueKind,
 };
 use crate::metrics::Metrics;
@@ -1088,12 +1088,6 @@ fn _assert_limits() {
     const _: () = assert!(MAX_HELD_PACKET > MAX_PAYLOAD);
 }
 
-/// [`REDACTED`] as text.
-const REDACTED_STR: &str = match std::str::from_utf8(REDACTED) {
-    Ok(s) => s,
-    Err(_) => "[REDACTED]",
-};
-
 /// A server message (an ERR packet's, a warning's) as the client and the audit log may see
 /// it under masking rules `mask`. When the command touched a masked column, quoted text is
 /// cut: MySQL quotes the values it complains about (`Truncated incorrect DECIMAL value:
@@ -1116,12 +1110,12 @@ fn mask_message<'a>(
             // To the last quote of the kind: a value may hold the quote itself.
             match rest[i + 1..].rfind(q) {
                 Some(len) => {
-                    cut.push_str(REDACTED_STR);
+                    cut.push_str(REDACTED_TEXT);
                     cut.push_str(q);
                     rest = &rest[i + 1 + len + 1..];
                 }
                 None => {
-                    cut.push_str(REDACTED_STR);
+                    cut.push_str(REDACTED_TEXT);
                     rest = "";
                 }
             }
@@ -1129,15 +1123,8 @@ fn mask_message<'a>(
         cut.push_str(rest);
         out = Cow::Owned(cut);
     }
-    if let Ok(mut tm) = masker.text(mask)
-        && !tm.is_passthrough()
-    {
-        let mut buf = BytesMut::with_capacity(out.len());
-        tm.feed(out.as_bytes(), &mut buf);
-        tm.finish(&mut buf);
-        if buf[..] != *out.as_bytes() {
-            out = Cow::Owned(String::from_utf8_lossy(&buf).into_owned());
-        }
+    if let Some(masked) = masker.detect_in(mask, out.as_bytes()) {
+        out = Cow::Owned(String::from_utf8_lossy(&masked).into_owned());
     }
     out
 }

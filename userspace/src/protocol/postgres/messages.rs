@@ -107,15 +107,9 @@ fn redact_values(text: &[u8], idents: &[&[u8]]) -> Vec<u8> {
 
 /// Runs the active detectors over one field value; `None` when nothing matched.
 fn detect(masker: &Masker, cmd: &Cmd, value: &[u8]) -> Option<Vec<u8>> {
-    let mut tm = masker.text(&cmd.mask).ok()?;
-    if tm.is_passthrough() {
-        return None;
-    }
-    let mut out = BytesMut::with_capacity(value.len());
-    tm.feed(value, &mut out);
-    tm.finish(&mut out);
+    let out = masker.detect_in(&cmd.mask, value)?;
     // A value with a NUL would end the field early; detectors never write one.
-    (out[..] != *value).then(|| out.iter().copied().filter(|&b| b != 0).collect())
+    Some(out.iter().copied().filter(|&b| b != 0).collect())
 }
 
 /// What masking made of one ErrorResponse or NoticeResponse.
