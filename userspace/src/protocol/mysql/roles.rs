@@ -18,9 +18,10 @@
 //! again before the next command that runs as a role.
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::codec::{self, FrameError, command as com};
+use super::wire;
 use crate::model::Facts;
 
 /// A role as the session sees it: `None` is the login user's own privileges (`SET ROLE NONE`).
@@ -221,24 +222,10 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut out = BytesMut::with_capacity(body.len() + 5);
-    let mut payload = Vec::with_capacity(body.len() + 1);
-    payload.push(cmd);
-    payload.extend_from_slice(body);
-    let mut seq = 0;
-    codec::put_packet(&mut out, &mut seq, &payload);
-    w.write_all(&out).await?;
-    w.flush().await?;
-    let packet = loop {
-        if let Some(p) = codec::check_packet(buf, 64 * 1024, "answer to the gateway")? {
-            break p;
-        }
-        if r.read_buf(buf).await? == 0 {
-            return Err(SwitchError::Closed);
-        }
-    };
-    let payload = packet.payload(buf).into_owned();
-    bytes::Buf::advance(buf, packet.total);
+    wire::send_own(w, cmd, body).await?;
+    let payload = wire::next_own::<_, SwitchError>(r, buf, 64 * 1024, "answer to the gateway")
+        .await?
+        .ok_or(SwitchError::Closed)?;
     match payload.first() {
         Some(0x00) => Ok(codec::ok_status(&payload)),
         Some(0xff) => {
@@ -260,6 +247,7 @@ where
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn roles() -> Roles {
         Roles::new(&["ro".into(), "rw".into()], Some("ro")).unwrap()

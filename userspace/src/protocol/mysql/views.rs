@@ -13,10 +13,11 @@
 
 use std::collections::{HashMap, HashSet};
 
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::codec::{self, command as com};
+use super::wire;
 use crate::model::Dialect;
 use crate::model::lineage::{Lineage, Output, Relations, Source, StatementLineage};
 use crate::policy::sql::{Limits, classify};
@@ -289,14 +290,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut out = BytesMut::with_capacity(sql.len() + 5);
-    let mut payload = Vec::with_capacity(sql.len() + 1);
-    payload.push(com::QUERY);
-    payload.extend_from_slice(sql.as_bytes());
-    let mut seq = 0;
-    codec::put_packet(&mut out, &mut seq, &payload);
-    w.write_all(&out).await?;
-    w.flush().await?;
+    wire::send_own(w, com::QUERY, sql.as_bytes()).await?;
     let first = next(r, buf).await?;
     match first.first() {
         Some(0xff) => return Err(refused(&first)),
@@ -354,16 +348,9 @@ fn refused(payload: &[u8]) -> LookupError {
 
 /// The next packet's payload, consumed from `buf`.
 async fn next<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> Result<Vec<u8>, LookupError> {
-    loop {
-        if let Some(p) = codec::check_packet(buf, MAX_PACKET, "catalog answer")? {
-            let payload = p.payload(buf).into_owned();
-            buf.advance(p.total);
-            return Ok(payload);
-        }
-        if r.read_buf(buf).await? == 0 {
-            return Err(LookupError::Closed);
-        }
-    }
+    wire::next_own::<_, LookupError>(r, buf, MAX_PACKET, "catalog answer")
+        .await?
+        .ok_or(LookupError::Closed)
 }
 
 #[cfg(test)]

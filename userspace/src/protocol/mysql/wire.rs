@@ -1,9 +1,10 @@
 //! Packet reads and writes during the two handshakes, where nothing may be read past the
 //! packet at hand: a client's TLS ClientHello follows its SSLRequest without waiting, and must
 //! reach the TLS acceptor, not a read buffer. The session loop frames on a buffer instead
-//! ([`codec::check_packet`](super::codec::check_packet)).
+//! ([`codec::check_packet`](super::codec::check_packet)), as do the gateway's own commands
+//! between the client's ([`send_own`], [`next_own`]: role switches, catalog lookups).
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::codec::{self, FrameError, HEADER_LEN, MAX_PAYLOAD};
@@ -102,4 +103,46 @@ pub async fn write_err_and_close<W: AsyncWrite + Unpin>(
     let _ = w.write_all(&out).await;
     let _ = w.flush().await;
     let _ = w.shutdown().await;
+}
+
+/// Sends a command of the gateway's own (`cmd` and its body) on the server connection, as the
+/// first packet of a new exchange.
+pub async fn send_own<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    cmd: u8,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut out = BytesMut::with_capacity(body.len() + HEADER_LEN + 1);
+    let mut payload = Vec::with_capacity(body.len() + 1);
+    payload.push(cmd);
+    payload.extend_from_slice(body);
+    let mut seq = 0;
+    codec::put_packet(&mut out, &mut seq, &payload);
+    w.write_all(&out).await?;
+    w.flush().await
+}
+
+/// The next packet of the answer to a command of the gateway's own: its payload, consumed from
+/// `buf` (what was read from `r` and not yet consumed). `None`: the server closed the
+/// connection.
+pub async fn next_own<R, E>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    limit: usize,
+    what: &'static str,
+) -> Result<Option<Vec<u8>>, E>
+where
+    R: AsyncRead + Unpin,
+    E: From<std::io::Error> + From<FrameError>,
+{
+    loop {
+        if let Some(p) = codec::check_packet(buf, limit, what)? {
+            let payload = p.payload(buf).into_owned();
+            buf.advance(p.total);
+            return Ok(Some(payload));
+        }
+        if r.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
 }
