@@ -298,6 +298,17 @@ impl Lin {
         }
     }
 
+    /// A plain reference to a column of a table (`column` `None`: every column).
+    fn of_table(schema: Option<&str>, table: &str, column: Option<&str>, derived: bool) -> Self {
+        let mut lin = Lin::plain(Source {
+            schema: schema.map(Into::into),
+            table: table.into(),
+            column: column.map(Into::into),
+        });
+        lin.derived = derived;
+        lin
+    }
+
     /// Adds another candidate or input: sources unite, the riskier flow wins.
     fn absorb(&mut self, other: Lin) {
         self.flow = self.flow.max(other.flow);
@@ -443,15 +454,12 @@ fn find_in(rel: &Rel, col: &str) -> Option<Hit> {
             table,
             renamed,
             derived,
-        } => {
-            let mut lin = Lin::plain(Source {
-                schema: schema.as_deref().map(Into::into),
-                table: table.as_str().into(),
-                column: (!renamed).then(|| col.into()),
-            });
-            lin.derived = *derived;
-            Some(Hit::Maybe(lin))
-        }
+        } => Some(Hit::Maybe(Lin::of_table(
+            schema.as_deref(),
+            table,
+            (!renamed).then_some(col),
+            *derived,
+        ))),
         RelKind::Opaque(lin) => Some(Hit::Maybe(lin.clone().computed())),
         RelKind::Derived(cols) => find_in_cols(cols, col),
     }
@@ -493,15 +501,7 @@ fn whole_row(rel: &Rel) -> Lin {
             table,
             derived,
             ..
-        } => {
-            let mut lin = Lin::plain(Source {
-                schema: schema.as_deref().map(Into::into),
-                table: table.as_str().into(),
-                column: None,
-            });
-            lin.derived = *derived;
-            lin.composite()
-        }
+        } => Lin::of_table(schema.as_deref(), table, None, *derived).composite(),
         RelKind::Opaque(lin) => lin.clone().composite(),
         RelKind::Derived(cols) => cols_lin(cols).composite(),
     }
@@ -532,36 +532,22 @@ fn cols_lin(cols: &[Col]) -> Lin {
 
 /// The columns of a subquery or CTE as a query over it reads them: each one marked as read
 /// through a derived relation.
-fn through(cols: Vec<Col>) -> Vec<Col> {
-    cols.into_iter()
-        .map(|c| match c {
-            Col::One { name, mut lin } => {
-                lin.derived = true;
-                Col::One { name, lin }
-            }
-            Col::Star(Rel { name, kind }) => Col::Star(Rel {
-                name,
-                kind: match kind {
-                    RelKind::Table {
-                        schema,
-                        table,
-                        renamed,
-                        ..
-                    } => RelKind::Table {
-                        schema,
-                        table,
-                        renamed,
-                        derived: true,
-                    },
-                    RelKind::Derived(inner) => RelKind::Derived(through(inner)),
-                    RelKind::Opaque(mut lin) => {
-                        lin.derived = true;
-                        RelKind::Opaque(lin)
-                    }
-                },
-            }),
-        })
-        .collect()
+fn through(mut cols: Vec<Col>) -> Vec<Col> {
+    mark_derived(&mut cols);
+    cols
+}
+
+fn mark_derived(cols: &mut [Col]) {
+    for c in cols {
+        match c {
+            Col::One { lin, .. } => lin.derived = true,
+            Col::Star(rel) => match &mut rel.kind {
+                RelKind::Table { derived, .. } => *derived = true,
+                RelKind::Derived(inner) => mark_derived(inner),
+                RelKind::Opaque(lin) => lin.derived = true,
+            },
+        }
+    }
 }
 
 /// The columns of `rel` as `*` expands them.
