@@ -295,9 +295,9 @@ pub struct SshTarget {
     pub max_channels: usize,
     /// Ciphers offered to clients, from [`SSH_CIPHERS`] (default: all of them, in that
     /// order). A client takes the first of its own list that is offered, so OpenSSH uses
-    /// ChaCha20-Poly1305 unless it is left out; `[aes256-gcm@openssh.com, aes128-gcm@openssh.com]` makes bulk transfers
-    /// cheaper for the gateway (AES-GCM runs on AES-NI), for clients that speak AES-GCM
-    /// (OpenSSH 6.2+, Paramiko 3.5+, asyncssh).
+    /// ChaCha20-Poly1305 unless it is left out; `[aes256-gcm@openssh.com,
+    /// aes128-gcm@openssh.com]` makes bulk transfers cheaper for the gateway (AES-GCM runs on
+    /// AES-NI), for clients that speak AES-GCM (OpenSSH 6.2+, Paramiko 3.5+, asyncssh).
     #[serde(default)]
     pub ciphers: Vec<String>,
 }

@@ -3,8 +3,9 @@
 //! request once, renders its row, and sends the changes in batches at most every [`GATHER`],
 //! each encoded once as server-sent-event text. Every connected reviewer's `GET /events`
 //! stream writes that shared batch as it is: per reviewer, one wake-up and one write per
-//! batch, whatever the rate of changes. A reviewer who falls behind gets a fresh `reset` instead of a backlog, so memory
-//! per reviewer stays bounded.
+//! batch, whatever the rate of changes. A reviewer who falls behind gets a fresh `reset`
+//! instead of a backlog, so memory per reviewer stays bounded; so does every reviewer when
+//! the hub itself falls behind the store.
 
 use std::convert::Infallible;
 use std::sync::Arc;
