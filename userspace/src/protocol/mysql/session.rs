@@ -281,6 +281,17 @@ struct Quotes {
     shows_warnings: bool,
 }
 
+impl Quotes {
+    /// What the messages about a command with `facts`, run under masking rules `mask`, may
+    /// quote.
+    fn of(relay: &Relay<'_>, mask: &[String], facts: &Facts, views: &Views) -> Self {
+        Quotes {
+            touched: relay.touches(mask, &facts.lineage, views),
+            shows_warnings: facts.kinds.contains(&"show_warnings"),
+        }
+    }
+}
+
 /// A statement name quoted as a MySQL identifier.
 fn quote_ident(name: &[u8]) -> String {
     format!("`{}`", String::from_utf8_lossy(name).replace('`', "``"))
@@ -1077,10 +1088,7 @@ impl Loop {
                     ..
                 } => Plan::Forward {
                     kind,
-                    quotes: Quotes {
-                        touched: env.relay.touches(&mask, &facts.lineage, &self.views),
-                        shows_warnings: facts.kinds.contains(&"show_warnings"),
-                    },
+                    quotes: Quotes::of(&env.relay, &mask, &facts, &self.views),
                     mask: Arc::from(mask),
                     rewritten: None,
                     statement: None,
@@ -1299,10 +1307,10 @@ impl Loop {
                 ..
             } => {
                 let mask: Arc<[String]> = Arc::from(mask);
-                let touched = env.relay.touches(&mask, &facts.lineage, &self.views);
+                let quotes = Quotes::of(&env.relay, &mask, &facts, &self.views);
                 if let Some(s) = self.statements.get_mut(&id) {
                     s.mask = mask.clone();
-                    s.touched = touched;
+                    s.touched = quotes.touched;
                     s.long_data = false;
                 }
                 let rewritten = (header.statement != id).then(|| {
@@ -1313,10 +1321,7 @@ impl Loop {
                 });
                 Plan::Forward {
                     kind: Kind::Binary,
-                    quotes: Quotes {
-                        touched,
-                        shows_warnings: facts.kinds.contains(&"show_warnings"),
-                    },
+                    quotes,
                     mask,
                     rewritten,
                     statement: Some(id),
