@@ -161,6 +161,10 @@ impl Lineage {
     }
 }
 
+/// Most levels of views on views a catalog follows; deeper nesting cannot be traced (and
+/// counts as masked).
+pub const MAX_VIEW_DEPTH: usize = 8;
+
 /// What a relation named in a statement stands for, as the target's catalog says: a view's
 /// columns are other tables' columns under new names, which masking rules (written against
 /// the tables) would not recognise by name.

@@ -39,6 +39,14 @@ pub fn analyze(statements: &[Statement]) -> Lineage {
     }
 }
 
+/// The lineage of a view's definition as the catalog gives it (`pg_get_viewdef`,
+/// `information_schema.VIEWS`): `None` when it does not parse into one statement whose lineage
+/// can be determined (such a view cannot be traced).
+pub fn view_definition(sql: &str, dialect: crate::model::Dialect) -> Option<StatementLineage> {
+    let mut l = super::classify(sql, dialect, &super::Limits::default()).lineage;
+    (l.unknown().is_none() && l.statements.len() == 1).then(|| l.statements.remove(0))
+}
+
 /// The lineage of one parsed statement.
 pub fn analyze_statement(stmt: &Statement) -> StatementLineage {
     let mut a = Analyzer::default();

@@ -19,17 +19,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::codec::{self, command as com};
 use super::wire;
 use crate::model::Dialect;
-use crate::model::lineage::{Lineage, Output, Relations, Source, StatementLineage};
-use crate::policy::sql::{Limits, classify};
+use crate::model::lineage::{Lineage, MAX_VIEW_DEPTH, Output, Relations, Source, StatementLineage};
+use crate::policy::sql::lineage::view_definition;
 
 /// A relation name as a statement writes it: schema (if any) and name, folded to lower case.
 pub type RelName = (Option<String>, String);
 
 /// Names kept per session before the cache starts over (names come from the client).
 const MAX_NAMES: usize = 4096;
-
-/// Most levels of views on views followed (deeper nesting cannot be traced).
-const MAX_VIEW_DEPTH: usize = 8;
 
 /// Most catalog rows read for one lookup (more: the names fail, and count as untraceable).
 const MAX_ROWS: usize = 1024;
@@ -167,11 +164,7 @@ impl Views {
                         .and_then(|h| hex::decode(h).ok())
                         .and_then(|d| String::from_utf8(d).ok())
                         .filter(|d| !d.is_empty())
-                        .and_then(|d| {
-                            let mut l = classify(&d, Dialect::Mysql, &Limits::default()).lineage;
-                            (l.unknown().is_none() && l.statements.len() == 1)
-                                .then(|| l.statements.remove(0))
-                        }),
+                        .and_then(|d| view_definition(&d, Dialect::Mysql)),
                 )
             };
             let list = self.relations.entry(name.clone()).or_default();
@@ -359,7 +352,8 @@ mod tests {
     use super::*;
 
     fn lineage(sql: &str) -> Lineage {
-        classify(sql, Dialect::Mysql, &Limits::default()).lineage
+        crate::policy::sql::classify(sql, Dialect::Mysql, &crate::policy::sql::Limits::default())
+            .lineage
     }
 
     fn row(schema: &str, name: &str, def: Option<&str>) -> [Option<Vec<u8>>; 4] {

@@ -11,8 +11,10 @@ use std::collections::{HashMap, HashSet};
 use super::types::value_kind;
 use crate::mask::{ColumnRef, MaskError, ValueFormat};
 use crate::model::Dialect;
-use crate::model::lineage::{Flow, Lineage, Output, Relations, Source, StatementLineage};
-use crate::policy::sql::{Limits, classify};
+use crate::model::lineage::{
+    Flow, Lineage, MAX_VIEW_DEPTH, Output, Relations, Source, StatementLineage,
+};
+use crate::policy::sql::lineage::view_definition;
 
 /// Where a result column comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,9 +44,6 @@ pub struct CatalogCache {
 /// Relation names kept per session before the cache starts over: names come from the
 /// client, and one that does not exist is remembered too.
 pub const MAX_NAMES: usize = 4096;
-
-/// Most levels of views on views followed (deeper nesting cannot be traced: masked).
-pub const MAX_VIEW_DEPTH: usize = 8;
 
 impl CatalogCache {
     /// An empty cache.
@@ -215,10 +214,7 @@ impl CatalogCache {
             .ok_or(MaskError::Catalog("bad oid"))?;
         let lineage = def
             .and_then(|d| std::str::from_utf8(d).ok())
-            .map(|d| classify(d, Dialect::Postgres, &Limits::default()).lineage)
-            .and_then(|mut l| {
-                (l.unknown().is_none() && l.statements.len() == 1).then(|| l.statements.remove(0))
-            });
+            .and_then(|d| view_definition(d, Dialect::Postgres));
         self.view_defs.insert(oid, lineage);
         Ok(())
     }

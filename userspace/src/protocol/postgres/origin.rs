@@ -289,7 +289,7 @@ impl SideConn {
     }
 
     /// Loads the names of every column of `tables` into `cache`, and for views their
-    /// definitions (through views on views, at most [`MAX_VIEW_DEPTH`](super::catalog::MAX_VIEW_DEPTH) deep). Tables the catalog does not know stay unloaded, so
+    /// definitions (through views on views, at most [`MAX_VIEW_DEPTH`](crate::model::lineage::MAX_VIEW_DEPTH) deep). Tables the catalog does not know stay unloaded, so
     /// resolving their columns fails (closed).
     pub async fn lookup(
         &mut self,
@@ -297,7 +297,7 @@ impl SideConn {
         tables: &[u32],
     ) -> Result<(), LookupError> {
         let mut tables = tables.to_vec();
-        for _ in 0..=super::catalog::MAX_VIEW_DEPTH {
+        for _ in 0..=crate::model::lineage::MAX_VIEW_DEPTH {
             if !tables.is_empty() {
                 for row in self.rows(&CatalogCache::query(&tables)).await? {
                     let row = data_row_values(&row).map_err(|e| e.to_string())?;
