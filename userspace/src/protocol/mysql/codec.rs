@@ -271,6 +271,31 @@ pub fn read_lenenc_bytes(b: &[u8]) -> Option<(&[u8], usize)> {
     Some((b.get(n..end)?, end))
 }
 
+/// The cells of a text-protocol row (`None`: NULL); `None` when the row is malformed.
+pub fn text_row_cells(payload: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+    let mut cells = Vec::new();
+    let mut pos = 0;
+    while pos < payload.len() {
+        if payload[pos] == 0xfb {
+            cells.push(None);
+            pos += 1;
+        } else {
+            let (v, n) = read_lenenc_bytes(&payload[pos..])?;
+            cells.push(Some(v));
+            pos += n;
+        }
+    }
+    Some(cells)
+}
+
+/// Appends one text-protocol row cell (`None`: NULL).
+pub fn put_text_cell(out: &mut impl BufMut, cell: Option<&[u8]>) {
+    match cell {
+        Some(v) => put_lenenc_bytes(out, v),
+        None => out.put_u8(0xfb),
+    }
+}
+
 /// Whether a payload is a result set terminator: EOF (0xFE, shorter than 9 bytes) or, with
 /// CLIENT_DEPRECATE_EOF, an OK packet with the 0xFE header (which a row starting with a
 /// 9-byte length can never be mistaken for: such a row fills a whole physical packet).

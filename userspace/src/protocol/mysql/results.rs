@@ -1136,35 +1136,16 @@ fn mask_message<'a>(
 /// A text-protocol row of `SHOW WARNINGS` / `SHOW ERRORS` (level, code, message) with its
 /// message cut as an error's; `None` when it does not read as one.
 fn mask_warning_row(masker: &Masker, mask: &[String], payload: &[u8]) -> Option<Vec<u8>> {
-    let mut fields: Vec<Option<&[u8]>> = Vec::with_capacity(3);
-    let mut pos = 0;
-    while pos < payload.len() {
-        if payload[pos] == 0xfb {
-            fields.push(None);
-            pos += 1;
-        } else {
-            let (v, n) = codec::read_lenenc_bytes(&payload[pos..])?;
-            fields.push(Some(v));
-            pos += n;
-        }
-    }
-    if fields.len() != 3 {
+    let [level, code, message] = codec::text_row_cells(payload)?[..] else {
         return None;
-    }
-    let message = fields[2].map(|m| {
+    };
+    let message = message.map(|m| {
         let text = String::from_utf8_lossy(m);
         mask_message(masker, mask, true, &text).into_owned()
     });
     let mut row = Vec::with_capacity(payload.len() + 16);
-    for f in &fields[..2] {
-        match f {
-            Some(v) => codec::put_lenenc_bytes(&mut row, v),
-            None => row.push(0xfb),
-        }
-    }
-    match message {
-        Some(m) => codec::put_lenenc_bytes(&mut row, m.as_bytes()),
-        None => row.push(0xfb),
+    for cell in [level, code, message.as_deref().map(str::as_bytes)] {
+        codec::put_text_cell(&mut row, cell);
     }
     Some(row)
 }

@@ -311,21 +311,11 @@ where
         if rows.len() >= MAX_ROWS {
             return Err(LookupError::Malformed("too many catalog rows"));
         }
-        let mut row: [Option<Vec<u8>>; 4] = Default::default();
-        let mut pos = 0;
-        for cell in &mut row {
-            match p.get(pos) {
-                Some(0xfb) => pos += 1,
-                Some(_) => {
-                    let (v, n) =
-                        codec::read_lenenc_bytes(&p[pos..]).ok_or(LookupError::Malformed("row"))?;
-                    *cell = Some(v.to_vec());
-                    pos += n;
-                }
-                None => return Err(LookupError::Malformed("short row")),
-            }
-        }
-        rows.push(row);
+        let cells = codec::text_row_cells(&p).ok_or(LookupError::Malformed("row"))?;
+        let [a, b, c, d] = cells[..] else {
+            return Err(LookupError::Malformed("row"));
+        };
+        rows.push([a, b, c, d].map(|cell| cell.map(<[u8]>::to_vec)));
     }
 }
 

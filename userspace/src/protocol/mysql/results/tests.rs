@@ -55,10 +55,7 @@ fn column(name: &str, t: ColumnType, charset: u16) -> Vec<u8> {
 fn text_row(values: &[Option<&[u8]>]) -> Vec<u8> {
     let mut v = Vec::new();
     for val in values {
-        match val {
-            Some(b) => codec::put_lenenc_bytes(&mut v, b),
-            None => v.push(0xfb),
-        }
+        codec::put_text_cell(&mut v, *val);
     }
     v
 }
