@@ -173,11 +173,13 @@ fn value(t: u8, unsigned: bool, b: &[u8], out: &mut String) -> Result<usize, Par
             let len = usize::from(*b.first().ok_or(ParamError("truncated time"))?);
             let d = b.get(1..1 + len).ok_or(ParamError("truncated time"))?;
             let g = |i: usize| d.get(i).copied().map_or(0, u32::from);
+            // Days are a client-chosen u32: widen before scaling so no value overflows.
             let days = d
                 .get(1..5)
                 .map_or(0, |x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]));
+            let hours = u64::from(days) * 24 + u64::from(g(5));
             let sign = if g(0) == 1 { "-" } else { "" };
-            let _ = write!(out, "'{sign}{}:{:02}:{:02}'", days * 24 + g(5), g(6), g(7));
+            let _ = write!(out, "'{sign}{hours}:{:02}:{:02}'", g(6), g(7));
             return Ok(1 + len);
         }
         _ => {
@@ -265,6 +267,20 @@ mod tests {
         // Too few types for the parameters, or a body cut short: an error, never a guess.
         assert!(render(&b, 3, &[8, 0]).is_err());
         assert!(render(&b[..b.len() - 1], 3, &[8, 0, 253, 0, 10, 0]).is_err());
+    }
+
+    #[test]
+    fn a_time_of_any_length_renders_without_overflow() {
+        // One TIME param: negative, u32::MAX days, 5:06:07 (found by the mysql_wire fuzzer).
+        let mut rest = vec![0, 1, 11, 0, 8, 1];
+        rest.extend_from_slice(&u32::MAX.to_le_bytes());
+        rest.extend_from_slice(&[5, 6, 7]);
+        let b = body(&rest);
+        let hours = u64::from(u32::MAX) * 24 + 5;
+        assert_eq!(
+            render(&b, 1, &[11, 0]).unwrap(),
+            format!("('-{hours}:06:07')")
+        );
     }
 
     #[test]

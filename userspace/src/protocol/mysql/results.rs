@@ -552,9 +552,12 @@ impl<'a> Relay<'a> {
                     if let Some(st) = codec::ok_status(payload) {
                         self.status = st;
                     }
+                    // The server's counts: a multi-statement answer can sum past u64.
                     resp.totals.affected = Some(
-                        resp.totals.affected.unwrap_or(0)
-                            + codec::ok_affected_rows(payload).unwrap_or(0),
+                        resp.totals
+                            .affected
+                            .unwrap_or(0)
+                            .saturating_add(codec::ok_affected_rows(payload).unwrap_or(0)),
                     );
                     let more = codec::ok_status(payload)
                         .is_some_and(|s| s & status::MORE_RESULTS_EXISTS != 0);

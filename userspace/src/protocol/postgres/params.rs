@@ -331,7 +331,16 @@ fn decode_binary(type_oid: u32, v: &[u8]) -> Option<String> {
         }
         oid::TIMESTAMP | oid::TIMESTAMPTZ => {
             let us = pg::timestamp_from_sql(v).ok()?;
-            let t = epoch()?.and_hms_opt(0, 0, 0)? + chrono::TimeDelta::microseconds(us);
+            // PostgreSQL's ±infinity are i64::MAX and i64::MIN; any value past chrono's
+            // range is the client's to choose, so the sum is checked (`+` panics on it).
+            match us {
+                i64::MAX => return Some("infinity".into()),
+                i64::MIN => return Some("-infinity".into()),
+                _ => {}
+            }
+            let t = epoch()?
+                .and_hms_opt(0, 0, 0)?
+                .checked_add_signed(chrono::TimeDelta::microseconds(us))?;
             if type_oid == oid::TIMESTAMPTZ {
                 format!("{}+00", t.format("%Y-%m-%d %H:%M:%S%.f"))
             } else {
@@ -517,5 +526,25 @@ mod tests {
         );
         assert_eq!(h.type_name, "oid 600");
         assert_eq!(s(oid::INT4, &[1, 2]).shown_as, "hex");
+    }
+
+    #[test]
+    fn timestamps_past_the_calendar_are_shown_not_a_panic() {
+        // A client's binary timestamp is any i64: adding i64::MAX - 1 microseconds to the
+        // epoch used to panic (chrono's `+` overflows); ±infinity are PostgreSQL's own values.
+        let p = |v: i64| Param {
+            type_id: 0,
+            format: ParamFormat::Binary,
+            value: Some(Cow::Owned(v.to_be_bytes().to_vec())),
+        };
+        for t in [oid::TIMESTAMP, oid::TIMESTAMPTZ] {
+            assert_eq!(show(1, t, &p(i64::MAX)).value.unwrap(), "infinity");
+            assert_eq!(show(1, t, &p(i64::MIN)).value.unwrap(), "-infinity");
+            for v in [i64::MAX - 1, i64::MIN + 1] {
+                let shown = show(1, t, &p(v));
+                assert_eq!(shown.shown_as, "hex", "{v}");
+                assert_eq!(shown.value.unwrap(), hex(&v.to_be_bytes()));
+            }
+        }
     }
 }

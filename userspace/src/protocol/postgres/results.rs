@@ -451,7 +451,9 @@ impl<'a> Back<'a> {
                 if tag == b'C' {
                     let rows = command_rows(body);
                     if let Some(r) = rows {
-                        *self.acc.rows.get_or_insert(0) += r;
+                        // The server's counts: a Query of several statements can sum past u64.
+                        let total = self.acc.rows.get_or_insert(0);
+                        *total = total.saturating_add(r);
                     }
                 }
                 self.end_result_set();
@@ -1269,5 +1271,17 @@ mod tests {
                 .is_none()
         );
         assert!(through(&mut back, &msg(b'Z', b"I")).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn row_counts_of_several_commands_saturate_instead_of_overflowing() {
+        // Two CommandCompletes of one Query, the first claiming u64::MAX rows: their sum used
+        // to overflow.
+        let fx = Fixture::new();
+        let mut back = fx.back();
+        fx.push(query(&[]));
+        through(&mut back, &msg(b'C', b"SELECT 18446744073709551615\0")).await;
+        through(&mut back, &msg(b'C', b"INSERT 0 3\0")).await;
+        assert_eq!(back.acc.rows, Some(u64::MAX));
     }
 }

@@ -412,3 +412,23 @@ fn server_messages_lose_quoted_values_when_the_command_touched_a_masked_column()
     );
     assert!(mask_warning_row(&m, &active, &text_row(&[Some(b"x")])).is_none());
 }
+
+#[test]
+fn affected_rows_of_several_oks_saturate_instead_of_overflowing() {
+    // Two OKs of a multi-statement answer, the first claiming u64::MAX affected rows (an
+    // 8-byte length-encoded integer): their sum used to overflow.
+    let metrics = Metrics::new();
+    let mut r = Relay::new(masker(), &metrics, true);
+    let more = codec::status::MORE_RESULTS_EXISTS | 2;
+    let mut huge = vec![0x00, 0xfe];
+    huge.extend_from_slice(&u64::MAX.to_le_bytes());
+    huge.push(0);
+    huge.extend_from_slice(&more.to_le_bytes());
+    huge.extend_from_slice(&[0, 0]);
+    let last = vec![0x00, 5, 0, 2, 0, 0, 0];
+    let mut resp = Response::new(Kind::Text, mask(&[]), 0);
+    let (got, done) = relay(&mut r, &mut resp, &answer(&[huge, last]), 7);
+    assert!(done);
+    assert_eq!(got.len(), 2);
+    assert_eq!(resp.totals.affected, Some(u64::MAX));
+}
