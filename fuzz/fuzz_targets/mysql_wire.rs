@@ -14,6 +14,8 @@ use airlock::protocol::mysql::results::{Kind, Relay, Response};
 use airlock::protocol::mysql::{cancel, codec, handshake, params};
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
+use mysql_common::io::ParseBuf;
+use mysql_common::packets::HandshakeResponse;
 
 fn masker() -> Arc<Masker> {
     let rule = |name: &str, columns: Vec<String>, detectors: Vec<Detector>, style| MaskRuleSpec {
@@ -47,6 +49,8 @@ fuzz_target!(|data: &[u8]| {
         let payload = p.payload(rest);
         assert_eq!(payload.len(), p.len);
         let _ = handshake::ServerHello::parse(&payload);
+        // The client's handshake response, parsed as the gateway's accept does.
+        let _: Result<HandshakeResponse<'_>, _> = ParseBuf(&payload).parse(());
         let _ = codec::parse_err(&payload);
         let _ = codec::ok_status(&payload);
         if let Some(&n) = payload.first() {

@@ -1,15 +1,89 @@
 //! Fuzz the PostgreSQL wire parsers the gateway runs on untrusted bytes: the startup packet
-//! (first bytes a client sends), message framing, ErrorResponse fields, and the masking
-//! engine's DataRow parser. None may panic; framing must never claim more than it was given.
+//! (first bytes a client sends), message framing, ErrorResponse fields, and the masking of the
+//! server's rows (DataRow, COPY text and CSV) over columns of every kind, in text and binary.
+//! None may panic; framing must never claim more than it was given.
 #![no_main]
 
-use airlock::protocol::postgres::{codec, startup};
+use airlock::config::policy::{Detector, MaskRuleSpec, MaskStyle};
+use airlock::mask::{ColumnPlan, ColumnRef, Masker, ValueFormat, ValueKind};
+use airlock::protocol::postgres::{codec, rows, startup};
+use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
+
+/// A plan over five columns of every kind masking treats differently (a column rule, JSON,
+/// detectors on text, bytes and a fixed type), in text or binary format by `binary`.
+fn masked(binary: u8) -> ColumnPlan {
+    let rule = |name: &str, columns: Vec<String>, json_paths: Vec<String>, detectors, style| {
+        MaskRuleSpec {
+            name: name.into(),
+            columns,
+            json_paths,
+            detectors,
+            style,
+            except_groups: vec![],
+            computed: Default::default(),
+            compared: Default::default(),
+        }
+    };
+    let masker = Masker::new(
+        &[
+            rule(
+                "col",
+                vec!["*.*.email".into()],
+                vec![],
+                vec![],
+                MaskStyle::Partial,
+            ),
+            rule(
+                "doc",
+                vec![],
+                vec!["$..secret".into()],
+                vec![],
+                MaskStyle::Hash,
+            ),
+            rule(
+                "pii",
+                vec![],
+                vec![],
+                vec![Detector::Email, Detector::Card],
+                MaskStyle::Redact,
+            ),
+        ],
+        b"fuzz-key-0123456789abcdef0123456789",
+    )
+    .expect("rules");
+    let kinds = [
+        ("email", ValueKind::Text),
+        ("doc", ValueKind::Json { binary_prefix: 1 }),
+        ("note", ValueKind::Other),
+        ("blob", ValueKind::Bytes),
+        ("n", ValueKind::Plain),
+    ];
+    let cols: Vec<ColumnRef<'_>> = kinds
+        .iter()
+        .enumerate()
+        .map(|(i, &(column, kind))| ColumnRef {
+            schema: "public",
+            table: "t",
+            column,
+            kind,
+            type_id: 25,
+            format: if binary & (1 << i) != 0 {
+                ValueFormat::Binary
+            } else {
+                ValueFormat::Text
+            },
+        })
+        .collect();
+    let active = ["col".to_string(), "doc".into(), "pii".into()];
+    masker.plan(&cols, &active).expect("plan")
+}
 
 fuzz_target!(|data: &[u8]| {
     let _ = startup::parse_packet(data);
     // Walk the input as a stream of tagged messages, as the session loop does.
     let mut rest = data;
+    let mut plan = None;
     while let Ok(Some(h)) = codec::peek_header(rest) {
         assert!(h.total >= 5, "a header is five bytes");
         // The client-side check on the header alone: a refused header is never buffered, an
@@ -27,6 +101,28 @@ fuzz_target!(|data: &[u8]| {
         let body = &rest[5..h.total];
         if h.tag == b'E' || h.tag == b'N' {
             let _ = codec::parse_error(body);
+        }
+        // Rows of the server's answer, masked (DataRow, COPY text and CSV): all or nothing,
+        // never a panic.
+        let mut out = BytesMut::new();
+        match h.tag {
+            b'D' => drop(rows::mask_data_row(
+                plan.get_or_insert_with(|| masked(data[0])),
+                body,
+                &mut out,
+            )),
+            b'd' if data[0] & 0x80 != 0 => drop(rows::mask_copy_csv(
+                plan.get_or_insert_with(|| masked(data[0])),
+                body,
+                rows::CsvOptions::default(),
+                &mut out,
+            )),
+            b'd' => drop(rows::mask_copy_data(
+                plan.get_or_insert_with(|| masked(data[0])),
+                body,
+                &mut out,
+            )),
+            _ => {}
         }
         rest = &rest[h.total..];
     }

@@ -332,6 +332,9 @@ impl Transform {
 /// when it ends or the client goes away.
 pub struct AnswerBody {
     inner: Incoming,
+    /// The upstream's first frame (or its end, `Some(None)`), read before the answer's head
+    /// goes out ([`prefetched`](Self::prefetched)).
+    first: Option<Option<Result<Frame<Bytes>, hyper::Error>>>,
     transform: Transform,
     gunzip: Option<flate2::write::GzDecoder<Vec<u8>>>,
     /// Compressed bytes not decoded yet.
@@ -350,6 +353,7 @@ impl AnswerBody {
     ) -> Self {
         Self {
             inner,
+            first: None,
             transform,
             gunzip: gunzip.then(|| flate2::write::GzDecoder::new(Vec::new())),
             pending: Bytes::new(),
@@ -378,6 +382,35 @@ impl AnswerBody {
             None => return Ok(()),
         };
         self.transform(&decoded)
+    }
+
+    /// Waits up to `wait` for the upstream's first frame, so that the answer's head and its
+    /// first bytes leave in one write (and a small answer, whole, with its end). hyper's
+    /// client reads a body only once it is asked for, so without this the head goes out
+    /// alone while the body is fetched. A stream that sends nothing within `wait` (an event
+    /// stream, a watch) gets its head then, as before.
+    pub async fn prefetched(mut self, wait: std::time::Duration) -> Self {
+        if !self.inner.is_end_stream()
+            && let Ok(first) = tokio::time::timeout(wait, self.inner.frame()).await
+        {
+            self.first = Some(first);
+        }
+        self
+    }
+
+    /// The upstream body ended: flushes the decoder and the masker, counts, completes the
+    /// record.
+    fn end(&mut self) -> Result<(), BoxError> {
+        self.finish()?;
+        self.done = true;
+        self.record.add_counts(self.transform.take_counts());
+        self.record.complete();
+        Ok(())
+    }
+
+    /// Whether the upstream has nothing more to send: its end can go out with the last bytes.
+    fn upstream_ended(&self) -> bool {
+        self.first.is_none() && self.pending.is_empty() && self.inner.is_end_stream()
     }
 
     fn finish(&mut self) -> Result<(), BoxError> {
@@ -429,7 +462,11 @@ impl Body for AnswerBody {
                 }
                 continue;
             }
-            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            let polled = match this.first.take() {
+                Some(first) => first,
+                None => ready!(Pin::new(&mut this.inner).poll_frame(cx)),
+            };
+            match polled {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         this.record.received(data.len() as u64);
@@ -440,9 +477,20 @@ impl Body for AnswerBody {
                         if let Transform::Pass = this.transform {
                             this.record.capture(&data);
                             this.record.sent(data.len() as u64);
+                            // The last bytes: hyper writes them with the body's end.
+                            if this.upstream_ended()
+                                && let Err(e) = this.end()
+                            {
+                                return this.fail(e);
+                            }
                             return Poll::Ready(Some(Ok(Frame::data(data))));
                         }
                         if let Err(e) = this.transform(&data) {
+                            return this.fail(e);
+                        }
+                        if this.upstream_ended()
+                            && let Err(e) = this.end()
+                        {
                             return this.fail(e);
                         }
                         if let Some(f) = this.emit() {
@@ -454,12 +502,9 @@ impl Body for AnswerBody {
                 },
                 Some(Err(e)) => return this.fail(e.into()),
                 None => {
-                    if let Err(e) = this.finish() {
+                    if let Err(e) = this.end() {
                         return this.fail(e);
                     }
-                    this.done = true;
-                    this.record.add_counts(this.transform.take_counts());
-                    this.record.complete();
                     if let Some(f) = this.emit() {
                         return Poll::Ready(Some(Ok(f)));
                     }
@@ -475,7 +520,20 @@ impl Body for AnswerBody {
 
     fn size_hint(&self) -> SizeHint {
         match (&self.transform, &self.gunzip) {
-            (Transform::Pass, None) => self.inner.size_hint(),
+            (Transform::Pass, None) => {
+                let mut hint = self.inner.size_hint();
+                // A prefetched frame is still owed to the client.
+                if let Some(Some(Ok(frame))) = &self.first
+                    && let Some(data) = frame.data_ref()
+                {
+                    let n = data.len() as u64;
+                    if let Some(upper) = hint.upper() {
+                        hint.set_upper(upper.saturating_add(n));
+                    }
+                    hint.set_lower(hint.lower().saturating_add(n));
+                }
+                hint
+            }
             _ => SizeHint::default(),
         }
     }

@@ -31,6 +31,8 @@ pub const APPROVAL_HEADER: &str = "x-airlock-approval";
 pub const REQUEST_HEADER: &str = "x-airlock-request";
 /// Seconds a client in retry mode is told to wait before asking again.
 const RETRY_AFTER_SECS: u32 = 10;
+/// How long an answer's head waits for its first bytes, to leave with them in one write.
+const FIRST_FRAME_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// A held request's notices go to the daemon's log: the client has no channel before its
 /// answer (the answer carries the approval id in [`APPROVAL_HEADER`]).
@@ -459,10 +461,11 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
     };
     if mask.is_empty() || !has_body {
         capture(&mut record, &rparts.headers, false);
-        return Response::from_parts(
-            rparts,
-            AnswerBody::new(rbody, Transform::Pass, false, record).boxed(),
-        );
+        let mut answer = AnswerBody::new(rbody, Transform::Pass, false, record);
+        if has_body {
+            answer = answer.prefetched(FIRST_FRAME_WAIT).await;
+        }
+        return Response::from_parts(rparts, answer.boxed());
     }
     let plan = match answer_plan(&conn, &rparts.headers, &mask, treatment.json_lines) {
         Ok(p) => p,
@@ -470,10 +473,10 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
             if conn.http.binary == BinaryAnswers::Pass {
                 record.notes.push(format!("answer passed unmasked: {why}"));
                 capture(&mut record, &rparts.headers, false);
-                return Response::from_parts(
-                    rparts,
-                    AnswerBody::new(rbody, Transform::Pass, false, record).boxed(),
-                );
+                let answer = AnswerBody::new(rbody, Transform::Pass, false, record)
+                    .prefetched(FIRST_FRAME_WAIT)
+                    .await;
+                return Response::from_parts(rparts, answer.boxed());
             }
             record.status = StatusCode::BAD_GATEWAY.as_u16();
             record.notes.push(format!("answer refused: {why}"));
@@ -492,10 +495,10 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
         rparts.headers.remove(header::CONTENT_ENCODING);
         record.notes.push("gzip answer decoded for masking".into());
     }
-    Response::from_parts(
-        rparts,
-        AnswerBody::new(rbody, plan.transform, plan.gunzip, record).boxed(),
-    )
+    let answer = AnswerBody::new(rbody, plan.transform, plan.gunzip, record)
+        .prefetched(FIRST_FRAME_WAIT)
+        .await;
+    Response::from_parts(rparts, answer.boxed())
 }
 
 /// How an answer under masking rules is read.
