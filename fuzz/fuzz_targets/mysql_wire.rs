@@ -17,7 +17,13 @@ use libfuzzer_sys::fuzz_target;
 use mysql_common::io::ParseBuf;
 use mysql_common::packets::HandshakeResponse;
 
+/// Built once: a masker derives its keys, which would otherwise dominate each run.
 fn masker() -> Arc<Masker> {
+    static MASKER: std::sync::OnceLock<Arc<Masker>> = std::sync::OnceLock::new();
+    Arc::clone(MASKER.get_or_init(build_masker))
+}
+
+fn build_masker() -> Arc<Masker> {
     let rule = |name: &str, columns: Vec<String>, detectors: Vec<Detector>, style| MaskRuleSpec {
         name: name.into(),
         columns,
@@ -77,8 +83,10 @@ fuzz_target!(|data: &[u8]| {
         4 => Kind::Fetch,
         _ => Kind::Single,
     };
-    let metrics = Metrics::new();
-    let mut relay = Relay::new(masker(), &metrics, sel & 0x80 != 0);
+    // Built once, like the masker: a registry per run would dominate it.
+    static METRICS: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
+    let metrics = METRICS.get_or_init(Metrics::new);
+    let mut relay = Relay::new(masker(), metrics, sel & 0x80 != 0);
     let rules: Arc<[String]> = if sel & 0x40 != 0 {
         vec!["col".to_string(), "mail".into(), "nul".into()].into()
     } else {
