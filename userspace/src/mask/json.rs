@@ -38,11 +38,83 @@ enum Seg {
     Descend,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
-    /// A key's text (bytes: the lexer checked they are UTF-8).
-    Key(Vec<u8>),
+    /// A key, by its id among the keys the paths name ([`NO_KEY`]: none of them).
+    Key(u32),
     Index(u64),
+}
+
+/// The id of a key no path names.
+const NO_KEY: u32 = u32::MAX;
+
+/// A path's segment with its key replaced by its id in the masker's key table, so that a
+/// document's keys are compared with the paths' once, where they are read, and never copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pat {
+    Key(u32),
+    Index(u64),
+    Any,
+    Descend,
+}
+
+/// A path compiled against a key table.
+#[derive(Debug)]
+struct Compiled {
+    pats: Vec<Pat>,
+    /// Without `..` a path matches only at its own depth.
+    descends: bool,
+}
+
+impl Compiled {
+    fn new(path: &JsonPath, keys: &mut Vec<Box<[u8]>>) -> Self {
+        let pats: Vec<Pat> = path
+            .0
+            .iter()
+            .map(|seg| match seg {
+                Seg::Key(k) => {
+                    let id = keys
+                        .iter()
+                        .position(|known| **known == *k.as_bytes())
+                        .unwrap_or_else(|| {
+                            keys.push(k.as_bytes().into());
+                            keys.len() - 1
+                        });
+                    Pat::Key(u32::try_from(id).unwrap_or(NO_KEY - 1))
+                }
+                Seg::Index(n) => Pat::Index(*n),
+                Seg::Any => Pat::Any,
+                Seg::Descend => Pat::Descend,
+            })
+            .collect();
+        let descends = pats.contains(&Pat::Descend);
+        Compiled { pats, descends }
+    }
+
+    fn matches(&self, steps: &[Step]) -> bool {
+        if !self.descends && self.pats.len() != steps.len() {
+            return false;
+        }
+        fn go(pats: &[Pat], steps: &[Step]) -> bool {
+            match pats.split_first() {
+                None => steps.is_empty(),
+                Some((Pat::Descend, rest)) => (0..=steps.len()).any(|i| go(rest, &steps[i..])),
+                Some((pat, rest)) => match steps.split_first() {
+                    None => false,
+                    Some((step, after)) => {
+                        let ok = match (pat, step) {
+                            (Pat::Any, _) => true,
+                            (Pat::Key(k), Step::Key(s)) => k == s,
+                            (Pat::Index(n), Step::Index(i)) => n == i,
+                            _ => false,
+                        };
+                        ok && go(rest, after)
+                    }
+                },
+            }
+        }
+        go(&self.pats, steps)
+    }
 }
 
 impl JsonPath {
@@ -107,28 +179,6 @@ impl JsonPath {
         }
         Ok(JsonPath(segs))
     }
-
-    fn matches(&self, steps: &[Step]) -> bool {
-        fn go(segs: &[Seg], steps: &[Step]) -> bool {
-            match segs.split_first() {
-                None => steps.is_empty(),
-                Some((Seg::Descend, rest)) => (0..=steps.len()).any(|i| go(rest, &steps[i..])),
-                Some((seg, rest)) => match steps.split_first() {
-                    None => false,
-                    Some((step, after)) => {
-                        let ok = match (seg, step) {
-                            (Seg::Any, _) => true,
-                            (Seg::Key(k), Step::Key(s)) => k.as_bytes() == s.as_slice(),
-                            (Seg::Index(n), Step::Index(i)) => n == i,
-                            _ => false,
-                        };
-                        ok && go(rest, after)
-                    }
-                },
-            }
-        }
-        go(&self.0, steps)
-    }
 }
 
 /// One open container.
@@ -142,7 +192,9 @@ pub struct JsonMasker {
     masker: Masker,
     active: Active,
     /// Path rules among the active ones, in configuration order.
-    paths: Vec<(u8, JsonPath)>,
+    paths: Vec<(u8, Compiled)>,
+    /// The keys the paths name; a path's `Pat::Key` and a step's `Step::Key` index it.
+    keys: Vec<Box<[u8]>>,
     lexer: Lexer,
     /// Bytes fed and not consumed by the parser yet (a token cut by a chunk boundary).
     pending: Vec<u8>,
@@ -176,19 +228,22 @@ impl Masker {
     /// detectors). An unknown rule name is an error.
     pub fn json(&self, active: &[String]) -> Result<JsonMasker, MaskError> {
         let act = self.active(active)?;
-        let paths: Vec<(u8, JsonPath)> = self
+        let mut keys = Vec::new();
+        let paths: Vec<(u8, Compiled)> = self
             .inner
             .rules
             .iter()
             .enumerate()
             .filter(|(i, _)| act.rules.contains(RuleId(*i as u8)))
-            .flat_map(|(i, r)| r.paths.iter().map(move |p| (i as u8, p.clone())))
+            .flat_map(|(i, r)| r.paths.iter().map(move |p| (i as u8, p)))
+            .map(|(i, p)| (i, Compiled::new(p, &mut keys)))
             .collect();
         Ok(JsonMasker {
             masker: self.clone(),
             passthrough: paths.is_empty() && act.detectors.is_empty(),
             active: act,
             paths,
+            keys,
             lexer: Lexer::new(MAX_DEPTH),
             pending: Vec::new(),
             frames: Vec::new(),
@@ -355,12 +410,17 @@ impl JsonMasker {
                 }
                 if let Some(Step::Key(last)) = self.steps.last_mut() {
                     let raw = &quoted[1..quoted.len() - 1];
-                    if escaped {
-                        unescape(raw, last).map_err(MaskError::Json)?;
+                    let text: &[u8] = if escaped {
+                        unescape(raw, &mut self.unescaped).map_err(MaskError::Json)?;
+                        &self.unescaped
                     } else {
-                        last.clear();
-                        last.extend_from_slice(raw);
-                    }
+                        raw
+                    };
+                    *last = self
+                        .keys
+                        .iter()
+                        .position(|k| **k == *text)
+                        .map_or(NO_KEY, |id| id as u32);
                 }
                 Ok(false)
             }
@@ -377,7 +437,7 @@ impl JsonMasker {
                 }
                 self.frames.push(Frame { object });
                 self.steps.push(if object {
-                    Step::Key(Vec::new())
+                    Step::Key(NO_KEY)
                 } else {
                     // Incremented to 0 by the first value.
                     Step::Index(u64::MAX)
@@ -740,14 +800,20 @@ mod tests {
         for bad in ["a.b", "$.", "$[x]", "$..", "$.a[", "$a"] {
             assert!(JsonPath::parse(bad).is_err(), "{bad}");
         }
-        let p = JsonPath::parse("$..password").unwrap();
-        assert!(p.matches(&[Step::Key(b"password".to_vec())]));
-        assert!(p.matches(&[
-            Step::Key(b"a".to_vec()),
-            Step::Index(3),
-            Step::Key(b"password".to_vec())
-        ]));
-        assert!(!p.matches(&[Step::Key(b"passwords".to_vec())]));
+        // Compiled: `password` is key 0; a key no path names is NO_KEY.
+        let mut keys = Vec::new();
+        let p = Compiled::new(&JsonPath::parse("$..password").unwrap(), &mut keys);
+        assert_eq!(keys, vec![Box::<[u8]>::from(&b"password"[..])]);
+        assert!(p.matches(&[Step::Key(0)]));
+        assert!(p.matches(&[Step::Key(NO_KEY), Step::Index(3), Step::Key(0)]));
+        assert!(!p.matches(&[Step::Key(NO_KEY)]));
+        assert!(!p.matches(&[Step::Key(0), Step::Key(NO_KEY)]));
+        // Without `..` only values at the path's own depth match; a repeated key shares its id.
+        let q = Compiled::new(&JsonPath::parse("$.a[*].password").unwrap(), &mut keys);
+        assert_eq!(keys.len(), 2);
+        assert!(q.matches(&[Step::Key(1), Step::Index(0), Step::Key(0)]));
+        assert!(!q.matches(&[Step::Key(1), Step::Index(0)]));
+        assert!(!q.matches(&[Step::Key(1), Step::Index(0), Step::Key(0), Step::Key(0)]));
     }
 
     #[test]
