@@ -38,6 +38,10 @@ pub const MAX_HELD_PACKET: usize = 1 << 30;
 
 /// Result descriptions whose plans a session keeps.
 const PLAN_CACHE: usize = 16;
+/// Most buffer space reserved ahead for a packet whose header has come: its length is the
+/// server's claim (up to 16 MiB a physical packet), so larger packets grow the buffer as
+/// their bytes arrive instead.
+const RESERVE_AHEAD: usize = 1 << 20;
 
 /// What answer a command gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,7 +341,7 @@ impl<'a> Relay<'a> {
             }
             // Everything else is held whole.
             let Some(p) = codec::check_packet(&buf[pos..], MAX_HELD_PACKET, "result")? else {
-                buf.reserve(HEADER_LEN + h.len);
+                buf.reserve((HEADER_LEN + h.len).min(RESERVE_AHEAD));
                 break;
             };
             let end = pos + p.total;
