@@ -58,16 +58,17 @@ enum Pat {
     Descend,
 }
 
-/// A path compiled against a key table.
-#[derive(Debug)]
-struct Compiled {
+/// A path compiled against the masker's key table (built once, with the rules).
+#[derive(Debug, Clone)]
+pub(super) struct Compiled {
     pats: Vec<Pat>,
     /// Without `..` a path matches only at its own depth.
     descends: bool,
 }
 
 impl Compiled {
-    fn new(path: &JsonPath, keys: &mut Vec<Box<[u8]>>) -> Self {
+    /// Compiles `path`, adding the keys it names to `keys` (each key once).
+    pub(super) fn new(path: &JsonPath, keys: &mut Vec<Box<[u8]>>) -> Self {
         let pats: Vec<Pat> = path
             .0
             .iter()
@@ -191,10 +192,9 @@ struct Frame {
 pub struct JsonMasker {
     masker: Masker,
     active: Active,
-    /// Path rules among the active ones, in configuration order.
+    /// Path rules among the active ones, in configuration order; their keys index the
+    /// masker's key table (`Inner::json_keys`), as a step's `Step::Key` does.
     paths: Vec<(u8, Compiled)>,
-    /// The keys the paths name; a path's `Pat::Key` and a step's `Step::Key` index it.
-    keys: Vec<Box<[u8]>>,
     lexer: Lexer,
     /// Bytes fed and not consumed by the parser yet (a token cut by a chunk boundary).
     pending: Vec<u8>,
@@ -228,22 +228,19 @@ impl Masker {
     /// detectors). An unknown rule name is an error.
     pub fn json(&self, active: &[String]) -> Result<JsonMasker, MaskError> {
         let act = self.active(active)?;
-        let mut keys = Vec::new();
         let paths: Vec<(u8, Compiled)> = self
             .inner
             .rules
             .iter()
             .enumerate()
             .filter(|(i, _)| act.rules.contains(RuleId(*i as u8)))
-            .flat_map(|(i, r)| r.paths.iter().map(move |p| (i as u8, p)))
-            .map(|(i, p)| (i, Compiled::new(p, &mut keys)))
+            .flat_map(|(i, r)| r.paths.iter().map(move |p| (i as u8, p.clone())))
             .collect();
         Ok(JsonMasker {
             masker: self.clone(),
             passthrough: paths.is_empty() && act.detectors.is_empty(),
             active: act,
             paths,
-            keys,
             lexer: Lexer::new(MAX_DEPTH),
             pending: Vec::new(),
             frames: Vec::new(),
@@ -417,7 +414,9 @@ impl JsonMasker {
                         raw
                     };
                     *last = self
-                        .keys
+                        .masker
+                        .inner
+                        .json_keys
                         .iter()
                         .position(|k| **k == *text)
                         .map_or(NO_KEY, |id| id as u32);

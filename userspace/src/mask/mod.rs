@@ -189,7 +189,8 @@ pub struct RowOutcome {
 struct Rule {
     name: String,
     globs: Vec<ColumnGlob>,
-    paths: Vec<JsonPath>,
+    /// JSON paths, compiled against [`Inner::json_keys`].
+    paths: Vec<json::Compiled>,
     detectors: DetectorSet,
     style: MaskStyle,
     except_groups: Vec<String>,
@@ -197,6 +198,9 @@ struct Rule {
 
 struct Inner {
     rules: Vec<Rule>,
+    /// Every key the rules' JSON paths name, once: a document's key is looked up here where
+    /// it is read, and paths and steps hold its index.
+    json_keys: Vec<Box<[u8]>>,
     hasher: Hasher,
 }
 
@@ -225,6 +229,7 @@ impl Masker {
         }
         let hasher = Hasher::new(key)?;
         let mut rules: Vec<Rule> = Vec::with_capacity(specs.len());
+        let mut json_keys = Vec::new();
         for spec in specs {
             let invalid = |reason: String| MaskError::InvalidRule {
                 rule: spec.name.clone(),
@@ -253,7 +258,7 @@ impl Masker {
             let paths = spec
                 .json_paths
                 .iter()
-                .map(|p| JsonPath::parse(p))
+                .map(|p| JsonPath::parse(p).map(|p| json::Compiled::new(&p, &mut json_keys)))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(invalid)?;
             let mut detectors = DetectorSet::default();
@@ -270,7 +275,11 @@ impl Masker {
             });
         }
         Ok(Self {
-            inner: Arc::new(Inner { rules, hasher }),
+            inner: Arc::new(Inner {
+                rules,
+                json_keys,
+                hasher,
+            }),
         })
     }
 
