@@ -108,25 +108,16 @@ fuzz_target!(|data: &[u8]| {
         }
         // Rows of the server's answer, masked (DataRow, COPY text and CSV): all or nothing,
         // never a panic.
-        let mut out = BytesMut::new();
-        match h.tag {
-            b'D' => drop(rows::mask_data_row(
-                plan.get_or_insert_with(|| masked(data[0])),
-                body,
-                &mut out,
-            )),
-            b'd' if data[0] & 0x80 != 0 => drop(rows::mask_copy_csv(
-                plan.get_or_insert_with(|| masked(data[0])),
-                body,
-                rows::CsvOptions::default(),
-                &mut out,
-            )),
-            b'd' => drop(rows::mask_copy_data(
-                plan.get_or_insert_with(|| masked(data[0])),
-                body,
-                &mut out,
-            )),
-            _ => {}
+        if let b'D' | b'd' = h.tag {
+            let plan = plan.get_or_insert_with(|| masked(data[0]));
+            let mut out = BytesMut::new();
+            let _ = match h.tag {
+                b'D' => rows::mask_data_row(plan, body, &mut out),
+                _ if data[0] & 0x80 != 0 => {
+                    rows::mask_copy_csv(plan, body, rows::CsvOptions::default(), &mut out)
+                }
+                _ => rows::mask_copy_data(plan, body, &mut out),
+            };
         }
         rest = &rest[h.total..];
     }

@@ -461,10 +461,9 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
     };
     if mask.is_empty() || !has_body {
         capture(&mut record, &rparts.headers, false);
-        let mut answer = AnswerBody::new(rbody, Transform::Pass, false, record);
-        if has_body {
-            answer = answer.prefetched(FIRST_FRAME_WAIT).await;
-        }
+        let answer = AnswerBody::new(rbody, Transform::Pass, false, record)
+            .prefetched(FIRST_FRAME_WAIT)
+            .await;
         return Response::from_parts(rparts, answer.boxed());
     }
     let plan = match answer_plan(&conn, &rparts.headers, &mask, treatment.json_lines) {
