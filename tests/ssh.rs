@@ -26,6 +26,8 @@ use support::{
 };
 
 const API_PORT: u16 = 7071;
+/// The server's second port, the `web-narrow` target (a cipher list of its own).
+const NARROW_PORT: u16 = 2222;
 
 struct Env {
     topo: Topology,
@@ -145,6 +147,7 @@ impl Env {
             "sshd_config",
             &format!(
                 "ListenAddress {DB_ADDR}:22\n\
+                 ListenAddress {DB_ADDR}:{NARROW_PORT}\n\
                  HostKey {host_key}\n\
                  PidFile none\n\
                  UsePAM no\n\
@@ -193,11 +196,12 @@ impl Env {
         };
         let bpffs = PathBuf::from(format!("/sys/fs/bpf/airlock-test-{}", topo.id));
         let srv_s = srv.display();
-        // AES-CTR left out (`clients_get_only_the_configured_ciphers`); the benchmark may
-        // offer another list (SSH_BENCH_CIPHERS, comma-separated).
-        let ciphers = std::env::var("SSH_BENCH_CIPHERS").unwrap_or_else(|_| {
-            "chacha20-poly1305@openssh.com, aes256-gcm@openssh.com, aes128-gcm@openssh.com".into()
-        });
+        // `web` offers the default list, fitted to each client; the benchmark may give it one
+        // (SSH_BENCH_CIPHERS, comma-separated). `web-narrow`, the same server on another port,
+        // lists its ciphers without AES-CTR (`clients_get_only_the_configured_ciphers`).
+        let web_ciphers = std::env::var("SSH_BENCH_CIPHERS")
+            .map(|c| format!("\n      ciphers: [{c}]"))
+            .unwrap_or_default();
         let yaml = format!(
             "daemon:
   cgroup: {cg}
@@ -213,8 +217,16 @@ targets:
     ssh:
       user: root
       host_keys: [\"{host_pub}\"]
+      names: [web.test]{web_ciphers}
+  - name: web-narrow
+    protocol: ssh
+    addresses: [\"{DB_ADDR}/32\"]
+    ports: [{NARROW_PORT}]
+    ssh:
+      user: root
+      host_keys: [\"{host_pub}\"]
       names: [web.test]
-      ciphers: [{ciphers}]
+      ciphers: [chacha20-poly1305@openssh.com, aes256-gcm@openssh.com, aes128-gcm@openssh.com]
 identities:
   - name: test-clients
     workload: {{cgroups: [\"{clients_cgroup}\"]}}
@@ -240,7 +252,7 @@ rules:
     exec: {{commands: [\"scp -f {srv_s}/*\"]}}
     action: allow
   - name: ops-commands
-    targets: [web]
+    targets: [web, web-narrow]
     groups: [ops]
     exec: {{programs: [echo, printf, cat, ls, 'true', uname, id, env, sha256sum, wc, rsync, sleep, head, seq, hostname]}}
     action: allow
@@ -1331,11 +1343,15 @@ fn host_trust_is_the_cert_authority_line_and_nothing_else() {
     assert_ne!(r.code, Some(0), "{r:?}");
 }
 
-/// The target offers its clients only the ciphers its config lists: ChaCha20-Poly1305
-/// (OpenSSH's first choice) and AES-GCM here, not AES-CTR.
+/// A target with a cipher list offers its clients only those: ChaCha20-Poly1305 (OpenSSH's
+/// first choice) and AES-GCM here, not AES-CTR.
 #[test]
 fn clients_get_only_the_configured_ciphers() {
     let env = env();
+    // The host key is not what this test is about (host trust has its own).
+    let opts = "-F /dev/null -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no \
+                -o BatchMode=yes -o IdentityFile=/dev/null -o IdentitiesOnly=yes \
+                -o ConnectTimeout=20";
     for (cipher, offered) in [
         ("chacha20-poly1305@openssh.com", true),
         ("aes256-gcm@openssh.com", true),
@@ -1343,12 +1359,41 @@ fn clients_get_only_the_configured_ciphers() {
         ("aes128-ctr", false),
     ] {
         let r = env.client(
-            &format!("ssh {} -c {cipher} root@{DB_ADDR} true", env.ssh_opts()),
+            &format!("ssh {opts} -p {NARROW_PORT} -c {cipher} root@{DB_ADDR} true"),
             None,
         );
         assert_eq!(r.ok(), offered, "{cipher}: {r:?}");
         if !offered {
             assert!(r.stderr.contains("no matching cipher"), "{cipher}: {r:?}");
+        }
+    }
+}
+
+/// Without a cipher list, a client that speaks AES-GCM is offered only that (the gateway's
+/// fast AEAD), and one that asks for another cipher still gets it: the offer follows the
+/// client's KEXINIT, so nothing that connects with the full list is refused.
+#[test]
+fn clients_that_speak_aes_gcm_get_it_and_others_their_cipher() {
+    let env = env();
+    for (asked, negotiated) in [
+        ("", "aes128-gcm@openssh.com"),
+        (
+            "-c chacha20-poly1305@openssh.com",
+            "chacha20-poly1305@openssh.com",
+        ),
+        ("-c aes256-ctr", "aes256-ctr"),
+    ] {
+        let r = env.client(
+            &format!(
+                "ssh -v {} {asked} root@{DB_ADDR} echo cipher-ok",
+                env.ssh_opts()
+            ),
+            None,
+        );
+        assert!(r.ok() && r.stdout.contains("cipher-ok"), "{asked}: {r:?}");
+        for direction in ["client->server", "server->client"] {
+            let line = format!("kex: {direction} cipher: {negotiated} ");
+            assert!(r.stderr.contains(&line), "{asked}: no `{line}`: {r:?}");
         }
     }
 }

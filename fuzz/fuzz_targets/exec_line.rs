@@ -1,13 +1,22 @@
 //! Fuzz the command-line splitter policy judges SSH exec requests with (and the Kubernetes and
 //! HTTP request parsers `policy explain` uses): arbitrary text never panics, and a line that
-//! splits yields non-empty parts whose programs are the facts' programs.
+//! splits yields non-empty parts whose programs are the facts' programs. The same bytes go to
+//! the SSH gateway's reader of a client's KEXINIT: no panic, and a packet's verdict does not
+//! change with the bytes after it.
 #![no_main]
 
 use airlock::model::Class;
 use airlock::policy::{exec, http, kube};
+use airlock::protocol::ssh::offer::{Kexinit, read_kexinit};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    let kexinit = read_kexinit(data);
+    if kexinit != Kexinit::Partial {
+        let mut longer = data.to_vec();
+        longer.extend_from_slice(b"SSH-2.0-more");
+        assert_eq!(read_kexinit(&longer), kexinit);
+    }
     let Ok(line) = std::str::from_utf8(data) else {
         return;
     };

@@ -293,11 +293,10 @@ pub struct SshTarget {
     /// Most channels (shells, commands, file transfers) one client connection may have open.
     #[serde(default = "default_ssh_max_channels")]
     pub max_channels: usize,
-    /// Ciphers offered to clients, from [`SSH_CIPHERS`] (default: all of them, in that
-    /// order). A client takes the first of its own list that is offered, so OpenSSH uses
-    /// ChaCha20-Poly1305 unless it is left out; `[aes256-gcm@openssh.com,
-    /// aes128-gcm@openssh.com]` makes bulk transfers cheaper for the gateway (AES-GCM runs on
-    /// AES-NI), for clients that speak AES-GCM (OpenSSH 6.2+, Paramiko 3.5+, asyncssh).
+    /// Ciphers offered to every client, from [`SSH_CIPHERS`]. Empty (the default): AES-GCM
+    /// alone to a client whose key exchange offer lists it (the gateway's fast cipher: AES-NI,
+    /// where ring's Poly1305 for OpenSSH's ChaCha20 is portable C), all of [`SSH_CIPHERS`] to
+    /// any other client (`protocol::ssh::offer`).
     #[serde(default)]
     pub ciphers: Vec<String>,
 }

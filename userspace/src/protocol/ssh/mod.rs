@@ -24,6 +24,7 @@
 pub mod authority;
 pub mod channel;
 pub mod cli;
+pub mod offer;
 pub mod sftp;
 pub mod upstream;
 
@@ -86,6 +87,8 @@ pub enum SshError {
     Protocol(#[from] russh::Error),
     #[error("no login within {}s", LOGIN_GRACE.as_secs())]
     LoginTimeout,
+    #[error("client connection: {0}")]
+    Client(#[source] std::io::Error),
 }
 
 /// Everything a session's channels share once the caller is logged in.
@@ -148,15 +151,23 @@ impl Shared {
     }
 }
 
-/// The server configuration for one connection: the host identity for this target.
-fn server_config(target: &TargetConfig, authority: &Authority) -> Result<server::Config, SshError> {
+/// The server configuration for one connection: the host identity for this target, and the
+/// ciphers offered to this client: the target's list when it has one, else AES-GCM alone to a
+/// client that speaks it ([`offer`]), else every cipher the gateway offers.
+fn server_config(
+    target: &TargetConfig,
+    authority: &Authority,
+    client_speaks_gcm: bool,
+) -> Result<server::Config, SshError> {
     let host = authority.host_identity(target)?;
     let mut preferred = russh::Preferred::default();
     let listed = target.ssh.as_ref().map_or(&[][..], |s| &s.ciphers[..]);
-    let ciphers: Vec<&str> = if listed.is_empty() {
-        crate::config::SSH_CIPHERS.to_vec()
-    } else {
+    let ciphers: Vec<&str> = if !listed.is_empty() {
         listed.iter().map(String::as_str).collect()
+    } else if client_speaks_gcm {
+        offer::GCM.to_vec()
+    } else {
+        crate::config::SSH_CIPHERS.to_vec()
     };
     // Validated at load: every name is one russh knows.
     preferred.cipher = std::borrow::Cow::Owned(
@@ -167,7 +178,7 @@ fn server_config(target: &TargetConfig, authority: &Authority) -> Result<server:
     );
     Ok(server::Config {
         preferred,
-        server_id: russh::SshId::Standard(std::borrow::Cow::Borrowed("SSH-2.0-airlock")),
+        server_id: russh::SshId::Standard(std::borrow::Cow::Borrowed(offer::SERVER_ID)),
         methods: MethodSet::from(
             &[
                 MethodKind::None,
@@ -209,8 +220,14 @@ async fn serve_inner(session: Session, ctx: Arc<Context>) -> Result<(), SshError
     let _active = metrics.session_started();
     let state_dir = ctx.config.load().daemon.state_dir.clone();
     let authority = Authority::of(&state_dir)?;
-    let config = Arc::new(server_config(&target, &authority)?);
     let _ = client.set_nodelay(true);
+    let mut client = client;
+    let prelude = match tokio::time::timeout(LOGIN_GRACE, offer::exchange_ids(&mut client)).await {
+        Ok(r) => r.map_err(SshError::Client)?,
+        Err(_) => return Err(SshError::LoginTimeout),
+    };
+    let config = Arc::new(server_config(&target, &authority, prelude.speaks_gcm)?);
+    let client = offer::Replayed::new(client, prelude);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let (shared_tx, shared_rx) = tokio::sync::oneshot::channel();
     let handler = ClientSide {
