@@ -245,7 +245,10 @@ impl Drop for ExchangeRecord {
             self.conn.ctx.metrics.masked(name, u64::from(n));
             tally.add(name, u64::from(n));
         }
-        tracing::info!(
+        // Debug, not info: the audit log has every exchange, and an info line per request
+        // would put a synchronous write to the daemon's log on the hot path (PostgreSQL and
+        // MySQL do not log each statement either).
+        tracing::debug!(
             session = self.conn.id,
             target = %self.conn.target.name,
             request = %self.line,
