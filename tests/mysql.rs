@@ -534,6 +534,79 @@ print("ids", cur.fetchall())
     assert!(!r.stdout.contains("example."), "{r:?}");
 }
 
+/// What a session looked up about a view is not trusted past a redefinition: one through the
+/// gateway in another session is seen at the session's next statement, one made outside the
+/// gateway within `LOOKUP_TTL` (10 s); a prepared statement is judged through the view as it is
+/// when it runs, not as it was when it was prepared.
+#[test]
+fn a_redefined_view_is_judged_by_its_new_definition() {
+    let w = world();
+    w.admin(&format!(
+        "CREATE OR REPLACE VIEW {DATABASE}.relabeled AS SELECT id, name AS label FROM {DATABASE}.customers;
+         CREATE OR REPLACE VIEW {DATABASE}.relabeled_outside AS SELECT id, name AS label FROM {DATABASE}.customers;"
+    ));
+    let ops_procs = w.cg.child("ops").join("cgroup.procs");
+    let script = format!(
+        r#"
+import os, subprocess, time, mysql.connector
+host, port = os.environ["HOST"], int(os.environ["PORT"])
+# Autocommit: an open transaction that read a view holds it against redefinition.
+c = mysql.connector.connect(host=host, port=port, user="someone", database="{DATABASE}", use_pure=True, autocommit=True)
+text, prepared = c.cursor(), c.cursor(prepared=True)
+def run(tag, cur, sql, args=()):
+    try:
+        cur.execute(sql, args)
+        print(tag, "rows", cur.fetchall())
+    except mysql.connector.Error as e:
+        print(tag, "refused", e.errno, e.msg)
+def redefine(view, how):
+    sql = f"CREATE OR REPLACE VIEW {{view}} AS SELECT id, email AS label FROM customers"
+    if how == "gateway":
+        # Another session, of a caller allowed DDL (the ops cgroup), through the gateway.
+        cmd = f"echo $$ > {ops_procs} && exec mariadb --no-defaults -h {{host}} -P {{port}} -u someone -D {DATABASE} -e '{{sql}}'"
+    else:
+        cmd = f"mariadb --no-defaults --socket={socket} -uroot -D {DATABASE} -e '{{sql}}'"
+    r = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=30)
+    print("redefined", view, how, r.returncode, r.stderr.strip())
+run("text-before", text, "SELECT label FROM relabeled WHERE id = 1")
+run("prepared-before", prepared, "SELECT label FROM relabeled WHERE id = %s", (1,))
+run("outside-before", text, "SELECT label FROM relabeled_outside WHERE id = 1")
+redefine("relabeled", "gateway")
+run("prepared-after", prepared, "SELECT label FROM relabeled WHERE id = %s", (1,))
+run("text-after", text, "SELECT label FROM relabeled WHERE id = 1")
+# Looked up again after the change through the gateway, then changed outside it.
+run("outside-cached", text, "SELECT label FROM relabeled_outside WHERE id = 1")
+redefine("relabeled_outside", "outside")
+time.sleep(10.5)
+run("outside-after", text, "SELECT label FROM relabeled_outside WHERE id = 1")
+"#,
+        socket = w.db_socket.display(),
+        ops_procs = ops_procs.display(),
+    );
+    let r = w.python("agent", DB_ADDR, &script);
+    let log = w.daemon_log();
+    for line in [
+        "text-before rows [('Ada',)]",
+        "prepared-before rows [('Ada',)]",
+        "outside-before rows [('Ada',)]",
+        "outside-cached rows [('Ada',)]",
+        "redefined relabeled gateway 0",
+        "redefined relabeled_outside outside 0",
+    ] {
+        assert!(r.stdout.contains(line), "{line}: {r:?}\n{log}");
+    }
+    for tag in ["prepared-after", "text-after", "outside-after"] {
+        assert!(
+            r.stdout.contains(&format!("{tag} refused 1142")),
+            "{tag}: {r:?}\n{log}"
+        );
+    }
+    assert_eq!(r.stdout.matches("CTE or view").count(), 3, "{r:?}\n{log}");
+    for raw in ["ada@example.com", "example."] {
+        assert!(!r.stdout.contains(raw), "{raw} leaked: {r:?}");
+    }
+}
+
 /// The server's messages quote values: the warnings and errors of a statement that names a
 /// masked column reach the client with their quoted values cut (no detector would know a
 /// badge code), the session goes on, and the audit record holds the cut message too.

@@ -33,7 +33,7 @@ use super::codec::{self, FrameError, command as com, errno};
 use super::params;
 use super::results::{Kind, Relay, RelayError, Response};
 use super::roles::{self, Roles, Step, SwitchError};
-use super::views::{LookupError, Views};
+use super::views::{self, LookupError, Views};
 use crate::audit::{Ack, AuditError, CommandEvent, MaskTally, ReviewRecord, SessionRecorder};
 use crate::gate::{self, Judge, Judged, Verdict};
 use crate::model::{Class, Command, Decision, Dialect, Facts};
@@ -217,6 +217,7 @@ where
         pending_prepare: None,
         views: Views::default(),
         quoted: false,
+        changes_catalog: false,
     };
     let r = loop_.serve(env, &mut cr, cw, &mut sr, sw).await;
     if let Err(e) = &r
@@ -245,6 +246,8 @@ struct Loop {
     quoted: bool,
     /// The text of the COM_STMT_PREPARE being answered.
     pending_prepare: Option<Arc<str>>,
+    /// The command being answered may create, change or drop views.
+    changes_catalog: bool,
 }
 
 /// What to do with one command after judging it.
@@ -543,6 +546,9 @@ impl Loop {
                     }
                     self.relay_answer(env, &mut resp, &mut ack, cr, cw, sr)
                         .await?;
+                    if std::mem::take(&mut self.changes_catalog) {
+                        views::catalog_changed();
+                    }
                     self.after(env, &mut resp, statement, outgoing).await;
                     match back {
                         // Before the next command is even looked at.
@@ -767,7 +773,7 @@ impl Loop {
                 }
                 Ok(Some(r))
             }
-            com::STMT_EXECUTE => self.execute(env, body, cr).await,
+            com::STMT_EXECUTE => self.execute(env, body, cr, sr, sw).await,
             com::STMT_SEND_LONG_DATA => {
                 let id = statement_id(body)?;
                 match self.statements.get_mut(&id) {
@@ -1034,6 +1040,7 @@ impl Loop {
         SW: AsyncWrite + Unpin,
         J: Judge,
     {
+        self.views.refresh();
         let command = Command::sql(Dialect::Mysql, text);
         let judged = env.judge.judge_through(&command, &self.views);
         if !judged.views_matter {
@@ -1075,6 +1082,9 @@ impl Loop {
     {
         if rewrites_catalog(&judged.facts) && !matches!(judged.verdict, Verdict::Deny { .. }) {
             self.views.invalidate();
+            // Every session's lookups, now and again once the server has answered.
+            views::catalog_changed();
+            self.changes_catalog = true;
         }
         let Some((verdict, outgoing, facts)) = self.settle(env, text, judged, cr).await? else {
             return Ok(None);
@@ -1225,14 +1235,18 @@ impl Loop {
 
     /// COM_STMT_EXECUTE: judged again by the statement's text (policy may have changed); a
     /// statement that needs review is held with its parameters shown.
-    async fn execute<CR, J>(
+    async fn execute<CR, SR, SW, J>(
         &mut self,
         env: &mut Env<'_, J>,
         body: &[u8],
         cr: &mut CR,
+        sr: &mut SR,
+        sw: &mut SW,
     ) -> Result<Option<(Plan, Option<Outgoing>)>, SessionError>
     where
         CR: AsyncRead + Unpin,
+        SR: AsyncRead + Unpin,
+        SW: AsyncWrite + Unpin,
         J: Judge,
     {
         let header = params::header(body)
@@ -1261,9 +1275,10 @@ impl Loop {
             }
         }
         let text = stmt.text.clone();
-        let mut judged = env
-            .judge
-            .judge_through(&Command::sql(Dialect::Mysql, &text), &self.views);
+        let (long_data, nparams) = (stmt.long_data, stmt.params);
+        // Through the views as they are now: what the statement's names stand for may have
+        // changed since it was prepared (views.rs).
+        let mut judged = self.judge_sql(env, &text, sr, sw).await?;
         let mut shown: Cow<'_, str> = Cow::Borrowed(&text);
         if matches!(judged.verdict, Verdict::Hold(_)) {
             // The reviewer approves this execution: the statement with its values.
@@ -1277,15 +1292,19 @@ impl Loop {
                     None,
                 )))
             };
-            if stmt.long_data {
+            if long_data {
                 return refuse(
                     "airlock: this statement needs review, and parameters sent as long data \
                      cannot be shown to a reviewer"
                         .into(),
                 );
             }
-            let types = stmt.types.clone().unwrap_or_default();
-            let rendered = match params::render(body, stmt.params, &types) {
+            let types = self
+                .statements
+                .get(&id)
+                .and_then(|s| s.types.clone())
+                .unwrap_or_default();
+            let rendered = match params::render(body, nparams, &types) {
                 Ok(r) => r,
                 Err(e) => return refuse(format!("airlock: {e}")),
             };
