@@ -871,6 +871,73 @@ const LEAKS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// A view redefined outside the gateway after a session looked it up is masked by its new
+/// definition within `LOOKUP_TTL` (10 s), for a statement prepared before the change too (the
+/// judge and the answer's column origins both look the view up again).
+#[test]
+fn a_view_redefined_outside_the_gateway_is_masked_by_its_new_definition() {
+    let pg = shared_pg();
+    pg.admin_db(
+        DATABASE,
+        &format!(
+            "CREATE OR REPLACE VIEW relabeled AS SELECT id, name AS label FROM customers;
+             GRANT SELECT ON relabeled TO {};",
+            GATEWAY_USER.0
+        ),
+    );
+    let state = TempDir::new("airlock-view-redefined");
+    let proxy = GatewayProxy::start(pg.addr(), &config(state.path(), pg.port));
+    let agent = dsn_as(proxy.addr, "agents");
+    let hash = psql_ok(&agent, "SELECT email FROM customers WHERE id = 1");
+    let hash = hash.trim().to_owned();
+    let admin = format!(
+        "host={} port={} user=postgres dbname={DATABASE} sslmode=disable",
+        pg.host, pg.port
+    );
+    let script = r#"
+import os, time, psycopg
+agent = psycopg.connect(os.environ["DSN"], autocommit=True)
+admin = psycopg.connect(os.environ["ADMIN"], autocommit=True)
+def run(tag, sql, prepare):
+    try:
+        with agent.cursor() as cur:
+            cur.execute(sql, (1,), prepare=prepare)
+            print(tag, "OK", repr(cur.fetchall()))
+    except psycopg.Error as e:
+        print(tag, "ERR", e.sqlstate, str(e).replace("\n", " | "))
+sql = "SELECT label FROM relabeled WHERE id = %s"
+run("text-before", sql, False)
+run("prepared-before", sql, True)
+admin.execute("CREATE OR REPLACE VIEW relabeled AS SELECT id, email AS label FROM customers")
+time.sleep(10.5)
+run("prepared-after", sql, True)
+run("text-after", sql, False)
+"#;
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .env("DSN", &agent)
+        .env("ADMIN", &admin)
+        .output()
+        .expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    for tag in ["text-before", "prepared-before"] {
+        assert!(
+            stdout.contains(&format!("{tag} OK [('Alice Smith',)]")),
+            "{tag}: {stdout}"
+        );
+    }
+    for tag in ["prepared-after", "text-after"] {
+        assert!(
+            stdout.contains(&format!("{tag} OK [('{hash}',)]")),
+            "{tag}: {stdout}{stderr}"
+        );
+    }
+    assert_never_raw("a redefined view", &stdout);
+}
+
 /// Under the default (`computed: refuse`), every leak class is refused before the server
 /// runs it, with a 42501 naming the masking rule and the column, in the simple protocol, as
 /// a prepared statement and with binary results; plain references stay masked as before,

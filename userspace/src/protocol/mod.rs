@@ -2,6 +2,7 @@
 //! policy about each one, and relays the rest.
 
 pub mod credentials;
+pub mod freshness;
 pub mod http;
 pub mod kube;
 pub mod mysql;

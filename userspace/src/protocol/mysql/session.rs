@@ -33,10 +33,11 @@ use super::codec::{self, FrameError, command as com, errno};
 use super::params;
 use super::results::{Kind, Relay, RelayError, Response};
 use super::roles::{self, Roles, Step, SwitchError};
-use super::views::{self, LookupError, Views};
+use super::views::{LookupError, Views};
 use crate::audit::{Ack, AuditError, CommandEvent, MaskTally, ReviewRecord, SessionRecorder};
 use crate::gate::{self, Judge, Judged, Verdict};
 use crate::model::{Class, Command, Decision, Dialect, Facts};
+use crate::protocol::freshness;
 
 /// Largest command accepted (COM_QUERY text, an execute's parameters): the whole command is
 /// held until it is judged. MySQL's own `max_allowed_packet` defaults to 16 MiB.
@@ -547,7 +548,7 @@ impl Loop {
                     self.relay_answer(env, &mut resp, &mut ack, cr, cw, sr)
                         .await?;
                     if std::mem::take(&mut self.changes_catalog) {
-                        views::catalog_changed();
+                        freshness::catalog_changed();
                     }
                     self.after(env, &mut resp, statement, outgoing).await;
                     match back {
@@ -1083,7 +1084,7 @@ impl Loop {
         if rewrites_catalog(&judged.facts) && !matches!(judged.verdict, Verdict::Deny { .. }) {
             self.views.invalidate();
             // Every session's lookups, now and again once the server has answered.
-            views::catalog_changed();
+            freshness::catalog_changed();
             self.changes_catalog = true;
         }
         let Some((verdict, outgoing, facts)) = self.settle(env, text, judged, cr).await? else {

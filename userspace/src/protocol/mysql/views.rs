@@ -10,15 +10,12 @@
 //! An unqualified name is taken as every relation of that name in any schema (the client can
 //! change its default database within the very command being judged). A name found nowhere
 //! is not remembered (it may be created later). What a session looked up is forgotten when a
-//! statement that may create, change or drop views goes through the gateway in any session
-//! (before it is sent and again after its answer: [`catalog_changed`]), and after
-//! [`LOOKUP_TTL`], which bounds how long a view redefined outside the gateway is judged by
-//! its old definition. A statement judged just before a redefinition and run just after it is
+//! statement that may create, change or drop views goes through the gateway in any session,
+//! and after a while, which bounds how long a view redefined outside the gateway is judged by
+//! its old definition ([`freshness`](crate::protocol::freshness)). A statement judged just before a redefinition and run just after it is
 //! a race no lookup can close; the detectors still see every string value of the answer.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -28,6 +25,7 @@ use super::wire;
 use crate::model::Dialect;
 use crate::model::lineage::{Lineage, MAX_VIEW_DEPTH, Output, Relations, Source, StatementLineage};
 use crate::policy::sql::lineage::view_definition;
+use crate::protocol::freshness::Freshness;
 
 /// A relation name as a statement writes it: schema (if any) and name, folded to lower case.
 pub type RelName = (Option<String>, String);
@@ -40,20 +38,6 @@ const MAX_ROWS: usize = 1024;
 
 /// Largest catalog answer packet (a view's definition can be long).
 const MAX_PACKET: usize = codec::MAX_PAYLOAD;
-
-/// How long a session trusts what it looked up (a view redefined outside the gateway is
-/// judged by its new definition after this at the latest).
-pub const LOOKUP_TTL: Duration = Duration::from_secs(10);
-
-/// Counts statements through the gateway that may have changed what relation names stand
-/// for, in any MySQL session: a session whose lookups predate the count forgets them.
-static CATALOG_EPOCH: AtomicU64 = AtomicU64::new(0);
-
-/// A statement that may create, change or drop views is on its way to a server (called before
-/// it is sent and after its answer): every session looks its names up again.
-pub fn catalog_changed() {
-    CATALOG_EPOCH.fetch_add(1, Ordering::AcqRel);
-}
 
 /// Why a lookup failed; its names are then judged as views that cannot be traced.
 #[derive(Debug, thiserror::Error)]
@@ -81,10 +65,8 @@ pub struct Views {
     asked: NameSet,
     /// Names whose lookup failed: judged as views that cannot be traced.
     failed: NameSet,
-    /// [`CATALOG_EPOCH`] when the cache was last started over.
-    epoch: u64,
-    /// When the oldest lookup still cached was made.
-    since: Option<Instant>,
+    /// Whether the lookups may be stale.
+    freshness: Freshness,
 }
 
 /// A relation the catalog listed.
@@ -144,17 +126,14 @@ impl Views {
         self.relations.clear();
         self.asked.clear();
         self.failed.clear();
-        self.since = None;
+        self.freshness.reset();
     }
 
-    /// Forgets what may be stale: everything, when a statement that may change views went
-    /// through the gateway since, or when the oldest lookup is [`LOOKUP_TTL`] old. Called
-    /// before each statement is judged.
+    /// Forgets everything when it may be stale ([`Freshness`]). Called before each
+    /// statement is judged.
     pub fn refresh(&mut self) {
-        let epoch = CATALOG_EPOCH.load(Ordering::Acquire);
-        if epoch != self.epoch || self.since.is_some_and(|t| t.elapsed() >= LOOKUP_TTL) {
+        if self.freshness.expired() {
             self.invalidate();
-            self.epoch = epoch;
         }
     }
 
@@ -184,7 +163,7 @@ impl Views {
         if self.asked.len() + names.len() > MAX_NAMES {
             self.invalidate();
         }
-        self.since.get_or_insert_with(Instant::now);
+        self.freshness.loaded();
         let mut found: HashSet<String> = HashSet::new();
         for [schema, name, is_view, def] in rows {
             let (Some(schema), Some(name)) = (schema, name) else {
@@ -221,7 +200,7 @@ impl Views {
 
     /// Records that `names` could not be looked up.
     pub fn fail(&mut self, names: Vec<RelName>) {
-        self.since.get_or_insert_with(Instant::now);
+        self.freshness.loaded();
         for n in names {
             self.failed.insert(n);
         }
@@ -468,7 +447,7 @@ mod tests {
         v.insert(&names, &[row("app", "hidden", Some(""))]);
         v.refresh();
         assert!(v.unresolved(&lineage("SELECT x FROM hidden")).is_empty());
-        catalog_changed();
+        crate::protocol::freshness::catalog_changed();
         v.refresh();
         assert_eq!(
             v.unresolved(&lineage("SELECT x FROM hidden")),

@@ -4,7 +4,9 @@
 //! columns). The protocol layer asks [`CatalogCache::missing_tables`] which tables it has not
 //! seen, runs [`CatalogCache::query`] for them on its own upstream connection, and feeds the
 //! text-format result rows to [`CatalogCache::insert_row`]. Entries are per table OID; call
-//! [`CatalogCache::invalidate`] after DDL (a rename would otherwise keep the old name).
+//! [`CatalogCache::invalidate`] after DDL (a rename would otherwise keep the old name), and
+//! [`CatalogCache::expire_stale`] before using it: another session's DDL, or time, may have
+//! made it stale ([`freshness`](crate::protocol::freshness)).
 
 use std::collections::{HashMap, HashSet};
 
@@ -15,6 +17,7 @@ use crate::model::lineage::{
     Flow, Lineage, MAX_VIEW_DEPTH, Output, Relations, Source, StatementLineage,
 };
 use crate::policy::sql::lineage::view_definition;
+use crate::protocol::freshness::Freshness;
 
 /// Where a result column comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +42,8 @@ pub struct CatalogCache {
     /// every relation of that name (in any schema when the name is unqualified: the client's
     /// search path is not the catalog connection's, and can be changed by the client).
     names: HashMap<(Option<String>, String), Vec<u32>>,
+    /// Whether the entries may be stale.
+    freshness: Freshness,
 }
 
 /// Relation names kept per session before the cache starts over: names come from the
@@ -83,6 +88,7 @@ impl CatalogCache {
     /// Adds one text-format row of [`CatalogCache::query`]: `[oid, nspname, relname, attnum,
     /// attname, relkind]` (`relkind` may be left out).
     pub fn insert_row(&mut self, row: &[Option<&[u8]>]) -> Result<(), MaskError> {
+        self.freshness.loaded();
         let (oid, schema, table, attnum, column, kind) = match row {
             [
                 Some(oid),
@@ -178,6 +184,17 @@ impl CatalogCache {
         self.views.clear();
         self.view_defs.clear();
         self.names.clear();
+        self.freshness.reset();
+    }
+
+    /// Forgets everything when it may be stale (DDL through the gateway in any session, or
+    /// entries past their time); `true` when it did.
+    pub fn expire_stale(&mut self) -> bool {
+        let expired = self.freshness.expired();
+        if expired {
+            self.invalidate();
+        }
+        expired
     }
 
     /// Loaded views whose definitions are not loaded yet.
@@ -205,6 +222,7 @@ impl CatalogCache {
     /// Adds one row of [`CatalogCache::defs_query`]: the definition is analysed for lineage
     /// like any statement (and is untraceable when it does not parse).
     pub fn insert_def_row(&mut self, row: &[Option<&[u8]>]) -> Result<(), MaskError> {
+        self.freshness.loaded();
         let [Some(oid), def] = row else {
             return Err(MaskError::Catalog("expected a view oid and definition"));
         };
@@ -387,6 +405,7 @@ impl CatalogCache {
 
     /// Records the row [`CatalogCache::names_query`] returned for `names`.
     pub fn insert_names(&mut self, names: &[(Option<String>, String)], row: &[Option<&[u8]>]) {
+        self.freshness.loaded();
         for (i, key) in names.iter().enumerate() {
             let Some(list) = row
                 .get(i)
@@ -453,6 +472,14 @@ impl Views {
     pub fn invalidate(&mut self) {
         self.cache.invalidate();
         self.failed.clear();
+    }
+
+    /// Forgets everything when it may be stale ([`CatalogCache::expire_stale`]). Called
+    /// before each statement is judged.
+    pub fn refresh(&mut self) {
+        if self.cache.expire_stale() {
+            self.failed.clear();
+        }
     }
 }
 

@@ -29,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::model::Facts;
 use crate::model::lineage::{Flow, Source};
 use crate::policy::sql::lineage;
+use crate::protocol::freshness;
 use prometheus_client::metrics::counter::Counter;
 
 /// Result descriptions whose plans a session keeps for reuse.
@@ -242,6 +243,8 @@ pub struct Back<'a> {
     pub(super) cache: CatalogCache,
     /// Set by the client half after DDL: names may have changed.
     pub(super) stale: &'a AtomicBool,
+    /// The session sent DDL: at the next ReadyForQuery, every session's lookups start over.
+    pub(super) ddl_sent: &'a AtomicBool,
     /// The plan of the result set being streamed, when masked.
     plan: Option<ColumnPlan>,
     /// What `plan` was built from, when it goes back to `plans` at the end of the result set.
@@ -275,6 +278,7 @@ impl<'a> Back<'a> {
         metrics: &'a Metrics,
         side: Option<SideConn>,
         stale: &'a AtomicBool,
+        ddl_sent: &'a AtomicBool,
     ) -> Self {
         Self {
             expect,
@@ -284,6 +288,7 @@ impl<'a> Back<'a> {
             side,
             cache: CatalogCache::new(),
             stale,
+            ddl_sent,
             plan: None,
             plan_key: None,
             plans: Vec::new(),
@@ -516,6 +521,11 @@ impl<'a> Back<'a> {
                 None => Ok(Act::Forward),
             },
             b'Z' => {
+                if self.ddl_sent.load(Ordering::Acquire)
+                    && self.ddl_sent.swap(false, Ordering::AcqRel)
+                {
+                    freshness::catalog_changed();
+                }
                 self.end_result_set();
                 self.suppress = false;
                 self.copies = 0;
@@ -638,10 +648,12 @@ impl<'a> Back<'a> {
         self.plans.push((key, plan));
     }
 
-    /// After DDL the cached names, and every plan built from them, may be wrong. Too many
-    /// names cached (they come from the client) also start the cache over.
+    /// After DDL the cached names, and every plan built from them, may be wrong: this
+    /// session's, another session's through the gateway, or any after a while
+    /// ([`CatalogCache::expire_stale`]). Too many names cached (they come from the client)
+    /// also start the cache over.
     fn drop_stale_names(&mut self) {
-        if self.cache.names_full() {
+        if self.cache.names_full() || self.cache.expire_stale() {
             self.stale.store(true, Ordering::Release);
         }
         if self.stale.swap(false, Ordering::AcqRel) {
@@ -1095,6 +1107,7 @@ mod tests {
         audit: AuditSink,
         metrics: Metrics,
         stale: AtomicBool,
+        ddl_sent: AtomicBool,
     }
 
     impl Fixture {
@@ -1104,6 +1117,7 @@ mod tests {
                 audit: AuditSink::new(Recorder::disabled().admit_session().unwrap()),
                 metrics: Metrics::new(),
                 stale: AtomicBool::new(false),
+                ddl_sent: AtomicBool::new(false),
             }
         }
         fn back(&self) -> Back<'_> {
@@ -1114,6 +1128,7 @@ mod tests {
                 &self.metrics,
                 None,
                 &self.stale,
+                &self.ddl_sent,
             )
         }
         fn push(&self, e: Expect) {

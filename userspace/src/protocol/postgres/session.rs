@@ -38,6 +38,7 @@ use crate::approval::ReviewTrail;
 use crate::audit::{AuditError, CommandEvent, ReviewRecord};
 use crate::gate::{self, Hold, Judge, Judged, Verdict};
 use crate::model::{Class, Command, Decision, Dialect, Facts};
+use crate::protocol::freshness;
 use crate::runtime::{Budget, Lease};
 
 /// Name prefix of the statements used to make the server fail in place of a denied command.
@@ -168,6 +169,8 @@ pub struct Shared {
     expect: Mutex<VecDeque<Expect>>,
     /// The client ran DDL: cached column names may be stale.
     stale: AtomicBool,
+    /// DDL went to the server: other sessions' lookups start over at its ReadyForQuery.
+    ddl_sent: AtomicBool,
     /// Bytes read from the client and written to it.
     pub bytes_from_client: AtomicU64,
     pub bytes_to_client: AtomicU64,
@@ -486,6 +489,9 @@ impl<J: Judge> Front<'_, J> {
         if judged.facts.classes().contains(Class::Ddl) {
             self.shared.stale.store(true, Ordering::Release);
             self.views.invalidate();
+            // Every session's lookups, now and again once the server is ready after it.
+            freshness::catalog_changed();
+            self.shared.ddl_sent.store(true, Ordering::Release);
         }
         let mut verdict = judged.verdict;
         // The rules move to the command; the verdict's copy is not used after this.
@@ -579,6 +585,7 @@ impl<J: Judge> Front<'_, J> {
                 }
             }
             (None, None) => {
+                self.views.refresh();
                 let judged = self.judge.judge_through(command, &self.views);
                 if judged.views_matter {
                     let names = self.views.unresolved(&judged.facts.lineage);
@@ -1155,6 +1162,7 @@ where
         env.metrics,
         env.side,
         &shared.stale,
+        &shared.ddl_sent,
     );
     let up = client_to_server(
         &mut front,
