@@ -12,8 +12,9 @@
 //! is not remembered (it may be created later). What a session looked up is forgotten when a
 //! statement that may create, change or drop views goes through the gateway in any session,
 //! and after a while, which bounds how long a view redefined outside the gateway is judged by
-//! its old definition ([`freshness`](crate::protocol::freshness)). A statement judged just before a redefinition and run just after it is
-//! a race no lookup can close; the detectors still see every string value of the answer.
+//! its old definition ([`freshness`](crate::protocol::freshness)). A statement judged just
+//! before a redefinition and run just after it is a race no lookup can close; the detectors
+//! still see every string value of the answer.
 
 use std::collections::{HashMap, HashSet};
 

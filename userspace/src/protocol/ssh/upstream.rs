@@ -142,8 +142,8 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-/// Ciphers towards the server, fastest first: here the gateway chooses (the client side's
-/// choice is the client's). ring's AES-GCM runs on AES-NI and carry-less multiply, several
+/// Ciphers towards the server, fastest first: here the gateway chooses (towards the client
+/// the client does, from what [`offer`](super::offer) offers it). ring's AES-GCM runs on AES-NI and carry-less multiply, several
 /// times the speed of its ChaCha20-Poly1305 (whose Poly1305 is portable C): on a bulk sftp
 /// transfer the two ciphers were over half the gateway's CPU with ChaCha20 on both legs.
 const UPSTREAM_CIPHERS: &[russh::cipher::Name] = &[
