@@ -958,6 +958,38 @@ fn interactive_shell_is_recorded_and_replay_reproduces_its_screen() {
 /// A shell without a terminal (`ssh -T host` with commands piped in) has its input recorded
 /// like a typed one; and once a shell's recording reaches `audit.recording_max_bytes` (here
 /// through a flood of output), the next input ends the shell instead of running unrecorded.
+/// Whether any recording of the session log holds an input (`i`) event containing `needle`.
+fn recorded_input(env: &Env, needle: &str) -> bool {
+    let recordings = env.audit_dir().join("recordings");
+    let mut found = false;
+    for session in std::fs::read_dir(&recordings).unwrap().flatten() {
+        for cast in std::fs::read_dir(session.path()).unwrap().flatten() {
+            let text = std::fs::read_to_string(cast.path()).unwrap_or_default();
+            found |= text.lines().skip(1).any(|l| {
+                let e: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+                e[1] == "i" && e[2].as_str().is_some_and(|t| t.contains(needle))
+            });
+        }
+    }
+    found
+}
+
+/// What is piped into a command is recorded with its output: `ssh host sh < script`, where a
+/// rule allows the program, leaves the script in the recording.
+#[test]
+fn piped_exec_input_is_recorded() {
+    let env = env();
+    let marker = format!("exec-stdin-{}", unique_id());
+    let r = env.ssh("cat", Some(&format!("{marker}\n")));
+    assert!(r.ok() && r.stdout.contains(&marker), "{r:?}");
+    // The recording is complete once the command's result is recorded.
+    wait_until(
+        "the command's input in its recording",
+        Duration::from_secs(10),
+        || recorded_input(&env, &marker),
+    );
+}
+
 #[test]
 fn piped_shell_input_is_recorded_and_nothing_runs_past_the_recording_limit() {
     let env = env();
@@ -965,22 +997,8 @@ fn piped_shell_input_is_recorded_and_nothing_runs_past_the_recording_limit() {
     let ssh = format!("ssh -T {} root@{DB_ADDR}", env.ssh_opts());
     let r = env.client(&ssh, Some(&format!("echo {marker}-$((6*7))\nexit\n")));
     assert!(r.stdout.contains(&format!("{marker}-42")), "{r:?}");
-    let recordings = env.audit_dir().join("recordings");
-    let typed = |needle: &str| {
-        let mut found = false;
-        for session in std::fs::read_dir(&recordings).unwrap().flatten() {
-            for cast in std::fs::read_dir(session.path()).unwrap().flatten() {
-                let text = std::fs::read_to_string(cast.path()).unwrap_or_default();
-                found |= text.lines().skip(1).any(|l| {
-                    let e: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
-                    e[1] == "i" && e[2].as_str().is_some_and(|t| t.contains(needle))
-                });
-            }
-        }
-        found
-    };
     assert!(
-        typed(&format!("echo {marker}-")),
+        recorded_input(&env, &format!("echo {marker}-")),
         "the piped command is in the recording"
     );
 

@@ -245,9 +245,19 @@ impl Drop for ExchangeRecord {
             self.conn.ctx.metrics.masked(name, u64::from(n));
             tally.add(name, u64::from(n));
         }
-        // Debug, not info: the audit log has every exchange, and an info line per request
-        // would put a synchronous write to the daemon's log on the hot path (PostgreSQL and
-        // MySQL do not log each statement either).
+        // An exchange that failed is logged; the others at debug only: the audit log has
+        // every exchange, and an info line per request would put a synchronous write to the
+        // daemon's log on the hot path (PostgreSQL and MySQL log no line per statement).
+        if let Some(error) = self.error.as_deref() {
+            tracing::info!(
+                session = self.conn.id,
+                target = %self.conn.target.name,
+                request = %self.line,
+                status = self.status,
+                %error,
+                "http exchange failed"
+            );
+        }
         tracing::debug!(
             session = self.conn.id,
             target = %self.conn.target.name,

@@ -4,7 +4,8 @@
 //! ([`Input`]). Setup requests (pty, environment) are kept until the channel asks for a command;
 //! the command is judged through the gate, and only an allowed one opens a channel to the
 //! server, replays the setup there and starts. Then the task relays the client's input while a
-//! pump relays the server's output back, recording both for shells and output for commands.
+//! pump relays the server's output back, recording both (a shell's input must be recorded for
+//! it to go on; a command's input and output are recorded up to the limit).
 //!
 //! - `exec`: denied → the rule's message on stderr, exit status 1, nothing reaches the server;
 //!   held → the request id on stderr and the client's stdin kept (bounded, then the client
@@ -672,9 +673,10 @@ impl ChannelTask {
     }
 
     /// Sends one piece of client input to the server (through the SFTP filter on an `sftp`
-    /// channel), recording a shell's input first. A shell whose recording failed or reached
-    /// its limit is ended before the input goes on: nothing typed or piped into a shell runs
-    /// unrecorded (a command's output past the limit is still relayed, unrecorded).
+    /// channel), recording it first. A shell whose recording failed or reached its limit is
+    /// ended before the input goes on: nothing typed or piped into a shell runs unrecorded. A
+    /// command's input (`ssh host sh < script`, an upload's bytes) is recorded up to the
+    /// limit, like its output, and relayed past it unrecorded (the record says truncated).
     async fn forward(
         &mut self,
         up: &UpstreamTx,
@@ -683,24 +685,30 @@ impl ChannelTask {
         sftp: Option<&mut SftpIn>,
         data: Bytes,
     ) -> Result<(), Ended> {
-        if shell
-            && let Ok(mut c) = cast.lock()
+        if let Ok(mut c) = cast.lock()
             && let Some(w) = c.as_mut()
         {
-            let unrecorded = match w.input(&data) {
-                Err(e) => Some(format!("its recording failed ({e})")),
-                Ok(()) if w.is_truncated() => Some(format!(
-                    "its recording reached audit.recording_max_bytes ({} bytes)",
-                    w.limit()
-                )),
-                Ok(()) => None,
-            };
-            if let Some(why) = unrecorded {
-                tracing::warn!(session = self.shared.id, %why, "ssh shell ended: input would run unrecorded");
-                return Err(Ended::Protocol(format!(
-                    "airlock: the shell was ended: {why}, and what is typed into a shell must be \
-                     recorded"
-                )));
+            if shell {
+                let unrecorded = match w.input(&data) {
+                    Err(e) => Some(format!("its recording failed ({e})")),
+                    Ok(()) if w.is_truncated() => Some(format!(
+                        "its recording reached audit.recording_max_bytes ({} bytes)",
+                        w.limit()
+                    )),
+                    Ok(()) => None,
+                };
+                if let Some(why) = unrecorded {
+                    tracing::warn!(session = self.shared.id, %why, "ssh shell ended: input would run unrecorded");
+                    return Err(Ended::Protocol(format!(
+                        "airlock: the shell was ended: {why}, and what is typed into a shell must \
+                         be recorded"
+                    )));
+                }
+            } else if !w.is_truncated()
+                && let Err(error) = w.input(&data)
+            {
+                tracing::warn!(session = self.shared.id, %error, "ssh recording failed; it stops here");
+                *c = None;
             }
         }
         match sftp {
