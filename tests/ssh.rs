@@ -955,9 +955,6 @@ fn interactive_shell_is_recorded_and_replay_reproduces_its_screen() {
     assert!(env.server_commands().contains("shell\n"));
 }
 
-/// A shell without a terminal (`ssh -T host` with commands piped in) has its input recorded
-/// like a typed one; and once a shell's recording reaches `audit.recording_max_bytes` (here
-/// through a flood of output), the next input ends the shell instead of running unrecorded.
 /// Whether any recording of the session log holds an input (`i`) event containing `needle`.
 fn recorded_input(env: &Env, needle: &str) -> bool {
     let recordings = env.audit_dir().join("recordings");
@@ -990,6 +987,9 @@ fn piped_exec_input_is_recorded() {
     );
 }
 
+/// A shell without a terminal (`ssh -T host` with commands piped in) has its input recorded
+/// like a typed one; and once a shell's recording reaches `audit.recording_max_bytes` (here
+/// through a flood of output), the next input ends the shell instead of running unrecorded.
 #[test]
 fn piped_shell_input_is_recorded_and_nothing_runs_past_the_recording_limit() {
     let env = env();
