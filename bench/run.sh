@@ -12,6 +12,8 @@
 #   soak.sh          (separate: bench/soak.sh) long mixed load, RSS/fds flat, audit verify
 #   interception_ab.sh (separate) connect latency of another daemon build (AIRLOCK_OLD)
 #                    against this tree's, interleaved, for regressions
+#   uring_ab.sh      (separate) pgbench and the 1 GiB relay on the io_uring engine against
+#                    epoll, beside haproxy and the bare relay (docs/decisions/io-uring.md)
 #
 # Environment: BENCH_ONLY="interception postgres mysql scale upgrade http" (a subset),
 # BENCH_SECONDS (per pgbench/sysbench run, 20), BENCH_PG_CLIENTS ("8 32"), BENCH_SCALE (pgbench

@@ -335,6 +335,87 @@ fn fail_closed_while_the_daemon_is_dead_then_resumes_from_pins() {
     env.assert_only_proxy_arrived();
 }
 
+/// `daemon.io_engine: io_uring`: intercepted connections are relayed with the ring's splices,
+/// and `airlock status` names the engine. Where the kernel refuses rings
+/// (`kernel.io_uring_disabled = 2`, as a container's seccomp profile would), the daemon runs
+/// on epoll and says so in its log and in `airlock status`.
+#[test]
+fn the_io_uring_engine_relays_and_falls_back_to_epoll_where_refused() {
+    let env = Env::new();
+    let config = env.dir.write(
+        "airlock.yaml",
+        &env.config(&format!("[{ECHO_PORT}]")).replacen(
+            "daemon:\n",
+            "daemon:\n  io_engine: io_uring\n",
+            1,
+        ),
+    );
+    let status = |config: &std::path::Path| -> serde_json::Value {
+        let out = sh(&format!(
+            "{} status --json --config {}",
+            airlock_bin(),
+            config.display()
+        ));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status json")
+    };
+    let node = env.topo.node.clone();
+    {
+        let _daemon = Daemon::start(
+            &env.cg,
+            &env.topo,
+            &config,
+            &env.bpffs,
+            &env.dir.path("ring.log"),
+        );
+        env.client("clients", &node, &format!("{DB_ADDR} {ECHO_PORT}"))
+            .assert_proxied(&format!("{DB_ADDR}:{ECHO_PORT}"), NODE_DB_ADDR);
+        let status = status(&config);
+        assert_eq!(status["io_engine"], "io_uring", "{status}");
+        let fds = sh_out(&format!("ls -l /proc/{}/fd", status["daemon_pid"]));
+        assert!(
+            fds.contains("[io_uring]"),
+            "the daemon holds no ring: {fds}"
+        );
+    }
+    // The kernel refuses rings to everyone while this daemon starts.
+    let knob = "/proc/sys/kernel/io_uring_disabled";
+    let was = std::fs::read_to_string(knob).expect("kernel.io_uring_disabled");
+    struct Restore(&'static str, String);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::write(self.0, &self.1);
+        }
+    }
+    let _restore = Restore(knob, was);
+    std::fs::write(knob, "2").expect("set kernel.io_uring_disabled");
+    let mut daemon = Daemon::start(
+        &env.cg,
+        &env.topo,
+        &config,
+        &env.bpffs,
+        &env.dir.path("epoll.log"),
+    );
+    daemon
+        .proc
+        .wait_for_log("io_uring unavailable", Duration::from_secs(5));
+    let engine = status(&config)["io_engine"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        engine.starts_with("epoll (io_uring unavailable"),
+        "{engine}"
+    );
+    env.client("clients", &node, &format!("{DB_ADDR} {ECHO_PORT}"))
+        .assert_proxied(&format!("{DB_ADDR}:{ECHO_PORT}"), NODE_DB_ADDR);
+    env.assert_only_proxy_arrived();
+}
+
 #[test]
 fn a_direct_dial_of_the_proxy_listener_is_refused() {
     let env = Env::new();

@@ -518,6 +518,24 @@ impl TestProxy {
 
     /// As [`start`](Self::start) with a given decider.
     pub fn start_with(upstream: SocketAddr, postgres_yaml: &str, decider: TestDecider) -> Self {
+        Self::start_on(upstream, postgres_yaml, decider, false)
+    }
+
+    /// As [`start`](Self::start), with the sessions' sockets on the io_uring engine.
+    pub fn start_on_ring(upstream: SocketAddr, postgres_yaml: &str) -> Self {
+        let decider = TestDecider {
+            record: true,
+            ..TestDecider::default()
+        };
+        Self::start_on(upstream, postgres_yaml, decider, true)
+    }
+
+    fn start_on(
+        upstream: SocketAddr,
+        postgres_yaml: &str,
+        decider: TestDecider,
+        ring: bool,
+    ) -> Self {
         let yaml = format!(
             "targets:\n  - name: demo-db\n    protocol: postgres\n    addresses: [\"198.18.0.2/32\"]\n    ports: [5432]\n    postgres:\n{postgres_yaml}"
         );
@@ -536,6 +554,12 @@ impl TestProxy {
             .enable_all()
             .build()
             .expect("runtime");
+        if ring {
+            let driver = runtime
+                .block_on(async { airlock::relay::uring::Driver::start() })
+                .expect("io_uring (CI runs on a kernel that allows it)");
+            ctx.uring.set(driver).expect("one driver");
+        }
         let addr = serve_gateway(&runtime, target, upstream, ctx, hooks);
         TestProxy {
             addr,

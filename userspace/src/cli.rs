@@ -229,7 +229,8 @@ pub fn main() -> ExitCode {
             bpffs,
             config,
             json,
-        } => bpffs_dir(bpffs, config).and_then(|dir| status(&dir, json)),
+        } => state_dir(config.as_deref())
+            .and_then(|state| bpffs_dir(bpffs, config).and_then(|dir| status(&dir, &state, json))),
         Command::Uninstall { bpffs, config } => {
             bpffs_dir(bpffs, config).and_then(|dir| uninstall(&dir))
         }
@@ -463,6 +464,14 @@ fn login(args: &LoginArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The daemon's state directory, from `config` or the default.
+fn state_dir(config: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    Ok(match config {
+        Some(path) => crate::config::Config::load(path)?.daemon.state_dir,
+        None => crate::config::DaemonConfig::default().state_dir,
+    })
+}
+
 fn bpffs_dir(bpffs: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(dir) = bpffs {
         return Ok(dir);
@@ -473,7 +482,15 @@ fn bpffs_dir(bpffs: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<
     Ok(crate::config::DaemonConfig::default().bpffs)
 }
 
-fn status(bpffs: &std::path::Path, json: bool) -> anyhow::Result<()> {
+/// The io engine the running daemon recorded (`None` when it recorded none, or another
+/// daemon did).
+fn io_engine(state_dir: &std::path::Path, daemon: Option<u32>) -> Option<String> {
+    let line = std::fs::read_to_string(state_dir.join(crate::daemon::IO_ENGINE_FILE)).ok()?;
+    let (pid, engine) = line.trim_end().split_once(' ')?;
+    (pid.parse::<u32>().ok()? == daemon?).then(|| engine.to_string())
+}
+
+fn status(bpffs: &std::path::Path, state_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let status = crate::intercept::bpf::pin_status(bpffs);
     // The daemon may live in another network namespace: read its socket table, never dial
     // the listener (that would be an unintercepted connection).
@@ -494,6 +511,7 @@ fn status(bpffs: &std::path::Path, json: bool) -> anyhow::Result<()> {
             .map(|p| (p, listen_ports.contains(&p)))
             .collect()
     };
+    let engine = io_engine(state_dir, status.daemon_tgid.filter(|_| daemon_alive));
     if json {
         let v = serde_json::json!({
             "bpffs": status.bpffs,
@@ -501,6 +519,7 @@ fn status(bpffs: &std::path::Path, json: bool) -> anyhow::Result<()> {
             "targets": status.targets,
             "daemon_pid": status.daemon_tgid,
             "daemon_alive": daemon_alive,
+            "io_engine": engine,
             "listeners": listening.iter().map(|(p, up)| serde_json::json!({"port": p, "listening": up})).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -543,6 +562,9 @@ fn status(bpffs: &std::path::Path, json: bool) -> anyhow::Result<()> {
             (None, _) => "never started".into(),
         }
     );
+    if let Some(engine) = engine {
+        println!("io engine: {engine}");
+    }
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinHandle;
 
 use crate::audit::Recorder;
-use crate::config::Config;
+use crate::config::{Config, IoEngine};
 use crate::drain::{Drain, Outcome, Watch};
 use crate::handover::{self, Sockets};
 use crate::identity::workload::WorkloadResolver;
@@ -143,6 +143,35 @@ impl Overrides {
     }
 }
 
+/// Sets up the io_uring driver where the config asks for it; where the kernel or a seccomp
+/// profile refuses a ring, sessions run on epoll. Either way the engine in use is logged and
+/// written to `<state_dir>/io-engine` (with this daemon's pid) for `airlock status`. Read once
+/// at start: a reload does not switch engines.
+fn start_io_engine(ctx: &Context) {
+    let cfg = ctx.config.load();
+    let engine = match cfg.daemon.io_engine {
+        IoEngine::Epoll => "epoll".to_string(),
+        IoEngine::IoUring => match crate::relay::uring::Driver::start() {
+            Ok(driver) => {
+                let _ = ctx.uring.set(driver);
+                "io_uring".to_string()
+            }
+            Err(error) => {
+                tracing::warn!(%error, "io_uring unavailable; sessions run on epoll");
+                format!("epoll (io_uring unavailable: {error})")
+            }
+        },
+    };
+    tracing::info!(engine, "io engine");
+    let line = format!("{} {engine}\n", std::process::id());
+    if let Err(error) = std::fs::write(cfg.daemon.state_dir.join(IO_ENGINE_FILE), line) {
+        tracing::warn!(%error, "could not record the io engine for `airlock status`");
+    }
+}
+
+/// Where the daemon records its io engine, under its state directory.
+pub const IO_ENGINE_FILE: &str = "io-engine";
+
 /// Runs the daemon until SIGTERM or SIGINT, or until a new daemon has taken over; then
 /// drains (see [`crate::drain`]). Pinned links stay in force after exit.
 pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<Stopped> {
@@ -235,6 +264,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<S
     let ctx = Arc::new(Context::with_parts(
         config, engine, audit, metrics, mask_key,
     )?);
+    start_io_engine(&ctx);
     {
         let ctx = Arc::clone(&ctx);
         tokio::spawn(async move {

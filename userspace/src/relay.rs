@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::net::TcpStream;
 
+pub mod uring;
+
 /// First buffer size of a direction.
 pub const INITIAL_BUFFER: usize = 16 * 1024;
 /// Largest buffer size of a direction.

@@ -33,6 +33,9 @@ pub struct Context {
     pub approvals: std::sync::OnceLock<Arc<Approvals>>,
     /// Bytes all sessions may buffer for messages they have not received whole.
     pub buffers: Arc<Budget>,
+    /// The io_uring driver, when the daemon runs that engine (set once at start; unset means
+    /// epoll).
+    pub uring: std::sync::OnceLock<Arc<crate::relay::uring::Driver>>,
     mask_key: Vec<u8>,
     next_session: AtomicU64,
 }
@@ -79,6 +82,7 @@ impl Context {
             audit,
             approvals: std::sync::OnceLock::new(),
             buffers: Arc::new(Budget::new(DEFAULT_BUFFER_BUDGET)),
+            uring: std::sync::OnceLock::new(),
             mask_key,
             next_session: AtomicU64::new(1),
         })

@@ -119,6 +119,19 @@ pub struct DaemonConfig {
     /// The reviewer console (web pages and the API, with OIDC login).
     #[serde(default)]
     pub console: Option<console::ConsoleConfig>,
+    /// How sessions' sockets are driven: `epoll` (tokio's readiness loop, the default) or
+    /// `io_uring` (docs/decisions/io-uring.md). A daemon that cannot set up a ring falls back
+    /// to epoll and says so in its log and in `airlock status`.
+    pub io_engine: IoEngine,
+}
+
+/// The socket I/O engine of PostgreSQL sessions and the opaque TCP relay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoEngine {
+    #[default]
+    Epoll,
+    IoUring,
 }
 
 impl DaemonConfig {
@@ -148,6 +161,7 @@ impl Default for DaemonConfig {
             audit: audit::AuditConfig::default(),
             approvals: approvals::ApprovalsConfig::default(),
             console: None,
+            io_engine: IoEngine::Epoll,
         }
     }
 }

@@ -180,9 +180,13 @@ pub async fn serve(session: Session, ctx: Arc<Context>) {
     let _ = upstream_conn.set_nodelay(true);
     let _ = client.set_nodelay(true);
     let counters = Counters::default();
-    // Opaque bytes: splice them kernel-side unless told to copy (for comparison benchmarks).
+    // Opaque bytes: splice them kernel-side (with the ring's splice operations when the daemon
+    // runs io_uring) unless told to copy (for comparison benchmarks).
+    let ring = ctx.uring.get();
     let relay = async {
-        if relay_by_copy() {
+        if let Some(ring) = ring {
+            relay::uring::splice_relay(ring, client, upstream_conn, &counters).await
+        } else if relay_by_copy() {
             relay::relay(&client, &upstream_conn, &counters).await
         } else {
             relay::splice_relay(&client, &upstream_conn, &counters).await

@@ -51,6 +51,7 @@ use crate::config::{PostgresTarget, TargetConfig};
 use crate::gate::{self, AuthError, Authenticator, Decider, Gate, PolicyAuthenticator, Presented};
 use crate::metrics::DenyReason;
 use crate::model::Protocol;
+use crate::relay::uring::UringStream;
 use crate::runtime::Context;
 
 /// Pluggable parts of the PostgreSQL handler (tests and benchmarks substitute their own).
@@ -490,13 +491,28 @@ async fn serve_inner(
     let shared = session::Shared::new(backend.status);
     let server = backend.stream;
     let buffer = backend.buffer;
-    let exit = match (client, server) {
-        (MaybeTls::Plain(mut c), MaybeTls::Plain(mut s)) => {
+    // The io_uring engine runs the same session loop with its sockets driven by the ring
+    // (plain TCP both ways; TLS sessions stay on epoll).
+    let uring = ctx.uring.get().cloned();
+    let exit = match (client, server, uring) {
+        (MaybeTls::Plain(c), MaybeTls::Plain(s), Some(ring)) => {
+            let streams =
+                UringStream::new(c, ring.clone()).and_then(|c| Ok((c, UringStream::new(s, ring)?)));
+            match streams {
+                Ok((c, s)) => {
+                    let (cr, mut cw) = c.split();
+                    let (sr, sw) = s.split();
+                    relay(id, &judge, &shared, env(), cr, &mut cw, sr, sw, buffer).await
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        (MaybeTls::Plain(mut c), MaybeTls::Plain(mut s), None) => {
             let (cr, mut cw) = c.split();
             let (sr, sw) = s.split();
             relay(id, &judge, &shared, env(), cr, &mut cw, sr, sw, buffer).await
         }
-        (c, s) => {
+        (c, s, _) => {
             let (cr, mut cw) = tokio::io::split(c);
             let (sr, sw) = tokio::io::split(s);
             relay(id, &judge, &shared, env(), cr, &mut cw, sr, sw, buffer).await
