@@ -9,7 +9,8 @@
 #   ROUNDS=3 BENCH_SECONDS=15 bench/uring_ab.sh
 #   AB_WORKLOADS="select-simple:8 select-prepared:8 select-simple:32 select-prepared:32 tpcb:32"
 # (after `cargo build --release -p airlock -p airlock-bench`; run as root.)
-# Writes results/uring-ab-$DATE.json and prints every row as ratios to haproxy and the relay.
+# Writes results/${AB_NAME:-uring-ab}-$DATE.json and prints every row as ratios to haproxy and
+# the relay.
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 trap lib_cleanup EXIT
@@ -21,18 +22,28 @@ start_netbench_server
 write_airlock_configs
 sed "s|^  accept_unintercepted: true|&\n  io_engine: io_uring|" "$WORK/full.yaml" > "$WORK/full-uring.yaml"
 # io_uring-immediate: the ring with each operation submitted at once instead of once per
-# scheduler pass (AIRLOCK_URING_SUBMIT=immediate).
+# scheduler pass (AIRLOCK_URING_SUBMIT=immediate). Also available: epoll-1worker and
+# io_uring-1worker (TOKIO_WORKER_THREADS=1). AB_NAME names the results file (uring-ab).
 PATHS=${AB_PATHS:-epoll io_uring io_uring-immediate haproxy bare-relay}
+
+# start_engine PATH: the daemon for one of the airlock paths.
+start_engine() {
+  case $1 in
+    epoll) start_daemon "$WORK/full.yaml" ;;
+    io_uring) start_daemon "$WORK/full-uring.yaml" ;;
+    io_uring-immediate) start_daemon "$WORK/full-uring.yaml" AIRLOCK_URING_SUBMIT=immediate ;;
+    # One tokio worker: the thread that submits is always the one that waits on epoll.
+    epoll-1worker) start_daemon "$WORK/full.yaml" TOKIO_WORKER_THREADS=1 ;;
+    io_uring-1worker) start_daemon "$WORK/full-uring.yaml" TOKIO_WORKER_THREADS=1 ;;
+  esac
+}
+ENGINES=$(for p in $PATHS; do case $p in haproxy|bare-relay) ;; *) echo "$p" ;; esac; done)
 
 run_path() { # PATH WORKLOAD CLIENTS NAME
   case $1 in
-    epoll) start_daemon "$WORK/full.yaml"; run_pgbench airlock-custom "$2" "$3" "$SECS" "$4" ;;
-    io_uring) start_daemon "$WORK/full-uring.yaml"; run_pgbench airlock-custom "$2" "$3" "$SECS" "$4" ;;
-    io_uring-immediate) start_daemon "$WORK/full-uring.yaml" AIRLOCK_URING_SUBMIT=immediate
-      run_pgbench airlock-custom "$2" "$3" "$SECS" "$4" ;;
-    *) run_pgbench "$1" "$2" "$3" "$SECS" "$4" ;;
+    haproxy|bare-relay) run_pgbench "$1" "$2" "$3" "$SECS" "$4" ;;
+    *) start_engine "$1"; run_pgbench airlock-custom "$2" "$3" "$SECS" "$4"; stop_daemon ;;
   esac
-  stop_daemon
 }
 
 echo "load start: $(loadavg)" >&2
@@ -50,12 +61,8 @@ for r in $(seq "$ROUNDS"); do
 done
 
 # Syscalls and context switches per transaction, from the daemon's own counters.
-for engine in epoll io_uring io_uring-immediate; do
-  case $engine in
-    epoll) start_daemon "$WORK/full.yaml" ;;
-    io_uring) start_daemon "$WORK/full-uring.yaml" ;;
-    io_uring-immediate) start_daemon "$WORK/full-uring.yaml" AIRLOCK_URING_SUBMIT=immediate ;;
-  esac
+for engine in $ENGINES; do
+  start_engine "$engine"
   # The daemon's cgroup, so every thread counts (io_uring's io-wq workers are its threads).
   perf stat -a -x, -e raw_syscalls:sys_enter,context-switches --for-each-cgroup "${CG#"$CGROOT"/}/daemon" -o "$WORK/perf-$engine" -- sleep "$((SECS + 1))" &
   perf_pid=$!
@@ -84,7 +91,7 @@ for r in $(seq "$ROUNDS"); do
 done
 echo "load end: $(loadavg)" >&2
 
-python3 - "$WORK" "$RESULTS/uring-ab-$DATE.json" "$MACHINE" "$PATHS" $WORKLOADS <<'PY'
+python3 - "$WORK" "$RESULTS/${AB_NAME:-uring-ab}-$DATE.json" "$MACHINE" "$PATHS" $WORKLOADS <<'PY'
 import json, statistics, sys
 work, out, machine, paths, workloads = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(), sys.argv[5:]
 med = statistics.median
@@ -110,7 +117,7 @@ for wc in workloads:
           + f" | p99 ms {p99} | proxy CPU us/tx {cpu}")
     rows.append(row)
 per_tx = {}
-for engine in ("epoll", "io_uring", "io_uring-immediate"):
+for engine in [p for p in paths if p not in ("haproxy", "bare-relay")]:
     run = json.loads(open(f"{work}/perf-{engine}.json").read())
     tx = run["transactions"]
     counts = {}

@@ -45,10 +45,9 @@ const CANCEL: u64 = u64::MAX;
 /// How long a dropped stream's last send may wait for a peer that reads nothing.
 const ORPHAN_SEND_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Operations the ring has completed (for the A/B benchmark and `/metrics`-free diagnosis).
+/// Operations the ring has completed, process-wide (tests check with it that sessions really
+/// ran on the ring).
 pub static COMPLETIONS: AtomicU64 = AtomicU64::new(0);
-/// `io_uring_enter` calls made to submit.
-pub static SUBMITS: AtomicU64 = AtomicU64::new(0);
 
 /// Where one operation stands.
 enum Slot {
@@ -169,8 +168,8 @@ impl Driver {
     /// Queues one operation and returns its key.
     ///
     /// # Safety
-    /// Whatever memory and fds `entry` names must stay valid until [`Driver::poll`] returns
-    /// its result, or be handed to [`Driver::abandon`].
+    /// Whatever memory and fds `entry` names must stay valid until [`Driver::poll_op`]
+    /// returns its result, or be handed to [`Driver::abandon`].
     unsafe fn start_op(&self, entry: squeue::Entry) -> io::Result<Key> {
         let mut wake = Vec::new();
         let key = {
@@ -196,10 +195,14 @@ impl Driver {
             };
             let entry = entry.user_data(key.user_data());
             // SAFETY: the caller keeps the entry's memory valid until completion.
-            unsafe { push(&mut st, &entry, &mut wake)? };
-            if self.immediate {
-                submit(&mut st, &mut wake)?;
-            } else if !st.flush_queued {
+            if let Err(e) = unsafe { push(&mut st, &entry, &mut wake) } {
+                release(&mut st, key.index);
+                return Err(e);
+            }
+            // Once queued, the operation is the kernel's: an error here must not reach the
+            // caller (who would free its buffer), so a failed submit is left to the flusher.
+            let submitted = self.immediate && submit(&mut st, &mut wake).is_ok();
+            if !submitted && !st.flush_queued {
                 st.flush_queued = true;
                 self.flush.notify_one();
             }
@@ -291,17 +294,25 @@ impl Driver {
         }
     }
 
-    /// Submits what is queued (the flusher task, once per scheduler pass).
-    fn flush_now(&self) {
+    /// Submits what is queued (the flusher task, once per scheduler pass). `false` when the
+    /// kernel refused: what is queued stays queued for the next try.
+    fn flush_now(&self) -> bool {
         let mut wake = Vec::new();
-        {
+        let flushed = {
             let mut st = self.lock();
-            st.flush_queued = false;
-            if let Err(error) = submit(&mut st, &mut wake) {
-                tracing::error!(%error, "io_uring submit failed");
+            match submit(&mut st, &mut wake) {
+                Ok(()) => {
+                    st.flush_queued = false;
+                    true
+                }
+                Err(error) => {
+                    tracing::error!(%error, "io_uring submit failed; retrying");
+                    false
+                }
             }
-        }
+        };
         wake.into_iter().for_each(Waker::wake);
+        flushed
     }
 }
 
@@ -324,7 +335,6 @@ fn submit(st: &mut State, wake: &mut Vec<Waker>) -> io::Result<()> {
     if st.ring.submission().is_empty() {
         return Ok(());
     }
-    SUBMITS.fetch_add(1, Ordering::Relaxed);
     loop {
         match st.ring.submit() {
             Ok(_) => break,
@@ -409,7 +419,9 @@ async fn flush_forever(driver: Arc<Driver>) {
         driver.flush.notified().await;
         // Let the other runnable sessions queue theirs first.
         tokio::task::yield_now().await;
-        driver.flush_now();
+        while !driver.flush_now() {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 }
 
