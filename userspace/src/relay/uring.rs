@@ -256,11 +256,12 @@ impl Driver {
                 Slot::Done(_) => release(&mut st, key.index),
                 Slot::Waiting(_) => {
                     st.slots[key.index as usize] = Slot::Orphaned(keep);
-                    if cancel {
-                        self.cancel_locked(&mut st, key, &mut wake);
-                    } else {
+                    // Outside a runtime (the daemon's runtime shutting down) nothing could
+                    // cancel it later: it is cancelled now.
+                    let runtime = tokio::runtime::Handle::try_current().ok();
+                    if let (false, Some(runtime)) = (cancel, runtime) {
                         let driver = self.clone();
-                        tokio::spawn(async move {
+                        runtime.spawn(async move {
                             tokio::time::sleep(ORPHAN_SEND_GRACE).await;
                             let mut wake = Vec::new();
                             {
@@ -274,6 +275,8 @@ impl Driver {
                             }
                             wake.into_iter().for_each(Waker::wake);
                         });
+                    } else {
+                        self.cancel_locked(&mut st, key, &mut wake);
                     }
                 }
                 Slot::Free | Slot::Orphaned(_) => {}
