@@ -213,7 +213,9 @@ impl Provider {
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        // Node loads oidc-provider and makes its key first: with a dozen providers starting at
+        // once on two cores that once took over 30 s in CI, so the wait is generous.
+        let line = rx.recv_timeout(Duration::from_secs(90)).unwrap_or_default();
         let Some(issuer) = line.trim().strip_prefix("READY ").map(str::to_string) else {
             let _ = child.kill();
             let _ = child.wait();
