@@ -997,9 +997,12 @@ fn piped_shell_input_is_recorded_and_nothing_runs_past_the_recording_limit() {
     let ssh = format!("ssh -T {} root@{DB_ADDR}", env.ssh_opts());
     let r = env.client(&ssh, Some(&format!("echo {marker}-$((6*7))\nexit\n")));
     assert!(r.stdout.contains(&format!("{marker}-42")), "{r:?}");
-    assert!(
-        recorded_input(&env, &format!("echo {marker}-")),
-        "the piped command is in the recording"
+    // The recording is complete once the session's end is recorded, which can come after
+    // the client has gone.
+    wait_until(
+        "the piped command in the recording",
+        Duration::from_secs(10),
+        || recorded_input(&env, &format!("echo {marker}-")),
     );
 
     // 70 MB of output passes the 64 MiB recording limit; the command piped in after it
