@@ -229,8 +229,8 @@ pub fn main() -> ExitCode {
             bpffs,
             config,
             json,
-        } => state_dir(config.as_deref())
-            .and_then(|state| bpffs_dir(bpffs, config).and_then(|dir| status(&dir, &state, json))),
+        } => daemon_config(config.as_deref())
+            .and_then(|daemon| status(&bpffs.unwrap_or(daemon.bpffs), &daemon.state_dir, json)),
         Command::Uninstall { bpffs, config } => {
             bpffs_dir(bpffs, config).and_then(|dir| uninstall(&dir))
         }
@@ -464,11 +464,11 @@ fn login(args: &LoginArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The daemon's state directory, from `config` or the default.
-fn state_dir(config: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+/// The daemon's settings from `config`, or the defaults.
+fn daemon_config(config: Option<&std::path::Path>) -> anyhow::Result<crate::config::DaemonConfig> {
     Ok(match config {
-        Some(path) => crate::config::Config::load(path)?.daemon.state_dir,
-        None => crate::config::DaemonConfig::default().state_dir,
+        Some(path) => crate::config::Config::load(path)?.daemon,
+        None => crate::config::DaemonConfig::default(),
     })
 }
 
@@ -476,10 +476,7 @@ fn bpffs_dir(bpffs: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<
     if let Some(dir) = bpffs {
         return Ok(dir);
     }
-    if let Some(path) = config {
-        return Ok(crate::config::Config::load(&path)?.daemon.bpffs);
-    }
-    Ok(crate::config::DaemonConfig::default().bpffs)
+    Ok(daemon_config(config.as_deref())?.bpffs)
 }
 
 /// The io engine the running daemon recorded (`None` when it recorded none, or another

@@ -63,8 +63,8 @@ pub async fn relay(
 /// Runs the two directions to completion; on an error in either, shuts both sockets down so
 /// the other direction ends too.
 async fn both_ways(
-    client: &TcpStream,
-    upstream: &TcpStream,
+    client: &impl AsRawFd,
+    upstream: &impl AsRawFd,
     up: impl std::future::Future<Output = io::Result<u64>>,
     down: impl std::future::Future<Output = io::Result<u64>>,
 ) -> io::Result<RelayStats> {
@@ -160,11 +160,17 @@ struct Pipe {
 }
 
 impl Pipe {
+    /// A non-blocking pipe (the epoll engine's splices).
     fn new() -> io::Result<Self> {
+        Self::with_flags(libc::O_NONBLOCK)
+    }
+
+    /// A pipe with `flags` besides O_CLOEXEC (the io_uring engine's are blocking).
+    fn with_flags(flags: libc::c_int) -> io::Result<Self> {
         use std::os::fd::FromRawFd;
         let mut fds = [0 as libc::c_int; 2];
         // SAFETY: fds is a valid out array of two ints.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), flags | libc::O_CLOEXEC) } != 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: pipe2 returned two fresh descriptors that nobody else owns.
@@ -291,7 +297,7 @@ pub async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-fn shutdown(sock: &TcpStream, how: libc::c_int) {
+fn shutdown(sock: &impl AsRawFd, how: libc::c_int) {
     // SAFETY: a valid socket fd owned by `sock`; shutdown(2) has no memory effects. ENOTCONN
     // after the peer already closed is expected and ignored.
     unsafe {
@@ -305,7 +311,8 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    async fn pair() -> (TcpStream, TcpStream) {
+    /// A connected loopback pair (the io_uring engine's tests use it too).
+    pub(super) async fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (b, _) = l.accept().await.unwrap();

@@ -18,7 +18,7 @@
 
 use std::any::Any;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -679,7 +679,7 @@ impl AsyncWrite for WriteHalf<'_> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         std::task::ready!(this.poll_drain(cx))?;
-        shutdown(this.stream.fd.as_raw_fd(), libc::SHUT_WR);
+        super::shutdown(&*this.stream.fd, libc::SHUT_WR);
         Poll::Ready(Ok(()))
     }
 }
@@ -695,14 +695,6 @@ impl Drop for WriteHalf<'_> {
     }
 }
 
-fn shutdown(fd: RawFd, how: libc::c_int) {
-    // SAFETY: a socket fd we own; shutdown(2) has no memory effects. ENOTCONN after the peer
-    // closed is expected and ignored.
-    unsafe {
-        libc::shutdown(fd, how);
-    }
-}
-
 /// A pipe for ring splices: blocking (io_uring waits on it; a non-blocking pipe would make it
 /// return EAGAIN), both ends kept by whichever operation still names them.
 struct Pipe {
@@ -713,24 +705,11 @@ struct Pipe {
 
 impl Pipe {
     fn new() -> io::Result<Self> {
-        let mut fds = [0 as libc::c_int; 2];
-        // SAFETY: fds is a valid out array of two ints.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe2 returned two fresh descriptors that nobody else owns.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // SAFETY: F_SETPIPE_SZ on our own pipe; failure leaves the default.
-        let granted = unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, super::PIPE_CAPACITY) };
-        super::PIPES_CREATED.fetch_add(1, Ordering::Relaxed);
+        let pipe = super::Pipe::with_flags(0)?;
         Ok(Pipe {
-            read: Arc::new(read),
-            write: Arc::new(write),
-            capacity: if granted > 0 {
-                granted as u32
-            } else {
-                64 * 1024
-            },
+            read: Arc::new(pipe.read),
+            write: Arc::new(pipe.write),
+            capacity: u32::try_from(pipe.capacity).unwrap_or(u32::MAX),
         })
     }
 }
@@ -745,19 +724,13 @@ pub async fn splice_relay(
 ) -> io::Result<RelayStats> {
     let client = ring_fd(client)?;
     let upstream = ring_fd(upstream)?;
-    let result = tokio::try_join!(
+    super::both_ways(
+        &*client,
+        &*upstream,
         splice_one_way(driver, &client, &upstream, &counters.client_to_upstream),
         splice_one_way(driver, &upstream, &client, &counters.upstream_to_client),
-    );
-    if result.is_err() {
-        shutdown(client.as_raw_fd(), libc::SHUT_RDWR);
-        shutdown(upstream.as_raw_fd(), libc::SHUT_RDWR);
-    }
-    let (c2u, u2c) = result?;
-    Ok(RelayStats {
-        client_to_upstream: c2u,
-        upstream_to_client: u2c,
-    })
+    )
+    .await
 }
 
 fn ring_fd(stream: tokio::net::TcpStream) -> io::Result<Arc<OwnedFd>> {
@@ -821,22 +794,15 @@ async fn splice_one_way(
         total += filled as u64;
         counter.fetch_add(filled as u64, Ordering::Relaxed);
     }
-    shutdown(to.as_raw_fd(), libc::SHUT_WR);
+    super::shutdown(&**to, libc::SHUT_WR);
     Ok(total)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::relay::tests::pair;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
-
-    async fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (b, _) = l.accept().await.unwrap();
-        (a, b)
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stream_on_the_ring_echoes_both_ways_with_half_close() {
