@@ -102,12 +102,17 @@ SELECT 'after notify';
         "{out}{err}"
     );
 
-    // A large single value and a large COPY out, streamed.
-    let (ok, out, err) = psql(&dsn, &["-c", "SELECT repeat('x', 8000000)"], None);
+    large_value_and_copy_out(&dsn);
+    assert!(proxy.decider.calls.load(Ordering::Relaxed) >= 15);
+}
+
+/// A large single value and a large COPY out, streamed.
+fn large_value_and_copy_out(dsn: &str) {
+    let (ok, out, err) = psql(dsn, &["-c", "SELECT repeat('x', 8000000)"], None);
     assert!(ok, "{err}");
     assert_eq!(out.trim_end().len(), 8_000_000);
     let (ok, out, err) = psql(
-        &dsn,
+        dsn,
         &[
             "-c",
             "COPY (SELECT g, md5(g::text) FROM generate_series(1, 200000) g) TO STDOUT",
@@ -121,7 +126,6 @@ SELECT 'after notify';
             .last()
             .is_some_and(|l| l.starts_with("200000\t"))
     );
-    assert!(proxy.decider.calls.load(Ordering::Relaxed) >= 15);
 }
 
 #[test]
@@ -187,24 +191,7 @@ SELECT 'rows', count(*) FROM r;
         out.contains("rows|1"),
         "the failed transaction rolled back: {out}"
     );
-    let (ok, out, err) = psql(&dsn, &["-c", "SELECT repeat('x', 8000000)"], None);
-    assert!(ok, "{err}");
-    assert_eq!(out.trim_end().len(), 8_000_000);
-    let (ok, out, err) = psql(
-        &dsn,
-        &[
-            "-c",
-            "COPY (SELECT g, md5(g::text) FROM generate_series(1, 200000) g) TO STDOUT",
-        ],
-        None,
-    );
-    assert!(ok, "{err}");
-    assert_eq!(out.lines().count(), 200_000);
-    assert!(
-        out.lines()
-            .last()
-            .is_some_and(|l| l.starts_with("200000\t"))
-    );
+    large_value_and_copy_out(&dsn);
 
     let (ok, _, err) = pgbench(proxy.addr, &["-i", "-s", "1", "-q"]);
     assert!(ok, "pgbench -i: {err}");
