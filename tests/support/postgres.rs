@@ -814,10 +814,12 @@ impl RawClient {
                 }
             }
             let mut chunk = [0u8; 8192];
-            let n = self
-                .stream
-                .read(&mut chunk)
-                .unwrap_or_else(|e| panic!("read: {e}; pending {:?}", self.buf));
+            // A signal to this thread (SIGCHLD from a server the suite started) interrupts a
+            // read with a timeout set: SA_RESTART does not apply to those, so retry here.
+            let n = match self.stream.read(&mut chunk) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => r.unwrap_or_else(|e| panic!("read: {e}; pending {:?}", self.buf)),
+            };
             assert!(n > 0, "connection closed; pending {:?}", self.buf);
             self.buf.extend_from_slice(&chunk[..n]);
         }
