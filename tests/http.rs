@@ -491,6 +491,18 @@ fn allowed_reads_are_masked_and_carry_the_gateway_credential() {
     let out = env.client_ok(&format!("curl -sS http://{DB_ADDR}/app/notes"));
     assert!(out.contains("contact [REDACTED], card [REDACTED]"), "{out}");
     let out = env.client_ok(&format!(
+        "curl -sS http://{DB_ADDR}/app/notes?charset=iso-8859-1"
+    ));
+    assert!(out.contains("contact [REDACTED], card [REDACTED]"), "{out}");
+    // Text the detectors cannot read (an address in UTF-16 is not the bytes they look for)
+    // is refused like a binary answer, not passed.
+    let out = env.client_ok(&format!(
+        "curl -sS -w '\n%{{http_code}}' http://{DB_ADDR}/app/notes?charset=utf-16"
+    ));
+    assert!(out.ends_with("502"), "{out}");
+    assert!(out.contains("charset (utf-16)"), "{out}");
+    assert!(!out.contains("carol") && !out.contains("c\0a\0r"), "{out}");
+    let out = env.client_ok(&format!(
         "curl -sS -D - --compressed http://{DB_ADDR}/app/gzip"
     ));
     assert!(out.contains(r#""email":"[REDACTED]""#), "{out}");

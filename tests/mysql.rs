@@ -93,6 +93,7 @@ impl World {
              CREATE VIEW {DATABASE}.contacts_again AS SELECT * FROM {DATABASE}.customer_contacts;
              CREATE TABLE {DATABASE}.staff (id INT PRIMARY KEY, badge VARCHAR(32));
              INSERT INTO {DATABASE}.staff VALUES (1, 'K7-alpha-19'), (2, 'Q3-delta-44');
+             CREATE VIEW {DATABASE}.staff_badges AS SELECT id, badge FROM {DATABASE}.staff;
              CREATE TABLE {DATABASE}.accounts (id INT PRIMARY KEY, balance INT NOT NULL);
              INSERT INTO {DATABASE}.accounts VALUES (1, 100), (2, 200);
              CREATE TABLE {DATABASE}.files (line TEXT);
@@ -532,6 +533,56 @@ print("ids", cur.fetchall())
     );
     assert!(r.stdout.contains("ids [(2,)]"), "{r:?}");
     assert!(!r.stdout.contains("example."), "{r:?}");
+}
+
+/// The view lookup runs on the client's own connection, under the client's settings; none of
+/// them may blind it or masking. `sql_select_limit = 0` would cut the catalog's answer to
+/// nothing (the view's badge would pass as a table's column), `character_set_results = utf16`
+/// would re-encode it and every answer after it (detectors read UTF-8), and with no
+/// conversion (`NULL`) a column converted to UTF-16 comes as it is.
+#[test]
+fn client_session_settings_do_not_blind_the_view_lookup_or_the_detectors() {
+    let w = world();
+    let script = "SELECT 'marker 1';
+SET sql_select_limit = 0;
+SELECT id, badge FROM staff_badges LIMIT 5;
+SET sql_select_limit = DEFAULT;
+SELECT 'marker 2';
+SET character_set_results = utf16;
+SELECT 'marker 3';
+SET character_set_results = NULL;
+SELECT CONVERT(note USING utf16) AS n FROM customers ORDER BY id;
+SELECT id FROM customers ORDER BY id LIMIT 1;
+";
+    let r = w.mariadb_script("agent", DB_ADDR, "--force", script);
+    let log = w.daemon_log();
+    for m in ["marker 1", "marker 2", "marker 3"] {
+        assert!(r.stdout.contains(m), "{m}: {r:?}\n{log}");
+    }
+    assert!(
+        r.stderr.contains("through a subquery, CTE or view")
+            && r.stderr.contains("masking rule \"staff-badge\""),
+        "the view is seen under sql_select_limit = 0: {r:?}\n{log}"
+    );
+    assert!(
+        r.stderr.contains("character_set_results") && r.stderr.contains("agents-deny-rest"),
+        "a UTF-16 results set is admin: {r:?}"
+    );
+    assert!(
+        r.stderr
+            .contains("comes in utf16, which the detectors cannot read"),
+        "a UTF-16 column is refused, not scanned: {r:?}\n{log}"
+    );
+    // The session went on, on the connection as the client left it.
+    assert!(r.stdout.lines().any(|l| l.trim() == "1"), "{r:?}");
+    let utf16 = |s: &str| -> String { s.chars().flat_map(|c| ['\0', c]).collect() };
+    for raw in ["K7-alpha-19", "Q3-delta-44", "grace.h@example.net"] {
+        assert!(!r.stdout.contains(raw), "{raw} leaked: {r:?}");
+        assert!(
+            !r.stdout.contains(&utf16(raw)),
+            "{raw} leaked in UTF-16: {r:?}"
+        );
+    }
 }
 
 /// What a session looked up about a view is not trusted past a redefinition: one through the

@@ -82,8 +82,14 @@ class Handler(BaseHTTPRequestHandler):
                 "x_api_key": self.headers.get("x-api-key"),
             })
         if path == "/notes":
-            return self._send(200, b"contact carol@example.com, card 4111111111111111\n",
-                              ctype="text/plain")
+            # ?charset=… answers in the encoding the client asked for, as servers that
+            # honour Accept-Charset do.
+            charset = self.path.split("charset=")[1] if "charset=" in self.path else None
+            text = "contact carol@example.com, card 4111111111111111\n"
+            if charset:
+                return self._send(200, text.encode(charset),
+                                  ctype=f"text/plain; charset={charset}")
+            return self._send(200, text.encode(), ctype="text/plain")
         if path == "/gzip":
             body = gzip.compress(json.dumps({"email": "dave@example.com", "n": 1}).encode())
             return self._send(200, body, extra=[("content-encoding", "gzip")])

@@ -43,6 +43,11 @@ pub enum ValueKind {
     Address,
     /// Anything else: text is scanned; a binary value cannot be masked.
     Other,
+    /// Text in an encoding whose ASCII characters are not single bytes (UCS-2, UTF-16,
+    /// UTF-32: MySQL's `charset`): a column rule replaces it whole, in UTF-8 (the protocol
+    /// layer announces the column as such); detectors cannot read it, so a result that needs
+    /// them is refused.
+    WideText { charset: &'static str },
 }
 
 impl ValueKind {
@@ -235,6 +240,12 @@ impl Masker {
         }
         if active.detectors.is_empty() {
             return Ok(Action::Pass);
+        }
+        if let ValueKind::WideText { charset } = col.kind {
+            return Err(MaskError::Unreadable {
+                column: col.qualified(),
+                charset,
+            });
         }
         if !binary {
             if col.kind == ValueKind::Plain {

@@ -67,6 +67,14 @@ pub enum MaskError {
          request it in text format"
     )]
     BinaryUnsupported { column: String, type_id: u32 },
+    #[error(
+        "column {column} comes in {charset}, which the detectors cannot read; \
+         ask for results in UTF-8 (character_set_results)"
+    )]
+    Unreadable {
+        column: String,
+        charset: &'static str,
+    },
     #[error("unknown format code {0} (expected 0 for text or 1 for binary)")]
     FormatCode(i16),
     #[error("column index {index} is out of range (the result has {len} columns)")]

@@ -793,3 +793,48 @@ fn masker_is_shareable_and_plans_move_between_tasks() {
     });
     assert_eq!(handle.join().expect("thread"), Ok(5));
 }
+
+#[test]
+fn wide_text_is_masked_whole_by_column_rules_and_refused_to_detectors() {
+    let m = customer_masker();
+    let wide = ValueKind::WideText { charset: "utf16" };
+    let all = names(&["email", "card", "secrets"]);
+    // A column rule replaces the value whole (in UTF-8, announced as text by the protocol).
+    let mut plan = m
+        .plan(&[customer_col("email", wide, 253)], &all)
+        .expect("plan");
+    let utf16: Vec<u8> = "ada@example.com"
+        .encode_utf16()
+        .flat_map(u16::to_be_bytes)
+        .collect();
+    let (o, out) = mask_one(&mut plan, 0, &utf16);
+    assert!(matches!(o, MaskOutcome::Replaced { .. }), "{o:?}");
+    assert!(!out.windows(3).any(|w| w == b"\0d\0"), "{out:?}");
+    assert!(plan.masked_as_text(0, wide));
+    // Detectors cannot read it: the result is refused, not passed.
+    let err = m
+        .plan(&[customer_col("notes", wide, 253)], &all)
+        .expect_err("refused");
+    assert!(
+        matches!(
+            err,
+            MaskError::Unreadable {
+                charset: "utf16",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Without detectors nothing needs reading.
+    let plan = m
+        .plan(&[customer_col("notes", wide, 253)], &names(&["email"]))
+        .expect("plan");
+    assert!(plan.is_passthrough());
+    // In binary format a column rule other than null cannot re-announce the column.
+    let mut col = customer_col("email", wide, 253);
+    col.format = ValueFormat::Binary;
+    assert!(matches!(
+        m.plan(&[col], &all),
+        Err(MaskError::BinaryUnsupported { .. })
+    ));
+}

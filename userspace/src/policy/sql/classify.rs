@@ -1144,9 +1144,24 @@ fn set_shape(s: &Set, acc: &mut Acc) -> (&'static str, Class) {
         Set::SingleAssignment {
             variable, values, ..
         } if is_search_path(variable) => search_path_shape(values, acc),
+        Set::SingleAssignment {
+            variable, values, ..
+        } if is_results_charset(variable) => match values.as_slice() {
+            [value] => results_charset_shape(value, acc),
+            _ => {
+                acc.notes
+                    .push("admin: SET character_set_results with several values".into());
+                ("set_privileged", Class::Admin)
+            }
+        },
         Set::SingleAssignment { variable, .. } => set_var(std::slice::from_ref(variable), acc),
         Set::ParenthesizedAssignments { variables, .. } => set_var(variables, acc),
         Set::MultipleAssignments { assignments } => {
+            for a in assignments.iter().filter(|a| is_results_charset(&a.name)) {
+                if results_charset_shape(&a.value, acc).1 == Class::Admin {
+                    return ("set_privileged", Class::Admin);
+                }
+            }
             let names: Vec<ObjectName> = assignments.iter().map(|a| a.name.clone()).collect();
             set_var(&names, acc)
         }
@@ -1178,6 +1193,46 @@ fn reset_shape(reset: &sqlparser::ast::Reset, acc: &mut Acc) -> (&'static str, C
 fn setting_name(name: &ObjectName) -> String {
     let v = normalize_name(name).to_lowercase();
     v.rsplit('.').next().unwrap_or(&v).to_string()
+}
+
+/// MySQL's `character_set_results` (also as `@@character_set_results`).
+fn is_results_charset(name: &ObjectName) -> bool {
+    setting_name(name).trim_start_matches("@@") == "character_set_results"
+}
+
+/// `SET character_set_results`: the encoding of every value, warning and error the server
+/// sends from then on. Masking reads ASCII-compatible encodings: in UCS-2, UTF-16 or UTF-32
+/// an e-mail address is not the bytes a detector looks for, and a value quoted in a warning
+/// is not where the gateway cuts it. A session setting when the value names one of
+/// [`SAFE_CHARSETS`](super::mysql::SAFE_CHARSETS) (or is `NULL`/`DEFAULT`: no conversion,
+/// each column's own set, which masking checks per column); anything else, a variable or an
+/// expression included, is admin.
+fn results_charset_shape(value: &Expr, acc: &mut Acc) -> (&'static str, Class) {
+    // The class depends on the value, which may be a string literal.
+    acc.literal_sensitive = true;
+    let name = match value {
+        Expr::Identifier(id) => Some(id.value.to_ascii_lowercase()),
+        Expr::Value(v) => match &v.value {
+            Value::Null => Some("null".to_owned()),
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => {
+                Some(s.to_ascii_lowercase())
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    match name.as_deref() {
+        Some(n) if n == "null" || n == "default" || super::mysql::SAFE_CHARSETS.contains(&n) => {
+            ("set", Class::Session)
+        }
+        _ => {
+            acc.notes.push(format!(
+                "admin: SET character_set_results = {value} sends answers in an encoding \
+                 masking does not read"
+            ));
+            ("set_privileged", Class::Admin)
+        }
+    }
 }
 
 fn is_search_path(name: &ObjectName) -> bool {

@@ -381,17 +381,58 @@ pub async fn accept(
 /// a backslash (0x5c): the server's lexer and the gateway's would then disagree about where a
 /// string ends. MariaDB's NO PAD variants are the base id plus 1024.
 pub fn unsafe_charset(collation: u16) -> Option<&'static str> {
+    charset_among(collation, &["big5", "gbk", "sjis", "cp932", "gb18030"])
+}
+
+/// The character set of a collation id when ASCII characters are not single bytes in it
+/// (UCS-2, UTF-16, UTF-32): masking cannot read its text. An id no table knows counts as
+/// one (fail closed). MariaDB's UCA 14 collations (2048 and up) carry their character set in
+/// bits 8–10.
+pub fn wide_charset(collation: u16) -> Option<&'static str> {
+    const WIDE: [&str; 4] = ["ucs2", "utf16", "utf16le", "utf32"];
+    if collation >= 2048 {
+        return match (collation - 2048) >> 8 {
+            0 | 1 => None,
+            2 => Some("ucs2"),
+            3 => Some("utf16"),
+            4 => Some("utf32"),
+            _ => Some("an unknown character set"),
+        };
+    }
+    // MariaDB's compatibility collations (`*_mysql561_ci`, `*_mysql500_ci`), which
+    // mysql_common does not list.
+    match collation {
+        576..=578 | 608..=610 => return None,
+        640..=642 => return Some("ucs2"),
+        672..=674 => return Some("utf16"),
+        736..=738 => return Some("utf32"),
+        _ => {}
+    }
+    if charset_name(collation).is_empty() {
+        return Some("an unknown character set");
+    }
+    charset_among(collation, &WIDE)
+}
+
+/// The character set of a collation id (MariaDB's NO PAD variants are the base id plus
+/// 1024); empty when unknown.
+fn charset_name(collation: u16) -> String {
     use mysql_common::collations::{Collation, CollationId};
     let base = if (1024..2048).contains(&collation) {
         collation - 1024
     } else {
         collation
     };
-    let collation = Collation::from(CollationId::from(base));
-    let charset = collation.charset();
-    ["big5", "gbk", "sjis", "cp932", "gb18030"]
-        .into_iter()
-        .find(|c| *c == charset)
+    let id = CollationId::from(base);
+    if id == CollationId::UNKNOWN_COLLATION_ID {
+        return String::new();
+    }
+    Collation::from(id).charset().to_owned()
+}
+
+fn charset_among(collation: u16, sets: &[&'static str]) -> Option<&'static str> {
+    let charset = charset_name(collation);
+    sets.iter().copied().find(|c| *c == charset)
 }
 
 fn max_packet(response: &[u8]) -> u32 {
@@ -542,6 +583,32 @@ mod tests {
                 .contains(CapabilityFlags::CLIENT_LOCAL_FILES)
         );
         assert!(!seen.capabilities.contains(CapabilityFlags::CLIENT_COMPRESS));
+    }
+
+    #[test]
+    fn wide_charsets_are_told_apart_from_ascii_compatible_ones() {
+        // utf8mb3_general_ci, utf8mb4_general_ci, latin1, binary, utf8mb4_0900_ai_ci,
+        // MariaDB's utf8mb4_nopad_bin, utf8mb4_croatian_mysql561_ci, utf8mb4_uca1400_ai_ci.
+        for id in [33, 45, 8, 63, 255, 1070, 608, 2048 + 256] {
+            assert_eq!(wide_charset(id), None, "{id}");
+        }
+        // ucs2_general_ci, utf16_general_ci, utf16le_general_ci, utf32_general_ci,
+        // utf16_unicode_ci, MariaDB's ucs2_nopad_bin, utf16_croatian_mysql561_ci,
+        // utf32_uca1400_ai_ci.
+        for (id, set) in [
+            (35, "ucs2"),
+            (54, "utf16"),
+            (56, "utf16le"),
+            (60, "utf32"),
+            (101, "utf16"),
+            (1114, "ucs2"),
+            (672, "utf16"),
+            (2048 + 4 * 256, "utf32"),
+        ] {
+            assert_eq!(wide_charset(id), Some(set), "{id}");
+        }
+        // An id nobody lists: its text is not trusted to be readable.
+        assert!(wide_charset(1000).is_some());
     }
 
     #[test]

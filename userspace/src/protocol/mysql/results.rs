@@ -878,7 +878,12 @@ fn value_kind(t: ColumnType, charset: u16) -> ValueKind {
         MYSQL_TYPE_JSON => ValueKind::Json { binary_prefix: 0 },
         MYSQL_TYPE_BIT | MYSQL_TYPE_GEOMETRY => ValueKind::Bytes,
         _ if charset == BINARY_CHARSET => ValueKind::Bytes,
-        _ => ValueKind::Text,
+        // `character_set_results` NULL sends each column in its own set, which may be one
+        // the detectors cannot read.
+        _ => match super::handshake::wide_charset(charset) {
+            Some(charset) => ValueKind::WideText { charset },
+            None => ValueKind::Text,
+        },
     }
 }
 

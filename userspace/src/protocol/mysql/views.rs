@@ -139,8 +139,14 @@ impl Views {
     }
 
     /// The catalog query for `names`: every relation so named in any schema, its type and,
-    /// for a view, its definition in hex (read back whatever the connection's character set).
-    /// Names go as hex literals, so no `sql_mode` changes how the query reads.
+    /// for a view, its definition in hex.
+    ///
+    /// It runs on the client's connection, under whatever the client set there, so nothing
+    /// in it may depend on the session: names go as hex literals with an explicit collation
+    /// (no `sql_mode`, connection collation or `character_set_collations` changes how they
+    /// compare), every column comes back as binary (no `character_set_results` re-encodes
+    /// it), and an explicit `LIMIT` overrides `sql_select_limit` (which would otherwise cut
+    /// the answer short, down to no rows at all, and leave views unseen).
     pub fn query(names: &[RelName]) -> String {
         let mut list = String::new();
         for (i, (_, name)) in names.iter().enumerate() {
@@ -149,13 +155,16 @@ impl Views {
             }
             list.push_str("CONVERT(X'");
             list.push_str(&hex::encode(name.as_bytes()));
-            list.push_str("' USING utf8mb4)");
+            list.push_str("' USING utf8mb4) COLLATE utf8mb4_general_ci");
         }
         format!(
-            "SELECT t.TABLE_SCHEMA, t.TABLE_NAME, t.TABLE_TYPE = 'VIEW', HEX(v.VIEW_DEFINITION) \
+            "SELECT CAST(t.TABLE_SCHEMA AS BINARY), CAST(t.TABLE_NAME AS BINARY), \
+             CAST(IF(t.TABLE_TYPE = 'VIEW', '1', '0') AS BINARY), \
+             CAST(HEX(v.VIEW_DEFINITION) AS BINARY) \
              FROM information_schema.TABLES t LEFT JOIN information_schema.VIEWS v \
              ON v.TABLE_SCHEMA = t.TABLE_SCHEMA AND v.TABLE_NAME = t.TABLE_NAME \
-             WHERE t.TABLE_NAME IN ({list})"
+             WHERE t.TABLE_NAME IN ({list}) LIMIT {}",
+            MAX_ROWS + 1
         )
     }
 
