@@ -675,11 +675,13 @@ fn ascii_compatible(charset: &str) -> bool {
             | "euc-kr"
             | "koi8-r"
             | "koi8-u"
-    ) || ["iso-8859-", "windows-125", "cp125"].iter().any(|p| {
-        charset
-            .strip_prefix(p)
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-    })
+    ) || ["iso-8859-", "iso8859-", "windows-125", "cp125"]
+        .iter()
+        .any(|p| {
+            charset
+                .strip_prefix(p)
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
 }
 
 fn is_text(ctype: &str) -> bool {
@@ -991,6 +993,7 @@ mod tests {
             "utf-8",
             "us-ascii",
             "iso-8859-1",
+            "iso8859-1",
             "iso-8859-15",
             "windows-1252",
             "shift_jis",
