@@ -617,6 +617,26 @@ fn deletes_are_denied_naming_the_rule_and_never_reach_the_app() {
         "curl -sS -o /dev/null -w '%{{http_code}}' -d '{{\"q\":\"DROP TABLE users\"}}' http://{DB_ADDR}/app/echo"
     ));
     assert_eq!(out, "403");
+    // So is the same body in UTF-16 (JSON readers detect it; to a glob over UTF-8 it has a
+    // NUL beside every letter), or declared in a charset that spells ASCII otherwise, or
+    // content-coded: the deny rule covers what it cannot read as the server would.
+    let utf16: Vec<u8> = "{\"q\":\"DROP TABLE users\"}"
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    let utf16_file = env.dir.path("drop-utf16.json");
+    std::fs::write(&utf16_file, &utf16).expect("write utf16 body");
+    for headers in [
+        "-H 'content-type: application/json'",
+        "-H 'content-type: application/json; charset=utf-7'",
+        "-H 'content-encoding: deflate'",
+    ] {
+        let out = env.client_ok(&format!(
+            "curl -sS -o /dev/null -w '%{{http_code}}' {headers} --data-binary @{} http://{DB_ADDR}/app/echo",
+            utf16_file.display()
+        ));
+        assert_eq!(out, "403", "{headers}");
+    }
     // A body over the 64 KiB bound is judged unknown: the echo rule does not cover it, the
     // uploads rule (large_body: true) does.
     env.dir.write("big.bin", &"a".repeat(200 * 1024));

@@ -251,6 +251,81 @@ pub struct HttpRequest<'a> {
     pub body: Option<HttpBody<'a>>,
 }
 
+impl HttpRequest<'_> {
+    /// A request header's value (`name` lower case), the first of that name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| &**v)
+    }
+
+    /// The body as text that rules can match (`""` without a body); `None` when the server
+    /// could read it as something else than this text: not UTF-8; NUL bytes (UTF-16 or
+    /// UTF-32 text is valid UTF-8 with a NUL beside every ASCII letter, and JSON readers
+    /// detect those encodings); a declared charset that is not ASCII-compatible; a content
+    /// coding (the server decodes it first); or over the bound.
+    pub fn body_text(&self) -> Option<&str> {
+        let bytes = match &self.body {
+            None => return Some(""),
+            Some(HttpBody::OverLimit { .. }) => return None,
+            Some(HttpBody::Judged { bytes, .. }) => bytes,
+        };
+        let coded = self
+            .header("content-encoding")
+            .is_some_and(|c| !c.trim().is_empty() && !c.trim().eq_ignore_ascii_case("identity"));
+        let charset_ok = self
+            .header("content-type")
+            .and_then(content_type_charset)
+            .is_none_or(|c| ascii_compatible_charset(&c));
+        if coded || !charset_ok || memchr::memchr(0, bytes).is_some() {
+            return None;
+        }
+        std::str::from_utf8(bytes).ok()
+    }
+}
+
+/// The `charset` parameter of a `Content-Type` value, lower case, unquoted.
+pub fn content_type_charset(content_type: &str) -> Option<String> {
+    content_type.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("charset")
+            .then(|| v.trim().trim_matches('"').to_ascii_lowercase())
+    })
+}
+
+/// Whether text in `charset` (lower case) keeps ASCII characters as their ASCII bytes, which
+/// is what rules, detectors and the JSON reader look for. UTF-16 and UTF-32 do not; UTF-7
+/// and the ISO-2022 sets can spell them as other bytes; EBCDIC uses other bytes. A set not
+/// listed counts as one that does not (fail closed).
+pub fn ascii_compatible_charset(charset: &str) -> bool {
+    matches!(
+        charset,
+        "utf-8"
+            | "utf8"
+            | "us-ascii"
+            | "ascii"
+            | "latin1"
+            | "shift_jis"
+            | "sjis"
+            | "gbk"
+            | "gb2312"
+            | "gb18030"
+            | "big5"
+            | "euc-jp"
+            | "euc-kr"
+            | "koi8-r"
+            | "koi8-u"
+    ) || ["iso-8859-", "iso8859-", "windows-125", "cp125"]
+        .iter()
+        .any(|p| {
+            charset
+                .strip_prefix(p)
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+}
+
 /// A request body, read (up to the target's bound) before policy judges the request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]

@@ -13,7 +13,7 @@ pub mod lineage;
 
 pub use command::{
     Command, Dialect, FileOp, HttpBody, HttpRequest, KubeRequest, Param, ParamFormat, Params,
-    Protocol,
+    Protocol, ascii_compatible_charset, content_type_charset,
 };
 pub use decision::{Action, Decision, OnTimeout, ReviewMode};
 pub use facts::{Class, ClassSet, Facts, SQL_KINDS};

@@ -64,14 +64,10 @@ pub fn mismatch(spec: &HttpSpec, req: &HttpRequest<'_>, permissive: bool) -> Opt
         return Some("http.large_body (body over the bound, not judged)");
     }
     if !spec.body.is_empty() {
-        let text = match &req.body {
-            Some(HttpBody::Judged { bytes, .. }) => std::str::from_utf8(bytes).ok(),
-            Some(HttpBody::OverLimit { .. }) => None,
-            None => Some(""),
-        };
-        let ok = match text {
+        let ok = match req.body_text() {
             Some(t) => spec.body.iter().any(|g| g.matches(t)),
-            // Unread or binary: a deny rule covers it, an allow/review rule does not.
+            // Unread, binary, coded or in another encoding: a deny rule covers it, an
+            // allow/review rule does not.
             None => !permissive,
         };
         if !ok {
@@ -237,6 +233,47 @@ mod tests {
             mismatch(&deny, &r, true).is_some(),
             "binary never matches allow"
         );
+        // Text the server may read otherwise than the rule would: UTF-16 (valid UTF-8, a
+        // NUL beside each letter; JSON readers detect it), a charset that spells ASCII
+        // otherwise, a content coding. A deny rule covers each; an allow rule none.
+        let utf16: Vec<u8> = "{\"q\":\"DROP TABLE\"}"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let plain = b"{\"q\":\"select\"}".to_vec();
+        let allow_body = HttpSpec {
+            body: vec![Glob("*".into())],
+            ..HttpSpec::default()
+        };
+        for (body, header) in [
+            (utf16, None),
+            (
+                plain.clone(),
+                Some(("content-type", "application/json; charset=utf-7")),
+            ),
+            (
+                plain.clone(),
+                Some(("content-type", "text/plain; charset=\"UTF-16\"")),
+            ),
+            (plain.clone(), Some(("content-encoding", "deflate"))),
+        ] {
+            r.body = Some(HttpBody::judged(body));
+            r.headers = header
+                .map(|(k, v)| (k.into(), v.into()))
+                .into_iter()
+                .collect();
+            assert_eq!(r.body_text(), None, "{header:?}");
+            assert_eq!(mismatch(&deny, &r, false), None, "{header:?}");
+            assert!(mismatch(&allow_body, &r, true).is_some(), "{header:?}");
+        }
+        r.headers = vec![(
+            "content-type".into(),
+            "application/json; charset=UTF-8".into(),
+        )];
+        r.body = Some(HttpBody::judged(plain));
+        assert_eq!(r.body_text(), Some("{\"q\":\"select\"}"));
+        assert_eq!(mismatch(&allow_body, &r, true), None);
+        r.headers.clear();
         let trace = parse("PROPFIND", "/x").unwrap();
         assert!(mismatch(&HttpSpec::default(), &trace, true).is_some());
         let named = HttpSpec {
@@ -244,5 +281,33 @@ mod tests {
             ..HttpSpec::default()
         };
         assert_eq!(mismatch(&named, &trace, true), None);
+    }
+
+    #[test]
+    fn only_ascii_compatible_charsets_are_read() {
+        for c in [
+            "utf-8",
+            "us-ascii",
+            "iso-8859-1",
+            "iso8859-1",
+            "iso-8859-15",
+            "windows-1252",
+            "shift_jis",
+        ] {
+            assert!(crate::model::ascii_compatible_charset(c), "{c}");
+        }
+        for c in [
+            "utf-16",
+            "utf-16le",
+            "utf-32",
+            "ucs-2",
+            "utf-7",
+            "iso-2022-jp",
+            "ibm037",
+            "iso-8859-",
+            "",
+        ] {
+            assert!(!crate::model::ascii_compatible_charset(c), "{c}");
+        }
     }
 }

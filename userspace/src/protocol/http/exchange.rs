@@ -22,7 +22,10 @@ use crate::audit::{BodyRecord, CommandEvent};
 use crate::config::http::BinaryAnswers;
 use crate::gate::{self, Authenticator as _, Gate, Judge, Notice, Verdict};
 use crate::metrics::DenyReason;
-use crate::model::{Command, Decision, Facts, HttpBody, Identity, ReviewMode};
+use crate::model::{
+    Command, Decision, Facts, HttpBody, Identity, ReviewMode, ascii_compatible_charset,
+    content_type_charset,
+};
 use crate::recording::{Header, MaskedCast};
 
 /// Response header naming the approval request that released a held request.
@@ -545,14 +548,14 @@ fn body_masker(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let mut parts = full.split(';');
-    let ctype = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-    if let Some(charset) = parts.find_map(|p| {
-        let (k, v) = p.split_once('=')?;
-        k.trim()
-            .eq_ignore_ascii_case("charset")
-            .then(|| v.trim().trim_matches('"').to_ascii_lowercase())
-    }) && !ascii_compatible(&charset)
+    let ctype = full
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if let Some(charset) = content_type_charset(full)
+        && !ascii_compatible_charset(&charset)
     {
         return Err(format!(
             "its charset ({charset}) is not one the maskers read (ASCII-compatible sets only)"
@@ -651,37 +654,6 @@ fn negotiate_json(headers: &mut HeaderMap) -> bool {
         }
         Err(_) => false,
     }
-}
-
-/// Whether text in `charset` (lower case) keeps ASCII characters as their ASCII bytes, which
-/// is what the detectors and the JSON reader look for. UTF-16 and UTF-32 do not; UTF-7 and
-/// the ISO-2022 sets can spell them as other bytes; EBCDIC uses other bytes. Unknown sets
-/// count as unreadable (the answer is refused, not passed).
-fn ascii_compatible(charset: &str) -> bool {
-    matches!(
-        charset,
-        "utf-8"
-            | "utf8"
-            | "us-ascii"
-            | "ascii"
-            | "latin1"
-            | "shift_jis"
-            | "sjis"
-            | "gbk"
-            | "gb2312"
-            | "gb18030"
-            | "big5"
-            | "euc-jp"
-            | "euc-kr"
-            | "koi8-r"
-            | "koi8-u"
-    ) || ["iso-8859-", "iso8859-", "windows-125", "cp125"]
-        .iter()
-        .any(|p| {
-            charset
-                .strip_prefix(p)
-                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-        })
 }
 
 fn is_text(ctype: &str) -> bool {
@@ -985,34 +957,6 @@ mod tests {
         let m = "airlock: rule \"r\" needs approval: request 0a1b2c is pending (approvers: dba). Once approved (airlock approve 0a1b2c), run the same command again.";
         assert_eq!(pending_request(m).as_deref(), Some("0a1b2c"));
         assert_eq!(pending_request("airlock: request 0a1b2c was denied"), None);
-    }
-
-    #[test]
-    fn only_ascii_compatible_charsets_are_read() {
-        for c in [
-            "utf-8",
-            "us-ascii",
-            "iso-8859-1",
-            "iso8859-1",
-            "iso-8859-15",
-            "windows-1252",
-            "shift_jis",
-        ] {
-            assert!(ascii_compatible(c), "{c}");
-        }
-        for c in [
-            "utf-16",
-            "utf-16le",
-            "utf-32",
-            "ucs-2",
-            "utf-7",
-            "iso-2022-jp",
-            "ibm037",
-            "iso-8859-",
-            "",
-        ] {
-            assert!(!ascii_compatible(c), "{c}");
-        }
     }
 
     #[test]
