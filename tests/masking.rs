@@ -938,6 +938,65 @@ run("text-after", sql, False)
     assert_never_raw("a redefined view", &stdout);
 }
 
+/// The server lexes a query after converting it from the client encoding; in SJIS, BIG5, GBK
+/// and their kin a two-byte character can end in a backslash, so `E'ぁ\'; DROP …` sent as
+/// SJIS ends its string where the classifier (reading UTF-8) sees an escaped quote, and the
+/// DROP runs. Such an encoding is refused at startup, in `options` and by `SET`/`set_config`
+/// (admin); the same bytes in UTF-8 are one harmless SELECT.
+#[test]
+fn client_encodings_the_server_lexes_otherwise_are_refused() {
+    let pg = shared_pg();
+    pg.admin_db(
+        DATABASE,
+        &format!(
+            "CREATE TABLE IF NOT EXISTS victim_enc (x int); ALTER TABLE victim_enc OWNER TO {}",
+            GATEWAY_USER.0
+        ),
+    );
+    let state = TempDir::new("airlock-client-encoding");
+    let proxy = GatewayProxy::start(pg.addr(), &config(state.path(), pg.port));
+    let agent = dsn_as(proxy.addr, "agents");
+    let script = r#"
+import os, psycopg
+dsn = os.environ["DSN"]
+for extra in ["client_encoding=SJIS", "options='-c client_encoding=big5'"]:
+    try:
+        psycopg.connect(dsn + " " + extra).close()
+        print("connected", extra)
+    except psycopg.OperationalError as e:
+        print("refused", extra, str(e).replace("\n", " | "))
+with psycopg.connect(dsn, autocommit=True) as conn:
+    for sql in ["SET client_encoding = 'SJIS'", "SELECT set_config('client_encoding', 'Shift_JIS', false)"]:
+        try:
+            conn.execute(sql)
+            print("ran", sql)
+        except psycopg.Error as e:
+            print("denied", e.sqlstate, str(e).replace("\n", " | "))
+    print("encoding", conn.execute("SHOW client_encoding").fetchone()[0])
+    row = conn.execute(b"SELECT E'\xe3\x81\x81\\'; DROP TABLE victim_enc; --'", prepare=False).fetchone()
+    print("one select", row[0].endswith("DROP TABLE victim_enc; --"))
+"#;
+    let (ok, out, err) = python(&agent, script);
+    assert!(ok, "{out}{err}");
+    for extra in ["client_encoding=SJIS", "client_encoding=big5"] {
+        assert!(
+            out.lines().any(|l| l.starts_with("refused")
+                && l.contains(extra)
+                && l.contains("not allowed through the gateway")),
+            "{extra}: {out}"
+        );
+    }
+    assert_eq!(out.matches("denied 42501").count(), 2, "{out}");
+    assert!(out.contains("encoding UTF8"), "{out}");
+    assert!(out.contains("one select True"), "{out}");
+    assert_eq!(
+        pg.admin_db(DATABASE, "SELECT to_regclass('victim_enc') IS NOT NULL")
+            .trim(),
+        "t",
+        "the table is still there: {out}"
+    );
+}
+
 /// Under the default (`computed: refuse`), every leak class is refused before the server
 /// runs it, with a 42501 naming the masking rule and the column, in the simple protocol, as
 /// a prepared statement and with binary results; plain references stay masked as before,

@@ -702,8 +702,80 @@ fn set_config_class(args: Option<&FunctionArguments>) -> Class {
             Some(value) if search_path_risk(&split_search_path(&value)).is_none() => Class::Session,
             _ => Class::Admin,
         },
+        Some(name) if name == "client_encoding" => match literal(args.get(1)) {
+            Some(value) if client_encoding_risk(&value).is_none() => Class::Session,
+            _ => Class::Admin,
+        },
         Some(name) if !PRIVILEGED_SETTINGS.contains(&name.as_str()) => Class::Session,
         _ => Class::Admin,
+    }
+}
+
+/// PostgreSQL's client-only encodings, whose two-byte characters can end in an ASCII byte (a
+/// backslash, a letter), by every name the server accepts for them (lower case, letters and
+/// digits only, as the server compares them). The server converts a query from the client
+/// encoding before it lexes it, so `E'ぁ\'; DROP TABLE t; --'` sent as SJIS ends its string
+/// at the quote the classifier, reading UTF-8, sees escaped, and the DROP runs.
+const LEXER_UNSAFE_ENCODINGS: &[&str] = &[
+    "big5",
+    "win950",
+    "windows950",
+    "gb18030",
+    "gbk",
+    "win936",
+    "windows936",
+    "cp936",
+    "johab",
+    "sjis",
+    "shiftjis",
+    "mskanji",
+    "win932",
+    "windows932",
+    "shiftjis2004",
+    "uhc",
+    "win949",
+    "windows949",
+];
+
+/// Why a PostgreSQL `client_encoding` value would make the server lex commands otherwise
+/// than the classifier (`None`: harmless).
+pub fn client_encoding_risk(value: &str) -> Option<String> {
+    let clean: String = value
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    LEXER_UNSAFE_ENCODINGS.contains(&clean.as_str()).then(|| {
+        format!(
+            "client_encoding {} ends strings where the gateway's lexer does not",
+            value.trim()
+        )
+    })
+}
+
+/// `SET client_encoding`: a session setting unless the encoding is one of
+/// [`LEXER_UNSAFE_ENCODINGS`] (or not a literal).
+fn client_encoding_shape(values: &[Expr], acc: &mut Acc) -> (&'static str, Class) {
+    acc.literal_sensitive = true;
+    let value = match values {
+        [Expr::Identifier(id)] => Some(id.value.clone()),
+        [Expr::Value(v)] => match &v.value {
+            Value::SingleQuotedString(s) => Some(s.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    match value.map(|v| client_encoding_risk(&v)) {
+        Some(None) => ("set", Class::Session),
+        Some(Some(why)) => {
+            acc.notes.push(format!("admin: {why}"));
+            ("set_privileged", Class::Admin)
+        }
+        None => {
+            acc.notes
+                .push("admin: SET client_encoding to a value that is not a literal".into());
+            ("set_privileged", Class::Admin)
+        }
     }
 }
 
@@ -1144,6 +1216,9 @@ fn set_shape(s: &Set, acc: &mut Acc) -> (&'static str, Class) {
         Set::SingleAssignment {
             variable, values, ..
         } if is_search_path(variable) => search_path_shape(values, acc),
+        Set::SingleAssignment {
+            variable, values, ..
+        } if setting_name(variable) == "client_encoding" => client_encoding_shape(values, acc),
         Set::SingleAssignment {
             variable, values, ..
         } if is_results_charset(variable) => match values.as_slice() {

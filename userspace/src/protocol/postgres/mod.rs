@@ -128,9 +128,29 @@ fn check_options(options: &str) -> Result<(), String> {
                 "airlock: setting \"{name}\" in options is not allowed through the gateway; set it with SQL"
             ));
         }
-        check_search_path(&name, value)?;
+        check_setting(&name, value)?;
     }
     Ok(())
+}
+
+/// A setting given at startup (or in `options`) is held to the rules its `SET` is judged by.
+fn check_setting(name: &str, value: &str) -> Result<(), String> {
+    check_search_path(name, value)?;
+    check_client_encoding(name, value)
+}
+
+/// A `client_encoding` in which the server would lex commands otherwise than the gateway
+/// (`SET client_encoding` to it is `admin`) is refused at startup.
+fn check_client_encoding(name: &str, value: &str) -> Result<(), String> {
+    if !name.eq_ignore_ascii_case("client_encoding") {
+        return Ok(());
+    }
+    match crate::policy::sql::classify::client_encoding_risk(value) {
+        None => Ok(()),
+        Some(why) => Err(format!(
+            "airlock: {why}; that encoding is not allowed through the gateway (use UTF8)"
+        )),
+    }
 }
 
 /// A `search_path` given at startup is held to the rules `SET search_path` is judged by: a
@@ -676,7 +696,7 @@ fn backend_params<'a>(
             check_options(v)?;
             params.push((k.as_str(), v.as_str()));
         } else if FORWARDED_PARAMS.contains(&lower.as_str()) {
-            check_search_path(&lower, v)?;
+            check_setting(&lower, v)?;
             params.push((k.as_str(), v.as_str()));
         } else {
             return Err(format!(
