@@ -263,7 +263,8 @@ impl HttpRequest<'_> {
     /// The body as text that rules can match (`""` without a body); `None` when the server
     /// could read it as something else than this text: not UTF-8; NUL bytes (UTF-16 or
     /// UTF-32 text is valid UTF-8 with a NUL beside every ASCII letter, and JSON readers
-    /// detect those encodings); a declared charset that is not ASCII-compatible; a content
+    /// detect those encodings); a declared charset that is not ASCII-compatible, or whose
+    /// two-byte characters can end in an ASCII byte (Shift JIS, GBK, Big5); a content
     /// coding (the server decodes it first); or over the bound.
     pub fn body_text(&self) -> Option<&str> {
         let bytes = match &self.body {
@@ -274,10 +275,15 @@ impl HttpRequest<'_> {
         let coded = self
             .header("content-encoding")
             .is_some_and(|c| !c.trim().is_empty() && !c.trim().eq_ignore_ascii_case("identity"));
+        // Where a second byte can be ASCII, an ASCII byte the rule reads may belong to
+        // another character for the server.
         let charset_ok = self
             .header("content-type")
             .and_then(content_type_charset)
-            .is_none_or(|c| ascii_compatible_charset(&c));
+            .is_none_or(|c| {
+                ascii_compatible_charset(&c)
+                    && !["shift_jis", "sjis", "gbk", "gb18030", "big5"].contains(&c.as_str())
+            });
         if coded || !charset_ok || memchr::memchr(0, bytes).is_some() {
             return None;
         }

@@ -256,6 +256,10 @@ mod tests {
                 Some(("content-type", "text/plain; charset=\"UTF-16\"")),
             ),
             (plain.clone(), Some(("content-encoding", "deflate"))),
+            (
+                plain.clone(),
+                Some(("content-type", "application/json; charset=Shift_JIS")),
+            ),
         ] {
             r.body = Some(HttpBody::judged(body));
             r.headers = header
