@@ -128,18 +128,24 @@ fn large_value_and_copy_out(dsn: &str) {
     );
 }
 
-#[test]
-fn pgbench_simple_extended_prepared() {
-    let pg = PgServer::start(None);
-    let proxy = gateway(&pg);
-    // Initialisation goes through the gateway too: DDL, COPY FROM STDIN, VACUUM.
-    let (ok, _, err) = pgbench(proxy.addr, &["-i", "-s", "1", "-q"]);
+/// `pgbench -i -s 1` through the gateway at `addr` (DDL, COPY FROM STDIN, VACUUM); checks
+/// the rows arrived.
+fn pgbench_init(pg: &PgServer, addr: std::net::SocketAddr) {
+    let (ok, _, err) = pgbench(addr, &["-i", "-s", "1", "-q"]);
     assert!(ok, "pgbench -i: {err}");
     assert_eq!(
         pg.admin_db(DATABASE, "SELECT count(*) FROM pgbench_accounts")
             .trim(),
         "100000"
     );
+}
+
+#[test]
+fn pgbench_simple_extended_prepared() {
+    let pg = PgServer::start(None);
+    let proxy = gateway(&pg);
+    // Initialisation goes through the gateway too: DDL, COPY FROM STDIN, VACUUM.
+    pgbench_init(&pg, proxy.addr);
     for mode in ["simple", "extended", "prepared"] {
         let (ok, out, err) = pgbench(proxy.addr, &["-M", mode, "-S", "-c", "2", "-t", "200"]);
         assert!(ok, "pgbench -M {mode} -S: {out}{err}");
@@ -193,13 +199,7 @@ SELECT 'rows', count(*) FROM r;
     );
     large_value_and_copy_out(&dsn);
 
-    let (ok, _, err) = pgbench(proxy.addr, &["-i", "-s", "1", "-q"]);
-    assert!(ok, "pgbench -i: {err}");
-    assert_eq!(
-        pg.admin_db(DATABASE, "SELECT count(*) FROM pgbench_accounts")
-            .trim(),
-        "100000"
-    );
+    pgbench_init(&pg, proxy.addr);
     for mode in ["simple", "extended", "prepared"] {
         let (ok, out, err) = pgbench(
             proxy.addr,

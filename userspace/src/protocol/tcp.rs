@@ -180,8 +180,8 @@ pub async fn serve(session: Session, ctx: Arc<Context>) {
     let _ = upstream_conn.set_nodelay(true);
     let _ = client.set_nodelay(true);
     let counters = Counters::default();
-    // Opaque bytes: splice them kernel-side (with the ring's splice operations when the daemon
-    // runs io_uring) unless told to copy (for comparison benchmarks).
+    // Opaque bytes: the ring's splice operations when the daemon runs io_uring; otherwise
+    // splice(2) kernel-side unless told to copy (for comparison benchmarks).
     let ring = ctx.uring.get();
     let relay = async {
         if let Some(ring) = ring {

@@ -801,7 +801,7 @@ async fn splice_one_way(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::relay::tests::pair;
+    use crate::relay::tests::{check_both_ways_with_half_close, pair};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -897,36 +897,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_ring_splices_both_ways_with_half_close() {
         let driver = Driver::start().unwrap();
-        let (mut client, proxy_client) = pair().await;
-        let (proxy_upstream, mut server) = pair().await;
-        let relay = {
-            let driver = driver.clone();
+        check_both_ways_with_half_close(|proxy_client, proxy_upstream| {
             tokio::spawn(async move {
                 let c = Counters::default();
                 let r = splice_relay(&driver, proxy_client, proxy_upstream, &c).await;
                 (r, c.client_to_upstream.load(Ordering::Relaxed))
             })
-        };
-        let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-        let sent = payload.clone();
-        let writer = tokio::spawn(async move {
-            client.write_all(&sent).await.unwrap();
-            client.shutdown().await.unwrap();
-            let mut back = Vec::new();
-            client.read_to_end(&mut back).await.unwrap();
-            back
-        });
-        let mut got = Vec::new();
-        server.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, payload);
-        server.write_all(b"done").await.unwrap();
-        server.shutdown().await.unwrap();
-        assert_eq!(writer.await.unwrap(), b"done");
-        let (stats, live) = relay.await.unwrap();
-        let stats = stats.unwrap();
-        assert_eq!(stats.client_to_upstream, payload.len() as u64);
-        assert_eq!(stats.upstream_to_client, 4);
-        assert_eq!(live, payload.len() as u64);
+        })
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -753,19 +753,27 @@ pub fn client_encoding_risk(value: &str) -> Option<String> {
     })
 }
 
+/// A setting's value as written: a bare name or a quoted string (`None`: anything else).
+fn written_value(value: &Expr) -> Option<&str> {
+    match value {
+        Expr::Identifier(id) => Some(&id.value),
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => Some(s),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// `SET client_encoding`: a session setting unless the encoding is one of
 /// [`LEXER_UNSAFE_ENCODINGS`] (or not a literal).
 fn client_encoding_shape(values: &[Expr], acc: &mut Acc) -> (&'static str, Class) {
     acc.literal_sensitive = true;
     let value = match values {
-        [Expr::Identifier(id)] => Some(id.value.clone()),
-        [Expr::Value(v)] => match &v.value {
-            Value::SingleQuotedString(s) => Some(s.clone()),
-            _ => None,
-        },
+        [v] => written_value(v),
         _ => None,
     };
-    match value.map(|v| client_encoding_risk(&v)) {
+    match value.map(client_encoding_risk) {
         Some(None) => ("set", Class::Session),
         Some(Some(why)) => {
             acc.notes.push(format!("admin: {why}"));
@@ -1286,15 +1294,8 @@ fn results_charset_shape(value: &Expr, acc: &mut Acc) -> (&'static str, Class) {
     // The class depends on the value, which may be a string literal.
     acc.literal_sensitive = true;
     let name = match value {
-        Expr::Identifier(id) => Some(id.value.to_ascii_lowercase()),
-        Expr::Value(v) => match &v.value {
-            Value::Null => Some("null".to_owned()),
-            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => {
-                Some(s.to_ascii_lowercase())
-            }
-            _ => None,
-        },
-        _ => None,
+        Expr::Value(v) if v.value == Value::Null => Some("null".to_owned()),
+        v => written_value(v).map(str::to_ascii_lowercase),
     };
     match name.as_deref() {
         Some(n) if n == "null" || n == "default" || super::mysql::SAFE_CHARSETS.contains(&n) => {

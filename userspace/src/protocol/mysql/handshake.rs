@@ -381,7 +381,10 @@ pub async fn accept(
 /// a backslash (0x5c): the server's lexer and the gateway's would then disagree about where a
 /// string ends. MariaDB's NO PAD variants are the base id plus 1024.
 pub fn unsafe_charset(collation: u16) -> Option<&'static str> {
-    charset_among(collation, &["big5", "gbk", "sjis", "cp932", "gb18030"])
+    let known = known_collation(collation)?;
+    ["big5", "gbk", "sjis", "cp932", "gb18030"]
+        .into_iter()
+        .find(|c| *c == known.charset())
 }
 
 /// The character set of a collation id when ASCII characters are not single bytes in it
@@ -408,15 +411,15 @@ pub fn wide_charset(collation: u16) -> Option<&'static str> {
         736..=738 => return Some("utf32"),
         _ => {}
     }
-    if charset_name(collation).is_empty() {
+    let Some(known) = known_collation(collation) else {
         return Some("an unknown character set");
-    }
-    charset_among(collation, &WIDE)
+    };
+    WIDE.into_iter().find(|c| *c == known.charset())
 }
 
-/// The character set of a collation id (MariaDB's NO PAD variants are the base id plus
-/// 1024); empty when unknown.
-fn charset_name(collation: u16) -> String {
+/// The collation of an id that mysql_common lists (MariaDB's NO PAD variants are the base id
+/// plus 1024).
+fn known_collation(collation: u16) -> Option<mysql_common::collations::Collation<'static>> {
     use mysql_common::collations::{Collation, CollationId};
     let base = if (1024..2048).contains(&collation) {
         collation - 1024
@@ -424,15 +427,7 @@ fn charset_name(collation: u16) -> String {
         collation
     };
     let id = CollationId::from(base);
-    if id == CollationId::UNKNOWN_COLLATION_ID {
-        return String::new();
-    }
-    Collation::from(id).charset().to_owned()
-}
-
-fn charset_among(collation: u16, sets: &[&'static str]) -> Option<&'static str> {
-    let charset = charset_name(collation);
-    sets.iter().copied().find(|c| *c == charset)
+    (id != CollationId::UNKNOWN_COLLATION_ID).then(|| Collation::from(id))
 }
 
 fn max_packet(response: &[u8]) -> u32 {
