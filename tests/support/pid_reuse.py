@@ -4,13 +4,25 @@ protected target without being redirected, and bind a proxy listener port.
 
 An unprivileged process would fork until it got the pid; root (the test) only shortens that by
 setting ns_last_pid, and the child that holds the pid drops to nobody before trying anything.
+Another test running beside this one may fork in between and take the pid first; then this
+waits for that process to end and tries again.
 Usage: pid_reuse.py PID HOST PORT PROXY_PORT"""
 import os
 import socket
 import sys
+import time
 
 pid, host, port, proxy_port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-for _ in range(200):
+deadline = time.monotonic() + 60
+holder = None
+while time.monotonic() < deadline:
+    if os.path.exists(f"/proc/{pid}"):
+        try:
+            holder = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ")
+        except OSError:
+            pass
+        time.sleep(0.05)
+        continue
     with open("/proc/sys/kernel/ns_last_pid", "w") as f:
         f.write(str(pid - 1))
     child = os.fork()
@@ -38,5 +50,5 @@ for _ in range(200):
     _, status = os.waitpid(child, 0)
     if os.waitstatus_to_exitcode(status) == 0:
         sys.exit(0)
-print(f"could not take pid {pid}", flush=True)
+print(f"could not take pid {pid} (last held by {holder!r})", flush=True)
 sys.exit(2)
