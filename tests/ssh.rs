@@ -536,6 +536,14 @@ fn denied_exec_exits_1_with_the_rule_message_and_never_reaches_the_server() {
             format!("{{rm,-f,{}}}", victim.display()),
             "only known after expansion",
         ),
+        // rsync is allowed, but its `-e` names the command it runs.
+        (
+            format!(
+                "rsync -e 'sh -c \"rm -f {}\"' /etc/hostname x:/tmp/",
+                victim.display()
+            ),
+            "runs the command in its option",
+        ),
     ] {
         let r = env.ssh(&shell_quote(&line), None);
         assert_eq!(r.code, Some(1), "{line}: {r:?}");

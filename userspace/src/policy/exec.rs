@@ -72,9 +72,138 @@ pub const WRAPPERS: &[&str] = &[
     "ssh",
 ];
 
+/// Programs that run a command named in an option (`find -exec rm {} ;`, `rsync -e 'sh -c
+/// …'`, `tar --to-command=…`, `scp -S prog`): what runs is the option's value, so a part using
+/// one is `unknown` like a wrapper's. Without this an `allow` rule listing `find` or `rsync`
+/// would run anything.
+struct OptionRunner {
+    program: &'static str,
+    /// Options, long or short, that take a command (matched with or without `=value`).
+    options: &'static [&'static str],
+    /// Short option letters that take a command, also inside a cluster (`-avze ssh`).
+    letters: &'static str,
+    /// The program reads its first argument as an option cluster even without a dash
+    /// (`tar xIf zstd a.tar`).
+    bundled_first: bool,
+    /// With this argument the program runs in a mode where those options mean something else
+    /// (`rsync --server`, whose `-e.iLsf…` carries protocol flags from the client).
+    unless: Option<&'static str>,
+}
+
+const OPTION_RUNNERS: &[OptionRunner] = &[
+    OptionRunner {
+        program: "find",
+        options: &["-exec", "-execdir", "-ok", "-okdir"],
+        letters: "",
+        bundled_first: false,
+        unless: None,
+    },
+    OptionRunner {
+        program: "rsync",
+        options: &["--rsh", "--rsync-path"],
+        letters: "e",
+        bundled_first: false,
+        unless: Some("--server"),
+    },
+    OptionRunner {
+        program: "tar",
+        options: &[
+            "--to-command",
+            "--checkpoint-action",
+            "--use-compress-program",
+            "--rsh-command",
+            "--info-script",
+            "--new-volume-script",
+        ],
+        letters: "IF",
+        bundled_first: true,
+        unless: None,
+    },
+    OptionRunner {
+        program: "scp",
+        options: &[],
+        letters: "SoFJ",
+        bundled_first: false,
+        unless: None,
+    },
+    OptionRunner {
+        program: "sftp",
+        options: &[],
+        letters: "SoFJD",
+        bundled_first: false,
+        unless: None,
+    },
+    OptionRunner {
+        program: "git",
+        options: &[
+            "-c",
+            "--config-env",
+            "--upload-pack",
+            "--receive-pack",
+            "--exec",
+            "-u",
+        ],
+        letters: "",
+        bundled_first: false,
+        unless: None,
+    },
+    OptionRunner {
+        program: "zip",
+        options: &["-TT", "--unzip-command"],
+        letters: "",
+        bundled_first: false,
+        unless: None,
+    },
+    OptionRunner {
+        program: "tcpdump",
+        options: &["--postrotate-command"],
+        letters: "z",
+        bundled_first: false,
+        unless: None,
+    },
+];
+
+impl OptionRunner {
+    /// The option of `args` that names a command to run, if any.
+    fn used<'a>(&self, args: &'a [impl AsRef<str>]) -> Option<&'a str> {
+        if self
+            .unless
+            .is_some_and(|u| args.iter().any(|a| a.as_ref() == u))
+        {
+            return None;
+        }
+        args.iter().enumerate().find_map(|(i, arg)| {
+            let arg = arg.as_ref();
+            let named = self.options.iter().any(|o| {
+                arg.strip_prefix(o)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
+            });
+            (named || self.clustered(arg, i == 0)).then_some(arg)
+        })
+    }
+
+    /// Whether `arg` is a short option cluster holding one of the command-taking letters.
+    fn clustered(&self, arg: &str, first: bool) -> bool {
+        if self.letters.is_empty() || arg.starts_with("--") {
+            return false;
+        }
+        let cluster = match arg.strip_prefix('-') {
+            Some(c) => c,
+            None if first && self.bundled_first => arg,
+            None => return false,
+        };
+        cluster.chars().any(|c| self.letters.contains(c))
+    }
+}
+
 /// Why a simple command whose program runs another program cannot be judged (`None`: it can).
 fn wrapped(words: &[impl AsRef<str>]) -> Option<Unsplittable> {
     let program = base_name(words.first()?.as_ref());
+    if let Some(runner) = OPTION_RUNNERS.iter().find(|r| r.program == program) {
+        return runner.used(&words[1..]).map(|option| {
+            format!("`{program} {option}` runs the command in its option, which is not judged")
+        });
+    }
     if !WRAPPERS.contains(&program) {
         return None;
     }
@@ -894,6 +1023,54 @@ mod tests {
                 None,
                 "deny still matches {line}"
             );
+        }
+    }
+
+    #[test]
+    fn options_that_run_a_command_are_unknown() {
+        for line in [
+            "find /srv -name x -exec rm {} ;",
+            "find /srv -execdir sh -c 'rm x' \\;",
+            "find . -ok rm {} +",
+            "rsync -e 'sh -c \"rm -rf /srv\"' a b:",
+            "rsync -avze ssh a b:",
+            "rsync --rsh=sh a b:",
+            "rsync --rsync-path='rm -rf /srv' a b:",
+            "tar --to-command='sh -c x' -xf a.tar",
+            "tar xIf 'sh -c x' a.tar",
+            "tar -cf a.tar --checkpoint=1 --checkpoint-action=exec=id /srv",
+            "tar -c -I zstd -f a.tar /srv",
+            "scp -S /tmp/x a b:",
+            "scp -oProxyCommand=id a b:",
+            "sftp -D /tmp/x host",
+            "git -c core.pager='sh -c x' log",
+            "git clone --upload-pack='rm -rf /srv' x y",
+            "/usr/bin/find . -exec id ;",
+            "zip -T -TT 'sh -c x' a.zip f",
+            "tcpdump -i lo -G 1 -z /tmp/x -w f",
+        ] {
+            assert!(split(line).is_err(), "{line:?} should be unknown");
+            assert_eq!(classify(line).class, Class::Unknown, "{line:?}");
+        }
+        assert_eq!(
+            classify_argv(&["find", "/", "-exec", "rm", "{}", ";"], "exec").class,
+            Class::Unknown
+        );
+        // The same programs without those options are judged, and rsync's server mode (its
+        // `-e.iLsf` is the client's capability string) is what an rsync client sends.
+        for line in [
+            "find /srv -name '*.csv' -print",
+            "rsync --server -vlogDtpre.iLsfxCIvu . /srv/in",
+            "rsync --server --sender -vlogDtpre.iLsfxCIvu . /srv/out",
+            "tar -czf a.tar.gz /srv",
+            "tar tf a.tar",
+            "scp -t /srv/in",
+            "scp -p -f /srv/out",
+            "git log --oneline",
+            "zip -r a.zip /srv",
+            "tcpdump -i lo -c 1",
+        ] {
+            assert_eq!(classify(line).class, Class::Admin, "{line:?}");
         }
     }
 
