@@ -395,6 +395,11 @@ rules:
     action: allow
     mask: []
     record_bodies: true
+  - name: websocket-unmasked
+    targets: [api]
+    http: {{ methods: [GET], paths: ["/ws"], query: ["raw=1"] }}
+    action: allow
+    mask: []
   - name: reads
     targets: [api]
     http: {{ methods: [GET, HEAD] }}
@@ -815,22 +820,86 @@ fn websockets_pass_through_and_are_recorded() {
         r#"
 import asyncio, websockets
 async def main():
-    async with websockets.connect("ws://{DB_ADDR}/ws", compression=None) as ws:
+    async with websockets.connect("ws://{DB_ADDR}/ws?raw=1", compression=None) as ws:
         await ws.send("hello through airlock")
         a = await ws.recv()
         await ws.send(bytes(range(256)) * 64)
         b = await ws.recv()
         print("ws", a, len(b), b == bytes(range(256)) * 64)
+    # Under a rule that masks, the tunnel would pass unmasked: refused.
+    try:
+        async with websockets.connect("ws://{DB_ADDR}/ws", compression=None) as ws:
+            print("masked upgrade opened")
+    except websockets.exceptions.InvalidStatusCode as e:
+        print("masked upgrade refused", e.status_code)
 asyncio.run(main())
 "#
     ));
     assert!(out.contains("ws hello through airlock 16384 True"), "{out}");
+    assert!(out.contains("masked upgrade refused 403"), "{out}");
     let rec = env.wait_record("the WebSocket tunnel", |r| {
         r["event"]["type"] == "result"
             && r["event"]["status"] == 101
             && r["event"]["request_bytes"].as_u64().unwrap_or(0) > 16384
     });
     assert!(rec["event"]["bytes"].as_u64().unwrap_or(0) > 16384, "{rec}");
+}
+
+/// The path judged is the path the app reads, and masked answers cannot be taken apart:
+/// dot segments, `//` and encoded slashes are refused, unreserved escapes are decoded before
+/// judging, method overrides are refused, `Range` is not forwarded under masking (and a part
+/// sent anyway is refused), and JSON keys go through the detectors.
+#[test]
+fn targets_and_answers_are_read_as_the_app_reads_them() {
+    let env = env();
+    let before = env.app_count("POST /orders");
+    // nginx resolves these to /orders, which `orders-need-review` holds; `echo-writes` would
+    // have allowed the raw path.
+    for target in [
+        "/app/echo/../orders",
+        "/app/echo/%2e%2e/orders",
+        "/app/echo/%2E./orders",
+        "/app//orders",
+        "/app/echo%2f..%2forders",
+    ] {
+        let out = env.client_ok(&format!(
+            "curl -sS --path-as-is -o /dev/null -w '%{{http_code}}' -X POST -d x http://{DB_ADDR}{target}"
+        ));
+        assert_eq!(out, "400", "{target}");
+    }
+    assert_eq!(
+        env.app_count("POST /orders"),
+        before,
+        "nothing reached /orders"
+    );
+    // An unreserved escape is the same name to everyone: judged (and masked) as /app/users.
+    let out = env.client_ok(&format!("curl -sS http://{DB_ADDR}/app/%75sers"));
+    assert!(
+        out.contains("[REDACTED]") && !out.contains("alice@example.com"),
+        "{out}"
+    );
+    // A method override would run DELETE where POST was judged.
+    let out = env.client_ok(&format!(
+        "curl -sS -o /dev/null -w '%{{http_code}}' -X POST -d x -H 'X-HTTP-Method-Override: DELETE' http://{DB_ADDR}/app/echo"
+    ));
+    assert_eq!(out, "400");
+    // Range is dropped under masking: the whole answer comes back, masked.
+    let out = env.client_ok(&format!(
+        "curl -sS -w ' %{{http_code}}' -H 'Range: bytes=10-30' http://{DB_ADDR}/app/range"
+    ));
+    assert!(out.ends_with(" 200") && out.contains("[REDACTED]"), "{out}");
+    assert!(!out.contains("erin@"), "{out}");
+    // A part the target sends anyway is refused (the default `binary: refuse`).
+    let out = env.client_ok(&format!(
+        "curl -sS -w ' %{{http_code}}' http://{DB_ADDR}/app/range?always=1"
+    ));
+    assert!(out.ends_with(" 502") && !out.contains("erin@"), "{out}");
+    // Keys are read by the detectors.
+    let out = env.client_ok(&format!("curl -sS http://{DB_ADDR}/app/keys"));
+    assert!(
+        !out.contains("frank@example.com") && out.contains("[REDACTED]"),
+        "{out}"
+    );
 }
 
 #[test]

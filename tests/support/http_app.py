@@ -93,6 +93,18 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/gzip":
             body = gzip.compress(json.dumps({"email": "dave@example.com", "n": 1}).encode())
             return self._send(200, body, extra=[("content-encoding", "gzip")])
+        if path == "/range":
+            # Honours Range as file servers do (`?always` answers 206 whatever was asked).
+            body = json.dumps({"users": [{"email": "erin@example.com", "note": "x" * 64}]}).encode()
+            rng = self.headers.get("range", "")
+            if rng.startswith("bytes=") or "always" in self.path:
+                start, _, end = (rng[6:] if rng.startswith("bytes=") else "0-19").partition("-")
+                start, end = int(start or 0), min(int(end or len(body) - 1), len(body) - 1)
+                return self._send(206, body[start:end + 1], extra=[
+                    ("content-range", f"bytes {start}-{end}/{len(body)}")])
+            return self._send(200, body)
+        if path == "/keys":
+            return self._json({"members": {"frank@example.com": "admin"}, "n": 1})
         if path == "/binary":
             return self._send(200, bytes(range(256)), ctype="application/octet-stream")
         if path == "/stream":

@@ -401,27 +401,30 @@ impl JsonMasker {
     ) -> Result<bool, MaskError> {
         match token {
             Token::Key { quoted, escaped } => {
-                // Without path rules the key's text is never read.
-                if self.paths.is_empty() {
-                    return Ok(false);
-                }
-                if let Some(Step::Key(last)) = self.steps.last_mut() {
-                    let raw = &quoted[1..quoted.len() - 1];
-                    let text: &[u8] = if escaped {
-                        unescape(raw, &mut self.unescaped).map_err(MaskError::Json)?;
-                        &self.unescaped
-                    } else {
-                        raw
-                    };
+                let raw = &quoted[1..quoted.len() - 1];
+                let mut text = std::mem::take(&mut self.unescaped);
+                let key: &[u8] = if escaped {
+                    unescape(raw, &mut text).map_err(MaskError::Json)?;
+                    &text
+                } else {
+                    raw
+                };
+                if !self.paths.is_empty()
+                    && let Some(Step::Key(last)) = self.steps.last_mut()
+                {
                     *last = self
                         .masker
                         .inner
                         .json_keys
                         .iter()
-                        .position(|k| **k == *text)
+                        .position(|k| **k == *key)
                         .map_or(NO_KEY, |id| id as u32);
                 }
-                Ok(false)
+                // Keys are data too (`{"alice@example.com": "admin"}`, a ConfigMap's keys):
+                // the detectors read them as they read values.
+                let replaced = self.write_scanned(key, before, out, true);
+                self.unescaped = text;
+                Ok(replaced)
             }
             Token::StartObject | Token::StartArray => {
                 self.value_start();
@@ -466,7 +469,7 @@ impl JsonMasker {
                         self.write_masked(rule, value, out);
                         true
                     }
-                    None => self.write_scanned(value, before, out),
+                    None => self.write_scanned(value, before, out, false),
                 };
                 self.unescaped = text;
                 Ok(replaced)
@@ -479,7 +482,7 @@ impl JsonMasker {
                         self.write_masked(rule, number, out);
                         true
                     }
-                    None => self.write_scanned(number, before, out),
+                    None => self.write_scanned(number, before, out, false),
                 })
             }
             Token::True | Token::False | Token::Null => {
@@ -518,7 +521,14 @@ impl JsonMasker {
     /// A string's text or a number through the detectors. Unchanged, nothing is written and
     /// `false` returned (the caller copies it as written); otherwise `before` and the masked
     /// value (a JSON string, or `null`) are written.
-    fn write_scanned(&mut self, value: &[u8], before: &[u8], out: &mut BytesMut) -> bool {
+    /// A key (`key`) cannot be `null`: the null style writes it as `"[REDACTED]"`.
+    fn write_scanned(
+        &mut self,
+        value: &[u8],
+        before: &[u8],
+        out: &mut BytesMut,
+        key: bool,
+    ) -> bool {
         self.scratch.clear();
         let mut matches = std::mem::take(&mut self.matches);
         let outcome = self.masker.scan_into(
@@ -540,7 +550,7 @@ impl JsonMasker {
             MaskOutcome::Null { rule } => {
                 self.totals.add(RuleSet::one(rule));
                 out.put_slice(before);
-                out.put_slice(b"null");
+                out.put_slice(if key { b"\"[REDACTED]\"" } else { b"null" });
             }
         }
         true
@@ -759,6 +769,17 @@ mod tests {
             .unwrap();
         m.finish(&mut out).unwrap();
         assert_eq!(&out[..], br#"{"k":"a\"b\u00e9","n":-1.5e3}"#);
+    }
+
+    #[test]
+    fn keys_go_through_the_detectors_and_still_steer_paths() {
+        let doc = br#"{"members": {"alice@example.com": "admin", "b\u0040example.com": 1}, "users": [{"email": "x"}]}"#;
+        let (v, count) = mask(&[&doc[..]]);
+        let s = v.to_string();
+        assert!(!s.contains("@example.com"), "{s}");
+        assert_eq!(v["members"]["[REDACTED]"], 1, "{s}");
+        assert_ne!(v["users"][0]["email"], "x", "{s}");
+        assert_eq!(count, 3, "{s}");
     }
 
     #[test]

@@ -165,8 +165,9 @@ pub enum ApiPath<'p> {
 }
 
 /// Splits a request path (without the query). What is not a resource path is
-/// [`ApiPath::NonResource`]; a proxy subresource keeps only its first part
-/// (`…/pods/web/proxy/any/thing` is `pods/proxy web`).
+/// [`ApiPath::NonResource`]; the third part after the namespace is the subresource whatever
+/// follows it (`…/pods/web/proxy/any/thing` is `pods/proxy web`, `…/pods/web/exec/x` is
+/// `pods/exec web`), as the API server reads it.
 pub fn parse_path(path: &str) -> ApiPath<'_> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let rest = match segs.as_slice() {
@@ -179,16 +180,23 @@ pub fn parse_path(path: &str) -> ApiPath<'_> {
     if watch_prefix {
         rest = &rest[1..];
     }
+    // `namespaces/NS/status` and `namespaces/NS/finalize` are subresources of the namespace
+    // itself, not resources inside it (the API server's `namespaceSubresources`).
     let (namespace, rest) = match rest {
-        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(*ns), rest),
+        ["namespaces", ns, rest @ ..]
+            if !rest.is_empty() && !matches!(rest[0], "status" | "finalize") =>
+        {
+            (Some(*ns), rest)
+        }
+        ["namespaces", ns, ..] => (Some(*ns), rest),
         _ => (None, rest),
     };
+    // As the API server reads it: the third part is the subresource, whatever follows.
     let (resource, name, subresource) = match rest {
+        [] => return ApiPath::NonResource,
         [r] => (*r, None, None),
         [r, n] => (*r, Some(*n), None),
-        [r, n, s] => (*r, Some(*n), Some(*s)),
-        [r, n, s @ "proxy", ..] => (*r, Some(*n), Some(*s)),
-        _ => return ApiPath::NonResource,
+        [r, n, s, ..] => (*r, Some(*n), Some(*s)),
     };
     if resource.is_empty() || name == Some("") || subresource == Some("") {
         return ApiPath::NonResource;
@@ -234,14 +242,15 @@ pub fn parse(verb: &str, path: &str) -> Result<KubeRequest<'static>, String> {
         name: name.map(owned),
         ..KubeRequest::default()
     };
-    apply_query(&mut req, query);
+    apply_query(&mut req, query)?;
     Ok(req)
 }
 
 /// Takes an exec's or attach's command, container and flags from a query string, decoded as
 /// the API server decodes it (keys and values percent-decoded, `+` a space; the first of a
 /// repeated single-valued parameter counts).
-pub fn apply_query(req: &mut KubeRequest<'_>, query: &str) {
+pub fn apply_query(req: &mut KubeRequest<'_>, query: &str) -> Result<(), String> {
+    check_query(query)?;
     let (mut container, mut stdin, mut tty) = (None, None, None);
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         match &*k {
@@ -261,11 +270,31 @@ pub fn apply_query(req: &mut KubeRequest<'_>, query: &str) {
     req.container = container.map(Into::into);
     req.stdin = stdin.unwrap_or(false);
     req.tty = tty.unwrap_or(false);
+    Ok(())
 }
 
-/// How the API server reads a boolean query parameter (`strconv.ParseBool`).
+/// Refuses a query the API server would read otherwise than a form decoder: Go's parser drops
+/// a parameter with a `;` (or a malformed escape, which the HTTP layer refuses), so
+/// `command=x;/ls&command=rm` would run `rm` where `ls` was judged.
+pub fn check_query(query: &str) -> Result<(), String> {
+    if query.contains(';') {
+        return Err("a `;` in the query (the API server drops that parameter)".into());
+    }
+    Ok(())
+}
+
+/// How the API server reads a boolean query parameter (`Convert_Slice_string_To_bool`, on the
+/// first value): anything but `0` and `false` (any case), the empty string too, is true.
 pub fn is_true(v: &str) -> bool {
-    matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True")
+    !(v == "0" || v.eq_ignore_ascii_case("false"))
+}
+
+/// Whether a query asks for a watch: its first `watch` parameter, read as the API server
+/// reads it.
+pub fn watch_param(query: &str) -> bool {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "watch")
+        .is_some_and(|(_, v)| is_true(&v))
 }
 
 #[cfg(test)]
@@ -306,6 +335,61 @@ mod tests {
             ("namespaces", Some("team-a"))
         );
         assert!(parse("get", "/healthz").is_err());
+        // The API server reads the third part as the subresource whatever follows.
+        let r = parse("get", "/api/v1/namespaces/default/pods/web/exec/x").unwrap();
+        assert_eq!(r.subresource.as_deref(), Some("exec"));
+        // A namespace's own subresources are not resources inside it.
+        for sub in ["status", "finalize"] {
+            let r = parse("update", &format!("/api/v1/namespaces/dev/{sub}")).unwrap();
+            assert_eq!(
+                (
+                    &*r.resource,
+                    r.name.as_deref(),
+                    r.subresource.as_deref(),
+                    r.namespace.as_deref()
+                ),
+                ("namespaces", Some("dev"), Some(sub), Some("dev"))
+            );
+        }
+        let r = parse("get", "/api/v1/namespaces/dev/status/x").unwrap();
+        assert_eq!(
+            (&*r.resource, r.name.as_deref()),
+            ("namespaces", Some("dev"))
+        );
+    }
+
+    #[test]
+    fn queries_are_read_as_the_api_server_reads_them() {
+        // Booleans: anything but 0 and false is true; the first value counts.
+        for (v, want) in [
+            ("true", true),
+            ("1", true),
+            ("yes", true),
+            ("", true),
+            ("f", true),
+            ("0", false),
+            ("false", false),
+            ("FALSE", false),
+        ] {
+            assert_eq!(is_true(v), want, "{v:?}");
+        }
+        assert!(watch_param("watch=yes"));
+        assert!(!watch_param("watch=0&watch=1"));
+        assert!(!watch_param("resourceVersion=1"));
+        let r = parse(
+            "exec",
+            "/api/v1/namespaces/default/pods/web/exec?command=ls&stdin=&tty=0",
+        )
+        .unwrap();
+        assert!(r.stdin && !r.tty);
+        // Go drops a parameter with a `;`: refused rather than judged otherwise.
+        assert!(
+            parse(
+                "exec",
+                "/api/v1/namespaces/default/pods/web/exec?command=x;/ls&command=rm"
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub struct Treatment {
     /// An upgraded connection of this request is a terminal stream (Kubernetes exec and
     /// attach): it is recorded, through the classifier's [`Classify::stream_decoder`].
     pub terminal: Option<Terminal>,
+    /// The request opens a tunnel the policy names as such (Kubernetes port-forward, proxy):
+    /// an upgrade is relayed even where masking applies. Any other upgrade (a WebSocket to an
+    /// app) is refused where masking applies, since the tunnel would pass unmasked.
+    pub tunnel: bool,
 }
 
 /// A terminal stream to record (titled with the command's text): what it may be.

@@ -3,6 +3,7 @@
 //! [`ExchangeRecord`]; nothing reaches the target before the judge phase allowed it, and what
 //! was judged is exactly what is sent.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -153,7 +154,10 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
     let Some(host) = request_host(&parts) else {
         return bad_request(record, "the request names no host");
     };
-    let path = parts.uri.path().to_owned();
+    let path = match super::target::canonical(parts.uri.path(), parts.uri.query()) {
+        Ok(p) => p.into_owned(),
+        Err(why) => return bad_request(record, why),
+    };
     let query = parts.uri.query().map(str::to_owned);
 
     // Phase 2: the body, up to the bound, before judging.
@@ -349,21 +353,39 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
     // The URI carries the name: Host on HTTP/1.1, `:authority` on HTTP/2 (never both).
     parts.headers.remove(header::HOST);
     if !mask.is_empty() {
+        // An upgraded stream is tunnelled as it is; only a terminal (exec, attach) is read,
+        // and recorded masked, and a named tunnel (port-forward) is what its rule allowed.
+        // Anything else under masking would pass unmasked.
+        if upgrade_requested && treatment.terminal.is_none() && !treatment.tunnel {
+            record
+                .notes
+                .push("refused: an upgrade where masking applies".into());
+            return json_answer(
+                StatusCode::FORBIDDEN,
+                &serde_json::json!({"error": "unmaskable", "message": "airlock: masking applies to this request, and an upgraded connection (WebSocket, …) is not masked"}),
+                record,
+            );
+        }
         // Ask for an answer masking can read; gzip is decoded if the target sends it anyway.
         parts
             .headers
             .insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
-        if treatment.negotiate_json && negotiate_json(&mut parts.headers) {
+        // Whole answers only: pieces masked one by one could be put together unmasked.
+        parts.headers.remove(header::RANGE);
+        parts.headers.remove(header::IF_RANGE);
+        let embeds_objects = query.as_deref().is_some_and(embeds_whole_objects);
+        if treatment.negotiate_json && negotiate_json(&mut parts.headers, embeds_objects) {
             record
                 .notes
                 .push("Accept narrowed to JSON for masking".into());
         }
     }
-    let path_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", http::uri::PathAndQuery::as_str);
-    parts.uri = match conn.upstream.uri(&host, port, path_query) {
+    // The path as judged, not as sent: the target reads what the rules read.
+    let path_query = match &query {
+        Some(q) => Cow::Owned(format!("{path}?{q}")),
+        None => Cow::Borrowed(path.as_str()),
+    };
+    parts.uri = match conn.upstream.uri(&host, port, &path_query) {
         Ok(u) => u,
         Err(e) => return bad_request(record, &e.to_string()),
     };
@@ -469,7 +491,7 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
             .await;
         return Response::from_parts(rparts, answer.boxed());
     }
-    let plan = match answer_plan(&conn, &rparts.headers, &mask, treatment.json_lines) {
+    let plan = match answer_plan(&conn, &rparts, &mask, treatment.json_lines) {
         Ok(p) => p,
         Err(why) => {
             if conn.http.binary == BinaryAnswers::Pass {
@@ -513,10 +535,14 @@ struct AnswerPlan {
 /// the answer.
 fn answer_plan(
     conn: &Conn,
-    headers: &HeaderMap,
+    answer: &http::response::Parts,
     mask: &[String],
     json_lines: bool,
 ) -> Result<AnswerPlan, String> {
+    let headers = &answer.headers;
+    if answer.status == StatusCode::PARTIAL_CONTENT || headers.contains_key(header::CONTENT_RANGE) {
+        return Err("it is a part of a document (206, Content-Range), masked only whole".into());
+    }
     let gunzip = gzip_coded(headers)?;
     let transform = body_masker(conn, headers, mask, json_lines)?;
     Ok(AnswerPlan { transform, gunzip })
@@ -625,8 +651,12 @@ fn answer_capture(
 }
 
 /// Narrows `Accept` to its JSON media ranges (`application/json;as=Table;…` kept), or to
-/// `application/json` when it names none; returns whether it changed.
-fn negotiate_json(headers: &mut HeaderMap) -> bool {
+/// `application/json` when it names none; returns whether it changed. With `whole_objects`
+/// (a Table asked to embed each row's object, `includeObject=Object`), ranges asking for
+/// another form (`as=Table`) are dropped too: the embedded objects sit where no masking path
+/// written for the objects reaches (`$.rows[*].object`), and the plain list is what the
+/// paths describe.
+fn negotiate_json(headers: &mut HeaderMap, whole_objects: bool) -> bool {
     let Some(accept) = headers.get(header::ACCEPT) else {
         return false;
     };
@@ -635,8 +665,11 @@ fn negotiate_json(headers: &mut HeaderMap) -> bool {
         .split(',')
         .map(str::trim)
         .filter(|range| {
-            let media = range.split(';').next().unwrap_or("").trim();
+            let mut params = range.split(';');
+            let media = params.next().unwrap_or("").trim();
             media.eq_ignore_ascii_case("application/json")
+                && !(whole_objects
+                    && params.any(|p| p.trim().to_ascii_lowercase().starts_with("as=")))
         })
         .collect();
     let narrowed = if json.is_empty() {
@@ -685,8 +718,22 @@ fn ambiguous(req: &Request<Incoming>) -> Option<&'static str> {
     if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
         return Some("more than one Content-Length");
     }
+    // Frameworks that honour these run another method than the one judged (a POST rule would
+    // let a DELETE through).
+    if METHOD_OVERRIDES.iter().any(|name| h.contains_key(*name)) {
+        return Some(
+            "a method override header (the target could run another method than the one judged)",
+        );
+    }
     None
 }
+
+/// Headers with which Express, Rails, Laravel, Spring and others replace the request method.
+const METHOD_OVERRIDES: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
 
 /// The host a request is for, without the port, lower-case: the URI's authority (absolute
 /// form, HTTP/2 `:authority`), else the Host header.
@@ -706,7 +753,9 @@ fn request_host(parts: &http::request::Parts) -> Option<String> {
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
-    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+    // `admin.internal.` is `admin.internal` to DNS and to nginx: judge the name, not the dot.
+    let host = host.strip_suffix('.').unwrap_or(host);
+    (!host.is_empty() && !host.ends_with('.')).then(|| host.to_ascii_lowercase())
 }
 
 /// The port the client named in its authority or Host header, if any.
@@ -844,8 +893,16 @@ fn narrow_websocket_offer(headers: &mut HeaderMap, readable: &[&str]) {
     }
 }
 
+/// Whether the client asks to switch protocols. An offer of h2c is not one: its HTTP/2 would
+/// be tunnelled unjudged, so the request is served as the HTTP/1.1 request it also is (as
+/// nginx does) and its `Upgrade` dropped.
 fn is_upgrade(h: &HeaderMap) -> bool {
-    h.contains_key(header::UPGRADE)
+    let h2c = h.get_all(header::UPGRADE).iter().any(|v| {
+        v.to_str().map_or(true, |v| {
+            v.split(',').any(|p| p.trim().eq_ignore_ascii_case("h2c"))
+        })
+    });
+    !h2c && h.contains_key(header::UPGRADE)
         && h.get_all(header::CONNECTION).iter().any(|v| {
             v.to_str().is_ok_and(|v| {
                 v.split(',')
@@ -918,6 +975,13 @@ fn denial(
     )
 }
 
+/// Whether a Kubernetes list asks for Table rows with their whole objects
+/// (`includeObject=Object`; `None` and `Metadata` embed no values).
+fn embeds_whole_objects(query: &str) -> bool {
+    form_urlencoded::parse(query.as_bytes())
+        .any(|(k, v)| k == "includeObject" && v != "None" && v != "Metadata")
+}
+
 /// The request id in a retry-mode refusal ("… request <id> is pending …").
 fn pending_request(message: &str) -> Option<String> {
     let (_, rest) = message.split_once("request ")?;
@@ -941,15 +1005,45 @@ mod tests {
                 "application/vnd.kubernetes.protobuf,application/json;as=Table;v=v1;g=meta.k8s.io,application/yaml",
             ),
         );
-        assert!(negotiate_json(&mut h));
+        assert!(negotiate_json(&mut h, false));
         assert_eq!(
             h[header::ACCEPT],
             "application/json;as=Table;v=v1;g=meta.k8s.io"
         );
         h.insert(header::ACCEPT, HeaderValue::from_static("application/yaml"));
-        assert!(negotiate_json(&mut h));
+        assert!(negotiate_json(&mut h, false));
         assert_eq!(h[header::ACCEPT], "application/json");
-        assert!(!negotiate_json(&mut h), "already JSON: unchanged");
+        assert!(!negotiate_json(&mut h, false), "already JSON: unchanged");
+        // Table rows with whole objects: only the plain form is asked for.
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static(
+                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+            ),
+        );
+        assert!(negotiate_json(&mut h, true));
+        assert_eq!(h[header::ACCEPT], "application/json");
+        assert!(embeds_whole_objects("includeObject=Object&limit=500"));
+        assert!(!embeds_whole_objects("includeObject=Metadata"));
+        assert!(!embeds_whole_objects("limit=500"));
+    }
+
+    #[test]
+    fn a_trailing_dot_names_the_same_host() {
+        let parts = |host: &str| {
+            Request::builder()
+                .uri("/x")
+                .header(header::HOST, host)
+                .body(())
+                .map(|r| r.into_parts().0)
+        };
+        let host = |h: &str| parts(h).ok().and_then(|p| request_host(&p));
+        assert_eq!(host("Admin.Internal.").as_deref(), Some("admin.internal"));
+        assert_eq!(
+            host("admin.internal.:8080").as_deref(),
+            Some("admin.internal")
+        );
+        assert_eq!(host("admin.internal..").as_deref(), None);
     }
 
     #[test]

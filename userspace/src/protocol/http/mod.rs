@@ -8,7 +8,8 @@
 //! knowledge or ALPN) with limits on heads, streams and resets. Each request then runs the
 //! fixed phase pipeline of [`exchange`]:
 //!
-//! 1. **head**: smuggling and malformed requests refused; host, path, query, headers;
+//! 1. **head**: smuggling and malformed requests refused; host, path ([`target`]: one
+//!    canonical form, judged and forwarded), query, headers;
 //! 2. **body**: read up to the target's bound ([`body`]); over it, judged `unknown`;
 //! 3. **classify**: the request as a [`Command`](crate::model::Command), through a pluggable
 //!    [`Classify`] (the Kubernetes handler brings its own);
@@ -26,6 +27,7 @@ pub mod classify;
 pub mod exchange;
 pub mod forward;
 pub mod record;
+pub mod target;
 pub mod tls;
 pub mod upgrade;
 

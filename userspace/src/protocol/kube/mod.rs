@@ -17,7 +17,7 @@ use super::Session;
 use super::http::classify::{StreamDecoder, Terminal, Treatment};
 use super::http::{Classify, Head};
 use crate::model::{Command, HttpBody, KubeRequest, Protocol};
-use crate::policy::kube::{ApiPath, apply_query, is_true, parse_path};
+use crate::policy::kube::{ApiPath, apply_query, check_query, parse_path, watch_param};
 use crate::runtime::Context;
 
 /// Serves one intercepted connection to a Kubernetes API server.
@@ -48,10 +48,14 @@ impl Classify for KubeClassifier {
             .then_some(Terminal {
                 websocket_protocols: &stream::CHANNEL_PROTOCOLS,
             });
+        // Port-forward and proxy are tunnels only a rule naming the subresource allows.
+        let tunnel =
+            matches!(command, Command::Kube(r) if matches!(&*r.verb, "portforward" | "proxy"));
         Treatment {
             json_lines: is_watch(head),
             negotiate_json: true,
             terminal,
+            tunnel,
         }
     }
 
@@ -66,9 +70,7 @@ impl Classify for KubeClassifier {
 
 /// Whether a request is a watch: `?watch=true` or the legacy `/watch/` path prefix.
 fn is_watch(head: &Head<'_>) -> bool {
-    let param = head.query.is_some_and(|q| {
-        form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "watch" && is_true(&v))
-    });
+    let param = head.query.is_some_and(watch_param);
     param
         || matches!(
             parse_path(head.path),
@@ -86,6 +88,7 @@ fn is_watch(head: &Head<'_>) -> bool {
 /// its resource the path.
 pub fn request<'a>(head: &Head<'a>) -> Result<KubeRequest<'a>, String> {
     let method = head.method;
+    check_query(head.query.unwrap_or(""))?;
     let mut req = match parse_path(head.path) {
         ApiPath::NonResource => KubeRequest {
             verb: Cow::Owned(method.as_str().to_ascii_lowercase()),
@@ -100,10 +103,7 @@ pub fn request<'a>(head: &Head<'a>) -> Result<KubeRequest<'a>, String> {
             subresource,
             watch_prefix,
         } => {
-            let watch = watch_prefix
-                || head.query.is_some_and(|q| {
-                    form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "watch" && is_true(&v))
-                });
+            let watch = watch_prefix || head.query.is_some_and(watch_param);
             let verb = match subresource {
                 Some(s @ ("exec" | "attach" | "portforward" | "proxy")) => s,
                 _ => match *method {
@@ -130,7 +130,7 @@ pub fn request<'a>(head: &Head<'a>) -> Result<KubeRequest<'a>, String> {
         }
     };
     if matches!(&*req.verb, "exec" | "attach") {
-        apply_query(&mut req, head.query.unwrap_or(""));
+        apply_query(&mut req, head.query.unwrap_or(""))?;
     }
     req.impersonate = impersonation(head.headers)?;
     Ok(req)
