@@ -723,6 +723,24 @@ const LEAKS: &[(&str, &str, &str)] = &[
         "email-hash",
         "customers.email",
     ),
+    // Names the server reads otherwise than sqlparser alone: `U&"\0065mail"` is `email`; a
+    // bare `É` stays `É` (only ASCII folds); a CASE is named after its ELSE column.
+    (
+        r#"SELECT U&"\0065mail" || '' FROM customers"#,
+        "email-hash",
+        "customers.email",
+    ),
+    (
+        r#"SELECT É || '' FROM (SELECT email AS "É", 'decoy' AS é FROM customers) d"#,
+        "email-hash",
+        "customers.email",
+    ),
+    (
+        "SELECT x FROM (SELECT 'decoy' AS email) o, LATERAL (SELECT email || '' AS x \
+         FROM (SELECT CASE WHEN false THEN NULL ELSE email END FROM customers) d) l",
+        "email-hash",
+        "customers.email",
+    ),
     (
         "SELECT (SELECT email FROM customers WHERE id = 1)",
         "email-hash",

@@ -533,6 +533,37 @@ print("ids", cur.fetchall())
     );
     assert!(r.stdout.contains("ids [(2,)]"), "{r:?}");
     assert!(!r.stdout.contains("example."), "{r:?}");
+
+    // A user variable assigned inside a statement (`@v := …` in WHERE, a count, ORDER BY)
+    // keeps the value for a later `SELECT @v`: refused like `SELECT … INTO @v`. Aliases `c`
+    // and `C` are two relations to MariaDB (lower_case_table_names=0) and one when folded:
+    // such a statement cannot be traced. REPLACE keeps the e-mail detector from seeing it.
+    let script = "SELECT id FROM customers \
+         WHERE (@v := CONCAT_WS(',', @v, REPLACE(email, '@', ' at '))) IS NOT NULL;
+SELECT CONCAT('v1 ', COALESCE(@v, 'unset'));
+SELECT COUNT(@w := REPLACE(email, '@', ' at ')) FROM customers;
+SELECT id FROM customers ORDER BY (@x := REPLACE(email, '@', ' at '));
+SELECT CONCAT('v2 ', COALESCE(@w, 'unset'), COALESCE(@x, 'unset'));
+SELECT REPLACE(C.email, '@', ' at ') AS leaked FROM (SELECT 'decoy' AS email) c, customers C;
+SELECT CONCAT('done');
+";
+    let r = w.mariadb_script("agent", DB_ADDR, "--force", script);
+    assert!(
+        r.stdout.contains("v1 unset") && r.stdout.contains("v2 unsetunset"),
+        "{r:?}\n{}",
+        w.daemon_log()
+    );
+    assert_eq!(r.stderr.matches("by a user variable").count(), 3, "{r:?}");
+    assert!(r.stderr.contains("differ only in case"), "{r:?}");
+    assert!(r.stdout.contains("done"), "{r:?}");
+    for raw in [
+        "ada@example.com",
+        "ada at example",
+        "grace at example",
+        "example.",
+    ] {
+        assert!(!r.stdout.contains(raw), "{raw} leaked: {r:?}");
+    }
 }
 
 /// The view lookup runs on the client's own connection, under the client's settings; none of

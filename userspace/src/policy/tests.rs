@@ -1192,3 +1192,56 @@ rules:
         "no masking rules: none to apply"
     );
 }
+
+/// Column globs match names without regard to case: MySQL reports `Customers.Email` as
+/// defined, the lineage folds it, and a rule written either way must see both; PostgreSQL's
+/// quoted `"Email"` still matches a rule written for it.
+#[test]
+fn column_rules_match_names_whatever_their_case() {
+    let e = engine(
+        "
+rules:
+  - name: read
+    groups: [agents]
+    classes: [read]
+    action: allow
+masking:
+  - name: mail
+    columns: [\"*.Customers.Email\"]
+    style: redact
+",
+    );
+    let agent = who("bot", &["agents"]);
+    let my = |sql: &str| {
+        e.decide(&Request {
+            identity: &agent,
+            target: "db",
+            protocol: Protocol::Mysql,
+            command: &Command::sql(Dialect::Mysql, sql),
+        })
+    };
+    for sql in [
+        "SELECT CONCAT(Email, '') FROM Customers",
+        "SELECT CONCAT(email, '') FROM customers",
+        "INSERT INTO scratch SELECT Email FROM Customers",
+        // `@v := …` keeps the value for a later `SELECT @v`.
+        "SELECT id FROM Customers WHERE (@v := REPLACE(email, '@', ' at ')) IS NOT NULL",
+        // `c` and `C` are two relations to MySQL.
+        "SELECT REPLACE(C.id, '@', '') FROM (SELECT 'x' AS id) c, Customers C",
+    ] {
+        assert!(matches!(my(sql), Decision::Deny { .. }), "{sql}");
+    }
+    assert!(matches!(
+        my("SELECT id FROM Customers WHERE (@v := id) IS NOT NULL"),
+        Decision::Allow { .. }
+    ));
+    for sql in [
+        r#"SELECT "Email" || '' FROM "Customers""#,
+        r#"SELECT U&"\0045mail" || '' FROM "Customers""#,
+    ] {
+        assert!(
+            matches!(decide(&e, &agent, sql), Decision::Deny { .. }),
+            "{sql}"
+        );
+    }
+}

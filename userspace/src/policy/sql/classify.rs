@@ -17,7 +17,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::{Dialect as SqlDialect, MySqlDialect, PostgreSqlDialect};
 use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
-use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Whitespace};
+use sqlparser::tokenizer::{Span, Token, TokenWithSpan, Tokenizer, Whitespace, Word};
 
 use super::normalize::{LiteralKind, LiteralSite};
 use crate::model::{Class, Dialect, Facts};
@@ -167,7 +167,10 @@ fn classify_inner(
         Dialect::Postgres => Vec::new(),
     };
     let tokens = match dialect {
-        Dialect::Postgres => rewrite_table_queries(tokens),
+        Dialect::Postgres => match decode_unicode_identifiers(tokens) {
+            Ok(t) => rewrite_table_queries(t),
+            Err(why) => return (Facts::unknown("unparsed", why), None),
+        },
         Dialect::Mysql => tokens,
     };
     let mut parser = Parser::new(d)
@@ -234,7 +237,7 @@ fn classify_inner(
     out.tables_written = acc.written.into_iter().collect();
     out.functions = acc.functions.into_iter().collect();
     out.notes = acc.notes;
-    out.lineage = super::lineage::analyze(&statements);
+    out.lineage = super::lineage::analyze(&statements, dialect);
     super::mysql::apply_floors(&mut out, &floors);
     // The lineage of `SET search_path` depends on its values; MySQL floors on literals.
     let literals = if acc.literal_sensitive
@@ -246,6 +249,135 @@ fn classify_inner(
         literals
     };
     (out, literals)
+}
+
+/// PostgreSQL's `U&"d\0061t\+000061"` is the quoted identifier `data`, but sqlparser reads
+/// it as `U & "d\0061t\+000061"`: an operator between two other names, which would hide the
+/// column from the classifier and the lineage. Each one is decoded (with its `UESCAPE 'c'`)
+/// into the quoted word the server sees. A `UESCAPE` after a `U&'…'` string (sqlparser has
+/// already decoded it with `\`) or an escape the server would reject is an error.
+fn decode_unicode_identifiers(tokens: Vec<TokenWithSpan>) -> Result<Vec<TokenWithSpan>, String> {
+    let is_u = |t: &Token| matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("u"));
+    let is_uescape = |t: &Token| matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("uescape"));
+    let quoted = |t: &Token| matches!(t, Token::Word(w) if w.quote_style == Some('"'));
+    if !tokens
+        .iter()
+        .any(|t| is_uescape(&t.token) || matches!(t.token, Token::Ampersand))
+    {
+        return Ok(tokens);
+    }
+    // The next token that is not whitespace (comments are whitespace tokens) from `i`.
+    let next =
+        |i: usize| (i..tokens.len()).find(|&j| !matches!(tokens[j].token, Token::Whitespace(_)));
+    let mut out = Vec::with_capacity(tokens.len());
+    let mut i = 0;
+    while i < tokens.len() {
+        let t = &tokens[i];
+        if matches!(t.token, Token::UnicodeStringLiteral(_))
+            && next(i + 1).is_some_and(|j| is_uescape(&tokens[j].token))
+        {
+            return Err("a U&'…' string with UESCAPE is not read as the server reads it".into());
+        }
+        // `U&"` only when written together: `u & "x"` is an operator between two names.
+        let word = match (tokens.get(i + 1), tokens.get(i + 2)) {
+            (Some(amp), Some(q))
+                if is_u(&t.token) && amp.token == Token::Ampersand && quoted(&q.token) =>
+            {
+                match &q.token {
+                    Token::Word(w) => Some(w),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let Some(w) = word else {
+            out.push(t.clone());
+            i += 1;
+            continue;
+        };
+        let mut end = i + 2;
+        let mut escape = '\\';
+        if let Some(k) = next(i + 3).filter(|&k| is_uescape(&tokens[k].token)) {
+            let Some(Token::SingleQuotedString(c)) = next(k + 1).map(|j| &tokens[j].token) else {
+                return Err("UESCAPE without a one-character string".into());
+            };
+            let mut chars = c.chars();
+            escape = match (chars.next(), chars.next()) {
+                (Some(e), None)
+                    if !e.is_ascii_hexdigit()
+                        && !matches!(e, '+' | '\'' | '"')
+                        && !e.is_whitespace() =>
+                {
+                    e
+                }
+                _ => return Err(format!("invalid UESCAPE character {c:?}")),
+            };
+            end = next(k + 1).unwrap_or(k);
+        }
+        let value = unescape_unicode(&w.value, escape)?;
+        let span = Span::new(t.span.start, tokens[end].span.end);
+        out.push(TokenWithSpan::new(
+            Token::Word(Word {
+                value,
+                quote_style: Some('"'),
+                keyword: Keyword::NoKeyword,
+            }),
+            span,
+        ));
+        i = end + 1;
+    }
+    Ok(out)
+}
+
+/// The body of a `U&"…"` identifier as PostgreSQL decodes it: `escape` followed by four hex
+/// digits, by `+` and six, or by itself; UTF-16 surrogate pairs combine.
+fn unescape_unicode(body: &str, escape: char) -> Result<String, String> {
+    let bad = || format!("invalid Unicode escape in U&\"{body}\"");
+    let mut out = String::with_capacity(body.len());
+    let mut chars = body.chars().peekable();
+    let mut high: Option<u32> = None;
+    while let Some(c) = chars.next() {
+        if c != escape {
+            if high.is_some() {
+                return Err(bad());
+            }
+            out.push(c);
+            continue;
+        }
+        let digits = match chars.peek() {
+            Some(&e) if e == escape => {
+                chars.next();
+                if high.is_some() {
+                    return Err(bad());
+                }
+                out.push(escape);
+                continue;
+            }
+            Some('+') => {
+                chars.next();
+                6
+            }
+            _ => 4,
+        };
+        let mut v = 0u32;
+        for _ in 0..digits {
+            let d = chars.next().and_then(|d| d.to_digit(16)).ok_or_else(bad)?;
+            v = v * 16 + d;
+        }
+        match (high.take(), v) {
+            (None, 0xD800..=0xDBFF) => high = Some(v),
+            (Some(h), 0xDC00..=0xDFFF) => {
+                let c = 0x10000 + ((h - 0xD800) << 10) + (v - 0xDC00);
+                out.push(char::from_u32(c).ok_or_else(bad)?);
+            }
+            (None, 1..=0x10FFFF) => out.push(char::from_u32(v).ok_or_else(bad)?),
+            _ => return Err(bad()),
+        }
+    }
+    if high.is_some() || out.is_empty() {
+        return Err(bad());
+    }
+    Ok(out)
 }
 
 /// PostgreSQL's `TABLE name` is `SELECT * FROM name`, at the top level and wherever a query

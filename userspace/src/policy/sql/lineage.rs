@@ -14,7 +14,7 @@
 //! Dialect-neutral over sqlparser's AST; the protocol side asks [`redactions`] which result
 //! columns to replace, given which of them the server reported an origin for.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
@@ -27,14 +27,19 @@ use sqlparser::ast::{
 };
 
 use crate::config::policy::{ComparedMasking, ComputedMasking};
+use crate::model::Dialect;
 use crate::model::lineage::{
     Flow, Lineage, Output, Source, StatementLineage, Stored, ValueLineage,
 };
 
-/// The lineage of parsed statements (one entry per statement).
-pub fn analyze(statements: &[Statement]) -> Lineage {
+/// The lineage of parsed statements (one entry per statement), names resolved the way
+/// `dialect`'s server folds them.
+pub fn analyze(statements: &[Statement], dialect: Dialect) -> Lineage {
     Lineage {
-        statements: statements.iter().map(analyze_statement).collect(),
+        statements: statements
+            .iter()
+            .map(|s| analyze_statement(s, dialect))
+            .collect(),
         unknown: None,
     }
 }
@@ -42,14 +47,14 @@ pub fn analyze(statements: &[Statement]) -> Lineage {
 /// The lineage of a view's definition as the catalog gives it (`pg_get_viewdef`,
 /// `information_schema.VIEWS`): `None` when it does not parse into one statement whose lineage
 /// can be determined (such a view cannot be traced).
-pub fn view_definition(sql: &str, dialect: crate::model::Dialect) -> Option<StatementLineage> {
+pub fn view_definition(sql: &str, dialect: Dialect) -> Option<StatementLineage> {
     let mut l = super::classify(sql, dialect, &super::Limits::default()).lineage;
     (l.unknown().is_none() && l.statements.len() == 1).then(|| l.statements.remove(0))
 }
 
 /// The lineage of one parsed statement.
-pub fn analyze_statement(stmt: &Statement) -> StatementLineage {
-    let mut a = Analyzer::default();
+pub fn analyze_statement(stmt: &Statement, dialect: Dialect) -> StatementLineage {
+    let mut a = Analyzer::new(dialect);
     let root = Scope::child(None);
     let cols = a.statement(stmt, &root);
     a.finish(cols)
@@ -568,11 +573,11 @@ fn expand(rel: &Rel) -> Vec<Col> {
 
 /// Applies a column alias list (`AS t(a, b)`) to `cols`: the first columns take the new
 /// names; after a `*` of unknown width, which column a name lands on is unknown.
-fn rename(cols: Vec<Col>, alias: Option<&TableAlias>) -> Vec<Col> {
+fn rename(cols: Vec<Col>, alias: Option<&TableAlias>, d: Dialect) -> Vec<Col> {
     let Some(alias) = alias.filter(|a| !a.columns.is_empty()) else {
         return cols;
     };
-    let mut names = alias.columns.iter().map(|c| ident(&c.name));
+    let mut names = alias.columns.iter().map(|c| ident(&c.name, d));
     let mut lost = false;
     cols.into_iter()
         .map(|c| match c {
@@ -613,22 +618,56 @@ fn rename(cols: Vec<Col>, alias: Option<&TableAlias>) -> Vec<Col> {
         .collect()
 }
 
-/// An identifier as the server folds it: unquoted names to lower case. MySQL's backticks quote
-/// but do not make a name case-sensitive (as `classify::normalize_name`): folded too, so a
-/// masked column named `` `EMAIL` `` is still seen.
-fn ident(id: &Ident) -> String {
-    if id.quote_style.is_some() && id.quote_style != Some('`') {
-        id.value.clone()
-    } else {
-        id.value.to_lowercase()
+/// PostgreSQL's longest name in bytes (`NAMEDATALEN - 1`): longer ones are cut to it.
+const PG_NAME_BYTES: usize = 63;
+
+/// An identifier as the server folds it.
+///
+/// PostgreSQL lower-cases only the ASCII letters of an unquoted name (`É` stays `É`, and is
+/// the column `"É"`), then cuts every name, quoted or not, to 63 bytes: a name told apart
+/// only after that byte is the same name to the server.
+///
+/// MySQL and MariaDB compare column names without case, character by character; backticks
+/// quote but do not make a name case-sensitive (as `classify::normalize_name`), so a masked
+/// column named `` `EMAIL` `` is still seen. Table names and aliases can be case-sensitive
+/// there: the analysis refuses names that differ only in case ([`Analyzer::note`]).
+fn ident(id: &Ident, d: Dialect) -> String {
+    fold(
+        &id.value,
+        id.quote_style.is_some() && id.quote_style != Some('`'),
+        d,
+    )
+}
+
+/// A name as the server reads it (`quoted`: in double quotes).
+fn fold(name: &str, quoted: bool, d: Dialect) -> String {
+    match d {
+        Dialect::Postgres => {
+            let mut v = if quoted {
+                name.to_owned()
+            } else {
+                name.to_ascii_lowercase()
+            };
+            if v.len() > PG_NAME_BYTES {
+                let mut end = PG_NAME_BYTES;
+                while !v.is_char_boundary(end) {
+                    end -= 1;
+                }
+                v.truncate(end);
+            }
+            v
+        }
+        Dialect::Mysql if quoted => name.to_owned(),
+        // Per character, as the server does: `str::to_lowercase` would make a final sigma `ς`.
+        Dialect::Mysql => name.chars().flat_map(char::to_lowercase).collect(),
     }
 }
 
-fn name_parts(name: &ObjectName) -> Option<Vec<String>> {
+fn name_parts(name: &ObjectName, d: Dialect) -> Option<Vec<String>> {
     name.0
         .iter()
         .map(|p| match p {
-            ObjectNamePart::Identifier(id) => Some(ident(id)),
+            ObjectNamePart::Identifier(id) => Some(ident(id, d)),
             ObjectNamePart::Function(_) => None,
         })
         .collect()
@@ -643,21 +682,46 @@ fn plain_wildcard(o: &WildcardAdditionalOptions) -> bool {
         && o.opt_alias.is_none()
 }
 
-/// The name the server gives a result column computed by `e` (PostgreSQL's FigureColname),
-/// when it is certain; `None` otherwise.
-fn figure_name(e: &Expr) -> Option<String> {
-    match e {
-        Expr::Identifier(id) => Some(ident(id)),
-        Expr::CompoundIdentifier(ids) => ids.last().map(ident),
-        Expr::Nested(inner) => figure_name(inner),
-        Expr::Function(f) => match f.name.0.last() {
-            Some(ObjectNamePart::Identifier(id)) => Some(ident(id)),
+/// The name the server gives a result column computed by `e`, when it is certain; `None`
+/// otherwise (any name may then reach it). MySQL names an expression after its text, so
+/// only a column reference has a name known here.
+fn figure_name(e: &Expr, d: Dialect) -> Option<String> {
+    match d {
+        Dialect::Postgres => figure_colname(e).map(|(n, _)| n),
+        Dialect::Mysql => match e {
+            Expr::Identifier(id) => Some(ident(id, d)),
+            Expr::CompoundIdentifier(ids) => ids.last().map(|i| ident(i, d)),
+            Expr::Nested(inner) => figure_name(inner, d),
             _ => None,
         },
-        Expr::Cast { expr, .. } => figure_name(expr).filter(|n| n != "?column?"),
-        Expr::Case { .. } => Some("case".into()),
-        Expr::Array(_) => Some("array".into()),
-        Expr::Exists { .. } => Some("exists".into()),
+    }
+}
+
+/// PostgreSQL's FigureColnameInternal: the name and its strength (2: a column's or a
+/// function's name; 1: a stand-in such as `case`; 0: `?column?`).
+fn figure_colname(e: &Expr) -> Option<(String, u8)> {
+    let d = Dialect::Postgres;
+    let strong = |n: String| Some((n, 2));
+    match e {
+        Expr::Identifier(id) => strong(ident(id, d)),
+        Expr::CompoundIdentifier(ids) => ids.last().and_then(|i| strong(ident(i, d))),
+        Expr::Nested(inner) => figure_colname(inner),
+        Expr::Function(f) => match f.name.0.last() {
+            Some(ObjectNamePart::Identifier(id)) => strong(ident(id, d)),
+            _ => None,
+        },
+        // A weaker name gives way to the type's as written, which is not worked out here.
+        Expr::Cast { expr, .. } => figure_colname(expr).filter(|(_, s)| *s == 2),
+        // Named after the ELSE branch when that has a strong name, else `case`.
+        Expr::Case { else_result, .. } => match else_result.as_deref().map(figure_colname) {
+            Some(None) => None,
+            Some(Some((n, 2))) => Some((n, 2)),
+            _ => Some(("case".into(), 1)),
+        },
+        Expr::Array(_) => strong("array".into()),
+        Expr::Exists { .. } => strong("exists".into()),
+        // `true` is `'t'::bool` to the server's grammar: named `bool`.
+        Expr::Value(v) if matches!(v.value, Value::Boolean(_)) => None,
         Expr::Value(_)
         | Expr::BinaryOp { .. }
         | Expr::UnaryOp { .. }
@@ -671,7 +735,7 @@ fn figure_name(e: &Expr) -> Option<String> {
         | Expr::InSubquery { .. }
         | Expr::Between { .. }
         | Expr::Like { .. }
-        | Expr::ILike { .. } => Some("?column?".into()),
+        | Expr::ILike { .. } => Some(("?column?".into(), 0)),
         _ => None,
     }
 }
@@ -693,8 +757,8 @@ enum FnKind {
 
 /// Built-in functions by what they do with their arguments. Anything else, or a function
 /// qualified with a schema other than `pg_catalog`, is [`FnKind::Unknown`].
-fn function_kind(name: &ObjectName) -> (FnKind, String) {
-    let parts = name_parts(name).unwrap_or_default();
+fn function_kind(name: &ObjectName, d: Dialect) -> (FnKind, String) {
+    let parts = name_parts(name, d).unwrap_or_default();
     let short = match parts.as_slice() {
         [n] => n.clone(),
         [s, n] if s == "pg_catalog" => n.clone(),
@@ -1112,13 +1176,17 @@ fn function_kind(name: &ObjectName) -> (FnKind, String) {
     (kind, short)
 }
 
+/// MySQL's `@v := x` anywhere in a statement keeps `x` for a later `SELECT @v`, as
+/// `SELECT … INTO @v` does.
+const USER_VARIABLE: &str = "a user variable (@v := …)";
+
 const SHADOWING_PATH: &str = "a search_path that may list pg_catalog after another schema, \
      where a function could stand in for a built-in";
 
 /// The text of a literal or a name (`SET search_path = public, 'x'`).
-fn literal_text(e: &Expr) -> Option<String> {
+fn literal_text(e: &Expr, d: Dialect) -> Option<String> {
     match e {
-        Expr::Identifier(id) => Some(ident(id)),
+        Expr::Identifier(id) => Some(ident(id, d)),
         Expr::Value(v) => match &v.value {
             Value::SingleQuotedString(s)
             | Value::DollarQuotedString(sqlparser::ast::DollarQuotedString { value: s, .. }) => {
@@ -1146,10 +1214,10 @@ pub fn shadows_builtins(path: &str) -> bool {
 }
 
 /// Types whose values are rows, arrays or documents.
-fn composite_type(t: &DataType) -> bool {
+fn composite_type(t: &DataType, d: Dialect) -> bool {
     match t {
         DataType::JSON | DataType::JSONB | DataType::Array(_) => true,
-        DataType::Custom(name, _) => name_parts(name).is_none_or(|p| {
+        DataType::Custom(name, _) => name_parts(name, d).is_none_or(|p| {
             p.last()
                 .is_some_and(|n| matches!(n.as_str(), "record" | "hstore" | "json" | "jsonb"))
         }),
@@ -1219,15 +1287,89 @@ fn moves_no_data(stmt: &Statement) -> bool {
     )
 }
 
-#[derive(Default)]
 struct Analyzer {
+    dialect: Dialect,
     compared: BTreeSet<Source>,
     stored: Vec<Stored>,
     written: BTreeSet<Source>,
     unknown: Option<String>,
+    /// MySQL: each relation name as folded, with the first spelling seen.
+    spellings: BTreeMap<String, String>,
 }
 
 impl Analyzer {
+    fn new(dialect: Dialect) -> Self {
+        Analyzer {
+            dialect,
+            compared: BTreeSet::new(),
+            stored: Vec::new(),
+            written: BTreeSet::new(),
+            unknown: None,
+            spellings: BTreeMap::new(),
+        }
+    }
+
+    fn ident(&self, id: &Ident) -> String {
+        ident(id, self.dialect)
+    }
+
+    fn name_parts(&self, name: &ObjectName) -> Option<Vec<String>> {
+        name_parts(name, self.dialect)
+    }
+
+    /// Records a name that refers to a relation (a table, schema, alias or CTE). MySQL and
+    /// MariaDB tell table names and aliases apart by case where `lower_case_table_names` is 0
+    /// (Linux), and not where it is 1; the lineage folds them. Two spellings of one name that
+    /// differ only in case could then be two relations to the server and one here (`c` and
+    /// `C`), so the statement cannot be traced.
+    fn note(&mut self, raw: &str, quoted: bool) {
+        if self.dialect != Dialect::Mysql {
+            return;
+        }
+        let folded = fold(raw, quoted, self.dialect);
+        match self.spellings.get(&folded) {
+            Some(first) if first != raw => {
+                let why = format!(
+                    "the relation names {first} and {raw} differ only in case, which the server \
+                     may tell apart"
+                );
+                self.unknown(why);
+            }
+            Some(_) => {}
+            None => {
+                self.spellings.insert(folded, raw.to_owned());
+            }
+        }
+    }
+
+    fn note_ident(&mut self, id: &Ident) {
+        self.note(
+            &id.value,
+            id.quote_style.is_some() && id.quote_style != Some('`'),
+        );
+    }
+
+    fn note_name(&mut self, name: &ObjectName) {
+        for p in &name.0 {
+            if let ObjectNamePart::Identifier(id) = p {
+                self.note_ident(id);
+            }
+        }
+    }
+
+    /// The name a `FROM` item is referred to by, from its alias.
+    fn alias_name(&mut self, alias: &Option<TableAlias>) -> Option<String> {
+        let a = alias.as_ref()?;
+        self.note_ident(&a.name);
+        Some(self.ident(&a.name))
+    }
+
+    /// A table named in the statement, as a relation (see [`table_rel`]).
+    fn table(&mut self, name: &ObjectName, alias: Option<String>) -> Option<Rel> {
+        self.note_name(name);
+        table_rel(name, alias, self.dialect)
+    }
+
     fn unknown(&mut self, why: impl Into<String>) {
         if self.unknown.is_none() {
             self.unknown = Some(why.into());
@@ -1310,7 +1452,7 @@ impl Analyzer {
                 }
                 let scope = self.scope_of_from(&from, Some(root));
                 for t in &d.tables {
-                    if let Some(rel) = table_rel(t, None) {
+                    if let Some(rel) = self.table(t, None) {
                         self.write(std::slice::from_ref(&rel));
                     }
                 }
@@ -1334,7 +1476,7 @@ impl Analyzer {
             } => {
                 if !*to {
                     if let CopySource::Table { table_name, .. } = source
-                        && let Some(rel) = table_rel(table_name, None)
+                        && let Some(rel) = self.table(table_name, None)
                     {
                         self.write(std::slice::from_ref(&rel));
                     }
@@ -1345,7 +1487,7 @@ impl Analyzer {
                         table_name,
                         columns,
                     } => {
-                        let Some(rel) = table_rel(table_name, None) else {
+                        let Some(rel) = self.table(table_name, None) else {
                             self.unknown("a COPY of a table name not analysed");
                             return Vec::new();
                         };
@@ -1355,7 +1497,7 @@ impl Analyzer {
                             columns
                                 .iter()
                                 .map(|c| {
-                                    let name = ident(c);
+                                    let name = self.ident(c);
                                     let lin = match find_in(&rel, &name) {
                                         Some(Hit::Sure(l) | Hit::Maybe(l)) => l,
                                         None => Lin::none(),
@@ -1381,7 +1523,7 @@ impl Analyzer {
             Statement::Explain { statement, .. } => {
                 // The plan comes back, not the rows; what the statement stores or cannot be
                 // traced counts (EXPLAIN ANALYZE runs it), and its outputs are only compared.
-                let mut inner = Analyzer::default();
+                let mut inner = Analyzer::new(self.dialect);
                 let cols = inner.statement(statement, root);
                 let l = inner.finish(cols);
                 for o in l.outputs {
@@ -1434,11 +1576,12 @@ impl Analyzer {
                 if let sqlparser::ast::Set::SingleAssignment {
                     variable, values, ..
                 } = s
-                    && name_parts(variable)
+                    && self
+                        .name_parts(variable)
                         .is_some_and(|p| p.last().is_some_and(|n| n == "search_path"))
                     && values
                         .iter()
-                        .map(literal_text)
+                        .map(|v| literal_text(v, self.dialect))
                         .collect::<Option<Vec<_>>>()
                         .is_none_or(|v| shadows_builtins(&v.join(",")))
                 {
@@ -1500,8 +1643,11 @@ impl Analyzer {
             self.unknown("an INSERT into a table function");
             return Vec::new();
         };
-        let alias = i.table_alias.as_ref().map(|a| ident(&a.alias));
-        let Some(target) = table_rel(name, alias) else {
+        let alias = i.table_alias.as_ref().map(|a| {
+            self.note_ident(&a.alias);
+            self.ident(&a.alias)
+        });
+        let Some(target) = self.table(name, alias) else {
             self.unknown("an INSERT target not analysed");
             return Vec::new();
         };
@@ -1541,12 +1687,13 @@ impl Analyzer {
         let mut scope = Scope::child(Some(parent));
         if let Some(with) = &q.with {
             for cte in &with.cte_tables {
-                let name = ident(&cte.alias.name);
-                let cols = if with.recursive && references(&cte.query, &name) {
+                self.note_ident(&cte.alias.name);
+                let name = self.ident(&cte.alias.name);
+                let cols = if with.recursive && references(&cte.query, &name, self.dialect) {
                     self.recursive_cte(&cte.query, &name, Some(&cte.alias), &scope)
                 } else {
                     let cols = self.cte_query(&cte.query, &scope);
-                    rename(cols, Some(&cte.alias))
+                    rename(cols, Some(&cte.alias), self.dialect)
                 };
                 scope.ctes.push((name, cols));
             }
@@ -1609,7 +1756,7 @@ impl Analyzer {
         for _ in 0..8 {
             let mut tmp = Scope::child(Some(scope));
             tmp.ctes.push((name.to_owned(), current.clone()));
-            let next: Vec<Col> = rename(self.query(q, &tmp), alias)
+            let next: Vec<Col> = rename(self.query(q, &tmp), alias, self.dialect)
                 .into_iter()
                 .map(|c| match c {
                     // A recursive CTE is a set operation: its columns are computed.
@@ -1673,7 +1820,11 @@ impl Analyzer {
                     self.unknown("TABLE without a name");
                     return Vec::new();
                 };
-                let table = table.to_lowercase();
+                self.note(table, false);
+                if let Some(s) = &t.schema_name {
+                    self.note(s, false);
+                }
+                let table = fold(table, false, self.dialect);
                 if t.schema_name.is_none()
                     && let Some(cols) = scope.cte(&table)
                 {
@@ -1682,7 +1833,7 @@ impl Analyzer {
                     vec![Col::Star(Rel {
                         name: table.clone(),
                         kind: RelKind::Table {
-                            schema: t.schema_name.as_ref().map(|s| s.to_lowercase()),
+                            schema: t.schema_name.as_ref().map(|s| fold(s, false, self.dialect)),
                             table,
                             renamed: false,
                             derived: false,
@@ -1788,7 +1939,7 @@ impl Analyzer {
         match e {
             Expr::Value(v) if matches!(v.value, Value::Number(..)) => cols_lin(outputs),
             Expr::Identifier(id) => {
-                let name = ident(id);
+                let name = self.ident(id);
                 let named: Vec<&Col> = outputs
                     .iter()
                     .filter(|c| matches!(c, Col::One { name: Some(n), .. } if *n == name))
@@ -1817,14 +1968,14 @@ impl Analyzer {
             SelectItem::UnnamedExpr(e) => {
                 let lin = self.expr(e, scope);
                 cols.push(Col::One {
-                    name: figure_name(e),
+                    name: figure_name(e, self.dialect),
                     lin,
                 });
             }
             SelectItem::ExprWithAlias { expr, alias } => {
                 let lin = self.expr(expr, scope);
                 cols.push(Col::One {
-                    name: Some(ident(alias)),
+                    name: Some(self.ident(alias)),
                     lin,
                 });
             }
@@ -1834,7 +1985,8 @@ impl Analyzer {
                 }
                 match kind {
                     SelectItemQualifiedWildcardKind::ObjectName(name) => {
-                        let parts = name_parts(name).unwrap_or_default();
+                        self.note_name(name);
+                        let parts = self.name_parts(name).unwrap_or_default();
                         let rel = match parts.as_slice() {
                             [n] => scope.rel(None, n),
                             [s, n] => scope.rel(Some(s), n),
@@ -1934,7 +2086,7 @@ impl Analyzer {
                 }
                 JoinConstraint::Using(names) => {
                     for n in names {
-                        let Some(col) = name_parts(n).and_then(|p| p.last().cloned()) else {
+                        let Some(col) = self.name_parts(n).and_then(|p| p.last().cloned()) else {
                             self.unknown("a USING column not analysed");
                             continue;
                         };
@@ -1978,7 +2130,6 @@ impl Analyzer {
     }
 
     fn table_factor(&mut self, tf: &TableFactor, scope: &Scope<'_>) -> (Vec<Rel>, Vec<Merged>) {
-        let alias_name = |alias: &Option<TableAlias>| alias.as_ref().map(|a| ident(&a.name));
         match tf {
             TableFactor::Table {
                 name,
@@ -1990,12 +2141,13 @@ impl Analyzer {
                 for a in &args.args {
                     self.function_arg(a, scope, &mut lin);
                 }
-                let fname = name_parts(name)
+                let fname = self
+                    .name_parts(name)
                     .and_then(|p| p.last().cloned())
                     .unwrap_or_default();
                 let lin = self.function_result(name, lin);
                 let rel = Rel {
-                    name: alias_name(alias).unwrap_or(fname),
+                    name: self.alias_name(alias).unwrap_or(fname),
                     kind: RelKind::Opaque(lin),
                 };
                 (vec![rel], Vec::new())
@@ -2016,16 +2168,22 @@ impl Analyzer {
                     (true, Some(a)) => (ObjectName::from(vec![a.name.clone()]), &None),
                     _ => (name.clone(), alias),
                 };
+                self.note_name(&name);
                 if let [ObjectNamePart::Identifier(id)] = name.0.as_slice()
-                    && let Some(cols) = scope.cte(&ident(id))
+                    && let Some(cols) = scope.cte(&self.ident(id))
                 {
                     let rel = Rel {
-                        name: alias_name(alias).unwrap_or_else(|| ident(id)),
-                        kind: RelKind::Derived(through(rename(cols.clone(), alias.as_ref()))),
+                        name: self.alias_name(alias).unwrap_or_else(|| self.ident(id)),
+                        kind: RelKind::Derived(through(rename(
+                            cols.clone(),
+                            alias.as_ref(),
+                            self.dialect,
+                        ))),
                     };
                     return (vec![rel], Vec::new());
                 }
-                match table_rel(&name, alias_name(alias)) {
+                let alias_name = self.alias_name(alias);
+                match self.table(&name, alias_name) {
                     Some(rel) if holds_sampled_values(&rel) => {
                         self.unknown(format!(
                             "it reads {}, which holds sampled values of any column",
@@ -2052,8 +2210,8 @@ impl Analyzer {
             } => {
                 let cols = self.query(subquery, scope);
                 let rel = Rel {
-                    name: alias_name(alias).unwrap_or_default(),
-                    kind: RelKind::Derived(through(rename(cols, alias.as_ref()))),
+                    name: self.alias_name(alias).unwrap_or_default(),
+                    kind: RelKind::Derived(through(rename(cols, alias.as_ref(), self.dialect))),
                 };
                 (vec![rel], Vec::new())
             }
@@ -2064,12 +2222,13 @@ impl Analyzer {
                 for a in args {
                     self.function_arg(a, scope, &mut lin);
                 }
-                let fname = name_parts(name)
+                let fname = self
+                    .name_parts(name)
                     .and_then(|p| p.last().cloned())
                     .unwrap_or_default();
                 let lin = self.function_result(name, lin);
                 let rel = Rel {
-                    name: alias_name(alias).unwrap_or(fname),
+                    name: self.alias_name(alias).unwrap_or(fname),
                     kind: RelKind::Opaque(lin),
                 };
                 (vec![rel], Vec::new())
@@ -2083,7 +2242,7 @@ impl Analyzer {
                     lin.absorb(l);
                 }
                 let rel = Rel {
-                    name: alias_name(alias).unwrap_or_else(|| "unnest".into()),
+                    name: self.alias_name(alias).unwrap_or_else(|| "unnest".into()),
                     kind: RelKind::Opaque(lin.into_computed()),
                 };
                 (vec![rel], Vec::new())
@@ -2091,7 +2250,7 @@ impl Analyzer {
             TableFactor::TableFunction { expr, alias } => {
                 let lin = self.expr(expr, scope).into_computed();
                 let rel = Rel {
-                    name: alias_name(alias).unwrap_or_default(),
+                    name: self.alias_name(alias).unwrap_or_default(),
                     kind: RelKind::Opaque(lin),
                 };
                 (vec![rel], Vec::new())
@@ -2104,9 +2263,10 @@ impl Analyzer {
                 if let Some(a) = alias {
                     // `(a JOIN b) AS j`: j.* is every column of both.
                     let cols: Vec<Col> = rels.iter().flat_map(expand).collect();
+                    self.note_ident(&a.name);
                     rels.push(Rel {
-                        name: ident(&a.name),
-                        kind: RelKind::Derived(through(rename(cols, Some(a)))),
+                        name: self.ident(&a.name),
+                        kind: RelKind::Derived(through(rename(cols, Some(a), self.dialect))),
                     });
                 }
                 (rels, merged)
@@ -2223,16 +2383,20 @@ impl Analyzer {
                 if id.quote_style.is_none() && id.value.eq_ignore_ascii_case("default") {
                     return Lin::none();
                 }
-                self.lookup(s, &ident(id))
+                self.lookup(s, &self.ident(id))
             }
             Expr::CompoundIdentifier(ids) => {
-                let parts: Vec<String> = ids.iter().map(ident).collect();
+                if let [qualifiers @ .., _] = ids.as_slice() {
+                    qualifiers.iter().for_each(|q| self.note_ident(q));
+                }
+                let parts: Vec<String> = ids.iter().map(|i| self.ident(i)).collect();
                 self.lookup_qualified(s, &parts)
             }
             Expr::Nested(inner) => self.expr(inner, s),
             // `(c.*)::text`, `row_to_json(c.*)`: the whole row of a relation.
             Expr::QualifiedWildcard(name, _) => {
-                let parts = name_parts(name).unwrap_or_default();
+                self.note_name(name);
+                let parts = self.name_parts(name).unwrap_or_default();
                 let rel = match parts.as_slice() {
                     [n] => s.rel(None, n),
                     [sc, n] => s.rel(Some(sc), n),
@@ -2279,7 +2443,7 @@ impl Analyzer {
                 expr, data_type, ..
             } => {
                 let l = self.expr(expr, s);
-                if composite_type(data_type) {
+                if composite_type(data_type, self.dialect) {
                     l.composite()
                 } else {
                     l.into_computed()
@@ -2307,8 +2471,8 @@ impl Analyzer {
                 if let (Expr::Nested(inner), [AccessExpr::Dot(Expr::Identifier(f))]) =
                     (root.as_ref(), access_chain.as_slice())
                     && let Expr::Identifier(r) = inner.as_ref()
-                    && let Some(rel) = s.rel(None, &ident(r))
-                    && let Some(Hit::Sure(x) | Hit::Maybe(x)) = find_in(rel, &ident(f))
+                    && let Some(rel) = s.rel(None, &self.ident(r))
+                    && let Some(Hit::Sure(x) | Hit::Maybe(x)) = find_in(rel, &self.ident(f))
                 {
                     l.absorb(x.computed());
                 }
@@ -2333,6 +2497,9 @@ impl Analyzer {
                 use sqlparser::ast::BinaryOperator as B;
                 let mut l = self.expr(left, s);
                 let r = self.expr(right, s);
+                if *op == B::Assignment {
+                    self.store(r.clone(), USER_VARIABLE);
+                }
                 l.absorb(r);
                 match op {
                     B::PGCustomBinaryOperator(name) => {
@@ -2471,7 +2638,8 @@ impl Analyzer {
                 acc.absorb(l);
             }
             FunctionArgExpr::QualifiedWildcard(name) => {
-                let parts = name_parts(name).unwrap_or_default();
+                self.note_name(name);
+                let parts = self.name_parts(name).unwrap_or_default();
                 let rel = match parts.as_slice() {
                     [n] => s.rel(None, n),
                     [sc, n] => s.rel(Some(sc), n),
@@ -2496,7 +2664,7 @@ impl Analyzer {
 
     /// What a function call returns, given what flows into its arguments.
     fn function_result(&mut self, name: &ObjectName, args: Lin) -> Lin {
-        let (kind, short) = function_kind(name);
+        let (kind, short) = function_kind(name, self.dialect);
         match kind {
             FnKind::Value => args.into_computed(),
             FnKind::Composite => args.composite(),
@@ -2518,11 +2686,13 @@ impl Analyzer {
     }
 
     fn function(&mut self, f: &Function, s: &Scope<'_>) -> Lin {
-        if function_kind(&f.name).1 == "set_config"
+        if function_kind(&f.name, self.dialect).1 == "set_config"
             && let FunctionArguments::List(list) = &f.args
         {
             let lit = |i: usize| match list.args.get(i) {
-                Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) => literal_text(e),
+                Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) => {
+                    literal_text(e, self.dialect)
+                }
                 _ => None,
             };
             // The setting's name not a literal could be search_path.
@@ -2640,7 +2810,15 @@ impl Visitor for Generic<'_, '_, '_> {
                 let l = self.an.expr(e, self.scope);
                 self.lin.absorb(l);
             }
-            Expr::Function(f) => match function_kind(&f.name) {
+            Expr::BinaryOp {
+                op: sqlparser::ast::BinaryOperator::Assignment,
+                right,
+                ..
+            } => {
+                let l = self.an.expr(right, self.scope);
+                self.an.store(l, USER_VARIABLE);
+            }
+            Expr::Function(f) => match function_kind(&f.name, self.an.dialect) {
                 (FnKind::Unknown, short) => self.an.unknown(format!(
                     "it calls {short}(), which the gateway does not know"
                 )),
@@ -2656,8 +2834,8 @@ impl Visitor for Generic<'_, '_, '_> {
 }
 
 /// A table named in a statement, as a relation (`alias`: the name it is referred to by).
-fn table_rel(name: &ObjectName, alias: Option<String>) -> Option<Rel> {
-    let parts = name_parts(name)?;
+fn table_rel(name: &ObjectName, alias: Option<String>, d: Dialect) -> Option<Rel> {
+    let parts = name_parts(name, d)?;
     let (schema, table) = match parts.as_slice() {
         [t] => (None, t.clone()),
         [s, t] => (Some(s.clone()), t.clone()),
@@ -2688,12 +2866,12 @@ fn holds_sampled_values(rel: &Rel) -> bool {
 }
 
 /// Whether a query names the relation `name` anywhere (a recursive CTE's self-reference).
-fn references(q: &Query, name: &str) -> bool {
-    struct Finder<'n>(&'n str, bool);
+fn references(q: &Query, name: &str, d: Dialect) -> bool {
+    struct Finder<'n>(&'n str, bool, Dialect);
     impl Visitor for Finder<'_> {
         type Break = ();
         fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
-            if let Some(p) = name_parts(r)
+            if let Some(p) = name_parts(r, self.2)
                 && p.len() == 1
                 && p[0] == self.0
             {
@@ -2703,7 +2881,7 @@ fn references(q: &Query, name: &str) -> bool {
             ControlFlow::Continue(())
         }
     }
-    let mut f = Finder(name, false);
+    let mut f = Finder(name, false, d);
     let _ = q.visit(&mut f);
     f.1
 }

@@ -6,7 +6,7 @@ use sqlparser::parser::Parser;
 
 fn lineage(sql: &str) -> Lineage {
     let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap();
-    analyze(&stmts)
+    analyze(&stmts, Dialect::Postgres)
 }
 
 fn one(sql: &str) -> StatementLineage {
@@ -551,7 +551,7 @@ fn mysql_backticks_fold_like_unquoted_names() {
         "SELECT UPPER(`EMAIL`) FROM `APP`.`Customers`",
     )
     .unwrap();
-    let l = analyze(&stmts);
+    let l = analyze(&stmts, Dialect::Mysql);
     let o = &l.statements[0].outputs[0];
     assert_eq!(o.lineage().flow, Computed);
     assert_eq!(names(&o.lineage().sources), s(&["customers.email"]));
@@ -559,4 +559,218 @@ fn mysql_backticks_fold_like_unquoted_names() {
         outs(r#"SELECT "Email" FROM "Customers""#),
         [(Plain, s(&["Customers.Email"]))]
     );
+}
+
+/// The lineage of `sql` as the classifier makes it (its token rewrites included).
+fn classified(sql: &str, d: Dialect) -> Lineage {
+    crate::policy::sql::classify(sql, d, &crate::policy::Limits::default()).lineage
+}
+
+/// Every source of every output, stored value and comparison, as `table.column`.
+fn all_sources(l: &Lineage) -> Vec<String> {
+    let mut v = Vec::new();
+    for st in &l.statements {
+        for o in &st.outputs {
+            v.extend(names(&o.lineage().sources));
+        }
+        v.extend(names(&st.compared));
+        v.extend(
+            st.stored
+                .iter()
+                .map(|x| names(std::slice::from_ref(&x.source))[0].clone()),
+        );
+    }
+    v
+}
+
+/// `U&"\0065mail"` is the column `email` to PostgreSQL; sqlparser alone reads `U & "…"`.
+#[test]
+fn unicode_escaped_identifiers_are_the_columns_they_spell() {
+    for (sql, want) in [
+        (
+            r#"SELECT U&"\0065mail" || '' FROM customers"#,
+            "customers.email",
+        ),
+        (
+            r#"SELECT u&"\+000065mail" FROM customers"#,
+            "customers.email",
+        ),
+        (
+            r#"SELECT U&"!0073sn" UESCAPE '!' FROM customers"#,
+            "customers.ssn",
+        ),
+        (
+            r#"SELECT U&"\0073sn" /* c */ UESCAPE '\' FROM customers"#,
+            "customers.ssn",
+        ),
+        (
+            r#"SELECT replace(c.U&"\0065mail", '@', '') FROM customers c"#,
+            "customers.email",
+        ),
+        (r#"SELECT x FROM customers AS U&"\0063"(x)"#, "customers.*"),
+    ] {
+        let l = classified(sql, Dialect::Postgres);
+        assert_eq!(l.unknown(), None, "{sql}");
+        assert_eq!(all_sources(&l), [want], "{sql}");
+    }
+    // Written apart, `u & "x"` is an operator between two columns.
+    let l = classified(r#"SELECT u & "x" FROM t"#, Dialect::Postgres);
+    assert_eq!(all_sources(&l), ["t.u", "t.x"]);
+    // What the server rejects, or what sqlparser cannot decode as the server does, is unknown.
+    for sql in [
+        r#"SELECT U&"\00" FROM customers"#,
+        r#"SELECT U&"\D800" FROM customers"#,
+        r#"SELECT U&"" FROM customers"#,
+        r#"SELECT U&"x" UESCAPE 'a' FROM customers"#,
+        r#"SELECT U&"x" UESCAPE FROM customers"#,
+        r#"SELECT U&'d!0061t' UESCAPE '!'"#,
+    ] {
+        let f = crate::policy::sql::classify(sql, Dialect::Postgres, &Default::default());
+        assert_eq!(f.class, crate::model::Class::Unknown, "{sql}");
+    }
+    // A surrogate pair is one character.
+    let l = classified(r#"SELECT U&"\D83D\DE00" FROM t"#, Dialect::Postgres);
+    assert_eq!(all_sources(&l), ["t.\u{1F600}"]);
+}
+
+/// The classifier sees the function a `U&"…"` name spells.
+#[test]
+fn unicode_escaped_function_names_are_classified() {
+    let f = crate::policy::sql::classify(
+        r#"SELECT U&"pg_terminate_backen\0064"(1)"#,
+        Dialect::Postgres,
+        &Default::default(),
+    );
+    assert_eq!(f.class, crate::model::Class::Admin, "{f:?}");
+}
+
+/// PostgreSQL folds only ASCII letters of unquoted names and cuts names to 63 bytes.
+#[test]
+fn postgres_names_fold_ascii_only_and_are_cut_to_63_bytes() {
+    // `É` is the column `"É"` (email), not the decoy `é`.
+    assert_eq!(
+        outs(r#"SELECT É || '' FROM (SELECT email AS "É", 'decoy' AS é FROM customers) d"#),
+        [(Computed, s(&["customers.email"]))]
+    );
+    assert_eq!(
+        outs("SELECT Ä.email || '' FROM (SELECT 'x' AS email) ä, customers Ä"),
+        [(Computed, s(&["customers.email"]))]
+    );
+    assert_eq!(
+        outs("SELECT EMAIL FROM Customers"),
+        [(Plain, s(&["customers.email"]))]
+    );
+    // 63 `a`s and a `b` is the same name as 63 `a`s and a `z`.
+    let a = "a".repeat(63);
+    let sql = format!(
+        "SELECT x FROM (SELECT 'decoy' AS {a}z) o, \
+         LATERAL (SELECT {a}z || '' AS x FROM (SELECT email AS {a}b FROM customers) d) l"
+    );
+    assert_eq!(outs(&sql), [(Computed, s(&["customers.email"]))]);
+    // Cut on a character boundary: 62 `a`s and a two-byte `é` stay whole, a third is cut.
+    let sql = format!(r#"SELECT "{}éé" FROM t"#, &a[..61]);
+    assert_eq!(outs(&sql), [(Plain, vec![format!("t.{}é", &a[..61])])]);
+}
+
+/// The name of the first output.
+fn name_of(sql: &str) -> Option<String> {
+    match &one(sql).outputs[0] {
+        Output::One { name, .. } => name.as_deref().map(Into::into),
+        Output::Many { .. } => None,
+    }
+}
+
+/// PostgreSQL names a CASE after its ELSE branch when that is a column or a function, and a
+/// cast of a weaker name after its type: a reference must find the column it names.
+#[test]
+fn case_columns_are_named_as_the_server_names_them() {
+    let sql = "SELECT x FROM (SELECT 'decoy' AS email) o, \
+         LATERAL (SELECT email || '' AS x \
+                  FROM (SELECT CASE WHEN false THEN NULL ELSE email END FROM customers) d) l";
+    assert_eq!(outs(sql), [(Computed, s(&["customers.email"]))]);
+    assert_eq!(
+        name_of("SELECT CASE WHEN true THEN 1 ELSE lower(email) END FROM customers"),
+        Some("lower".into())
+    );
+    assert_eq!(
+        name_of("SELECT CASE WHEN true THEN email END FROM customers"),
+        Some("case".into())
+    );
+    // `CASE … END::text` is named `text`: not known here, so any name may reach it.
+    let sql = "SELECT x FROM (SELECT 'decoy' AS \"case\") o, \
+         LATERAL (SELECT \"text\" || '' AS x \
+                  FROM (SELECT CASE WHEN false THEN '' ELSE 'a' || email END::text \
+                        FROM customers) d) l";
+    assert_eq!(outs(sql), [(Computed, s(&["customers.email"]))]);
+    for sql in [
+        "SELECT CASE WHEN true THEN 1 END::text FROM t",
+        "SELECT true",
+    ] {
+        assert_eq!(name_of(sql), None, "{sql}");
+    }
+}
+
+fn mysql(sql: &str) -> Lineage {
+    classified(sql, Dialect::Mysql)
+}
+
+/// MySQL's `@v := x` keeps `x` for a later `SELECT @v`: stored, as `SELECT … INTO @v` is.
+#[test]
+fn mysql_user_variable_assignments_store_their_value() {
+    for sql in [
+        "SELECT id FROM customers WHERE (@v := CONCAT_WS(',', @v, REPLACE(email, '@', ' at '))) IS NOT NULL",
+        "SELECT COUNT(@v := email) FROM customers",
+        "SELECT id FROM customers ORDER BY (@v := email)",
+        "SELECT @v := email FROM customers",
+    ] {
+        let l = mysql(sql);
+        let st = &l.statements[0];
+        assert!(
+            st.stored.iter().any(|x| x.into.contains("user variable")
+                && names(std::slice::from_ref(&x.source)) == ["customers.email"]),
+            "{sql}: {st:?}"
+        );
+    }
+    let l = mysql("SELECT email INTO @v FROM customers");
+    assert!(!l.statements[0].stored.is_empty());
+}
+
+/// MySQL tells `c` and `C` apart as aliases (lower_case_table_names=0); the lineage folds
+/// them, so a statement naming relations that differ only in case cannot be traced.
+#[test]
+fn mysql_relation_names_differing_only_in_case_are_untraceable() {
+    for sql in [
+        "SELECT CONCAT(C.email, '') AS leaked FROM (SELECT 'decoy' AS email) c, customers C",
+        "SELECT REPLACE(C.email, '@', ' at ') FROM (SELECT 'decoy' AS email) c, customers C",
+        "SELECT (SELECT CONCAT(C.email, '') FROM (SELECT 'x' AS email) c) FROM customers C",
+        "WITH CUSTOMERS AS (SELECT 'x' AS email) SELECT CONCAT(email, '') FROM customers",
+        "SELECT CONCAT(c.email, '') FROM customers C",
+        "SELECT C.* FROM customers c",
+        "SELECT `C`.email FROM customers c",
+    ] {
+        assert!(mysql(sql).unknown().is_some(), "{sql}");
+    }
+    for sql in [
+        "SELECT CONCAT(C.email, '') FROM customers C",
+        "SELECT CONCAT(`C`.email, '') FROM customers C",
+        "SELECT CONCAT(EMAIL, Email) FROM customers c",
+    ] {
+        let l = mysql(sql);
+        assert_eq!(l.unknown(), None, "{sql}");
+        assert_eq!(all_sources(&l), ["customers.email"], "{sql}");
+    }
+    // PostgreSQL folds unquoted aliases: `C` is `c`.
+    let l = classified("SELECT C.email || '' FROM customers c", Dialect::Postgres);
+    assert_eq!(l.unknown(), None);
+}
+
+/// MySQL names an expression after its text: a reference finds no name known here.
+#[test]
+fn mysql_expression_columns_have_no_known_name() {
+    let l = mysql(
+        "SELECT (SELECT CONCAT(`concat(email)`, '') FROM (SELECT concat(email) FROM customers) d) \
+         FROM (SELECT 'decoy' AS `concat(email)`) o",
+    );
+    assert_eq!(l.unknown(), None);
+    assert!(all_sources(&l).contains(&"customers.email".to_string()));
 }
