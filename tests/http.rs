@@ -848,7 +848,7 @@ asyncio.run(main())
 /// The path judged is the path the app reads, and masked answers cannot be taken apart:
 /// dot segments, `//` and encoded slashes are refused, unreserved escapes are decoded before
 /// judging, method overrides are refused, `Range` is not forwarded under masking (and a part
-/// sent anyway is refused), and JSON keys go through the detectors.
+/// sent anyway is refused), and JSON keys and answer headers go through the detectors.
 #[test]
 fn targets_and_answers_are_read_as_the_app_reads_them() {
     let env = env();
@@ -894,6 +894,30 @@ fn targets_and_answers_are_read_as_the_app_reads_them() {
         "curl -sS -w ' %{{http_code}}' http://{DB_ADDR}/app/range?always=1"
     ));
     assert!(out.ends_with(" 502") && !out.contains("erin@"), "{out}");
+    // So are answer headers, percent-encoded or not.
+    let out = env.client_ok(&format!(
+        "curl -sS -D - -o /dev/null http://{DB_ADDR}/app/redirect"
+    ));
+    assert!(out.starts_with("HTTP/1.1 302"), "{out}");
+    assert!(
+        !out.contains("grace@") && !out.contains("grace%40"),
+        "{out}"
+    );
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("location: /welcome?email=[redacted]"),
+        "{out}"
+    );
+    // JSON under its other names is read as JSON: path rules apply.
+    for ctype in ["text/json", "application/x-json", "application/x-ndjson"] {
+        let out = env.client_ok(&format!(
+            "curl -sS http://{DB_ADDR}/app/labelled?type={ctype}"
+        ));
+        assert!(
+            !out.contains("path-only-value") && out.contains("[REDACTED]"),
+            "{ctype}: {out}"
+        );
+    }
     // Keys are read by the detectors.
     let out = env.client_ok(&format!("curl -sS http://{DB_ADDR}/app/keys"));
     assert!(

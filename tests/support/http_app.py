@@ -103,6 +103,16 @@ class Handler(BaseHTTPRequestHandler):
                 return self._send(206, body[start:end + 1], extra=[
                     ("content-range", f"bytes {start}-{end}/{len(body)}")])
             return self._send(200, body)
+        if path == "/redirect":
+            return self._send(302, b"", extra=[
+                ("location", "/welcome?email=grace%40example.com"),
+                ("x-contact", "grace@example.com")])
+        if path == "/labelled":
+            # JSON under another media type; the value only a path rule can find.
+            ctype = self.path.split("type=")[1].replace("%2F", "/")
+            doc = json.dumps({"users": [{"email": "path-only-value"}]})
+            body = (doc + "\n" + doc + "\n") if "ndjson" in ctype else doc
+            return self._send(200, body.encode(), ctype=ctype)
         if path == "/keys":
             return self._json({"members": {"frank@example.com": "admin"}, "n": 1})
         if path == "/binary":

@@ -2184,7 +2184,7 @@ impl Analyzer {
                 }
                 let alias_name = self.alias_name(alias);
                 match self.table(&name, alias_name) {
-                    Some(rel) if holds_sampled_values(&rel) => {
+                    Some(rel) if holds_sampled_values(&rel, self.dialect) => {
                         self.unknown(format!(
                             "it reads {}, which holds sampled values of any column",
                             rel.name
@@ -2854,15 +2854,30 @@ fn table_rel(name: &ObjectName, alias: Option<String>, d: Dialect) -> Option<Rel
 }
 
 /// Catalog relations whose rows hold values of other tables' columns (planner statistics:
-/// most common values, histogram bounds).
-fn holds_sampled_values(rel: &Rel) -> bool {
-    matches!(&rel.kind, RelKind::Table { schema, table, .. }
-    if schema.as_deref().is_none_or(|s| s == "pg_catalog")
-        && matches!(
-            table.as_str(),
-            "pg_stats" | "pg_statistic" | "pg_stats_ext" | "pg_stats_ext_exprs"
-                | "pg_statistic_ext_data"
-        ))
+/// most common values, histogram bounds; MariaDB's engine-independent statistics with each
+/// column's minimum and maximum, MySQL's histograms).
+fn holds_sampled_values(rel: &Rel, d: Dialect) -> bool {
+    let RelKind::Table { schema, table, .. } = &rel.kind else {
+        return false;
+    };
+    let in_schema = |name: &str| schema.as_deref().is_none_or(|s| s == name);
+    match d {
+        Dialect::Postgres => {
+            in_schema("pg_catalog")
+                && matches!(
+                    table.as_str(),
+                    "pg_stats"
+                        | "pg_statistic"
+                        | "pg_stats_ext"
+                        | "pg_stats_ext_exprs"
+                        | "pg_statistic_ext_data"
+                )
+        }
+        Dialect::Mysql => {
+            (in_schema("mysql") && table == "column_stats")
+                || (in_schema("information_schema") && table == "column_statistics")
+        }
+    }
 }
 
 /// Whether a query names the relation `name` anywhere (a recursive CTE's self-reference).

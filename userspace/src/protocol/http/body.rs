@@ -497,8 +497,13 @@ impl Body for AnswerBody {
                             return Poll::Ready(Some(Ok(f)));
                         }
                     }
-                    // Trailers pass unchanged.
-                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                    // Trailers pass unchanged unless the body is masked: then they are
+                    // values nobody reads, and are dropped.
+                    Err(frame) => {
+                        if let Transform::Pass = this.transform {
+                            return Poll::Ready(Some(Ok(frame)));
+                        }
+                    }
                 },
                 Some(Err(e)) => return this.fail(e.into()),
                 None => {

@@ -470,6 +470,9 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
     {
         rparts.headers.insert(APPROVAL_HEADER, v);
     }
+    if !mask.is_empty() {
+        mask_headers(&conn, &mask, &mut rparts.headers, &mut record);
+    }
     let has_body = !head_only && !rbody.is_end_stream();
     // Captures the answer for the audit record; `decoded`: the client's masking decodes gzip.
     let capture = |record: &mut ExchangeRecord, headers: &HeaderMap, decoded: bool| {
@@ -523,6 +526,60 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
         .prefetched(FIRST_FRAME_WAIT)
         .await;
     Response::from_parts(rparts, answer.boxed())
+}
+
+/// Answer headers that carry no values of the data (framing, caching, types), and the
+/// caller's own cookies.
+const STRUCTURAL_HEADERS: &[header::HeaderName] = &[
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+    header::TRANSFER_ENCODING,
+    header::DATE,
+    header::ETAG,
+    header::LAST_MODIFIED,
+    header::CACHE_CONTROL,
+    header::EXPIRES,
+    header::VARY,
+    header::SERVER,
+    header::ACCEPT_RANGES,
+    // The caller's own session with the app, which it must hold to go on.
+    header::SET_COOKIE,
+];
+
+/// Answer headers through the detectors of the masking rules (`Location:
+/// /welcome?email=alice@example.com`, `X-User: …`): a value with a match is replaced by its
+/// masked text, also when the match is only seen percent-decoded (`alice%40example.com`).
+fn mask_headers(
+    conn: &Conn,
+    mask: &[String],
+    headers: &mut HeaderMap,
+    record: &mut ExchangeRecord,
+) {
+    let mut masked = 0;
+    for (name, value) in headers.iter_mut() {
+        let raw = value.as_bytes();
+        // Counts and times (`X-RateLimit-Reset: 1733600000`) are not data.
+        if STRUCTURAL_HEADERS.contains(name) || raw.iter().all(u8::is_ascii_digit) {
+            continue;
+        }
+        let decoded: Cow<'_, [u8]> = if raw.contains(&b'%') {
+            percent_encoding::percent_decode(raw).into()
+        } else {
+            Cow::Borrowed(raw)
+        };
+        let Some(text) = conn.masker.detect_in(mask, &decoded) else {
+            continue;
+        };
+        *value = HeaderValue::from_bytes(&text)
+            .unwrap_or_else(|_| HeaderValue::from_static("[REDACTED]"));
+        masked += 1;
+    }
+    if masked > 0 {
+        record
+            .notes
+            .push(format!("{masked} answer header(s) masked by the detectors"));
+    }
 }
 
 /// How an answer under masking rules is read.
@@ -588,8 +645,22 @@ fn body_masker(
         ));
     }
     let masker_error = |e: crate::mask::MaskError| format!("its masking rules failed: {e}");
-    let json = ctype == "application/json" || ctype.ends_with("+json");
-    Ok(if json && json_lines {
+    // JSON under any of its names is read as JSON, so that path rules apply; text that is
+    // JSON without saying so gets the detectors only.
+    let json = ctype == "application/json"
+        || ctype.ends_with("+json")
+        || matches!(
+            ctype.as_str(),
+            "text/json" | "text/x-json" | "application/x-json"
+        );
+    let lines = matches!(
+        ctype.as_str(),
+        "application/x-ndjson"
+            | "application/jsonl"
+            | "application/jsonlines"
+            | "application/x-jsonlines"
+    );
+    Ok(if (json && json_lines) || lines {
         Transform::JsonLines(Box::new(
             body::JsonLines::new(Arc::clone(&conn.masker), rules).map_err(masker_error)?,
         ))

@@ -774,3 +774,19 @@ fn mysql_expression_columns_have_no_known_name() {
     assert_eq!(l.unknown(), None);
     assert!(all_sources(&l).contains(&"customers.email".to_string()));
 }
+
+/// MariaDB's engine-independent statistics keep each column's minimum and maximum value, and
+/// MySQL's histograms sampled values: reading them cannot be traced to the columns.
+#[test]
+fn mysql_statistics_tables_are_untraceable() {
+    for sql in [
+        "SELECT min_value, max_value FROM mysql.column_stats WHERE column_name = 'email'",
+        "SELECT histogram FROM information_schema.COLUMN_STATISTICS",
+        "SELECT * FROM column_stats",
+    ] {
+        assert!(mysql(sql).unknown().is_some(), "{sql}");
+    }
+    assert!(mysql("SELECT * FROM mysql.user_stats").unknown().is_none());
+    // PostgreSQL tables of those names are plain tables.
+    assert!(lineage("SELECT * FROM column_stats").unknown().is_none());
+}
