@@ -179,7 +179,7 @@ fn token_start(v: &[u8], floor: usize, p: usize) -> usize {
 
 /// Trigger bytes: `0-9 : ; < =` (0x30–0x3D) and `@ A-Z` (0x40–0x5A).
 #[inline(always)]
-fn is_trigger(b: u8) -> bool {
+pub(crate) fn is_trigger(b: u8) -> bool {
     matches!(b, 0x30..=0x3D | 0x40..=0x5A)
 }
 

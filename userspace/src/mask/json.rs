@@ -421,8 +421,12 @@ impl JsonMasker {
                         .map_or(NO_KEY, |id| id as u32);
                 }
                 // Keys are data too (`{"alice@example.com": "admin"}`, a ConfigMap's keys):
-                // the detectors read them as they read values.
-                let replaced = self.write_scanned(key, before, out, true);
+                // the detectors read them as they read values. Most keys are short and
+                // lower-case, without a byte any detector starts from: those are skipped
+                // before the scan's set-up.
+                let replaced = !self.active.detectors.is_empty()
+                    && key.iter().any(|&b| super::detect::is_trigger(b))
+                    && self.write_scanned(key, before, out, true);
                 self.unescaped = text;
                 Ok(replaced)
             }
