@@ -883,6 +883,16 @@ fn targets_and_answers_are_read_as_the_app_reads_them() {
         "curl -sS -o /dev/null -w '%{{http_code}}' -X POST -d x -H 'X-HTTP-Method-Override: DELETE' http://{DB_ADDR}/app/echo"
     ));
     assert_eq!(out, "400");
+    for args in [
+        "'http://{DB_ADDR}/app/echo?_method=DELETE' -d x",
+        "http://{DB_ADDR}/app/echo -d _method=DELETE",
+    ] {
+        let out = env.client_ok(&format!(
+            "curl -sS -o /dev/null -w '%{{http_code}}' -X POST {}",
+            args.replace("{DB_ADDR}", DB_ADDR)
+        ));
+        assert_eq!(out, "400", "{args}");
+    }
     // Range is dropped under masking: the whole answer comes back, masked.
     let out = env.client_ok(&format!(
         "curl -sS -w ' %{{http_code}}' -H 'Range: bytes=10-30' http://{DB_ADDR}/app/range"

@@ -78,8 +78,11 @@ pub const WRAPPERS: &[&str] = &[
 /// would run anything.
 struct OptionRunner {
     program: &'static str,
-    /// Options, long or short, that take a command (matched with or without `=value`).
+    /// Options, long or short, that take a command (matched with or without `=value`; a long
+    /// one also abbreviated, as getopt_long and git accept `--to-comm` for `--to-command`).
     options: &'static [&'static str],
+    /// Arguments that make the program run a command (`git submodule foreach`).
+    subcommands: &'static [&'static str],
     /// Short option letters that take a command, also inside a cluster (`-avze ssh`).
     letters: &'static str,
     /// The program reads its first argument as an option cluster even without a dash
@@ -97,6 +100,7 @@ const OPTION_RUNNERS: &[OptionRunner] = &[
         letters: "",
         bundled_first: false,
         unless: None,
+        subcommands: &[],
     },
     OptionRunner {
         program: "rsync",
@@ -104,6 +108,7 @@ const OPTION_RUNNERS: &[OptionRunner] = &[
         letters: "e",
         bundled_first: false,
         unless: Some("--server"),
+        subcommands: &[],
     },
     OptionRunner {
         program: "tar",
@@ -118,6 +123,7 @@ const OPTION_RUNNERS: &[OptionRunner] = &[
         letters: "IF",
         bundled_first: true,
         unless: None,
+        subcommands: &[],
     },
     OptionRunner {
         program: "scp",
@@ -125,13 +131,15 @@ const OPTION_RUNNERS: &[OptionRunner] = &[
         letters: "SoFJ",
         bundled_first: false,
         unless: None,
+        subcommands: &[],
     },
     OptionRunner {
         program: "sftp",
         options: &[],
-        letters: "SoFJD",
+        letters: "SoFJDb",
         bundled_first: false,
         unless: None,
+        subcommands: &[],
     },
     OptionRunner {
         program: "git",
@@ -141,11 +149,16 @@ const OPTION_RUNNERS: &[OptionRunner] = &[
             "--upload-pack",
             "--receive-pack",
             "--exec",
+            "--exec-path",
+            "--template",
+            "--extcmd",
             "-u",
+            "-x",
         ],
         letters: "",
         bundled_first: false,
         unless: None,
+        subcommands: &["foreach", "run", "filter-branch", "filter-repo"],
     },
     OptionRunner {
         program: "zip",
@@ -153,6 +166,7 @@ const OPTION_RUNNERS: &[OptionRunner] = &[
         letters: "",
         bundled_first: false,
         unless: None,
+        subcommands: &[],
     },
     OptionRunner {
         program: "tcpdump",
@@ -160,6 +174,7 @@ const OPTION_RUNNERS: &[OptionRunner] = &[
         letters: "z",
         bundled_first: false,
         unless: None,
+        subcommands: &[],
     },
 ];
 
@@ -174,11 +189,12 @@ impl OptionRunner {
         }
         args.iter().enumerate().find_map(|(i, arg)| {
             let arg = arg.as_ref();
+            let name = arg.split('=').next().unwrap_or(arg);
             let named = self.options.iter().any(|o| {
-                arg.strip_prefix(o)
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
+                name == *o || (name.len() > 3 && o.starts_with("--") && o.starts_with(name))
             });
-            (named || self.clustered(arg, i == 0)).then_some(arg)
+            let sub = self.subcommands.contains(&arg);
+            (named || sub || self.clustered(arg, i == 0)).then_some(arg)
         })
     }
 
@@ -1048,6 +1064,14 @@ mod tests {
             "/usr/bin/find . -exec id ;",
             "zip -T -TT 'sh -c x' a.zip f",
             "tcpdump -i lo -G 1 -z /tmp/x -w f",
+            "tar --to-comm='sh -c x' -xf a.tar",
+            "tar --use-compress-prog=x -xf a.tar",
+            "git clone --upload-p='rm -rf /srv' x y",
+            "git --exec-path=/tmp status",
+            "git rebase -x 'rm -rf /srv' HEAD~1",
+            "git submodule foreach 'rm -rf /srv'",
+            "git bisect run ./x",
+            "sftp -b cmds host",
         ] {
             assert!(split(line).is_err(), "{line:?} should be unknown");
             assert_eq!(classify(line).class, Class::Unknown, "{line:?}");

@@ -174,6 +174,13 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
         }
     };
 
+    if overrides_method(query.as_deref(), &parts.headers, &read) {
+        return bad_request(
+            record,
+            "a `_method` parameter (the target could run another method than the one judged)",
+        );
+    }
+
     // Phase 3: classify.
     let judged_body = match &read {
         RequestBody::Empty => None,
@@ -465,13 +472,13 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
     let (mut rparts, rbody) = resp.into_parts();
     forward::strip_hop_by_hop(&mut rparts.headers, false);
     rparts.version = client_version;
+    if !mask.is_empty() {
+        mask_headers(&conn, &mask, &mut rparts.headers, &mut record);
+    }
     if let Some(id) = &approval
         && let Ok(v) = HeaderValue::from_str(id)
     {
         rparts.headers.insert(APPROVAL_HEADER, v);
-    }
-    if !mask.is_empty() {
-        mask_headers(&conn, &mask, &mut rparts.headers, &mut record);
     }
     let has_body = !head_only && !rbody.is_end_stream();
     // Captures the answer for the audit record; `decoded`: the client's masking decodes gzip.
@@ -494,7 +501,22 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
             .await;
         return Response::from_parts(rparts, answer.boxed());
     }
-    let plan = match answer_plan(&conn, &rparts, &mask, treatment.json_lines) {
+    // A part of a document is refused whatever `binary` says: pieces masked apart could be
+    // put together unmasked.
+    if rparts.status == StatusCode::PARTIAL_CONTENT
+        || rparts.headers.contains_key(header::CONTENT_RANGE)
+    {
+        record.status = StatusCode::BAD_GATEWAY.as_u16();
+        record
+            .notes
+            .push("answer refused: a part of a document".into());
+        return json_answer(
+            StatusCode::BAD_GATEWAY,
+            &serde_json::json!({"error": "unmaskable", "message": "masking applies to this answer, and it is a part of a document (206, Content-Range), masked only whole"}),
+            record,
+        );
+    }
+    let plan = match answer_plan(&conn, &rparts.headers, &mask, treatment.json_lines) {
         Ok(p) => p,
         Err(why) => {
             if conn.http.binary == BinaryAnswers::Pass {
@@ -556,11 +578,16 @@ fn mask_headers(
     headers: &mut HeaderMap,
     record: &mut ExchangeRecord,
 ) {
+    if conn.masker.text(mask).map_or(true, |t| t.is_passthrough()) {
+        return;
+    }
     let mut masked = 0;
     for (name, value) in headers.iter_mut() {
         let raw = value.as_bytes();
-        // Counts and times (`X-RateLimit-Reset: 1733600000`) are not data.
-        if STRUCTURAL_HEADERS.contains(name) || raw.iter().all(u8::is_ascii_digit) {
+        // Counts and times (`X-RateLimit-Reset: 1733600000`) are not data; a card number
+        // (13 digits and more) is.
+        let count = raw.len() <= 10 && raw.iter().all(u8::is_ascii_digit);
+        if STRUCTURAL_HEADERS.contains(name) || count {
             continue;
         }
         let decoded: Cow<'_, [u8]> = if raw.contains(&b'%') {
@@ -592,14 +619,10 @@ struct AnswerPlan {
 /// the answer.
 fn answer_plan(
     conn: &Conn,
-    answer: &http::response::Parts,
+    headers: &HeaderMap,
     mask: &[String],
     json_lines: bool,
 ) -> Result<AnswerPlan, String> {
-    let headers = &answer.headers;
-    if answer.status == StatusCode::PARTIAL_CONTENT || headers.contains_key(header::CONTENT_RANGE) {
-        return Err("it is a part of a document (206, Content-Range), masked only whole".into());
-    }
     let gunzip = gzip_coded(headers)?;
     let transform = body_masker(conn, headers, mask, json_lines)?;
     Ok(AnswerPlan { transform, gunzip })
@@ -797,6 +820,31 @@ fn ambiguous(req: &Request<Incoming>) -> Option<&'static str> {
         );
     }
     None
+}
+
+/// Whether a request carries a `_method` parameter, with which Rails, Laravel, Symfony and
+/// Spring replace the request method: in the query, or in a form body (URL-encoded or
+/// multipart) the gateway read.
+fn overrides_method(query: Option<&str>, headers: &HeaderMap, read: &RequestBody) -> bool {
+    const PARAM: &str = "_method";
+    let in_query = query.is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k.eq_ignore_ascii_case(PARAM))
+    });
+    let body = match read {
+        RequestBody::Judged(b) => &b[..],
+        RequestBody::OverLimit { prefix, .. } => &prefix[..],
+        RequestBody::Empty => return in_query,
+    };
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    in_query
+        || (ctype.starts_with("application/x-www-form-urlencoded")
+            && form_urlencoded::parse(body).any(|(k, _)| k.eq_ignore_ascii_case(PARAM)))
+        || (ctype.starts_with("multipart/form-data")
+            && memchr::memmem::find(&body.to_ascii_lowercase(), b"name=\"_method\"").is_some())
 }
 
 /// Headers with which Express, Rails, Laravel, Spring and others replace the request method.

@@ -35,6 +35,9 @@ pub fn canonical<'a>(path: &'a str, query: Option<&str>) -> Result<Cow<'a, str>,
     // is a name of its own everywhere.
     let mut segments = decoded[1..].split('/').peekable();
     while let Some(seg) = segments.next() {
+        // Tomcat and Spring drop path parameters before resolving (`/public/..;/admin` is
+        // `/admin` there): a segment is judged by what comes before its `;`.
+        let seg = seg.split(';').next().unwrap_or("");
         if seg == "." || seg == ".." {
             return Err("a dot segment (`.` or `..`) in the request path");
         }
@@ -129,6 +132,7 @@ mod tests {
             ("/a/%252e%252e/b", "/a/%252e%252e/b"),
             ("/a/.well-known/x", "/a/.well-known/x"),
             ("/a/..b/c", "/a/..b/c"),
+            ("/a/b;v=1/c", "/a/b;v=1/c"),
         ] {
             assert_eq!(canonical(raw, None).unwrap(), want, "{raw}");
         }
@@ -150,6 +154,9 @@ mod tests {
             "/app/a%5c..%5cadmin",
             "/app\\admin",
             "/app/%00",
+            "/app/public/..;/admin",
+            "/app/.;x/admin",
+            "/app/;x/admin",
             "/app/%zz",
             "/app/%4",
             "/app/%",

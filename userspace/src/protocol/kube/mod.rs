@@ -48,9 +48,9 @@ impl Classify for KubeClassifier {
             .then_some(Terminal {
                 websocket_protocols: &stream::CHANNEL_PROTOCOLS,
             });
-        // Port-forward and proxy are tunnels only a rule naming the subresource allows.
-        let tunnel =
-            matches!(command, Command::Kube(r) if matches!(&*r.verb, "portforward" | "proxy"));
+        // Port-forward is a tunnel only a rule naming the subresource allows. A proxy's
+        // upgrade is an app's WebSocket (or the kubelet's own exec), refused under masking.
+        let tunnel = matches!(command, Command::Kube(r) if &*r.verb == "portforward");
         Treatment {
             json_lines: is_watch(head),
             negotiate_json: true,
