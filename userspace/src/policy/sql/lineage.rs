@@ -2186,7 +2186,7 @@ impl Analyzer {
                 match self.table(&name, alias_name) {
                     Some(rel) if holds_sampled_values(&rel, self.dialect) => {
                         self.unknown(format!(
-                            "it reads {}, which holds sampled values of any column",
+                            "it reads {}, which holds values of any column (statistics, or statements as written)",
                             rel.name
                         ));
                         (vec![rel], Vec::new())
@@ -2855,7 +2855,8 @@ fn table_rel(name: &ObjectName, alias: Option<String>, d: Dialect) -> Option<Rel
 
 /// Catalog relations whose rows hold values of other tables' columns (planner statistics:
 /// most common values, histogram bounds; MariaDB's engine-independent statistics with each
-/// column's minimum and maximum, MySQL's histograms).
+/// column's minimum and maximum, MySQL's histograms) or other sessions' statements with their
+/// literals (the general and slow logs, the process list, statement history).
 fn holds_sampled_values(rel: &Rel, d: Dialect) -> bool {
     let RelKind::Table { schema, table, .. } = &rel.kind else {
         return false;
@@ -2874,8 +2875,15 @@ fn holds_sampled_values(rel: &Rel, d: Dialect) -> bool {
                 )
         }
         Dialect::Mysql => {
-            (in_schema("mysql") && table == "column_stats")
-                || (in_schema("information_schema") && table == "column_statistics")
+            (in_schema("mysql")
+                && matches!(table.as_str(), "column_stats" | "general_log" | "slow_log"))
+                || (in_schema("information_schema")
+                    && matches!(table.as_str(), "column_statistics" | "processlist"))
+                // Other sessions' statements as written, literals and all.
+                || (in_schema("performance_schema")
+                    && (table.starts_with("events_statements_")
+                        || table == "threads"
+                        || table == "prepared_statements_instances"))
         }
     }
 }

@@ -49,8 +49,8 @@ pub fn canonical<'a>(path: &'a str, query: Option<&str>) -> Result<Cow<'a, str>,
 }
 
 /// `path` with percent-encoded unreserved characters (ALPHA, DIGIT, `-`, `.`, `_`, `~`)
-/// decoded (RFC 3986 §6.2.2.2: equivalent everywhere); other escapes are kept as sent, except
-/// `/`, `\` and NUL, which are refused.
+/// decoded (RFC 3986 §6.2.2.2: equivalent everywhere); other escapes are kept, in upper case,
+/// except `/`, `\` and NUL, which are refused.
 fn decode_unreserved(path: &str) -> Result<Cow<'_, str>, Refusal> {
     let bytes = path.as_bytes();
     check_escapes(bytes)?;
@@ -70,7 +70,13 @@ fn decode_unreserved(path: &str) -> Result<Cow<'_, str>, Refusal> {
                 b if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') => {
                     out.push(char::from(b));
                 }
-                _ => out.push_str(&path[i..i + 3]),
+                // Hex digits in upper case (RFC 3986 §6.2.2.1), so `%c3` and `%C3` are one
+                // name to the rules.
+                _ => {
+                    out.push('%');
+                    out.push(char::from(bytes[i + 1].to_ascii_uppercase()));
+                    out.push(char::from(bytes[i + 2].to_ascii_uppercase()));
+                }
             }
             i += 3;
         } else {
@@ -128,6 +134,7 @@ mod tests {
             ("/ns/kube%2Dsystem", "/ns/kube-system"),
             ("/files/my%20doc", "/files/my%20doc"),
             ("/files/%C3%A9t%C3%A9", "/files/%C3%A9t%C3%A9"),
+            ("/files/%c3%a9t%C3%a9", "/files/%C3%A9t%C3%A9"),
             ("/a/100%25", "/a/100%25"),
             ("/a/%252e%252e/b", "/a/%252e%252e/b"),
             ("/a/.well-known/x", "/a/.well-known/x"),

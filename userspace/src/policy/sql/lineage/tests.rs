@@ -783,6 +783,10 @@ fn mysql_statistics_tables_are_untraceable() {
         "SELECT min_value, max_value FROM mysql.column_stats WHERE column_name = 'email'",
         "SELECT histogram FROM information_schema.COLUMN_STATISTICS",
         "SELECT * FROM column_stats",
+        "SELECT argument FROM mysql.general_log",
+        "SELECT info FROM information_schema.PROCESSLIST",
+        "SELECT sql_text FROM performance_schema.events_statements_history_long",
+        "SELECT processlist_info FROM performance_schema.threads",
     ] {
         assert!(mysql(sql).unknown().is_some(), "{sql}");
     }
