@@ -401,14 +401,8 @@ impl JsonMasker {
     ) -> Result<bool, MaskError> {
         match token {
             Token::Key { quoted, escaped } => {
-                let raw = &quoted[1..quoted.len() - 1];
                 let mut text = std::mem::take(&mut self.unescaped);
-                let key: &[u8] = if escaped {
-                    unescape(raw, &mut text).map_err(MaskError::Json)?;
-                    &text
-                } else {
-                    raw
-                };
+                let key = token_text(quoted, escaped, &mut text)?;
                 if !self.paths.is_empty()
                     && let Some(Step::Key(last)) = self.steps.last_mut()
                 {
@@ -456,17 +450,11 @@ impl JsonMasker {
                 Ok(false)
             }
             Token::String { quoted, escaped } => {
-                let raw = &quoted[1..quoted.len() - 1];
                 self.value_start();
                 let rule = self.path_rule();
                 // An error ends the document, so the buffer lost with it does not matter.
                 let mut text = std::mem::take(&mut self.unescaped);
-                let value: &[u8] = if escaped {
-                    unescape(raw, &mut text).map_err(MaskError::Json)?;
-                    &text
-                } else {
-                    raw
-                };
+                let value = token_text(quoted, escaped, &mut text)?;
                 let replaced = match rule {
                     Some(rule) => {
                         out.put_slice(before);
@@ -559,6 +547,20 @@ impl JsonMasker {
         }
         true
     }
+}
+
+/// A string token's text (`quoted`: with its quotes): as written, or unescaped into `buf`.
+fn token_text<'a>(
+    quoted: &'a [u8],
+    escaped: bool,
+    buf: &'a mut Vec<u8>,
+) -> Result<&'a [u8], MaskError> {
+    let raw = &quoted[1..quoted.len() - 1];
+    if !escaped {
+        return Ok(raw);
+    }
+    unescape(raw, buf).map_err(MaskError::Json)?;
+    Ok(buf)
 }
 
 /// The separators among `gap` (bytes between two tokens), without the whitespace.

@@ -97,18 +97,14 @@ const OPTION_RUNNERS: &[OptionRunner] = &[
     OptionRunner {
         program: "find",
         options: &["-exec", "-execdir", "-ok", "-okdir"],
-        letters: "",
-        bundled_first: false,
-        unless: None,
-        subcommands: &[],
+        ..OptionRunner::PLAIN
     },
     OptionRunner {
         program: "rsync",
         options: &["--rsh", "--rsync-path"],
         letters: "e",
-        bundled_first: false,
         unless: Some("--server"),
-        subcommands: &[],
+        ..OptionRunner::PLAIN
     },
     OptionRunner {
         program: "tar",
@@ -122,24 +118,17 @@ const OPTION_RUNNERS: &[OptionRunner] = &[
         ],
         letters: "IF",
         bundled_first: true,
-        unless: None,
-        subcommands: &[],
+        ..OptionRunner::PLAIN
     },
     OptionRunner {
         program: "scp",
-        options: &[],
         letters: "SoFJ",
-        bundled_first: false,
-        unless: None,
-        subcommands: &[],
+        ..OptionRunner::PLAIN
     },
     OptionRunner {
         program: "sftp",
-        options: &[],
         letters: "SoFJDb",
-        bundled_first: false,
-        unless: None,
-        subcommands: &[],
+        ..OptionRunner::PLAIN
     },
     OptionRunner {
         program: "git",
@@ -155,30 +144,33 @@ const OPTION_RUNNERS: &[OptionRunner] = &[
             "-u",
             "-x",
         ],
-        letters: "",
-        bundled_first: false,
-        unless: None,
         subcommands: &["foreach", "run", "filter-branch", "filter-repo"],
+        ..OptionRunner::PLAIN
     },
     OptionRunner {
         program: "zip",
         options: &["-TT", "--unzip-command"],
-        letters: "",
-        bundled_first: false,
-        unless: None,
-        subcommands: &[],
+        ..OptionRunner::PLAIN
     },
     OptionRunner {
         program: "tcpdump",
         options: &["--postrotate-command"],
         letters: "z",
-        bundled_first: false,
-        unless: None,
-        subcommands: &[],
+        ..OptionRunner::PLAIN
     },
 ];
 
 impl OptionRunner {
+    /// No option, letter, mode or subcommand: what an entry does not name.
+    const PLAIN: OptionRunner = OptionRunner {
+        program: "",
+        options: &[],
+        subcommands: &[],
+        letters: "",
+        bundled_first: false,
+        unless: None,
+    };
+
     /// The option of `args` that names a command to run, if any.
     fn used<'a>(&self, args: &'a [impl AsRef<str>]) -> Option<&'a str> {
         if self

@@ -242,15 +242,16 @@ pub fn parse(verb: &str, path: &str) -> Result<KubeRequest<'static>, String> {
         name: name.map(owned),
         ..KubeRequest::default()
     };
-    apply_query(&mut req, query)?;
+    check_query(query)?;
+    apply_query(&mut req, query);
     Ok(req)
 }
 
 /// Takes an exec's or attach's command, container and flags from a query string, decoded as
 /// the API server decodes it (keys and values percent-decoded, `+` a space; the first of a
-/// repeated single-valued parameter counts).
-pub fn apply_query(req: &mut KubeRequest<'_>, query: &str) -> Result<(), String> {
-    check_query(query)?;
+/// repeated single-valued parameter counts). The caller refuses what Go would read otherwise
+/// first ([`check_query`]).
+pub fn apply_query(req: &mut KubeRequest<'_>, query: &str) {
     let (mut container, mut stdin, mut tty) = (None, None, None);
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         match &*k {
@@ -270,7 +271,6 @@ pub fn apply_query(req: &mut KubeRequest<'_>, query: &str) -> Result<(), String>
     req.container = container.map(Into::into);
     req.stdin = stdin.unwrap_or(false);
     req.tty = tty.unwrap_or(false);
-    Ok(())
 }
 
 /// Refuses a query the API server would read otherwise than a form decoder: Go's parser drops

@@ -380,8 +380,12 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
         // Whole answers only: pieces masked one by one could be put together unmasked.
         parts.headers.remove(header::RANGE);
         parts.headers.remove(header::IF_RANGE);
-        let embeds_objects = query.as_deref().is_some_and(embeds_whole_objects);
-        if treatment.negotiate_json && negotiate_json(&mut parts.headers, embeds_objects) {
+        if treatment.negotiate_json
+            && negotiate_json(
+                &mut parts.headers,
+                query.as_deref().is_some_and(embeds_whole_objects),
+            )
+        {
             record
                 .notes
                 .push("Accept narrowed to JSON for masking".into());
@@ -506,14 +510,9 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
     if rparts.status == StatusCode::PARTIAL_CONTENT
         || rparts.headers.contains_key(header::CONTENT_RANGE)
     {
-        record.status = StatusCode::BAD_GATEWAY.as_u16();
-        record
-            .notes
-            .push("answer refused: a part of a document".into());
-        return json_answer(
-            StatusCode::BAD_GATEWAY,
-            &serde_json::json!({"error": "unmaskable", "message": "masking applies to this answer, and it is a part of a document (206, Content-Range), masked only whole"}),
+        return unmaskable(
             record,
+            "it is a part of a document (206, Content-Range), masked only whole",
         );
     }
     let plan = match answer_plan(&conn, &rparts.headers, &mask, treatment.json_lines) {
@@ -527,13 +526,7 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
                     .await;
                 return Response::from_parts(rparts, answer.boxed());
             }
-            record.status = StatusCode::BAD_GATEWAY.as_u16();
-            record.notes.push(format!("answer refused: {why}"));
-            return json_answer(
-                StatusCode::BAD_GATEWAY,
-                &serde_json::json!({"error": "unmaskable", "message": format!("masking applies to this answer, and {why}")}),
-                record,
-            );
+            return unmaskable(record, &why);
         }
     };
     capture(&mut record, &rparts.headers, plan.gunzip);
@@ -607,6 +600,17 @@ fn mask_headers(
             .notes
             .push(format!("{masked} answer header(s) masked by the detectors"));
     }
+}
+
+/// The answer to an answer masking cannot read (`why`), refused: a 502.
+fn unmaskable(mut record: ExchangeRecord, why: &str) -> Response<ProxyBody> {
+    record.status = StatusCode::BAD_GATEWAY.as_u16();
+    record.notes.push(format!("answer refused: {why}"));
+    json_answer(
+        StatusCode::BAD_GATEWAY,
+        &serde_json::json!({"error": "unmaskable", "message": format!("masking applies to this answer, and {why}")}),
+        record,
+    )
 }
 
 /// How an answer under masking rules is read.
@@ -791,7 +795,6 @@ fn is_text(ctype: &str) -> bool {
             "application/xml"
                 | "application/javascript"
                 | "application/x-www-form-urlencoded"
-                | "application/x-ndjson"
                 | "application/yaml"
                 | "application/csv"
         )

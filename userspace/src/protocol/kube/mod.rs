@@ -130,7 +130,7 @@ pub fn request<'a>(head: &Head<'a>) -> Result<KubeRequest<'a>, String> {
         }
     };
     if matches!(&*req.verb, "exec" | "attach") {
-        apply_query(&mut req, head.query.unwrap_or(""))?;
+        apply_query(&mut req, head.query.unwrap_or(""));
     }
     req.impersonate = impersonation(head.headers)?;
     Ok(req)
