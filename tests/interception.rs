@@ -766,31 +766,60 @@ fn pin_and_state_directories_made_by_someone_else_are_refused() {
 
 /// Issue 16, finding 4: with a target on 127.0.0.0/8 and ::1, a connect to 0.0.0.0, [::] or
 /// [::ffff:0.0.0.0] on its port (which the kernel turns into loopback after the hook) is
-/// intercepted like a connect to loopback.
+/// intercepted like a connect to loopback. A socket bound to a local address first sends
+/// 0.0.0.0 (and ::ffff:0.0.0.0) to that address instead: a target on it is protected too.
 #[test]
 fn the_unspecified_address_is_protected_as_the_local_host() {
     const LOCAL_PORT: u16 = 7003;
+    const BOUND_PORT: u16 = 7004;
     let env = Env::new();
     let node = env.topo.node.clone();
-    let mut local = Proc::spawn_sh(
-        &format!(
-            "exec {} {PYTHON} {} {LOCAL_PORT} {}",
-            Topology::enter(&node),
-            support_file("echo_server.py").display(),
-            env.dir.path("local.log").display()
-        ),
-        &env.dir.path("local.out"),
-    );
-    local.wait_for_log("ready", Duration::from_secs(10));
+    let mut servers = Vec::new();
+    for (port, log) in [(LOCAL_PORT, "local"), (BOUND_PORT, "bound")] {
+        let mut server = Proc::spawn_sh(
+            &format!(
+                "exec {} {PYTHON} {} {port} {}",
+                Topology::enter(&node),
+                support_file("echo_server.py").display(),
+                env.dir.path(&format!("{log}.log")).display()
+            ),
+            &env.dir.path(&format!("{log}.out")),
+        );
+        server.wait_for_log("ready", Duration::from_secs(10));
+        servers.push(server);
+    }
     let _daemon = env.start_daemon_with(
         &format!(
             "  - name: local
     protocol: tcp
     addresses: [\"127.0.0.0/8\", \"::1/128\"]
     ports: [{LOCAL_PORT}]
+  - name: bound
+    protocol: tcp
+    addresses: [\"127.0.0.2/32\"]
+    ports: [{BOUND_PORT}]
 "
         ),
         "daemon.log",
+    );
+    // 127.0.0.1 is not in the second target: only the bound address makes these protected.
+    let bound_cases = [
+        ("0.0.0.0", "--bind 127.0.0.2"),
+        ("::ffff:0.0.0.0", "--family 6 --bind ::ffff:127.0.0.2"),
+    ];
+    for (addr, flags) in bound_cases {
+        let run = env.nobody_client("clients", &node, &format!("{addr} {BOUND_PORT} {flags}"));
+        let original = if addr.contains(':') {
+            format!("::ffff:127.0.0.2:{BOUND_PORT}")
+        } else {
+            format!("127.0.0.2:{BOUND_PORT}")
+        };
+        run.assert_proxied(&original, "127.0.0.1");
+    }
+    assert_eq!(
+        env.arrivals_at("bound.log").len(),
+        bound_cases.len(),
+        "each bound connect arrived once, through the proxy"
     );
     let cases = [
         ("0.0.0.0", "", "127.0.0.1"),

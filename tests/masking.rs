@@ -1048,6 +1048,21 @@ fn computed_columns_are_refused_by_default() {
             "{r}"
         );
     }
+    // In a RECURSIVE list a CTE may name a later one (the server resolves it): refused as
+    // untraceable, not read as a table `b` that no rule covers.
+    let res = each(
+        &agent,
+        &[
+            "WITH RECURSIVE a AS (SELECT * FROM b), b AS (SELECT translate(email, '@.', '#,') AS e FROM customers) SELECT e FROM a",
+        ],
+    );
+    for r in &res[0] {
+        assert!(
+            r.starts_with("ERR 42501") && r.contains("CTE defined after it"),
+            "{r}"
+        );
+    }
+    assert_never_raw("a later CTE", &format!("{res:?}"));
 
     // psql (simple protocol) gets the same 42501.
     let (ok, out, err) = psql(&agent, &["-v", "VERBOSITY=verbose", "-c", LEAKS[0].0], None);
@@ -1104,6 +1119,10 @@ fn computed_columns_are_refused_by_default() {
         "SELECT id FROM customers WHERE card::int > 0",
         "SELECT id FROM customers WHERE notes::int > 0",
         "SELECT xmlparse(document notes) FROM customers WHERE id = 2",
+        // Computed in a derived table the outer query drops: DISTINCT computes it anyway.
+        "SELECT id FROM (SELECT DISTINCT id, translate(email, '@.', '#,')::int AS v FROM customers) s",
+        // A character's code as an unquoted number in the message.
+        "SELECT id FROM customers WHERE get_byte(decode('00', 'hex'), ascii(substr(email, 1, 1))) = 0",
     ];
     let res = each(&agent, &errors);
     for (sql, got) in errors.iter().zip(&res) {
@@ -1127,6 +1146,16 @@ fn computed_columns_are_refused_by_default() {
         res[2]
     );
     assert!(res[3][0].contains("invalid XML"), "{:?}", res[3]);
+    assert!(
+        res[4][0].contains("invalid input syntax for type integer: [REDACTED]"),
+        "{:?}",
+        res[4]
+    );
+    assert!(
+        res[5][0].contains("index [REDACTED] out of valid range"),
+        "{:?}",
+        res[5]
+    );
     assert_never_raw("server errors", &format!("{res:?}"));
     let (ok, _, err) = psql(&agent, &["-c", errors[0]], None);
     assert!(

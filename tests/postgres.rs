@@ -438,6 +438,45 @@ fn raw_extended_protocol_denials_keep_the_session_consistent() {
         .unwrap_or_default();
     assert_eq!(seen, vec!["SELECT 42"; 3]);
 
+    // SQL DEALLOCATE removes s1 behind the protocol's back; a new Parse of the same name is
+    // what the server then runs, so it is what a Bind is judged as.
+    c.send(&query("DEALLOCATE s1"));
+    assert_eq!(tags(&c.until_ready()), "CZ");
+    let mut b = parse("s1", "SELECT 43");
+    b.extend(sync());
+    c.send(&b);
+    assert_eq!(tags(&c.until_ready()), "1Z");
+    let before = proxy.decider.seen.lock().map(|s| s.len()).unwrap_or(0);
+    let mut b = bind("", "s1");
+    b.extend(execute(""));
+    b.extend(sync());
+    c.send(&b);
+    let m = c.until_ready();
+    assert_eq!(tags(&m), "2DCZ");
+    assert!(m[1].1.ends_with(b"43"), "the server ran the new statement");
+    let seen = proxy
+        .decider
+        .seen
+        .lock()
+        .map(|s| s[before..].to_vec())
+        .unwrap_or_default();
+    assert_eq!(seen, vec!["SELECT 43"], "judged as what the server ran");
+    // A Parse of a name the server still holds fails there; the gateway no longer knows
+    // which text the name runs, so a Bind of it is refused until it is closed.
+    let mut b = parse("s1", "SELECT 44");
+    b.extend(sync());
+    c.send(&b);
+    let m = c.until_ready();
+    assert_eq!(tags(&m), "EZ");
+    assert_eq!(error_field(&m[0].1, b'C').as_deref(), Some("42P05"));
+    let mut b = bind("", "s1");
+    b.extend(execute(""));
+    b.extend(sync());
+    c.send(&b);
+    let m = c.until_ready();
+    assert_eq!(tags(&m), "EZ");
+    assert_eq!(error_field(&m[0].1, b'C').as_deref(), Some("42501"));
+
     // An Execute of a portal the gateway never saw bound is refused.
     let mut b = execute("nope");
     b.extend(sync());

@@ -2,7 +2,8 @@
 """An unmodified TCP client: connect, print what the kernel says the peer is, read the
 service's greeting, echo a line. Options: --mark N sets SO_MARK before connecting;
 --family 4|6 picks the socket family (6 also takes IPv4-mapped addresses); --mptcp opens an
-MPTCP socket; --source-port N binds that local port (SO_REUSEADDR) before connecting."""
+MPTCP socket; --source-port N binds that local port (SO_REUSEADDR) before connecting;
+--bind ADDR binds that local address first."""
 import argparse
 import socket
 import sys
@@ -16,6 +17,7 @@ p.add_argument("--mark", type=int)
 p.add_argument("--family", choices=["4", "6"], default=None)
 p.add_argument("--mptcp", action="store_true")
 p.add_argument("--source-port", type=int)
+p.add_argument("--bind")
 p.add_argument("--timeout", type=float, default=5.0)
 a = p.parse_args()
 
@@ -26,7 +28,9 @@ if a.mark is not None:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, a.mark)
 if a.source_port is not None:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", a.source_port))
+    s.bind((a.bind or ("::" if family == socket.AF_INET6 else "0.0.0.0"), a.source_port))
+elif a.bind is not None:
+    s.bind((a.bind, 0))
 try:
     s.connect((a.host, a.port))
 except OSError as e:

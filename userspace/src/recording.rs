@@ -154,16 +154,32 @@ impl std::fmt::Debug for CastWriter {
 }
 
 impl CastWriter {
-    /// Creates `path` (mode 0600, parent directories as needed; never over an existing file)
-    /// and writes the header. The file stops growing past about `limit` bytes.
+    /// Creates `path` (mode 0600, parent directories as needed, mode 0700; never over an
+    /// existing file) and writes the header. The file stops growing past about `limit` bytes.
+    ///
+    /// The two directories above the file (`recordings/<session>`) must be directories, not
+    /// links: the daemon runs as root, and a link planted there would have it create files
+    /// wherever the link points.
     pub fn create(path: &Path, header: &Header, limit: u64) -> io::Result<Self> {
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+            for d in dir.ancestors().take(2) {
+                if !std::fs::symlink_metadata(d)?.file_type().is_dir() {
+                    return Err(io::Error::other(format!(
+                        "{} is not a directory (a link?): not recording there",
+                        d.display()
+                    )));
+                }
+            }
         }
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .mode(0o600)
             .open(path)?;
         let mut out = BufWriter::with_capacity(
@@ -355,6 +371,15 @@ pub enum CastError {
 
 /// Reads a whole recording: its header and events.
 pub fn read(path: &Path) -> Result<(Header, Vec<Event>), CastError> {
+    let file = File::open(path).map_err(|source| CastError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, io::BufReader::new(file))
+}
+
+/// [`read`] of a recording already in hand (`path` names it in errors).
+pub fn parse(path: &Path, input: impl BufRead) -> Result<(Header, Vec<Event>), CastError> {
     let io_err = |source| CastError::Io {
         path: path.to_owned(),
         source,
@@ -364,8 +389,7 @@ pub fn read(path: &Path) -> Result<(Header, Vec<Event>), CastError> {
         line,
         message,
     };
-    let file = File::open(path).map_err(io_err)?;
-    let mut lines = io::BufReader::new(file).lines();
+    let mut lines = input.lines();
     let first = lines
         .next()
         .ok_or_else(|| bad(1, "empty file".into()))?

@@ -217,15 +217,23 @@ fn remember(ctx: &SockAddrContext, conn: &mut ConnInfo) -> bool {
     true
 }
 
+/// Where the kernel sends a connect to 0.0.0.0 after this hook: to the address the socket is
+/// bound to, or to 127.0.0.1 when it has none (`ip_route_output_key_hash_rcu`). A socket bound
+/// to a protected local address must not reach it by dialling 0.0.0.0.
+#[inline(always)]
+fn unspecified_dst4(ctx: &SockAddrContext) -> u32 {
+    let bound = unsafe { core::ptr::read_volatile(&(*sock_of(ctx)).src_ip4) };
+    if bound != 0 { bound } else { LOOPBACK4 }
+}
+
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
     let sa: &mut bpf_sock_addr = unsafe { &mut *ctx.sock_addr };
     if sa.type_ != SOCK_STREAM {
         return ALLOW;
     }
-    // The kernel sends a connect to 0.0.0.0 to 127.0.0.1 after this hook.
     let ip4 = if sa.user_ip4 == 0 {
-        LOOPBACK4
+        unspecified_dst4(&ctx)
     } else {
         sa.user_ip4
     };
@@ -265,17 +273,11 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
 }
 
 /// Where a connect6 really goes: the kernel sends `::` to `::1`, or to `::ffff:127.0.0.1`
-/// when the socket is bound to an IPv4-mapped address, and `::ffff:0.0.0.0` to
-/// `::ffff:127.0.0.1`.
+/// when the socket is bound to an IPv4-mapped address, and `::ffff:0.0.0.0` where IPv4 sends
+/// 0.0.0.0 (the bound IPv4 address, else `::ffff:127.0.0.1`).
 #[inline(always)]
 fn effective_dst6(ctx: &SockAddrContext, addr: [u32; 4]) -> [u32; 4] {
-    if addr[0] != 0 || addr[1] != 0 || addr[3] != 0 {
-        return addr;
-    }
-    if addr[2] == MAPPED_PREFIX {
-        return [0, 0, MAPPED_PREFIX, LOOPBACK4];
-    }
-    if addr[2] != 0 {
+    if addr[0] != 0 || addr[1] != 0 || addr[3] != 0 || (addr[2] != 0 && addr[2] != MAPPED_PREFIX) {
         return addr;
     }
     let sk = sock_of(ctx);
@@ -284,9 +286,18 @@ fn effective_dst6(ctx: &SockAddrContext, addr: [u32; 4]) -> [u32; 4] {
             core::ptr::read_volatile(&(*sk).src_ip6[0]),
             core::ptr::read_volatile(&(*sk).src_ip6[1]),
             core::ptr::read_volatile(&(*sk).src_ip6[2]),
+            core::ptr::read_volatile(&(*sk).src_ip6[3]),
         ]
     };
-    if bound[0] == 0 && bound[1] == 0 && bound[2] == MAPPED_PREFIX {
+    let bound_mapped = bound[0] == 0 && bound[1] == 0 && bound[2] == MAPPED_PREFIX;
+    if addr[2] == MAPPED_PREFIX {
+        let ip4 = if bound_mapped && bound[3] != 0 {
+            bound[3]
+        } else {
+            LOOPBACK4
+        };
+        [0, 0, MAPPED_PREFIX, ip4]
+    } else if bound_mapped {
         [0, 0, MAPPED_PREFIX, LOOPBACK4]
     } else {
         LOOPBACK6

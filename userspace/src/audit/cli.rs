@@ -234,6 +234,7 @@ pub fn sessions(args: &SessionsArgs) -> anyhow::Result<()> {
         "END",
         "CLASSES"
     )?;
+    let out: &mut dyn Write = &mut TermSafe(&mut out);
     for s in &found {
         let duration = s
             .ended
@@ -247,14 +248,14 @@ pub fn sessions(args: &SessionsArgs) -> anyhow::Result<()> {
             s.id,
             format_ts(s.started),
             duration,
-            s.subject,
+            s.subject.replace('\n', " "),
             s.target,
             s.commands,
             s.denied,
             format!("{}/{}", s.approved, s.approvals),
             end,
             classes.join(","),
-            s.touched.join(",")
+            s.touched.join(",").replace('\n', " ")
         )?;
     }
     Ok(())
@@ -282,11 +283,79 @@ fn format_duration_us(us: u64) -> String {
     }
 }
 
-/// Writes the transcript of one session: each event with its time relative to the start.
+/// Text for a reviewer's terminal: control characters (C0 but newline, DEL, C1) and
+/// bidirectional overrides in what is written come out escaped (`\u{1b}`), so a value a client
+/// put in a record (a command, an error the server echoed, a name) cannot move the cursor,
+/// hide lines or reorder what the reviewer reads.
+pub struct TermSafe<'a>(pub &'a mut dyn Write);
+
+/// Whether a character would act on a terminal rather than show: controls (C0 but newline,
+/// DEL, C1) and bidirectional marks and overrides.
+fn acts_on_terminal(c: char) -> bool {
+    (c.is_control() && c != '\n')
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// `text` with every character that would act on a terminal written as its escape
+/// (`\u{1b}`); newlines stay.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(acts_on_terminal) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if acts_on_terminal(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
+impl Write for TermSafe<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        // Formatting writes whole `str` pieces, so a character is never split across calls.
+        self.0
+            .write_all(escape_controls(&String::from_utf8_lossy(buf)).as_bytes())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// A free-text value on a transcript line: its own line breaks become marked continuation
+/// lines, so it cannot pass for lines of the transcript.
+fn field(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\n') {
+        text.replace('\n', &format!("\n{:>15} ┆ ", "")).into()
+    } else {
+        text.into()
+    }
+}
+
+/// Writes the transcript of one session: each event with its time relative to the start
+/// (through [`TermSafe`]).
 pub fn render_transcript(records: &[Record], out: &mut dyn Write) -> std::io::Result<()> {
     let Some(t0) = records.first().map(|r| r.ts) else {
         return Ok(());
     };
+    let out: &mut dyn Write = &mut TermSafe(out);
     for rec in records {
         let at = format!("[+{:>10.6}s]", rec.ts.saturating_sub(t0) as f64 / 1e6);
         match &rec.event {
@@ -302,8 +371,8 @@ pub fn render_transcript(records: &[Record], out: &mut dyn Write) -> std::io::Re
                 writeln!(
                     out,
                     "  identity: {} groups [{}]",
-                    s.subject,
-                    s.groups.join(", ")
+                    field(&s.subject),
+                    field(&s.groups.join(", "))
                 )?;
                 if let Some(w) = &s.workload {
                     writeln!(
@@ -339,18 +408,23 @@ pub fn render_transcript(records: &[Record], out: &mut dyn Write) -> std::io::Re
                 }
             }
             Event::Command(c) => {
-                writeln!(out, "{at} #{} > {}", c.n, c.text())?;
+                writeln!(out, "{at} #{} > {}", c.n, field(&c.text()))?;
                 let mut line = format!("{:>15} {} (rule {})", "", c.action, c.rule);
                 if let Some(r) = &c.reason {
                     line.push_str(&format!(": {r}"));
                 }
-                writeln!(out, "{line}")?;
-                writeln!(out, "{:>15} {}", "", describe_facts(&c.command, &c.facts))?;
+                writeln!(out, "{}", field(&line))?;
+                writeln!(
+                    out,
+                    "{:>15} {}",
+                    "",
+                    field(&describe_facts(&c.command, &c.facts))
+                )?;
             }
             Event::Approval(a) => render_review(out, &at, a.n, &a.review)?,
             Event::Result(r) => {
                 let what = match (&r.error, r.rows) {
-                    (Some(e), _) => format!("error: {e}"),
+                    (Some(e), _) => format!("error: {}", field(e)),
                     (None, Some(1)) => "1 row".into(),
                     (None, Some(rows)) => format!("{rows} rows"),
                     (None, None) => "ok".into(),
@@ -404,7 +478,7 @@ pub fn render_transcript(records: &[Record], out: &mut dyn Write) -> std::io::Re
                 reason_str(e.reason),
                 e.detail
                     .as_ref()
-                    .map(|d| format!(" ({d})"))
+                    .map(|d| format!(" ({})", field(d)))
                     .unwrap_or_default(),
                 format_duration_us(e.duration_us),
                 e.commands,
@@ -489,7 +563,7 @@ fn render_review(out: &mut dyn Write, at: &str, n: u64, r: &ReviewRecord) -> std
             format_ts(v.at),
             v.reason
                 .as_ref()
-                .map(|r| format!(": {r}"))
+                .map(|r| format!(": {}", field(r)))
                 .unwrap_or_default()
         )?;
     }
@@ -514,7 +588,7 @@ fn render_review(out: &mut dyn Write, at: &str, n: u64, r: &ReviewRecord) -> std
     if let Some(reason) = &r.reason
         && !r.votes.iter().any(|v| v.reason.as_ref() == Some(reason))
     {
-        writeln!(out, "{:>15} reason: {reason}", "")?;
+        writeln!(out, "{:>15} reason: {}", "", field(reason))?;
     }
     Ok(())
 }
@@ -557,11 +631,11 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
         crate::recording::Pace::Speed(args.speed)
     };
     for rec in recordings {
-        // Play only what the chain vouches for.
-        if let Some(problem) = super::verify::check_recording(&dir, rec) {
-            bail!("{problem}; not played (airlock audit verify names every such change)");
-        }
-        let (_, events) = crate::recording::read(&dir.join(&rec.file))?;
+        // Play only what the chain vouches for: the bytes hashed are the bytes played.
+        let bytes = super::verify::read_recording(&dir, rec).map_err(|problem| {
+            anyhow::anyhow!("{problem}; not played (airlock audit verify names every such change)")
+        })?;
+        let (_, events) = crate::recording::parse(&dir.join(&rec.file), &bytes[..])?;
         crate::recording::play(&events, &mut out, pace)?;
     }
     Ok(())
@@ -787,22 +861,53 @@ pub fn export_heads(args: &ExportHeadsArgs) -> anyhow::Result<()> {
         .build()?;
     // Per sink, the last seq it took.
     let mut sent: Vec<Option<u64>> = vec![None; sinks.len()];
+    // The highest seq read from head.json so far.
+    let mut newest: Option<u64> = None;
     loop {
         let path = dir.join(HEAD_FILE);
-        let bytes = std::fs::read(&path).with_context(|| path.display().to_string())?;
-        let head: SignedHead = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{}: not a signed head", path.display()))?;
-        if !head.verify(&public) {
-            bail!(
-                "{}: not signed by the log's key ({}); not exporting it",
-                path.display(),
-                key_path.display()
+        let read = std::fs::read(&path)
+            .with_context(|| path.display().to_string())
+            .and_then(|bytes| {
+                serde_json::from_slice::<SignedHead>(&bytes)
+                    .with_context(|| format!("{}: not a signed head", path.display()))
+            })
+            .and_then(|head| {
+                if head.verify(&public) {
+                    Ok(head)
+                } else {
+                    Err(anyhow::anyhow!(
+                        "{}: not signed by the log's key ({}); not exporting it",
+                        path.display(),
+                        key_path.display()
+                    ))
+                }
+            });
+        let head = match (read, every) {
+            (Ok(head), _) => head,
+            (Err(e), None) => return Err(e),
+            // Following: a bad head.json (garbled, replaced) must not stop the export for
+            // good; the next signed head is shipped when it appears.
+            (Err(e), Some(every)) => {
+                tracing::error!(error = %format!("{e:#}"), "head not exported; checking again");
+                std::thread::sleep(every);
+                continue;
+            }
+        };
+        if let Some(n) = newest
+            && head.seq < n
+        {
+            // A signed head never moves back: an older one put back hides cut records.
+            tracing::error!(
+                seq = head.seq,
+                newest = n,
+                "head.json went back to an older head: records may have been cut (airlock audit verify --heads)"
             );
         }
+        newest = Some(newest.map_or(head.seq, |n| n.max(head.seq)));
         let line = serde_json::to_string(&head)?;
         let mut failed = None;
         for (sink, last) in sinks.iter().zip(sent.iter_mut()) {
-            if *last == Some(head.seq) {
+            if last.is_some_and(|l| head.seq <= l) {
                 continue;
             }
             match sink.send(&line, &http, &rt) {

@@ -48,6 +48,7 @@ impl LogLock {
             .write(true)
             .create(true)
             .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW)
             .mode(0o600)
             .open(&path)
             .map_err(|e| AuditError::io(&path, &e))?;
@@ -72,6 +73,15 @@ pub(crate) fn tail(
     len: u64,
     mac: Option<&hmac::Key>,
 ) -> Result<Option<(u64, ChainHash)>, AuditError> {
+    match last_line(path, len)? {
+        Some(line) => parse(path, &line, mac).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The last line (without its newline) of the first `len` bytes of `path`, which must end
+/// in one; `None` when `len` is 0.
+pub(crate) fn last_line(path: &Path, len: u64) -> Result<Option<Vec<u8>>, AuditError> {
     let io = |e: std::io::Error| AuditError::io(path, &e);
     if len == 0 {
         return Ok(None);
@@ -93,13 +103,13 @@ pub(crate) fn tail(
         if buf.last() != Some(&b'\n') {
             return Err(AuditError::Corrupt {
                 path: path.to_owned(),
-                message: "the other writer left a partial record".into(),
+                message: "the segment ends in a partial record".into(),
             });
         }
-        let body = &buf[..buf.len() - 1];
-        match body.iter().rposition(|&b| b == b'\n') {
-            Some(p) => return parse(path, &body[p + 1..], mac).map(Some),
-            None if start == 0 => return parse(path, body, mac).map(Some),
+        buf.pop();
+        match buf.iter().rposition(|&b| b == b'\n') {
+            Some(p) => return Ok(Some(buf.split_off(p + 1))),
+            None if start == 0 => return Ok(Some(buf)),
             None => window = window.saturating_mul(4),
         }
     }

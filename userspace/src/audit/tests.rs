@@ -760,6 +760,136 @@ async fn retention_by_age_keeps_what_remains_verifiable() {
     assert_eq!(r.sessions, 1);
 }
 
+/// Retention decides from nothing an intruder can set without the key: a sparse file named
+/// past the active segment counts for nothing, a segment's age is its last record's time (not
+/// its mtime), and segments that are not the chain are never deleted under a fresh anchor.
+#[tokio::test]
+async fn retention_is_not_steered_by_files_it_did_not_write() {
+    let t = TempDir::new("retention-steer");
+    let rec = open(&small_segments(&t), &t);
+    for i in 0..6 {
+        session(&rec, &format!("user{i}"), "demo-db", 4).await;
+    }
+    rec.close().await.unwrap();
+    let before = segments(&t);
+    assert!(before.len() >= 4, "{before:?}");
+    let anchor = t.log().join("anchor.json");
+    let sized = |max_bytes| AuditConfig {
+        retention: RetentionConfig {
+            max_age: None,
+            max_bytes: Some(max_bytes),
+        },
+        ..small_segments(&t)
+    };
+
+    // A terabyte-long sparse file named after every segment, seen by the running writer's
+    // retention pass: not part of the chain, it counts for nothing.
+    let (key, _) = secret(&t);
+    let current = before.last().unwrap();
+    let tip = read_records(&t.log()).unwrap().pop().unwrap();
+    let next = (tip.seq + 1, ChainHash::ZERO);
+    let sparse = t.log().join("10000000000000000000.jsonl");
+    std::fs::File::create(&sparse)
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    super::writer::apply_retention(&t.log(), &key, &sized(1 << 30).retention, current, next)
+        .unwrap();
+    std::fs::remove_file(&sparse).unwrap();
+    for seg in &before {
+        assert!(seg.exists(), "{} was deleted", seg.display());
+    }
+    assert!(!anchor.exists(), "no anchor signed");
+    assert!(check(&t).ok);
+
+    // An old mtime on a copy of the oldest segment: its records are new, so it stays.
+    let copy = t.path().join("copy");
+    std::fs::copy(&before[0], &copy).unwrap();
+    let old = std::fs::File::options().write(true).open(&copy).unwrap();
+    old.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+    drop(old);
+    std::fs::rename(&copy, &before[0]).unwrap();
+    let aged = AuditConfig {
+        retention: RetentionConfig {
+            max_age: Some(Duration::from_secs(3600)),
+            max_bytes: None,
+        },
+        ..small_segments(&t)
+    };
+    let rec = open(&aged, &t);
+    session(&rec, "aged", "demo-db", 1).await;
+    rec.close().await.unwrap();
+    assert!(before[0].exists(), "deleted by a forged mtime");
+    assert!(!anchor.exists());
+
+    // Lines slipped into an old segment: retention would delete the evidence under a fresh
+    // anchor, so it deletes nothing and the change stays for verify to name.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&before[1])
+        .unwrap();
+    std::io::Write::write_all(&mut f, &vec![b'x'; 100_000]).unwrap();
+    std::io::Write::write_all(&mut f, b"\n").unwrap();
+    drop(f);
+    let rec = open(&sized(6_000), &t);
+    session(&rec, "tamper", "demo-db", 1).await;
+    rec.close().await.unwrap();
+    assert!(before[0].exists() && before[1].exists());
+    assert!(!anchor.exists());
+    let r = check(&t);
+    assert!(!r.ok, "the change is still there to be found");
+}
+
+/// Files the writer replaces or appends to are never opened through a link: a link planted
+/// at head.json's temporary name does not make the writer overwrite what it points at.
+#[tokio::test]
+async fn the_writer_does_not_follow_links_in_the_log_directory() {
+    let t = TempDir::new("links");
+    let rec = open(&config(&t), &t);
+    session(&rec, "before", "demo-db", 1).await;
+    rec.flush().await.unwrap();
+    let victim = t.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::os::unix::fs::symlink(&victim, t.log().join(".head.json.tmp")).unwrap();
+    session(&rec, "after", "demo-db", 1).await;
+    rec.close().await.unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(check(&t).ok);
+
+    // A link named like a segment is not read as one: to verify that segment is missing.
+    let segs = segments(&t);
+    let last = segs.last().unwrap().clone();
+    let moved = t.path().join("moved");
+    std::fs::rename(&last, &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, &last).unwrap();
+    assert!(!segments(&t).contains(&last));
+}
+
+/// A value a client put in a record cannot drive the reviewer's terminal: control
+/// characters come out escaped, and its line breaks as marked continuation lines.
+#[test]
+fn transcripts_escape_what_would_act_on_a_terminal() {
+    let mut out = Vec::new();
+    let mut safe = cli::TermSafe(&mut out);
+    std::io::Write::write_all(
+        &mut safe,
+        "SELECT 1 /*\r\u{1b}[2K allow\u{1b}[8m \u{202e}x \u{9b}*/".as_bytes(),
+    )
+    .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text:?}");
+    assert!(
+        !text.contains('\u{202e}') && !text.contains('\u{9b}'),
+        "{text:?}"
+    );
+    assert!(text.contains("\\u{1b}[2K"), "{text:?}");
+    assert_eq!(
+        cli::escape_controls("two\nlines"),
+        "two\nlines",
+        "newlines are left to the layout"
+    );
+}
+
 #[tokio::test]
 async fn export_round_trips() {
     let t = TempDir::new("export");

@@ -8,6 +8,7 @@ use std::path::Path;
 use ed25519_dalek::VerifyingKey;
 use ring::hmac;
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 use super::AuditError;
 use super::record::{
@@ -199,36 +200,85 @@ struct SessState {
 
 /// What is wrong with a recording the chain names (`None`: present and unchanged).
 pub(crate) fn check_recording(dir: &Path, r: &super::record::RecordingRecord) -> Option<String> {
-    use sha2::Digest;
+    let mut f = match open_recording(dir, r) {
+        Ok(f) => f,
+        Err(problem) => return Some(problem),
+    };
+    let mut hasher = sha2::Sha256::new();
+    match std::io::copy(&mut f, &mut hasher) {
+        Ok(bytes) => recording_changed(r, bytes, hasher),
+        Err(e) => Some(format!("recording {}: {e}", r.file)),
+    }
+}
+
+/// The bytes of a recording the chain names, read once and checked against its hash (so
+/// what is shown is what was checked), or what is wrong with it.
+pub(crate) fn read_recording(
+    dir: &Path,
+    r: &super::record::RecordingRecord,
+) -> Result<Vec<u8>, String> {
+    let mut f = open_recording(dir, r)?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut f, &mut bytes)
+        .map_err(|e| format!("recording {}: {e}", r.file))?;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(&bytes);
+    match recording_changed(r, bytes.len() as u64, hasher) {
+        Some(problem) => Err(problem),
+        None => Ok(bytes),
+    }
+}
+
+/// Opens a recording inside the log directory, never through a link.
+fn open_recording(dir: &Path, r: &super::record::RecordingRecord) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
     let rel = Path::new(&r.file);
     if rel.is_absolute()
         || rel
             .components()
             .any(|c| !matches!(c, std::path::Component::Normal(_)))
     {
-        return Some(format!(
+        return Err(format!(
             "recording path {} leaves the log directory",
             r.file
         ));
     }
     let path = dir.join(rel);
-    let mut f = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) => return Some(format!("recording {} of command {}: {e}", r.file, r.n)),
-    };
-    let mut hasher = sha2::Sha256::new();
-    let bytes = match std::io::copy(&mut f, &mut hasher) {
-        Ok(n) => n,
-        Err(e) => return Some(format!("recording {}: {e}", r.file)),
-    };
-    let sum = ChainHash(hasher.finalize().into());
-    if sum != r.sha256 || bytes != r.bytes {
-        return Some(format!(
-            "recording {} of command {} was changed: {bytes} bytes with SHA-256 {sum}, the chain says {} bytes with {}",
-            r.file, r.n, r.bytes, r.sha256
-        ));
+    let problem = |e: std::io::Error| format!("recording {} of command {}: {e}", r.file, r.n);
+    for d in path.ancestors().skip(1).take(2) {
+        if !std::fs::symlink_metadata(d)
+            .map_err(problem)?
+            .file_type()
+            .is_dir()
+        {
+            return Err(format!(
+                "recording {}: {} is not a directory (a link?)",
+                r.file,
+                d.display()
+            ));
+        }
     }
-    None
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(problem)?;
+    if !f.metadata().map_err(problem)?.file_type().is_file() {
+        return Err(format!("recording {} is not a regular file", r.file));
+    }
+    Ok(f)
+}
+
+fn recording_changed(
+    r: &super::record::RecordingRecord,
+    bytes: u64,
+    hasher: sha2::Sha256,
+) -> Option<String> {
+    let sum = ChainHash(hasher.finalize().into());
+    (sum != r.sha256 || bytes != r.bytes).then(|| format!(
+        "recording {} of command {} was changed: {bytes} bytes with SHA-256 {sum}, the chain says {} bytes with {}",
+        r.file, r.n, r.bytes, r.sha256
+    ))
 }
 
 /// Walks the chain one line at a time.

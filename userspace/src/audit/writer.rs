@@ -18,11 +18,11 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use tokio::sync::{mpsc, oneshot};
@@ -69,12 +69,16 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Segment files of `dir`, oldest first.
+/// Segment files of `dir`, oldest first. Only regular files: a link named like a segment is
+/// never followed (the writer runs as root; the reader would read what it points at), so to
+/// `verify` the segment is missing.
 pub(crate) fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     let mut segs = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        if let Some(seq) = entry.file_name().to_str().and_then(parse_segment_name) {
+        if let Some(seq) = entry.file_name().to_str().and_then(parse_segment_name)
+            && entry.file_type()?.is_file()
+        {
             segs.push((seq, entry.path()));
         }
     }
@@ -97,10 +101,16 @@ fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> Result<(), AuditErr
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
     let r = (|| {
+        // Whatever sits at the temporary name (a crash's leftover, or a link planted to make
+        // root overwrite its target) goes first; the new file is created, never followed.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let mut f = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(bytes)?;
@@ -1149,6 +1159,7 @@ impl Writer {
                 tracing::warn!(segment = %torn.segment, offset = torn.offset, bytes = torn.bytes, "audit log: removing a torn last record left by a crash (never acknowledged)");
                 let f = OpenOptions::new()
                     .write(true)
+                    .custom_flags(libc::O_NOFOLLOW)
                     .open(&path)
                     .map_err(|e| AuditError::io(&path, &e))?;
                 f.set_len(torn.offset)
@@ -1170,7 +1181,10 @@ impl Writer {
         }
         let seg_path = dir.join(segment_name(seq));
         let file = match reusable {
-            Some(p) if p == seg_path => OpenOptions::new().append(true).open(&seg_path),
+            Some(p) if p == seg_path => OpenOptions::new()
+                .append(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&seg_path),
             other => {
                 if let Some(p) = other {
                     // An empty newest segment with a name the chain no longer fits.
@@ -1227,7 +1241,13 @@ impl Writer {
         w.unsynced = false;
         sign_head(&w.dir, key, w.seq - 1, w.prev, true)?;
         if config.retention.is_set() && held.is_none() {
-            apply_retention(&w.dir, key, &config.retention, &w.seg_path, (w.seq, w.prev))?;
+            // A log retention cannot vouch for keeps its segments and the daemon starts;
+            // `verify` names what is wrong with it.
+            if let Err(e) =
+                apply_retention(&w.dir, key, &config.retention, &w.seg_path, (w.seq, w.prev))
+            {
+                tracing::error!(error = %e, "audit retention failed");
+            }
         }
         drop(held);
         w.coop = coop;
@@ -1670,12 +1690,29 @@ impl Writer {
     /// wherever the other process left them.
     fn follow(&mut self) -> Result<(), AuditError> {
         let segs = list_segments(&self.dir).map_err(|e| AuditError::io(&self.dir, &e))?;
+        // The log only grows: a newest segment older than ours, a segment shorter than last
+        // seen or a tip before our seq means records were cut. Continuing from there would
+        // sign over the cut; the group fails instead.
+        let cut = |path: &Path, what: String| AuditError::Corrupt {
+            path: path.to_owned(),
+            message: format!("{what} while the log was shared: records were removed; not writing"),
+        };
+        if segs
+            .last()
+            .is_none_or(|(_, newest)| *newest < self.seg_path)
+        {
+            return Err(cut(
+                &self.seg_path,
+                "the segment being written is gone".into(),
+            ));
+        }
         if let Some((_, newest)) = segs.last()
             && *newest != self.seg_path
         {
             debug_assert!(self.buf.is_empty(), "lines buffered for another segment");
             let file = OpenOptions::new()
                 .append(true)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(newest)
                 .map_err(|e| AuditError::io(newest, &e))?;
             self.file = Arc::new(file);
@@ -1687,9 +1724,21 @@ impl Writer {
             .metadata()
             .map_err(|e| AuditError::io(&self.seg_path, &e))?
             .len();
+        if len < self.seg_len {
+            return Err(cut(
+                &self.seg_path,
+                format!("the segment shrank from {} to {len} bytes", self.seg_len),
+            ));
+        }
         if len != self.seg_len {
             let mac = self.peer_macs.then_some(&self.mac);
             if let Some((seq, prev)) = coop::tail(&self.seg_path, len, mac)? {
+                if seq < self.seq {
+                    return Err(cut(
+                        &self.seg_path,
+                        format!("the tip went back to seq {seq}"),
+                    ));
+                }
                 (self.seq, self.prev) = (seq, prev);
             }
             self.seg_len = len;
@@ -1891,7 +1940,13 @@ fn sign_head(
 /// Deletes whole old segments past `max_age` / `max_bytes`, after signing an anchor for the
 /// first record kept. Never deletes `current` or anything after it. `next` is the seq and prev
 /// of the next record to be written (the anchor when every older segment goes).
-fn apply_retention(
+///
+/// Nothing an intruder can set without the key decides what goes: files named past `current`
+/// are not part of the chain and count for nothing, sizes are the blocks a file holds (a
+/// sparse file is not large), a segment's age is the `ts` of its last record (not a settable
+/// mtime), and the segments to delete must be the chain, linked
+/// from the anchor (or seq 0) to the first record kept; otherwise nothing is deleted.
+pub(super) fn apply_retention(
     dir: &Path,
     key: &SigningKey,
     retention: &RetentionConfig,
@@ -1901,30 +1956,39 @@ fn apply_retention(
     let io = |p: &Path, e: std::io::Error| AuditError::io(p, &e);
     let mut segs = Vec::new();
     for (_, path) in list_segments(dir).map_err(|e| io(dir, e))? {
-        let meta = std::fs::metadata(&path).map_err(|e| io(&path, e))?;
-        segs.push((
-            path,
-            meta.len(),
-            meta.modified().unwrap_or(SystemTime::now()),
-        ));
-    }
-    let mut remaining: u64 = segs.iter().map(|s| s.1).sum();
-    let mut cut = 0;
-    for (path, len, mtime) in &segs {
-        if path == current {
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| io(&path, e))?;
+        let is_current = path == current;
+        // A sparse file's holes hold nothing: counted by the blocks it has.
+        let held = meta.len().min(meta.blocks().saturating_mul(512));
+        segs.push((path, meta.len(), held));
+        if is_current {
             break;
         }
+    }
+    if segs.last().is_none_or(|(p, _, _)| p != current) {
+        return Ok(());
+    }
+    let now = now_us();
+    let mut remaining: u64 = segs.iter().map(|s| s.2).sum();
+    let mut cut = 0;
+    for (path, len, held) in &segs[..segs.len() - 1] {
         let too_big = retention.max_bytes.is_some_and(|m| remaining > m);
-        let too_old = retention
-            .max_age
-            .is_some_and(|a| mtime.elapsed().unwrap_or_default() > a);
+        let too_old = match retention.max_age {
+            // When the segment's last record was written (checked below with the chain).
+            Some(age) if !too_big => coop::last_line(path, *len)
+                .ok()
+                .flatten()
+                .and_then(|line| serde_json::from_slice::<Record>(&line).ok())
+                .is_some_and(|r| Duration::from_micros(now.saturating_sub(r.ts)) > age),
+            _ => false,
+        };
         if !(too_big || too_old) {
             break;
         }
-        remaining -= len;
+        remaining -= held;
         cut += 1;
     }
-    if cut == 0 || cut >= segs.len() {
+    if cut == 0 {
         return Ok(());
     }
     let keep = &segs[cut].0;
@@ -1938,7 +2002,21 @@ fn apply_retention(
             });
         }
     };
-    let anchor = SignedAnchor::sign(key, seq, prev, now_us());
+    let anchor = match std::fs::read(dir.join(ANCHOR_FILE)) {
+        Ok(bytes) => Some(
+            serde_json::from_slice::<SignedAnchor>(&bytes)
+                .ok()
+                .filter(|a| a.verify(&key.verifying_key()))
+                .ok_or_else(|| AuditError::Corrupt {
+                    path: dir.join(ANCHOR_FILE),
+                    message: "retention anchor is not signed by this key; not deleting".into(),
+                })?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io(&dir.join(ANCHOR_FILE), e)),
+    };
+    check_chain(&segs[..cut], anchor.as_ref(), (seq, prev))?;
+    let anchor = SignedAnchor::sign(key, seq, prev, now);
     let bytes = serde_json::to_vec(&anchor).map_err(|e| AuditError::Io {
         path: dir.join(ANCHOR_FILE),
         message: e.to_string(),
@@ -1954,4 +2032,67 @@ fn apply_retention(
         "audit retention deleted old segments"
     );
     Ok(())
+}
+
+/// Checks that `segs` (oldest first, about to be deleted) are the chain: consecutive seqs, each
+/// `prev` the hash of the line before, starting where the anchor (or seq 0) says and ending
+/// right before `kept` (the seq and prev of the first record kept). Reads a line at a time.
+fn check_chain(
+    segs: &[(PathBuf, u64, u64)],
+    anchor: Option<&SignedAnchor>,
+    kept: (u64, ChainHash),
+) -> Result<(), AuditError> {
+    let mut last: Option<(u64, ChainHash)> = None;
+    let mut line = Vec::new();
+    for (path, _, _) in segs {
+        let corrupt = |message: String| AuditError::Corrupt {
+            path: path.clone(),
+            message: format!("{message}; retention deletes nothing"),
+        };
+        let mut reader =
+            std::io::BufReader::new(File::open(path).map_err(|e| AuditError::io(path, &e))?);
+        loop {
+            line.clear();
+            if reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| AuditError::io(path, &e))?
+                == 0
+            {
+                break;
+            }
+            if line.pop() != Some(b'\n') {
+                return Err(corrupt("a partial record".into()));
+            }
+            let rec: Record = serde_json::from_slice(&line)
+                .map_err(|e| corrupt(format!("an unreadable record: {e}")))?;
+            let linked = match last {
+                Some((seq, hash)) => rec.seq == seq + 1 && rec.prev == hash,
+                None => match anchor {
+                    Some(a) => rec.seq <= a.seq,
+                    None => rec.seq == 0 && rec.prev == ChainHash::ZERO,
+                },
+            };
+            // Records before the anchor's are bound by it once the chain reaches it.
+            if let Some(a) = anchor
+                && rec.seq == a.seq
+                && rec.prev != a.prev
+            {
+                return Err(corrupt(format!("seq {} does not meet the anchor", rec.seq)));
+            }
+            if !linked {
+                return Err(corrupt(format!(
+                    "seq {} does not continue the chain",
+                    rec.seq
+                )));
+            }
+            last = Some((rec.seq, ChainHash::of_line(&line)));
+        }
+    }
+    match last {
+        Some((seq, hash)) if seq + 1 == kept.0 && hash == kept.1 => Ok(()),
+        _ => Err(AuditError::Corrupt {
+            path: segs.last().map(|s| s.0.clone()).unwrap_or_default(),
+            message: "the segments to delete do not end where the kept log begins; retention deletes nothing".into(),
+        }),
+    }
 }

@@ -271,20 +271,27 @@ impl Interceptor {
             .filter_map(Result::ok)
             .filter(|k| !wanted.contains(&(k.prefix_len(), key_bytes(k))))
             .collect();
+        // New entries go in before stale ones come out, so an address that stays protected
+        // under another prefix (a /24 narrowed to a /32) is never unprotected in between. Only
+        // a map too full to hold both sets for a moment removes first.
+        let insert_all = |targets: &mut LpmTrie<MapData, TargetKey, TargetValue>| {
+            entries.iter().try_for_each(|e| {
+                let value = TargetValue {
+                    target_id: e.target_id,
+                    proxy_port: e.proxy_port,
+                    _pad: 0,
+                };
+                targets.insert(&e.key(), value, 0)
+            })
+        };
+        let inserted = insert_all(&mut self.targets);
         for k in &stale {
             self.targets
                 .remove(k)
                 .map_err(map_err(map_names::TARGETS))?;
         }
-        for e in entries {
-            let value = TargetValue {
-                target_id: e.target_id,
-                proxy_port: e.proxy_port,
-                _pad: 0,
-            };
-            self.targets
-                .insert(&e.key(), value, 0)
-                .map_err(map_err(map_names::TARGETS))?;
+        if inserted.is_err() {
+            insert_all(&mut self.targets).map_err(map_err(map_names::TARGETS))?;
         }
         let ports: HashSet<u16> = entries
             .iter()
@@ -297,14 +304,14 @@ impl Interceptor {
             .filter_map(Result::ok)
             .filter(|p| !ports.contains(p))
             .collect();
+        for &p in &ports {
+            self.proxy_ports
+                .insert(p, 1, 0)
+                .map_err(map_err(map_names::PROXY_PORTS))?;
+        }
         for p in stale_ports {
             self.proxy_ports
                 .remove(&p)
-                .map_err(map_err(map_names::PROXY_PORTS))?;
-        }
-        for p in ports {
-            self.proxy_ports
-                .insert(p, 1, 0)
                 .map_err(map_err(map_names::PROXY_PORTS))?;
         }
         Ok(())

@@ -1380,6 +1380,19 @@ impl Analyzer {
         self.compared.extend(lin.sources);
     }
 
+    /// The computed columns of a CTE or derived table: the server may compute them whether
+    /// or not the outer query reads them (DISTINCT, MATERIALIZED), and a cast that fails shows
+    /// its input in the error. Counted as compared: seen by the server, not returned.
+    fn evaluated(&mut self, cols: &[Col]) {
+        for c in cols {
+            if let Col::One { lin, .. } = c
+                && lin.flow != Flow::Plain
+            {
+                self.compared.extend(lin.sources.iter().cloned());
+            }
+        }
+    }
+
     /// The tables a DML statement writes: the relations of its target.
     fn write(&mut self, rels: &[Rel]) {
         for r in rels {
@@ -1686,6 +1699,23 @@ impl Analyzer {
     fn query(&mut self, q: &Query, parent: &Scope<'_>) -> Vec<Col> {
         let mut scope = Scope::child(Some(parent));
         if let Some(with) = &q.with {
+            // In a RECURSIVE list a CTE may name one defined after it (both servers resolve
+            // it); read one at a time, that name would pass for a table of the same name.
+            if with.recursive {
+                let names: Vec<String> = with
+                    .cte_tables
+                    .iter()
+                    .map(|c| self.ident(&c.alias.name))
+                    .collect();
+                for (i, cte) in with.cte_tables.iter().enumerate() {
+                    if names[i + 1..]
+                        .iter()
+                        .any(|later| references(&cte.query, later, self.dialect))
+                    {
+                        self.unknown("a recursive WITH whose query names a CTE defined after it");
+                    }
+                }
+            }
             for cte in &with.cte_tables {
                 self.note_ident(&cte.alias.name);
                 let name = self.ident(&cte.alias.name);
@@ -1695,6 +1725,7 @@ impl Analyzer {
                     let cols = self.cte_query(&cte.query, &scope);
                     rename(cols, Some(&cte.alias), self.dialect)
                 };
+                self.evaluated(&cols);
                 scope.ctes.push((name, cols));
             }
         }
@@ -2209,6 +2240,7 @@ impl Analyzer {
                 subquery, alias, ..
             } => {
                 let cols = self.query(subquery, scope);
+                self.evaluated(&cols);
                 let rel = Rel {
                     name: self.alias_name(alias).unwrap_or_default(),
                     kind: RelKind::Derived(through(rename(cols, alias.as_ref(), self.dialect))),

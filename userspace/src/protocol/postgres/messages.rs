@@ -51,6 +51,11 @@ fn structural(code: u8) -> bool {
 /// The message or hint with every value the server quoted or appended cut out; quoted
 /// names equal to one of `idents` (the error's own identifier fields) stay.
 fn redact_values(text: &[u8], idents: &[&[u8]]) -> Vec<u8> {
+    // A server with `lc_messages` other than English quotes values in its language's marks
+    // (`»…«`, `„…“`), which this reader does not know: the whole text goes.
+    if !text.is_ascii() {
+        return REDACTED.to_vec();
+    }
     let (head, tail) = match text.windows(2).position(|w| w == b": ") {
         Some(i) => (&text[..i], Some(&text[i + 2..])),
         None => (text, None),
@@ -93,6 +98,17 @@ fn redact_values(text: &[u8], idents: &[&[u8]]) -> Vec<u8> {
             }
             continue;
         }
+        // `index 97 out of valid range`: a number the server printed is a value too (a
+        // character's code, a length); digits inside a word (`int4`) are part of a name.
+        if b.is_ascii_digit() && (i == 0 || !is_word(head[i - 1])) {
+            let end = head[i..]
+                .iter()
+                .position(|c| !is_word(*c))
+                .map_or(head.len(), |n| i + n);
+            out.extend_from_slice(REDACTED);
+            i = end;
+            continue;
+        }
         out.push(b);
         i += 1;
     }
@@ -103,6 +119,10 @@ fn redact_values(text: &[u8], idents: &[&[u8]]) -> Vec<u8> {
         out.extend_from_slice(REDACTED);
     }
     out
+}
+
+fn is_word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
 }
 
 /// Runs the active detectors over one field value; `None` when nothing matched.
@@ -235,6 +255,27 @@ mod tests {
         );
         assert_eq!(r("unterminated \"abc", &[]), "unterminated \"[REDACTED]");
         assert_eq!(r("division by zero", &[]), "division by zero");
+        // get_byte(…, ascii(substr(email, 1, 1))): the index is a character of the value.
+        assert_eq!(
+            r("index 97 out of valid range, 0..0", &[]),
+            "index [REDACTED] out of valid range, [REDACTED]..[REDACTED]"
+        );
+        assert_eq!(
+            r("value too long for type character varying(20)", &[]),
+            "value too long for type character varying([REDACTED])"
+        );
+        assert_eq!(
+            r("integer out of range for int4", &[]),
+            "integer out of range for int4"
+        );
+        // A German server: `ungültige Eingabesyntax für Typ integer: »ada@example.com«`.
+        assert_eq!(
+            r(
+                "ungültige Eingabesyntax für Typ integer: »ada@example.com«",
+                &[]
+            ),
+            "[REDACTED]"
+        );
     }
     fn body(fields: &[(u8, &str)]) -> Vec<u8> {
         let mut b = Vec::new();

@@ -720,10 +720,16 @@ impl<J: Judge> Front<'_, J> {
                         };
                         if name.is_empty() {
                             self.unnamed_stmt = Some(stmt);
-                        } else if !self.statements.contains_key(name) {
-                            // A duplicate name is an error on the server, which keeps the old
-                            // statement; so do we.
-                            if self.statements.len() >= MAX_NAMED {
+                        } else {
+                            // A name the gateway holds: the server keeps its statement (a
+                            // duplicate is an error) or, when SQL `DEALLOCATE` removed it
+                            // unseen, takes this one. The record follows this Parse either
+                            // way; its `done` flag says whether the server holds it, and a
+                            // later Bind of one it does not hold is refused, never judged
+                            // as text the server is not running.
+                            if !self.statements.contains_key(name)
+                                && self.statements.len() >= MAX_NAMED
+                            {
                                 return Err(SessionError::TooManyNamed);
                             }
                             self.statements.insert(name.into(), stmt);

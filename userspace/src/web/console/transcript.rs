@@ -27,6 +27,12 @@ fn deciders(r: &ReviewRecord) -> String {
     by.join(", ")
 }
 
+/// A recorded value inside the player's terminal stream: its control characters escaped (a
+/// client's ESC would drive the player), its line breaks indented under the line.
+fn shown(text: &str) -> String {
+    crate::audit::cli::escape_controls(text).replace('\n', "\r\n     ")
+}
+
 fn secs(us: u64) -> String {
     format!("{:.3}s", us as f64 / 1e6)
 }
@@ -167,8 +173,8 @@ pub fn asciicast(records: &[Record]) -> String {
                     "\x1b[1m-- session on {} ({}) as {} [{}]\x1b[0m\r\n",
                     s.target,
                     s.protocol,
-                    s.subject,
-                    s.groups.join(", ")
+                    shown(&s.subject),
+                    shown(&s.groups.join(", "))
                 ),
             ),
             Event::Command(c) => {
@@ -182,7 +188,7 @@ pub fn asciicast(records: &[Record]) -> String {
                     format!(
                         "\x1b[36m#{} >\x1b[0m {}\r\n   \x1b[{colour}m{}\x1b[0m (rule {})\r\n",
                         c.n,
-                        c.text().replace('\n', "\r\n     "),
+                        shown(&c.text()),
                         c.action,
                         c.rule
                     ),
@@ -200,7 +206,7 @@ pub fn asciicast(records: &[Record]) -> String {
             Event::Result(r) => push(
                 rec.ts,
                 match (&r.error, r.rows) {
-                    (Some(e), _) => format!("   \x1b[31merror: {e}\x1b[0m\r\n"),
+                    (Some(e), _) => format!("   \x1b[31merror: {}\x1b[0m\r\n", shown(e)),
                     (None, Some(n)) => format!("   {n} row(s), {} bytes\r\n", r.bytes),
                     (None, None) => format!("   ok, {} bytes\r\n", r.bytes),
                 },

@@ -794,3 +794,47 @@ fn mysql_statistics_tables_are_untraceable() {
     // PostgreSQL tables of those names are plain tables.
     assert!(lineage("SELECT * FROM column_stats").unknown().is_none());
 }
+
+/// In a RECURSIVE list a CTE may name one defined after it; read in order, that name would
+/// pass for a table and the later CTE's columns would never be traced.
+#[test]
+fn recursive_ctes_naming_a_later_cte_are_untraceable() {
+    for sql in [
+        "WITH RECURSIVE a AS (SELECT * FROM b), b AS (SELECT translate(email, '@.', '#,') AS e FROM customers) SELECT e FROM a",
+        "WITH RECURSIVE a AS (SELECT e FROM b UNION SELECT e FROM a), b AS (SELECT email AS e FROM customers) SELECT e FROM a",
+    ] {
+        assert!(lineage(sql).unknown().is_some(), "{sql}");
+    }
+    let l = mysql(
+        "WITH RECURSIVE a AS (SELECT * FROM b), b AS (SELECT email FROM customers) SELECT email FROM a",
+    );
+    assert!(l.unknown().is_some());
+    // In order, as before: traced.
+    assert!(
+        lineage("WITH RECURSIVE b AS (SELECT email AS e FROM customers), a AS (SELECT * FROM b) SELECT e FROM a")
+            .unknown()
+            .is_none()
+    );
+}
+
+/// A computed column of a CTE or derived table is evaluated by the server whether or not the
+/// outer query reads it (DISTINCT, MATERIALIZED), and a failing cast shows its input: the
+/// masked column counts as compared (errors are cut, `compared: refuse` applies).
+#[test]
+fn computed_columns_the_outer_query_drops_still_count() {
+    for sql in [
+        "SELECT id FROM (SELECT DISTINCT id, translate(email, '@.', '#,')::int AS v FROM customers) s",
+        "WITH x AS MATERIALIZED (SELECT id, email::int AS v FROM customers) SELECT id FROM x",
+        "SELECT id FROM (SELECT DISTINCT id, CASE WHEN email LIKE 'a%' THEN 1/0 END AS v FROM customers) s",
+    ] {
+        let st = one(sql);
+        assert!(
+            names(&st.compared).contains(&"customers.email".to_string()),
+            "{sql}: {:?}",
+            names(&st.compared)
+        );
+    }
+    // A plain column carried through computes nothing: not counted.
+    let st = one("SELECT id FROM (SELECT id, email FROM customers) s");
+    assert!(!names(&st.compared).contains(&"customers.email".to_string()));
+}
