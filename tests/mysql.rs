@@ -1463,8 +1463,10 @@ print("still", cur.fetchone()[0])
 /// Texts the server lexes otherwise than sqlparser are never judged by what sqlparser saw:
 /// `--` then U+00A0 (a comment to sqlparser, two minus signs and a name to the server), a NUL
 /// (the server's lexer stops there), and `@@sql_mode` (the session variable, privileged
-/// like `SET sql_mode`) changing how the rest of the same multi-statement query is lexed. The
-/// agent's table survives each one and the session goes on.
+/// like `SET sql_mode`) changing how the rest of the same multi-statement query is lexed, an
+/// executable comment MariaDB skips (`/*!99999 EXPLAIN */ DELETE …` runs the DELETE) or ends
+/// elsewhere (a `#` comment inside it), a quote in an optimizer hint. The agent's table
+/// survives each one and the session goes on.
 #[test]
 fn lexer_disagreements_are_refused_not_run() {
     let w = world();
@@ -1477,6 +1479,9 @@ for name, sql in [
     ("nbsp", "SELECT 1 --\u00a0x FROM (SELECT 2 AS `\u00a0x`) d; DROP TABLE customers"),
     ("nul", "SELECT 1 -- x\0; DROP TABLE customers"),
     ("sqlmode", "SET @@sql_mode = 'NO_BACKSLASH_ESCAPES'; SELECT 'a\\'; DROP TABLE customers; -- '"),
+    ("version", "/*!99999 EXPLAIN */ DELETE FROM customers"),
+    ("hash", "/*!50000 # */ SELECT 1 /*\nDELETE FROM customers */"),
+    ("hint", "SELECT /*+ '*/' */ 1 FROM customers #'"),
 ]:
     try:
         cur.execute(sql)
@@ -1490,7 +1495,7 @@ print("still", cur.fetchone()[0])
 "#;
     let r = w.python("agent", DB_ADDR, script);
     assert!(r.ok, "{r:?}\n{}", w.daemon_log());
-    for name in ["nbsp", "nul", "sqlmode"] {
+    for name in ["nbsp", "nul", "sqlmode", "version", "hash", "hint"] {
         assert!(
             r.stdout.contains(&format!("{name} refused 1227")),
             "{name}: {r:?}\n{}",

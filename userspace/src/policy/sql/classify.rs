@@ -133,14 +133,12 @@ fn classify_inner(
         Dialect::Postgres => &pg,
         Dialect::Mysql => &my,
     };
-    let expanded;
-    let sql = match dialect {
-        Dialect::Mysql => {
-            expanded = super::mysql::expand_executable_comments(sql);
-            &*expanded
-        }
-        Dialect::Postgres => sql,
-    };
+    // MySQL: comments the server may run otherwise than sqlparser expands them.
+    if dialect == Dialect::Mysql
+        && let Some(why) = super::mysql::comment_mismatch(sql)
+    {
+        return (Facts::unknown("unparsed", why.into()), None);
+    }
     let tokens = match Tokenizer::new(d, sql).tokenize_with_location() {
         Ok(t) => t,
         Err(e) => {
@@ -212,7 +210,10 @@ fn classify_inner(
         };
         return (c, literals);
     }
-    let mut acc = Acc::default();
+    let mut acc = Acc {
+        mysql: dialect == Dialect::Mysql,
+        ..Default::default()
+    };
     let mut out = Facts {
         class: Class::Read,
         ..Default::default()
@@ -547,6 +548,8 @@ struct Acc {
     /// The classification looked at a literal's value (an `EXPLAIN` option, `set_config`'s
     /// setting name): it must not be shared with other literals.
     literal_sensitive: bool,
+    /// The statements are MySQL's.
+    mysql: bool,
 }
 
 /// Normalizes an object name the way the server resolves it: unquoted parts fold to lower case
@@ -1001,6 +1004,15 @@ fn classify_statement(stmt: &Statement, acc: &mut Acc) -> (&'static str, Class) 
     } = stmt
         && !explain_runs(*analyze, options.as_deref())
     {
+        // MySQL: an EXPLAIN of anything but a query is judged as that statement: the EXPLAIN
+        // may sit in an executable comment the server skips (`/*!99999 EXPLAIN */ DELETE …`).
+        if acc.mysql && !matches!(**statement, Statement::Query(_)) {
+            acc.notes.push(
+                "EXPLAIN of a statement other than a query is judged as that statement".into(),
+            );
+            let (_, class) = classify_statement(statement, acc);
+            return (kind, class);
+        }
         let mut inner = Acc::default();
         let mut w = Walker {
             acc: &mut inner,
@@ -1026,6 +1038,56 @@ fn classify_statement(stmt: &Statement, acc: &mut Acc) -> (&'static str, Class) 
         kind
     };
     (kind, class)
+}
+
+/// A MySQL `SHOW` that sqlparser parsed as a variable (it keeps the words and drops every
+/// other token): the forms listed show this session's messages or the catalog; the rest show
+/// the server's state (`ENGINE INNODB STATUS`, `BINLOG EVENTS`, replica status, …), which
+/// holds other sessions' statements with their literals: admin.
+fn mysql_show(words: &[sqlparser::ast::Ident], acc: &mut Acc) -> (&'static str, Class) {
+    // `SHOW TABLE STATUS WHERE Name = (SELECT …)`: the dropped tokens may be a query.
+    if words
+        .iter()
+        .any(|w| w.quote_style.is_none() && w.value.eq_ignore_ascii_case("where"))
+    {
+        acc.notes
+            .push("unknown: a SHOW … WHERE the parser did not read".into());
+        return ("show", Class::Unknown);
+    }
+    let upper: Vec<String> = words
+        .iter()
+        .take(2)
+        .map(|w| {
+            if w.quote_style.is_none() {
+                w.value.to_ascii_uppercase()
+            } else {
+                String::new()
+            }
+        })
+        .collect();
+    let first: Vec<&str> = upper.iter().map(String::as_str).collect();
+    match first.as_slice() {
+        // Diagnostics: their messages quote values of earlier statements.
+        ["WARNINGS" | "ERRORS", ..] | ["COUNT", "WARNINGS" | "ERRORS"] => {
+            ("show_warnings", Class::Read)
+        }
+        [
+            "ENGINES" | "PLUGINS" | "PRIVILEGES" | "GRANTS" | "TRIGGERS" | "EVENTS",
+            ..,
+        ]
+        | ["INDEX" | "INDEXES" | "KEYS" | "PROFILE" | "PROFILES", ..]
+        | ["TABLE" | "PROCEDURE" | "FUNCTION", "STATUS"]
+        | ["OPEN", "TABLES"]
+        | ["STORAGE", "ENGINES"] => ("show", Class::Read),
+        _ => {
+            acc.notes.push(
+                "admin: this SHOW shows the server's state, which may quote other sessions' \
+                 statements"
+                    .into(),
+            );
+            ("show_server", Class::Admin)
+        }
+    }
 }
 
 /// Whether an EXPLAIN executes its statement. Any `analyze` option not explicitly false counts.
@@ -1161,6 +1223,8 @@ fn statement_shape(stmt: &Statement, acc: &mut Acc) -> (&'static str, Class) {
             ("explain", Read)
         }
         Statement::ExplainTable { .. } => ("describe", Read),
+        // sqlparser reads any MySQL `SHOW` it does not know as this, keeping only the words.
+        Statement::ShowVariable { variable } if acc.mysql => mysql_show(variable, acc),
         // MySQL's diagnostics: their messages quote values of earlier statements.
         Statement::ShowVariable { variable }
             if variable.first().is_some_and(|v| {

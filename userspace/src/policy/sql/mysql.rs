@@ -1,8 +1,9 @@
 //! What MySQL and MariaDB run that sqlparser's `MySqlDialect` does not see, or reads more
 //! kindly than the server:
 //!
-//! - MariaDB's executable comments `/*M!100100 … */` run like MySQL's `/*!… */` (which the
-//!   tokenizer already expands): they are expanded before tokenizing.
+//! - Executable comments `/*!… */` (which the tokenizer expands) are judged only where every
+//!   server runs them as the tokenizer reads them; MariaDB's `/*M!… */`, which a MySQL server
+//!   skips, never (see [`comment_mismatch`]).
 //! - Statements sqlparser cannot parse are `unknown`, which `deny` rules written for `admin`
 //!   or `dcl` would not name: a scan of each statement's leading words adds the class the
 //!   server would give it (`LOAD DATA`, `FLUSH`, `INSTALL`, replication, `CREATE USER … BY`,
@@ -13,8 +14,6 @@
 //!   whitespace (U+00A0, …) is a comment only for sqlparser (see [`lexing_mismatch`]).
 //! - `HANDLER t OPEN|READ|CLOSE` reads a table outside SELECT: a lone one is a `read` of that
 //!   table (so table rules apply); anything more elaborate stays `unknown`.
-
-use std::borrow::Cow;
 
 use sqlparser::tokenizer::{Token, TokenWithSpan, Whitespace};
 
@@ -32,13 +31,136 @@ pub const SAFE_CHARSETS: &[&str] = &[
     "tis620", "ujis", "eucjpms", "euckr", "gb2312",
 ];
 
-/// The text the classifier reads: MariaDB's `/*M!` executable comments as MySQL's `/*!`.
-pub fn expand_executable_comments(sql: &str) -> Cow<'_, str> {
-    if sql.contains("/*M!") {
-        Cow::Owned(sql.replace("/*M!", "/*!"))
-    } else {
-        Cow::Borrowed(sql)
+/// Why the server would run another text than sqlparser reads out of this one's comments, if
+/// it might. sqlparser expands every `/*!` comment whatever its version, strips any run of
+/// digits after the `!`, and ends the comment at the first `*/`; the servers:
+///
+/// - MySQL reads exactly five digits as the version (fewer: no version, the digits are SQL)
+///   and skips the comment when the version is above its own; MariaDB reads five or six and
+///   also skips MySQL versions 50700–99999. The classifier does not know the server's version:
+///   only five-digit versions below 50700 (run by MySQL 5.7+ and every MariaDB 10) are judged.
+/// - `/*M!` runs only on MariaDB (for MySQL it is a plain comment): never judged.
+/// - Inside a running comment the server lexes as everywhere else, so a `#` or `-- ` comment,
+///   a nested `/*` or a string can carry the first `*/` past sqlparser's end of the comment.
+/// - MySQL 8's optimizer hints (`/*+ … */` after SELECT, UPDATE, …) read quoted names and
+///   strings, which may hold `*/`.
+///
+/// Scans outside strings, quoted names and line comments as the server lexes them. A string
+/// or comment left open ends the scan: sqlparser refuses to tokenize the text.
+pub fn comment_mismatch(sql: &str) -> Option<&'static str> {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            q @ (b'\'' | b'"' | b'`') => i = skip_quoted(b, i, q)?,
+            b'#' => i = line_end(b, i),
+            b'-' if line_comment(b, i) => i = line_end(b, i),
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let body_at = i + 2;
+                let end = find(b, body_at, b"*/")?;
+                let body = &b[body_at..end];
+                match body.first() {
+                    Some(b'!') => {
+                        if let Some(why) = executable(&body[1..]) {
+                            return Some(why);
+                        }
+                    }
+                    Some(b'M') if body.get(1) == Some(&b'!') => {
+                        return Some(
+                            "a MariaDB /*M! comment: a MySQL server skips it, MariaDB runs it; \
+                             not judged",
+                        );
+                    }
+                    Some(b'+') if body.iter().any(|c| matches!(c, b'\'' | b'"' | b'`')) => {
+                        return Some(
+                            "a quote in an optimizer hint comment: MySQL may end the comment \
+                             elsewhere; not judged",
+                        );
+                    }
+                    _ => {}
+                }
+                i = end + 2;
+            }
+            _ => i += 1,
+        }
     }
+    None
+}
+
+/// Why the server may not run the body of a `/*!` comment (after the `!`) as sqlparser reads
+/// it, if it may not.
+fn executable(body: &[u8]) -> Option<&'static str> {
+    let digits = body.iter().take_while(|c| c.is_ascii_digit()).count();
+    let version_ok = match digits {
+        0 => true,
+        5 => std::str::from_utf8(&body[..5])
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .is_some_and(|v| v < 50700),
+        _ => false,
+    };
+    if !version_ok {
+        return Some(
+            "a /*! comment whose version the server may skip or read otherwise; not judged",
+        );
+    }
+    let inner = "a comment or a string inside a /*! comment may end it elsewhere for the \
+                 server; not judged";
+    let body = &body[digits..];
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            // A string must close before sqlparser's end of the comment.
+            q @ (b'\'' | b'"' | b'`') => match skip_quoted(body, i, q) {
+                Some(next) => i = next,
+                None => return Some(inner),
+            },
+            b'#' => return Some(inner),
+            b'-' if body.get(i + 1) == Some(&b'-') => return Some(inner),
+            b'/' if body.get(i + 1) == Some(&b'*') => return Some(inner),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The index just past the string or quoted name opening at `at` (MySQL's rules: a doubled
+/// quote, and a backslash escape in strings). `None`: it does not close.
+fn skip_quoted(b: &[u8], at: usize, q: u8) -> Option<usize> {
+    let mut i = at + 1;
+    while i < b.len() {
+        match b[i] {
+            b'\\' if q != b'`' => i += 2,
+            c if c == q => {
+                if b.get(i + 1) == Some(&q) {
+                    i += 2;
+                } else {
+                    return Some(i + 1);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// `--` starts a comment before ASCII whitespace or a control character.
+fn line_comment(b: &[u8], at: usize) -> bool {
+    b.get(at + 1) == Some(&b'-')
+        && b.get(at + 2)
+            .is_some_and(|c| c.is_ascii_whitespace() || c.is_ascii_control())
+}
+
+/// The index of the newline ending a line comment (or the end).
+fn line_end(b: &[u8], at: usize) -> usize {
+    find(b, at, b"\n").unwrap_or(b.len())
+}
+
+fn find(b: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
+    b.get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|p| from + p)
 }
 
 /// The words (upper-case) and their positions at the start of each statement.
@@ -305,6 +427,52 @@ mod tests {
     }
 
     #[test]
+    fn comments_the_server_may_run_otherwise_are_found() {
+        for sql in [
+            // Versions the server may skip, or read with another number of digits.
+            "/*!99999 EXPLAIN */ DELETE FROM customers",
+            "/*!50700 EXPLAIN */ DELETE FROM customers",
+            "/*!80000 EXPLAIN */ DELETE FROM customers",
+            "/*!100100 EXPLAIN */ DELETE FROM customers",
+            "/*!1 EXPLAIN */ DELETE FROM customers",
+            "/*!5000 EXPLAIN */ DELETE FROM customers",
+            "/*!4010100 SELECT 1 */",
+            "SELECT /*!99999 count(*) FROM customers WHERE */ hex(email) \
+             /*!99999 IS NULL OR 1 IN (SELECT 1 */ FROM customers /*!99999 ) */",
+            // MariaDB's own: a MySQL server skips it.
+            "SELECT 1 /*M!100100 ; DROP TABLE t */",
+            "SELECT 1 /*M! , 2 */",
+            // The server lexes comments and strings inside a running comment.
+            "/*!50000 # */ SELECT 1 /*\nDELETE FROM customers */",
+            "/*!50000 -- */ SELECT 1 /*\nDELETE FROM customers */",
+            "/*!50000 SELECT '*/ DELETE FROM customers; -- ' */",
+            "/*!50000 SELECT `*/ DELETE FROM customers; -- ` */",
+            "/*! SELECT \"*/ DELETE FROM customers; -- \" */",
+            "/*!40101 SELECT /* x */ 1 */",
+            // Optimizer hints read quoted names and strings.
+            "SELECT /*+ '*/' */ hex(email) FROM customers #'",
+            "SELECT /*+ BKA(`*/`) */ 1",
+        ] {
+            assert!(comment_mismatch(sql).is_some(), "{sql}");
+        }
+        for sql in [
+            "SELECT 1",
+            "/*!40101 SET NAMES utf8mb4 */",
+            "/*!40103 SET TIME_ZONE='+00:00' */",
+            "/*!50503 SET character_set_client = utf8mb4 */",
+            "/*! SELECT 1 */",
+            "SELECT /*+ MAX_EXECUTION_TIME(1000) */ 1",
+            "SELECT 1 /* a plain comment with ' and /*!99999 */",
+            // Inside strings, quoted names and line comments: not comments at all.
+            "SELECT '/*!99999 x */', \"/*M!\", `/*+ '` FROM t",
+            "SELECT 'it''s /*!1', 'a\\' /*!2' -- /*!99999\n",
+            "SELECT 1 # /*M! x */\n",
+        ] {
+            assert!(comment_mismatch(sql).is_none(), "{sql}");
+        }
+    }
+
+    #[test]
     fn floors_name_what_the_parser_misses() {
         let kinds = |sql: &str| {
             floors(&tokens(sql))
@@ -338,10 +506,120 @@ mod tests {
         assert_eq!(kinds("FLUSH PRIVILEGES"), [("flush", Class::Admin)]);
         assert!(kinds("SELECT 'into outfile'").is_empty());
         assert!(kinds("SELECT outfile FROM t").is_empty());
+    }
+}
+
+#[cfg(test)]
+mod classify_tests {
+    use crate::model::{Class, Dialect};
+    use crate::policy::sql::classify::{Limits, classify};
+
+    fn class(sql: &str, dialect: Dialect) -> Class {
+        classify(sql, dialect, &Limits::default()).class
+    }
+
+    #[test]
+    fn executable_comments_the_server_may_skip_are_unknown() {
+        for sql in [
+            "/*!99999 EXPLAIN */ DELETE FROM customers",
+            "/*!99999 EXPLAIN */ SET ROLE app_writer",
+            "/*!50000 # */ SELECT 1 /*\nDELETE FROM customers */",
+            "SELECT /*+ '*/' */ hex(email) FROM customers #'",
+            "SELECT /*!99999 count(*) FROM customers WHERE */ hex(email) \
+             /*!99999 IS NULL OR 1 IN (SELECT 1 */ FROM customers /*!99999 ) */",
+            "SELECT 1 /*M!100100 , 2 */",
+        ] {
+            assert_eq!(class(sql, Dialect::Mysql), Class::Unknown, "{sql}");
+        }
+        // What every server runs is still judged.
         assert_eq!(
-            expand_executable_comments("SELECT 1 /*M!100100 ; DROP TABLE t */"),
-            "SELECT 1 /*!100100 ; DROP TABLE t */"
+            class("/*!40101 SET NAMES utf8mb4 */", Dialect::Mysql),
+            Class::Session
         );
+        assert_eq!(
+            class("SELECT 1 /*!50000 ; DELETE FROM t */", Dialect::Mysql),
+            Class::Write
+        );
+    }
+
+    #[test]
+    fn mysql_explain_of_a_statement_is_judged_as_it() {
+        for (sql, want) in [
+            ("EXPLAIN DELETE FROM customers", Class::Write),
+            ("DESCRIBE UPDATE t SET a = 1", Class::Write),
+            ("EXPLAIN INSERT INTO t VALUES (1)", Class::Write),
+            ("EXPLAIN SELECT * FROM customers", Class::Read),
+            ("DESCRIBE customers", Class::Read),
+        ] {
+            assert_eq!(class(sql, Dialect::Mysql), want, "{sql}");
+        }
+        let f = classify(
+            "EXPLAIN DELETE FROM customers",
+            Dialect::Mysql,
+            &Limits::default(),
+        );
+        assert_eq!(f.tables_written, ["customers"]);
+        // PostgreSQL's EXPLAIN without ANALYZE runs nothing, and it has no executable comments.
+        assert_eq!(
+            class("EXPLAIN DELETE FROM customers", Dialect::Postgres),
+            Class::Read
+        );
+    }
+
+    #[test]
+    fn mysql_show_of_the_servers_state_is_admin() {
+        for sql in [
+            "SHOW ENGINE INNODB STATUS",
+            "SHOW ENGINE INNODB MUTEX",
+            "SHOW BINLOG EVENTS",
+            "SHOW RELAYLOG EVENTS",
+            "SHOW SLAVE STATUS",
+            "SHOW REPLICA STATUS",
+            "SHOW MASTER STATUS",
+            "SHOW BINARY LOGS",
+            "SHOW EXPLAIN FOR 1",
+            "SHOW anything at all",
+        ] {
+            let f = classify(sql, Dialect::Mysql, &Limits::default());
+            assert!(
+                f.class >= Class::Admin,
+                "{sql}: {:?} {:?}",
+                f.class,
+                f.kinds
+            );
+        }
+        for (sql, kind) in [
+            ("SHOW WARNINGS", "show_warnings"),
+            ("SHOW ERRORS LIMIT 5", "show_warnings"),
+            ("SHOW COUNT(*) WARNINGS", "show_warnings"),
+            ("SHOW TABLES", "show"),
+            ("SHOW DATABASES", "show"),
+            ("SHOW VARIABLES LIKE 'x'", "show"),
+            ("SHOW SESSION STATUS LIKE 'Ssl_version'", "show"),
+            ("SHOW COLUMNS FROM customers", "show"),
+            ("SHOW CREATE TABLE customers", "show"),
+            ("SHOW INDEX FROM customers", "show"),
+            ("SHOW TABLE STATUS LIKE 'customers'", "show"),
+            ("SHOW GRANTS", "show"),
+            ("SHOW ENGINES", "show"),
+        ] {
+            let f = classify(sql, Dialect::Mysql, &Limits::default());
+            assert_eq!(
+                (f.class, f.kinds.as_slice()),
+                (Class::Read, &[kind][..]),
+                "{sql}"
+            );
+        }
+        // The tokens sqlparser drops may hold a query.
+        assert_eq!(
+            class(
+                "SHOW TABLE STATUS WHERE Name = (SELECT pw FROM secrets)",
+                Dialect::Mysql
+            ),
+            Class::Unknown
+        );
+        // PostgreSQL's SHOW reads a setting.
+        assert_eq!(class("SHOW search_path", Dialect::Postgres), Class::Read);
     }
 }
 

@@ -37,7 +37,7 @@ pub fn header(body: &[u8]) -> Result<ExecuteHeader, ParamError> {
 }
 
 /// The parameter types this execute sends (when its new-params-bound flag is set): two bytes
-/// per parameter (type, 0x80 for unsigned).
+/// per parameter (type, 0x80 for unsigned). MySQL and MariaDB read any non-zero flag as set.
 pub fn new_types(body: &[u8], params: u16) -> Result<Option<Vec<u8>>, ParamError> {
     if params == 0 {
         return Ok(None);
@@ -45,7 +45,7 @@ pub fn new_types(body: &[u8], params: u16) -> Result<Option<Vec<u8>>, ParamError
     let n = usize::from(params);
     let at = 9 + n.div_ceil(8);
     let bound = *body.get(at).ok_or(ParamError("no new-params-bound flag"))?;
-    if bound != 1 {
+    if bound == 0 {
         return Ok(None);
     }
     body.get(at + 1..at + 1 + 2 * n)
@@ -69,7 +69,7 @@ pub fn render(body: &[u8], params: u16, types: &[u8]) -> Result<String, ParamErr
         .get(pos)
         .ok_or(ParamError("no new-params-bound flag"))?;
     pos += 1;
-    if bound == 1 {
+    if bound != 0 {
         pos += 2 * n;
     }
     if types.len() < 2 * n {
@@ -267,6 +267,24 @@ mod tests {
         // Too few types for the parameters, or a body cut short: an error, never a guess.
         assert!(render(&b, 3, &[8, 0]).is_err());
         assert!(render(&b[..b.len() - 1], 3, &[8, 0, 253, 0, 10, 0]).is_err());
+    }
+
+    #[test]
+    fn any_non_zero_new_params_bound_flag_sends_types() {
+        // The servers read any non-zero flag as "types follow": a flag of 2 with types
+        // LONGLONG then the value 5 is `(5)`, not the types' bytes read as a value.
+        let mut rest = vec![0, 2, 8, 0];
+        rest.extend_from_slice(&5i64.to_le_bytes());
+        let b = body(&rest);
+        assert_eq!(new_types(&b, 1).unwrap(), Some(vec![8, 0]));
+        assert_eq!(render(&b, 1, &[8, 0]).unwrap(), "(5)");
+        let b = body(&[0, 0x80, 1, 0, 9]);
+        assert_eq!(new_types(&b, 1).unwrap(), Some(vec![1, 0]));
+        assert_eq!(render(&b, 1, &[1, 0]).unwrap(), "(9)");
+        // Zero: the types in force.
+        let b = body(&[0, 0, 9]);
+        assert_eq!(new_types(&b, 1).unwrap(), None);
+        assert_eq!(render(&b, 1, &[1, 0]).unwrap(), "(9)");
     }
 
     #[test]

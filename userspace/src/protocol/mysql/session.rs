@@ -216,6 +216,7 @@ where
         statements: HashMap::new(),
         last_prepared: None,
         pending_prepare: None,
+        pending_types: None,
         views: Views::default(),
         quoted: false,
         changes_catalog: false,
@@ -247,6 +248,8 @@ struct Loop {
     quoted: bool,
     /// The text of the COM_STMT_PREPARE being answered.
     pending_prepare: Option<Arc<str>>,
+    /// Parameter types of the execute being planned, stored once it is sent to the server.
+    pending_types: Option<(u32, Vec<u8>)>,
     /// The command being answered may create, change or drop views.
     changes_catalog: bool,
 }
@@ -461,6 +464,7 @@ impl Loop {
             let Some((plan, outgoing)) = plan else {
                 return Ok(Exit::ClientClosed);
             };
+            let new_types = self.pending_types.take();
             match plan {
                 Plan::Drop => self.cbuf.advance(total),
                 Plan::Quit => {
@@ -516,6 +520,11 @@ impl Loop {
                     }
                     sw.flush().await?;
                     self.cbuf.advance(total);
+                    if let Some((id, t)) = new_types
+                        && let Some(s) = self.statements.get_mut(&id)
+                    {
+                        s.types = Some(t);
+                    }
                     // The answer is numbered after the client's command, whatever went
                     // upstream.
                     let mut last = last_seq;
@@ -1261,9 +1270,10 @@ impl Loop {
         let Some(stmt) = self.statements.get_mut(&id) else {
             return Ok(Some((unknown_statement(header.statement), None)));
         };
-        match params::new_types(body, stmt.params) {
-            Ok(Some(t)) => stmt.types = Some(t),
-            Ok(None) => {}
+        // Kept aside until the execute reaches the server: one denied or withdrawn here never
+        // changes the types the server holds, so neither may it change the gateway's.
+        let new_types = match params::new_types(body, stmt.params) {
+            Ok(t) => t,
             Err(e) => {
                 return Ok(Some((
                     Plan::Refuse {
@@ -1274,7 +1284,7 @@ impl Loop {
                     None,
                 )));
             }
-        }
+        };
         let text = stmt.text.clone();
         let (long_data, nparams) = (stmt.long_data, stmt.params);
         // Through the views as they are now: what the statement's names stand for may have
@@ -1300,11 +1310,14 @@ impl Loop {
                         .into(),
                 );
             }
-            let types = self
-                .statements
-                .get(&id)
-                .and_then(|s| s.types.clone())
-                .unwrap_or_default();
+            let types = match &new_types {
+                Some(t) => t.clone(),
+                None => self
+                    .statements
+                    .get(&id)
+                    .and_then(|s| s.types.clone())
+                    .unwrap_or_default(),
+            };
             let rendered = match params::render(body, nparams, &types) {
                 Ok(r) => r,
                 Err(e) => return refuse(format!("airlock: {e}")),
@@ -1333,6 +1346,7 @@ impl Loop {
                     s.touched = quotes.touched;
                     s.long_data = false;
                 }
+                self.pending_types = new_types.map(|t| (id, t));
                 let rewritten = (header.statement != id).then(|| {
                     let mut p = vec![com::STMT_EXECUTE];
                     p.extend_from_slice(&id.to_le_bytes());
