@@ -1207,6 +1207,49 @@ fn legacy_scp_and_rsync_are_execs() {
     );
 }
 
+/// What an allow rule reads is what runs: a word the server's shell would expand, and words
+/// past a `commands` glob's, are not allowed (`legacy-scp-downloads` allows `scp -f
+/// <srv>/*`; each of these would read /etc/hostname).
+#[test]
+fn expansions_and_extra_words_are_not_allowed() {
+    let env = env();
+    let ro = env.srv.join("ro");
+    for (line, why) in [
+        (
+            format!(
+                "scp -f {}/report.txt${{x:-/../../../../../../etc/hostname}}",
+                ro.display()
+            ),
+            "only known after expansion",
+        ),
+        (
+            format!(
+                "scp -f {}/{}etc/hostname",
+                ro.display(),
+                "{.,}./".repeat(12)
+            ),
+            "only known after expansion",
+        ),
+        (
+            format!("scp -f {}/report.txt /etc/hostname", ro.display()),
+            "denied by rule \"default\"",
+        ),
+    ] {
+        let r = env.ssh(&shell_quote(&line), None);
+        assert_eq!(r.code, Some(1), "{line}: {r:?}");
+        assert!(r.stderr.contains(why), "{line}: {r:?}");
+    }
+    assert!(
+        !env.server_commands().contains("etc/hostname"),
+        "the server never saw them:\n{}",
+        env.server_commands()
+    );
+    // Quoted, the same characters are literal and judged as written.
+    let r = env.ssh(&shell_quote("echo '${x:-a}' '{.,}'"), None);
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(r.stdout, "${x:-a} {.,}\n");
+}
+
 #[test]
 fn forwarding_is_refused() {
     let env = env();

@@ -243,12 +243,17 @@ impl SqlSpec {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecSpec {
-    /// Program globs, matched against each part's program as written and against its base
-    /// name (`ls` matches `/bin/ls`).
+    /// Program globs, matched against each part's program. A glob with a `/` matches the
+    /// program as written; a bare name its base name: for `deny` wherever the program is, for
+    /// `allow`/`review` only a bare program or one in /bin, /usr/bin, /sbin, /usr/sbin or
+    /// /usr/local/bin (`ls` matches `/bin/ls`, not `/srv/incoming/ls`).
     #[serde(default)]
     pub programs: Vec<Glob>,
-    /// Command globs over each part's words joined by single spaces (`git status*`,
-    /// `systemctl restart web-*`).
+    /// Command globs over each part's words (`git status`, `systemctl restart web-*`). For
+    /// `allow`/`review` they go word by word: the glob's words (split at spaces) pair up one
+    /// to one with the part's, and a `*` stays within its word, so `scp -f /srv/*` does not
+    /// cover `scp -f /srv/x /etc/passwd`. For `deny` the glob matches the words joined by
+    /// single spaces, so `git push*` also denies `git push origin main`.
     #[serde(default)]
     pub commands: Vec<Glob>,
     /// Whether an `allow`/`review` rule covers compound lines (each part must still match).
@@ -272,7 +277,8 @@ pub struct ExecSpec {
 #[serde(deny_unknown_fields)]
 pub struct FilesSpec {
     /// Operations: `read` (also listing and metadata), `write` (also attributes and links),
-    /// `remove`, `rename`, `mkdir`. Empty: all.
+    /// `remove`, `rename`, `mkdir`. Empty: all. An open whose handle both writes and reads
+    /// (`READ|WRITE`) is judged as both: each must be allowed.
     #[serde(default)]
     pub ops: Vec<crate::model::FileOp>,
     /// Path globs (`/srv/data/*`; `*` crosses `/`). Empty: any path.
@@ -519,8 +525,24 @@ impl<'de> Deserialize<'de> for DurationSpec {
 pub struct Glob(pub String);
 
 impl Glob {
+    /// Whether the glob matches all of `s`.
     pub fn matches(&self, s: &str) -> bool {
         glob_match(self.0.as_bytes(), s.as_bytes())
+    }
+
+    /// Whether the glob, split at spaces into words, matches `words` one to one: each of its
+    /// words matches the word in the same place, and there are as many. A `*` never crosses
+    /// a word boundary, so `scp -f /srv/*` does not match `scp -f /srv/x /etc/passwd`.
+    pub fn matches_words(&self, words: &[impl AsRef<str>]) -> bool {
+        let mut pattern = self.0.split_whitespace();
+        let mut words = words.iter();
+        loop {
+            match (pattern.next(), words.next()) {
+                (None, None) => return true,
+                (Some(p), Some(w)) if glob_match(p.as_bytes(), w.as_ref().as_bytes()) => {}
+                _ => return false,
+            }
+        }
     }
 }
 

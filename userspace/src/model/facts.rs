@@ -122,6 +122,10 @@ pub struct Facts {
     /// `group/resource[/subresource]` with its namespace and name.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub objects: Vec<String>,
+    /// Each part's words of a command line (program first), after quote removal: `commands`
+    /// globs pair their words with these.
+    #[serde(skip)]
+    pub words: Vec<Vec<String>>,
     /// Files a command line writes by redirecting output (`> file`), as written.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub files_written: Vec<String>,

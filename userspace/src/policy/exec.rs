@@ -2,13 +2,13 @@
 //! split it, so that rules judge every program it runs.
 //!
 //! Deliberately narrower than a shell: simple commands joined by `;`, `&&`, `||`, `|`, `&` or
-//! newlines, with quoting, escapes, redirections and command substitutions (`$(…)`, backquotes,
-//! whose commands become parts of their own). Anything else a shell would do with the line —
-//! control structures, subshells, here-documents, comments, environment assignments in front of
-//! a command, a program name that only expansion would tell — makes the line `unknown`, which
-//! no `allow` or `review` rule matches. A full shell grammar crate was weighed and set aside
-//! (docs/decisions/gate.md): the judgement must fail closed on what it does not model, not
-//! model everything.
+//! newlines, with quoting, escapes and redirections (a command substitution in a redirection's
+//! file, `> /tmp/$(id -u)`, becomes a part of its own). Anything else a shell would do with the
+//! line — control structures, subshells, here-documents, comments, environment assignments in
+//! front of a command, a program name or argument that only expansion would tell (variables,
+//! substitutions, globs, braces) — makes the line `unknown`, which no `allow` or `review` rule
+//! matches. A full shell grammar crate was weighed and set aside (docs/decisions/gate.md): the
+//! judgement must fail closed on what it does not model, not model everything.
 
 use crate::config::policy::{ExecSpec, Glob};
 use crate::model::{Class, Facts};
@@ -91,6 +91,12 @@ struct OptionRunner {
     /// With this argument the program runs in a mode where those options mean something else
     /// (`rsync --server`, whose `-e.iLsf…` carries protocol flags from the client).
     unless: Option<&'static str>,
+    /// Options that run a command (or read a file that names one) in every mode, `unless`
+    /// or not: `rsync --server --daemon` reads `rsyncd.conf`, whose `pre-xfer exec` runs.
+    always: &'static [&'static str],
+    /// Short letters of `always`, found in a cluster before the first of `letters` (whose
+    /// value is the rest of the cluster: `-e.iLsf…`).
+    always_letters: &'static str,
 }
 
 const OPTION_RUNNERS: &[OptionRunner] = &[
@@ -104,6 +110,8 @@ const OPTION_RUNNERS: &[OptionRunner] = &[
         options: &["--rsh", "--rsync-path"],
         letters: "e",
         unless: Some("--server"),
+        always: &["--daemon", "--config", "--dparam", "--remote-option"],
+        always_letters: "M",
         ..OptionRunner::PLAIN
     },
     OptionRunner {
@@ -169,10 +177,19 @@ impl OptionRunner {
         letters: "",
         bundled_first: false,
         unless: None,
+        always: &[],
+        always_letters: "",
     };
 
     /// The option of `args` that names a command to run, if any.
     fn used<'a>(&self, args: &'a [impl AsRef<str>]) -> Option<&'a str> {
+        let always = args.iter().find_map(|arg| {
+            let arg = arg.as_ref();
+            (named(self.always, arg) || self.always_clustered(arg)).then_some(arg)
+        });
+        if always.is_some() {
+            return always;
+        }
         if self
             .unless
             .is_some_and(|u| args.iter().any(|a| a.as_ref() == u))
@@ -181,13 +198,24 @@ impl OptionRunner {
         }
         args.iter().enumerate().find_map(|(i, arg)| {
             let arg = arg.as_ref();
-            let name = arg.split('=').next().unwrap_or(arg);
-            let named = self.options.iter().any(|o| {
-                name == *o || (name.len() > 3 && o.starts_with("--") && o.starts_with(name))
-            });
             let sub = self.subcommands.contains(&arg);
-            (named || sub || self.clustered(arg, i == 0)).then_some(arg)
+            (named(self.options, arg) || sub || self.clustered(arg, i == 0)).then_some(arg)
         })
+    }
+
+    /// Whether `arg` is a short option cluster holding one of `always_letters` before the
+    /// first letter that takes the rest of the cluster as its value.
+    fn always_clustered(&self, arg: &str) -> bool {
+        if self.always_letters.is_empty() || arg.starts_with("--") {
+            return false;
+        }
+        let Some(cluster) = arg.strip_prefix('-') else {
+            return false;
+        };
+        cluster
+            .chars()
+            .take_while(|c| !self.letters.contains(*c))
+            .any(|c| self.always_letters.contains(c))
     }
 
     /// Whether `arg` is a short option cluster holding one of the command-taking letters.
@@ -202,6 +230,14 @@ impl OptionRunner {
         };
         cluster.chars().any(|c| self.letters.contains(c))
     }
+}
+
+/// Whether `arg` is one of `options`, with or without `=value`; a long one also abbreviated.
+fn named(options: &[&str], arg: &str) -> bool {
+    let name = arg.split('=').next().unwrap_or(arg);
+    options
+        .iter()
+        .any(|o| name == *o || (name.len() > 3 && o.starts_with("--") && o.starts_with(name)))
 }
 
 /// Why a simple command whose program runs another program cannot be judged (`None`: it can).
@@ -278,6 +314,46 @@ struct Word {
     dynamic: bool,
     /// Contains unquoted glob characters.
     glob: bool,
+    /// The word as the shell's expansions see it: unquoted characters as they are, quoted or
+    /// escaped ones (and expansions) as NUL, so that `'{a,b}'` is not brace expansion.
+    shape: String,
+}
+
+impl Word {
+    /// A character as it is, which expansion may act on.
+    fn plain(&mut self, c: char) {
+        self.started = true;
+        self.text.push(c);
+        self.shape.push(c);
+    }
+
+    /// A quoted or escaped character: literal.
+    fn quoted(&mut self, c: char) {
+        self.started = true;
+        self.text.push(c);
+        self.shape.push('\0');
+    }
+
+    /// Whether brace expansion applies (`{a,b}`, `{1..3}`): an unquoted `{`, then an unquoted
+    /// `,` or `..`, then an unquoted `}`. Wider than bash's rule, never narrower.
+    fn braces(&self) -> bool {
+        let Some(open) = self.shape.find('{') else {
+            return false;
+        };
+        let rest = &self.shape[open + 1..];
+        let sep = match (rest.find(','), rest.find("..")) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return false,
+        };
+        rest[sep..].contains('}')
+    }
+
+    /// Whether the shell's expansions decide the word's value, or how many words it becomes:
+    /// a parameter, substitution or arithmetic, a glob, brace expansion.
+    fn expands(&self) -> bool {
+        self.dynamic || self.glob || self.braces()
+    }
 }
 
 /// A simple command being built.
@@ -363,7 +439,7 @@ impl Lexer {
                                 break;
                             }
                             Some(ch) => {
-                                word.text.push(ch);
+                                word.quoted(ch);
                                 self.pos += 1;
                             }
                         }
@@ -381,8 +457,7 @@ impl Lexer {
                         // Line continuation.
                         Some('\n') => self.pos += 1,
                         Some(ch) => {
-                            word.started = true;
-                            word.text.push(ch);
+                            word.quoted(ch);
                             self.pos += 1;
                         }
                     }
@@ -395,16 +470,14 @@ impl Lexer {
                     word.started = true;
                     self.backquote(out, &mut word)?;
                 }
-                // `{a,b}` is brace expansion: `{rm,-f,x}` runs rm.
-                '*' | '?' | '[' | '{' => {
-                    word.started = true;
+                '*' | '?' | '[' => {
                     word.glob = true;
-                    word.text.push(c);
+                    word.plain(c);
                     self.pos += 1;
                 }
+                // `{` may start brace expansion (`{rm,-f,x}` runs rm): `Word::braces`.
                 ch => {
-                    word.started = true;
-                    word.text.push(ch);
+                    word.plain(ch);
                     self.pos += 1;
                 }
             }
@@ -479,13 +552,13 @@ impl Lexer {
                     self.pos += 1;
                     match self.peek(0) {
                         Some(ch @ ('$' | '`' | '"' | '\\')) => {
-                            word.text.push(ch);
+                            word.quoted(ch);
                             self.pos += 1;
                         }
                         Some('\n') => self.pos += 1,
                         Some(ch) => {
-                            word.text.push('\\');
-                            word.text.push(ch);
+                            word.quoted('\\');
+                            word.quoted(ch);
                             self.pos += 1;
                         }
                         None => return Err("unterminated double quote".into()),
@@ -494,7 +567,7 @@ impl Lexer {
                 Some('$') => self.dollar(out, word)?,
                 Some('`') => self.backquote(out, word)?,
                 Some(ch) => {
-                    word.text.push(ch);
+                    word.quoted(ch);
                     self.pos += 1;
                 }
             }
@@ -539,7 +612,7 @@ impl Lexer {
             }
             Some('\'') => return Err("$'…' quoting is not judged".into()),
             // A lone `$` is literal.
-            _ => word.text.push('$'),
+            _ => word.quoted('$'),
         }
         Ok(())
     }
@@ -634,11 +707,13 @@ impl Lexer {
         if cmd.redirect_target {
             // The redirection's file: not an argument, but a file the line writes.
             cmd.redirect_target = false;
-            if std::mem::take(&mut cmd.redirect_writes) && w.text != "/dev/null" {
+            // `> /dev/null${x:-/../etc/passwd}` is not /dev/null.
+            if std::mem::take(&mut cmd.redirect_writes) && (w.text != "/dev/null" || w.expands()) {
                 // A target only known at run time (`> $HOME/x`; its text holds only the
                 // literal parts) is marked with a leading `$`: no rule covers it (`writable`).
+                let expands = w.expands();
                 let mut text = w.text;
-                if w.dynamic {
+                if expands {
                     text.insert(0, '$');
                 }
                 cmd.writes.push(text);
@@ -667,9 +742,9 @@ impl Lexer {
             };
         }
         let first = &b.words[0];
-        if first.dynamic || first.glob {
+        if first.expands() {
             return Err(
-                "the program name is only known after expansion (a variable, substitution or glob)"
+                "the program name is only known after expansion (a variable, substitution, glob or braces)"
                     .into(),
             );
         }
@@ -687,6 +762,15 @@ impl Lexer {
         }
         if let Some(why) = wrapped(&b.words.iter().map(|w| &w.text).collect::<Vec<_>>()) {
             return Err(why);
+        }
+        // `cat /srv/x${IFS}${x:-/etc/shadow}`, `find -${x:-exec}`, `/srv/{.,}./etc`: the words
+        // the rules would read are not the ones that run.
+        if b.words[1..].iter().any(Word::expands) {
+            return Err(
+                "an argument is only known after expansion (a variable, substitution, glob or \
+                 braces), so the rules would not see what runs"
+                    .into(),
+            );
         }
         if !op.is_empty() && op != "newline" {
             out.operators.push(op);
@@ -780,6 +864,7 @@ fn facts_of(s: &Split, kind: &'static str) -> Facts {
         class: Class::Admin,
         programs: s.parts.iter().map(|p| p.words[0].clone()).collect(),
         objects: s.parts.iter().map(|p| p.words.join(" ")).collect(),
+        words: s.parts.iter().map(|p| p.words.clone()).collect(),
         files_written,
         notes,
         ..Facts::default()
@@ -791,6 +876,26 @@ fn facts_of(s: &Split, kind: &'static str) -> Facts {
 /// with `..`.
 fn writable(spec: &ExecSpec, file: &str) -> bool {
     !file.contains(['$', '`']) && !climbs(file) && spec.writes.iter().any(|g| g.matches(file))
+}
+
+/// Directories whose programs an `allow`/`review` rule's bare name also covers (`ls` covers
+/// `/usr/bin/ls`): where the system's programs are, which the login cannot write.
+const SYSTEM_DIRS: &[&str] = &["/bin", "/usr/bin", "/sbin", "/usr/sbin", "/usr/local/bin"];
+
+/// Whether a `programs` glob covers a part's program. A glob with a `/` matches the program as
+/// written. A bare name matches the program's base name: for `deny`, wherever it is; for
+/// `allow`/`review`, only a program named bare (found in `PATH`) or in [`SYSTEM_DIRS`] —
+/// `/srv/incoming/ls` is whatever was uploaded there, not `ls`.
+fn program_matches(glob: &Glob, program: &str, permissive: bool) -> bool {
+    if glob.0.contains('/') {
+        return glob.matches(program);
+    }
+    let base = base_name(program);
+    let trusted = match program.rsplit_once('/') {
+        None => true,
+        Some((dir, _)) => SYSTEM_DIRS.contains(&dir),
+    };
+    (trusted || !permissive) && glob.matches(base)
 }
 
 /// Whether a command line has a `..` path segment in any word.
@@ -806,16 +911,25 @@ pub fn mismatch(spec: &ExecSpec, facts: &Facts, permissive: bool) -> Option<&'st
     let unknown = facts.class == crate::model::Class::Unknown;
     let part_matches = |i: usize| {
         let program = facts.programs.get(i).map(String::as_str).unwrap_or("");
-        let line = facts.objects.get(i).map(String::as_str).unwrap_or("");
+        let words = facts.words.get(i).map(Vec::as_slice).unwrap_or(&[]);
         let by_program = spec.programs.is_empty()
             || spec
                 .programs
                 .iter()
-                .any(|g: &Glob| g.matches(program) || g.matches(base_name(program)));
+                .any(|g: &Glob| program_matches(g, program, permissive));
         // `*` crosses `/`: `scp -f /srv/*` would match `scp -f /srv/../etc/shadow`, so a line
         // climbing with `..` is never allowed by a `commands` glob (a deny glob still matches).
+        // Allowing, a glob's words pair up with the line's (`scp -f /srv/*` is not `scp -f
+        // /srv/x /etc/passwd`); denying, it matches the words joined by spaces, so a `*` may
+        // cover several (`git push*` denies `git push origin main`).
         let by_command = spec.commands.is_empty()
-            || (!(permissive && climbs(line)) && spec.commands.iter().any(|g| g.matches(line)));
+            || if permissive {
+                !words.iter().any(|w| climbs(w))
+                    && spec.commands.iter().any(|g| g.matches_words(words))
+            } else {
+                let line = words.join(" ");
+                spec.commands.iter().any(|g| g.matches(&line))
+            };
         by_program && by_command
     };
     let parts = facts.programs.len();
@@ -890,14 +1004,170 @@ mod tests {
     }
 
     #[test]
-    fn substitutions_become_parts() {
-        let s = split("echo $(rm -rf /) `id -u` \"$(whoami)\"").unwrap();
+    fn substitutions_in_redirections_become_parts() {
+        let s = split("ls > /tmp/$(rm -rf /) 2> /tmp/`id -u` >> \"/tmp/$(whoami)\"").unwrap();
         let progs: Vec<&str> = s.parts.iter().map(|p| p.words[0].as_str()).collect();
-        assert_eq!(progs, ["rm", "id", "whoami", "echo"]);
+        assert_eq!(progs, ["rm", "id", "whoami", "ls"]);
         assert!(s.operators.contains(&"$(…)") && s.operators.contains(&"`…`"));
         // Nested.
-        let s = split("echo $(cat $(ls))").unwrap();
+        let s = split("ls > $(cat > $(ls))").unwrap();
         assert_eq!(s.parts.len(), 3);
+    }
+
+    /// What the rules read must be what runs: a word the shell's expansions decide (its value,
+    /// or how many words it becomes) makes the line `unknown`, in the program name or in an
+    /// argument. No `allow`/`review` rule covers it; every `deny` rule does.
+    #[test]
+    fn expansions_in_arguments_are_unknown() {
+        for line in [
+            "cat /srv/ro/customers.txt${IFS}${x:-/etc/shadow}",
+            "find /srv -${x:-exec} sh -c id \\;",
+            "scp -f /srv/x${x:-/../../etc/passwd}",
+            "scp -f /srv/{.,}./etc/passwd",
+            "scp -f /srv/{a..b}",
+            "git -${x:-c} core.pager='sh -c id' log",
+            "tar -${x:-I} sh -xf a.tar",
+            "tee /srv/x${IFS}${x:-~/.ssh/authorized_keys}",
+            "cat /srv/$X",
+            "cat \"/srv/$X\"",
+            "cat /srv/$(echo x)",
+            "cat `echo /etc/shadow`",
+            "echo $((1+2))",
+            "cat /srv/ro/*",
+            "cat /srv/ro/?",
+            "cat /srv/[a]",
+            "echo $(rm -rf /)",
+            "ls; cat /srv/*",
+        ] {
+            let f = classify(line);
+            assert_eq!(f.class, Class::Unknown, "{line:?}");
+            let allow = ExecSpec {
+                programs: vec![Glob("*".into())],
+                ..ExecSpec::default()
+            };
+            assert!(mismatch(&allow, &f, true).is_some(), "{line:?}");
+            let deny = ExecSpec {
+                programs: vec![Glob("rm".into())],
+                ..ExecSpec::default()
+            };
+            assert_eq!(mismatch(&deny, &f, false), None, "deny matches {line:?}");
+        }
+        assert!(
+            split("cat /srv/$X")
+                .unwrap_err()
+                .contains("only known after expansion")
+        );
+        // Quoted or escaped, the same characters are literal.
+        for (line, args) in [
+            (
+                "cat '/srv/x${IFS}${x:-/etc/shadow}'",
+                "/srv/x${IFS}${x:-/etc/shadow}",
+            ),
+            ("scp -f '/srv/{.,}./x'", "/srv/{.,}./x"),
+            ("scp -f /srv/\\{.,\\}./x", "/srv/{.,}./x"),
+            ("scp -f \"/srv/{.,}.\"", "/srv/{.,}."),
+            ("find /srv -name '*.csv'", "*.csv"),
+            ("find /srv -name \\*.csv", "*.csv"),
+            ("echo \"a $ b\"", "a $ b"),
+            ("echo {}", "{}"),
+            ("echo {a} a,b}", "a,b}"),
+        ] {
+            let w = words(line);
+            assert_eq!(w[0].last().map(String::as_str), Some(args), "{line:?}");
+        }
+        // A redirection to a file only expansion names is one no rule covers, even one that
+        // starts like /dev/null.
+        for line in [
+            "ls > /dev/null${x:-/../../etc/passwd}",
+            "ls > /tmp/{a,../../etc/passwd}",
+            "ls > /tmp/*",
+        ] {
+            let s = split(line).unwrap();
+            assert!(s.parts[0].writes[0].starts_with('$'), "{line:?}");
+            let tmp = ExecSpec {
+                programs: vec![Glob("ls".into())],
+                writes: vec![Glob("*".into())],
+                ..ExecSpec::default()
+            };
+            assert!(
+                mismatch(&tmp, &facts_of(&s, "exec"), true).is_some(),
+                "{line:?}"
+            );
+        }
+    }
+
+    /// An `allow` rule's `commands` glob pairs its words with the line's: a `*` never covers
+    /// a space, so extra arguments are not allowed; a `deny` glob reads the joined line.
+    #[test]
+    fn commands_globs_match_word_by_word() {
+        let spec = |g: &str| ExecSpec {
+            commands: vec![Glob(g.into())],
+            ..ExecSpec::default()
+        };
+        let scp = spec("scp -f /srv/*");
+        assert_eq!(
+            mismatch(&scp, &classify("scp -f /srv/report.txt"), true),
+            None
+        );
+        assert_eq!(mismatch(&scp, &classify("scp  -f   /srv/a"), true), None);
+        for line in [
+            "scp -f /srv/report.txt /etc/passwd",
+            "scp -f /srv/x -S /tmp/evil",
+            "scp -f",
+            "scp -f '/srv/a /etc/passwd' x",
+        ] {
+            assert!(mismatch(&scp, &classify(line), true).is_some(), "{line:?}");
+        }
+        // A word with a space in it is still one word.
+        assert_eq!(mismatch(&scp, &classify("scp -f '/srv/a b'"), true), None);
+        let deny = spec("git push*");
+        assert_eq!(
+            mismatch(&deny, &classify("git push origin main"), false),
+            None
+        );
+        assert!(mismatch(&deny, &classify("git pull"), false).is_some());
+        // A Kubernetes exec's argv is matched the same way.
+        let argv = classify_argv(&["cat", "/srv/a", "/etc/shadow"], "exec");
+        assert!(mismatch(&spec("cat /srv/*"), &argv, true).is_some());
+        let argv = classify_argv(&["cat", "/srv/a"], "exec");
+        assert_eq!(mismatch(&spec("cat /srv/*"), &argv, true), None);
+    }
+
+    /// A bare program name in an `allow` rule is the system's program, not a file of that
+    /// name anywhere (`/srv/incoming/ls` is whatever was uploaded); `deny` rules match it
+    /// wherever it is.
+    #[test]
+    fn allow_rules_match_bare_names_only_in_system_dirs() {
+        let spec = |g: &str| ExecSpec {
+            programs: vec![Glob(g.into())],
+            ..ExecSpec::default()
+        };
+        let ls = spec("ls");
+        for line in [
+            "ls",
+            "/bin/ls",
+            "/usr/bin/ls -la",
+            "/usr/local/bin/ls",
+            "/sbin/ls",
+        ] {
+            assert_eq!(mismatch(&ls, &classify(line), true), None, "{line:?}");
+        }
+        for line in [
+            "/srv/incoming/ls",
+            "./ls",
+            "bin/ls",
+            "/usr/bin/../../srv/incoming/ls",
+            "//usr/bin/ls",
+            "/tmp/ls",
+        ] {
+            assert!(mismatch(&ls, &classify(line), true).is_some(), "{line:?}");
+            assert_eq!(mismatch(&ls, &classify(line), false), None, "deny {line:?}");
+        }
+        assert!(mismatch(&spec("*"), &classify("/srv/incoming/x"), true).is_some());
+        // A glob with a path matches the path as written.
+        let srv = spec("/srv/tools/*");
+        assert_eq!(mismatch(&srv, &classify("/srv/tools/report"), true), None);
+        assert!(mismatch(&srv, &classify("report"), true).is_some());
     }
 
     #[test]
@@ -1072,6 +1342,21 @@ mod tests {
             classify_argv(&["find", "/", "-exec", "rm", "{}", ";"], "exec").class,
             Class::Unknown
         );
+        // rsync's server mode does not excuse a daemon, its config (`pre-xfer exec`) or its
+        // parameters.
+        for line in [
+            "rsync --server --daemon .",
+            "rsync --daemon --config=/tmp/x",
+            "rsync --server --daemon --config=/srv/in/rsyncd.conf .",
+            "rsync --server --daemon -M pre-xfer\\ exec=id .",
+            "rsync --server --daemon --dparam=pre-xfer\\ exec=id .",
+            "rsync --server --daem .",
+            "rsync --server -vM x . /srv/in",
+            "rsync --server -Mfoo . /srv/in",
+            "rsync --remote-option=--daemon a b:",
+        ] {
+            assert!(split(line).is_err(), "{line:?} should be unknown");
+        }
         // The same programs without those options are judged, and rsync's server mode (its
         // `-e.iLsf` is the client's capability string) is what an rsync client sends.
         for line in [
@@ -1132,14 +1417,16 @@ mod tests {
         let unknown = classify("$X");
         assert!(mismatch(&spec(&["*"], true), &unknown, true).is_some());
         assert_eq!(mismatch(&spec(&["rm"], false), &unknown, false), None);
-        // Commands globs see the whole part.
+        // Commands globs see the whole part, word by word.
         let cmds = ExecSpec {
             programs: Vec::new(),
-            commands: vec![Glob("git status*".into())],
+            commands: vec![Glob("git status".into()), Glob("git status -*".into())],
             compound: false,
             writes: Vec::new(),
         };
         assert_eq!(mismatch(&cmds, &classify("git status -s"), true), None);
+        assert_eq!(mismatch(&cmds, &classify("git status"), true), None);
+        assert!(mismatch(&cmds, &classify("git status -s x"), true).is_some());
         assert!(mismatch(&cmds, &classify("git push"), true).is_some());
     }
 }

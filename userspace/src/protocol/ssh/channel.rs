@@ -32,7 +32,7 @@ use crate::audit::{
 };
 use crate::gate::{self, HeldFuture, Judge, Judged, Notice, Verdict};
 use crate::mask::{MaskCounts, TextMasker};
-use crate::model::{Command, Decision, Facts};
+use crate::model::{Command, Decision, Facts, FileOp};
 use crate::recording::{Header, MaskedCast};
 
 /// Client input kept while a command is held; past it the client waits (backpressure).
@@ -126,6 +126,19 @@ enum Mode {
     Exec(String),
     Shell,
     Sftp,
+}
+
+impl Mode {
+    /// What an interactive channel is called, whose input must be recorded whole (`None`:
+    /// not one). A command with a terminal is one: `ssh -t web systemctl status` pages with
+    /// `less`, whose `!sh` is a shell no rule judged.
+    fn interactive(&self, pty: bool) -> Option<&'static str> {
+        match self {
+            Mode::Shell => Some("shell"),
+            Mode::Exec(_) if pty => Some("command with a terminal"),
+            Mode::Exec(_) | Mode::Sftp => None,
+        }
+    }
 }
 
 /// Writes notices (a held command's request id) to the client's stderr.
@@ -580,8 +593,10 @@ impl ChannelTask {
                 stop: Box::pin(stop_signal(Arc::clone(&self.shared), approval)),
             },
         ));
-        // A shell's input is its commands, with a terminal or without one.
-        let shell = matches!(mode, Mode::Shell);
+        // A shell's input is its commands, with a terminal or without one. A command with a
+        // terminal (`ssh -t web systemctl status`) may become one (its pager's `!sh`): its
+        // input is held to the same rule, recorded whole or the channel ends.
+        let shell = mode.interactive(self.pty.is_some());
         let mut sftp_in = handles.map(|h| SftpIn {
             framer: Framer::default(),
             handles: h,
@@ -619,7 +634,7 @@ impl ChannelTask {
         &mut self,
         up: &UpstreamTx,
         cast: &Cast,
-        shell: bool,
+        shell: Option<&'static str>,
         mut sftp: Option<&mut SftpIn>,
         pump: tokio::task::JoinHandle<PumpEnd>,
     ) -> Result<PumpEnd, (Ended, PumpEnd)> {
@@ -673,22 +688,23 @@ impl ChannelTask {
     }
 
     /// Sends one piece of client input to the server (through the SFTP filter on an `sftp`
-    /// channel), recording it first. A shell whose recording failed or reached its limit is
-    /// ended before the input goes on: nothing typed or piped into a shell runs unrecorded. A
-    /// command's input (`ssh host sh < script`, an upload's bytes) is recorded up to the
-    /// limit, like its output, and relayed past it unrecorded (the record says truncated).
+    /// channel), recording it first. `shell` names an interactive channel (a shell, or a
+    /// command with a terminal); one whose recording failed or reached its limit is ended
+    /// before the input goes on: nothing typed or piped into it runs unrecorded. Other
+    /// commands' input (`ssh host sh < script`, an upload's bytes) is recorded up to the
+    /// limit, like their output, and relayed past it unrecorded (the record says truncated).
     async fn forward(
         &mut self,
         up: &UpstreamTx,
         cast: &Cast,
-        shell: bool,
+        shell: Option<&'static str>,
         sftp: Option<&mut SftpIn>,
         data: Bytes,
     ) -> Result<(), Ended> {
         if let Ok(mut c) = cast.lock()
             && let Some(w) = c.as_mut()
         {
-            if shell {
+            if let Some(what) = shell {
                 let unrecorded = match w.input(&data) {
                     Err(e) => Some(format!("its recording failed ({e})")),
                     Ok(()) if w.is_truncated() => Some(format!(
@@ -698,10 +714,10 @@ impl ChannelTask {
                     Ok(()) => None,
                 };
                 if let Some(why) = unrecorded {
-                    tracing::warn!(session = self.shared.id, %why, "ssh shell ended: input would run unrecorded");
+                    tracing::warn!(session = self.shared.id, %why, what, "ssh shell ended: input would run unrecorded");
                     return Err(Ended::Protocol(format!(
-                        "airlock: the shell was ended: {why}, and what is typed into a shell must \
-                         be recorded"
+                        "airlock: the {what} was ended: {why}, and what is typed into it must be \
+                         recorded"
                     )));
                 }
             } else if !w.is_truncated()
@@ -757,7 +773,7 @@ impl ChannelTask {
         let req =
             sftp::parse_request(&packet).map_err(|e| Ended::Protocol(format!("airlock: {e}")))?;
         let id = req.id.unwrap_or(0);
-        let (op, path, to, opens) = match req.action {
+        let (op, path, to, opens, reads) = match req.action {
             Action::Pass => {
                 if req.kind == sftp::FXP_CLOSE
                     && let Ok(mut h) = s.handles.lock()
@@ -774,7 +790,8 @@ impl ChannelTask {
                 path,
                 to,
                 opens,
-            } => (op, path, to, opens),
+                reads,
+            } => (op, path, to, opens, reads),
             Action::JudgeHandle { op, handle } => {
                 let path = s
                     .handles
@@ -782,7 +799,7 @@ impl ChannelTask {
                     .ok()
                     .and_then(|h| h.path(&handle).map(str::to_owned));
                 match path {
-                    Some(p) => (op, p, None, false),
+                    Some(p) => (op, p, None, false, false),
                     None => {
                         return self
                             .sftp_refuse(
@@ -796,6 +813,19 @@ impl ChannelTask {
                 }
             }
         };
+        // A handle opened for reading and writing reads too: the read must be allowed as well.
+        if reads {
+            let read = Command::File {
+                op: FileOp::Read,
+                path: path.as_str().into(),
+                to: None,
+            };
+            if let Outcome::Denied { message } = self.resolve(&read).await? {
+                return self
+                    .sftp_refuse(s, id, sftp::FX_PERMISSION_DENIED, &message)
+                    .await;
+            }
+        }
         let command = Command::File {
             op,
             path: path.as_str().into(),
@@ -1250,7 +1280,19 @@ fn record_output(p: &Pump, data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use super::env_passes;
+    use super::{Mode, env_passes};
+
+    /// A command with a terminal can turn into a shell (a pager's `!sh`): its input is held to
+    /// a shell's rule (recorded whole, or the channel ends); a piped command's is not.
+    #[test]
+    fn commands_with_a_terminal_are_interactive_like_shells() {
+        let exec = Mode::Exec("systemctl status nginx".into());
+        assert_eq!(exec.interactive(true), Some("command with a terminal"));
+        assert_eq!(exec.interactive(false), None);
+        assert_eq!(Mode::Shell.interactive(false), Some("shell"));
+        assert_eq!(Mode::Shell.interactive(true), Some("shell"));
+        assert_eq!(Mode::Sftp.interactive(true), None);
+    }
 
     #[test]
     fn only_locale_variables_pass_to_the_server() {

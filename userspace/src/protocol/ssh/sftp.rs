@@ -52,6 +52,7 @@ pub const FX_PERMISSION_DENIED: u32 = 3;
 /// `SSH_FX_OP_UNSUPPORTED`.
 pub const FX_OP_UNSUPPORTED: u32 = 8;
 
+const OPEN_READ: u32 = 0x01;
 const OPEN_WRITE: u32 = 0x02;
 const OPEN_APPEND: u32 = 0x04;
 const OPEN_CREAT: u32 = 0x08;
@@ -140,12 +141,15 @@ pub enum Action {
     /// judged.
     Pass,
     /// Judge this operation on these (normalized) paths first. `opens` is set for `open` and
-    /// `opendir`, whose `HANDLE` reply maps a handle to `path`.
+    /// `opendir`, whose `HANDLE` reply maps a handle to `path`. `reads` is set for an `open`
+    /// that writes and whose handle also reads (`READ|WRITE`): a read of `path` is judged too,
+    /// and both must be allowed.
     Judge {
         op: FileOp,
         path: String,
         to: Option<String>,
         opens: bool,
+        reads: bool,
     },
     /// `fsetstat`: a write on the path this handle was opened for.
     JudgeHandle { op: FileOp, handle: Vec<u8> },
@@ -184,6 +188,7 @@ fn judge(op: FileOp, p: &[u8], to: Option<&[u8]>, opens: bool) -> Action {
         path,
         to,
         opens,
+        reads: false,
     }
 }
 
@@ -204,8 +209,19 @@ pub fn parse_request(packet: &[u8]) -> Result<Request, SftpError> {
             let p = r.string("open path")?;
             let flags = r.u32("open flags")?;
             let writes = flags & (OPEN_WRITE | OPEN_APPEND | OPEN_CREAT | OPEN_TRUNC) != 0;
-            let op = if writes { FileOp::Write } else { FileOp::Read };
-            judge(op, p, None, true)
+            // sftp-server opens O_RDWR for READ|WRITE, and O_RDONLY without WRITE (`CREAT`
+            // alone too): such a handle reads, so a write-only rule must not cover it alone.
+            let readable = flags & OPEN_READ != 0 || flags & OPEN_WRITE == 0;
+            match (writes, judge(FileOp::Read, p, None, true)) {
+                (true, Action::Judge { path, to, .. }) => Action::Judge {
+                    op: FileOp::Write,
+                    path,
+                    to,
+                    opens: true,
+                    reads: readable,
+                },
+                (_, action) => action,
+            }
         }
         FXP_OPENDIR => judge(FileOp::Read, r.string("opendir path")?, None, true),
         FXP_CLOSE | FXP_READ | FXP_WRITE | FXP_FSTAT | FXP_READDIR => Action::Pass,
@@ -374,7 +390,8 @@ mod tests {
                 op: FileOp::Read,
                 path: "/srv/a".into(),
                 to: None,
-                opens: true
+                opens: true,
+                reads: false,
             }
         );
         let write = packet(
@@ -389,9 +406,31 @@ mod tests {
                 op: FileOp::Write,
                 path: "~/x.txt".into(),
                 to: None,
-                opens: true
+                opens: true,
+                reads: false,
             }
         );
+        // A handle that also reads (READ|WRITE, or CREAT without WRITE, which sftp-server
+        // opens read-only) is judged as a read too.
+        for flags in [0x03u8, 0x0b, 0x1b, 0x08, 0x09] {
+            let both = packet(
+                FXP_OPEN,
+                Some(9),
+                &[b"/srv/up/x"],
+                &[0, 0, 0, flags, 0, 0, 0, 0],
+            );
+            assert_eq!(
+                parse_request(&both).unwrap().action,
+                Action::Judge {
+                    op: FileOp::Write,
+                    path: "/srv/up/x".into(),
+                    to: None,
+                    opens: true,
+                    reads: true,
+                },
+                "flags {flags:#x}"
+            );
+        }
     }
 
     #[test]
