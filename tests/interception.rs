@@ -262,6 +262,36 @@ fn unmodified_clients_are_intercepted_on_every_path() {
         "every client reached the service once"
     );
     env.assert_only_proxy_arrived();
+
+    // UDP to a protected target's port (HTTP/3 to a 443) has no proxy to go to: refused,
+    // connected or not, in either family; UDP elsewhere is untouched.
+    for args in [
+        format!("{DB_ADDR} {ECHO_PORT} --udp"),
+        format!("{DB_ADDR} {ECHO_PORT} --udp --sendto"),
+        format!("{DB_ADDR6} {ECHO_PORT} --udp --sendto"),
+        format!("::ffff:{DB_ADDR} {ECHO_PORT} --udp --family 6"),
+    ] {
+        let run = env.nobody_client("clients", &node, &args);
+        assert!(
+            run.connect_error
+                .as_deref()
+                .is_some_and(|e| e.contains("errno=1 ")),
+            "{args}: {run:?}"
+        );
+    }
+    let other_port = sh(&env.cg.run_in(
+        "clients",
+        &node,
+        &format!(
+            "{NOBODY} {PYTHON} {} {DB_ADDR} {} --udp --sendto",
+            support_file("client.py").display(),
+            ECHO_PORT + 1
+        ),
+    ));
+    assert!(
+        String::from_utf8_lossy(&other_port.stdout).contains("udp-sent"),
+        "{other_port:?}"
+    );
 }
 
 #[test]

@@ -3,7 +3,8 @@
 service's greeting, echo a line. Options: --mark N sets SO_MARK before connecting;
 --family 4|6 picks the socket family (6 also takes IPv4-mapped addresses); --mptcp opens an
 MPTCP socket; --source-port N binds that local port (SO_REUSEADDR) before connecting;
---bind ADDR binds that local address first."""
+--bind ADDR binds that local address first; --udp sends one datagram instead (connected,
+or with --sendto unconnected) and prints `udp-sent` or the error."""
 import argparse
 import socket
 import sys
@@ -18,10 +19,25 @@ p.add_argument("--family", choices=["4", "6"], default=None)
 p.add_argument("--mptcp", action="store_true")
 p.add_argument("--source-port", type=int)
 p.add_argument("--bind")
+p.add_argument("--udp", action="store_true")
+p.add_argument("--sendto", action="store_true")
 p.add_argument("--timeout", type=float, default=5.0)
 a = p.parse_args()
 
 family = socket.AF_INET6 if (a.family == "6" or (a.family is None and ":" in a.host)) else socket.AF_INET
+if a.udp:
+    u = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if a.sendto:
+            u.sendto(b"hello", (a.host, a.port))
+        else:
+            u.connect((a.host, a.port))
+            u.send(b"hello")
+    except OSError as e:
+        print(f"connect-error errno={e.errno} {e.strerror}")
+        sys.exit(3)
+    print("udp-sent")
+    sys.exit(0)
 s = socket.socket(family, socket.SOCK_STREAM, IPPROTO_MPTCP if a.mptcp else 0)
 s.settimeout(a.timeout)
 if a.mark is not None:

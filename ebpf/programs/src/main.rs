@@ -226,19 +226,36 @@ fn unspecified_dst4(ctx: &SockAddrContext) -> u32 {
     if bound != 0 { bound } else { LOOPBACK4 }
 }
 
+/// A datagram to a protected target: the proxy speaks TCP, so there is nothing to redirect
+/// it to, and sent direct it would bypass the gateway (HTTP/3 to a target's 443). Refused;
+/// clients fall back to TCP, which is intercepted.
+#[inline(always)]
+fn datagram(orig: &[u32; 4], port_net: u16) -> i32 {
+    if lookup_target(orig, port_net).is_some() {
+        REFUSE
+    } else {
+        ALLOW
+    }
+}
+
+#[inline(always)]
+fn dst4(ctx: &SockAddrContext, user_ip4: u32) -> [u32; 4] {
+    let ip4 = if user_ip4 == 0 {
+        unspecified_dst4(ctx)
+    } else {
+        user_ip4
+    };
+    [0, 0, MAPPED_PREFIX, ip4]
+}
+
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
     let sa: &mut bpf_sock_addr = unsafe { &mut *ctx.sock_addr };
-    if sa.type_ != SOCK_STREAM {
-        return ALLOW;
-    }
-    let ip4 = if sa.user_ip4 == 0 {
-        unspecified_dst4(&ctx)
-    } else {
-        sa.user_ip4
-    };
-    let orig = [0, 0, MAPPED_PREFIX, ip4];
+    let orig = dst4(&ctx, sa.user_ip4);
     let port_net = sa.user_port as u16;
+    if sa.type_ != SOCK_STREAM {
+        return datagram(&orig, port_net);
+    }
     let Some(target) = lookup_target(&orig, port_net) else {
         return ALLOW;
     };
@@ -307,9 +324,6 @@ fn effective_dst6(ctx: &SockAddrContext, addr: [u32; 4]) -> [u32; 4] {
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
     let sa: &mut bpf_sock_addr = unsafe { &mut *ctx.sock_addr };
-    if sa.type_ != SOCK_STREAM {
-        return ALLOW;
-    }
     let orig = effective_dst6(
         &ctx,
         [
@@ -320,6 +334,9 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
         ],
     );
     let port_net = sa.user_port as u16;
+    if sa.type_ != SOCK_STREAM {
+        return datagram(&orig, port_net);
+    }
     let Some(target) = lookup_target(&orig, port_net) else {
         return ALLOW;
     };
@@ -369,6 +386,28 @@ fn record_for_peer(ctx: &SockAddrContext, peer: [u32; 4], port_net: u16) -> Opti
     }
     let conn = unsafe { *conn };
     (conn.proxy_addr == peer && conn.proxy_port == u16::from_be(port_net)).then_some(conn)
+}
+
+/// An unconnected UDP send names its destination per datagram: judged like a connect.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    let sa: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
+    datagram(&dst4(&ctx, sa.user_ip4), sa.user_port as u16)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    let sa: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
+    let orig = effective_dst6(
+        &ctx,
+        [
+            sa.user_ip6[0],
+            sa.user_ip6[1],
+            sa.user_ip6[2],
+            sa.user_ip6[3],
+        ],
+    );
+    datagram(&orig, sa.user_port as u16)
 }
 
 #[cgroup_sock_addr(getpeername4)]

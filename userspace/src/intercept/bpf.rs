@@ -36,9 +36,11 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ai
 pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 /// cgroup sock_addr programs in the object, by function name.
-const SOCK_ADDR_PROGRAMS: [&str; 6] = [
+const SOCK_ADDR_PROGRAMS: [&str; 8] = [
     "connect4",
     "connect6",
+    "sendmsg4",
+    "sendmsg6",
     "getpeername4",
     "getpeername6",
     "bind4",
