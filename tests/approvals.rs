@@ -689,21 +689,20 @@ fn raw_extended_protocol_cannot_swap_what_was_reviewed() {
     refused(&m, "not prepared through the gateway");
 
     // A Parse the server skipped, then the same name prepared for a write: the server holds
-    // the write, so the skipped statement's allowance must not cover it.
+    // the write, so the skipped statement's allowance must not cover it; the write is what
+    // a Bind of that name is judged as (held for review here).
     c.send(&[fails, parse("s", "SELECT 1"), sync()].concat());
     assert_eq!(answer(&mut c).0, "1EZ");
-    c.send(
-        &[
-            parse("s", "UPDATE accounts SET balance = 0 WHERE id = 1"),
-            sync(),
-        ]
-        .concat(),
-    );
+    let zero = "UPDATE accounts SET balance = 0 WHERE id = 1";
+    c.send(&[parse("s", zero), sync()].concat());
     assert_eq!(answer(&mut c).0, "1Z");
     c.send(&[bind("", "s"), execute(""), sync()].concat());
+    let held = inst.wait_pending(zero);
+    inst.cli_ok(&["deny", &held.id]);
     let (t, m) = answer(&mut c);
     assert_eq!(t, "EZ");
-    refused(&m, "was not created on the server");
+    refused(&m, &format!("request {} was denied", held.id));
+    assert_eq!(balance(&pg, "accounts"), 5);
 
     // A Bind the server skipped, then the transaction rolled back to a savepoint: the old
     // portal of that name is still on the server, so a later Execute of it is refused rather

@@ -492,6 +492,16 @@ fn allowed_reads_are_masked_and_carry_the_gateway_credential() {
             .contains(GATEWAY_TOKEN)
     );
 
+    // The same document in another structured form (`?format=xml`) would pass the JSON path
+    // rules unmasked: refused.
+    let out = env.client_ok(&format!(
+        "curl -sS -w ' %{{http_code}}' 'http://{DB_ADDR}/app/users?format=xml'"
+    ));
+    assert!(
+        out.ends_with(" 502") && !out.contains("alice@example.com"),
+        "{out}"
+    );
+
     // Text answers go through the detectors; gzip answers are decoded, masked, sent identity.
     let out = env.client_ok(&format!("curl -sS http://{DB_ADDR}/app/notes"));
     assert!(out.contains("contact [REDACTED], card [REDACTED]"), "{out}");

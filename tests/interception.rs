@@ -336,7 +336,7 @@ fn fail_closed_while_the_daemon_is_dead_then_resumes_from_pins() {
     assert_eq!(status["daemon_alive"], false);
     assert_eq!(
         status["links"].as_array().map(Vec::len),
-        Some(7),
+        Some(9),
         "{status}"
     );
 
@@ -527,7 +527,7 @@ fn uninstall_detaches_everything() {
         .output()
         .expect("uninstall");
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("detached 7"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("detached 9"));
     let attached = sh(&format!(
         "bpftool cgroup show {} | tail -n +2 | wc -l",
         env.cg.path.display()

@@ -513,7 +513,7 @@ fn sigterm_drains_sessions_records_every_end_and_exits() {
     );
 
     // Interception stayed pinned: a client is refused now, never sent direct.
-    assert_eq!(attached_programs(&env), "7");
+    assert_eq!(attached_programs(&env), "9");
     let out = sh(&env.client(&format!(
         "{PYTHON} {} {DB_ADDR} {ECHO_PORT}",
         support_file("client.py").display()
@@ -528,7 +528,7 @@ fn upgrade_hands_over_without_refusing_a_connection() {
     let daemon = env.start_daemon("20s");
     let old_pid = daemon.proc.pid();
     let links_before = link_ids(&env);
-    assert_eq!(links_before.len(), 7);
+    assert_eq!(links_before.len(), 9);
 
     let mut held = Session::open(&env);
     let backend = held.ask("SELECT pg_backend_pid()");
@@ -563,7 +563,7 @@ fn upgrade_hands_over_without_refusing_a_connection() {
 
     // The kernel programs were adopted in place: the very same links, one per program.
     assert_eq!(link_ids(&env), links_before, "links were replaced");
-    assert_eq!(attached_programs(&env), "7");
+    assert_eq!(attached_programs(&env), "9");
     assert_eq!(Daemon::status(&env.bpffs)["daemon_pid"], new_pid);
 
     // The open session still runs on the old process, on the same server backend.

@@ -887,6 +887,24 @@ const LEAKS: &[(&str, &str, &str)] = &[
         "email-hash",
         "customers.email",
     ),
+    // Comparisons multiplied by generated rows spell the value out in one answer; a window's
+    // ordering and an aggregate's FILTER decide the value returned.
+    (
+        "SELECT c.id, g.i, h.n FROM customers c, generate_series(1, 64) g(i), generate_series(0, 255) h(n) \
+         WHERE ascii(substr(c.email, g.i, 1)) = h.n",
+        "email-hash",
+        "customers.email",
+    ),
+    (
+        "SELECT id, row_number() OVER (ORDER BY email) FROM customers",
+        "email-hash",
+        "customers.email",
+    ),
+    (
+        "SELECT count(*) FILTER (WHERE email LIKE 'a%') FROM customers",
+        "email-hash",
+        "customers.email",
+    ),
 ];
 
 /// A view redefined outside the gateway after a session looked it up is masked by its new

@@ -71,6 +71,11 @@ class Handler(BaseHTTPRequestHandler):
             with LOCK:
                 return self._json({"counts": COUNTS, "auth": AUTH_SEEN})
         self._count()
+        if path == "/users" and "format=xml" in self.path:
+            # The same document in the form asked for, as Spring or DRF answer `?format=`.
+            rows = "".join(f"<user><name>{n}</name><email>{e}</email></user>"
+                           for n, e in [("alice", "alice@example.com"), ("bob", "bob@example.com")])
+            return self._send(200, f"<users>{rows}</users>".encode(), ctype="application/xml")
         if path == "/users":
             return self._json({
                 "users": [

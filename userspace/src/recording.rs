@@ -167,14 +167,7 @@ impl CastWriter {
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)?;
-            for d in dir.ancestors().take(2) {
-                if !std::fs::symlink_metadata(d)?.file_type().is_dir() {
-                    return Err(io::Error::other(format!(
-                        "{} is not a directory (a link?): not recording there",
-                        d.display()
-                    )));
-                }
-            }
+            check_dirs(path)?;
         }
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -376,6 +369,37 @@ pub fn read(path: &Path) -> Result<(Header, Vec<Event>), CastError> {
         source,
     })?;
     parse(path, io::BufReader::new(file))
+}
+
+/// The two directories above a recording (`recordings/<session>`) are directories nobody
+/// else can write, reached through no link but one root (or this user) made: the daemon
+/// runs as root, and a link planted in the log directory would have it create files, or
+/// `verify` read them, wherever the link points. An operator's link (recordings on another
+/// volume) is fine.
+pub fn check_dirs(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    for d in path.ancestors().skip(1).take(2) {
+        let link = std::fs::symlink_metadata(d)?;
+        let refuse = |why: &str| {
+            Err(io::Error::other(format!(
+                "{} {why}: not a place for recordings",
+                d.display()
+            )))
+        };
+        if link.file_type().is_symlink() && link.uid() != 0 && link.uid() != me {
+            return refuse("is a link another user made");
+        }
+        let dir = std::fs::metadata(d)?;
+        if !dir.is_dir() {
+            return refuse("is not a directory");
+        }
+        if dir.mode() & 0o022 != 0 {
+            return refuse("is writable by others");
+        }
+    }
+    Ok(())
 }
 
 /// [`read`] of a recording already in hand (`path` names it in errors).

@@ -239,6 +239,16 @@ fn datagram(orig: &[u32; 4], port_net: u16) -> i32 {
 }
 
 #[inline(always)]
+fn user_ip6(sa: &bpf_sock_addr) -> [u32; 4] {
+    [
+        sa.user_ip6[0],
+        sa.user_ip6[1],
+        sa.user_ip6[2],
+        sa.user_ip6[3],
+    ]
+}
+
+#[inline(always)]
 fn dst4(ctx: &SockAddrContext, user_ip4: u32) -> [u32; 4] {
     let ip4 = if user_ip4 == 0 {
         unspecified_dst4(ctx)
@@ -324,15 +334,7 @@ fn effective_dst6(ctx: &SockAddrContext, addr: [u32; 4]) -> [u32; 4] {
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
     let sa: &mut bpf_sock_addr = unsafe { &mut *ctx.sock_addr };
-    let orig = effective_dst6(
-        &ctx,
-        [
-            sa.user_ip6[0],
-            sa.user_ip6[1],
-            sa.user_ip6[2],
-            sa.user_ip6[3],
-        ],
-    );
+    let orig = effective_dst6(&ctx, user_ip6(sa));
     let port_net = sa.user_port as u16;
     if sa.type_ != SOCK_STREAM {
         return datagram(&orig, port_net);
@@ -388,26 +390,24 @@ fn record_for_peer(ctx: &SockAddrContext, peer: [u32; 4], port_net: u16) -> Opti
     (conn.proxy_addr == peer && conn.proxy_port == u16::from_be(port_net)).then_some(conn)
 }
 
-/// An unconnected UDP send names its destination per datagram: judged like a connect.
+/// An unconnected UDP send names its destination per datagram: judged like a connect. A
+/// datagram to 0.0.0.0 goes to its source address (`msg_src_ip4`: an `IP_PKTINFO` cmsg's,
+/// else the bound one), or to loopback.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
     let sa: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
-    datagram(&dst4(&ctx, sa.user_ip4), sa.user_port as u16)
+    let orig = if sa.user_ip4 == 0 && sa.msg_src_ip4 != 0 {
+        [0, 0, MAPPED_PREFIX, sa.msg_src_ip4]
+    } else {
+        dst4(&ctx, sa.user_ip4)
+    };
+    datagram(&orig, sa.user_port as u16)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     let sa: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
-    let orig = effective_dst6(
-        &ctx,
-        [
-            sa.user_ip6[0],
-            sa.user_ip6[1],
-            sa.user_ip6[2],
-            sa.user_ip6[3],
-        ],
-    );
-    datagram(&orig, sa.user_port as u16)
+    datagram(&effective_dst6(&ctx, user_ip6(sa)), sa.user_port as u16)
 }
 
 #[cgroup_sock_addr(getpeername4)]
@@ -424,13 +424,7 @@ pub fn getpeername4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn getpeername6(ctx: SockAddrContext) -> i32 {
     let sa: &mut bpf_sock_addr = unsafe { &mut *ctx.sock_addr };
-    let peer = [
-        sa.user_ip6[0],
-        sa.user_ip6[1],
-        sa.user_ip6[2],
-        sa.user_ip6[3],
-    ];
-    if let Some(conn) = record_for_peer(&ctx, peer, sa.user_port as u16) {
+    if let Some(conn) = record_for_peer(&ctx, user_ip6(sa), sa.user_port as u16) {
         sa.user_ip6[0] = conn.orig_addr[0];
         sa.user_ip6[1] = conn.orig_addr[1];
         sa.user_ip6[2] = conn.orig_addr[2];

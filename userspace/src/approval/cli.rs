@@ -127,7 +127,10 @@ fn age(ms: u64) -> String {
 }
 
 fn one_line(text: &str, max: usize) -> String {
-    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let flat: String = crate::audit::cli::escape_controls(text)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     if flat.chars().count() <= max {
         flat
     } else {
@@ -209,7 +212,11 @@ pub fn show(args: &ApiArgs, id: &str, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let r: ApprovalRequest = serde_json::from_value(v)?;
-    print!("{}", super::text::describe(&r, super::now_ms()));
+    // A client's control characters must not redraw what the reviewer reads.
+    print!(
+        "{}",
+        crate::audit::cli::escape_controls(&super::text::describe(&r, super::now_ms()))
+    );
     Ok(())
 }
 

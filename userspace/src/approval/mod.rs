@@ -637,18 +637,27 @@ impl Approvals {
         Ok(req)
     }
 
-    /// Takes one use of an approved grant covering `sha` for this subject and target.
+    /// Takes one use of an approved grant covering `sha` for this subject and target, granted
+    /// under the rule that reviews the command now (a grant approved under another rule —
+    /// a plan judged for other groups, a retry from another identity of the same subject —
+    /// was approved by other reviewers, or fewer).
     async fn take_grant(
         &self,
         subject: &str,
         target: &str,
         sha: &str,
+        now_needs: (&str, &[String], u32),
     ) -> Result<Option<ApprovalRequest>, ApprovalError> {
+        let (rule, approvers, quorum) = now_needs;
         let now = now_ms();
         for g in self.store.grants(subject, target).await? {
             // A held command's approval belongs to the session waiting on it.
             let reusable = g.kind == Kind::Plan || g.mode == ReviewMode::Retry;
+            let same_review = g.rule.split(',').any(|r| r == rule)
+                && approvers.iter().all(|a| g.approvers.contains(a))
+                && g.quorum >= quorum;
             if !reusable
+                || !same_review
                 || !g
                     .commands
                     .iter()
@@ -718,7 +727,15 @@ impl Approvals {
             return unavailable(&"not connected", None);
         }
         let sha = model::command_sha256(&r.command);
-        match self.take_grant(&r.identity.subject, &r.target, &sha).await {
+        match self
+            .take_grant(
+                &r.identity.subject,
+                &r.target,
+                &sha,
+                (&rule, &approvers, quorum),
+            )
+            .await
+        {
             Ok(Some(g)) => {
                 self.metrics.approval_granted(&r.target);
                 tracing::info!(request = %g.id, session = r.session, target = %r.target, "command covered by an approval");
@@ -732,15 +749,8 @@ impl Approvals {
                     outcome: ReviewOutcome::Granted,
                 };
                 trail.put(review.clone());
-                return Outcome::Allow {
-                    rule,
-                    mask: if review.request.mask.is_empty() {
-                        mask
-                    } else {
-                        review.request.mask.clone()
-                    },
-                    review,
-                };
+                // The rule reviewing it now masks it, whatever the grant was judged with.
+                return Outcome::Allow { rule, mask, review };
             }
             Ok(None) => {}
             Err(e) => return unavailable(&e, None),

@@ -451,6 +451,10 @@ impl ApprovalRequest {
         if who.admin {
             return Ok(());
         }
+        // Whoever submitted a plan does not approve it either.
+        if self.requested_by.as_deref() == Some(who.subject.as_str()) {
+            return Err(ApprovalError::OwnRequest);
+        }
         if self.eligible_groups().any(|g| who.groups.contains(g)) {
             return Ok(());
         }

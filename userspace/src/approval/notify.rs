@@ -104,15 +104,21 @@ pub fn slack_body(event: &str, req: &ApprovalRequest) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({ "text": text })).unwrap_or_default()
 }
 
-/// `s` cut to at most `max` bytes on a character boundary, marked when cut.
-fn bounded(mut s: String, max: usize) -> String {
+/// `s` cut to at most `max` bytes on a character boundary, with what would act on a reader's
+/// display (controls, bidirectional overrides) escaped. A cut says so plainly: what is shown
+/// is not the whole command, and the reviewer must read it whole before approving.
+fn bounded(s: String, max: usize) -> String {
+    let total = s.len();
+    let mut s = crate::audit::cli::escape_controls(&s).into_owned();
     if s.len() > max {
         let mut cut = max;
         while !s.is_char_boundary(cut) {
             cut -= 1;
         }
         s.truncate(cut);
-        s.push('…');
+        s.push_str(&format!(
+            "… [TRUNCATED: {total} bytes in all; read the whole request before deciding]"
+        ));
     }
     s
 }

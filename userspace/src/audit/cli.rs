@@ -283,16 +283,16 @@ fn format_duration_us(us: u64) -> String {
     }
 }
 
-/// Text for a reviewer's terminal: control characters (C0 but newline, DEL, C1) and
+/// Text for a reviewer's terminal: control characters (C0 but newline and tab, DEL, C1) and
 /// bidirectional overrides in what is written come out escaped (`\u{1b}`), so a value a client
 /// put in a record (a command, an error the server echoed, a name) cannot move the cursor,
 /// hide lines or reorder what the reviewer reads.
 pub struct TermSafe<'a>(pub &'a mut dyn Write);
 
-/// Whether a character would act on a terminal rather than show: controls (C0 but newline,
-/// DEL, C1) and bidirectional marks and overrides.
+/// Whether a character would act on a terminal rather than show: controls (C0 but newline
+/// and tab, DEL, C1) and bidirectional marks and overrides.
 fn acts_on_terminal(c: char) -> bool {
-    (c.is_control() && c != '\n')
+    (c.is_control() && c != '\n' && c != '\t')
         || matches!(
             c,
             '\u{061c}'

@@ -850,7 +850,12 @@ async fn the_writer_does_not_follow_links_in_the_log_directory() {
     rec.flush().await.unwrap();
     let victim = t.path().join("victim");
     std::fs::write(&victim, b"precious").unwrap();
-    std::os::unix::fs::symlink(&victim, t.log().join(".head.json.tmp")).unwrap();
+    // Every name this process's next head writes could use (the counter is shared by the
+    // tests running beside this one).
+    for n in 0..10_000 {
+        let name = format!(".head.json.{}.{n}.tmp", std::process::id());
+        std::os::unix::fs::symlink(&victim, t.log().join(name)).unwrap();
+    }
     session(&rec, "after", "demo-db", 1).await;
     rec.close().await.unwrap();
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious");

@@ -245,19 +245,7 @@ fn open_recording(dir: &Path, r: &super::record::RecordingRecord) -> Result<std:
     }
     let path = dir.join(rel);
     let problem = |e: std::io::Error| format!("recording {} of command {}: {e}", r.file, r.n);
-    for d in path.ancestors().skip(1).take(2) {
-        if !std::fs::symlink_metadata(d)
-            .map_err(problem)?
-            .file_type()
-            .is_dir()
-        {
-            return Err(format!(
-                "recording {}: {} is not a directory (a link?)",
-                r.file,
-                d.display()
-            ));
-        }
-    }
+    crate::recording::check_dirs(&path).map_err(problem)?;
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)

@@ -96,9 +96,16 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AuditError> 
 /// still leaves the old file or the new one, whole, and no sync waits on the disk.
 fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> Result<(), AuditError> {
     let dir = path.parent().unwrap_or(Path::new("."));
+    // A name of this process and call: two daemons sharing the log (an upgrade) each
+    // replace head.json, and neither must rename the other's half-written file.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(path.file_name().unwrap_or_default());
-    tmp_name.push(".tmp");
+    tmp_name.push(format!(
+        ".{}.{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     let tmp = dir.join(tmp_name);
     let r = (|| {
         // Whatever sits at the temporary name (a crash's leftover, or a link planted to make
@@ -1978,7 +1985,7 @@ pub(super) fn apply_retention(
             Some(age) if !too_big => coop::last_line(path, *len)
                 .ok()
                 .flatten()
-                .and_then(|line| serde_json::from_slice::<Record>(&line).ok())
+                .and_then(|line| serde_json::from_slice::<Link>(&line).ok())
                 .is_some_and(|r| Duration::from_micros(now.saturating_sub(r.ts)) > age),
             _ => false,
         };
@@ -2034,6 +2041,15 @@ pub(super) fn apply_retention(
     Ok(())
 }
 
+/// What retention reads of a record: its place in the chain and its time. Other members are
+/// left unread, so a record of a newer format does not stop retention.
+#[derive(serde::Deserialize)]
+struct Link {
+    seq: u64,
+    ts: u64,
+    prev: ChainHash,
+}
+
 /// Checks that `segs` (oldest first, about to be deleted) are the chain: consecutive seqs, each
 /// `prev` the hash of the line before, starting where the anchor (or seq 0) says and ending
 /// right before `kept` (the seq and prev of the first record kept). Reads a line at a time.
@@ -2063,7 +2079,7 @@ fn check_chain(
             if line.pop() != Some(b'\n') {
                 return Err(corrupt("a partial record".into()));
             }
-            let rec: Record = serde_json::from_slice(&line)
+            let rec: Link = serde_json::from_slice(&line)
                 .map_err(|e| corrupt(format!("an unreadable record: {e}")))?;
             let linked = match last {
                 Some((seq, hash)) => rec.seq == seq + 1 && rec.prev == hash,

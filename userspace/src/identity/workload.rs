@@ -77,16 +77,26 @@ fn is_container_id(s: &str) -> bool {
 
 /// The Kubernetes pod UID on a `kubepods` path: `pod<uid>` (cgroupfs driver) or
 /// `kubepods-<qos>-pod<uid_with_underscores>.slice` (systemd driver), returned with dashes.
+///
+/// Only the kubelet's own tree counts: the path starts at `/kubepods` (or `/kubepods.slice`),
+/// and the pod is its QoS level's child or its own. Any user can make cgroups named like a pod
+/// in the subtree systemd delegates to them (`/user.slice/…/user@UID.service/pod<uid>`), and
+/// a pod identity is what policy grants groups to.
 pub fn pod_uid(cgroup_path: &str) -> Option<String> {
-    if !cgroup_path.contains("kubepods") {
+    let mut parts = cgroup_path.split('/').filter(|p| !p.is_empty());
+    let root = parts.next()?;
+    if root != "kubepods" && root != "kubepods.slice" {
         return None;
     }
-    cgroup_path.split('/').rev().find_map(|c| {
-        let c = c.strip_suffix(".slice").unwrap_or(c);
-        // systemd driver: the pod component repeats its parents, `kubepods-burstable-pod…`.
-        let tail = c.rsplit('-').next().unwrap_or(c);
-        let uid = tail.strip_prefix("pod").or_else(|| c.strip_prefix("pod"))?;
-        let uid = uid.replace('_', "-");
+    let systemd = root == "kubepods.slice";
+    // The pod sits right under the root (guaranteed QoS) or under its QoS level.
+    parts.take(2).find_map(|c| {
+        let uid = if systemd {
+            let c = c.strip_prefix("kubepods-")?.strip_suffix(".slice")?;
+            c.rsplit('-').next()?.strip_prefix("pod")?.replace('_', "-")
+        } else {
+            c.strip_prefix("pod")?.to_owned()
+        };
         is_uuid(&uid).then_some(uid)
     })
 }
@@ -448,6 +458,22 @@ mod tests {
             ),
             (format!("/system.slice/pod{POD}.service"), None),
             ("/kubepods/podnot-a-uid".to_string(), None),
+            // Named like a pod where any user may make cgroups: not a pod.
+            (
+                format!("/user.slice/user-1000.slice/user@1000.service/pod{POD}"),
+                None,
+            ),
+            (
+                format!("/user.slice/user-1000.slice/user@1000.service/kubepods/pod{POD}"),
+                None,
+            ),
+            (
+                format!(
+                    "/user.slice/user-1000.slice/user@1000.service/app.slice/kubepods-pod{u}.slice"
+                ),
+                None,
+            ),
+            (format!("/kubepods/besteffort/x/pod{POD}"), None),
         ];
         for (path, uid) in &cases {
             assert_eq!(pod_uid(path).as_deref(), *uid, "{path}");

@@ -408,6 +408,12 @@ pub struct KubeRequest<'a> {
     /// `group:NAME`, `uid:ID` or `extra:KEY=VALUE`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub impersonate: Vec<Cow<'a, str>>,
+    /// The request as sent, beyond the fields above: method, path, query and the body's
+    /// hash (`PATCH /apis/…/deployments/web?fieldManager=x body sha256:… (412 bytes)`). Part
+    /// of the text, so an approval binds the spec a create or patch sends, a selector, and
+    /// a proxy's method and path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent: Option<Cow<'a, str>>,
 }
 
 impl KubeRequest<'_> {
@@ -528,6 +534,11 @@ impl<'a> Command<'a> {
                     s.push_str(" --as ");
                     s.push_str(who);
                 }
+                if let Some(sent) = &k.sent {
+                    s.push_str(" (");
+                    s.push_str(sent);
+                    s.push(')');
+                }
                 if !k.argv.is_empty() {
                     s.push_str(" --");
                     for a in &k.argv {
@@ -588,6 +599,7 @@ impl<'a> Command<'a> {
                 stdin: k.stdin,
                 tty: k.tty,
                 impersonate: k.impersonate.into_iter().map(own).collect(),
+                sent: k.sent.map(own),
             }),
         }
     }

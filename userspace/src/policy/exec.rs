@@ -350,9 +350,15 @@ impl Word {
     }
 
     /// Whether the shell's expansions decide the word's value, or how many words it becomes:
-    /// a parameter, substitution or arithmetic, a glob, brace expansion.
+    /// a parameter, substitution or arithmetic, a glob, brace expansion, a tilde (`~root/…`,
+    /// also after `=` or `:` as in assignments).
     fn expands(&self) -> bool {
-        self.dynamic || self.glob || self.braces()
+        self.dynamic
+            || self.glob
+            || self.braces()
+            || self.shape.starts_with('~')
+            || self.shape.contains("=~")
+            || self.shape.contains(":~")
     }
 }
 
@@ -1038,6 +1044,9 @@ mod tests {
             "cat /srv/[a]",
             "echo $(rm -rf /)",
             "ls; cat /srv/*",
+            "cat ~root/.ssh/id_rsa",
+            "cat ~/.ssh/id_rsa",
+            "tar --file=~/x -c /srv",
         ] {
             let f = classify(line);
             assert_eq!(f.class, Class::Unknown, "{line:?}");

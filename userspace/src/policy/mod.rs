@@ -1147,17 +1147,9 @@ pub fn workload_matches(m: &WorkloadMatcher, w: &Workload) -> bool {
     true
 }
 
-/// The Kubernetes pod UID in a cgroup path (`…/kubepods-burstable-pod<uid>.slice/…` with
-/// underscores for the systemd driver, or `…/pod<uid>/…` for cgroupfs).
+/// The Kubernetes pod UID of a cgroup path ([`crate::identity::workload::pod_uid`]).
 pub fn pod_uid(path: &str) -> Option<String> {
-    path.split('/').find_map(|seg| {
-        let i = seg.rfind("pod")?;
-        let rest = &seg[i + 3..];
-        let rest = rest.strip_suffix(".slice").unwrap_or(rest);
-        let uid = rest.replace('_', "-");
-        let ok = uid.len() == 36 && uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
-        ok.then_some(uid)
-    })
+    crate::identity::workload::pod_uid(path)
 }
 
 /// A column rule as the lineage judges it: `computed: redact` only where the protocol's

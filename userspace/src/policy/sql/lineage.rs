@@ -291,6 +291,9 @@ struct Lin {
     sources: BTreeSet<Source>,
     /// Read through a derived relation (see [`ValueLineage::derived`]).
     derived: bool,
+    /// Takes a value per row that no table column feeds (a column of `generate_series`, of a
+    /// `VALUES` list, of a CTE of literals): row by row it can stand for any constant.
+    generated: bool,
 }
 
 impl Lin {
@@ -300,6 +303,7 @@ impl Lin {
             flow: Flow::Computed,
             sources: BTreeSet::new(),
             derived: false,
+            generated: false,
         }
     }
 
@@ -308,6 +312,7 @@ impl Lin {
             flow: Flow::Plain,
             sources: BTreeSet::from([source]),
             derived: false,
+            generated: false,
         }
     }
 
@@ -326,6 +331,7 @@ impl Lin {
     fn absorb(&mut self, other: Lin) {
         self.flow = self.flow.max(other.flow);
         self.derived |= other.derived;
+        self.generated |= other.generated;
         if self.sources.is_empty() {
             self.sources = other.sources;
         } else {
@@ -1701,19 +1707,21 @@ impl Analyzer {
         if let Some(with) = &q.with {
             // In a RECURSIVE list a CTE may name one defined after it (both servers resolve
             // it); read one at a time, that name would pass for a table of the same name.
+            // One walk per CTE (a statement may hold thousands of them).
             if with.recursive {
-                let names: Vec<String> = with
+                let position: std::collections::HashMap<String, usize> = with
                     .cte_tables
                     .iter()
-                    .map(|c| self.ident(&c.alias.name))
+                    .enumerate()
+                    .map(|(i, c)| (self.ident(&c.alias.name), i))
                     .collect();
-                for (i, cte) in with.cte_tables.iter().enumerate() {
-                    if names[i + 1..]
+                let names_later = with.cte_tables.iter().enumerate().any(|(i, cte)| {
+                    relation_names(&cte.query, self.dialect)
                         .iter()
-                        .any(|later| references(&cte.query, later, self.dialect))
-                    {
-                        self.unknown("a recursive WITH whose query names a CTE defined after it");
-                    }
+                        .any(|n| position.get(n).is_some_and(|&at| at > i))
+                });
+                if names_later {
+                    self.unknown("a recursive WITH whose query names a CTE defined after it");
                 }
             }
             for cte in &with.cte_tables {
@@ -1909,8 +1917,7 @@ impl Analyzer {
             .into_iter()
             .flatten()
         {
-            let l = self.expr(e, &scope);
-            self.compare(l);
+            self.condition(e, &scope);
         }
         match &sel.group_by {
             GroupByExpr::Expressions(v, mods) => {
@@ -2111,10 +2118,7 @@ impl Analyzer {
                 }
             };
             match constraint {
-                JoinConstraint::On(e) => {
-                    let l = self.expr(e, &tmp);
-                    self.compare(l);
-                }
+                JoinConstraint::On(e) => self.condition(e, &tmp),
                 JoinConstraint::Using(names) => {
                     for n in names {
                         let Some(col) = self.name_parts(n).and_then(|p| p.last().cloned()) else {
@@ -2415,14 +2419,16 @@ impl Analyzer {
                 if id.quote_style.is_none() && id.value.eq_ignore_ascii_case("default") {
                     return Lin::none();
                 }
-                self.lookup(s, &self.ident(id))
+                let l = self.lookup(s, &self.ident(id));
+                generated_column(l, s)
             }
             Expr::CompoundIdentifier(ids) => {
                 if let [qualifiers @ .., _] = ids.as_slice() {
                     qualifiers.iter().for_each(|q| self.note_ident(q));
                 }
                 let parts: Vec<String> = ids.iter().map(|i| self.ident(i)).collect();
-                self.lookup_qualified(s, &parts)
+                let l = self.lookup_qualified(s, &parts);
+                generated_column(l, s)
             }
             Expr::Nested(inner) => self.expr(inner, s),
             // `(c.*)::text`, `row_to_json(c.*)`: the whole row of a relation.
@@ -2753,7 +2759,8 @@ impl Analyzer {
                                 self.compare(l);
                             }
                         }
-                        FunctionArgumentClause::Where(e) | FunctionArgumentClause::Limit(e) => {
+                        FunctionArgumentClause::Where(e) => self.condition(e, s),
+                        FunctionArgumentClause::Limit(e) => {
                             let l = self.expr(e, s);
                             self.compare(l);
                         }
@@ -2766,9 +2773,13 @@ impl Analyzer {
         if !matches!(f.parameters, FunctionArguments::None) {
             self.unknown("function parameters");
         }
+        // An aggregate's FILTER and a window's PARTITION BY / ORDER BY decide the value it
+        // returns (`count(*) FILTER (WHERE email LIKE 'a%')`, `row_number() OVER (ORDER BY
+        // email)`): what they read flows into the result, computed.
+        let mut decides = Lin::none();
         if let Some(flt) = &f.filter {
             let l = self.expr(flt, s);
-            self.compare(l);
+            decides.absorb(l.into_computed());
         }
         // Ordered-set aggregates return one of the ordered values (`percentile_disc`,
         // `mode`) or a value computed from them: they flow into the result.
@@ -2778,9 +2789,40 @@ impl Analyzer {
         }
         if let Some(WindowType::WindowSpec(w)) = &f.over {
             let l = self.generic(w, s);
-            self.compare(l);
+            self.compare(l.clone());
+            decides.absorb(l);
         }
-        self.function_result(&f.name, args)
+        let mut result = self.function_result(&f.name, args);
+        if !decides.sources.is_empty() {
+            result.absorb(decides);
+        }
+        result
+    }
+
+    /// A condition (WHERE, ON, HAVING, QUALIFY), one conjunct at a time. A conjunct that
+    /// relates columns to generated rows makes each answer row tell a comparison of its own
+    /// (`ascii(substr(email, g.i, 1)) = h.n` over two series spells the value out in one
+    /// answer): those columns count as sent out, not compared.
+    fn condition(&mut self, e: &Expr, s: &Scope<'_>) {
+        match e {
+            Expr::BinaryOp {
+                left,
+                op: sqlparser::ast::BinaryOperator::And,
+                right,
+            } => {
+                self.condition(left, s);
+                self.condition(right, s);
+            }
+            Expr::Nested(inner) => self.condition(inner, s),
+            _ => {
+                let l = self.expr(e, s);
+                if l.generated && !l.sources.is_empty() {
+                    self.store(l, "a condition relating it to other rows");
+                } else {
+                    self.compare(l);
+                }
+            }
+        }
     }
 
     /// Any other AST node: every column reference in it is an input; a function must be
@@ -2920,7 +2962,50 @@ fn holds_sampled_values(rel: &Rel, d: Dialect) -> bool {
     }
 }
 
+/// A column reference's lineage, marked generated when no table column feeds it, or only
+/// MariaDB's sequence tables (`seq_0_to_255`), which are series under a table's name.
+fn generated_column(mut l: Lin, s: &Scope<'_>) -> Lin {
+    let series = |table: &str| {
+        let Some(rest) = table.strip_prefix("seq_") else {
+            return false;
+        };
+        let numbers: Vec<&str> = rest.split(['_']).collect();
+        matches!(numbers.as_slice(), [_, "to", _] | [_, "to", _, "step", _])
+            && numbers
+                .iter()
+                .step_by(2)
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    if (l.sources.is_empty() && s.has_rels())
+        || (!l.sources.is_empty() && l.sources.iter().all(|src| series(&src.table)))
+    {
+        l.generated = true;
+        l.sources.retain(|src| !series(&src.table));
+    }
+    l
+}
+
 /// Whether a query names the relation `name` anywhere (a recursive CTE's self-reference).
+/// The one-part relation names a query reads (anywhere in it).
+fn relation_names(q: &Query, d: Dialect) -> BTreeSet<String> {
+    struct Names(BTreeSet<String>, Dialect);
+    impl Visitor for Names {
+        type Break = ();
+        fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
+            if let Some(mut p) = name_parts(r, self.1)
+                && p.len() == 1
+                && let Some(n) = p.pop()
+            {
+                self.0.insert(n);
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut names = Names(BTreeSet::new(), d);
+    let _ = q.visit(&mut names);
+    names.0
+}
+
 fn references(q: &Query, name: &str, d: Dialect) -> bool {
     struct Finder<'n>(&'n str, bool, Dialect);
     impl Visitor for Finder<'_> {

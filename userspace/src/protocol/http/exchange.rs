@@ -174,7 +174,7 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
         }
     };
 
-    if overrides_method(query.as_deref(), &parts.headers, &read) {
+    if overrides_method(query.as_deref(), &read) {
         return bad_request(
             record,
             "a `_method` parameter (the target could run another method than the one judged)",
@@ -380,12 +380,12 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
         // Whole answers only: pieces masked one by one could be put together unmasked.
         parts.headers.remove(header::RANGE);
         parts.headers.remove(header::IF_RANGE);
-        if treatment.negotiate_json
-            && negotiate_json(
-                &mut parts.headers,
-                query.as_deref().is_some_and(embeds_whole_objects),
-            )
-        {
+        // A Table embeds each row's object (metadata at least, whose annotations hold what
+        // `kubectl apply` last applied: a Secret's data) where no path written for the
+        // objects reaches: under path rules the plain list is asked for instead.
+        let whole_objects =
+            conn.masker.has_json_paths(&mask) && !query.as_deref().is_some_and(embeds_no_object);
+        if treatment.negotiate_json && negotiate_json(&mut parts.headers, whole_objects) {
             record
                 .notes
                 .push("Accept narrowed to JSON for masking".into());
@@ -635,6 +635,13 @@ fn answer_plan(
 /// Whether a body is gzip-coded (`Ok(false)`: not coded); an `Err` names a coding the gateway
 /// does not decode.
 fn gzip_coded(headers: &HeaderMap) -> Result<bool, String> {
+    // A client joins repeated headers into one list (`identity, gzip`): read whole, or not at
+    // all.
+    for name in [header::CONTENT_ENCODING, header::CONTENT_TYPE] {
+        if headers.get_all(&name).iter().count() > 1 {
+            return Err(format!("it carries more than one {name} header"));
+        }
+    }
     match headers
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
@@ -687,6 +694,17 @@ fn body_masker(
             | "application/jsonlines"
             | "application/x-jsonlines"
     );
+    // Path rules read a JSON document only: the same data in another structured form (an
+    // app answering `Accept: application/xml`, `?format=csv`, an HTML view) would pass them
+    // unmasked. Plain text goes through the detectors as before.
+    let structured = ctype.contains("xml")
+        || ctype.contains("yaml")
+        || matches!(ctype.as_str(), "text/html" | "text/csv" | "application/csv");
+    if structured && !json && conn.masker.has_json_paths(rules) {
+        return Err(format!(
+            "its masking rules mask JSON paths, and it is {ctype}, another form of the document"
+        ));
+    }
     Ok(if (json && json_lines) || lines {
         Transform::JsonLines(Box::new(
             body::JsonLines::new(Arc::clone(&conn.masker), rules).map_err(masker_error)?,
@@ -822,13 +840,18 @@ fn ambiguous(req: &Request<Incoming>) -> Option<&'static str> {
             "a method override header (the target could run another method than the one judged)",
         );
     }
+    // IIS, Symfony and Zend route these instead of the request's own path.
+    if PATH_OVERRIDES.iter().any(|name| h.contains_key(*name)) {
+        return Some(
+            "a path override header (the target could serve another path than the one judged)",
+        );
+    }
     None
 }
 
 /// Whether a request carries a `_method` parameter, with which Rails, Laravel, Symfony and
-/// Spring replace the request method: in the query, or in a form body (URL-encoded or
-/// multipart) the gateway read.
-fn overrides_method(query: Option<&str>, headers: &HeaderMap, read: &RequestBody) -> bool {
+/// Spring replace the request method: in the query, or in the body the gateway read.
+fn overrides_method(query: Option<&str>, read: &RequestBody) -> bool {
     const PARAM: &str = "_method";
     let in_query = query.is_some_and(|q| {
         form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k.eq_ignore_ascii_case(PARAM))
@@ -838,17 +861,24 @@ fn overrides_method(query: Option<&str>, headers: &HeaderMap, read: &RequestBody
         RequestBody::OverLimit { prefix, .. } => &prefix[..],
         RequestBody::Empty => return in_query,
     };
-    let ctype = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    in_query
-        || (ctype.starts_with("application/x-www-form-urlencoded")
-            && form_urlencoded::parse(body).any(|(k, _)| k.eq_ignore_ascii_case(PARAM)))
-        || (ctype.starts_with("multipart/form-data")
-            && memchr::memmem::find(&body.to_ascii_lowercase(), b"name=\"_method\"").is_some())
+    // Whatever the body says it is: Rack reads a body without a type as a form, Laravel a
+    // JSON `{"_method": …}`, Rack and PHP a multipart name unquoted. A `_method` standing as
+    // a word of its own anywhere in the body (not `payment_method`) is refused.
+    in_query || names_method(body)
 }
+
+/// Whether `body` holds `_method` as a word of its own (case-insensitive).
+fn names_method(body: &[u8]) -> bool {
+    const WORD: &[u8] = b"_method";
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let lower = body.to_ascii_lowercase();
+    memchr::memmem::find_iter(&lower, WORD).any(|at| {
+        (at == 0 || !word(lower[at - 1])) && lower.get(at + WORD.len()).is_none_or(|&b| !word(b))
+    })
+}
+
+/// Headers with which IIS, Symfony and Zend replace the request's path.
+const PATH_OVERRIDES: &[&str] = &["x-original-url", "x-rewrite-url"];
 
 /// Headers with which Express, Rails, Laravel, Spring and others replace the request method.
 const METHOD_OVERRIDES: &[&str] = &[
@@ -1097,11 +1127,12 @@ fn denial(
     )
 }
 
-/// Whether a Kubernetes list asks for Table rows with their whole objects
-/// (`includeObject=Object`; `None` and `Metadata` embed no values).
-fn embeds_whole_objects(query: &str) -> bool {
+/// Whether a Kubernetes Table is asked to embed no object in its rows (`includeObject=None`,
+/// first value as the API server reads it; by default it embeds each object's metadata).
+fn embeds_no_object(query: &str) -> bool {
     form_urlencoded::parse(query.as_bytes())
-        .any(|(k, v)| k == "includeObject" && v != "None" && v != "Metadata")
+        .find(|(k, _)| k == "includeObject")
+        .is_some_and(|(_, v)| v == "None")
 }
 
 /// The request id in a retry-mode refusal ("… request <id> is pending …").
@@ -1145,9 +1176,25 @@ mod tests {
         );
         assert!(negotiate_json(&mut h, true));
         assert_eq!(h[header::ACCEPT], "application/json");
-        assert!(embeds_whole_objects("includeObject=Object&limit=500"));
-        assert!(!embeds_whole_objects("includeObject=Metadata"));
-        assert!(!embeds_whole_objects("limit=500"));
+        assert!(!embeds_no_object("includeObject=Object&limit=500"));
+        assert!(!embeds_no_object("includeObject=Metadata"));
+        assert!(!embeds_no_object("limit=500"));
+        assert!(embeds_no_object("includeObject=None&includeObject=Object"));
+    }
+
+    #[test]
+    fn a_method_parameter_is_found_in_any_body() {
+        for body in [
+            &b"_method=DELETE"[..],
+            b"{\"_method\": \"DELETE\"}",
+            b"--b\r\nContent-Disposition: form-data; name=_method\r\n\r\nDELETE",
+            b"a=1&_METHOD=delete",
+        ] {
+            assert!(names_method(body), "{}", String::from_utf8_lossy(body));
+        }
+        for body in [&b"{\"payment_method\": \"card\"}"[..], b"_methods=1", b"x"] {
+            assert!(!names_method(body), "{}", String::from_utf8_lossy(body));
+        }
     }
 
     #[test]

@@ -37,9 +37,27 @@ impl Classify for KubeClassifier {
     fn command<'a>(
         &self,
         head: &Head<'a>,
-        _body: Option<HttpBody<'a>>,
+        body: Option<HttpBody<'a>>,
     ) -> Result<Command<'a>, String> {
-        Ok(Command::Kube(request(head)?))
+        let mut req = request(head)?;
+        // What the fields leave out (a body, a selector, a proxy's path) still changes what
+        // runs: the text an approval binds carries it.
+        let mut sent = format!("{} {}", head.method, head.path);
+        if let Some(q) = head.query {
+            sent.push('?');
+            sent.push_str(q);
+        }
+        match body {
+            None => {}
+            Some(HttpBody::Judged { len, sha256, .. }) => {
+                sent.push_str(&format!(" body sha256:{sha256} ({len} bytes)"));
+            }
+            Some(HttpBody::OverLimit { limit }) => {
+                sent.push_str(&format!(" body over {limit} bytes (not judged)"));
+            }
+        }
+        req.sent = Some(Cow::Owned(sent));
+        Ok(Command::Kube(req))
     }
 
     fn treatment(&self, head: &Head<'_>, command: &Command<'_>) -> Treatment {

@@ -168,6 +168,12 @@ pub fn mask(tag: u8, body: &[u8], masker: &Masker, cmd: &Cmd, touched: bool) -> 
         .filter(|(c, _)| matches!(c, b's' | b't' | b'c' | b'd' | b'n'))
         .map(|(_, v)| *v)
         .collect();
+    // A message a function wrote (`RAISE EXCEPTION '% is invalid', email`: SQLSTATE class
+    // P0, or raised from PL/pgSQL code) follows no quoting style: replaced whole.
+    let free_text = fields.iter().any(|(c, v)| {
+        (*c == b'C' && v.starts_with(b"P0"))
+            || (*c == b'W' && v.windows(8).any(|w| w == b"PL/pgSQL"))
+    });
     let mut changed = false;
     let mut text = String::new();
     let mut out: Vec<(u8, std::borrow::Cow<'_, [u8]>)> = Vec::with_capacity(fields.len());
@@ -176,7 +182,7 @@ pub fn mask(tag: u8, body: &[u8], masker: &Masker, cmd: &Cmd, touched: bool) -> 
         if !structural(code) {
             if touched {
                 let cut = match code {
-                    b'M' | b'H' => redact_values(value, &idents),
+                    b'M' | b'H' if !free_text => redact_values(value, &idents),
                     _ => REDACTED.to_vec(),
                 };
                 if cut != value {
@@ -339,5 +345,16 @@ mod tests {
         // Nothing to mask: the message goes through unchanged.
         let plain = body(&[(b'S', "NOTICE"), (b'M', "nothing here")]);
         assert!(mask(b'N', &plain, &masker, &cmd, true).message.is_none());
+        // A function's own message (`RAISE EXCEPTION '% is invalid', email`) quotes nothing:
+        // replaced whole when the command touches a masked column.
+        let raised = body(&[
+            (b'S', "ERROR"),
+            (b'C', "P0001"),
+            (b'M', "ada#example,com is invalid"),
+        ]);
+        let m = mask(b'E', &raised, &masker, &cmd, true);
+        let text = String::from_utf8_lossy(&m.message.expect("changed")).into_owned();
+        assert!(!text.contains("ada#example"), "{text}");
+        assert!(text.contains("P0001"), "{text}");
     }
 }

@@ -57,6 +57,7 @@ const OPEN_WRITE: u32 = 0x02;
 const OPEN_APPEND: u32 = 0x04;
 const OPEN_CREAT: u32 = 0x08;
 const OPEN_TRUNC: u32 = 0x10;
+const OPEN_EXCL: u32 = 0x20;
 
 /// Malformed SFTP traffic: the channel is closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -211,7 +212,11 @@ pub fn parse_request(packet: &[u8]) -> Result<Request, SftpError> {
             let writes = flags & (OPEN_WRITE | OPEN_APPEND | OPEN_CREAT | OPEN_TRUNC) != 0;
             // sftp-server opens O_RDWR for READ|WRITE, and O_RDONLY without WRITE (`CREAT`
             // alone too): such a handle reads, so a write-only rule must not cover it alone.
-            let readable = flags & OPEN_READ != 0 || flags & OPEN_WRITE == 0;
+            // Truncated, or created new (`CREAT|EXCL`), it reads back only what it wrote
+            // (Go's `Client.Create` and paramiko's `w+` open READ|WRITE|CREAT|TRUNC).
+            let fresh = flags & OPEN_TRUNC != 0
+                || flags & (OPEN_CREAT | OPEN_EXCL) == OPEN_CREAT | OPEN_EXCL;
+            let readable = (flags & OPEN_READ != 0 || flags & OPEN_WRITE == 0) && !fresh;
             match (writes, judge(FileOp::Read, p, None, true)) {
                 (true, Action::Judge { path, to, .. }) => Action::Judge {
                     op: FileOp::Write,
@@ -411,8 +416,17 @@ mod tests {
             }
         );
         // A handle that also reads (READ|WRITE, or CREAT without WRITE, which sftp-server
-        // opens read-only) is judged as a read too.
-        for flags in [0x03u8, 0x0b, 0x1b, 0x08, 0x09] {
+        // opens read-only) is judged as a read too; one truncated or created new reads back
+        // only what it wrote (Go's `Client.Create`: READ|WRITE|CREAT|TRUNC).
+        for (flags, reads) in [
+            (0x03u8, true),
+            (0x0b, true),
+            (0x08, true),
+            (0x09, true),
+            (0x1b, false),
+            (0x2b, false),
+            (0x13, false),
+        ] {
             let both = packet(
                 FXP_OPEN,
                 Some(9),
@@ -426,7 +440,7 @@ mod tests {
                     path: "/srv/up/x".into(),
                     to: None,
                     opens: true,
-                    reads: true,
+                    reads,
                 },
                 "flags {flags:#x}"
             );

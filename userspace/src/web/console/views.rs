@@ -51,8 +51,9 @@ fn list(v: &[String]) -> String {
 /// A command shortened for a table cell (the request page shows it whole).
 fn short(text: &str) -> String {
     const MAX: usize = 200;
+    let text = crate::audit::cli::escape_controls(text);
     if text.chars().count() <= MAX {
-        return text.to_owned();
+        return text.into_owned();
     }
     let mut s: String = text.chars().take(MAX).collect();
     s.push('…');
@@ -249,7 +250,14 @@ impl RequestView {
                     None => format!("uid {}", w.uid),
                 },
             ));
-            workload.push(("Process", format!("{} (pid {})", w.comm, w.tgid)));
+            workload.push((
+                "Process",
+                format!(
+                    "{} (pid {})",
+                    crate::audit::cli::escape_controls(&w.comm),
+                    w.tgid
+                ),
+            ));
             if let Some(path) = &w.cgroup_path {
                 workload.push(("Unit (cgroup)", path.clone()));
                 if let Some(pod) = crate::policy::pod_uid(path) {
@@ -265,7 +273,16 @@ impl RequestView {
             pending: r.is_pending(),
             own: r.subject == viewer.subject,
             outsider: !viewer.admin && !r.eligible_groups().any(|g| viewer.groups.contains(g)),
-            commands: r.commands.clone(),
+            // Shown with what would reorder or hide text (bidirectional overrides, controls)
+            // escaped: the reviewer reads what runs, not what it renders as.
+            commands: r
+                .commands
+                .iter()
+                .map(|c| crate::approval::CommandEntry {
+                    text: crate::audit::cli::escape_controls(&c.text).into_owned(),
+                    ..c.clone()
+                })
+                .collect(),
             protocol: r
                 .protocol
                 .map_or_else(|| "–".to_owned(), |p| p.as_str().to_owned()),

@@ -838,3 +838,49 @@ fn computed_columns_the_outer_query_drops_still_count() {
     let st = one("SELECT id FROM (SELECT id, email FROM customers) s");
     assert!(!names(&st.compared).contains(&"customers.email".to_string()));
 }
+
+/// A comparison against generated rows tells one comparison per answer row, so two series
+/// spell a value out in one answer; a window's ordering or an aggregate's FILTER decides the
+/// value it returns. Those flows are refused like values sent out or computed.
+#[test]
+fn comparisons_multiplied_by_generated_rows_or_folded_into_values_are_flows() {
+    let stored = |l: &StatementLineage| -> Vec<String> {
+        l.stored
+            .iter()
+            .flat_map(|st| names(std::slice::from_ref(&st.source)))
+            .collect()
+    };
+    let l = one(
+        "SELECT c.id, g.i, h.n FROM customers c, generate_series(1, 64) g(i), generate_series(0, 255) h(n) \
+         WHERE ascii(substr(c.email, g.i, 1)) = h.n",
+    );
+    assert_eq!(stored(&l), ["customers.email"]);
+    let l = one(
+        "SELECT c.id, v.n FROM customers c JOIN (VALUES (97), (98)) v(n) ON ascii(c.email) = v.n",
+    );
+    assert_eq!(stored(&l), ["customers.email"]);
+    let m = mysql(
+        "SELECT c.id, a.seq, b.seq FROM customers c, seq_1_to_64 a, seq_0_to_255 b \
+         WHERE ascii(substr(c.email, a.seq, 1)) = b.seq",
+    );
+    assert_eq!(stored(&m.statements[0]), ["customers.email"]);
+    for sql in [
+        "SELECT row_number() OVER (ORDER BY email) FROM customers",
+        "SELECT count(*) FILTER (WHERE email LIKE 'a%'), count(*) FILTER (WHERE email LIKE 'b%') FROM customers",
+    ] {
+        let l = one(sql);
+        assert!(
+            l.outputs.iter().any(|o| o.lineage().flow != Plain
+                && names(&o.lineage().sources).contains(&"customers.email".to_string())),
+            "{sql}: {:?}",
+            l.outputs
+        );
+    }
+    // A condition over one relation and constants, or a join on other columns, stays a
+    // comparison.
+    let l = one(
+        "SELECT o.id FROM customers c JOIN orders o ON o.cid = c.id WHERE c.email = $1 AND o.id > 3",
+    );
+    assert!(l.stored.is_empty(), "{:?}", l.stored);
+    assert!(names(&l.compared).contains(&"customers.email".to_string()));
+}
