@@ -1646,8 +1646,11 @@ fn held_writes_carry_a_masked_dry_run_and_masked_parameters() {
              CREATE TABLE dry_audited (id int PRIMARY KEY); INSERT INTO dry_audited VALUES (1); \
              CREATE FUNCTION dry_note() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN OLD; END$$; \
              CREATE TRIGGER note BEFORE DELETE ON dry_audited FOR EACH ROW EXECUTE FUNCTION dry_note(); \
+             CREATE FUNCTION dry_tick() RETURNS bigint LANGUAGE sql AS $$SELECT nextval('dry_seq')$$; \
+             CREATE VIEW dry_ticking AS SELECT dry_tick() AS n; \
              ALTER TABLE dry_customers OWNER TO {gw}; ALTER SEQUENCE dry_seq OWNER TO {gw}; \
-             ALTER TABLE dry_audited OWNER TO {gw};",
+             ALTER TABLE dry_audited OWNER TO {gw}; ALTER VIEW dry_ticking OWNER TO {gw}; \
+             ALTER FUNCTION dry_tick() OWNER TO {gw};",
             gw = GATEWAY_USER.0
         ),
     );
@@ -1734,6 +1737,27 @@ fn held_writes_carry_a_masked_dry_run_and_masked_parameters() {
     assert_eq!(
         dry.reason.as_deref(),
         Some("calls nextval, whose effect survives a rollback")
+    );
+    inst.cli_ok(&["deny", &req.id, "--reason", "no"]);
+    assert!(!client.join().0);
+    assert_eq!(
+        pg.admin_db(DATABASE, "SELECT last_value, is_called FROM dry_seq")
+            .trim(),
+        "1|f"
+    );
+
+    // A view read in a subquery calls a function with a lasting effect (nextval, hidden
+    // behind the view): only tables are read in a dry run; the sequence untouched.
+    let sql = "UPDATE dry_customers SET balance = 1 WHERE id IN (SELECT n FROM dry_ticking)";
+    let client = Client::run(inst.dsn(), sql);
+    let req = inst.wait_pending(sql);
+    let dry = req.dry_run.clone().expect("a dry run entry");
+    assert_eq!(dry.status, "skipped", "{dry:?}");
+    assert!(
+        dry.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("dry_ticking") && r.contains("not a table")),
+        "{dry:?}"
     );
     inst.cli_ok(&["deny", &req.id, "--reason", "no"]);
     assert!(!client.join().0);

@@ -356,7 +356,7 @@ fn fail_closed_while_the_daemon_is_dead_then_resumes_from_pins() {
     ));
     assert_eq!(
         String::from_utf8_lossy(&attached.stdout).trim(),
-        "7",
+        "9",
         "exactly one attachment per program"
     );
     let status = Daemon::status(&env.bpffs);
@@ -870,6 +870,17 @@ fn the_unspecified_address_is_protected_as_the_local_host() {
         cases.len(),
         "each connect arrived once, through the proxy"
     );
+    // From a pod, 127.0.0.1 is the pod's own loopback (nothing listens there), never the
+    // host's: not sent to the node's proxy, which would dial a host-only service for it.
+    let pod = env.topo.pod.clone();
+    let run = env.nobody_client("pod", &pod, &format!("127.0.0.1 {LOCAL_PORT}"));
+    assert!(
+        run.connect_error
+            .as_deref()
+            .is_some_and(|e| e.contains("errno=111")),
+        "{run:?}"
+    );
+    assert_eq!(env.arrivals_at("local.log").len(), cases.len());
 }
 
 /// A proxy listener port inside ip_local_port_range could be taken by anyone's plain listen()

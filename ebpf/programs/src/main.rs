@@ -230,12 +230,25 @@ fn unspecified_dst4(ctx: &SockAddrContext) -> u32 {
 /// it to, and sent direct it would bypass the gateway (HTTP/3 to a target's 443). Refused;
 /// clients fall back to TCP, which is intercepted.
 #[inline(always)]
-fn datagram(orig: &[u32; 4], port_net: u16) -> i32 {
-    if lookup_target(orig, port_net).is_some() {
-        REFUSE
-    } else {
+fn datagram(ctx: &SockAddrContext, orig: &[u32; 4], port_net: u16) -> i32 {
+    if lookup_target(orig, port_net).is_none() || own_loopback(ctx, orig) {
         ALLOW
+    } else {
+        REFUSE
     }
+}
+
+/// A loopback destination dialled from another network namespace (a pod): that namespace's
+/// own loopback (a sidecar), not the host's. Not a protected target: redirected to the node,
+/// it would reach a host service listening on loopback only.
+#[inline(always)]
+fn own_loopback(ctx: &SockAddrContext, orig: &[u32; 4]) -> bool {
+    let loopback = (orig[0] == 0
+        && orig[1] == 0
+        && orig[2] == MAPPED_PREFIX
+        && orig[3].to_ne_bytes()[0] == 127)
+        || *orig == LOOPBACK6;
+    loopback && !is_local(&settings(), unsafe { bpf_get_netns_cookie(ctx.as_ptr()) })
 }
 
 #[inline(always)]
@@ -264,12 +277,12 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
     let orig = dst4(&ctx, sa.user_ip4);
     let port_net = sa.user_port as u16;
     if sa.type_ != SOCK_STREAM {
-        return datagram(&orig, port_net);
+        return datagram(&ctx, &orig, port_net);
     }
     let Some(target) = lookup_target(&orig, port_net) else {
         return ALLOW;
     };
-    if is_daemon_socket(&ctx) {
+    if is_daemon_socket(&ctx) || own_loopback(&ctx, &orig) {
         return ALLOW;
     }
     let s = settings();
@@ -337,12 +350,12 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
     let orig = effective_dst6(&ctx, user_ip6(sa));
     let port_net = sa.user_port as u16;
     if sa.type_ != SOCK_STREAM {
-        return datagram(&orig, port_net);
+        return datagram(&ctx, &orig, port_net);
     }
     let Some(target) = lookup_target(&orig, port_net) else {
         return ALLOW;
     };
-    if is_daemon_socket(&ctx) {
+    if is_daemon_socket(&ctx) || own_loopback(&ctx, &orig) {
         return ALLOW;
     }
     let s = settings();
@@ -401,13 +414,13 @@ pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
     } else {
         dst4(&ctx, sa.user_ip4)
     };
-    datagram(&orig, sa.user_port as u16)
+    datagram(&ctx, &orig, sa.user_port as u16)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     let sa: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
-    datagram(&effective_dst6(&ctx, user_ip6(sa)), sa.user_port as u16)
+    datagram(&ctx, &effective_dst6(&ctx, user_ip6(sa)), sa.user_port as u16)
 }
 
 #[cgroup_sock_addr(getpeername4)]

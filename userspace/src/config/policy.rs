@@ -534,14 +534,27 @@ impl Glob {
     /// words matches the word in the same place, and there are as many. A `*` never crosses
     /// a word boundary, so `scp -f /srv/*` does not match `scp -f /srv/x /etc/passwd`.
     pub fn matches_words(&self, words: &[impl AsRef<str>]) -> bool {
-        let mut pattern = self.0.split_whitespace();
-        let mut words = words.iter();
-        loop {
-            match (pattern.next(), words.next()) {
-                (None, None) => return true,
-                (Some(p), Some(w)) if glob_match(p.as_bytes(), w.as_ref().as_bytes()) => {}
-                _ => return false,
-            }
+        pair_up(self.0.split_whitespace(), words.iter().map(AsRef::as_ref))
+    }
+
+    /// Whether the glob matches a query string parameter by parameter: split both at `&`,
+    /// each of its parameters matches the one in the same place, and there are as many. A `*`
+    /// never crosses into another parameter, so `page=*` does not match `page=1&delete=1`.
+    pub fn matches_params(&self, query: &str) -> bool {
+        pair_up(self.0.split('&'), query.split('&'))
+    }
+}
+
+/// Whether `pattern` and `items` pair up one to one, each glob matching its item.
+fn pair_up<'a, 'b>(
+    mut pattern: impl Iterator<Item = &'a str>,
+    mut items: impl Iterator<Item = &'b str>,
+) -> bool {
+    loop {
+        match (pattern.next(), items.next()) {
+            (None, None) => return true,
+            (Some(p), Some(w)) if glob_match(p.as_bytes(), w.as_bytes()) => {}
+            _ => return false,
         }
     }
 }

@@ -77,14 +77,18 @@ pub fn mismatch(spec: &HttpSpec, req: &HttpRequest<'_>, permissive: bool) -> Opt
     if !spec.hosts.is_empty() && !spec.hosts.iter().any(|g| g.matches(&req.host)) {
         return Some("http.hosts");
     }
-    if !spec.paths.is_empty() && !spec.paths.iter().any(|g| g.matches(&req.path)) {
+    if !spec.paths.is_empty() && !paths_match(&spec.paths, &req.path, permissive) {
         return Some("http.paths");
     }
     if !spec.query.is_empty() {
         let q = req.query.as_deref().unwrap_or("");
+        // An allow or review rule's glob matches parameter by parameter (its `*` does not
+        // stretch over further parameters); a deny rule's over the whole query.
         if !spec.query.iter().any(|g| {
             if q.is_empty() {
                 g.0.is_empty()
+            } else if permissive {
+                g.matches_params(q)
             } else {
                 g.matches(q)
             }
@@ -102,6 +106,31 @@ pub fn mismatch(spec: &HttpSpec, req: &HttpRequest<'_>, permissive: bool) -> Opt
         }
     }
     None
+}
+
+/// Whether a path glob covers `path` as the targets may route it. Tomcat and Spring drop each
+/// segment's `;parameters` before routing (`/actuator;x/env` is `/actuator/env`), so rules
+/// read the path without them. Express and ASP.NET route without regard to case: a `deny`
+/// rule matches any case (`/Admin/users` under `/admin/*`), an `allow`/`review` rule only
+/// the case it names.
+fn paths_match(globs: &[crate::config::policy::Glob], path: &str, permissive: bool) -> bool {
+    let plain: std::borrow::Cow<'_, str> = if path.contains(';') {
+        path.split('/')
+            .map(|seg| seg.split(';').next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("/")
+            .into()
+    } else {
+        path.into()
+    };
+    if permissive {
+        globs.iter().any(|g| g.matches(&plain))
+    } else {
+        let lower = plain.to_ascii_lowercase();
+        globs.iter().any(|g| {
+            crate::config::policy::glob_match(g.0.to_ascii_lowercase().as_bytes(), lower.as_bytes())
+        })
+    }
 }
 
 /// Parses `METHOD URL` into a request (for `policy explain --http`): `https://host:port/path?q`
@@ -194,6 +223,21 @@ mod tests {
             None
         );
         assert!(mismatch(&q, &parse("GET", "/a?all=1").unwrap(), true).is_some());
+        // An allow rule's `*` stays in its parameter; a deny rule's reaches over them all.
+        let more = parse("GET", "/a?page=2&delete=1").unwrap();
+        assert!(mismatch(&q, &more, true).is_some());
+        assert_eq!(mismatch(&q, &more, false), None);
+        // Paths without `;parameters`; a deny rule in any case.
+        let admin = HttpSpec {
+            paths: vec![Glob("/actuator/*".into())],
+            ..HttpSpec::default()
+        };
+        let hidden = parse("GET", "/actuator;x/env").unwrap();
+        assert_eq!(mismatch(&admin, &hidden, false), None);
+        assert_eq!(mismatch(&admin, &hidden, true), None);
+        let upper = parse("GET", "/Actuator/env").unwrap();
+        assert_eq!(mismatch(&admin, &upper, false), None);
+        assert!(mismatch(&admin, &upper, true).is_some());
     }
 
     #[test]

@@ -131,7 +131,19 @@ impl Drop for Withdrawal {
 /// Runs one exchange; every outcome is an answer for the client.
 pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> {
     let started = Instant::now();
-    let line = format!("{} {}", req.method(), req.uri());
+    // The URI without any userinfo (`http://user:pass@host/`): the line goes to the log.
+    let line = match req.uri().authority().filter(|a| a.as_str().contains('@')) {
+        Some(a) => format!(
+            "{} {}",
+            req.method(),
+            req.uri().to_string().replacen(
+                a.as_str(),
+                a.as_str().rsplit('@').next().unwrap_or(""),
+                1
+            )
+        ),
+        None => format!("{} {}", req.method(), req.uri()),
+    };
     let mut record = ExchangeRecord::new(Arc::clone(&conn), line, started);
 
     // Phase 1: the head. Refuse what could be read two ways before anything else.
@@ -158,7 +170,12 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
         Ok(p) => p.into_owned(),
         Err(why) => return bad_request(record, why),
     };
-    let query = parts.uri.query().map(str::to_owned);
+    // Judged and forwarded in one form, as the path is.
+    let query = match parts.uri.query().map(super::target::canonical_query) {
+        Some(Ok(q)) => Some(q.into_owned()),
+        Some(Err(why)) => return bad_request(record, why),
+        None => None,
+    };
 
     // Phase 2: the body, up to the bound, before judging.
     let limit = conn.http.max_body();

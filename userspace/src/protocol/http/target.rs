@@ -29,7 +29,7 @@ pub fn canonical<'a>(path: &'a str, query: Option<&str>) -> Result<Cow<'a, str>,
     if path.contains('\\') {
         return Err("a backslash in the request path (some servers read it as `/`)");
     }
-    let decoded = decode_unreserved(path)?;
+    let decoded = decode_unreserved(path, true)?;
     // Every segment between the first `/` and the last one must be a real name: `//`, `.` and
     // `..` are resolved (or not) differently by each server. A final empty segment (`/dir/`)
     // is a name of its own everywhere.
@@ -48,10 +48,17 @@ pub fn canonical<'a>(path: &'a str, query: Option<&str>) -> Result<Cow<'a, str>,
     Ok(decoded)
 }
 
+/// The canonical form of a query string: unreserved escapes decoded and the others in upper
+/// case, as in the path (`force=%74rue` is `force=true` to the rules and to the target), or
+/// why it is refused (a malformed escape).
+pub fn canonical_query(query: &str) -> Result<Cow<'_, str>, Refusal> {
+    decode_unreserved(query, false)
+}
+
 /// `path` with percent-encoded unreserved characters (ALPHA, DIGIT, `-`, `.`, `_`, `~`)
 /// decoded (RFC 3986 §6.2.2.2: equivalent everywhere); other escapes are kept, in upper case,
-/// except `/`, `\` and NUL, which are refused.
-fn decode_unreserved(path: &str) -> Result<Cow<'_, str>, Refusal> {
+/// except (`in_path`) `/`, `\` and NUL, which are refused.
+fn decode_unreserved(path: &str, in_path: bool) -> Result<Cow<'_, str>, Refusal> {
     let bytes = path.as_bytes();
     check_escapes(bytes)?;
     if !bytes.contains(&b'%') {
@@ -64,7 +71,7 @@ fn decode_unreserved(path: &str) -> Result<Cow<'_, str>, Refusal> {
             // `check_escapes` saw two hex digits here.
             let byte = (hex(bytes[i + 1]).unwrap_or(0) << 4) | hex(bytes[i + 2]).unwrap_or(0);
             match byte {
-                b'/' | b'\\' | 0 => {
+                b'/' | b'\\' | 0 if in_path => {
                     return Err("an encoded `/`, `\\` or NUL in the request path");
                 }
                 b if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') => {
@@ -143,6 +150,13 @@ mod tests {
         ] {
             assert_eq!(canonical(raw, None).unwrap(), want, "{raw}");
         }
+        // The query likewise, but an encoded `/` is an ordinary value there.
+        assert_eq!(canonical_query("%66orce=%74rue").unwrap(), "force=true");
+        assert_eq!(
+            canonical_query("next=%2fhome&q=a%2Bb").unwrap(),
+            "next=%2Fhome&q=a%2Bb"
+        );
+        assert!(canonical_query("a=%zz").is_err());
     }
 
     #[test]

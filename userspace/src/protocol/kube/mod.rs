@@ -147,6 +147,21 @@ pub fn request<'a>(head: &Head<'a>) -> Result<KubeRequest<'a>, String> {
             }
         }
     };
+    // Through `nodes/NAME/proxy` the kubelet's own endpoints run commands in any pod of the
+    // node (`/run/NS/POD/CONTAINER?cmd=…`, `/exec/…`, `/attach/…`) or forward its ports: judged
+    // as the exec or port-forward they are, never as a plain proxy call a metrics rule allows.
+    if &*req.resource == "nodes"
+        && req.subresource.as_deref() == Some("proxy")
+        && let Some((_, rest)) = head.path.split_once("/proxy/")
+    {
+        match rest.split('/').next() {
+            Some("run" | "exec" | "attach" | "cri" | "checkpoint") => {
+                req.verb = Cow::Borrowed("exec")
+            }
+            Some("portForward") => req.verb = Cow::Borrowed("portforward"),
+            _ => {}
+        }
+    }
     if matches!(&*req.verb, "exec" | "attach") {
         apply_query(&mut req, head.query.unwrap_or(""));
     }
@@ -301,6 +316,18 @@ mod tests {
         assert_eq!(
             t(Method::GET, "/api/v1/nodes/n1/proxy/metrics"),
             "proxy nodes/proxy n1"
+        );
+        // The kubelet's command endpoints through the node proxy are what they run.
+        assert_eq!(
+            t(
+                Method::POST,
+                "/api/v1/nodes/n1/proxy/run/prod/db-0/db?cmd=id"
+            ),
+            "exec nodes/proxy n1"
+        );
+        assert_eq!(
+            t(Method::POST, "/api/v1/nodes/n1/proxy/portForward/prod/db-0"),
+            "portforward nodes/proxy n1"
         );
         assert_eq!(
             t(Method::POST, "/api/v1/namespaces/a/pods/web/portforward"),

@@ -179,7 +179,12 @@ fn value(t: u8, unsigned: bool, b: &[u8], out: &mut String) -> Result<usize, Par
                 .map_or(0, |x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]));
             let hours = u64::from(days) * 24 + u64::from(g(5));
             let sign = if g(0) == 1 { "-" } else { "" };
-            let _ = write!(out, "'{sign}{hours}:{:02}:{:02}'", g(6), g(7));
+            // Microseconds too (length 12): two values differing only there are two values,
+            // to the reviewer and to a grant's hash.
+            let micros = d
+                .get(8..12)
+                .map_or(0, |m| u32::from_le_bytes([m[0], m[1], m[2], m[3]]));
+            let _ = write!(out, "'{sign}{hours}:{:02}:{:02}.{micros:06}'", g(6), g(7));
             return Ok(1 + len);
         }
         _ => {
@@ -297,7 +302,16 @@ mod tests {
         let hours = u64::from(u32::MAX) * 24 + 5;
         assert_eq!(
             render(&b, 1, &[11, 0]).unwrap(),
-            format!("('-{hours}:06:07')")
+            format!("('-{hours}:06:07.000000')")
+        );
+        // With microseconds (length 12): they are part of the value.
+        let mut rest = vec![0, 1, 11, 0, 12, 0];
+        rest.extend_from_slice(&0u32.to_le_bytes());
+        rest.extend_from_slice(&[5, 6, 7]);
+        rest.extend_from_slice(&250_000u32.to_le_bytes());
+        assert_eq!(
+            render(&body(&rest), 1, &[11, 0]).unwrap(),
+            "('5:06:07.250000')"
         );
     }
 

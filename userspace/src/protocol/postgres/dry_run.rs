@@ -560,6 +560,7 @@ async fn steps(c: &mut Conn, job: &Job<'_>, rw: &Rewritten) -> Result<DryRun, Fa
     }
     c.simple(&setup).await?;
     let (schema, relname) = check_table(c, rw).await?;
+    check_reads(c, &job.facts.tables_read).await?;
     // The parameter types as the server resolves them for the statement itself, so the
     // sample and EXPLAIN take each value exactly as the statement would.
     let declared: Vec<u32> = job.params.iter().map(|p| p.type_id).collect();
@@ -622,7 +623,14 @@ async fn check_table(c: &mut Conn, rw: &Rewritten) -> Result<(String, String), F
         (SELECT string_agg(a.attname::text, ',') FROM pg_attribute a \
            LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
            WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-             AND (a.attidentity <> '' OR pg_get_expr(d.adbin, d.adrelid) ILIKE '%nextval(%')) \
+             AND (a.attidentity <> '' OR pg_get_expr(d.adbin, d.adrelid) ILIKE '%nextval(%')), \
+        (SELECT string_agg(DISTINCT p.oid::regprocedure::text, ', ') FROM pg_depend dep \
+           JOIN pg_proc p ON p.oid = dep.refobjid AND dep.refclassid = 'pg_proc'::regclass \
+           WHERE (dep.classid = 'pg_attrdef'::regclass \
+                  AND dep.objid IN (SELECT oid FROM pg_attrdef WHERE adrelid = c.oid)) \
+              OR (dep.classid = 'pg_constraint'::regclass \
+                  AND dep.objid IN (SELECT oid FROM pg_constraint WHERE conrelid = c.oid \
+                    OR contypid IN (SELECT atttypid FROM pg_attribute WHERE attrelid = c.oid)))) \
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
         WHERE c.oid = $1::regclass";
     let name = Param {
@@ -665,6 +673,13 @@ async fn check_table(c: &mut Conn, rw: &Rewritten) -> Result<(String, String), F
             "{schema}.{relname} has rewrite rule {r}; the statement may run something else"
         )));
     }
+    // Built-in functions are not recorded in pg_depend: these are the database's own, which
+    // a default, a generated column or a CHECK (of the table or its domains) would run.
+    if let Some(f) = text(6) {
+        return Err(Fail::Skip(format!(
+            "{schema}.{relname} runs function {f} in a default or check, which may have effects outside the transaction"
+        )));
+    }
     if let Some(cols) = text(5) {
         let from_sequence: Vec<&str> = cols
             .split(',')
@@ -682,6 +697,37 @@ async fn check_table(c: &mut Conn, rw: &Rewritten) -> Result<(String, String), F
         }
     }
     Ok((schema, relname))
+}
+
+/// The relations the statement reads must be tables too: a view or foreign table read in a
+/// subquery may call functions that act outside the transaction.
+async fn check_reads(c: &mut Conn, names: &[String]) -> Result<(), Fail> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    const Q: &str = "SELECT string_agg(x, ', ') FROM json_array_elements_text($1::json) x \
+        WHERE (SELECT relkind FROM pg_class WHERE oid = to_regclass(x)) NOT IN ('r', 'p')";
+    let list = serde_json::to_string(names).map_err(|e| Fail::Error(e.to_string()))?;
+    let param = Param {
+        type_id: super::types::oid::TEXT,
+        format: ParamFormat::Text,
+        value: Some(std::borrow::Cow::Borrowed(list.as_bytes())),
+    };
+    let a = c
+        .extended(
+            Q,
+            &[super::types::oid::TEXT],
+            std::slice::from_ref(&param),
+            1,
+        )
+        .await?;
+    match a.rows.first().and_then(|r| r.first().cloned().flatten()) {
+        Some(v) => Err(Fail::Skip(format!(
+            "it reads {}, which is not a table (a view or foreign table may act outside the transaction)",
+            String::from_utf8_lossy(&v)
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Masks sampled rows as the answer would be masked.
