@@ -653,8 +653,9 @@ impl Approvals {
         for g in self.store.grants(subject, target).await? {
             // A held command's approval belongs to the session waiting on it.
             let reusable = g.kind == Kind::Plan || g.mode == ReviewMode::Retry;
+            // Whoever approved it was one of the groups that decide now.
             let same_review = g.rule.split(',').any(|r| r == rule)
-                && approvers.iter().all(|a| g.approvers.contains(a))
+                && g.eligible_groups().all(|a| approvers.contains(a))
                 && g.quorum >= quorum;
             if !reusable
                 || !same_review

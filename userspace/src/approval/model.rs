@@ -451,10 +451,6 @@ impl ApprovalRequest {
         if who.admin {
             return Ok(());
         }
-        // Whoever submitted a plan does not approve it either.
-        if self.requested_by.as_deref() == Some(who.subject.as_str()) {
-            return Err(ApprovalError::OwnRequest);
-        }
         if self.eligible_groups().any(|g| who.groups.contains(g)) {
             return Ok(());
         }
@@ -489,6 +485,14 @@ impl ApprovalRequest {
             });
         }
         self.check_eligible(who)?;
+        // Whoever submitted a plan does not approve it (the admin token, a break-glass
+        // credential, excepted); denying or withdrawing it is theirs to do.
+        if verdict == Ruling::Approve
+            && !who.admin
+            && self.requested_by.as_deref() == Some(who.subject.as_str())
+        {
+            return Err(ApprovalError::OwnRequest);
+        }
         if verdict == Ruling::Approve
             && self
                 .votes
@@ -649,6 +653,22 @@ pub(crate) mod tests {
         assert!(r.consume(&sha, 4));
         assert_eq!(r.state, State::Used);
         assert!(!r.consume(&sha, 5));
+    }
+
+    /// A plan's submitter may not approve it, even in the approver group; denying it is theirs.
+    #[test]
+    fn a_plan_is_not_approved_by_its_submitter() {
+        let mut r = sample();
+        r.requested_by = Some("alice".into());
+        assert!(matches!(
+            r.decide(&who("alice", "dba"), Ruling::Approve, None, 1),
+            Err(ApprovalError::OwnRequest)
+        ));
+        assert_eq!(
+            r.decide(&who("alice", "dba"), Ruling::Deny, None, 2)
+                .unwrap(),
+            Transition::Denied
+        );
     }
 
     #[test]

@@ -47,7 +47,16 @@ pub fn classify(req: &HttpRequest<'_>) -> Facts {
 /// not judge (a method outside RFC 9110, a body over the bound) matches an `allow`/`review`
 /// rule (`permissive`) only when the rule names it, and always matches a `deny` rule's body
 /// filter.
-pub fn mismatch(spec: &HttpSpec, req: &HttpRequest<'_>, permissive: bool) -> Option<&'static str> {
+///
+/// `allow`: the rule lets the request through unseen. Its path and query globs then match
+/// narrowly (the case they name, parameter by parameter); a `deny` or `review` rule's match
+/// broadly, since a request one of those misses falls through to the rules after it.
+pub fn mismatch(
+    spec: &HttpSpec,
+    req: &HttpRequest<'_>,
+    permissive: bool,
+    allow: bool,
+) -> Option<&'static str> {
     if !spec.methods.is_empty()
         && !spec
             .methods
@@ -77,17 +86,17 @@ pub fn mismatch(spec: &HttpSpec, req: &HttpRequest<'_>, permissive: bool) -> Opt
     if !spec.hosts.is_empty() && !spec.hosts.iter().any(|g| g.matches(&req.host)) {
         return Some("http.hosts");
     }
-    if !spec.paths.is_empty() && !paths_match(&spec.paths, &req.path, permissive) {
+    if !spec.paths.is_empty() && !paths_match(&spec.paths, &req.path, allow) {
         return Some("http.paths");
     }
     if !spec.query.is_empty() {
         let q = req.query.as_deref().unwrap_or("");
-        // An allow or review rule's glob matches parameter by parameter (its `*` does not
-        // stretch over further parameters); a deny rule's over the whole query.
+        // An allow rule's glob matches parameter by parameter (its `*` does not stretch over
+        // further parameters); a deny or review rule's over the whole query.
         if !spec.query.iter().any(|g| {
             if q.is_empty() {
                 g.0.is_empty()
-            } else if permissive {
+            } else if allow {
                 g.matches_params(q)
             } else {
                 g.matches(q)
@@ -110,10 +119,10 @@ pub fn mismatch(spec: &HttpSpec, req: &HttpRequest<'_>, permissive: bool) -> Opt
 
 /// Whether a path glob covers `path` as the targets may route it. Tomcat and Spring drop each
 /// segment's `;parameters` before routing (`/actuator;x/env` is `/actuator/env`), so rules
-/// read the path without them. Express and ASP.NET route without regard to case: a `deny`
-/// rule matches any case (`/Admin/users` under `/admin/*`), an `allow`/`review` rule only
-/// the case it names.
-fn paths_match(globs: &[crate::config::policy::Glob], path: &str, permissive: bool) -> bool {
+/// read the path without them. Express and ASP.NET route without regard to case: a `deny` or
+/// `review` rule matches any case (`/Admin/users` under `/admin/*`), an `allow` rule only the
+/// case it names.
+fn paths_match(globs: &[crate::config::policy::Glob], path: &str, allow: bool) -> bool {
     let plain: std::borrow::Cow<'_, str> = if path.contains(';') {
         path.split('/')
             .map(|seg| seg.split(';').next().unwrap_or(""))
@@ -123,7 +132,7 @@ fn paths_match(globs: &[crate::config::policy::Glob], path: &str, permissive: bo
     } else {
         path.into()
     };
-    if permissive {
+    if allow {
         globs.iter().any(|g| g.matches(&plain))
     } else {
         let lower = plain.to_ascii_lowercase();
@@ -208,36 +217,38 @@ mod tests {
             ..HttpSpec::default()
         };
         let mut r = parse("GET", "http://api.internal/users/7").unwrap();
-        assert_eq!(mismatch(&spec, &r, true), Some("http.headers"));
+        assert_eq!(mismatch(&spec, &r, true, true), Some("http.headers"));
         r.headers.push(("x-team".into(), "sre".into()));
-        assert_eq!(mismatch(&spec, &r, true), None);
+        assert_eq!(mismatch(&spec, &r, true, true), None);
         r.method = "POST".into();
-        assert_eq!(mismatch(&spec, &r, true), Some("http.methods"));
+        assert_eq!(mismatch(&spec, &r, true, true), Some("http.methods"));
         let q = HttpSpec {
             query: vec![Glob("".into()), Glob("page=*".into())],
             ..HttpSpec::default()
         };
-        assert_eq!(mismatch(&q, &parse("GET", "/a").unwrap(), true), None);
+        assert_eq!(mismatch(&q, &parse("GET", "/a").unwrap(), true, true), None);
         assert_eq!(
-            mismatch(&q, &parse("GET", "/a?page=2").unwrap(), true),
+            mismatch(&q, &parse("GET", "/a?page=2").unwrap(), true, true),
             None
         );
-        assert!(mismatch(&q, &parse("GET", "/a?all=1").unwrap(), true).is_some());
+        assert!(mismatch(&q, &parse("GET", "/a?all=1").unwrap(), true, true).is_some());
         // An allow rule's `*` stays in its parameter; a deny rule's reaches over them all.
         let more = parse("GET", "/a?page=2&delete=1").unwrap();
-        assert!(mismatch(&q, &more, true).is_some());
-        assert_eq!(mismatch(&q, &more, false), None);
+        assert!(mismatch(&q, &more, true, true).is_some());
+        assert_eq!(mismatch(&q, &more, false, false), None);
+        // A review rule matches broadly: one it missed would fall through to an allow rule.
+        assert_eq!(mismatch(&q, &more, true, false), None);
         // Paths without `;parameters`; a deny rule in any case.
         let admin = HttpSpec {
             paths: vec![Glob("/actuator/*".into())],
             ..HttpSpec::default()
         };
         let hidden = parse("GET", "/actuator;x/env").unwrap();
-        assert_eq!(mismatch(&admin, &hidden, false), None);
-        assert_eq!(mismatch(&admin, &hidden, true), None);
+        assert_eq!(mismatch(&admin, &hidden, false, false), None);
+        assert_eq!(mismatch(&admin, &hidden, true, true), None);
         let upper = parse("GET", "/Actuator/env").unwrap();
-        assert_eq!(mismatch(&admin, &upper, false), None);
-        assert!(mismatch(&admin, &upper, true).is_some());
+        assert_eq!(mismatch(&admin, &upper, false, false), None);
+        assert!(mismatch(&admin, &upper, true, true).is_some());
     }
 
     #[test]
@@ -251,30 +262,30 @@ mod tests {
             ..HttpSpec::default()
         };
         assert!(
-            mismatch(&allow, &r, true).is_some(),
+            mismatch(&allow, &r, true, true).is_some(),
             "allow must not cover it"
         );
         let big = HttpSpec {
             large_body: true,
             ..allow.clone()
         };
-        assert_eq!(mismatch(&big, &r, true), None);
+        assert_eq!(mismatch(&big, &r, true, true), None);
         let deny = HttpSpec {
             body: vec![Glob("*DROP*".into())],
             ..HttpSpec::default()
         };
         assert_eq!(
-            mismatch(&deny, &r, false),
+            mismatch(&deny, &r, false, false),
             None,
             "deny covers what it cannot read"
         );
-        assert!(mismatch(&deny, &r, true).is_some());
+        assert!(mismatch(&deny, &r, true, true).is_some());
         r.body = Some(HttpBody::judged(&b"{\"q\":\"DROP TABLE\"}"[..]));
-        assert_eq!(mismatch(&deny, &r, true), None);
+        assert_eq!(mismatch(&deny, &r, true, true), None);
         assert_eq!(classify(&r).class, Class::Write);
         r.body = Some(HttpBody::judged(&b"\xff\xfe"[..]));
         assert!(
-            mismatch(&deny, &r, true).is_some(),
+            mismatch(&deny, &r, true, true).is_some(),
             "binary never matches allow"
         );
         // Text the server may read otherwise than the rule would: UTF-16 (valid UTF-8, a
@@ -311,8 +322,11 @@ mod tests {
                 .into_iter()
                 .collect();
             assert_eq!(r.body_text(), None, "{header:?}");
-            assert_eq!(mismatch(&deny, &r, false), None, "{header:?}");
-            assert!(mismatch(&allow_body, &r, true).is_some(), "{header:?}");
+            assert_eq!(mismatch(&deny, &r, false, false), None, "{header:?}");
+            assert!(
+                mismatch(&allow_body, &r, true, true).is_some(),
+                "{header:?}"
+            );
         }
         r.headers = vec![(
             "content-type".into(),
@@ -320,15 +334,15 @@ mod tests {
         )];
         r.body = Some(HttpBody::judged(plain));
         assert_eq!(r.body_text(), Some("{\"q\":\"select\"}"));
-        assert_eq!(mismatch(&allow_body, &r, true), None);
+        assert_eq!(mismatch(&allow_body, &r, true, true), None);
         r.headers.clear();
         let trace = parse("PROPFIND", "/x").unwrap();
-        assert!(mismatch(&HttpSpec::default(), &trace, true).is_some());
+        assert!(mismatch(&HttpSpec::default(), &trace, true, true).is_some());
         let named = HttpSpec {
             methods: vec!["propfind".into()],
             ..HttpSpec::default()
         };
-        assert_eq!(mismatch(&named, &trace, true), None);
+        assert_eq!(mismatch(&named, &trace, true, true), None);
     }
 
     #[test]

@@ -714,7 +714,9 @@ impl Engine {
             (What::Files(spec), Command::File { op, .. }) => {
                 files::mismatch(spec, *op, cls, permissive)
             }
-            (What::Http(spec), Command::Http(h)) => http::mismatch(spec, h, permissive),
+            (What::Http(spec), Command::Http(h)) => {
+                http::mismatch(spec, h, permissive, rule.action == Action::Allow)
+            }
             (What::Kube(spec), Command::Kube(k)) => kube::mismatch(spec, k, cls, permissive),
             (what, _) => Some(what.other_kind()),
         }

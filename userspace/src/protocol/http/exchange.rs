@@ -532,6 +532,11 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
             "it is a part of a document (206, Content-Range), masked only whole",
         );
     }
+    // Refused whatever `binary` says: passing it would skip the path rules, not just the
+    // detectors.
+    if let Some(why) = another_form(&conn, rparts.status, &rparts.headers, &mask) {
+        return unmaskable(record, &why);
+    }
     let plan = match answer_plan(&conn, &rparts.headers, &mask, treatment.json_lines) {
         Ok(p) => p,
         Err(why) => {
@@ -636,6 +641,37 @@ struct AnswerPlan {
     gunzip: bool,
 }
 
+/// Why a successful answer is the document in another structured form than JSON, where the
+/// rules mask JSON paths: an app answering `Accept: application/xml`, `?format=csv`, an HTML
+/// view or JSONP would pass the paths unmasked. Plain text, and error pages (not 2xx), go
+/// through the detectors as before.
+fn another_form(
+    conn: &Conn,
+    status: StatusCode,
+    headers: &HeaderMap,
+    mask: &[String],
+) -> Option<String> {
+    if !status.is_success() || !conn.masker.has_json_paths(mask) {
+        return None;
+    }
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let structured = ctype.contains("xml")
+        || ctype.contains("yaml")
+        || ctype.contains("javascript")
+        || matches!(ctype.as_str(), "text/html" | "text/csv" | "application/csv");
+    structured.then(|| {
+        format!(
+            "its masking rules mask JSON paths, and it is {ctype}, another form of the document"
+        )
+    })
+}
+
 /// Picks the masker by content type and decodes gzip; an `Err` says why masking cannot read
 /// the answer.
 fn answer_plan(
@@ -711,17 +747,6 @@ fn body_masker(
             | "application/jsonlines"
             | "application/x-jsonlines"
     );
-    // Path rules read a JSON document only: the same data in another structured form (an
-    // app answering `Accept: application/xml`, `?format=csv`, an HTML view) would pass them
-    // unmasked. Plain text goes through the detectors as before.
-    let structured = ctype.contains("xml")
-        || ctype.contains("yaml")
-        || matches!(ctype.as_str(), "text/html" | "text/csv" | "application/csv");
-    if structured && !json && conn.masker.has_json_paths(rules) {
-        return Err(format!(
-            "its masking rules mask JSON paths, and it is {ctype}, another form of the document"
-        ));
-    }
     Ok(if (json && json_lines) || lines {
         Transform::JsonLines(Box::new(
             body::JsonLines::new(Arc::clone(&conn.masker), rules).map_err(masker_error)?,
@@ -884,14 +909,30 @@ fn overrides_method(query: Option<&str>, read: &RequestBody) -> bool {
     in_query || names_method(body)
 }
 
-/// Whether `body` holds `_method` as a word of its own (case-insensitive).
+/// Whether `body` names a `_method` parameter however the framework reads it: a form key
+/// (decoded, so `%5Fmethod` too; Rack reads an untyped body as a form), a top-level JSON key
+/// (Laravel; JSON escapes decoded), or a multipart part's name, quoted or not.
 fn names_method(body: &[u8]) -> bool {
-    const WORD: &[u8] = b"_method";
-    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    const PARAM: &str = "_method";
+    if form_urlencoded::parse(body).any(|(k, _)| k.trim().eq_ignore_ascii_case(PARAM)) {
+        return true;
+    }
+    if body.trim_ascii_start().starts_with(b"{")
+        && let Ok(doc) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
+        && doc.keys().any(|k| k.eq_ignore_ascii_case(PARAM))
+    {
+        return true;
+    }
     let lower = body.to_ascii_lowercase();
-    memchr::memmem::find_iter(&lower, WORD).any(|at| {
-        (at == 0 || !word(lower[at - 1])) && lower.get(at + WORD.len()).is_none_or(|&b| !word(b))
-    })
+    [&b"name=_method"[..], b"name=\"_method\"", b"name='_method'"]
+        .iter()
+        .any(|needle| {
+            memchr::memmem::find_iter(&lower, needle).any(|at| {
+                lower
+                    .get(at + needle.len())
+                    .is_none_or(|&b| !(b.is_ascii_alphanumeric() || b == b'_'))
+            })
+        })
 }
 
 /// Headers with which IIS, Symfony and Zend replace the request's path.
@@ -1203,13 +1244,21 @@ mod tests {
     fn a_method_parameter_is_found_in_any_body() {
         for body in [
             &b"_method=DELETE"[..],
+            b"%5Fmethod=DELETE",
             b"{\"_method\": \"DELETE\"}",
+            b"{\"\\u005fmethod\": \"DELETE\"}",
             b"--b\r\nContent-Disposition: form-data; name=_method\r\n\r\nDELETE",
+            b"--b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE",
             b"a=1&_METHOD=delete",
         ] {
             assert!(names_method(body), "{}", String::from_utf8_lossy(body));
         }
-        for body in [&b"{\"payment_method\": \"card\"}"[..], b"_methods=1", b"x"] {
+        for body in [
+            &b"{\"payment_method\": \"card\"}"[..],
+            b"{\"code\": \"self._method()\", \"n\": {\"_method\": 1}}",
+            b"_methods=1",
+            b"x",
+        ] {
             assert!(!names_method(body), "{}", String::from_utf8_lossy(body));
         }
     }

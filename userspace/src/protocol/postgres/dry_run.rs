@@ -705,9 +705,21 @@ async fn check_reads(c: &mut Conn, names: &[String]) -> Result<(), Fail> {
     if names.is_empty() {
         return Ok(());
     }
+    // Each name part quoted as the lineage kept it (case and all); one that resolves to no
+    // relation counts against the dry run too.
     const Q: &str = "SELECT string_agg(x, ', ') FROM json_array_elements_text($1::json) x \
-        WHERE (SELECT relkind FROM pg_class WHERE oid = to_regclass(x)) NOT IN ('r', 'p')";
-    let list = serde_json::to_string(names).map_err(|e| Fail::Error(e.to_string()))?;
+        WHERE COALESCE((SELECT relkind FROM pg_class WHERE oid = to_regclass(x)), '?') \
+          NOT IN ('r', 'p')";
+    let quoted: Vec<String> = names
+        .iter()
+        .map(|n| {
+            n.split('.')
+                .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
+                .collect::<Vec<_>>()
+                .join(".")
+        })
+        .collect();
+    let list = serde_json::to_string(&quoted).map_err(|e| Fail::Error(e.to_string()))?;
     let param = Param {
         type_id: super::types::oid::TEXT,
         format: ParamFormat::Text,

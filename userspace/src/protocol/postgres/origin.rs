@@ -145,6 +145,17 @@ pub fn copy_spec(text: &str, index: usize) -> Result<CopySpec, String> {
                 csv.escape = ascii(c)?;
                 escape_set = true;
             }
+            // In SJIS, BIG5, GBK and the like a character's second byte can be `\` or `|`,
+            // which the server skips over as part of the character and the masker, reading
+            // bytes, would take for an escape or a quote: fields would not line up.
+            CopyOption::Encoding(e) => {
+                let name = e.to_ascii_uppercase().replace(['-', '_'], "");
+                if !matches!(name.as_str(), "UTF8" | "UNICODE" | "SQLASCII") {
+                    return Err(format!(
+                        "COPY ENCODING '{e}': only UTF8 output is read by the masker"
+                    ));
+                }
+            }
             _ => {}
         }
     }
@@ -448,6 +459,15 @@ mod tests {
         assert_eq!(s.csv.unwrap().quote, b'|');
         assert_eq!(s.csv.unwrap().escape, b'|');
         assert!(copy_spec("COPY customers TO STDOUT (DELIMITER '|')", 0).is_err());
+        // A multibyte encoding whose second bytes can be `\`: fields would not line up.
+        assert!(
+            copy_spec(
+                "COPY customers TO STDOUT (FORMAT csv, ESCAPE '\\', ENCODING 'SJIS')",
+                0
+            )
+            .is_err()
+        );
+        assert!(copy_spec("COPY customers TO STDOUT (FORMAT csv, ENCODING 'UTF8')", 0).is_ok());
         assert!(copy_spec("SELECT 1", 0).is_err());
     }
 

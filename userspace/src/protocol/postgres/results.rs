@@ -617,7 +617,11 @@ impl<'a> Back<'a> {
                 }
                 Ok(act)
             }
-            Kind::Other => Ok(Act::Forward),
+            // Rows whose command the gateway cannot name (the answers no longer line up with
+            // what it forwarded): never sent on unplanned.
+            Kind::Other => Err(Refusal(
+                "a result the gateway did not expect; its rows are not sent".into(),
+            )),
         }
     }
 

@@ -621,6 +621,12 @@ impl<J: Judge> Front<'_, J> {
         if self.discarding && tag != b'S' && tag != b'X' {
             return Ok(Action::Drop);
         }
+        // A simple Query or FunctionCall before an extended-protocol batch's Sync: after an
+        // error in that batch the server ignores it (up to the Sync), so the answers would no
+        // longer line up with what the gateway expects. No client library sends one there.
+        if self.mid_batch && matches!(tag, b'Q' | b'F') {
+            return Err(SessionError::UnexpectedMessage(char::from(tag)));
+        }
         Ok(match tag {
             b'Q' => {
                 let text = Reader::new(body, "Query").cstr()?;
@@ -880,6 +886,14 @@ impl<J: Judge> Front<'_, J> {
                             "airlock: portal \"{name}\" was not created on the server (its Bind failed or was skipped)"
                         ))
                     }
+                    // During COPY FROM STDIN the server ignores Sync and Flush, so after an
+                    // extended-protocol COPY the answers no longer line up with what the
+                    // gateway expects (and the next result could go out unplanned). Clients
+                    // send COPY as a simple query (psql, psycopg, asyncpg, pgx, JDBC).
+                    Some(p) if p.cmd.facts.kinds.contains(&"copy_from") => Err(
+                        "airlock: COPY FROM STDIN is accepted as a simple query only, not through the extended protocol"
+                            .into(),
+                    ),
                     Some(p) => Ok(p.cmd.clone()),
                     // Not bound through us (e.g. a cursor DECLAREd in SQL): we cannot tell what
                     // it runs, so refuse.

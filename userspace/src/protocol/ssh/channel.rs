@@ -136,9 +136,28 @@ impl Mode {
         match self {
             Mode::Shell => Some("shell"),
             Mode::Exec(_) if pty => Some("command with a terminal"),
+            // `ssh web sh < script`: the input is commands, run as they arrive.
+            Mode::Exec(line) if reads_commands(line) => Some("interpreter reading its input"),
             Mode::Exec(_) | Mode::Sftp => None,
         }
     }
+}
+
+/// Whether a command line's program is a shell or interpreter, which runs the commands it is
+/// sent: its input must be recorded whole, as a shell's is (past the recording limit it would
+/// run unrecorded).
+fn reads_commands(line: &str) -> bool {
+    const INTERPRETERS: &[&str] = &[
+        "sh", "bash", "dash", "zsh", "ksh", "mksh", "fish", "csh", "tcsh", "busybox", "python",
+        "perl", "ruby", "node", "php", "lua", "tclsh", "psql", "mysql", "mariadb", "sqlite",
+    ];
+    let Some(program) = line.split_whitespace().next() else {
+        return false;
+    };
+    let name = program.rsplit('/').next().unwrap_or(program);
+    // `python3.11`, `lua5.4`: the family's name.
+    let family = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+    INTERPRETERS.contains(&family)
 }
 
 /// Writes notices (a held command's request id) to the client's stderr.
@@ -1289,6 +1308,14 @@ mod tests {
         let exec = Mode::Exec("systemctl status nginx".into());
         assert_eq!(exec.interactive(true), Some("command with a terminal"));
         assert_eq!(exec.interactive(false), None);
+        for line in ["sh", "/bin/bash -s", "python3.11 -", "perl", "sqlite3 db"] {
+            assert_eq!(
+                Mode::Exec(line.into()).interactive(false),
+                Some("interpreter reading its input"),
+                "{line}"
+            );
+        }
+        assert_eq!(Mode::Exec("shasum".into()).interactive(false), None);
         assert_eq!(Mode::Shell.interactive(false), Some("shell"));
         assert_eq!(Mode::Shell.interactive(true), Some("shell"));
         assert_eq!(Mode::Sftp.interactive(true), None);
