@@ -492,6 +492,16 @@ fn allowed_reads_are_masked_and_carry_the_gateway_credential() {
             .contains(GATEWAY_TOKEN)
     );
 
+    // A name the target does not answer to (another site behind the same front end) never
+    // gets the gateway's credential: 421 before anything goes upstream.
+    let out = env.client_ok(&format!(
+        "curl -sS -w ' %{{http_code}}' -H 'Host: evil.example' http://{DB_ADDR}/app/users"
+    ));
+    assert!(
+        out.ends_with(" 421") && !out.contains(GATEWAY_TOKEN),
+        "{out}"
+    );
+
     // The same document in another structured form (`?format=xml`) would pass the JSON path
     // rules unmasked: refused.
     let out = env.client_ok(&format!(
@@ -584,6 +594,14 @@ fn https_is_intercepted_with_a_minted_certificate_and_verified_upstream() {
     assert_eq!(version, "2", "{out}");
     let v = json(body);
     assert_eq!(v["users"][0]["email"], "[REDACTED]");
+    assert_eq!(v["authorization"], format!("Bearer {GATEWAY_TOKEN}"));
+    // Plain HTTP to the TLS port: the gateway still speaks verified TLS to the target, so the
+    // credential never crosses the network in clear.
+    let out = env.client_ok(&format!(
+        "curl -sS --resolve {API_NAME}:443:{DB_ADDR} http://{API_NAME}:443/app/users"
+    ));
+    let v = json(&out);
+    assert_eq!(v["users"][0]["email"], "[REDACTED]", "{out}");
     assert_eq!(v["authorization"], format!("Bearer {GATEWAY_TOKEN}"));
     // Without trusting the CA, curl refuses the gateway's certificate.
     let (ok, _, err) = env.client(&format!(
@@ -1000,12 +1018,12 @@ def send(raw, wait=3):
     s.close()
     return [l.split(b" ")[1].decode() for l in data.split(b"\r\n") if l.startswith(b"HTTP/1.1 ")]
 cases = {{
- "cl_te": b"POST /app/echo-smuggle HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /app/smuggled1 HTTP/1.1\r\nHost: x\r\n\r\n",
- "dup_cl": b"POST /app/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\nabcdGET /app/smuggled2 HTTP/1.1\r\nHost: x\r\n\r\n",
- "te_obfuscated": b"POST /app/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\nGET /app/smuggled3 HTTP/1.1\r\nHost: x\r\n\r\n",
- "big_header": b"GET /app/big HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n",
- "bad_line": b"GET /app/x HTTP/1.1 extra\r\nHost: x\r\n\r\n",
- "bad_header": b"GET /app/x HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
+ "cl_te": b"POST /app/echo-smuggle HTTP/1.1\r\nHost: {DB_ADDR}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /app/smuggled1 HTTP/1.1\r\nHost: {DB_ADDR}\r\n\r\n",
+ "dup_cl": b"POST /app/echo HTTP/1.1\r\nHost: {DB_ADDR}\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\nabcdGET /app/smuggled2 HTTP/1.1\r\nHost: {DB_ADDR}\r\n\r\n",
+ "te_obfuscated": b"POST /app/echo HTTP/1.1\r\nHost: {DB_ADDR}\r\nContent-Length: 40\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\nGET /app/smuggled3 HTTP/1.1\r\nHost: {DB_ADDR}\r\n\r\n",
+ "big_header": b"GET /app/big HTTP/1.1\r\nHost: {DB_ADDR}\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n",
+ "bad_line": b"GET /app/x HTTP/1.1 extra\r\nHost: {DB_ADDR}\r\n\r\n",
+ "bad_header": b"GET /app/x HTTP/1.1\r\nHost: {DB_ADDR}\r\nBad Header: 1\r\n\r\n",
  "two_hosts": b"GET /app/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
 }}
 for name, raw in cases.items():

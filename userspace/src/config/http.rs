@@ -36,12 +36,35 @@ pub struct HttpTarget {
     /// `pass`.
     #[serde(default)]
     pub binary: BinaryAnswers,
+    /// Host names this target answers to (`Host`/`:authority`, and TLS SNI), besides its own
+    /// addresses, `tls.server_name` and `tls.default_name`; globs (`*.billing.internal`). A
+    /// request for any other name gets a 421 before any credential is added: behind a shared
+    /// front end (an ingress, a load balancer) the name picks the site that receives it.
+    #[serde(default)]
+    pub names: Vec<String>,
 }
 
 impl HttpTarget {
     /// The judged request-body bound in bytes.
     pub fn max_body(&self) -> u64 {
         self.max_body.map_or(DEFAULT_MAX_BODY, |b| b.0)
+    }
+
+    /// Whether a request for `host` (lower-case, without port or trailing dot) is one for this
+    /// target, whose addresses are `addresses`.
+    pub fn answers_to(&self, host: &str, addresses: &[super::Cidr]) -> bool {
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            return addresses.iter().any(|c| c.contains(ip));
+        }
+        let named = |n: &str| {
+            let n = n.trim_end_matches('.').to_ascii_lowercase();
+            super::policy::glob_match(n.as_bytes(), host.as_bytes())
+        };
+        self.names.iter().any(|n| named(n))
+            || self.tls.as_ref().is_some_and(|t| {
+                t.server_name.as_deref().is_some_and(named)
+                    || t.default_name.as_deref().is_some_and(named)
+            })
     }
 }
 
@@ -75,6 +98,21 @@ pub struct HttpTls {
     /// The key of `client_cert_file` (PEM).
     #[serde(default)]
     pub client_key_file: Option<PathBuf>,
+    /// Ports the target serves with TLS (default 443, 6443 and 8443). A client speaking plain
+    /// HTTP to one of them is sent on over verified TLS all the same: whether the upstream leg
+    /// is encrypted (and the credential with it) is the operator's choice, not the client's.
+    #[serde(default)]
+    pub ports: Option<Vec<u16>>,
+}
+
+impl HttpTls {
+    /// Whether the target serves `port` with TLS.
+    pub fn serves_tls_on(&self, port: u16) -> bool {
+        match &self.ports {
+            Some(p) => p.contains(&port),
+            None => matches!(port, 443 | 6443 | 8443),
+        }
+    }
 }
 
 /// A credential the gateway holds for a target. The secret comes from an environment variable

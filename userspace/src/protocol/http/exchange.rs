@@ -166,6 +166,16 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
     let Some(host) = request_host(&parts) else {
         return bad_request(record, "the request names no host");
     };
+    // Only names the target answers to: behind a shared front end another name is another
+    // site, which would receive the gateway's credential.
+    if !conn.http.answers_to(&host, &conn.target.addresses) {
+        tracing::warn!(session = conn.id, target = %conn.target.name, %host, "request for a name the target does not answer to");
+        return json_answer(
+            StatusCode::MISDIRECTED_REQUEST,
+            &serde_json::json!({"error": "misdirected", "message": format!("airlock: target {} does not answer to {host} (http.names)", conn.target.name)}),
+            record,
+        );
+    }
     let path = match super::target::canonical(parts.uri.path(), parts.uri.query()) {
         Ok(p) => p.into_owned(),
         Err(why) => return bad_request(record, why),

@@ -161,7 +161,29 @@ pub async fn serve_with(session: Session, ctx: Arc<Context>, classifier: Arc<dyn
         upstream,
     };
     if !is_tls {
-        start.run(client, None, None).await;
+        // Plain HTTP to a port the target serves with TLS: the upstream leg is TLS all the
+        // same, so the credential never crosses the network in clear.
+        let upstream_tls = match start.cfg.tls.clone() {
+            Some(t) if t.serves_tls_on(start.upstream.port()) => {
+                let state_dir = start.ctx.config.load().daemon.state_dir.clone();
+                let name = t.server_name.clone().or_else(|| t.default_name.clone());
+                match (tls::for_target(&start.target.name, &t, &state_dir), name) {
+                    (Ok(tls), Some(name)) => Some((tls.client.clone(), name)),
+                    (Err(error), _) => {
+                        tracing::error!(session = id, target = %start.target.name, %error, "TLS to the target unavailable; connection closed");
+                        start.ctx.metrics.denied_connection(DenyReason::Internal);
+                        return;
+                    }
+                    (_, None) => {
+                        tracing::warn!(session = id, target = %start.target.name, "plain HTTP to a TLS port, and no name to verify the target's certificate against (set http.tls.server_name); connection closed");
+                        start.ctx.metrics.denied_connection(DenyReason::Policy);
+                        return;
+                    }
+                }
+            }
+            _ => None,
+        };
+        start.run(client, None, upstream_tls).await;
         return;
     }
     let Some(tls_cfg) = start.cfg.tls.clone() else {
@@ -208,6 +230,18 @@ pub async fn serve_with(session: Session, ctx: Arc<Context>, classifier: Arc<dyn
         };
         (info, sni)
     };
+    // A name the target does not answer to is another site's: its certificate was minted
+    // for nothing that gets used, and the session ends here.
+    if let Some(name) = &sni
+        && !start.cfg.answers_to(
+            name.trim_end_matches('.').to_ascii_lowercase().as_str(),
+            &start.target.addresses,
+        )
+    {
+        tracing::warn!(session = id, target = %start.target.name, sni = %name, "TLS for a name the target does not answer to (http.names); connection closed");
+        start.ctx.metrics.denied_connection(DenyReason::Policy);
+        return;
+    }
     let server_name = tls_cfg
         .server_name
         .clone()
