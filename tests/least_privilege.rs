@@ -437,6 +437,7 @@ fn logs_in(pg: &PgServer, password: &str) -> bool {
         roles: Vec::new(),
         run_as: None,
         rotate_every: None,
+        cleartext_password: false,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

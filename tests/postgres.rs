@@ -664,6 +664,7 @@ fn tls_on_both_legs_with_channel_binding() {
         roles: Vec::new(),
         run_as: None,
         rotate_every: None,
+        cleartext_password: false,
     };
     let params = [("user", TLS_USER.0), ("database", DATABASE)];
     let b = rt
@@ -692,7 +693,13 @@ fn md5_and_cleartext_backend_logins() {
     let pg = PgServer::start(None);
     capture_logs();
     for (user, password) in [MD5_USER, CLEAR_USER] {
-        let proxy = TestProxy::start(pg.addr(), &gateway_section(user, password));
+        // Cleartext only where the target says so (no verify-full TLS here).
+        let section = format!(
+            "{}      cleartext_password: {}\n",
+            gateway_section(user, password),
+            user == CLEAR_USER.0
+        );
+        let proxy = TestProxy::start(pg.addr(), &section);
         let (ok, out, err) = psql(&dsn(proxy.addr, ""), &["-c", "SELECT current_user"], None);
         assert!(ok, "{user}: {err}");
         assert_eq!(out.trim(), user);
@@ -712,6 +719,7 @@ fn md5_and_cleartext_backend_logins() {
         roles: Vec::new(),
         run_as: None,
         rotate_every: None,
+        cleartext_password: false,
     };
     // The password may come from a file.
     let dir = TempDir::new("airlock-pw");
@@ -727,6 +735,17 @@ fn md5_and_cleartext_backend_logins() {
     cfg.password_file = None;
     cfg.password = Some(CLEAR_USER.1.into());
     let params = [("user", CLEAR_USER.0), ("database", DATABASE)];
+    // A server asking for the password in cleartext, with no verified TLS: whoever answers on
+    // the address would receive it. Refused unless the target allows it.
+    let refused = rt.block_on(backend_auth::connect(&cfg, pg.addr(), &params));
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("cleartext")),
+        "{:?}",
+        refused.as_ref().map(|b| b.auth)
+    );
+    cfg.cleartext_password = true;
     let b = rt
         .block_on(backend_auth::connect(&cfg, pg.addr(), &params))
         .expect("cleartext login");

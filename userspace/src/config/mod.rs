@@ -373,6 +373,11 @@ pub struct PostgresTarget {
     /// rotate` does it on demand.
     #[serde(default)]
     pub rotate_every: Option<policy::DurationSpec>,
+    /// Answer a server that asks for the password in cleartext even without `verify-full`
+    /// TLS (default false: whoever answers on the target's address, an impersonator included,
+    /// would receive it; SCRAM and MD5 give nothing reusable away).
+    #[serde(default)]
+    pub cleartext_password: bool,
 }
 
 impl PostgresTarget {

@@ -210,6 +210,11 @@ async fn connect_with(
                     }
                     3 => {
                         auth = AuthMethod::Cleartext;
+                        if !(pg.cleartext_password || pg.tls.mode == UpstreamTlsMode::VerifyFull) {
+                            return Err(BackendError::Protocol(
+                                "the server asks for the password in cleartext, which goes only to a server verified by TLS (verify-full) or with cleartext_password: true".into(),
+                            ));
+                        }
                         let pw = need(&password)?;
                         codec::put_message(&mut out, b'p', |o| codec::put_cstr(o, pw.as_bytes()));
                     }

@@ -765,6 +765,7 @@ mod tests {
             roles: Vec::new(),
             run_as: None,
             rotate_every: None,
+            cleartext_password: false,
         }
     }
 
