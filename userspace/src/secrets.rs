@@ -21,13 +21,16 @@ pub fn write(path: &Path, bytes: &[u8], mode: u32, overwrite: bool) -> io::Resul
         std::fs::create_dir_all(dir)?;
     }
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).mode(mode);
+    // Never through a link (a link planted where a secret goes would have root write it
+    // wherever the link points), and with `mode` whatever the file had before.
+    opts.write(true).mode(mode).custom_flags(libc::O_NOFOLLOW);
     if overwrite {
         opts.create(true).truncate(true);
     } else {
         opts.create_new(true);
     }
     let mut f = opts.open(path)?;
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
     f.write_all(bytes)?;
     f.sync_all()
 }
