@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 
 use super::catalog::CatalogCache;
-use super::codec::{self, ErrorFields, HEADER_LEN};
+use super::codec::{self, ErrorFields, HEADER_LEN, Reader};
 use super::messages;
 use super::origin::{self, CopySpec, Field, SideConn};
 use super::rows;
@@ -265,6 +265,9 @@ pub struct Back<'a> {
     /// After a masking failure: drop everything until ReadyForQuery.
     pub(super) suppress: bool,
     acc: Acc,
+    /// The last command that ran under masking rules: its rules mask notifications, which
+    /// arrive between commands.
+    last_masked: Option<Arc<Cmd>>,
 }
 
 /// A masking failure: the client gets this error, and nothing more of the result.
@@ -299,7 +302,49 @@ impl<'a> Back<'a> {
             statement: 0,
             suppress: false,
             acc: Acc::default(),
+            last_masked: None,
         }
+    }
+
+    /// A NotificationResponse's payload (a trigger's `pg_notify(…, row_to_json(NEW)::text)`
+    /// carries whole rows) masked like an answer of this session: whole under column rules
+    /// (it names no columns), else through the detectors of the session's last masking rules,
+    /// or of every rule before the session ran anything under masking.
+    fn notification(&self, body: &[u8], rep: &mut BytesMut) -> Result<Act, Refusal> {
+        let mut r = Reader::new(body, "NotificationResponse");
+        let (Ok(pid), Ok(channel), Ok(payload)) = (r.i32(), r.cstr(), r.cstr()) else {
+            return Err(Refusal("a notification that does not parse".into()));
+        };
+        let all: Vec<String>;
+        let (rules, whole): (&[String], bool) = match &self.last_masked {
+            Some(c) => (
+                &c.mask,
+                self.masker
+                    .column_rules(&c.mask)
+                    .map_or(true, |r| !r.is_empty()),
+            ),
+            None => {
+                all = self.masker.rule_names().map(str::to_owned).collect();
+                (&all, false)
+            }
+        };
+        let masked: Option<Vec<u8>> = if whole {
+            (!payload.is_empty()).then(|| crate::mask::REDACTED.to_vec())
+        } else {
+            self.masker
+                .detect_in(rules, payload.as_bytes())
+                .map(|b| b.iter().copied().filter(|&c| c != 0).collect())
+        };
+        let Some(payload) = masked else {
+            return Ok(Act::Forward);
+        };
+        codec::put_message(rep, b'A', |o| {
+            o.put_i32(pid);
+            codec::put_cstr(o, channel.as_bytes());
+            o.put_slice(&payload);
+            o.put_u8(0);
+        });
+        Ok(Act::Replace)
     }
 
     /// Whether DataRow / CopyData messages must be held whole and passed to [`Back::on_message`].
@@ -507,6 +552,7 @@ impl<'a> Back<'a> {
                 }
                 Ok(act)
             }
+            b'A' => self.notification(body, rep),
             b'N' => match self.message_cmd().filter(|c| c.masked()) {
                 Some(cmd) => {
                     let touched = self.names_masked_column(&cmd).await;
@@ -944,6 +990,9 @@ impl<'a> Back<'a> {
             }
             _ => return,
         };
+        if !cmd.mask.is_empty() {
+            self.last_masked = Some(Arc::clone(&cmd));
+        }
         let acc = std::mem::take(&mut self.acc);
         if cmd.denied || !self.audit.enabled() {
             return;
@@ -1189,6 +1238,47 @@ mod tests {
             .iter()
             .map(|f| f.type_oid)
             .collect()
+    }
+
+    fn notification(payload: &str) -> BytesMut {
+        let mut m = BytesMut::new();
+        codec::put_message(&mut m, b'A', |o| {
+            o.put_i32(42);
+            codec::put_cstr(o, b"changes");
+            codec::put_cstr(o, payload.as_bytes());
+        });
+        m
+    }
+
+    /// A notification's payload (a trigger's row as JSON) is masked like an answer: by every
+    /// rule's detectors before the session ran anything masked, then by its last rules (whole
+    /// under a column rule).
+    #[tokio::test]
+    async fn notification_payloads_are_masked() {
+        let fx = Fixture::new();
+        let mut back = fx.back();
+        let row = r#"{"id": 1, "email": "ada@example.com"}"#;
+        let sent = through(&mut back, &notification(row)).await.unwrap();
+        let text = String::from_utf8_lossy(&sent);
+        assert!(
+            !text.contains("ada@example.com") && text.contains("changes"),
+            "{text}"
+        );
+        // After a command under a column rule: the payload names no columns, so it goes whole.
+        fx.push(query(&["date-redact", "mail"]));
+        through(&mut back, &msg(b'C', b"SELECT 0\0")).await.unwrap();
+        through(&mut back, &msg(b'Z', b"I")).await.unwrap();
+        let sent = through(&mut back, &notification(r#"{"since": "2020-01-01"}"#))
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&sent);
+        assert!(
+            !text.contains("2020-01-01") && text.contains("[REDACTED]"),
+            "{text}"
+        );
+        // Nothing to mask: forwarded as it came.
+        let plain = notification("");
+        assert_eq!(through(&mut back, &plain).await.unwrap(), plain.to_vec());
     }
 
     #[tokio::test]
