@@ -299,7 +299,6 @@ impl Masker {
             .map_or("unknown", |r| r.name.as_str())
     }
 
-    /// All rule names, in configuration order.
     /// Whether any of the named rules masks by JSON path: those read only a JSON document,
     /// so an answer in another form (XML, CSV, HTML) would pass them unmasked.
     pub fn has_json_paths(&self, names: &[String]) -> bool {
@@ -309,6 +308,7 @@ impl Masker {
             .any(|r| !r.paths.is_empty() && names.contains(&r.name))
     }
 
+    /// All rule names, in configuration order.
     pub fn rule_names(&self) -> impl Iterator<Item = &str> {
         self.inner.rules.iter().map(|r| r.name.as_str())
     }

@@ -2985,7 +2985,6 @@ fn generated_column(mut l: Lin, s: &Scope<'_>) -> Lin {
     l
 }
 
-/// Whether a query names the relation `name` anywhere (a recursive CTE's self-reference).
 /// The one-part relation names a query reads (anywhere in it).
 fn relation_names(q: &Query, d: Dialect) -> BTreeSet<String> {
     struct Names(BTreeSet<String>, Dialect);
@@ -3006,24 +3005,9 @@ fn relation_names(q: &Query, d: Dialect) -> BTreeSet<String> {
     names.0
 }
 
+/// Whether a query names the relation `name` anywhere (a recursive CTE's self-reference).
 fn references(q: &Query, name: &str, d: Dialect) -> bool {
-    struct Finder<'n>(&'n str, bool, Dialect);
-    impl Visitor for Finder<'_> {
-        type Break = ();
-        fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
-            if let Some(p) = name_parts(r, self.2)
-                && p.len() == 1
-                && p[0] == self.0
-            {
-                self.1 = true;
-                return ControlFlow::Break(());
-            }
-            ControlFlow::Continue(())
-        }
-    }
-    let mut f = Finder(name, false, d);
-    let _ = q.visit(&mut f);
-    f.1
+    relation_names(q, d).contains(name)
 }
 
 /// The columns of a set operation: position by position when both sides list them, else one

@@ -152,12 +152,14 @@ fn value(t: u8, unsigned: bool, b: &[u8], out: &mut String) -> Result<usize, Par
         | MYSQL_TYPE_DATETIME2
         | MYSQL_TYPE_TIMESTAMP2 => {
             let len = usize::from(*b.first().ok_or(ParamError("truncated date"))?);
+            // The lengths the server reads; another would be read otherwise than shown.
+            if !matches!(len, 0 | 4 | 7 | 11) {
+                return Err(ParamError("a date of a length the server does not read"));
+            }
             let d = b.get(1..1 + len).ok_or(ParamError("truncated date"))?;
             let g = |i: usize| d.get(i).copied().map_or(0, u32::from);
             let year = d.get(..2).map_or(0, |y| u16::from_le_bytes([y[0], y[1]]));
-            let micros = d
-                .get(7..11)
-                .map_or(0, |m| u32::from_le_bytes([m[0], m[1], m[2], m[3]]));
+            let micros = micros_at(d, 7)?;
             let _ = write!(
                 out,
                 "'{year:04}-{:02}-{:02} {:02}:{:02}:{:02}.{micros:06}'",
@@ -171,6 +173,9 @@ fn value(t: u8, unsigned: bool, b: &[u8], out: &mut String) -> Result<usize, Par
         }
         MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2 => {
             let len = usize::from(*b.first().ok_or(ParamError("truncated time"))?);
+            if !matches!(len, 0 | 8 | 12) {
+                return Err(ParamError("a time of a length the server does not read"));
+            }
             let d = b.get(1..1 + len).ok_or(ParamError("truncated time"))?;
             let g = |i: usize| d.get(i).copied().map_or(0, u32::from);
             // Days are a client-chosen u32: widen before scaling so no value overflows.
@@ -178,12 +183,11 @@ fn value(t: u8, unsigned: bool, b: &[u8], out: &mut String) -> Result<usize, Par
                 .get(1..5)
                 .map_or(0, |x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]));
             let hours = u64::from(days) * 24 + u64::from(g(5));
-            let sign = if g(0) == 1 { "-" } else { "" };
+            // The server reads any non-zero byte as negative.
+            let sign = if g(0) != 0 { "-" } else { "" };
             // Microseconds too (length 12): two values differing only there are two values,
             // to the reviewer and to a grant's hash.
-            let micros = d
-                .get(8..12)
-                .map_or(0, |m| u32::from_le_bytes([m[0], m[1], m[2], m[3]]));
+            let micros = micros_at(d, 8)?;
             let _ = write!(out, "'{sign}{hours}:{:02}:{:02}.{micros:06}'", g(6), g(7));
             return Ok(1 + len);
         }
@@ -198,6 +202,18 @@ fn value(t: u8, unsigned: bool, b: &[u8], out: &mut String) -> Result<usize, Par
         MYSQL_TYPE_LONG | MYSQL_TYPE_INT24 | MYSQL_TYPE_FLOAT => 4,
         _ => 8,
     })
+}
+
+/// The microseconds of a binary date or time at `at` (0 when the value is shorter), refused
+/// past 999999, which the server does not read as written.
+fn micros_at(d: &[u8], at: usize) -> Result<u32, ParamError> {
+    let micros = d
+        .get(at..at + 4)
+        .map_or(0, |m| u32::from_le_bytes([m[0], m[1], m[2], m[3]]));
+    if micros > 999_999 {
+        return Err(ParamError("microseconds over 999999"));
+    }
+    Ok(micros)
 }
 
 /// A string literal with every control character escaped (so the rendered text stays one
