@@ -646,16 +646,17 @@ impl Approvals {
         subject: &str,
         target: &str,
         sha: &str,
-        now_needs: (&str, &[String], u32),
+        now_needs: (&str, &[String], &[String], u32),
     ) -> Result<Option<ApprovalRequest>, ApprovalError> {
-        let (rule, approvers, quorum) = now_needs;
+        let (rule, approvers, escalate_to, quorum) = now_needs;
         let now = now_ms();
         for g in self.store.grants(subject, target).await? {
             // A held command's approval belongs to the session waiting on it.
             let reusable = g.kind == Kind::Plan || g.mode == ReviewMode::Retry;
             // Whoever approved it was one of the groups that decide now.
             let same_review = g.rule.split(',').any(|r| r == rule)
-                && g.eligible_groups().all(|a| approvers.contains(a))
+                && g.eligible_groups()
+                    .all(|a| approvers.contains(a) || escalate_to.contains(a))
                 && g.quorum >= quorum;
             if !reusable
                 || !same_review
@@ -733,7 +734,7 @@ impl Approvals {
                 &r.identity.subject,
                 &r.target,
                 &sha,
-                (&rule, &approvers, quorum),
+                (&rule, &approvers, &escalate_to, quorum),
             )
             .await
         {
