@@ -36,11 +36,13 @@ pub(crate) struct Found {
     pub peer_macs: bool,
 }
 
-/// The two fields a chain link needs; the rest of the line is not parsed.
+/// What a chain link needs of a record (and retention, its time); the rest of the line is
+/// not parsed, so a record of a newer format reads too.
 #[derive(Deserialize)]
-struct Link {
-    seq: u64,
-    prev: ChainHash,
+pub(super) struct Link {
+    pub(super) seq: u64,
+    pub(super) ts: u64,
+    pub(super) prev: ChainHash,
 }
 
 fn corrupt(path: &Path, message: String) -> AuditError {
@@ -51,7 +53,9 @@ fn corrupt(path: &Path, message: String) -> AuditError {
 }
 
 /// Reads a signed file; `None` when it does not exist.
-fn read_signed<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, AuditError> {
+pub(super) fn read_signed<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+) -> Result<Option<T>, AuditError> {
     match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
             corrupt(

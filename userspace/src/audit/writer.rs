@@ -1985,7 +1985,7 @@ pub(super) fn apply_retention(
             Some(age) if !too_big => coop::last_line(path, *len)
                 .ok()
                 .flatten()
-                .and_then(|line| serde_json::from_slice::<Link>(&line).ok())
+                .and_then(|line| serde_json::from_slice::<super::recover::Link>(&line).ok())
                 .is_some_and(|r| Duration::from_micros(now.saturating_sub(r.ts)) > age),
             _ => false,
         };
@@ -2009,19 +2009,16 @@ pub(super) fn apply_retention(
             });
         }
     };
-    let anchor = match std::fs::read(dir.join(ANCHOR_FILE)) {
-        Ok(bytes) => Some(
-            serde_json::from_slice::<SignedAnchor>(&bytes)
-                .ok()
-                .filter(|a| a.verify(&key.verifying_key()))
-                .ok_or_else(|| AuditError::Corrupt {
-                    path: dir.join(ANCHOR_FILE),
-                    message: "retention anchor is not signed by this key; not deleting".into(),
-                })?,
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io(&dir.join(ANCHOR_FILE), e)),
-    };
+    let anchor = super::recover::read_signed::<SignedAnchor>(&dir.join(ANCHOR_FILE))?;
+    if anchor
+        .as_ref()
+        .is_some_and(|a| !a.verify(&key.verifying_key()))
+    {
+        return Err(AuditError::Corrupt {
+            path: dir.join(ANCHOR_FILE),
+            message: "retention anchor is not signed by this key; not deleting".into(),
+        });
+    }
     check_chain(&segs[..cut], anchor.as_ref(), (seq, prev))?;
     let anchor = SignedAnchor::sign(key, seq, prev, now);
     let bytes = serde_json::to_vec(&anchor).map_err(|e| AuditError::Io {
@@ -2039,15 +2036,6 @@ pub(super) fn apply_retention(
         "audit retention deleted old segments"
     );
     Ok(())
-}
-
-/// What retention reads of a record: its place in the chain and its time. Other members are
-/// left unread, so a record of a newer format does not stop retention.
-#[derive(serde::Deserialize)]
-struct Link {
-    seq: u64,
-    ts: u64,
-    prev: ChainHash,
 }
 
 /// Checks that `segs` (oldest first, about to be deleted) are the chain: consecutive seqs, each
@@ -2079,7 +2067,7 @@ fn check_chain(
             if line.pop() != Some(b'\n') {
                 return Err(corrupt("a partial record".into()));
             }
-            let rec: Link = serde_json::from_slice(&line)
+            let rec: super::recover::Link = serde_json::from_slice(&line)
                 .map_err(|e| corrupt(format!("an unreadable record: {e}")))?;
             let linked = match last {
                 Some((seq, hash)) => rec.seq == seq + 1 && rec.prev == hash,

@@ -57,8 +57,10 @@ impl HttpTarget {
             return addresses.iter().any(|c| c.contains(ip));
         }
         let named = |n: &str| {
-            let n = n.trim_end_matches('.').to_ascii_lowercase();
-            super::policy::glob_match(n.as_bytes(), host.as_bytes())
+            super::policy::glob_match_ignore_ascii_case(
+                n.trim_end_matches('.').as_bytes(),
+                host.as_bytes(),
+            )
         };
         self.names.iter().any(|n| named(n))
             || self.tls.as_ref().is_some_and(|t| {

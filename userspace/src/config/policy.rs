@@ -571,10 +571,20 @@ impl<'de> Deserialize<'de> for Glob {
 
 /// Iterative glob matching (no recursion, linear backtracking on the last `*`).
 pub fn glob_match(p: &[u8], s: &[u8]) -> bool {
+    glob_match_by(p, s, |a, b| a == b)
+}
+
+/// [`glob_match`] without regard to ASCII case.
+pub fn glob_match_ignore_ascii_case(p: &[u8], s: &[u8]) -> bool {
+    glob_match_by(p, s, |a, b| a.eq_ignore_ascii_case(&b))
+}
+
+#[inline(always)]
+fn glob_match_by(p: &[u8], s: &[u8], eq: impl Fn(u8, u8) -> bool) -> bool {
     let (mut pi, mut si) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     while si < s.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
+        if pi < p.len() && (p[pi] == b'?' || eq(p[pi], s[si])) {
             pi += 1;
             si += 1;
         } else if pi < p.len() && p[pi] == b'*' {

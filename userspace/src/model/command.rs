@@ -351,6 +351,18 @@ pub enum HttpBody<'a> {
 }
 
 impl<'a> HttpBody<'a> {
+    /// Appends what a command's text says of the body (` body sha256:… (n bytes)`), so an
+    /// approval binds the body with the request.
+    pub fn describe(&self, text: &mut String) {
+        use std::fmt::Write as _;
+        let _ = match self {
+            HttpBody::Judged { len, sha256, .. } => {
+                write!(text, " body sha256:{sha256} ({len} bytes)")
+            }
+            HttpBody::OverLimit { limit } => write!(text, " body over {limit} bytes (not judged)"),
+        };
+    }
+
     /// A judged body, hashed.
     pub fn judged(bytes: impl Into<Cow<'a, [u8]>>) -> Self {
         use sha2::Digest as _;
@@ -501,14 +513,8 @@ impl<'a> Command<'a> {
                 }
                 // The body's hash is part of the text, so an approval binds method, URL and
                 // body together.
-                match &h.body {
-                    None => {}
-                    Some(HttpBody::Judged { len, sha256, .. }) => {
-                        s.push_str(&format!(" body sha256:{sha256} ({len} bytes)"));
-                    }
-                    Some(HttpBody::OverLimit { limit }) => {
-                        s.push_str(&format!(" body over {limit} bytes (not judged)"));
-                    }
+                if let Some(b) = &h.body {
+                    b.describe(&mut s);
                 }
                 Cow::Owned(s)
             }

@@ -135,9 +135,8 @@ fn paths_match(globs: &[crate::config::policy::Glob], path: &str, allow: bool) -
     if allow {
         globs.iter().any(|g| g.matches(&plain))
     } else {
-        let lower = plain.to_ascii_lowercase();
         globs.iter().any(|g| {
-            crate::config::policy::glob_match(g.0.to_ascii_lowercase().as_bytes(), lower.as_bytes())
+            crate::config::policy::glob_match_ignore_ascii_case(g.0.as_bytes(), plain.as_bytes())
         })
     }
 }

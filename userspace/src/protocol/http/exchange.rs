@@ -904,32 +904,31 @@ fn ambiguous(req: &Request<Incoming>) -> Option<&'static str> {
 /// Whether a request carries a `_method` parameter, with which Rails, Laravel, Symfony and
 /// Spring replace the request method: in the query, or in the body the gateway read.
 fn overrides_method(query: Option<&str>, read: &RequestBody) -> bool {
-    const PARAM: &str = "_method";
     let in_query = query.is_some_and(|q| {
-        form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k.eq_ignore_ascii_case(PARAM))
+        form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k.eq_ignore_ascii_case(METHOD_PARAM))
     });
     let body = match read {
         RequestBody::Judged(b) => &b[..],
         RequestBody::OverLimit { prefix, .. } => &prefix[..],
         RequestBody::Empty => return in_query,
     };
-    // Whatever the body says it is: Rack reads a body without a type as a form, Laravel a
-    // JSON `{"_method": …}`, Rack and PHP a multipart name unquoted. A `_method` standing as
-    // a word of its own anywhere in the body (not `payment_method`) is refused.
+    // Whatever the body says it is (see `names_method`).
     in_query || names_method(body)
 }
+
+/// The parameter frameworks read a replacement method from.
+const METHOD_PARAM: &str = "_method";
 
 /// Whether `body` names a `_method` parameter however the framework reads it: a form key
 /// (decoded, so `%5Fmethod` too; Rack reads an untyped body as a form), a top-level JSON key
 /// (Laravel; JSON escapes decoded), or a multipart part's name, quoted or not.
 fn names_method(body: &[u8]) -> bool {
-    const PARAM: &str = "_method";
-    if form_urlencoded::parse(body).any(|(k, _)| k.trim().eq_ignore_ascii_case(PARAM)) {
+    if form_urlencoded::parse(body).any(|(k, _)| k.trim().eq_ignore_ascii_case(METHOD_PARAM)) {
         return true;
     }
     if body.trim_ascii_start().starts_with(b"{")
         && let Ok(doc) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
-        && doc.keys().any(|k| k.eq_ignore_ascii_case(PARAM))
+        && doc.keys().any(|k| k.eq_ignore_ascii_case(METHOD_PARAM))
     {
         return true;
     }

@@ -165,21 +165,15 @@ pub async fn serve_with(session: Session, ctx: Arc<Context>, classifier: Arc<dyn
         // same, so the credential never crosses the network in clear.
         let upstream_tls = match start.cfg.tls.clone() {
             Some(t) if t.serves_tls_on(start.upstream.port()) => {
-                let state_dir = start.ctx.config.load().daemon.state_dir.clone();
-                let name = t.server_name.clone().or_else(|| t.default_name.clone());
-                match (tls::for_target(&start.target.name, &t, &state_dir), name) {
-                    (Ok(tls), Some(name)) => Some((tls.client.clone(), name)),
-                    (Err(error), _) => {
-                        tracing::error!(session = id, target = %start.target.name, %error, "TLS to the target unavailable; connection closed");
-                        start.ctx.metrics.denied_connection(DenyReason::Internal);
-                        return;
-                    }
-                    (_, None) => {
-                        tracing::warn!(session = id, target = %start.target.name, "plain HTTP to a TLS port, and no name to verify the target's certificate against (set http.tls.server_name); connection closed");
-                        start.ctx.metrics.denied_connection(DenyReason::Policy);
-                        return;
-                    }
-                }
+                let Some(tls) = start.target_tls(&t) else {
+                    return;
+                };
+                let Some(name) = t.server_name.clone().or_else(|| t.default_name.clone()) else {
+                    tracing::warn!(session = id, target = %start.target.name, "plain HTTP to a TLS port, and no name to verify the target's certificate against (set http.tls.server_name); connection closed");
+                    start.ctx.metrics.denied_connection(DenyReason::Policy);
+                    return;
+                };
+                Some((tls.client.clone(), name))
             }
             _ => None,
         };
@@ -191,14 +185,8 @@ pub async fn serve_with(session: Session, ctx: Arc<Context>, classifier: Arc<dyn
         start.ctx.metrics.denied_connection(DenyReason::Policy);
         return;
     };
-    let state_dir = start.ctx.config.load().daemon.state_dir.clone();
-    let tls = match tls::for_target(&start.target.name, &tls_cfg, &state_dir) {
-        Ok(t) => t,
-        Err(error) => {
-            tracing::error!(session = id, target = %start.target.name, %error, "TLS interception unavailable; connection closed");
-            start.ctx.metrics.denied_connection(DenyReason::Internal);
-            return;
-        }
+    let Some(tls) = start.target_tls(&tls_cfg) else {
+        return;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.server));
     let stream = match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(client)).await {
@@ -284,6 +272,20 @@ struct Start {
 }
 
 impl Start {
+    /// The target's TLS (certificates towards the client, the verified leg upstream); `None`,
+    /// logged and counted, when it cannot be set up.
+    fn target_tls(&self, cfg: &crate::config::http::HttpTls) -> Option<Arc<tls::TargetTls>> {
+        let state_dir = self.ctx.config.load().daemon.state_dir.clone();
+        match tls::for_target(&self.target.name, cfg, &state_dir) {
+            Ok(t) => Some(t),
+            Err(error) => {
+                tracing::error!(session = self.id, target = %self.target.name, %error, "TLS for the target unavailable; connection closed");
+                self.ctx.metrics.denied_connection(DenyReason::Internal);
+                None
+            }
+        }
+    }
+
     /// Opens the session record and serves HTTP on `io` until the client leaves.
     async fn run<IO>(
         self,

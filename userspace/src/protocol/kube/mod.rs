@@ -47,14 +47,8 @@ impl Classify for KubeClassifier {
             sent.push('?');
             sent.push_str(q);
         }
-        match body {
-            None => {}
-            Some(HttpBody::Judged { len, sha256, .. }) => {
-                sent.push_str(&format!(" body sha256:{sha256} ({len} bytes)"));
-            }
-            Some(HttpBody::OverLimit { limit }) => {
-                sent.push_str(&format!(" body over {limit} bytes (not judged)"));
-            }
+        if let Some(b) = &body {
+            b.describe(&mut sent);
         }
         req.sent = Some(Cow::Owned(sent));
         Ok(Command::Kube(req))
